@@ -1,0 +1,98 @@
+"""The engine's exceptions: one base, a shallow tree, each with a stable ``code``.
+
+    RunbookError
+    ├── ValidationError   a document, an input or a request has problems (.problems)
+    ├── NotFound          no such runbook, execution or step (for this tenant)
+    ├── Conflict          the state does not allow the operation; nothing changed
+    ├── Forbidden         the caller may not do this (approver not allowed)
+    ├── StepFailed        raised by an executor: the step's attempt failed
+    └── StoreUnavailable  the store cannot be reached (commits are retried)
+
+The gateway maps ``code`` to an HTTP status; the Python API raises these as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class Problem:
+    """One problem of a document or request: where (a JSON-path-like string) and what."""
+
+    path: str
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"path": self.path, "message": self.message}
+
+
+class RunbookError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+    code = "runbookError"
+
+
+class ValidationError(RunbookError):
+    """A document, an input or a request has problems; ``problems`` lists every one."""
+
+    code = "validationError"
+
+    def __init__(self, problems: list[Problem] | list[dict[str, str]], title: str = "invalid") -> None:
+        self.problems: list[Problem] = [
+            p if isinstance(p, Problem) else Problem(p["path"], p["message"]) for p in problems
+        ]
+        self.title = title
+        detail = "; ".join(f"{p.path}: {p.message}" for p in self.problems[:5])
+        super().__init__(f"{title}: {detail}" if detail else title)
+
+
+class NotFound(RunbookError):
+    """No such runbook, execution or step (or it belongs to another tenant)."""
+
+    code = "notFound"
+
+
+class Conflict(RunbookError):
+    """The current state does not allow the operation; nothing was changed."""
+
+    code = "conflict"
+
+
+class Forbidden(RunbookError):
+    """The caller is not allowed to do this."""
+
+    code = "forbidden"
+
+
+class StoreUnavailable(RunbookError):
+    """The store cannot be reached; commits are being retried."""
+
+    code = "storeUnavailable"
+
+
+class StepFailed(RunbookError):
+    """Raised by an executor to fail the current attempt.
+
+    ``retryable=False`` (the default) fails the step at once; ``True`` lets the step's
+    retry policy try again. ``code`` is the step error code (``executor`` unless given),
+    ``retry_after_s`` an optional server hint for the next delay.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        code: str = "executor",
+        retry_after_s: float | None = None,
+        data: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        self.error_code = code
+        self.retry_after_s = retry_after_s
+        self.data = data

@@ -1,0 +1,114 @@
+"""The PersistenceActor: the only writer. It group-commits Changes and only then answers.
+
+It takes every Change waiting in its mailbox (up to ``max_batch``), commits them in ONE
+transaction (in a worker thread for the SQL stores, one thread lane at a time), and then
+answers each sender with its ChangeResult. A failed commit is retried with backoff while
+the senders keep waiting; nothing is acknowledged before it is durable and nothing is
+dropped: the bounded mailbox makes executions wait when the database is slow.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import attrs
+import trio
+
+from actors import Mailbox, Reply
+from runtime.records import Change, ChangeResult
+from runtime.store.base import Store
+
+logger = logging.getLogger("runbooks.persistence")
+
+MAX_BATCH = 1024
+RETRY_FIRST_S = 0.05
+RETRY_MAX_S = 5.0
+
+
+@attrs.frozen
+class Commit:
+    change: Change
+    reply: Reply[ChangeResult]
+
+
+@attrs.define
+class PersistenceStats:
+    batches: int = 0
+    changes: int = 0
+    failures: int = 0
+    healthy: bool = True
+    last_error: str | None = None
+
+
+@attrs.frozen
+class Flush:
+    """Answered once every Change sent before it is committed (used at shutdown)."""
+
+    reply: Reply[None]
+
+
+PersistenceMessage = Commit | Flush
+BatchObserver = Callable[[int, float], None]
+
+
+class PersistenceActor:
+    def __init__(self, store: Store, *, max_batch: int = MAX_BATCH, observer: BatchObserver | None = None) -> None:
+        self.store = store
+        self.max_batch = max_batch
+        self.stats = PersistenceStats()
+        self.observer = observer
+        self._lane = trio.CapacityLimiter(1)
+
+    async def run(self, mailbox: Mailbox[PersistenceMessage]) -> None:
+        """Commit batches until every sender has gone and the mailbox is empty."""
+        while True:
+            try:
+                batch = [await mailbox.receive()]
+            except trio.EndOfChannel:
+                return
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(mailbox.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            with trio.CancelScope(shield=True):  # a batch taken is a batch answered
+                await self._commit(batch)
+
+    async def _commit(self, messages: list[PersistenceMessage]) -> None:
+        batch = [message for message in messages if isinstance(message, Commit)]
+        if batch:
+            await self._commit_changes(batch)
+        for message in messages:
+            if isinstance(message, Flush):
+                message.reply.send(None)
+
+    async def _commit_changes(self, batch: list[Commit]) -> None:
+        changes = [message.change for message in batch]
+        delay = RETRY_FIRST_S
+        while True:
+            started = time.perf_counter()
+            try:
+                results = await self._write(changes)
+                break
+            except Exception as exc:  # the database is down, the disk is full...: wait, retry
+                self.stats.failures += 1
+                self.stats.healthy = False
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                logger.warning("commit of %d changes failed, retrying in %.2f s: %s", len(changes), delay, exc)
+                await trio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+        self.stats.healthy = True
+        self.stats.last_error = None
+        self.stats.batches += 1
+        self.stats.changes += len(changes)
+        if self.observer is not None:
+            self.observer(len(changes), time.perf_counter() - started)
+        for message, result in zip(batch, results, strict=True):
+            message.reply.send(result)
+
+    async def _write(self, changes: list[Change]) -> list[ChangeResult]:
+        if not self.store.threaded:
+            return self.store.commit(changes)
+        return await trio.to_thread.run_sync(self.store.commit, changes, limiter=self._lane)

@@ -1,0 +1,21 @@
+"""Engine settings (the runtime part of SPEC section 7), frozen, with defaults."""
+
+from __future__ import annotations
+
+import attrs
+
+from runtime.model import RetryPolicy
+
+
+@attrs.frozen
+class Settings:
+    max_concurrent_steps: int = 5
+    default_max_retries: int = 3
+    event_retention_ms: int = 24 * 3600 * 1000
+    call_service_base_url: str | None = None
+    finished_cache_size: int = 10_000
+    persistence_max_batch: int = 1024
+
+    @property
+    def default_retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(max_retries=self.default_max_retries)

@@ -1,0 +1,69 @@
+"""human-approval: config checks and the decision rules (N of M, reject short-circuits,
+timeout actions). The wait is a parked step in its ExecutionActor; decisions arrive as
+``DecideApproval`` messages."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from runtime.errors import Conflict, Forbidden, Problem, ValidationError
+from runtime.model import Approval
+from runtime.wire import format_time
+
+DECISIONS = ("approve", "reject")
+TIMEOUT_ACTIONS = ("fail", "approve", "reject")
+_FIELDS = {"approvers", "minApprovals", "timeoutMs", "timeoutAction", "message"}
+
+
+def check_config(config: Mapping[str, Any], path: str) -> list[Problem]:
+    problems = [Problem(f"{path}.{key}", f"unknown field '{key}'") for key in config if key not in _FIELDS]
+    approvers = config.get("approvers")
+    templated = isinstance(approvers, str) and "${" in approvers
+    if not templated and (
+        not isinstance(approvers, list) or not approvers or not all(isinstance(a, str) and a for a in approvers)
+    ):
+        problems.append(Problem(f"{path}.approvers", "required: a non-empty list of user ids"))
+    minimum = config.get("minApprovals", 1)
+    if not isinstance(minimum, int) or isinstance(minimum, bool) or minimum < 1:
+        problems.append(Problem(f"{path}.minApprovals", "must be a positive integer"))
+    elif isinstance(approvers, list) and minimum > len(set(approvers)):
+        problems.append(Problem(f"{path}.minApprovals", f"{minimum} approvals needed but only {len(set(approvers))} approvers"))
+    timeout = config.get("timeoutMs")
+    if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0):
+        problems.append(Problem(f"{path}.timeoutMs", "must be a positive integer"))
+    if config.get("timeoutAction", "fail") not in TIMEOUT_ACTIONS:
+        problems.append(Problem(f"{path}.timeoutAction", f"must be one of {', '.join(TIMEOUT_ACTIONS)}"))
+    if "message" in config and not isinstance(config["message"], str):
+        problems.append(Problem(f"{path}.message", "must be a string"))
+    return problems
+
+
+def check_decision(config: Mapping[str, Any], approvals: Sequence[Approval], approver: str, decision: str) -> None:
+    """Raise if this decision may not be taken; ``config`` is the rendered config."""
+    if decision not in DECISIONS:
+        raise ValidationError([{"path": "decision", "message": "must be 'approve' or 'reject'"}])
+    approvers = config.get("approvers") or []
+    if approver not in approvers:
+        raise Forbidden(f"'{approver}' is not an approver of this step")
+    if any(a.approver == approver for a in approvals):
+        raise Conflict(f"'{approver}' has already decided on this step")
+
+
+def outcome(config: Mapping[str, Any], approvals: Sequence[Approval]) -> str | None:
+    """'rejected', 'approved', or None while more decisions are needed."""
+    if any(a.decision == "reject" for a in approvals):
+        return "rejected"
+    approved = {a.approver for a in approvals if a.decision == "approve"}
+    return "approved" if len(approved) >= int(config.get("minApprovals", 1)) else None
+
+
+def output(approvals: Sequence[Approval], *, approved: bool, auto: bool = False) -> dict[str, Any]:
+    return {
+        "approved": approved,
+        "approvals": [
+            {"approver": a.approver, "decision": a.decision, "comment": a.comment, "at": format_time(a.at)}
+            for a in approvals
+        ],
+        "autoApproved": auto,
+    }

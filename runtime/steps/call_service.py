@@ -1,0 +1,329 @@
+"""The ``call-service`` step type: one HTTP request per attempt (SPEC section 2).
+
+``check_config`` validates a step's config at document validation and lists every problem.
+``call_service`` is the executor: it sends the request through the runtime's one shared
+``httpx.AsyncClient`` (``ctx.services.http``) and returns the response body, parsed JSON
+when the response says it is JSON, else text.
+
+Every request carries ``X-Tenant-Id``, ``X-Execution-Id``, a fresh ``X-Request-Id`` and an
+``Idempotency-Key``: the config's ``idempotencyKey``, else ``{executionId}:{stepId}`` (plus
+``:{iteration}`` inside a loop). That key is the same on every attempt and after a restart.
+
+Failures are ``StepFailed`` errors with a step error code::
+
+    connection    the service could not be reached           retryable
+    timeout       no answer within timeoutMs                 retryable
+    http_status   429 or 5xx outside expectStatus            retryable (retry_after_s from Retry-After)
+    http_status   any other status outside expectStatus      not retryable
+    config        the config cannot make a request           not retryable
+
+Whenever a response arrives, an ``http_response`` evidence item records the method, URL,
+status, request id and the SHA-256 of the body (never the body itself). Trio cancellation
+aborts a request in flight at once: nothing here is shielded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import httpx
+import trio
+
+from runtime.errors import Problem, StepFailed
+from runtime.steps.context import StepContext
+
+__all__ = ["call_service", "check_config", "idempotency_key", "retry_after_s"]
+
+METHODS: Final = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+DEFAULT_TIMEOUT_MS: Final = 30_000
+_FIELDS: Final = frozenset(
+    {"url", "method", "headers", "query", "body", "timeoutMs", "expectStatus",
+     "idempotencyKey", "protocol"}
+)
+_ENGINE_HEADERS: Final = ("X-Tenant-Id", "X-Execution-Id", "X-Request-Id")
+
+
+# ---- validation ----------------------------------------------------------------------------
+
+
+def check_config(config: Mapping[str, Any], path: str) -> list[Problem]:
+    """Every problem of a call-service ``config`` at once; ``path`` locates the config.
+
+    A value that is not a string by type (``method``, ``headers``, ``query``, ``timeoutMs``,
+    ``expectStatus``) may also be a template string (``"${input.timeout}"``): it is checked
+    again, resolved, when the step runs.
+    """
+    return _problems(config, path, templates=True)
+
+
+def _problems(config: Mapping[str, Any], path: str, *, templates: bool) -> list[Problem]:
+    problems = [Problem(f"{path}.{key}", f"unknown field '{key}'") for key in config if key not in _FIELDS]
+    url = config.get("url")
+    if url is None:
+        problems.append(Problem(f"{path}.url", "required: an absolute URL or a path"))
+    elif not isinstance(url, str) or not url.strip():
+        problems.append(Problem(f"{path}.url", "must be a non-empty string"))
+    for key, check in _CHECKS.items():
+        if key in config and not (templates and _is_template(config[key])):
+            problems += [Problem(f"{path}.{key}{where}", message) for where, message in check(config[key])]
+    return problems
+
+
+def _is_template(value: Any) -> bool:
+    return isinstance(value, str) and "${" in value
+
+
+def _check_method(value: Any) -> list[tuple[str, str]]:
+    if isinstance(value, str) and value.upper() in METHODS:
+        return []
+    return [("", f"must be one of {', '.join(METHODS)}")]
+
+
+def _check_headers(value: Any) -> list[tuple[str, str]]:
+    if not isinstance(value, Mapping):
+        return [("", "must be a mapping (object) of header names to strings")]
+    return [(f".{name}", "must be a string") for name, item in value.items() if not isinstance(item, str)]
+
+
+def _check_query(value: Any) -> list[tuple[str, str]]:
+    if not isinstance(value, Mapping):
+        return [("", "must be a mapping (object) of parameter names to values")]
+    scalar = (str, int, float, bool, type(None))
+    return [
+        (f".{name}", "must be a string, number, boolean or null")
+        for name, item in value.items()
+        if not isinstance(item, scalar)
+    ]
+
+
+def _check_body(value: Any) -> list[tuple[str, str]]:
+    return [] if _is_json(value) else [("", "must be JSON (objects, lists, strings, numbers, booleans, null)")]
+
+
+def _is_json(value: Any) -> bool:
+    if value is None or isinstance(value, (str, bool, int)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_is_json(item) for item in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(key, str) and _is_json(item) for key, item in value.items())
+    return False
+
+
+def _check_timeout(value: Any) -> list[tuple[str, str]]:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return []
+    return [("", "must be a positive integer (milliseconds)")]
+
+
+def _check_expect_status(value: Any) -> list[tuple[str, str]]:
+    if not isinstance(value, list) or not value:
+        return [("", "must be a non-empty list of HTTP status codes")]
+    return [
+        (f"[{index}]", "must be an HTTP status code (an integer from 100 to 599)")
+        for index, item in enumerate(value)
+        if not _is_status(item)
+    ]
+
+
+def _is_status(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599
+
+
+def _check_idempotency_key(value: Any) -> list[tuple[str, str]]:
+    return [] if isinstance(value, str) and value else [("", "must be a non-empty string")]
+
+
+def _check_protocol(value: Any) -> list[tuple[str, str]]:
+    if value == "http":
+        return []
+    if value == "grpc":
+        return [("", "protocol 'grpc' is not supported yet")]
+    return [("", "unknown protocol")]
+
+
+_CHECKS: Final = {
+    "method": _check_method,
+    "headers": _check_headers,
+    "query": _check_query,
+    "body": _check_body,
+    "timeoutMs": _check_timeout,
+    "expectStatus": _check_expect_status,
+    "idempotencyKey": _check_idempotency_key,
+    "protocol": _check_protocol,
+}
+
+
+# ---- the executor --------------------------------------------------------------------------
+
+
+async def call_service(ctx: StepContext) -> Any:
+    """Send the configured request once; return the body or raise ``StepFailed``."""
+    config = ctx.config
+    problems = _problems(config, "config", templates=False)
+    if problems:
+        detail = "; ".join(f"{p.path}: {p.message}" for p in problems)
+        raise StepFailed(f"invalid call-service config: {detail}", code="config")
+    method = str(config.get("method", "GET")).upper()
+    url = _resolve_url(config["url"], ctx.services.call_service_base_url)
+    request_id = uuid.uuid4().hex
+    request = _build_request(ctx, method, url, request_id)
+    ctx.log.info("calling service", method=method, url=url)
+    started = trio.current_time()
+    response = await _send(ctx.services.http, request, method, url, _timeout_s(config))
+    ctx.log.info(
+        "service answered", status=response.status_code,
+        elapsedMs=round((trio.current_time() - started) * 1000),
+    )
+    ctx.add_evidence("http_response", {
+        "method": method, "url": url, "status": response.status_code,
+        "bodySha256": hashlib.sha256(response.content).hexdigest(), "requestId": request_id,
+    })
+    _check_status(ctx, response, method, url)
+    return _output(response, method, url)
+
+
+def idempotency_key(ctx: StepContext) -> str:
+    """The request's ``Idempotency-Key``: deterministic, the same on every attempt."""
+    explicit = ctx.config.get("idempotencyKey")
+    if isinstance(explicit, str) and explicit:
+        return explicit
+    key = f"{ctx.execution_id}:{ctx.step_id}"
+    return key if ctx.iteration is None else f"{key}:{ctx.iteration}"
+
+
+def _resolve_url(url: str, base_url: str | None) -> str:
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError as exc:
+        raise StepFailed(f"url '{url}' is not a valid URL: {exc}", code="config") from exc
+    if scheme in ("http", "https"):
+        return url
+    if scheme:
+        raise StepFailed(f"url '{url}': unsupported scheme '{scheme}' (use http or https)", code="config")
+    if not base_url:
+        raise StepFailed(
+            f"url '{url}' is relative and CALL_SERVICE_BASE_URL is not set; "
+            "give an absolute URL or configure the base URL",
+            code="config",
+        )
+    return f"{base_url.rstrip('/')}/{url.lstrip('/')}"
+
+
+def _build_request(ctx: StepContext, method: str, url: str, request_id: str) -> httpx.Request:
+    config = ctx.config
+    try:
+        return ctx.services.http.build_request(
+            method, url, headers=_headers(ctx, request_id), params=config.get("query") or None,
+            json=config.get("body"), timeout=httpx.Timeout(_timeout_s(config)),
+        )
+    except (httpx.InvalidURL, UnicodeEncodeError) as exc:
+        raise StepFailed(f"{method} {url}: cannot build the request: {exc}", code="config") from exc
+
+
+def _headers(ctx: StepContext, request_id: str) -> httpx.Headers:
+    # The engine's headers replace same-named config headers: a runbook cannot act as another
+    # tenant. An Idempotency-Key given as a plain header is kept unless idempotencyKey is set.
+    headers = httpx.Headers(ctx.config.get("headers") or {})
+    headers["X-Tenant-Id"] = ctx.tenant_id
+    headers["X-Execution-Id"] = ctx.execution_id
+    headers["X-Request-Id"] = request_id
+    if "idempotencyKey" in ctx.config or "Idempotency-Key" not in headers:
+        headers["Idempotency-Key"] = idempotency_key(ctx)
+    return headers
+
+
+def _timeout_s(config: Mapping[str, Any]) -> float:
+    return int(config.get("timeoutMs", DEFAULT_TIMEOUT_MS)) / 1000
+
+
+async def _send(
+    client: httpx.AsyncClient, request: httpx.Request, method: str, url: str, timeout_s: float
+) -> httpx.Response:
+    # httpx applies the timeout to each phase (connect, each read, ...); the trio deadline
+    # bounds the whole exchange, so a server trickling bytes cannot stretch it.
+    with trio.move_on_after(timeout_s) as deadline:
+        try:
+            return await client.send(request)
+        except httpx.TimeoutException as exc:
+            raise _timed_out(method, url, timeout_s) from exc
+        except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
+            raise StepFailed(f"{method} {url}: cannot send the request: {exc}", code="config") from exc
+        except httpx.TransportError as exc:
+            raise StepFailed(
+                f"{method} {url} could not be reached: {_describe(exc)}", retryable=True, code="connection"
+            ) from exc
+        except httpx.RequestError as exc:  # e.g. a body that cannot be decoded
+            raise StepFailed(
+                f"{method} {url} failed: {_describe(exc)}", retryable=True, code="connection"
+            ) from exc
+    assert deadline.cancelled_caught
+    raise _timed_out(method, url, timeout_s)
+
+
+def _timed_out(method: str, url: str, timeout_s: float) -> StepFailed:
+    return StepFailed(f"{method} {url} did not answer within {timeout_s * 1000:g} ms", retryable=True, code="timeout")
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _check_status(ctx: StepContext, response: httpx.Response, method: str, url: str) -> None:
+    status = response.status_code
+    expected = ctx.config.get("expectStatus")
+    if (200 <= status <= 299) if expected is None else (status in expected):
+        return
+    message = f"{method} {url} answered {status}"
+    if status == 429 or status >= 500:
+        retry_after = retry_after_s(response.headers.get("Retry-After"), ctx.services.now())
+        raise StepFailed(message, retryable=True, code="http_status", retry_after_s=retry_after,
+                         data={"status": status})
+    raise StepFailed(message, code="http_status", data={"status": status})
+
+
+def retry_after_s(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta-seconds or an HTTP date), or None."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def _output(response: httpx.Response, method: str, url: str) -> Any:
+    if not _is_json_type(response.headers.get("Content-Type", "")):
+        return response.text
+    if not response.content.strip():
+        return None  # HEAD, 204, or an empty JSON answer
+    try:
+        return json.loads(response.content)
+    except ValueError as exc:
+        raise StepFailed(
+            f"{method} {url} answered {response.status_code} with a JSON content type "
+            f"but a body that is not valid JSON: {exc}",
+            code="executor",
+        ) from exc
+
+
+def _is_json_type(content_type: str) -> bool:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")

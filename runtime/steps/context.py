@@ -1,0 +1,95 @@
+"""What an executor sees: ``StepContext`` (SPEC section 2, custom types).
+
+``ctx.log.*`` and ``ctx.add_evidence`` are plain calls: they buffer entries on the context,
+and the StepActor hands them to the ExecutionActor with the attempt's outcome, so they are
+committed together with it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+from typing import Any, Protocol
+
+import attrs
+import httpx
+
+from runtime.model import Evidence, LogEntry
+from runtime.wire import sha256_hex
+
+
+@attrs.frozen
+class Services:
+    """Runtime services the built-in executors use (one per runtime)."""
+
+    http: httpx.AsyncClient
+    now: Callable[[], datetime]
+    call_service_base_url: str | None = None
+
+
+class StepLog:
+    """``debug/info/warning/error(message, **data)``: execution log entries of this step."""
+
+    def __init__(self, context: StepContext) -> None:
+        self._context = context
+
+    def debug(self, message: str, **data: Any) -> None:
+        self._context.record_log("debug", message, data)
+
+    def info(self, message: str, **data: Any) -> None:
+        self._context.record_log("info", message, data)
+
+    def warning(self, message: str, **data: Any) -> None:
+        self._context.record_log("warning", message, data)
+
+    def error(self, message: str, **data: Any) -> None:
+        self._context.record_log("error", message, data)
+
+
+class StepContext:
+    """The context of one attempt of one step (or of one loop iteration)."""
+
+    def __init__(
+        self,
+        *,
+        config: Mapping[str, Any],
+        scope: Mapping[str, Any],
+        execution_id: str,
+        step_id: str,
+        tenant_id: str,
+        attempt: int,
+        services: Services,
+        iteration: int | None = None,
+    ) -> None:
+        self.config = config
+        self.scope = scope
+        self.execution_id = execution_id
+        self.step_id = step_id
+        self.tenant_id = tenant_id
+        self.attempt = attempt
+        self.iteration = iteration
+        self.services = services
+        self.log = StepLog(self)
+        self.logs: list[LogEntry] = []
+        self.evidence: list[Evidence] = []
+
+    def record_log(self, level: str, message: str, data: Mapping[str, Any]) -> None:
+        entry = LogEntry(self.execution_id, self.services.now(), level, message, self.step_id, dict(data) or None)
+        self.logs.append(entry)
+
+    def add_evidence(self, kind: str, data: Any) -> Evidence:
+        """Store an evidence item with the SHA-256 of the canonical JSON of ``data``."""
+        item = Evidence(
+            id=uuid.uuid4().hex, execution_id=self.execution_id, step_id=self.step_id, kind=kind,
+            sha256=sha256_hex(data), data=data, created_at=self.services.now(),
+        )
+        self.evidence.append(item)
+        return item
+
+
+class ExecutorObject(Protocol):
+    async def execute(self, ctx: StepContext) -> Any: ...
+
+
+Executor = Callable[[StepContext], Awaitable[Any]]

@@ -1,0 +1,176 @@
+"""loop: config checks and the loop actor (SPEC section 2).
+
+A loop runs its body once per item (``items``) or while a condition holds (``while``, with
+``index`` and ``previous`` in scope). Each iteration is its own supervised child: it runs
+the body's attempts with the body's retry policy, and a failure is reported, not raised.
+``maxIterations`` (default and hard cap 1000) is checked at validation and again here;
+exceeding it fails the step with ``loop_limit`` before anything is truncated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from runtime.conditions import condition_problems, evaluate
+from runtime.errors import Problem
+from runtime.messages import StepFinished, StepProgressed
+from runtime.model import RetryPolicy, StepError
+from runtime.step import Outcome, run_attempts
+from runtime.steps.context import Executor, StepContext
+from runtime.templates import TemplateError, render
+
+if TYPE_CHECKING:
+    from runtime.steps.registry import StepTypes
+
+MAX_ITERATIONS = 1000
+_FIELDS = {"items", "while", "maxIterations", "concurrency", "failFast", "step"}
+_BODY_FIELDS = {"type", "config", "retryPolicy", "timeoutMs"}
+
+MakeIterationContext = Callable[[int, Any, int, Mapping[str, Any]], StepContext]
+Report = Callable[[Any], Awaitable[None]]
+
+
+def check_config(config: Mapping[str, Any], path: str, types: StepTypes) -> list[Problem]:
+    from runtime.steps.registry import StepKind
+    from runtime.validate import check_retry_policy
+
+    problems = [Problem(f"{path}.{key}", f"unknown field '{key}'") for key in config if key not in _FIELDS]
+    if ("items" in config) == ("while" in config):
+        problems.append(Problem(path, "a loop needs exactly one of 'items' or 'while'"))
+    if "items" in config and not isinstance(config["items"], list | str):
+        problems.append(Problem(f"{path}.items", "must be a list or a template resolving to one"))
+    if "while" in config:
+        problems += condition_problems(config["while"], f"{path}.while")
+    limit = config.get("maxIterations", MAX_ITERATIONS)
+    if not _positive_int(limit):
+        problems.append(Problem(f"{path}.maxIterations", "must be a positive integer"))
+    elif limit > MAX_ITERATIONS:
+        problems.append(Problem(f"{path}.maxIterations", f"loop maxIterations {limit} exceeds the cap of {MAX_ITERATIONS}"))
+    if "concurrency" in config and not _positive_int(config["concurrency"]):
+        problems.append(Problem(f"{path}.concurrency", "must be a positive integer"))
+    if "failFast" in config and not isinstance(config["failFast"], bool):
+        problems.append(Problem(f"{path}.failFast", "must be true or false"))
+    body = config.get("step")
+    if not isinstance(body, Mapping):
+        return [*problems, Problem(f"{path}.step", "required: the loop body {type, config, retryPolicy, timeoutMs}")]
+    problems += [Problem(f"{path}.step.{k}", f"unknown field '{k}'") for k in body if k not in _BODY_FIELDS]
+    body_type = types.get(body.get("type")) if isinstance(body.get("type"), str) else None
+    if body_type is None:
+        problems.append(Problem(f"{path}.step.type", f"unknown step type '{body.get('type')}'"))
+    elif body_type.kind is not StepKind.TASK:
+        problems.append(Problem(f"{path}.step.type", f"a loop body cannot be of type '{body_type.name}' (only call-service and custom types)"))
+    elif not isinstance(body.get("config", {}), Mapping):
+        problems.append(Problem(f"{path}.step.config", "must be a mapping (object)"))
+    else:
+        problems += body_type.check_config(body.get("config", {}), f"{path}.step.config", types)
+    if "retryPolicy" in body:
+        problems += check_retry_policy(body["retryPolicy"], f"{path}.step.retryPolicy")
+    if "timeoutMs" in body and not _positive_int(body["timeoutMs"]):
+        problems.append(Problem(f"{path}.step.timeoutMs", "must be a positive integer"))
+    return problems
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+class LoopRun:
+    """One run of a loop step; reports progress and one StepFinished."""
+
+    def __init__(
+        self,
+        step_id: str,
+        config: Mapping[str, Any],
+        scope: Mapping[str, Any],
+        executor: Executor,
+        policy: RetryPolicy,
+        make_context: MakeIterationContext,
+        report: Report,
+    ) -> None:
+        self.step_id, self.config, self.scope = step_id, config, scope
+        self.executor, self.policy, self.make_context, self.report = executor, policy, make_context, report
+        self.limit = min(int(config.get("maxIterations", MAX_ITERATIONS)), MAX_ITERATIONS)
+        self.body = config["step"]
+        self.logs: list[Any] = []
+        self.evidence: list[Any] = []
+
+    async def run(self) -> None:
+        try:
+            if "items" in self.config:
+                outcome = await self._run_items()
+            else:
+                outcome = await self._run_while()
+        except TemplateError as exc:
+            outcome = Outcome(error=StepError("template", str(exc), False))
+        await self.report(StepFinished(self.step_id, outcome.output, outcome.error, tuple(self.logs), tuple(self.evidence)))
+
+    async def _run_items(self) -> Outcome:
+        items = render(self.config["items"], self.scope)
+        if not isinstance(items, list):
+            return Outcome(error=StepError("template", f"loop items resolved to {type(items).__name__}, not a list"))
+        if len(items) > self.limit:
+            return Outcome(error=StepError("loop_limit", f"{len(items)} items exceed maxIterations {self.limit}"))
+        results: list[Any] = [None] * len(items)
+        errors: dict[int, StepError] = {}
+        done = 0
+        limiter = trio.CapacityLimiter(int(self.config.get("concurrency", 1)))
+        fail_fast = bool(self.config.get("failFast", True))
+        await self.report(StepProgressed(self.step_id, {"done": 0, "total": len(items)}))
+
+        async def iteration(index: int, item: Any) -> None:
+            nonlocal done
+            async with limiter:
+                outcome = await self._iterate(index, {"item": item, "index": index})
+            if outcome.error is not None:
+                errors[index] = outcome.error
+                if fail_fast:
+                    iterations.cancel_scope.cancel()
+            results[index] = outcome.output
+            done += 1
+            await self.report(StepProgressed(self.step_id, {"done": done, "total": len(items)}))
+
+        async with trio.open_nursery() as iterations:
+            for index, item in enumerate(items):
+                iterations.start_soon(iteration, index, item, name=f"loop {self.step_id}[{index}]")
+        return self._result(results, errors)
+
+    async def _run_while(self) -> Outcome:
+        results: list[Any] = []
+        previous: Any = None
+        for index in range(self.limit + 1):
+            extra = {"index": index, "previous": previous}
+            if not evaluate(self.config["while"], {**self.scope, **extra}):
+                return Outcome(output=results)
+            if index == self.limit:
+                break
+            outcome = await self._iterate(index, extra)
+            if outcome.error is not None:
+                return self._result(results, {index: outcome.error})
+            results.append(outcome.output)
+            previous = outcome.output
+            await self.report(StepProgressed(self.step_id, {"done": index + 1, "total": None}))
+        return Outcome(error=StepError("loop_limit", f"'while' still true after maxIterations {self.limit}"))
+
+    async def _iterate(self, index: int, extra: Mapping[str, Any]) -> Outcome:
+        scope = {**self.scope, **extra}
+        try:
+            config = render(self.body.get("config", {}), scope)
+        except TemplateError as exc:
+            return Outcome(error=StepError("template", str(exc), False))
+        outcome, ctx = await run_attempts(
+            self.executor, lambda attempt: self.make_context(index, scope, attempt, config),
+            self.policy, self.body.get("timeoutMs"), 1, None, self.step_id,
+        )
+        self.logs += ctx.logs
+        self.evidence += ctx.evidence
+        return outcome
+
+    def _result(self, results: list[Any], errors: dict[int, StepError]) -> Outcome:
+        if not errors:
+            return Outcome(output=results)
+        index = min(errors)
+        error = errors[index]
+        return Outcome(output=results, error=StepError(error.code, f"iteration {index} failed: {error.message}", False))

@@ -1,0 +1,98 @@
+"""The store protocol: one synchronous interface for the memory, SQLite and PostgreSQL stores.
+
+Methods are synchronous. A store with ``threaded = True`` is only ever called from a worker
+thread (``trio.to_thread.run_sync``): writes by the PersistenceActor, one batch at a time,
+reads through ``Runtime`` helpers. ``commit`` applies a batch of Changes in ONE transaction
+and returns one ChangeResult per Change, in order; it either commits all of them or raises
+(and then nothing of the batch is written).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+from runtime.model import AuditEntry, Event, Evidence, Execution, LogEntry, Runbook
+from runtime.records import Change, ChangeResult
+
+
+class Store(Protocol):
+    threaded: bool
+    name: str
+
+    def open(self) -> None:
+        """Connect, create or migrate the schema."""
+
+    def close(self) -> None: ...
+
+    def ping(self) -> None:
+        """Raise if the store cannot serve (readiness)."""
+
+    def commit(self, changes: Sequence[Change]) -> list[ChangeResult]: ...
+
+    # -- runbooks
+    def get_runbook(self, tenant_id: str | None, runbook_id: str, version: int | None = None) -> Runbook | None:
+        """The tenant's own runbook (else the shared one); the latest version unless given."""
+
+    def list_runbooks(self, tenant_id: str | None) -> list[Runbook]:
+        """The latest version of every runbook the tenant sees (own and shared), by id."""
+
+    # -- executions
+    def get_execution(self, execution_id: str) -> Execution | None: ...
+
+    def find_active(self, tenant_id: str, runbook_id: str, version: int, input_hash: str) -> Execution | None:
+        """The deduplicated execution with this input hash that is not failed/cancelled/timed_out."""
+
+    def find_by_idempotency_key(self, tenant_id: str, key: str) -> Execution | None: ...
+
+    def list_executions(
+        self,
+        tenant_id: str | None,
+        *,
+        runbook_id: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[Execution], str | None]:
+        """Newest first; ``cursor`` is the opaque ``next`` of the previous page."""
+
+    def load_unfinished(self) -> list[Execution]: ...
+
+    # -- records
+    def logs(
+        self,
+        execution_id: str,
+        *,
+        step_id: str | None = None,
+        level: str | None = None,
+        after: int | None = None,
+        limit: int = 1000,
+    ) -> list[LogEntry]:
+        """Oldest first; ``level`` is a minimum level, ``after`` a ``seq``."""
+
+    def evidence(self, execution_id: str) -> list[Evidence]: ...
+
+    def audit(self, execution_id: str) -> list[AuditEntry]: ...
+
+    def retained_events(self, now: datetime) -> list[Event]:
+        """Retained events not yet consumed and not expired at ``now``, oldest first."""
+
+
+def level_at_least(level: str, minimum: str | None) -> bool:
+    from runtime.model import LOG_LEVELS
+
+    if minimum is None:
+        return True
+    return LOG_LEVELS.index(level) >= LOG_LEVELS.index(minimum)
+
+
+def parse_cursor(cursor: str | None) -> int | None:
+    """Cursors are the ``seq`` of the last item of the previous page, as text."""
+    from runtime.errors import Problem, ValidationError
+
+    if cursor is None or cursor == "":
+        return None
+    if not cursor.isdigit():
+        raise ValidationError([Problem("cursor", "not a cursor returned by this API")])
+    return int(cursor)

@@ -1,0 +1,215 @@
+"""The in-memory store: the same contract as the SQL stores, kept in dicts (nothing survives
+the process). Used by tests and by embedded programs that need no durability."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from datetime import datetime
+
+import attrs
+
+from runtime.model import (
+    NOT_DEDUPED,
+    AuditEntry,
+    Event,
+    Evidence,
+    Execution,
+    LogEntry,
+    Runbook,
+    StepState,
+)
+from runtime.records import Change, ChangeResult
+from runtime.store.base import level_at_least, parse_cursor
+
+_DedupKey = tuple[str, str, int, str]
+
+
+class MemoryStore:
+    threaded = False
+    name = "memory"
+
+    def __init__(self) -> None:
+        self._seq = itertools.count(1)
+        self._runbooks: dict[tuple[str | None, str], list[Runbook]] = {}
+        self._headers: dict[str, tuple[int, Execution]] = {}
+        self._steps: dict[str, dict[str, tuple[int, StepState]]] = {}
+        self._by_hash: dict[_DedupKey, list[str]] = {}
+        self._by_key: dict[tuple[str, str], str] = {}
+        self._logs: dict[str, list[LogEntry]] = {}
+        self._audit: dict[str, list[AuditEntry]] = {}
+        self._evidence: dict[str, list[Evidence]] = {}
+        self._events: dict[str, Event] = {}
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def ping(self) -> None:
+        pass
+
+    # -- writes
+    def commit(self, changes: Sequence[Change]) -> list[ChangeResult]:
+        return [self._apply(change) for change in changes]
+
+    def _apply(self, change: Change) -> ChangeResult:
+        version = None
+        if change.new_execution is not None:
+            existing = self._duplicate_of(change.new_execution, change.dedup)
+            if existing is not None:
+                return ChangeResult(existing_id=existing)
+            self._insert(change.new_execution, change.dedup)
+        if change.runbook is not None:
+            version = self._add_runbook(change.runbook)
+        if change.execution is not None:
+            seq = self._headers[change.execution.id][0]
+            self._headers[change.execution.id] = (seq, _header(change.execution))
+        for execution_id, step_id, position, state in change.steps:
+            self._steps[execution_id][step_id] = (position, state)
+        for entry in change.logs:
+            logs = self._logs.setdefault(entry.execution_id, [])
+            logs.append(attrs.evolve(entry, seq=next(self._seq)))
+        for audit in change.audit:
+            self._audit.setdefault(audit.execution_id, []).append(audit)
+        for item in change.evidence:
+            self._evidence.setdefault(item.execution_id, []).append(item)
+        for event in change.retain_events:
+            self._events[event.id] = event
+        for event_id in change.consume_events:
+            self._events.pop(event_id, None)
+        return ChangeResult(runbook_version=version)
+
+    def _duplicate_of(self, execution: Execution, dedup: bool) -> str | None:
+        if execution.idempotency_key is not None:
+            existing = self._by_key.get((execution.tenant_id, execution.idempotency_key))
+            if existing is not None:
+                return existing
+        if dedup:
+            found = self.find_active(
+                execution.tenant_id, execution.runbook_id, execution.runbook_version, execution.input_hash
+            )
+            return found.id if found else None
+        return None
+
+    def _insert(self, execution: Execution, dedup: bool) -> None:
+        self._headers[execution.id] = (next(self._seq), _header(execution))
+        self._steps[execution.id] = {
+            step_id: (position, state) for position, (step_id, state) in enumerate(execution.steps.items())
+        }
+        if dedup:
+            key = (execution.tenant_id, execution.runbook_id, execution.runbook_version, execution.input_hash)
+            self._by_hash.setdefault(key, []).append(execution.id)
+        if execution.idempotency_key is not None:
+            self._by_key[(execution.tenant_id, execution.idempotency_key)] = execution.id
+
+    def _add_runbook(self, runbook: Runbook) -> int:
+        versions = self._runbooks.setdefault((runbook.tenant_id, runbook.id), [])
+        version = len(versions) + 1
+        versions.append(attrs.evolve(runbook, version=version))
+        return version
+
+    # -- reads
+    def get_runbook(self, tenant_id: str | None, runbook_id: str, version: int | None = None) -> Runbook | None:
+        for owner in _owners(tenant_id):
+            versions = self._runbooks.get((owner, runbook_id))
+            if versions:
+                if version is None:
+                    return versions[-1]
+                return versions[version - 1] if 0 < version <= len(versions) else None
+        return None
+
+    def list_runbooks(self, tenant_id: str | None) -> list[Runbook]:
+        latest: dict[str, Runbook] = {}
+        for owner in reversed(_owners(tenant_id)):  # the tenant's own shadow the shared ones
+            for (rb_owner, rb_id), versions in self._runbooks.items():
+                if rb_owner == owner:
+                    latest[rb_id] = versions[-1]
+        return [latest[key] for key in sorted(latest)]
+
+    def get_execution(self, execution_id: str) -> Execution | None:
+        found = self._headers.get(execution_id)
+        return self._assemble(found[1]) if found else None
+
+    def _assemble(self, header: Execution) -> Execution:
+        rows = sorted(self._steps[header.id].items(), key=lambda item: item[1][0])
+        return attrs.evolve(header, steps={step_id: state for step_id, (_, state) in rows})
+
+    def find_active(self, tenant_id: str, runbook_id: str, version: int, input_hash: str) -> Execution | None:
+        for execution_id in self._by_hash.get((tenant_id, runbook_id, version, input_hash), ()):
+            header = self._headers[execution_id][1]
+            if header.status not in NOT_DEDUPED:
+                return self._assemble(header)
+        return None
+
+    def find_by_idempotency_key(self, tenant_id: str, key: str) -> Execution | None:
+        execution_id = self._by_key.get((tenant_id, key))
+        return self.get_execution(execution_id) if execution_id else None
+
+    def list_executions(
+        self,
+        tenant_id: str | None,
+        *,
+        runbook_id: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[Execution], str | None]:
+        before = parse_cursor(cursor)
+        rows = sorted(self._headers.values(), key=lambda row: row[0], reverse=True)
+        page: list[tuple[int, Execution]] = []
+        for seq, header in rows:
+            if before is not None and seq >= before:
+                continue
+            if tenant_id is not None and header.tenant_id != tenant_id:
+                continue
+            if runbook_id is not None and header.runbook_id != runbook_id:
+                continue
+            if status is not None and header.status != status:
+                continue
+            page.append((seq, header))
+            if len(page) > limit:
+                break
+        more = len(page) > limit
+        page = page[:limit]
+        next_cursor = str(page[-1][0]) if more and page else None
+        return [self._assemble(header) for _, header in page], next_cursor
+
+    def load_unfinished(self) -> list[Execution]:
+        return [self._assemble(h) for _, h in sorted(self._headers.values(), key=lambda row: row[0])
+                if not h.status.finished]
+
+    def logs(
+        self,
+        execution_id: str,
+        *,
+        step_id: str | None = None,
+        level: str | None = None,
+        after: int | None = None,
+        limit: int = 1000,
+    ) -> list[LogEntry]:
+        found = [
+            entry for entry in self._logs.get(execution_id, ())
+            if (step_id is None or entry.step_id == step_id)
+            and level_at_least(entry.level, level)
+            and (after is None or entry.seq > after)
+        ]
+        return found[:limit]
+
+    def evidence(self, execution_id: str) -> list[Evidence]:
+        return list(self._evidence.get(execution_id, ()))
+
+    def audit(self, execution_id: str) -> list[AuditEntry]:
+        return list(self._audit.get(execution_id, ()))
+
+    def retained_events(self, now: datetime) -> list[Event]:
+        return [e for e in self._events.values() if e.expires_at is None or e.expires_at > now]
+
+
+def _owners(tenant_id: str | None) -> list[str | None]:
+    return [tenant_id, None] if tenant_id is not None else [None]
+
+
+def _header(execution: Execution) -> Execution:
+    return attrs.evolve(execution, steps={}) if execution.steps else execution
