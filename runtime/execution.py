@@ -152,6 +152,11 @@ class ExecutionActor:
         )
         await self.rt._commit(change)
         self.rt._publish(self.ex)
+        if self.rt.observers:
+            for sid in turn.steps:
+                state = self.ex.steps[sid]
+                if state.status.finished:
+                    self.rt._notify("step.finished", (self.ex, sid, state))
         for spawn in turn.spawn:
             spawn()
         for reply, value in turn.replies:
@@ -170,8 +175,8 @@ class ExecutionActor:
     def _set(self, **changes: Any) -> None:
         self.ex = attrs.evolve(self.ex, **changes)
 
-    def _log(self, level: str, message: str, step_id: str | None = None, **data: Any) -> None:
-        self.turn.logs.append(LogEntry(self.ex.id, self.now(), level, message, step_id, data or None))
+    def _log(self, level: str, text: str, step_id: str | None = None, /, **data: Any) -> None:
+        self.turn.logs.append(LogEntry(self.ex.id, self.now(), level, text, step_id, data or None))
 
     def _audit(self, action: str, actor: str = SYSTEM, step_id: str | None = None,
                reason: str | None = None, **data: Any) -> None:
@@ -235,7 +240,7 @@ class ExecutionActor:
         if kind in (StepKind.TASK, StepKind.LOOP):
             if len(self.tasks) >= self.max_running:
                 return False
-            self._start_task(step, 1, first=True)
+            self._start_task(step, self.ex.steps[step.id].attempts + 1)
             return True
         self._begin_parked(step, scope)
         return True
@@ -320,7 +325,7 @@ class ExecutionActor:
         self._audit("step.cancelled", step_id=step_id)
 
     # ---------------------------------------------------------------- task steps
-    def _start_task(self, step: Step, attempt: int, first: bool = False) -> None:
+    def _start_task(self, step: Step, attempt: int) -> None:
         self._mark_started(step, SS.RUNNING, attempt)
         scope = trio.CancelScope()
         self.tasks[step.id] = scope
@@ -387,7 +392,7 @@ class ExecutionActor:
         timeout = step.config.get("timeoutMs", wait_for_event.DEFAULT_TIMEOUT_MS if kind is StepKind.EVENT else None)
         deadline = self.now() + timedelta(milliseconds=timeout) if timeout else None
         status = SS.WAITING if kind is StepKind.EVENT else SS.AWAITING_APPROVAL
-        self._mark_started(step, status, 1, deadline_at=deadline, approvals=())
+        self._mark_started(step, status, self.ex.steps[step.id].attempts + 1, deadline_at=deadline, approvals=())
         self._park(step, deadline)
 
     def _park(self, step: Step, deadline: datetime | None) -> None:
@@ -443,7 +448,7 @@ class ExecutionActor:
         config = self.approval_configs[step_id]
         action = config.get("timeoutAction", "fail")
         approvals = self.ex.steps[step_id].approvals
-        self._audit("approval.timed_out", step_id=step_id, action=action)
+        self._audit("approval.timed_out", step_id=step_id, timeoutAction=action)
         if action == "approve":
             self._step_succeeded(step_id, approval.output(approvals, approved=True, auto=True))
         elif action == "reject":
@@ -474,7 +479,7 @@ class ExecutionActor:
         self._step_failed(step_id, StepError("rejected", why, False), SS.REJECTED)
 
     def _decide_conditional(self, step: Step, scope: dict[str, Any]) -> None:
-        self._mark_started(step, SS.RUNNING, 1)
+        self._mark_started(step, SS.RUNNING, self.ex.steps[step.id].attempts + 1)
         result, taken, not_taken = conditional.decide(step.config, scope)
         skipped = [t for t in not_taken if t not in taken]
         output = {"result": result, "branch": taken, "skipped": skipped}

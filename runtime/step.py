@@ -72,7 +72,8 @@ async def run_attempts(
     while True:
         ctx = make_context(attempt)
         outcome, retry_after = await run_attempt(executor, ctx, timeout_ms)
-        if outcome.error is None or not outcome.error.retryable or attempt > policy.max_retries:
+        retries_used = attempt - first_attempt
+        if outcome.error is None or not outcome.error.retryable or retries_used >= policy.max_retries:
             return outcome, ctx
         delay = backoff_s(policy, attempt, retry_after)
         if report is not None:

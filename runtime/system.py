@@ -97,6 +97,11 @@ class Runtime:
         self._runbooks: dict[tuple[str | None, str, int], Runbook] = {}
         self.observers: list[Callable[[str, Any], None]] = []
 
+    @property
+    def open_executions(self) -> int:
+        """Executions with a live actor (running, waiting or paused)."""
+        return len(self._live)
+
     # ------------------------------------------------------------------ clock
     def now(self) -> datetime:
         """Wall-clock time that advances with Trio's clock (so MockClock drives it in tests)."""
@@ -406,7 +411,7 @@ class Runtime:
         reset = _steps_to_retry(runbook, execution, step_id)
         steps = dict(execution.steps)
         for sid in reset:
-            steps[sid] = StepState(StepStatus.PENDING, steps[sid].type)
+            steps[sid] = StepState(StepStatus.PENDING, steps[sid].type, attempts=steps[sid].attempts)
         from datetime import timedelta
 
         deadline = self.now() + timedelta(milliseconds=runbook.timeout_ms) if runbook.timeout_ms else None

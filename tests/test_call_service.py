@@ -12,11 +12,11 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from fake_service import FakeService, Response, fake_service, refused_url
 
 from runtime.errors import Problem, StepFailed
 from runtime.steps.call_service import call_service, check_config, retry_after_s
 from runtime.steps.context import Services, StepContext
+from tests.fake_service import FakeService, Response, fake_service, refused_url
 
 
 @pytest.fixture(name="svc")

@@ -1,0 +1,273 @@
+"""What the SQL stores share: the plan of a ``commit`` batch, row <-> model mapping and the
+migration runner. The SQL itself lives with each backend (``sqlite.py``, ``postgres.py``).
+
+A batch is applied Change by Change, in order, but without one round trip per row: a new
+execution and a runbook registration are written at once (their results decide the rest of
+their Change), every other part is collected in a ``Pending`` and written with one
+``executemany`` per table. ``Pending`` keeps only the last header and step state of each
+execution, so the last write of a batch wins, as it does in the memory store.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Any, Protocol
+
+import attrs
+
+from runtime.model import AuditEntry, Event, Evidence, Execution, LogEntry, Runbook, StepState
+from runtime.records import Change, ChangeResult
+from runtime.wire import dumps, from_json, to_json
+
+#: ``model.NOT_DEDUPED`` as SQL: these executions leave the idempotent-start index
+NOT_DEDUPED_SQL = "('failed', 'cancelled', 'timed_out')"
+#: the finished statuses (``ExecutionStatus.finished``) as SQL
+FINISHED_SQL = "('completed', 'failed', 'cancelled', 'timed_out')"
+#: the ``owner`` of a shared runbook (NULL would not take part in the unique key)
+SHARED = ""
+
+Row = tuple[Any, ...]
+Stamp = Callable[[datetime], Any]  # a datetime as the backend stores it
+Time = Callable[[Any], datetime]  # and back
+
+
+def owner_of(tenant_id: str | None) -> str:
+    return SHARED if tenant_id is None else tenant_id
+
+
+def owners(tenant_id: str | None) -> list[str]:
+    """Where a tenant looks for runbooks: its own first, then the shared ones."""
+    return [tenant_id, SHARED] if tenant_id is not None else [SHARED]
+
+
+# -- commit
+
+
+class BatchWriter(Protocol):
+    """One backend's writes inside the transaction of one batch."""
+
+    def insert_execution(self, execution: Execution, dedup: bool) -> str | None:
+        """Insert unless a unique index already holds it; the id of the existing execution."""
+
+    def add_runbook(self, runbook: Runbook) -> int:
+        """Store the next version of the runbook; its version."""
+
+    def flush(self, pending: Pending) -> None:
+        """Write everything collected, one ``executemany`` per table."""
+
+
+@attrs.define
+class Pending:
+    headers: dict[str, Execution] = attrs.Factory(dict)
+    steps: dict[tuple[str, str], tuple[int, StepState]] = attrs.Factory(dict)
+    logs: list[LogEntry] = attrs.Factory(list)
+    audit: list[AuditEntry] = attrs.Factory(list)
+    evidence: list[Evidence] = attrs.Factory(list)
+    events: dict[str, Event] = attrs.Factory(dict)
+    consumed: dict[str, None] = attrs.Factory(dict)  # deleted before ``events`` are written
+    start_keys: set[tuple[str, ...]] = attrs.Factory(set)  # unique keys the headers touch
+
+    def add(self, change: Change) -> None:
+        if change.execution is not None:
+            header = change.execution
+            self.headers[header.id] = header
+            self.start_keys.update(_start_keys(header))
+        for execution_id, step_id, position, state in change.steps:
+            self.steps[execution_id, step_id] = (position, state)
+        self.logs.extend(change.logs)
+        self.audit.extend(change.audit)
+        self.evidence.extend(change.evidence)
+        for event in change.retain_events:
+            self.events[event.id] = event
+        for event_id in change.consume_events:
+            self.events.pop(event_id, None)
+            self.consumed[event_id] = None
+
+    def add_new(self, execution: Execution) -> None:
+        for position, (step_id, state) in enumerate(execution.steps.items()):
+            self.steps[execution.id, step_id] = (position, state)
+
+    def touches(self, execution: Execution) -> bool:
+        """Could a pending header change whether this new execution is a duplicate?"""
+        return bool(self.start_keys) and not self.start_keys.isdisjoint(_start_keys(execution))
+
+
+def _start_keys(execution: Execution) -> list[tuple[str, ...]]:
+    keys = [("hash", execution.tenant_id, execution.runbook_id, str(execution.runbook_version), execution.input_hash)]
+    if execution.idempotency_key is not None:
+        keys.append(("key", execution.tenant_id, execution.idempotency_key))
+    return keys
+
+
+def apply_batch(changes: Sequence[Change], writer: BatchWriter) -> list[ChangeResult]:
+    """The memory store's ``commit``, in SQL: call inside the batch's transaction."""
+    pending = Pending()
+    results: list[ChangeResult] = []
+    for change in changes:
+        new = change.new_execution
+        if new is not None:
+            if pending.touches(new):  # a header before it may free or take its slot: in order
+                writer.flush(pending)
+                pending = Pending()
+            existing = writer.insert_execution(new, change.dedup)
+            if existing is not None:
+                results.append(ChangeResult(existing_id=existing))
+                continue
+            pending.add_new(new)
+        version = writer.add_runbook(change.runbook) if change.runbook is not None else None
+        pending.add(change)
+        results.append(ChangeResult(runbook_version=version))
+    writer.flush(pending)
+    return results
+
+
+# -- model -> rows (the column order is in each docstring; the backends' SQL follows it)
+
+
+def header_json(execution: Execution) -> str:
+    return dumps(attrs.evolve(execution, steps={}) if execution.steps else execution)
+
+
+def header_row(execution: Execution, stamp: Stamp) -> Row:
+    """(id, tenant_id, runbook_id, runbook_version, status, input_hash, idempotency_key,
+    created_at, header)"""
+    return (
+        execution.id,
+        execution.tenant_id,
+        execution.runbook_id,
+        execution.runbook_version,
+        execution.status.value,
+        execution.input_hash,
+        execution.idempotency_key,
+        stamp(execution.created_at),
+        header_json(execution),
+    )
+
+
+def step_rows(pending: Pending) -> list[Row]:
+    """(execution_id, step_id, position, state)"""
+    return [(eid, sid, pos, dumps(state)) for (eid, sid), (pos, state) in pending.steps.items()]
+
+
+def log_row(entry: LogEntry, stamp: Stamp) -> Row:
+    """(execution_id, step_id, level, at, message, data)"""
+    return (entry.execution_id, entry.step_id, entry.level, stamp(entry.at), entry.message, dumps(entry.data))
+
+
+def audit_row(entry: AuditEntry, stamp: Stamp) -> Row:
+    """(execution_id, at, actor, action, step_id, legal_basis, reason, data)"""
+    return (
+        entry.execution_id, stamp(entry.at), entry.actor, entry.action, entry.step_id,
+        entry.legal_basis, entry.reason, dumps(entry.data),
+    )
+
+
+def evidence_row(item: Evidence, stamp: Stamp) -> Row:
+    """(id, execution_id, step_id, kind, sha256, data, created_at)"""
+    return (item.id, item.execution_id, item.step_id, item.kind, item.sha256, dumps(item.data), stamp(item.created_at))
+
+
+def event_row(event: Event, stamp: Stamp) -> Row:
+    """(id, tenant_id, type, correlation_key, payload, received_at, expires_at)"""
+    expires = stamp(event.expires_at) if event.expires_at is not None else None
+    return (
+        event.id, event.tenant_id, event.type, event.correlation_key, dumps(event.payload),
+        stamp(event.received_at), expires,
+    )
+
+
+def runbook_row(runbook: Runbook, now: datetime, stamp: Stamp) -> Row:
+    """(owner, id, document, created_at): the runbook's JSON without ``version``, which is
+    a column of its own (assigned by the insert)."""
+    document = to_json(runbook)
+    document.pop("version", None)
+    created = runbook.created_at or now
+    return (owner_of(runbook.tenant_id), runbook.id, json.dumps(document, separators=(",", ":"), ensure_ascii=False), stamp(created))
+
+
+# -- rows -> model
+
+
+def loads(value: Any) -> Any:
+    """A JSON column: text from SQLite, already parsed from psycopg."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def execution_from(header: Any, steps: Iterable[tuple[str, Any]]) -> Execution:
+    data = dict(loads(header))
+    data["steps"] = {step_id: loads(state) for step_id, state in steps}
+    return from_json(data, Execution)
+
+
+def runbook_from(document: Any, version: int) -> Runbook:
+    data = dict(loads(document))
+    data["version"] = version
+    return from_json(data, Runbook)
+
+
+def log_from(row: Row, time: Time) -> LogEntry:
+    """(seq, execution_id, step_id, level, at, message, data)"""
+    seq, execution_id, step_id, level, at, message, data = row
+    return LogEntry(execution_id, time(at), level, message, step_id, loads(data), seq)
+
+
+def audit_from(row: Row, time: Time) -> AuditEntry:
+    """(execution_id, at, actor, action, step_id, legal_basis, reason, data)"""
+    execution_id, at, actor, action, step_id, legal_basis, reason, data = row
+    return AuditEntry(execution_id, time(at), actor, action, step_id, legal_basis, reason, loads(data))
+
+
+def evidence_from(row: Row, time: Time) -> Evidence:
+    """(id, execution_id, step_id, kind, sha256, data, created_at)"""
+    id_, execution_id, step_id, kind, sha256, data, created_at = row
+    return Evidence(id_, execution_id, step_id, kind, sha256, loads(data), time(created_at))
+
+
+def event_from(row: Row, time: Time) -> Event:
+    """(id, tenant_id, type, correlation_key, payload, received_at, expires_at)"""
+    id_, tenant_id, type_, key, payload, received_at, expires_at = row
+    expires = time(expires_at) if expires_at is not None else None
+    return Event(id_, tenant_id, type_, key, loads(payload), time(received_at), expires)
+
+
+def latest_runbooks(rows: Iterable[Row]) -> list[Runbook]:
+    """``list_runbooks`` from the latest (owner, version, document) of each (owner, id):
+    the tenant's own runbooks shadow the shared ones of the same id."""
+    found: dict[str, tuple[bool, Runbook]] = {}
+    for owner, version, document in rows:
+        own = owner != SHARED
+        runbook = runbook_from(document, version)
+        if runbook.id not in found or own:
+            found[runbook.id] = (own, runbook)
+    return [found[key][1] for key in sorted(found)]
+
+
+# -- migrations
+
+Execute = Callable[[str], list[Row]]
+
+
+def migrate(transaction: Callable[[], AbstractContextManager[Execute]], migrations: Sequence[Sequence[str]]) -> int:
+    """Apply the migrations the schema lacks, each in one transaction; the schema version.
+
+    ``transaction()`` opens a transaction that holds the backend's migration lock and in
+    which the ``schema_version`` table exists; it yields a function running one statement.
+    """
+    latest = len(migrations)
+    for number, statements in enumerate(migrations, start=1):
+        with transaction() as execute:
+            current = int(execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")[0][0])
+            if current > latest:
+                raise RuntimeError(
+                    f"the store's schema version {current} is newer than this program knows ({latest}); "
+                    "upgrade the program"
+                )
+            if current >= number:
+                continue
+            for statement in statements:
+                execute(statement)
+            execute(f"INSERT INTO schema_version (version) VALUES ({number:d})")
+    return latest

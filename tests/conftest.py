@@ -1,0 +1,61 @@
+"""Shared fixtures: a runtime on the memory store, and small custom executors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import trio
+
+from runtime import Runtime, Settings, StepFailed, open_runtime
+from runtime.steps.context import StepContext
+
+
+class Recorder:
+    """Custom executors that record what ran, when, and how many ran at once."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, float]] = []  # (step id, attempt, trio time)
+        self.running = 0
+        self.max_running = 0
+        self.fail_times: dict[str, int] = {}
+
+    async def echo(self, ctx: StepContext) -> Any:
+        self._enter(ctx)
+        try:
+            delay = ctx.config.get("sleep", 0)
+            if delay:
+                await trio.sleep(delay)
+            if self.fail_times.get(ctx.step_id, 0) >= ctx.attempt:
+                raise StepFailed(f"planned failure {ctx.attempt}", retryable=True)
+            if ctx.config.get("fail"):
+                raise StepFailed(str(ctx.config["fail"]), retryable=False)
+            return ctx.config.get("value", {"step": ctx.step_id})
+        finally:
+            self.running -= 1
+
+    def _enter(self, ctx: StepContext) -> None:
+        self.calls.append((ctx.step_id, ctx.attempt, trio.current_time()))
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+
+    def order(self) -> list[str]:
+        return [step for step, _, _ in self.calls]
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+async def rt(recorder: Recorder) -> AsyncIterator[Runtime]:
+    async with open_runtime("memory", settings=Settings(default_max_retries=0)) as runtime:
+        runtime.register_executor("echo", recorder.echo)
+        yield runtime
+
+
+def chain(*ids: str, **step_fields: Any) -> dict[str, Any]:
+    """A runbook of echo steps in document order."""
+    return {"id": "chain", "steps": [{"id": i, "type": "echo", **step_fields} for i in ids]}
