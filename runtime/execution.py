@@ -378,7 +378,7 @@ class ExecutionActor:
         def make(index: int, iteration_scope: Mapping[str, Any], attempt: int, body_config: Mapping[str, Any]) -> StepContext:
             return self._context_factory(step, body_config, iteration_scope, index)(attempt)
 
-        await LoopRun(step.id, config, scope, body_type.executor, policy, make, report).run()
+        await LoopRun(step.id, config, scope, body_type.executor, policy, make, report, step.timeout_ms).run()
 
     # ---------------------------------------------------------------- parked steps
     def _begin_parked(self, step: Step, scope: dict[str, Any]) -> None:
@@ -582,7 +582,8 @@ class ExecutionActor:
         self._set_step(message.step_id, approvals=approvals)
         data = {"approver": decision.approver, "decision": decision.decision, "comment": decision.comment}
         self.turn.evidence.append(Evidence(
-            sha256_hex(["approval", self.ex.id, message.step_id, decision.approver, decision.at.isoformat()])[:32],
+            sha256_hex(["approval", self.ex.id, message.step_id, state.attempts, decision.approver,
+                        decision.at.isoformat()])[:32],
             self.ex.id, message.step_id, "approval_decision", sha256_hex(data), data, decision.at))
         self._log("info", f"approval decision: {decision.decision}", message.step_id, approver=decision.approver)
         self._audit("approval.decided", decision.approver, message.step_id, reason=message.comment,

@@ -17,6 +17,7 @@ import attrs
 import trio
 
 from actors import Mailbox, Reply
+from runtime.errors import StoreUnavailable
 from runtime.records import Change, ChangeResult
 from runtime.store.base import Store
 
@@ -92,13 +93,15 @@ class PersistenceActor:
             try:
                 results = await self._write(changes)
                 break
-            except Exception as exc:  # the database is down, the disk is full...: wait, retry
-                self.stats.failures += 1
-                self.stats.healthy = False
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            except StoreUnavailable as exc:  # the database is down, the disk is full...: wait, retry
+                self._failed(exc)
                 logger.warning("commit of %d changes failed, retrying in %.2f s: %s", len(changes), delay, exc)
                 await trio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
+            except Exception as exc:  # a change the store refuses: find it, fail only its sender
+                self._failed(exc)
+                await self._isolate(batch, exc)
+                return
         self.stats.healthy = True
         self.stats.last_error = None
         self.stats.batches += 1
@@ -107,6 +110,19 @@ class PersistenceActor:
             self.observer(len(changes), time.perf_counter() - started)
         for message, result in zip(batch, results, strict=True):
             message.reply.send(result)
+
+    def _failed(self, exc: Exception) -> None:
+        self.stats.failures += 1
+        self.stats.healthy = False
+        self.stats.last_error = f"{type(exc).__name__}: {exc}"
+
+    async def _isolate(self, batch: list[Commit], exc: Exception) -> None:
+        if len(batch) == 1:
+            logger.error("the store refused a change: %s", exc, exc_info=exc)
+            batch[0].reply.fail(exc)
+            return
+        for message in batch:  # the transaction rolled back: commit each change on its own
+            await self._commit_changes([message])
 
     async def _write(self, changes: list[Change]) -> list[ChangeResult]:
         if not self.store.threaded:

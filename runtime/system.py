@@ -485,6 +485,7 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
         await trio.to_thread.run_sync(the_store.open)
     else:
         the_store.open()
+    body_error: BaseException | None = None
     try:
         async with _client(http) as client, trio.open_nursery() as services:
             persistence = PersistenceActor(the_store, max_batch=settings.persistence_max_batch,
@@ -497,15 +498,36 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
                 await runtime._recover_all()
                 try:
                     yield runtime
+                except BaseException as exc:
+                    body_error = exc
+                    raise
                 finally:
                     executions.cancel()
             await ask(address, Flush)  # everything sent before is committed
             services.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The caller's own exception comes back as itself, not wrapped by our nurseries;
+        # any other failure (or several) stays a group.
+        if body_error is not None and _only_leaf(group) is body_error:
+            raise body_error from None
+        raise
     finally:
         if the_store.threaded:
             await trio.to_thread.run_sync(the_store.close)
         else:
             the_store.close()
+
+
+def _only_leaf(group: BaseExceptionGroup[Any]) -> BaseException | None:
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        elif not isinstance(exc, trio.Cancelled):
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else None
 
 
 @asynccontextmanager

@@ -20,15 +20,15 @@ def check_config(config: Mapping[str, Any], path: str) -> list[Problem]:
     problems = [Problem(f"{path}.{key}", f"unknown field '{key}'") for key in config if key not in _FIELDS]
     approvers = config.get("approvers")
     templated = isinstance(approvers, str) and "${" in approvers
-    if not templated and (
-        not isinstance(approvers, list) or not approvers or not all(isinstance(a, str) and a for a in approvers)
-    ):
+    ids: list[Any] = approvers if isinstance(approvers, list) else []
+    listed = bool(ids) and all(isinstance(a, str) and a for a in ids)
+    if not templated and not listed:
         problems.append(Problem(f"{path}.approvers", "required: a non-empty list of user ids"))
     minimum = config.get("minApprovals", 1)
     if not isinstance(minimum, int) or isinstance(minimum, bool) or minimum < 1:
         problems.append(Problem(f"{path}.minApprovals", "must be a positive integer"))
-    elif isinstance(approvers, list) and minimum > len(set(approvers)):
-        problems.append(Problem(f"{path}.minApprovals", f"{minimum} approvals needed but only {len(set(approvers))} approvers"))
+    elif listed and minimum > len(set(ids)):
+        problems.append(Problem(f"{path}.minApprovals", f"{minimum} approvals needed but only {len(set(ids))} approvers"))
     timeout = config.get("timeoutMs")
     if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0):
         problems.append(Problem(f"{path}.timeoutMs", "must be a positive integer"))
@@ -43,11 +43,23 @@ def check_decision(config: Mapping[str, Any], approvals: Sequence[Approval], app
     """Raise if this decision may not be taken; ``config`` is the rendered config."""
     if decision not in DECISIONS:
         raise ValidationError([{"path": "decision", "message": "must be 'approve' or 'reject'"}])
-    approvers = config.get("approvers") or []
-    if approver not in approvers:
+    if approver not in approver_ids(config):
         raise Forbidden(f"'{approver}' is not an approver of this step")
     if any(a.approver == approver for a in approvals):
         raise Conflict(f"'{approver}' has already decided on this step")
+
+
+def approver_ids(config: Mapping[str, Any]) -> list[str]:
+    """The rendered ``approvers``: a list of user ids (a template may give one id as a string).
+
+    Membership is exact: a string is never searched as text (``"ali" in "alice"``).
+    """
+    approvers = config.get("approvers")
+    if isinstance(approvers, str):
+        return [approvers] if approvers else []
+    if isinstance(approvers, list):
+        return [a for a in approvers if isinstance(a, str) and a]
+    return []
 
 
 def outcome(config: Mapping[str, Any], approvals: Sequence[Approval]) -> str | None:

@@ -48,7 +48,6 @@ _FIELDS: Final = frozenset(
     {"url", "method", "headers", "query", "body", "timeoutMs", "expectStatus",
      "idempotencyKey", "protocol"}
 )
-_ENGINE_HEADERS: Final = ("X-Tenant-Id", "X-Execution-Id", "X-Request-Id")
 
 
 # ---- validation ----------------------------------------------------------------------------

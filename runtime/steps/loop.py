@@ -9,6 +9,7 @@ exceeding it fails the step with ``loop_limit`` before anything is truncated.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -16,8 +17,8 @@ import trio
 
 from runtime.conditions import condition_problems, evaluate
 from runtime.errors import Problem
-from runtime.messages import StepFinished, StepProgressed
-from runtime.model import RetryPolicy, StepError
+from runtime.messages import StepFinished, StepProgressed, StepRetrying
+from runtime.model import LogEntry, RetryPolicy, StepError
 from runtime.step import Outcome, run_attempts
 from runtime.steps.context import Executor, StepContext
 from runtime.templates import TemplateError, render
@@ -57,7 +58,8 @@ def check_config(config: Mapping[str, Any], path: str, types: StepTypes) -> list
     if not isinstance(body, Mapping):
         return [*problems, Problem(f"{path}.step", "required: the loop body {type, config, retryPolicy, timeoutMs}")]
     problems += [Problem(f"{path}.step.{k}", f"unknown field '{k}'") for k in body if k not in _BODY_FIELDS]
-    body_type = types.get(body.get("type")) if isinstance(body.get("type"), str) else None
+    body_type_name = body.get("type")
+    body_type = types.get(body_type_name) if isinstance(body_type_name, str) else None
     if body_type is None:
         problems.append(Problem(f"{path}.step.type", f"unknown step type '{body.get('type')}'"))
     elif body_type.kind is not StepKind.TASK:
@@ -89,8 +91,10 @@ class LoopRun:
         policy: RetryPolicy,
         make_context: MakeIterationContext,
         report: Report,
+        timeout_ms: int | None = None,
     ) -> None:
         self.step_id, self.config, self.scope = step_id, config, scope
+        self.timeout_ms = timeout_ms  # the loop step's own timeoutMs: the whole loop, every iteration
         self.executor, self.policy, self.make_context, self.report = executor, policy, make_context, report
         self.limit = min(int(config.get("maxIterations", MAX_ITERATIONS)), MAX_ITERATIONS)
         self.body = config["step"]
@@ -98,13 +102,15 @@ class LoopRun:
         self.evidence: list[Any] = []
 
     async def run(self) -> None:
-        try:
-            if "items" in self.config:
-                outcome = await self._run_items()
-            else:
-                outcome = await self._run_while()
-        except TemplateError as exc:
-            outcome = Outcome(error=StepError("template", str(exc), False))
+        outcome = Outcome(error=StepError("timeout", f"loop did not finish within {self.timeout_ms} ms", False))
+        with trio.move_on_after(self.timeout_ms / 1000 if self.timeout_ms else math.inf):
+            try:
+                if "items" in self.config:
+                    outcome = await self._run_items()
+                else:
+                    outcome = await self._run_while()
+            except TemplateError as exc:
+                outcome = Outcome(error=StepError("template", str(exc), False))
         await self.report(StepFinished(self.step_id, outcome.output, outcome.error, tuple(self.logs), tuple(self.evidence)))
 
     async def _run_items(self) -> Outcome:
@@ -116,24 +122,29 @@ class LoopRun:
         results: list[Any] = [None] * len(items)
         errors: dict[int, StepError] = {}
         done = 0
-        limiter = trio.CapacityLimiter(int(self.config.get("concurrency", 1)))
+        # Slots are taken in item order by this task, so iterations start in item order
+        # (with concurrency 1 they run strictly one after the other, first item first).
+        slots = trio.Semaphore(int(self.config.get("concurrency", 1)))
         fail_fast = bool(self.config.get("failFast", True))
         await self.report(StepProgressed(self.step_id, {"done": 0, "total": len(items)}))
 
         async def iteration(index: int, item: Any) -> None:
             nonlocal done
-            async with limiter:
+            try:
                 outcome = await self._iterate(index, {"item": item, "index": index})
-            if outcome.error is not None:
-                errors[index] = outcome.error
-                if fail_fast:
-                    iterations.cancel_scope.cancel()
+                if outcome.error is not None:
+                    errors[index] = outcome.error
+                    if fail_fast:  # before the slot is freed: no further item may start
+                        iterations.cancel_scope.cancel()
+            finally:
+                slots.release()
             results[index] = outcome.output
             done += 1
             await self.report(StepProgressed(self.step_id, {"done": done, "total": len(items)}))
 
         async with trio.open_nursery() as iterations:
             for index, item in enumerate(items):
+                await slots.acquire()
                 iterations.start_soon(iteration, index, item, name=f"loop {self.step_id}[{index}]")
         return self._result(results, errors)
 
@@ -160,9 +171,28 @@ class LoopRun:
             config = render(self.body.get("config", {}), scope)
         except TemplateError as exc:
             return Outcome(error=StepError("template", str(exc), False))
+        latest: list[StepContext] = []
+
+        def make(attempt: int) -> StepContext:
+            ctx = self.make_context(index, scope, attempt, config)
+            latest[:] = [ctx]
+            return ctx
+
+        async def on_attempt(message: Any) -> None:
+            # A failed attempt's logs and evidence (e.g. a 503 response) are kept, not only
+            # the last attempt's; the retry itself is logged like a step retry.
+            if isinstance(message, StepRetrying):
+                self.logs += message.logs
+                self.evidence += message.evidence
+                ctx = latest[0]
+                self.logs.append(LogEntry(
+                    ctx.execution_id, ctx.services.now(), "warning",
+                    f"iteration {index} retrying in {message.delay_s:.3f} s: {message.error.message}",
+                    self.step_id, {"index": index, "attempt": message.attempt, "code": message.error.code},
+                ))
+
         outcome, ctx = await run_attempts(
-            self.executor, lambda attempt: self.make_context(index, scope, attempt, config),
-            self.policy, self.body.get("timeoutMs"), 1, None, self.step_id,
+            self.executor, make, self.policy, self.body.get("timeoutMs"), 1, on_attempt, self.step_id,
         )
         self.logs += ctx.logs
         self.evidence += ctx.evidence

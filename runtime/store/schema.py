@@ -24,8 +24,8 @@ from runtime.wire import dumps, from_json, to_json
 
 #: ``model.NOT_DEDUPED`` as SQL: these executions leave the idempotent-start index
 NOT_DEDUPED_SQL = "('failed', 'cancelled', 'timed_out')"
-#: the finished statuses (``ExecutionStatus.finished``) as SQL
-FINISHED_SQL = "('completed', 'failed', 'cancelled', 'timed_out')"
+#: the statuses that are not ``finished`` (what ``load_unfinished`` loads), as SQL
+UNFINISHED_SQL = "('pending', 'running', 'awaiting_approval', 'pausing', 'paused')"
 #: the ``owner`` of a shared runbook (NULL would not take part in the unique key)
 SHARED = ""
 
@@ -61,6 +61,8 @@ class BatchWriter(Protocol):
 
 @attrs.define
 class Pending:
+    """The bulk parts of a batch, in order, waiting for one ``executemany`` per table."""
+
     headers: dict[str, Execution] = attrs.Factory(dict)
     steps: dict[tuple[str, str], tuple[int, StepState]] = attrs.Factory(dict)
     logs: list[LogEntry] = attrs.Factory(list)
@@ -68,7 +70,7 @@ class Pending:
     evidence: list[Evidence] = attrs.Factory(list)
     events: dict[str, Event] = attrs.Factory(dict)
     consumed: dict[str, None] = attrs.Factory(dict)  # deleted before ``events`` are written
-    start_keys: set[tuple[str, ...]] = attrs.Factory(set)  # unique keys the headers touch
+    start_keys: set[tuple[object, ...]] = attrs.Factory(set)  # unique keys the headers touch
 
     def add(self, change: Change) -> None:
         if change.execution is not None:
@@ -86,6 +88,11 @@ class Pending:
             self.events.pop(event_id, None)
             self.consumed[event_id] = None
 
+    @property
+    def empty(self) -> bool:
+        return not (self.headers or self.steps or self.logs or self.audit or self.evidence
+                    or self.events or self.consumed)
+
     def add_new(self, execution: Execution) -> None:
         for position, (step_id, state) in enumerate(execution.steps.items()):
             self.steps[execution.id, step_id] = (position, state)
@@ -95,8 +102,11 @@ class Pending:
         return bool(self.start_keys) and not self.start_keys.isdisjoint(_start_keys(execution))
 
 
-def _start_keys(execution: Execution) -> list[tuple[str, ...]]:
-    keys = [("hash", execution.tenant_id, execution.runbook_id, str(execution.runbook_version), execution.input_hash)]
+def _start_keys(execution: Execution) -> list[tuple[object, ...]]:
+    """The keys of the two unique indexes a start can hit."""
+    keys: list[tuple[object, ...]] = [
+        ("hash", execution.tenant_id, execution.runbook_id, execution.runbook_version, execution.input_hash)
+    ]
     if execution.idempotency_key is not None:
         keys.append(("key", execution.tenant_id, execution.idempotency_key))
     return keys
@@ -120,7 +130,8 @@ def apply_batch(changes: Sequence[Change], writer: BatchWriter) -> list[ChangeRe
         version = writer.add_runbook(change.runbook) if change.runbook is not None else None
         pending.add(change)
         results.append(ChangeResult(runbook_version=version))
-    writer.flush(pending)
+    if not pending.empty:
+        writer.flush(pending)
     return results
 
 

@@ -24,8 +24,8 @@ from runtime.model import LOG_LEVELS, AuditEntry, Event, Evidence, Execution, Lo
 from runtime.records import Change, ChangeResult
 from runtime.store.base import parse_cursor
 from runtime.store.schema import (
-    FINISHED_SQL,
     NOT_DEDUPED_SQL,
+    UNFINISHED_SQL,
     Execute,
     Pending,
     apply_batch,
@@ -353,7 +353,7 @@ class SqliteStore:
         return [execution for _, execution in page], next_cursor
 
     def load_unfinished(self) -> list[Execution]:
-        found = self._executions(f"{_HEADERS} WHERE status NOT IN {FINISHED_SQL} ORDER BY seq", ())
+        found = self._executions(f"{_HEADERS} WHERE status IN {UNFINISHED_SQL} ORDER BY seq", ())
         return [execution for _, execution in found]
 
     def _executions(self, sql: str, params: Sequence[Any]) -> list[tuple[int, Execution]]:

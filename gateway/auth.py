@@ -1,0 +1,91 @@
+"""Who is calling: the identity (user, tenant, roles) of an ``/api/v1`` request.
+
+With a tokens file every request carries ``Authorization: Bearer <token>``; the token is
+compared with every known token in constant time (``hmac.compare_digest`` over all of
+them, no early exit), so timing does not tell how much of a guess was right. Without a
+tokens file (development mode) the user comes from ``X-User-Id`` (default ``anonymous``)
+and the tenant from ``X-Tenant-Id`` (default ``default``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Mapping, Sequence
+
+import attrs
+from quart import g
+
+from gateway.config import TokenEntry
+from gateway.problems import ApiProblem
+from runtime import Problem
+
+DEFAULT_USER = "anonymous"
+DEFAULT_TENANT = "default"
+MAX_ID_LENGTH = 200
+ID_HEADER = re.compile(r"[\x20-\x7e]*")  # printable ASCII, as the OpenAPI document says
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="runbooks"'}
+
+
+@attrs.frozen
+class Identity:
+    user: str
+    tenant: str
+    roles: tuple[str, ...] = ()
+
+
+class Authenticator:
+    """Turns request headers into an ``Identity`` or raises a 401 ``ApiProblem``."""
+
+    def __init__(self, tokens: Sequence[TokenEntry]) -> None:
+        self._tokens = [(entry.token.encode(), entry) for entry in tokens]
+
+    @property
+    def development_mode(self) -> bool:
+        return not self._tokens
+
+    def identify(self, headers: Mapping[str, str]) -> Identity:
+        if self.development_mode:
+            return _development_identity(headers)
+        entry = self._match(_bearer_token(headers.get("Authorization")))
+        if entry is None:
+            raise ApiProblem(401, "the bearer token is not valid", headers=_CHALLENGE)
+        return Identity(entry.user, entry.tenant, entry.roles)
+
+    def _match(self, candidate: bytes) -> TokenEntry | None:
+        found: TokenEntry | None = None
+        for token, entry in self._tokens:  # no early exit: every token is compared
+            if hmac.compare_digest(candidate, token):
+                found = entry
+        return found
+
+
+def _bearer_token(header: str | None) -> bytes:
+    if not header:
+        raise ApiProblem(401, "this request needs an 'Authorization: Bearer <token>' header", headers=_CHALLENGE)
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiProblem(401, "the Authorization header must be 'Bearer <token>'", headers=_CHALLENGE)
+    return token.strip().encode("utf-8", "surrogateescape")
+
+
+def _development_identity(headers: Mapping[str, str]) -> Identity:
+    problems: list[Problem] = []
+    user = _header_id(headers, "X-User-Id", DEFAULT_USER, problems)
+    tenant = _header_id(headers, "X-Tenant-Id", DEFAULT_TENANT, problems)
+    if problems:
+        raise ApiProblem(400, "bad identity headers", problems)
+    return Identity(user, tenant)
+
+
+def _header_id(headers: Mapping[str, str], name: str, default: str, problems: list[Problem]) -> str:
+    value = headers.get(name) or ""
+    if len(value) > MAX_ID_LENGTH or not ID_HEADER.fullmatch(value):
+        problems.append(Problem(name, f"must be at most {MAX_ID_LENGTH} printable ASCII characters"))
+    return value.strip() or default
+
+
+def current_identity() -> Identity:
+    """The identity of the request being served (set by the gateway before every view)."""
+    identity: Identity = g.identity
+    return identity

@@ -1,0 +1,176 @@
+"""Errors as ``application/problem+json`` (RFC 9457): ``{type, title, status, detail, errors?}``.
+
+Every failure leaves the gateway through ``problem_for``: the engine's errors
+(``ValidationError`` 422, or 413 for a document over 1 MiB; ``NotFound`` 404; ``Conflict``
+409; ``Forbidden`` 403), the gateway's own ``ApiProblem`` (bad bodies and parameters: 400
+when the request cannot be read into the declared types, 422 when it can but a value is
+refused), werkzeug's ``HTTPException`` (unknown route, method not allowed, body too large)
+and, last, anything unexpected: 500, logged with its traceback, never the exception text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import attrs
+from quart import Response
+from werkzeug.exceptions import HTTPException
+
+from runtime import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    Problem,
+    RunbookError,
+    StoreUnavailable,
+    ValidationError,
+)
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_PREFIX = "urn:runbooks:problem:"
+
+logger = logging.getLogger("runbooks.gateway")
+
+_TITLES = {
+    400: "bad request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not found",
+    405: "method not allowed",
+    409: "conflict",
+    413: "request too large",
+    415: "unsupported media type",
+    422: "unprocessable request",
+    500: "internal error",
+    503: "service unavailable",
+}
+_SLUGS = {
+    400: "bad-request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    409: "conflict",
+    413: "too-large",
+    415: "unsupported-media-type",
+    422: "validation",
+    500: "internal",
+    503: "unavailable",
+}
+
+
+class ApiProblem(Exception):
+    """A request the gateway refuses itself (a bad body or parameter, missing auth...)."""
+
+    def __init__(self, status: int, detail: str, errors: Sequence[Problem] = (), *,
+                 title: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = list(errors)
+        self.title = title or _TITLES.get(status, "error")
+        self.headers = headers or {}
+
+
+@attrs.frozen
+class ProblemBody:
+    status: int
+    title: str
+    detail: str
+    errors: tuple[Problem, ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": TYPE_PREFIX + _SLUGS.get(self.status, str(self.status)),
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if self.errors is not None:
+            body["errors"] = [problem.to_json() for problem in self.errors]
+        return body
+
+
+def problem_response(status: int, detail: str, errors: Iterable[Problem] | None = None, *,
+                     title: str | None = None, headers: dict[str, str] | None = None) -> Response:
+    body = ProblemBody(status, title or _TITLES.get(status, "error"), detail,
+                       tuple(errors) if errors is not None else None)
+    response = Response(json.dumps(body.to_json(), ensure_ascii=False), status=status, content_type=PROBLEM_JSON)
+    response.headers.update(headers or {})
+    return response
+
+
+def problem_for(error: BaseException) -> Response:
+    """The problem response of any exception that reaches the edge."""
+    match error:
+        case ApiProblem():
+            return problem_response(error.status, error.detail, error.errors or None, title=error.title,
+                                    headers=error.headers)
+        case ValidationError():
+            return _validation_problem(error)
+        case NotFound():
+            return problem_response(404, str(error) or "not found")
+        case Conflict():
+            return problem_response(409, str(error) or "conflict")
+        case Forbidden():
+            return problem_response(403, str(error) or "forbidden")
+        case StoreUnavailable():
+            return problem_response(503, "the store is unavailable; try again later")
+        case RunbookError():
+            return problem_response(422, str(error) or error.code)
+        case HTTPException():
+            return _http_problem(error)
+        case RecursionError():
+            return problem_response(400, "the request is nested too deeply")
+    logger.error("unhandled error", exc_info=error)
+    return problem_response(500, "an internal error occurred; it has been logged")
+
+
+def _validation_problem(error: ValidationError) -> Response:
+    if getattr(error, "code", None) == "tooLarge":
+        return problem_response(413, "the document is larger than 1 MiB", error.problems, title="document too large")
+    count = len(error.problems)
+    detail = f"{count} problem{'s' if count != 1 else ''}: " + "; ".join(
+        f"{p.path}: {p.message}" for p in error.problems[:3]) if count else error.title
+    return problem_response(422, detail, error.problems, title=error.title)
+
+
+def _http_problem(error: HTTPException) -> Response:
+    status = error.code or 500
+    headers: dict[str, str] = {}
+    if status == 405:
+        allowed = getattr(error, "valid_methods", None)
+        if allowed:
+            headers["Allow"] = ", ".join(sorted(allowed))
+        detail = "this method is not allowed on this resource"
+    elif status == 413:
+        detail = "the request body is larger than 1 MiB"
+    elif status == 404:
+        detail = "no such resource"
+    else:
+        detail = error.description or _TITLES.get(status, "error")
+    return problem_response(status, detail, headers=headers)
+
+
+def as_single_error(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The one error to answer for an exception group that escaped a view.
+
+    A group holding exactly one error is answered as that error (a RunbookError keeps its
+    status); a group of several is an internal error, logged with every member.
+    """
+    leaves = list(_leaves(group))
+    if len(leaves) == 1:
+        return leaves[0]
+    logger.error("several errors in one request", exc_info=group)
+    return RuntimeError("several errors")
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> Iterable[BaseException]:
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            yield from _leaves(error)
+        else:
+            yield error

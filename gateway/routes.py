@@ -1,0 +1,187 @@
+"""The one table of routes: ``create_app`` registers it and ``openapi`` describes it.
+
+A ``Route`` names its view and everything the OpenAPI document says about it: parameters,
+request body, success responses and the problem statuses it can answer. Statuses every
+route shares are added by ``Route.problem_statuses`` (500 everywhere; 400 and 401 on
+``/api/v1``; 404 with a path parameter; 400, 413 and 415 with a body).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+from quart import Response
+
+from gateway import routes_executions as ex
+from gateway import routes_runbooks as rb
+from gateway import routes_system as system
+from gateway.bodies import IDEMPOTENCY_KEY, LOG_LEVELS, STATUSES
+from runtime.wire import camel
+
+View = Callable[..., Awaitable[Response]]
+JSON = "application/json"
+_RULE_VARIABLE = re.compile(r"<(?:[a-z]+:)?([A-Za-z_][A-Za-z0-9_]*)>")
+
+
+@attrs.frozen
+class Param:
+    name: str
+    location: str  # "query" or "header"
+    schema: dict[str, Any]
+    description: str
+    required: bool = False
+
+
+@attrs.frozen
+class Answer:
+    """A success response: its schema (a component name) and media type."""
+
+    description: str
+    schema: str | None = None
+    media_type: str = JSON
+    headers: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class Route:
+    method: str
+    rule: str
+    view: View
+    operation_id: str
+    summary: str
+    tag: str
+    answers: dict[int, Answer]
+    params: tuple[Param, ...] = ()
+    body: str | None = None  # component schema of the request body
+    body_required: bool = True
+    yaml_body: bool = False
+    problems: tuple[int, ...] = ()
+
+    @property
+    def api(self) -> bool:
+        return self.rule.startswith("/api/v1/")
+
+    @property
+    def path_params(self) -> list[str]:
+        return _RULE_VARIABLE.findall(self.rule)
+
+    @property
+    def openapi_path(self) -> str:
+        return openapi_path(self.rule)
+
+    def problem_statuses(self) -> list[int]:
+        statuses = set(self.problems) | {500}
+        if self.api:
+            statuses |= {400, 401}
+        if self.path_params:
+            statuses.add(404)
+        if self.body is not None:
+            statuses |= {400, 413, 415}
+        return sorted(statuses)
+
+
+def openapi_path(rule: str) -> str:
+    """``/api/v1/executions/<execution_id>`` -> ``/api/v1/executions/{executionId}``."""
+    return _RULE_VARIABLE.sub(lambda match: "{" + camel(match.group(1)) + "}", rule)
+
+
+_INT32 = 2**31 - 1
+LIMIT = Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000},
+              "Page size, 1 to 1000 (default 50).")
+CURSOR = Param("cursor", "query", {"type": "string", "maxLength": 256},
+               "The nextCursor of the previous page.")
+STATUS = Param("status", "query", {"type": "string", "enum": list(STATUSES)}, "Only executions in this status.")
+RUNBOOK_FILTER = Param("runbookId", "query", {"type": "string", "maxLength": 128}, "Only executions of this runbook.")
+VERSION = Param("version", "query", {"type": "integer", "minimum": 1, "maximum": _INT32},
+                "A version of the runbook (default: the latest).")
+FORCE = Param("force", "query", {"type": "boolean"},
+              "Start a new execution even if an identical one (same runbook version and input) is active.")
+IDEMPOTENCY_KEY = Param("Idempotency-Key", "header",
+                        {"type": "string", "minLength": 1, "maxLength": 255, "pattern": f"^{IDEMPOTENCY_KEY.pattern}$"},
+                        "Returns the execution started with this key; the same key with another input is 422.")
+LOG_PARAMS = (
+    Param("stepId", "query", {"type": "string", "maxLength": 128}, "Only entries of this step."),
+    Param("level", "query", {"type": "string", "enum": list(LOG_LEVELS)}, "Minimum level."),
+    Param("after", "query", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+          "Only entries after this seq (the nextCursor of the previous page)."),
+    Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000}, "At most this many entries (default 1000)."),
+)
+
+_EXECUTION = Answer("The execution with its steps.", "Execution")
+_EXECUTION_CREATED = Answer("The new execution.", "Execution", headers=("Location",))
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/health", system.health, "health", "Liveness", "system",
+          {200: Answer("Always ok while the process serves.", "Health")}),
+    Route("GET", "/health/live", system.health, "healthLive", "Liveness", "system",
+          {200: Answer("Always ok while the process serves.", "Health")}),
+    Route("GET", "/health/ready", system.ready, "healthReady", "Readiness: the store answers and commits succeed",
+          "system", {200: Answer("Ready.", "Health")}, problems=(503,)),
+    Route("GET", "/metrics", system.metrics, "metrics", "Prometheus metrics", "system",
+          {200: Answer("Prometheus text format.", "Text", "text/plain")}),
+    Route("GET", "/api/v1/openapi.json", system.openapi, "openapi", "This document", "system",
+          {200: Answer("The OpenAPI 3.1 description of this API.", "OpenApi")}),
+    # ------------------------------------------------------------------ runbooks
+    Route("POST", "/api/v1/runbooks", rb.register_runbook, "registerRunbook",
+          "Register a runbook (a new version if the id exists) for the caller's tenant", "runbooks",
+          {201: Answer("Registered.", "Registered", headers=("Location",))},
+          body="RunbookDocument", yaml_body=True, problems=(422,)),
+    Route("GET", "/api/v1/runbooks", rb.list_runbooks, "listRunbooks",
+          "The latest version of every runbook the tenant sees (its own and the shared ones), by id",
+          "runbooks", {200: Answer("A page of runbooks.", "RunbookPage")}, params=(LIMIT, CURSOR), problems=(422,)),
+    Route("POST", "/api/v1/runbooks/validate", rb.validate_runbook, "validateRunbook",
+          "Validate a runbook document; registers nothing", "runbooks",
+          {200: Answer("The validation report.", "ValidationReport")}, body="RunbookDocument", yaml_body=True),
+    Route("GET", "/api/v1/runbooks/<runbook_id>", rb.get_runbook, "getRunbook", "A runbook (latest or ?version=)",
+          "runbooks", {200: Answer("The runbook and its document.", "Runbook")}, params=(VERSION,), problems=(422,)),
+    Route("GET", "/api/v1/runbooks/<runbook_id>/executions", rb.list_runbook_executions, "listRunbookExecutions",
+          "Executions of a runbook, newest first", "runbooks",
+          {200: Answer("A page of executions.", "ExecutionPage")}, params=(STATUS, LIMIT, CURSOR), problems=(422,)),
+    # ------------------------------------------------------------------ executions
+    Route("POST", "/api/v1/executions", ex.start_execution, "startExecution", "Start an execution", "executions",
+          {201: _EXECUTION_CREATED, 200: Answer("An identical execution (or one with this Idempotency-Key) "
+                                                "already exists: that one.", "Execution")},
+          params=(FORCE, IDEMPOTENCY_KEY), body="StartExecution", problems=(404, 422)),
+    Route("GET", "/api/v1/executions", ex.list_executions, "listExecutions", "Executions, newest first",
+          "executions", {200: Answer("A page of executions.", "ExecutionPage")},
+          params=(RUNBOOK_FILTER, STATUS, LIMIT, CURSOR), problems=(422,)),
+    Route("GET", "/api/v1/executions/<execution_id>", ex.get_execution, "getExecution",
+          "An execution with its steps", "executions", {200: _EXECUTION}),
+    Route("POST", "/api/v1/executions/<execution_id>/pause", ex.pause_execution, "pauseExecution",
+          "Pause: no new step starts; steps in flight finish", "control", {200: _EXECUTION},
+          body="ControlRequest", body_required=False, problems=(409, 422)),
+    Route("POST", "/api/v1/executions/<execution_id>/resume", ex.resume_execution, "resumeExecution",
+          "Resume a paused execution", "control", {200: _EXECUTION},
+          body="ControlRequest", body_required=False, problems=(409, 422)),
+    Route("POST", "/api/v1/executions/<execution_id>/cancel", ex.cancel_execution, "cancelExecution",
+          "Cancel: every step in flight is cancelled at once (reason required)", "control", {200: _EXECUTION},
+          body="CancelRequest", problems=(409, 422)),
+    Route("POST", "/api/v1/executions/<execution_id>/steps/<step_id>/retry", ex.retry_step, "retryStep",
+          "Retry a failed or rejected step of a failed execution", "control", {200: _EXECUTION},
+          body="ControlRequest", body_required=False, problems=(409, 422)),
+    Route("POST", "/api/v1/executions/<execution_id>/replay", ex.replay_execution, "replayExecution",
+          "A new execution of the same runbook version with the same input and context", "control",
+          {201: _EXECUTION_CREATED}, body="ControlRequest", body_required=False, problems=(422,)),
+    Route("POST", "/api/v1/executions/<execution_id>/steps/<step_id>/approvals", ex.submit_approval,
+          "submitApproval", "Approve or reject an approval step as the calling user", "control", {200: _EXECUTION},
+          body="ApprovalRequest", problems=(403, 409, 422)),
+    Route("GET", "/api/v1/executions/<execution_id>/logs", ex.execution_logs, "executionLogs",
+          "Structured log entries, oldest first", "records", {200: Answer("A page of log entries.", "LogPage")},
+          params=LOG_PARAMS, problems=(422,)),
+    Route("GET", "/api/v1/executions/<execution_id>/evidence", ex.execution_evidence, "executionEvidence",
+          "Evidence items (call-service responses, approval decisions, executors' own)", "records",
+          {200: Answer("Every evidence item.", "EvidencePage")}),
+    Route("GET", "/api/v1/executions/<execution_id>/audit", ex.execution_audit, "executionAudit",
+          "Audit entries, oldest first", "records", {200: Answer("Every audit entry.", "AuditPage")}),
+    Route("GET", "/api/v1/executions/<execution_id>/stream", ex.stream_execution, "streamExecution",
+          "Server-sent events: one 'execution' event per committed state, until the execution finishes",
+          "records", {200: Answer("text/event-stream of 'execution' events.", "Text", "text/event-stream")},
+          problems=(503,)),
+    Route("POST", "/api/v1/events", ex.publish_event, "publishEvent",
+          "Publish an event to the steps of the caller's tenant waiting on it (or retain it)", "events",
+          {202: Answer("Delivered to n waiting steps, or retained for a later one.", "PublishResult")},
+          body="EventRequest", problems=(422,)),
+)

@@ -1,0 +1,58 @@
+"""Views of ``/api/v1/runbooks``: register (JSON or YAML), validate, list, get, list executions.
+
+Runbooks registered here belong to the caller's tenant; the shared ones come from
+``RUNBOOKS_DIR``. The engine keeps no paginated runbook query, so the list is paginated
+here over the (small, sorted by id) list the engine returns: the cursor is the last id.
+"""
+
+from __future__ import annotations
+
+from quart import Response
+
+from gateway import bodies
+from gateway.auth import current_identity
+from gateway.shapes import (
+    execution_json,
+    json_response,
+    page_json,
+    runbook_json,
+    runbook_summary_json,
+)
+from gateway.state import state
+
+
+async def register_runbook() -> Response:
+    document = await bodies.document_body()
+    runbook = await state().runtime.register_runbook(document, tenant_id=current_identity().tenant)
+    location = f"/api/v1/runbooks/{runbook.id}?version={runbook.version}"
+    return json_response({"id": runbook.id, "version": runbook.version}, 201, {"Location": location})
+
+
+async def validate_runbook() -> Response:
+    document = await bodies.document_body()
+    problems = state().runtime.validate_runbook(document)
+    return json_response({"valid": not problems, "errors": [p.to_json() for p in problems]})
+
+
+async def list_runbooks() -> Response:
+    page = bodies.runbooks_page_query()
+    runbooks = await state().runtime.list_runbooks(tenant_id=current_identity().tenant)
+    after = [rb for rb in runbooks if page.cursor is None or rb.id > page.cursor]
+    items = after[: page.limit]
+    next_cursor = items[-1].id if len(after) > page.limit else None
+    return json_response(page_json((runbook_summary_json(rb) for rb in items), next_cursor))
+
+
+async def get_runbook(runbook_id: str) -> Response:
+    version = bodies.version_query()
+    runbook = await state().runtime.get_runbook(runbook_id, version, tenant_id=current_identity().tenant)
+    return json_response(runbook_json(runbook))
+
+
+async def list_runbook_executions(runbook_id: str) -> Response:
+    query = bodies.executions_query()
+    runtime, tenant = state().runtime, current_identity().tenant
+    await runtime.get_runbook(runbook_id, tenant_id=tenant)  # 404 for a runbook this tenant cannot see
+    page = await runtime.list_executions(tenant_id=tenant, runbook_id=runbook_id, status=query.status,
+                                         limit=query.page.limit, cursor=query.page.cursor)
+    return json_response(page_json((execution_json(ex) for ex in page.items), page.next_cursor))

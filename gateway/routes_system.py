@@ -1,0 +1,39 @@
+"""Health, readiness, metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+from quart import Response, current_app
+
+from gateway.metrics import CONTENT_TYPE
+from gateway.problems import problem_response
+from gateway.shapes import json_response
+from gateway.state import state
+
+logger = logging.getLogger("runbooks.gateway")
+READY_TIMEOUT_S = 5.0
+
+
+async def health() -> Response:
+    return json_response({"status": "ok"})
+
+
+async def ready() -> Response:
+    try:
+        with trio.fail_after(READY_TIMEOUT_S):
+            await state().runtime.ready()
+    except Exception as exc:  # the store does not answer, or commits are failing
+        logger.warning("not ready: %s: %s", type(exc).__name__, exc)
+        return problem_response(503, "not ready: the store does not answer or commits are failing",
+                                title="not ready")
+    return json_response({"status": "ok"})
+
+
+async def metrics() -> Response:
+    return Response(state().metrics.render(), status=200, content_type=CONTENT_TYPE)
+
+
+async def openapi() -> Response:
+    return json_response(current_app.extensions["runbooks.openapi"])

@@ -1,0 +1,152 @@
+"""JSON Schemas (2020-12, as OpenAPI 3.1 uses them) of the API's bodies, by component name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.bodies import DECISIONS, LOG_LEVELS, MAX_DEPTH, STATUSES
+from runtime import StepStatus
+
+Schema = dict[str, Any]
+
+ANY: Schema = {}
+TIME: Schema = {"type": "string", "format": "date-time"}
+TIME_OR_NULL: Schema = {"type": ["string", "null"], "format": "date-time"}
+TEXT_OR_NULL: Schema = {"type": ["string", "null"]}
+NON_BLANK = r"\S"
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def nullable(name: str) -> Schema:
+    return {"anyOf": [ref(name), {"type": "null"}]}
+
+
+def obj(properties: dict[str, Schema], required: tuple[str, ...] = (), *, closed: bool = False,
+        description: str | None = None) -> Schema:
+    schema: Schema = {"type": "object", "properties": properties, "required": list(required)}
+    if closed:
+        schema["additionalProperties"] = False
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def page(item: str) -> Schema:
+    return obj({"items": {"type": "array", "items": ref(item)}, "nextCursor": TEXT_OR_NULL},
+               ("items", "nextCursor"))
+
+
+_PROBLEM_ITEM = obj({"path": {"type": "string"}, "message": {"type": "string"}}, ("path", "message"))
+
+_STEP_STATE = obj({
+    "status": {"type": "string", "enum": [s.value for s in StepStatus]},
+    "type": {"type": "string"},
+    "attempts": {"type": "integer", "minimum": 0},
+    "startedAt": TIME_OR_NULL,
+    "completedAt": TIME_OR_NULL,
+    "output": ANY,
+    "error": nullable("StepError"),
+    "approvals": {"type": "array", "items": ref("Approval")},
+    "progress": {"type": ["object", "null"]},
+    "deadlineAt": TIME_OR_NULL,
+}, ("status", "type", "attempts", "startedAt", "completedAt", "output", "error", "approvals", "progress"))
+
+_EXECUTION = obj({
+    "id": {"type": "string"},
+    "runbookId": {"type": "string"},
+    "runbookVersion": {"type": "integer"},
+    "tenantId": {"type": "string"},
+    "status": {"type": "string", "enum": list(STATUSES)},
+    "input": ANY,
+    "output": ANY,
+    "context": {"type": "object"},
+    "error": nullable("StepError"),
+    "createdAt": TIME,
+    "startedAt": TIME_OR_NULL,
+    "completedAt": TIME_OR_NULL,
+    "pausedDurationMs": {"type": "integer", "minimum": 0},
+    "replayOf": TEXT_OR_NULL,
+    "inputHash": {"type": "string"},
+    "deadlineAt": TIME_OR_NULL,
+    "steps": {"type": "object", "additionalProperties": ref("StepState"),
+              "description": "Keyed by step id, in document order."},
+}, ("id", "runbookId", "runbookVersion", "tenantId", "status", "input", "output", "context", "error",
+    "createdAt", "startedAt", "completedAt", "pausedDurationMs", "replayOf", "inputHash", "steps"))
+
+_RUNBOOK_SUMMARY_PROPS: dict[str, Schema] = {
+    "id": {"type": "string"},
+    "version": {"type": "integer", "minimum": 1},
+    "name": TEXT_OR_NULL,
+    "description": TEXT_OR_NULL,
+    "tenantId": {"type": ["string", "null"], "description": "null: shared by every tenant (RUNBOOKS_DIR)"},
+    "createdAt": TIME_OR_NULL,
+    "shared": {"type": "boolean"},
+    "stepCount": {"type": "integer", "minimum": 1},
+}
+
+SCHEMAS: dict[str, Schema] = {
+    "Problem": obj({
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {"type": "array", "items": _PROBLEM_ITEM},
+    }, ("type", "title", "status", "detail"), description="RFC 9457 problem details."),
+    "Health": obj({"status": {"type": "string", "const": "ok"}}, ("status",)),
+    "Text": {"type": "string"},
+    "OpenApi": {"type": "object"},
+    "RunbookDocument": {
+        "type": "object",
+        "description": f"A runbook document (SPEC section 1), as JSON or YAML, at most 1 MiB and "
+                       f"{MAX_DEPTH} levels deep.",
+    },
+    "Registered": obj({"id": {"type": "string"}, "version": {"type": "integer", "minimum": 1}}, ("id", "version")),
+    "ValidationReport": obj({"valid": {"type": "boolean"}, "errors": {"type": "array", "items": _PROBLEM_ITEM}},
+                            ("valid", "errors")),
+    "RunbookSummary": obj(_RUNBOOK_SUMMARY_PROPS, tuple(_RUNBOOK_SUMMARY_PROPS)),
+    "Runbook": obj({**_RUNBOOK_SUMMARY_PROPS, "document": {"type": "object"}},
+                   (*_RUNBOOK_SUMMARY_PROPS, "document")),
+    "RunbookPage": page("RunbookSummary"),
+    "StepError": obj({"code": {"type": "string"}, "message": {"type": "string"}, "retryable": {"type": "boolean"},
+                      "stepId": TEXT_OR_NULL}, ("code", "message", "retryable")),
+    "Approval": obj({"approver": {"type": "string"}, "decision": {"type": "string", "enum": list(DECISIONS)},
+                     "comment": TEXT_OR_NULL, "at": TIME}, ("approver", "decision", "comment", "at")),
+    "StepState": _STEP_STATE,
+    "Execution": _EXECUTION,
+    "ExecutionPage": page("Execution"),
+    "StartExecution": obj({
+        "runbookId": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": NON_BLANK},
+        "version": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+        "input": {**ANY, "description": "The execution's input (default {})."},
+        "context": obj({"legalBasis": {"type": "string"}, "reason": {"type": "string"}},
+                       description="Free context; tenantId and userId are set from the caller's identity."),
+    }, ("runbookId",), closed=True),
+    "ControlRequest": obj({"reason": {"type": "string", "maxLength": 10000}}, closed=True),
+    "CancelRequest": obj({"reason": {"type": "string", "minLength": 1, "maxLength": 10000, "pattern": NON_BLANK}},
+                         ("reason",), closed=True),
+    "ApprovalRequest": obj({"decision": {"type": "string", "enum": list(DECISIONS)},
+                            "comment": {"type": ["string", "null"], "maxLength": 10000}},
+                           ("decision",), closed=True),
+    "EventRequest": obj({
+        "type": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": NON_BLANK},
+        "correlationKey": {"type": "string", "minLength": 1, "maxLength": 1024, "pattern": NON_BLANK},
+        "payload": ANY,
+    }, ("type", "correlationKey"), closed=True),
+    "PublishResult": obj({"delivered": {"type": "integer", "minimum": 0}, "retained": {"type": "boolean"}},
+                         ("delivered", "retained")),
+    "LogEntry": obj({"seq": {"type": "integer"}, "at": TIME, "level": {"type": "string", "enum": list(LOG_LEVELS)},
+                     "message": {"type": "string"}, "stepId": TEXT_OR_NULL, "data": ANY},
+                    ("seq", "at", "level", "message", "stepId", "data")),
+    "LogPage": page("LogEntry"),
+    "Evidence": obj({"id": {"type": "string"}, "stepId": TEXT_OR_NULL, "kind": {"type": "string"},
+                     "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}, "data": ANY, "createdAt": TIME},
+                    ("id", "stepId", "kind", "sha256", "data", "createdAt")),
+    "EvidencePage": page("Evidence"),
+    "AuditEntry": obj({"at": TIME, "actor": {"type": "string"}, "action": {"type": "string"},
+                       "stepId": TEXT_OR_NULL, "legalBasis": TEXT_OR_NULL, "reason": TEXT_OR_NULL, "data": ANY},
+                      ("at", "actor", "action", "stepId", "legalBasis", "reason", "data")),
+    "AuditPage": page("AuditEntry"),
+}

@@ -1,0 +1,244 @@
+"""``runbooks serve``: open the runtime, load RUNBOOKS_DIR, serve the app until SIGINT/SIGTERM.
+
+Order of a run (DESIGN.md, STYLE pitfalls Q2, Q3, T7):
+
+1. open the signal receiver first, so a SIGTERM that arrives at any later moment is a
+   message, not a kill;
+2. open the runtime (``open_runtime``: the store, the persistence actor, recovery);
+3. register every ``*.yaml``/``*.yml``/``*.json`` of ``RUNBOOKS_DIR`` as a shared runbook
+   (unchanged documents are not registered again, so restarts add no versions);
+4. serve the app with hypercorn's Trio worker in the same task tree; the shutdown trigger
+   waits on the receiver opened in step 1;
+5. on the first signal: end the SSE streams, stop accepting, let in-flight requests
+   finish (hypercorn's graceful timeout), then leave ``open_runtime``, which stops the
+   execution actors and flushes the persistence actor. A second signal cancels the
+   server at once (the runtime still closes cleanly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pathlib
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from gateway.app import create_app
+from gateway.config import Config, ConfigError
+from gateway.metrics import create_metrics
+from runtime import NotFound, Runbook, Runtime, ValidationError, open_runtime
+from runtime.store import open_store_from_url
+from runtime.store.base import Store
+from runtime.wire import load_document
+
+logger = logging.getLogger("runbooks.gateway")
+
+RUNBOOK_SUFFIXES = (".yaml", ".yml", ".json")
+GRACEFUL_TIMEOUT_S = 5.0
+Trigger = Callable[[], Awaitable[Any]]
+
+
+async def serve(config: Config, *, prepare: Callable[[Runtime], None] | None = None,
+                shutdown_trigger: Trigger | None = None,
+                task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve until SIGINT/SIGTERM (or until ``shutdown_trigger`` returns, if given).
+
+    ``prepare(runtime)`` runs before RUNBOOKS_DIR is loaded (register custom step types
+    there). ``task_status.started`` receives the bound URLs. Raises ``ConfigError`` for a
+    bad configuration, a store URL the runtime does not know, or a bad RUNBOOKS_DIR file.
+    """
+    config.check_can_serve()
+    if shutdown_trigger is not None:
+        await _serve(config, prepare, _Shutdown(shutdown_trigger, None), task_status)
+        return
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        await _serve(config, prepare, _Shutdown(None, signals), task_status)
+
+
+class _Shutdown:
+    """Waits for the trigger or the first signal; a second signal cancels ``hard``."""
+
+    def __init__(self, trigger: Trigger | None, signals: Any) -> None:
+        self._trigger = trigger
+        self._signals = signals
+
+    async def first(self) -> str:
+        if self._trigger is not None:
+            await self._trigger()
+            return "shutdown requested"
+        async for signum in self._signals:
+            return signal.Signals(signum).name
+        return "signal receiver closed"
+
+    async def escalate(self, hard: trio.CancelScope) -> None:
+        if self._signals is None:
+            return
+        async for signum in self._signals:
+            logger.warning("%s again: stopping the server now", signal.Signals(signum).name)
+            hard.cancel()
+            return
+
+
+async def _serve(config: Config, prepare: Callable[[Runtime], None] | None, shutdown: _Shutdown,
+                 task_status: trio.TaskStatus[list[str]]) -> None:
+    store = _store(config)
+    metrics, batch_observer = create_metrics()
+    try:
+        async with open_runtime(store, settings=config.settings(), batch_observer=batch_observer) as runtime:
+            if prepare is not None:
+                prepare(runtime)
+            await load_runbooks_dir(runtime, config.runbooks_dir)
+            app = create_app(runtime, config, metrics=metrics)
+            async with trio.open_nursery() as server:
+
+                async def trigger() -> None:
+                    reason = await shutdown.first()
+                    logger.info("%s: shutting down (finishing in-flight requests)", reason)
+                    app.extensions["runbooks"].streams.close_all()
+                    server.start_soon(shutdown.escalate, server.cancel_scope, name="second signal")
+
+                await hypercorn_serve(app, _hypercorn_config(config), shutdown_trigger=trigger,  # type: ignore[arg-type]
+                                      task_status=task_status)
+                server.cancel_scope.cancel()
+            logger.info("server stopped; closing the runtime")
+    except BaseExceptionGroup as group:
+        _raise_config_errors(group)
+        raise
+    logger.info("stopped")
+
+
+def _raise_config_errors(group: BaseExceptionGroup[Any]) -> None:
+    """A start-up ConfigError that crossed the runtime's nurseries leaves as itself."""
+    config_errors, rest = group.split(ConfigError)
+    if config_errors is not None and rest is None:
+        leaves = _leaves(config_errors)
+        raise ConfigError(" | ".join(str(leaf) for leaf in leaves)) from group
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for error in group.exceptions:
+        found += _leaves(error) if isinstance(error, BaseExceptionGroup) else [error]
+    return found
+
+
+def _store(config: Config) -> Store:
+    try:
+        return open_store_from_url(config.store_url())
+    except ValueError as exc:
+        raise ConfigError(f"STORAGE_BACKEND: the {config.storage_backend} store is not available: {exc}") from None
+
+
+def _hypercorn_config(config: Config) -> HyperConfig:
+    hyper = HyperConfig()
+    host = f"[{config.host}]" if ":" in config.host and not config.host.startswith("[") else config.host
+    hyper.bind = [f"{host}:{config.port}"]
+    hyper.accesslog = None  # the gateway logs each request itself (runbooks.gateway)
+    hyper.graceful_timeout = GRACEFUL_TIMEOUT_S
+    return hyper
+
+
+# ------------------------------------------------------------------ RUNBOOKS_DIR
+
+async def load_runbooks_dir(runtime: Runtime, directory: str | None) -> list[Runbook]:
+    """Register every runbook file of ``directory`` as shared (tenant None).
+
+    Every file is checked before any is registered; problems raise one ``ConfigError``
+    naming each bad file and its problems. A document equal to the latest registered
+    version is not registered again.
+    """
+    if directory is None:
+        return []
+    documents = await _read_documents(runtime, pathlib.Path(directory))
+    registered = []
+    for path, document in documents:
+        if await _unchanged(runtime, document):
+            continue
+        runbook = await runtime.register_runbook(document, tenant_id=None)
+        logger.info("registered shared runbook %s version %d from %s", runbook.id, runbook.version, path.name)
+        registered.append(runbook)
+    return registered
+
+
+async def _read_documents(runtime: Runtime, directory: pathlib.Path) -> list[tuple[pathlib.Path, dict[str, Any]]]:
+    paths = await trio.to_thread.run_sync(_runbook_files, directory)
+    documents: list[tuple[pathlib.Path, dict[str, Any]]] = []
+    errors: list[str] = []
+    owners: dict[str, pathlib.Path] = {}
+    for path in paths:
+        try:
+            document = load_document(await trio.Path(path).read_bytes())
+        except (OSError, ValidationError) as exc:
+            errors.append(f"{path}: {_problems_text(exc)}")
+            continue
+        problems = runtime.validate_runbook(document)
+        if problems:
+            errors.append(f"{path}: {_problems_text(ValidationError(problems))}")
+        elif document["id"] in owners:
+            errors.append(f"{path}: runbook id '{document['id']}' is also defined in {owners[document['id']]}")
+        else:
+            owners[document["id"]] = path
+            documents.append((path, document))
+    if errors:
+        raise ConfigError("RUNBOOKS_DIR: " + " | ".join(errors))
+    return documents
+
+
+def _runbook_files(directory: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(p for p in directory.iterdir() if p.suffix.lower() in RUNBOOK_SUFFIXES and p.is_file())
+
+
+def _problems_text(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{p.path}: {_one_line(p.message)}" for p in exc.problems)
+    return _one_line(str(exc))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+async def _unchanged(runtime: Runtime, document: dict[str, Any]) -> bool:
+    try:
+        latest = await runtime.get_runbook(document["id"], tenant_id=None)
+    except NotFound:
+        return False
+    return latest.document == document
+
+
+# ------------------------------------------------------------------ command line
+
+def serve_main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """``runbooks serve [--runbooks-dir DIR] [--host HOST] [--port PORT]``; the exit status.
+
+    Exit 0 after a graceful shutdown, 2 on a bad configuration (one line on stderr).
+    """
+    parser = argparse.ArgumentParser(prog="runbooks serve", description="Serve the runbooks REST API.")
+    parser.add_argument("--runbooks-dir", help="register the runbooks of DIR at start (RUNBOOKS_DIR)")
+    parser.add_argument("--host", help="address to bind (HOST)")
+    parser.add_argument("--port", help="port to bind (PORT)")
+    args = parser.parse_args(argv)
+    overrides = {name: value for name, value in (
+        ("RUNBOOKS_DIR", args.runbooks_dir), ("HOST", args.host), ("PORT", args.port)) if value is not None}
+    try:
+        config = Config.from_env({**(os.environ if env is None else env), **overrides})
+        _setup_logging(config)
+        trio.run(serve, config)
+    except ConfigError as exc:
+        print(f"runbooks serve: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _setup_logging(config: Config) -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    mode = "development mode (X-User-Id/X-Tenant-Id)" if config.development_mode else "bearer tokens"
+    logger.info("runbooks gateway: %s store, %s, %s:%d", config.storage_backend, mode, config.host, config.port)

@@ -1,0 +1,80 @@
+"""The JSON shapes the API answers with (SPEC section 5), all built on ``runtime.wire.to_json``.
+
+The engine's values carry a few internal fields (``deduplicated``, ``pausedAt``,
+``idempotencyKey``, the ``executionId`` of every record) that are not part of the contract;
+this module picks the public fields, in the order SPEC lists them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from quart import Response
+
+from runtime import AuditEntry, Evidence, Execution, LogEntry, PublishResult, Runbook
+from runtime.wire import to_json
+
+EXECUTION_FIELDS = (
+    "id", "runbookId", "runbookVersion", "tenantId", "status", "input", "output", "context", "error",
+    "createdAt", "startedAt", "completedAt", "pausedDurationMs", "replayOf", "inputHash", "deadlineAt",
+)
+STEP_FIELDS = ("status", "type", "attempts", "startedAt", "completedAt", "output", "error", "approvals",
+               "progress", "deadlineAt")
+EVIDENCE_FIELDS = ("id", "stepId", "kind", "sha256", "data", "createdAt")
+AUDIT_FIELDS = ("at", "actor", "action", "stepId", "legalBasis", "reason", "data")
+LOG_FIELDS = ("seq", "at", "level", "message", "stepId", "data")
+RUNBOOK_SUMMARY_FIELDS = ("id", "version", "name", "description", "tenantId", "createdAt")
+
+
+def _pick(data: dict[str, Any], fields: Sequence[str]) -> dict[str, Any]:
+    return {name: data.get(name) for name in fields}
+
+
+def execution_json(execution: Execution) -> dict[str, Any]:
+    data = to_json(execution)
+    body = _pick(data, EXECUTION_FIELDS)
+    body["steps"] = {step_id: _pick(state, STEP_FIELDS) for step_id, state in data["steps"].items()}
+    return body
+
+
+def runbook_summary_json(runbook: Runbook) -> dict[str, Any]:
+    body = _pick(to_json(runbook), RUNBOOK_SUMMARY_FIELDS)
+    body["shared"] = runbook.tenant_id is None
+    body["stepCount"] = len(runbook.steps)
+    return body
+
+
+def runbook_json(runbook: Runbook) -> dict[str, Any]:
+    body = runbook_summary_json(runbook)
+    body["document"] = runbook.document
+    return body
+
+
+def log_json(entry: LogEntry) -> dict[str, Any]:
+    return _pick(to_json(entry), LOG_FIELDS)
+
+
+def evidence_json(item: Evidence) -> dict[str, Any]:
+    return _pick(to_json(item), EVIDENCE_FIELDS)
+
+
+def audit_json(entry: AuditEntry) -> dict[str, Any]:
+    return _pick(to_json(entry), AUDIT_FIELDS)
+
+
+def publish_json(result: PublishResult) -> dict[str, Any]:
+    return {"delivered": result.delivered, "retained": result.retained}
+
+
+def page_json(items: Iterable[dict[str, Any]], next_cursor: str | None) -> dict[str, Any]:
+    return {"items": list(items), "nextCursor": next_cursor}
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response that keeps key order (steps are in document order)."""
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), default=str)
+    response = Response(text, status=status, content_type="application/json")
+    response.headers.update(headers or {})
+    return response

@@ -1,0 +1,107 @@
+"""Server-sent events of one execution: every committed state, live, until it finishes.
+
+A stream has two halves. The *pump*, a task in the app's lifespan nursery, iterates
+``runtime.watch`` and hands each state on with ``send_nowait``: it never reaches a
+checkpoint between two states, so the watch is re-entered (and its subscription held) before
+any other task can commit a new state. The *body*, an async generator Quart iterates to
+write the response, only receives from the pump's channel; it sends a comment line as a
+heartbeat when nothing happened for ``HEARTBEAT_S`` and it holds no nursery or cancel scope
+across a ``yield``. Closing the body (client gone, shutdown) cancels the pump.
+
+Each state is one frame::
+
+    event: execution
+    data: {"id": ..., "status": ..., "steps": {...}}
+
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+import trio
+
+from gateway.shapes import execution_json
+from runtime import Execution, NotFound, Runtime
+
+HEARTBEAT_S = 15.0
+BUFFER = 256
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class Streams:
+    """The live streams of one app; ``close_all`` ends them all (graceful shutdown)."""
+
+    def __init__(self) -> None:
+        self._pumps: set[trio.CancelScope] = set()
+        self.closing = False
+
+    @property
+    def live(self) -> int:
+        return len(self._pumps)
+
+    def close_all(self) -> None:
+        self.closing = True
+        for scope in list(self._pumps):
+            scope.cancel()
+
+    def open(self, nursery: trio.Nursery, runtime: Runtime, execution_id: str, tenant_id: str) -> AsyncIterator[bytes]:
+        """Start the pump in ``nursery``; return the body to stream (raises RuntimeError if closing)."""
+        if self.closing:
+            raise RuntimeError("the gateway is shutting down")
+        send, receive = trio.open_memory_channel[Execution](BUFFER)
+        scope = trio.CancelScope()
+        self._pumps.add(scope)
+        nursery.start_soon(self._pump, runtime, execution_id, tenant_id, send, scope,
+                           name=f"sse {execution_id}")
+        return self._body(receive, scope, runtime, execution_id, tenant_id)
+
+    async def _pump(self, runtime: Runtime, execution_id: str, tenant_id: str,
+                    send: trio.MemorySendChannel[Execution], scope: trio.CancelScope) -> None:
+        try:
+            with scope, send:
+                async with aclosing(runtime.watch(execution_id, tenant_id=tenant_id)) as states:
+                    async for execution in states:
+                        send.send_nowait(execution)  # no checkpoint: the watch resumes at once
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError, NotFound):
+            pass  # a reader that cannot keep up, or is gone, ends its own stream
+        finally:
+            self._pumps.discard(scope)
+
+    async def _body(self, receive: trio.MemoryReceiveChannel[Execution], scope: trio.CancelScope,
+                    runtime: Runtime, execution_id: str, tenant_id: str) -> AsyncIterator[bytes]:
+        last: Execution | None = None
+        try:
+            with receive:
+                while True:
+                    execution, ended = await _next_state(receive)
+                    if ended:
+                        break
+                    if execution is None:
+                        yield b": keep-alive\n\n"
+                        continue
+                    last = execution
+                    yield frame(execution)
+            if last is not None and not last.status.finished and not self.closing:
+                latest = await runtime.fetch(execution_id, tenant_id=tenant_id)
+                if latest.status.finished:  # the watch dropped us before the end: send the end
+                    yield frame(latest)
+        finally:
+            scope.cancel()
+
+
+async def _next_state(receive: trio.MemoryReceiveChannel[Execution]) -> tuple[Execution | None, bool]:
+    """The next state, ``(None, False)`` after a quiet heartbeat period, ``(None, True)`` at the end."""
+    with trio.move_on_after(HEARTBEAT_S):
+        try:
+            return await receive.receive(), False
+        except trio.EndOfChannel:
+            return None, True
+    return None, False
+
+
+def frame(execution: Execution) -> bytes:
+    data = json.dumps(execution_json(execution), ensure_ascii=False, separators=(",", ":"))
+    return f"event: execution\ndata: {data}\n\n".encode()

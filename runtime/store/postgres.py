@@ -1,0 +1,542 @@
+"""The PostgreSQL store: psycopg's sync API, one write connection and a pool for reads.
+
+A batch is written on one ``autocommit`` connection inside ``with conn.transaction():``;
+the bulk parts go through ``executemany`` in one pipeline (one round trip for all tables,
+not one per row). A connection lost during a commit raises StoreUnavailable and
+is replaced on the next commit (the persistence actor retries the batch). Reads take a
+connection from a ``psycopg_pool.ConnectionPool`` and read in one statement, hence from one
+snapshot. ``schema``: the tables live in that schema (created if missing), set as the
+``search_path`` of every connection.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool
+
+from runtime.errors import StoreUnavailable
+from runtime.model import LOG_LEVELS, AuditEntry, Event, Evidence, Execution, LogEntry, Runbook
+from runtime.records import Change, ChangeResult
+from runtime.store.base import parse_cursor
+from runtime.store.schema import (
+    NOT_DEDUPED_SQL,
+    UNFINISHED_SQL,
+    Execute,
+    Pending,
+    apply_batch,
+    audit_from,
+    audit_row,
+    event_from,
+    event_row,
+    evidence_from,
+    evidence_row,
+    execution_from,
+    header_row,
+    latest_runbooks,
+    log_from,
+    log_row,
+    migrate,
+    owners,
+    runbook_from,
+    runbook_row,
+    step_rows,
+)
+
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+_SCHEMA_VERSION = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)"""
+
+#: JSON columns are ``json`` (kept as written, unlike jsonb, which rejects ``\\u0000``) and
+#: hold ``wire.dumps`` text. ``executions.header`` is the execution without its steps;
+#: ``runbooks.document`` the runbook's wire form without ``version``.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE runbooks (
+            owner text NOT NULL,  -- the tenant, '' for a shared runbook
+            id text NOT NULL,
+            version integer NOT NULL,
+            document json NOT NULL,
+            created_at timestamptz NOT NULL,
+            PRIMARY KEY (owner, id, version)
+        )""",
+        """CREATE TABLE executions (
+            id text PRIMARY KEY,
+            seq bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
+            tenant_id text NOT NULL,
+            runbook_id text NOT NULL,
+            runbook_version integer NOT NULL,
+            status text NOT NULL,
+            input_hash text NOT NULL,
+            deduplicated boolean NOT NULL,
+            idempotency_key text,
+            created_at timestamptz NOT NULL,
+            header json NOT NULL
+        )""",
+        f"""CREATE UNIQUE INDEX executions_active_hash
+            ON executions (tenant_id, runbook_id, runbook_version, input_hash)
+            WHERE deduplicated AND status NOT IN {NOT_DEDUPED_SQL}""",
+        """CREATE UNIQUE INDEX executions_idempotency_key ON executions (tenant_id, idempotency_key)
+            WHERE idempotency_key IS NOT NULL""",
+        "CREATE INDEX executions_listing ON executions (tenant_id, runbook_id, status, seq DESC)",
+        "CREATE INDEX executions_status ON executions (status)",
+        """CREATE TABLE steps (
+            execution_id text NOT NULL REFERENCES executions (id) ON DELETE CASCADE,
+            step_id text NOT NULL,
+            position integer NOT NULL,
+            state json NOT NULL,
+            PRIMARY KEY (execution_id, step_id)
+        )""",
+        """CREATE TABLE logs (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            execution_id text NOT NULL,
+            step_id text,
+            level text NOT NULL,
+            at timestamptz NOT NULL,
+            message text NOT NULL,
+            data json NOT NULL
+        )""",
+        "CREATE INDEX logs_by_step ON logs (execution_id, step_id, seq)",
+        """CREATE TABLE audit (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            execution_id text NOT NULL,
+            at timestamptz NOT NULL,
+            actor text NOT NULL,
+            action text NOT NULL,
+            step_id text,
+            legal_basis text,
+            reason text,
+            data json NOT NULL
+        )""",
+        "CREATE INDEX audit_by_execution ON audit (execution_id, seq)",
+        """CREATE TABLE evidence (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            id text NOT NULL UNIQUE,
+            execution_id text NOT NULL,
+            step_id text,
+            kind text NOT NULL,
+            sha256 text NOT NULL,
+            data json NOT NULL,
+            created_at timestamptz NOT NULL
+        )""",
+        "CREATE INDEX evidence_by_execution ON evidence (execution_id, seq)",
+        """CREATE TABLE events (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            id text NOT NULL UNIQUE,
+            tenant_id text NOT NULL,
+            type text NOT NULL,
+            correlation_key text NOT NULL,
+            payload json NOT NULL,
+            received_at timestamptz NOT NULL,
+            expires_at timestamptz
+        )""",
+        "CREATE INDEX events_match ON events (tenant_id, type, correlation_key)",
+    ),
+)
+
+_HEADER_COLUMNS = "id, tenant_id, runbook_id, runbook_version, status, input_hash, idempotency_key, created_at, header"
+
+_INSERT_EXECUTION = f"""
+INSERT INTO executions ({_HEADER_COLUMNS}, deduplicated) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::json, %s)
+ON CONFLICT DO NOTHING"""
+
+# A header upsert never breaks the active-hash index: an execution that becomes active again
+# (a retried failure) while another one with its input hash is active leaves the index.
+_UPSERT_HEADER = f"""
+INSERT INTO executions AS e ({_HEADER_COLUMNS}, deduplicated)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::json, false)
+ON CONFLICT (id) DO UPDATE SET
+    tenant_id = excluded.tenant_id,
+    runbook_id = excluded.runbook_id,
+    runbook_version = excluded.runbook_version,
+    status = excluded.status,
+    input_hash = excluded.input_hash,
+    idempotency_key = excluded.idempotency_key,
+    created_at = excluded.created_at,
+    header = excluded.header,
+    deduplicated = CASE
+        WHEN NOT e.deduplicated THEN false
+        WHEN excluded.status IN {NOT_DEDUPED_SQL} OR e.status NOT IN {NOT_DEDUPED_SQL} THEN true
+        ELSE NOT EXISTS (
+            SELECT 1 FROM executions AS other
+            WHERE other.tenant_id = excluded.tenant_id AND other.runbook_id = excluded.runbook_id
+              AND other.runbook_version = excluded.runbook_version
+              AND other.input_hash = excluded.input_hash
+              AND other.deduplicated AND other.status NOT IN {NOT_DEDUPED_SQL})
+    END"""
+
+_UPSERT_STEP = """
+INSERT INTO steps (execution_id, step_id, position, state) VALUES (%s, %s, %s, %s::json)
+ON CONFLICT (execution_id, step_id) DO UPDATE SET position = excluded.position, state = excluded.state"""
+
+_INSERT_LOG = """
+INSERT INTO logs (execution_id, step_id, level, at, message, data) VALUES (%s, %s, %s, %s, %s, %s::json)"""
+
+_INSERT_AUDIT = """
+INSERT INTO audit (execution_id, at, actor, action, step_id, legal_basis, reason, data)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s::json)"""
+
+_INSERT_EVIDENCE = """
+INSERT INTO evidence (id, execution_id, step_id, kind, sha256, data, created_at)
+VALUES (%s, %s, %s, %s, %s, %s::json, %s)
+ON CONFLICT (id) DO NOTHING"""
+
+_UPSERT_EVENT = """
+INSERT INTO events (id, tenant_id, type, correlation_key, payload, received_at, expires_at)
+VALUES (%s, %s, %s, %s, %s::json, %s, %s)
+ON CONFLICT (id) DO UPDATE SET
+    tenant_id = excluded.tenant_id, type = excluded.type, correlation_key = excluded.correlation_key,
+    payload = excluded.payload, received_at = excluded.received_at, expires_at = excluded.expires_at"""
+
+_DELETE_EVENT = "DELETE FROM events WHERE id = %s"
+
+# Two stores registering the same runbook at once: the second insert conflicts and is retried.
+_INSERT_RUNBOOK = """
+INSERT INTO runbooks (owner, id, version, document, created_at)
+SELECT %(owner)s, %(id)s, COALESCE(MAX(version), 0) + 1, %(document)s::json, %(created_at)s
+FROM runbooks WHERE owner = %(owner)s AND id = %(id)s
+ON CONFLICT DO NOTHING
+RETURNING version"""
+
+_ID_BY_KEY = "SELECT id FROM executions WHERE tenant_id = %s AND idempotency_key = %s"
+_ACTIVE = f"""
+WHERE tenant_id = %s AND runbook_id = %s AND runbook_version = %s AND input_hash = %s
+  AND deduplicated AND status NOT IN {NOT_DEDUPED_SQL}
+ORDER BY seq LIMIT 1"""
+
+# the header and its steps in one statement: one snapshot
+_EXECUTIONS = """
+SELECT e.seq, e.header,
+       (SELECT json_agg(json_build_array(s.step_id, s.state) ORDER BY s.position, s.step_id)
+        FROM steps AS s WHERE s.execution_id = e.id)
+FROM executions AS e"""
+
+_ATTEMPTS = 10  # inserts that lost a race with another store's transaction
+
+
+class PostgresStore:
+    threaded = True
+    name = "postgres"
+
+    def __init__(
+        self,
+        dsn: str,
+        pool_max: int = 20,
+        schema: str | None = None,
+        *,
+        pool_min: int = 1,
+        timeout: float = 10.0,
+    ) -> None:
+        self.dsn = dsn
+        self.pool_max = pool_max
+        self.schema = schema
+        self._pool_min = min(pool_min, pool_max)
+        self._timeout = timeout
+        self._conn: Connection | None = None
+        self._pool: ConnectionPool[Connection] | None = None
+        self._write_lock = threading.Lock()
+
+    def open(self) -> None:
+        with self._write_lock, _translated("open"):
+            if self._pool is not None:
+                return
+            conn = self._connect()
+            try:
+                migrate(lambda: self._migration(conn), MIGRATIONS)
+                pool: ConnectionPool[Connection] = ConnectionPool(
+                    self.dsn,
+                    min_size=self._pool_min,
+                    max_size=self.pool_max,
+                    kwargs={"autocommit": True, **self._connect_options()},
+                    configure=self._configure,
+                    check=ConnectionPool.check_connection,
+                    timeout=self._timeout,
+                    name="runbooks-store-reads",
+                    open=False,
+                )
+                pool.open()
+            except BaseException:
+                conn.close()
+                raise
+            self._conn, self._pool = conn, pool
+
+    def close(self) -> None:
+        with self._write_lock:
+            pool, conn = self._pool, self._conn
+            self._pool = self._conn = None
+            if pool is not None:
+                pool.close()
+            if conn is not None:
+                conn.close()
+
+    def ping(self) -> None:
+        self._rows("SELECT 1")
+
+    # -- writes
+    def commit(self, changes: Sequence[Change]) -> list[ChangeResult]:
+        if not changes:
+            return []
+        with self._write_lock, _translated("commit"):
+            conn = self._writer()
+            with conn.transaction(), conn.cursor() as cursor:
+                return apply_batch(changes, _Writer(cursor))
+
+    def _writer(self) -> Connection:
+        """The write connection; a broken one (lost during an earlier commit) is replaced."""
+        if self._pool is None:
+            raise StoreUnavailable("postgres store is not open")
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                with suppress(psycopg.Error):
+                    conn.close()
+            self._conn = None
+            self._conn = conn = self._connect()
+        return conn
+
+    # -- runbooks
+    def get_runbook(self, tenant_id: str | None, runbook_id: str, version: int | None = None) -> Runbook | None:
+        # per owner: its latest version and the one asked for; the first owner that has any wins
+        rows = self._rows(
+            """SELECT owner, version, document FROM runbooks AS r
+               WHERE owner = ANY(%(owners)s) AND id = %(id)s AND (version = %(version)s OR version =
+                   (SELECT MAX(version) FROM runbooks AS m WHERE m.owner = r.owner AND m.id = r.id))""",
+            {"owners": owners(tenant_id), "id": runbook_id, "version": version},
+        )
+        for owner in owners(tenant_id):
+            found = {row[1]: row for row in rows if row[0] == owner}
+            if found:
+                row = found.get(max(found) if version is None else version)
+                return runbook_from(row[2], row[1]) if row else None
+        return None
+
+    def list_runbooks(self, tenant_id: str | None) -> list[Runbook]:
+        rows = self._rows(
+            """SELECT DISTINCT ON (owner, id) owner, version, document FROM runbooks
+               WHERE owner = ANY(%s) ORDER BY owner, id, version DESC""",
+            (owners(tenant_id),),
+        )
+        return latest_runbooks(rows)
+
+    # -- executions
+    def get_execution(self, execution_id: str) -> Execution | None:
+        found = self._executions(f"{_EXECUTIONS} WHERE id = %s", (execution_id,))
+        return found[0][1] if found else None
+
+    def find_active(self, tenant_id: str, runbook_id: str, version: int, input_hash: str) -> Execution | None:
+        found = self._executions(f"{_EXECUTIONS} {_ACTIVE}", (tenant_id, runbook_id, version, input_hash))
+        return found[0][1] if found else None
+
+    def find_by_idempotency_key(self, tenant_id: str, key: str) -> Execution | None:
+        found = self._executions(f"{_EXECUTIONS} WHERE tenant_id = %s AND idempotency_key = %s", (tenant_id, key))
+        return found[0][1] if found else None
+
+    def list_executions(
+        self,
+        tenant_id: str | None,
+        *,
+        runbook_id: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[Execution], str | None]:
+        before = parse_cursor(cursor)
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("tenant_id", tenant_id), ("runbook_id", runbook_id), ("status", status)):
+            if value is not None:
+                where.append(f"{column} = %s")
+                params.append(value)
+        if before is not None:
+            where.append("seq < %s")
+            params.append(before)
+        query = f"{_EXECUTIONS} {_where(where)} ORDER BY seq DESC LIMIT %s"
+        page = self._executions(query, (*params, max(limit + 1, 0)))
+        more = len(page) > limit
+        page = page[: max(limit, 0)]
+        next_cursor = str(page[-1][0]) if more and page else None
+        return [execution for _, execution in page], next_cursor
+
+    def load_unfinished(self) -> list[Execution]:
+        found = self._executions(f"{_EXECUTIONS} WHERE status IN {UNFINISHED_SQL} ORDER BY seq", ())
+        return [execution for _, execution in found]
+
+    def _executions(self, query: str, params: Sequence[Any]) -> list[tuple[int, Execution]]:
+        return [(seq, execution_from(header, steps or ())) for seq, header, steps in self._rows(query, params)]
+
+    # -- records
+    def logs(
+        self,
+        execution_id: str,
+        *,
+        step_id: str | None = None,
+        level: str | None = None,
+        after: int | None = None,
+        limit: int = 1000,
+    ) -> list[LogEntry]:
+        where = ["execution_id = %s"]
+        params: list[Any] = [execution_id]
+        if step_id is not None:
+            where.append("step_id = %s")
+            params.append(step_id)
+        if level is not None:
+            where.append("level = ANY(%s)")
+            params.append(list(LOG_LEVELS[LOG_LEVELS.index(level) :]))
+        if after is not None:
+            where.append("seq > %s")
+            params.append(after)
+        query = f"""SELECT seq, execution_id, step_id, level, at, message, data FROM logs
+                    {_where(where)} ORDER BY seq LIMIT %s"""
+        return [log_from(row, _as_is) for row in self._rows(query, (*params, max(limit, 0)))]
+
+    def evidence(self, execution_id: str) -> list[Evidence]:
+        query = """SELECT id, execution_id, step_id, kind, sha256, data, created_at
+                   FROM evidence WHERE execution_id = %s ORDER BY seq"""
+        return [evidence_from(row, _as_is) for row in self._rows(query, (execution_id,))]
+
+    def audit(self, execution_id: str) -> list[AuditEntry]:
+        query = """SELECT execution_id, at, actor, action, step_id, legal_basis, reason, data
+                   FROM audit WHERE execution_id = %s ORDER BY seq"""
+        return [audit_from(row, _as_is) for row in self._rows(query, (execution_id,))]
+
+    def retained_events(self, now: datetime) -> list[Event]:
+        query = """SELECT id, tenant_id, type, correlation_key, payload, received_at, expires_at
+                   FROM events WHERE expires_at IS NULL OR expires_at > %s ORDER BY seq"""
+        return [event_from(row, _as_is) for row in self._rows(query, (now,))]
+
+    def _rows(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
+        pool = self._pool
+        if pool is None:
+            raise StoreUnavailable("postgres store is not open")
+        with _translated("read"), pool.connection() as conn:
+            return conn.execute(query, params).fetchall()
+
+    # -- connections
+    def _connect_options(self) -> dict[str, Any]:
+        given = conninfo_to_dict(self.dsn)
+        defaults = {"connect_timeout": max(1, round(self._timeout)), "application_name": "runbooks"}
+        return {key: value for key, value in defaults.items() if key not in given}
+
+    def _connect(self) -> Connection:
+        conn = psycopg.Connection.connect(self.dsn, autocommit=True, **self._connect_options())
+        try:
+            self._configure(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _configure(self, conn: Connection) -> None:
+        if self.schema is not None:
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+        conn.execute("SET TIME ZONE 'UTC'")
+
+    @contextmanager
+    def _migration(self, conn: Connection) -> Iterator[Execute]:
+        """A migration transaction: holds this schema's migration lock, creates the schema."""
+        with conn.transaction():
+            lock = f"runbooks.migrate:{self.schema or ''}"
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (lock,))
+            if self.schema is not None:
+                if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)).fetchone() is None:
+                    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
+            conn.execute(_SCHEMA_VERSION)
+
+            def execute(statement: str) -> list[tuple[Any, ...]]:
+                cursor = conn.execute(statement)
+                return cursor.fetchall() if cursor.description else []
+
+            yield execute
+
+
+class _Writer:
+    """The writes of one batch, inside its transaction."""
+
+    def __init__(self, cursor: psycopg.Cursor[tuple[Any, ...]]) -> None:
+        self._cursor = cursor
+
+    def insert_execution(self, execution: Execution, dedup: bool) -> str | None:
+        row = (*header_row(execution, _as_is), dedup)
+        for _ in range(_ATTEMPTS):
+            self._cursor.execute(_INSERT_EXECUTION, row)
+            if self._cursor.rowcount == 1:
+                return None
+            found, existing = self._existing(execution, dedup)
+            if found:
+                return existing
+        # the execution holding the index kept changing under us: let the batch be retried
+        raise StoreUnavailable(f"execution {execution.id} was neither inserted nor found; retry")
+
+    def _existing(self, execution: Execution, dedup: bool) -> tuple[bool, str | None]:
+        """The execution that holds a unique index (None: this very one, a replayed batch).
+        Not found: it left the index after our insert had seen it (another store's commit)."""
+        lookups: list[tuple[str, tuple[Any, ...]]] = []
+        if execution.idempotency_key is not None:
+            lookups.append((_ID_BY_KEY, (execution.tenant_id, execution.idempotency_key)))
+        if dedup:
+            hash_key = (execution.tenant_id, execution.runbook_id, execution.runbook_version, execution.input_hash)
+            lookups.append((f"SELECT id FROM executions {_ACTIVE}", hash_key))
+        lookups.append(("SELECT id FROM executions WHERE id = %s", (execution.id,)))
+        for query, params in lookups:
+            row = self._cursor.execute(query, params).fetchone()
+            if row is not None:
+                return True, (None if row[0] == execution.id else str(row[0]))
+        return False, None
+
+    def add_runbook(self, runbook: Runbook) -> int:
+        owner, id_, document, created_at = runbook_row(runbook, datetime.now(UTC), _as_is)
+        params = {"owner": owner, "id": id_, "document": document, "created_at": created_at}
+        for _ in range(_ATTEMPTS):
+            row = self._cursor.execute(_INSERT_RUNBOOK, params).fetchone()
+            if row is not None:
+                return int(row[0])
+        raise StoreUnavailable(f"runbook {runbook.id}: no version could be assigned; retry")
+
+    def flush(self, pending: Pending) -> None:
+        with self._cursor.connection.pipeline():  # every table in one round trip
+            self._flush(pending)
+
+    def _flush(self, pending: Pending) -> None:
+        cursor = self._cursor
+        if pending.headers:
+            cursor.executemany(_UPSERT_HEADER, [header_row(h, _as_is) for h in pending.headers.values()])
+        if pending.steps:
+            cursor.executemany(_UPSERT_STEP, step_rows(pending))
+        if pending.logs:
+            cursor.executemany(_INSERT_LOG, [log_row(entry, _as_is) for entry in pending.logs])
+        if pending.audit:
+            cursor.executemany(_INSERT_AUDIT, [audit_row(entry, _as_is) for entry in pending.audit])
+        if pending.evidence:
+            cursor.executemany(_INSERT_EVIDENCE, [evidence_row(item, _as_is) for item in pending.evidence])
+        if pending.consumed:
+            cursor.executemany(_DELETE_EVENT, [(event_id,) for event_id in pending.consumed])
+        if pending.events:
+            cursor.executemany(_UPSERT_EVENT, [event_row(event, _as_is) for event in pending.events.values()])
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """Connection failures (and the pool's timeouts) become StoreUnavailable."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        raise StoreUnavailable(f"postgres store: {what} failed: {exc}") from exc
+
+
+def _where(conditions: list[str]) -> str:
+    return f"WHERE {' AND '.join(conditions)}" if conditions else ""

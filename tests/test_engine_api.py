@@ -1,0 +1,188 @@
+"""SPEC 1 validation and SPEC 6 embedded API: starts, idempotency, input checks, records."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+from typing import Any
+
+import pytest
+
+from runtime import NotFound, Runtime, StepFailed, ValidationError
+from runtime.wire import canonical_json
+from tests.conftest import chain
+
+
+def paths(problems: Any) -> list[tuple[str, str]]:
+    return [(p.path, p.message) for p in problems]
+
+
+async def test_validation_reports_every_problem_at_once(rt: Runtime) -> None:
+    doc = {"id": "bad id!", "steps": [
+        {"id": "a", "type": "echo"},
+        {"id": "a", "type": "echo"},
+        {"id": "input", "type": "echo"},
+        {"id": "b", "type": "nope"},
+        {"id": "c", "type": "echo", "dependsOn": ["ghost"]},
+        {"id": "d", "type": "call-service", "config": {}},
+        {"id": "e", "type": "loop", "config": {"items": [1], "maxIterations": 5000, "step": {"type": "echo"}}},
+        {"id": "f", "type": "conditional", "config": {"condition": {"field": "input.x", "operator": "eq", "value": 1},
+                                                       "trueBranch": "nowhere"}},
+        {"id": "g", "type": "echo", "config": {"x": "${input.x"}},
+        {"id": "h", "type": "echo", "when": {"field": "input.x", "operator": "matches", "value": "("}},
+    ]}
+    with pytest.raises(ValidationError) as caught:
+        await rt.register_runbook(doc)
+    found = paths(caught.value.problems)
+    messages = " | ".join(f"{p}: {m}" for p, m in found)
+    assert ("id", "required: a string matching [A-Za-z0-9][A-Za-z0-9._-]{0,127}") in found
+    assert "duplicate step id 'a'" in messages
+    assert "'input' is reserved" in messages
+    assert "unknown step type 'nope'" in messages
+    assert "unknown step 'ghost'" in messages
+    assert "steps[5].config.url" in messages
+    assert "exceeds the cap of 1000" in messages
+    assert "branch target 'nowhere' is not a step" in messages
+    assert "steps[8].config.x" in messages
+    assert "steps[9].when.value" in messages
+    assert len(found) >= 10
+
+
+async def test_cycles_name_the_steps_on_them(rt: Runtime) -> None:
+    doc = {"id": "cyc", "steps": [
+        {"id": "a", "type": "echo", "dependsOn": ["c"]},
+        {"id": "b", "type": "echo", "dependsOn": ["a"]},
+        {"id": "c", "type": "echo", "dependsOn": ["b"]},
+        {"id": "ok", "type": "echo", "dependsOn": []},
+    ]}
+    problems = rt.validate_runbook(doc)
+    assert [p.message for p in problems] == ["dependency cycle: a -> c -> b -> a"]
+
+
+async def test_document_over_one_mebibyte_is_refused(rt: Runtime) -> None:
+    doc = chain("a", config={"blob": "x" * (1024 * 1024)})
+    assert any("larger than 1 MiB" in p.message for p in rt.validate_runbook(doc))
+
+
+async def test_yaml_json_and_path_documents(rt: Runtime, tmp_path: pathlib.Path) -> None:
+    yaml_text = "id: y\nsteps:\n  - id: a\n    type: echo\n"
+    assert (await rt.register_runbook(yaml_text)).id == "y"
+    assert (await rt.register_runbook(json.dumps(chain("a")))).version == 1
+    file = tmp_path / "rb.yaml"
+    file.write_text(yaml_text)
+    assert (await rt.register_runbook(file)).version == 2
+    with pytest.raises(ValidationError):
+        await rt.register_runbook("id: [unclosed")
+
+
+async def test_start_unknown_runbook_or_version_is_not_found(rt: Runtime) -> None:
+    await rt.register_runbook(chain("a"))
+    with pytest.raises(NotFound):
+        await rt.start("nope")
+    with pytest.raises(NotFound):
+        await rt.start("chain", version=7)
+
+
+async def test_same_input_returns_the_same_execution_unless_forced(rt: Runtime, autojump_clock: Any) -> None:
+    await rt.register_runbook(chain("a", config={"sleep": 5}))
+    first = await rt.start_execution("chain", {"b": 1, "a": [1, 2]}, {"tenantId": "t1"})
+    again = await rt.start_execution("chain", {"a": [1, 2], "b": 1}, {"tenantId": "t1"})
+    assert first.created and not again.created
+    assert again.execution.id == first.execution.id
+    expected = hashlib.sha256(canonical_json({"a": [1, 2], "b": 1}).encode()).hexdigest()
+    assert first.execution.input_hash == expected
+    assert canonical_json({"b": 1, "a": [1, 2]}) == '{"a":[1,2],"b":1}'
+    other_tenant = await rt.start_execution("chain", {"a": [1, 2], "b": 1}, {"tenantId": "t2"})
+    assert other_tenant.created
+    forced = await rt.start_execution("chain", {"a": [1, 2], "b": 1}, {"tenantId": "t1"}, force=True)
+    assert forced.created and forced.execution.id != first.execution.id
+
+
+async def test_a_cancelled_execution_does_not_block_a_new_start(rt: Runtime, autojump_clock: Any) -> None:
+    await rt.register_runbook(chain("a", config={"sleep": 5}))
+    first = await rt.start("chain", {"x": 1})
+    await rt.cancel(first.id, reason="test")
+    second = await rt.start_execution("chain", {"x": 1})
+    assert second.created and second.execution.id != first.id
+
+
+async def test_idempotency_key(rt: Runtime, autojump_clock: Any) -> None:
+    await rt.register_runbook(chain("a"))
+    first = await rt.start("chain", {"x": 1}, idempotency_key="k1")
+    await rt.wait(first.id)
+    again = await rt.start_execution("chain", {"x": 1}, idempotency_key="k1", force=True)
+    assert not again.created and again.execution.id == first.id
+    with pytest.raises(ValidationError) as caught:
+        await rt.start("chain", {"x": 2}, idempotency_key="k1")
+    assert caught.value.problems[0].path == "Idempotency-Key"
+
+
+async def test_input_schema_and_legal_basis_refuse_a_start(rt: Runtime) -> None:
+    doc = {**chain("a"), "id": "strict", "requireLegalBasis": True,
+           "inputSchema": {"type": "object", "required": ["host"], "properties": {"port": {"type": "integer"}}}}
+    await rt.register_runbook(doc)
+    with pytest.raises(ValidationError) as caught:
+        await rt.start("strict", {"port": "x"}, {"tenantId": "t"})
+    found = paths(caught.value.problems)
+    assert ("context.legalBasis", "required by this runbook (requireLegalBasis)") in found
+    assert any(p == "input" and "'host' is a required property" in m for p, m in found)
+    assert any(p == "input.port" for p, _ in found)
+    assert await rt.start("strict", {"host": "h"}, {"legalBasis": "incident"})
+
+
+async def test_executor_log_and_evidence_are_committed_with_the_outcome(rt: Runtime, autojump_clock: Any) -> None:
+    class Scanner:
+        async def execute(self, ctx: Any) -> Any:
+            ctx.log.warning("suspicious", host=ctx.config["host"])
+            ctx.add_evidence("scan", {"host": ctx.config["host"], "open": [22]})
+            if ctx.attempt == 1:
+                raise StepFailed("flaky", retryable=True)
+            return {"attempt": ctx.attempt, "tenant": ctx.tenant_id, "execution": ctx.execution_id}
+
+    rt.register_executor("scan", Scanner())
+    await rt.register_runbook({"id": "scan", "steps": [
+        {"id": "s", "type": "scan", "config": {"host": "${input.host}"},
+         "retryPolicy": {"maxRetries": 1, "initialDelayMs": 10, "jitter": False}}]})
+    ex = await rt.start("scan", {"host": "10.0.0.1"}, {"tenantId": "acme"})
+    final = await rt.wait(ex.id)
+    assert final.output == {"attempt": 2, "tenant": "acme", "execution": ex.id}
+    logs = await rt.logs(ex.id, step_id="s")
+    assert [entry.message for entry in logs if entry.level == "warning" and entry.message == "suspicious"] == ["suspicious"] * 2
+    assert [m.message for m in logs][0] == "step started"
+    assert any(entry.message.startswith("step retrying") for entry in logs)
+    assert logs[-1].message == "step succeeded"
+    assert [e.level for e in await rt.logs(ex.id, level="warning")] == ["warning"] * len(await rt.logs(ex.id, level="warning"))
+    evidence = await rt.evidence(ex.id)
+    assert len(evidence) == 2
+    data = {"host": "10.0.0.1", "open": [22]}
+    assert evidence[0].sha256 == hashlib.sha256(canonical_json(data).encode()).hexdigest()
+    assert evidence[0].step_id == "s" and evidence[0].kind == "scan"
+
+
+async def test_audit_records_who_when_what_legal_basis_and_reason(rt: Runtime, autojump_clock: Any) -> None:
+    await rt.register_runbook(chain("a", "b"))
+    ex = await rt.start("chain", {}, {"tenantId": "t", "userId": "erin", "legalBasis": "GDPR 6(1)(f)", "reason": "INC-7"})
+    await rt.wait(ex.id)
+    audit = await rt.audit(ex.id)
+    assert audit[0].action == "execution.started" and audit[0].actor == "erin"
+    assert all(a.legal_basis == "GDPR 6(1)(f)" for a in audit)
+    assert [a.action for a in audit if a.step_id == "a"] == ["step.started", "step.succeeded"]
+    assert audit[-1].action == "execution.completed"
+    assert [a.at for a in audit] == sorted(a.at for a in audit)
+
+
+async def test_list_executions_newest_first_with_cursor(rt: Runtime, autojump_clock: Any) -> None:
+    await rt.register_runbook(chain("a"))
+    ids = [(await rt.start("chain", {"n": n})).id for n in range(5)]
+    page = await rt.list_executions(limit=2)
+    assert [e.id for e in page.items] == ids[::-1][:2]
+    page2 = await rt.list_executions(limit=2, cursor=page.next_cursor)
+    page3 = await rt.list_executions(limit=2, cursor=page2.next_cursor)
+    assert [e.id for e in page2.items + page3.items] == ids[::-1][2:]
+    assert page3.next_cursor is None
+    for execution in ids:
+        await rt.wait(execution)
+    assert len((await rt.list_executions(status="completed", runbook_id="chain")).items) == 5
+    with pytest.raises(ValidationError):
+        await rt.list_executions(status="bogus")

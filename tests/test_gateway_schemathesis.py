@@ -1,0 +1,86 @@
+"""Property-based checks of the served API against its own OpenAPI document (schemathesis).
+
+The document is loaded from the running server; each operation gets a bounded number of
+generated requests (derandomized, so runs are repeatable), positive and negative, sent over
+real HTTP from a worker thread while the server runs in the test's Trio loop. Every response
+must be no 5xx, a documented status, the documented content type and headers, and (for
+documented bodies) conform to the schema; negative requests must be refused.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import trio
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
+
+from tests.gateway_fixtures import approval_runbook, echo_runbook, running_gateway
+
+schemathesis = pytest.importorskip("schemathesis")
+
+from schemathesis import GenerationMode  # noqa: E402
+from schemathesis.checks import not_a_server_error  # noqa: E402
+from schemathesis.core.failures import FailureGroup  # noqa: E402
+from schemathesis.specs.openapi.checks import (  # noqa: E402
+    content_type_conformance,
+    negative_data_rejection,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
+          response_headers_conformance, response_schema_conformance]
+MAX_EXAMPLES = 15
+MAX_NEGATIVE_EXAMPLES = 8  # negative generation is slow; bad identity headers are tested in test_gateway_edge
+
+
+def _fuzz(url: str, document: dict[str, Any], mode: GenerationMode) -> list[str]:
+    """Run every operation; return one line per failing operation (empty: all good)."""
+    negative = mode is GenerationMode.NEGATIVE
+    schema = schemathesis.openapi.from_dict(_without_identity_headers(document) if negative else document)
+    checks = [*CHECKS, negative_data_rejection] if negative else CHECKS
+    failures: list[str] = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @settings(max_examples=MAX_NEGATIVE_EXAMPLES if negative else MAX_EXAMPLES, derandomize=True, database=None, deadline=None,
+                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+        @given(case=operation.as_strategy(generation_mode=mode))
+        def run(case: Any) -> None:
+            response = case.call(base_url=url, timeout=10)
+            case.validate_response(response, checks=checks)
+
+        try:
+            run()
+        except Unsatisfiable:  # negative mode: nothing of this operation can be made invalid
+            continue
+        except (Exception, FailureGroup) as exc:  # FailureGroup is a BaseExceptionGroup
+            failures.append(f"{operation.label}: {type(exc).__name__}: {exc}")
+    return failures
+
+
+def _without_identity_headers(document: dict[str, Any]) -> dict[str, Any]:
+    """The document without X-User-Id/X-Tenant-Id (negating their pattern costs seconds per operation)."""
+    document = copy.deepcopy(document)
+    for item in document["paths"].values():
+        for operation in item.values():
+            operation["parameters"] = [p for p in operation["parameters"]
+                                       if p["name"] not in ("X-User-Id", "X-Tenant-Id")]
+    return document
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=["positive", "negative"])
+async def test_every_operation_conforms_to_the_served_openapi(mode: GenerationMode) -> None:
+    async with running_gateway() as gw:
+        await gw.register(echo_runbook())
+        await gw.register(approval_runbook())
+        await gw.start("approve-me", {"value": 1})
+        document = (await gw.client.get("/api/v1/openapi.json")).json()
+        with trio.fail_after(120):
+            failures = await trio.to_thread.run_sync(_fuzz, gw.url, document, mode)
+        assert not failures, "\n\n".join(failures)
