@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hmac
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import attrs
 from quart import g
+from werkzeug.datastructures import Headers
 
 from gateway.config import TokenEntry
 from gateway.problems import ApiProblem
@@ -44,7 +45,7 @@ class Authenticator:
     def development_mode(self) -> bool:
         return not self._tokens
 
-    def identify(self, headers: Mapping[str, str]) -> Identity:
+    def identify(self, headers: Headers) -> Identity:
         if self.development_mode:
             return _development_identity(headers)
         entry = self._match(_bearer_token(headers.get("Authorization")))
@@ -69,7 +70,7 @@ def _bearer_token(header: str | None) -> bytes:
     return token.strip().encode("utf-8", "surrogateescape")
 
 
-def _development_identity(headers: Mapping[str, str]) -> Identity:
+def _development_identity(headers: Headers) -> Identity:
     problems: list[Problem] = []
     user = _header_id(headers, "X-User-Id", DEFAULT_USER, problems)
     tenant = _header_id(headers, "X-Tenant-Id", DEFAULT_TENANT, problems)
@@ -78,7 +79,7 @@ def _development_identity(headers: Mapping[str, str]) -> Identity:
     return Identity(user, tenant)
 
 
-def _header_id(headers: Mapping[str, str], name: str, default: str, problems: list[Problem]) -> str:
+def _header_id(headers: Headers, name: str, default: str, problems: list[Problem]) -> str:
     value = headers.get(name) or ""
     if len(value) > MAX_ID_LENGTH or not ID_HEADER.fullmatch(value):
         problems.append(Problem(name, f"must be at most {MAX_ID_LENGTH} printable ASCII characters"))

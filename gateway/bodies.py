@@ -60,6 +60,7 @@ class Problems:
 async def raw_body() -> bytes:
     """The request body (werkzeug raises 413 past ``MAX_CONTENT_LENGTH``)."""
     data = await request.get_data(cache=True, as_text=False)
+    assert isinstance(data, bytes)
     if len(data) > MAX_BODY_BYTES:
         raise ApiProblem(413, "the request body is larger than 1 MiB")
     return data
@@ -180,7 +181,7 @@ class Fields:
         return value
 
     def text(self, name: str, *, required: bool = False, max_length: int = 10_000) -> str | None:
-        value = self.get(name, str, "a string", required=required)
+        value: str | None = self.get(name, str, "a string", required=required)
         if value is not None and len(value) > max_length:
             self.problems.invalid(name, f"at most {max_length} characters")
             return None
@@ -296,7 +297,7 @@ class Query:
         return value
 
     def text(self, name: str, max_length: int = 1024) -> str | None:
-        raw = self.args.get(name)
+        raw: str | None = self.args.get(name)
         if raw is None or raw == "":
             return None
         if len(raw) > max_length:

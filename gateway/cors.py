@@ -6,9 +6,8 @@ authenticates with bearer tokens, which a page sends explicitly, not with cookie
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from quart import Response
+from werkzeug.datastructures import Headers
 
 ALLOW_METHODS = "GET, POST, OPTIONS"
 ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Request-Id, X-Tenant-Id, X-User-Id"
@@ -29,10 +28,10 @@ class Cors:
             return "*"
         return origin if origin.rstrip("/") in self._origins else None
 
-    def is_preflight(self, method: str, headers: Mapping[str, str]) -> bool:
+    def is_preflight(self, method: str, headers: Headers) -> bool:
         return method == "OPTIONS" and "Origin" in headers and "Access-Control-Request-Method" in headers
 
-    def preflight(self, headers: Mapping[str, str]) -> Response:
+    def preflight(self, headers: Headers) -> Response:
         response = Response("", status=204)
         if self.allowed_origin(headers.get("Origin")) is not None:
             response.headers["Access-Control-Allow-Methods"] = ALLOW_METHODS
@@ -40,7 +39,7 @@ class Cors:
             response.headers["Access-Control-Max-Age"] = str(MAX_AGE_S)
         return response
 
-    def decorate(self, headers: Mapping[str, str], response: Response) -> None:
+    def decorate(self, headers: Headers, response: Response) -> None:
         allowed = self.allowed_origin(headers.get("Origin"))
         if not self._any:
             response.vary.add("Origin")

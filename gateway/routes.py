@@ -18,7 +18,9 @@ from quart import Response
 from gateway import routes_executions as ex
 from gateway import routes_runbooks as rb
 from gateway import routes_system as system
-from gateway.bodies import IDEMPOTENCY_KEY, LOG_LEVELS, STATUSES
+from gateway.bodies import IDEMPOTENCY_KEY as KEY_PATTERN
+from gateway.bodies import STATUSES
+from runtime.model import LOG_LEVELS
 from runtime.wire import camel
 
 View = Callable[..., Awaitable[Response]]
@@ -100,7 +102,7 @@ VERSION = Param("version", "query", {"type": "integer", "minimum": 1, "maximum":
 FORCE = Param("force", "query", {"type": "boolean"},
               "Start a new execution even if an identical one (same runbook version and input) is active.")
 IDEMPOTENCY_KEY = Param("Idempotency-Key", "header",
-                        {"type": "string", "minLength": 1, "maxLength": 255, "pattern": f"^{IDEMPOTENCY_KEY.pattern}$"},
+                        {"type": "string", "minLength": 1, "maxLength": 255, "pattern": f"^{KEY_PATTERN.pattern}$"},
                         "Returns the execution started with this key; the same key with another input is 422.")
 LOG_PARAMS = (
     Param("stepId", "query", {"type": "string", "maxLength": 128}, "Only entries of this step."),

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.bodies import DECISIONS, LOG_LEVELS, MAX_DEPTH, STATUSES
+from gateway.bodies import DECISIONS, MAX_DEPTH, STATUSES
 from runtime import StepStatus
+from runtime.model import LOG_LEVELS
 
 Schema = dict[str, Any]
 

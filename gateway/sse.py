@@ -18,8 +18,9 @@ Each state is one frame::
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
+from typing import cast
 
 import trio
 
@@ -62,7 +63,8 @@ class Streams:
                     send: trio.MemorySendChannel[Execution], scope: trio.CancelScope) -> None:
         try:
             with scope, send:
-                async with aclosing(runtime.watch(execution_id, tenant_id=tenant_id)) as states:
+                watch = cast(AsyncGenerator[Execution, None], runtime.watch(execution_id, tenant_id=tenant_id))
+                async with aclosing(watch) as states:
                     async for execution in states:
                         send.send_nowait(execution)  # no checkpoint: the watch resumes at once
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError, NotFound):

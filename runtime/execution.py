@@ -104,6 +104,11 @@ class ExecutionActor:
         self.steps_by_id: dict[str, Step] = {s.id: s for s in runbook.steps}
         self.positions = {s.id: i for i, s in enumerate(runbook.steps)}
         self.max_running = runbook.max_concurrent_steps or runtime.settings.max_concurrent_steps
+        self.branch_owners: dict[str, list[str]] = {}
+        for s in runbook.steps:
+            if runtime.types[s.type].kind is StepKind.CONDITIONAL:
+                for target in {t for branch in conditional.branches(s.config) for t in branch}:
+                    self.branch_owners.setdefault(target, []).append(s.id)
         self.turn = _Turn()
         self.tasks: dict[str, trio.CancelScope] = {}
         self.parked: dict[str, float] = {}  # step id -> trio deadline
@@ -224,6 +229,10 @@ class ExecutionActor:
         deps = [self.ex.steps[d] for d in step.depends_on or ()]
         if not all(self._dependency_done(d, s) for d, s in zip(step.depends_on or (), deps, strict=True)):
             return False
+        undecided = [o for o in self.branch_owners.get(step.id, ()) if self.ex.steps[o].status is not SS.SUCCEEDED]
+        if undecided:  # its conditional was skipped (or failed): the branch is not taken
+            self._skip(step.id, f"branch of '{undecided[0]}' not taken")
+            return True
         if deps and all(s.status is SS.SKIPPED for s in deps):
             self._skip(step.id, "every dependency was skipped")
             return True
@@ -389,7 +398,8 @@ class ExecutionActor:
             self._mark_started(step, SS.RUNNING, 1)
             self._step_failed(step.id, StepError("template", str(exc), False))
             return
-        timeout = step.config.get("timeoutMs", wait_for_event.DEFAULT_TIMEOUT_MS if kind is StepKind.EVENT else None)
+        default = step.timeout_ms or (wait_for_event.DEFAULT_TIMEOUT_MS if kind is StepKind.EVENT else None)
+        timeout = step.config.get("timeoutMs", default)
         deadline = self.now() + timedelta(milliseconds=timeout) if timeout else None
         status = SS.WAITING if kind is StepKind.EVENT else SS.AWAITING_APPROVAL
         self._mark_started(step, status, self.ex.steps[step.id].attempts + 1, deadline_at=deadline, approvals=())
@@ -442,7 +452,7 @@ class ExecutionActor:
         step = self.steps_by_id[step_id]
         if self.rt.types[step.type].kind is StepKind.EVENT:
             self._unsubscribe(step_id)
-            timeout = step.config.get("timeoutMs", wait_for_event.DEFAULT_TIMEOUT_MS)
+            timeout = step.config.get("timeoutMs", step.timeout_ms or wait_for_event.DEFAULT_TIMEOUT_MS)
             self._step_failed(step_id, StepError("timeout", f"no event within {timeout} ms", False))
             return
         config = self.approval_configs[step_id]

@@ -215,10 +215,12 @@ def effective_dependencies(steps: Sequence[Mapping[str, Any]]) -> dict[str, list
     deps: dict[str, list[str]] = {}
     for index, step in enumerate(steps):
         explicit = step.get("dependsOn")
+        owner = branch_owner.get(step["id"])
         if explicit is not None:
-            deps[step["id"]] = list(explicit)
-        elif step["id"] in branch_owner:
-            deps[step["id"]] = [branch_owner[step["id"]]]
+            # a branch target always waits for the conditional that decides it
+            deps[step["id"]] = list(explicit) + ([owner] if owner and owner not in explicit else [])
+        elif owner is not None:
+            deps[step["id"]] = [owner]
         else:
             deps[step["id"]] = [steps[index - 1]["id"]] if index else []
     return deps

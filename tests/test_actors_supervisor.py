@@ -180,6 +180,42 @@ async def test_queued_messages_survive_a_restart(autojump_clock: Clock) -> None:
     assert handled == [(2, 0), (2, 1), (2, 2)]
 
 
+@attrs.frozen
+class Item:
+    n: int
+
+
+async def test_full_mailbox_makes_the_sender_wait_and_drops_nothing(autojump_clock: Clock) -> None:
+    gate = trio.Event()
+    received: list[int] = []
+
+    async def slow(mailbox: Mailbox[Item]) -> None:
+        await gate.wait()
+        async for item in mailbox:
+            received.append(item.n)
+
+    sent: list[int] = []
+
+    async def sender(address: Address[Item]) -> None:
+        for n in range(5):
+            await address.send(Item(n))
+            sent.append(n)
+
+    async with open_supervisor() as supervisor:
+        address: Address[Item] = supervisor.spawn(slow, name="slow", mailbox_size=1)
+        async with trio.open_nursery() as senders:
+            senders.start_soon(sender, address)
+            await trio.testing.wait_all_tasks_blocked()
+            assert sent == [0]  # item 1 waits: the mailbox holds one message
+            with pytest.raises(trio.WouldBlock):
+                address.send_nowait(Item(99))
+            gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert received == sent == [0, 1, 2, 3, 4]
+        supervisor.cancel()
+    assert trio.current_time() == 0
+
+
 @pytest.mark.parametrize(
     "every",
     [6.0, 5.0],  # 5.0: a restart exactly within_s ago no longer counts

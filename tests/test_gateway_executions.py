@@ -106,7 +106,7 @@ async def test_get_and_list_with_pagination_and_filters() -> None:
         ids = [(await gw.start("echo", {"n": n}))["id"] for n in range(5)]
         assert (await gw.client.get("/api/v1/executions/does-not-exist")).status_code == 404
         seen: list[str] = []
-        params: dict[str, object] = {"limit": 2}
+        params: dict[str, str | int] = {"limit": 2}
         while True:
             page = (await gw.client.get("/api/v1/executions", params=params)).json()
             seen += [item["id"] for item in page["items"]]

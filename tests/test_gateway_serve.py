@@ -8,6 +8,8 @@ import pathlib
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 
 import httpx
@@ -97,6 +99,50 @@ async def test_development_mode_refuses_a_non_loopback_host() -> None:
         await serve(config, shutdown_trigger=trio.sleep_forever)
 
 
+async def test_on_sqlite_state_survives_a_restart_and_runbooks_dir_adds_no_version(tmp_path: pathlib.Path) -> None:
+    if not sqlite_available():
+        pytest.skip("the sqlite store (runtime/store/sqlite.py) is not available yet")
+    env = {"STORAGE_BACKEND": "sqlite", "SQLITE_PATH": str(tmp_path / "gw.db"),
+           "RUNBOOKS_DIR": str(_runbooks_dir(tmp_path))}
+    boss = {"X-User-Id": "boss"}
+    with trio.fail_after(30):
+        async with _serving(env) as client:
+            started = await client.post("/api/v1/executions", json={"runbookId": "shared-yaml", "input": {"n": 1}})
+            assert started.status_code == 201, started.text
+            execution_id = started.json()["id"]
+            await _wait_status(client, execution_id, "awaiting_approval")
+        async with _serving(env) as client:  # a restart on the same file
+            assert (await client.get("/api/v1/runbooks/shared-yaml")).json()["version"] == 1
+            assert (await client.get(f"/api/v1/executions/{execution_id}")).json()["status"] == "awaiting_approval"
+            decided = await client.post(f"/api/v1/executions/{execution_id}/steps/approve/approvals",
+                                        json={"decision": "approve"}, headers=boss)
+            assert decided.status_code == 200, decided.text
+            await _wait_status(client, execution_id, "completed")
+            logs = (await client.get(f"/api/v1/executions/{execution_id}/logs", params={"stepId": "approve"})).json()
+            assert logs["items"] and all(entry["stepId"] == "approve" for entry in logs["items"])
+            audit = (await client.get(f"/api/v1/executions/{execution_id}/audit")).json()["items"]
+            assert audit[0]["action"] == "execution.started"
+            assert any(entry["action"] == "approval.decided" and entry["actor"] == "boss" for entry in audit)
+
+
+@asynccontextmanager
+async def _serving(env: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
+    config = Config.from_env({"PORT": str(free_port()), **env})
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        urls = await nursery.start(partial(serve, config, shutdown_trigger=stop.wait))
+        try:
+            async with httpx.AsyncClient(base_url=urls[0]) as client:
+                yield client
+        finally:
+            stop.set()
+
+
+async def _wait_status(client: httpx.AsyncClient, execution_id: str, status: str) -> None:
+    while (await client.get(f"/api/v1/executions/{execution_id}")).json()["status"] != status:  # noqa: ASYNC110
+        await trio.sleep(0.02)
+
+
 def test_serve_main_exits_2_with_one_line_on_bad_config(capsys: pytest.CaptureFixture[str]) -> None:
     assert serve_main(["--port", "abc"], env={"STORAGE_BACKEND": "memory"}) == 2
     err = capsys.readouterr().err
@@ -133,8 +179,8 @@ async def _park_an_execution(url: str) -> str:
         assert started.status_code == 201, started.text
         execution_id: str = started.json()["id"]
         with trio.fail_after(5):
-            while (await client.get(f"/api/v1/executions/{execution_id}")).json()["status"] != "awaiting_approval":
-                await trio.sleep(0.02)
+            while (await client.get(f"/api/v1/executions/{execution_id}")).json()["status"] != "awaiting_approval":  # noqa: ASYNC110
+                await trio.sleep(0.02)  # polling another process over HTTP
         return execution_id
 
 

@@ -145,10 +145,6 @@ async def test_conditional_on_a_skipped_path_is_skipped(rt: Runtime, autojump_cl
     assert set(statuses(final).values()) == {"skipped"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open bug (runtime/execution.py _try_start): a branch target with an explicit dependsOn that "
-    "does not name the conditional is scheduled without waiting for it, so the branch not taken "
-    "runs anyway (SPEC 2: 'The targets of the branch not taken are skipped')"))
 async def test_branch_target_with_explicit_depends_on_still_waits_for_the_decision(rt: Runtime, recorder: Recorder, autojump_clock: Any) -> None:
     doc = {"id": "explicit", "steps": [
         {"id": "analyze", "type": "echo", "config": {"sleep": 10, "value": {"risky": False}}},

@@ -1,0 +1,146 @@
+"""SPEC 8: recovery is the start path. Stop (or kill -9) a runtime and open the store again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import trio
+from psycopg import sql
+
+from runtime import Settings, open_runtime
+from runtime.store.base import Store
+from runtime.store.postgres import PostgresStore
+from runtime.store.sqlite import SqliteStore
+from tests.fake_service import Response, fake_service
+from tests.recovery_child import RUNBOOK_A
+from tests.test_store_contract import DSN
+
+pytestmark = pytest.mark.slow
+
+
+class Place:
+    """Where a store lives, so several runtimes (and processes) can open it in turn."""
+
+    def __init__(self, kind: str, tmp_path: Path) -> None:
+        self.kind = kind
+        self.path = tmp_path / "runbooks.db"
+        self.schema = f"test_{uuid.uuid4().hex[:16]}"
+
+    def store(self) -> Store:
+        if self.kind == "sqlite":
+            return SqliteStore(str(self.path))
+        return PostgresStore(DSN, pool_max=2, schema=self.schema)
+
+    def child_args(self) -> list[str]:
+        return [str(self.path)] if self.kind == "sqlite" else [DSN, "BASE", self.schema]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def place(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Place]:
+    if request.param == "postgres":
+        request.getfixturevalue("postgres_dsn")
+    where = Place(request.param, tmp_path)
+    yield where
+    if request.param == "postgres":
+        with psycopg.connect(DSN, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(where.schema)))
+
+
+from tests.test_store_contract import postgres_dsn  # noqa: E402,F401 - the fixture
+
+
+async def until(rt: Any, execution_id: str, predicate: Any) -> Any:
+    with trio.fail_after(20):
+        async for execution in rt.watch(execution_id):
+            if predicate(execution):
+                return execution
+    raise AssertionError("finished before the condition held")
+
+
+async def test_stop_and_reopen_resumes_waits_pauses_and_keeps_outputs(place: Place) -> None:
+    async with fake_service() as svc:
+        settings = Settings(call_service_base_url=svc.url)
+        async with open_runtime(place.store(), settings=settings) as rt:
+            await rt.register_runbook(RUNBOOK_A)
+            waiting = await rt.start("recover-a", {"n": 1})
+            paused = await rt.start("recover-a", {"n": 2})
+            await until(rt, waiting.id, lambda e: e.status == "awaiting_approval")
+            await until(rt, paused.id, lambda e: e.status == "awaiting_approval")
+            await rt.pause(paused.id, reason="freeze")
+            before = rt.get(waiting.id)
+        # a new runtime on the same store: recovery is the start path
+        async with open_runtime(place.store(), settings=settings) as rt:
+            recovered = rt.get(waiting.id)
+            assert recovered.status == "awaiting_approval"
+            assert recovered.steps["first"].output == before.steps["first"].output
+            assert recovered.steps["approve"].deadline_at == before.steps["approve"].deadline_at
+            assert rt.get(paused.id).status == "paused"
+            await rt.submit_approval(waiting.id, "approve", approver="boss", decision="approve")
+            final = await rt.wait(waiting.id)
+            assert final.status == "completed"
+            await rt.resume(paused.id)
+            await rt.submit_approval(paused.id, "approve", approver="boss", decision="approve")
+            assert (await rt.wait(paused.id)).status == "completed"
+        assert svc.count("/first-a") == 2  # once per execution, never again after the restart
+        keys = [r.headers["idempotency-key"] for r in svc.requests_to("/deploy")]
+        assert sorted(keys) == sorted([f"deploy-{waiting.id}", f"deploy-{paused.id}"])
+
+
+async def test_kill_dash_nine_then_recover_in_a_new_process(place: Place) -> None:
+    async with fake_service() as svc:
+        svc.script("/slow", Response(200, json={"slow": "hung"}, delay_s=60))
+        args = place.child_args()
+        if place.kind == "postgres":
+            args[1] = svc.url
+        else:
+            args.append(svc.url)
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+        child = subprocess.Popen([sys.executable, "-m", "tests.recovery_child", *args],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            line = await trio.to_thread.run_sync(child.stdout.readline)  # type: ignore[union-attr]
+            assert line.startswith("ready"), line + child.stderr.read()  # type: ignore[union-attr]
+            _, a_id, b_id = line.split()
+            await svc.wait_for("/slow", 1)
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=30)
+        assert child.returncode == -signal.SIGKILL
+        svc.script("/slow", Response(200, json={"slow": "fast now"}))
+        async with open_runtime(place.store(), settings=Settings(call_service_base_url=svc.url)) as rt:
+            await rt.submit_approval(a_id, "approve", approver="boss", decision="approve")
+            final_a = await rt.wait(a_id)
+            final_b = await rt.wait(b_id)
+        assert final_a.status == "completed" and final_b.status == "completed"
+        assert final_b.output == {"slow": "fast now"}
+        assert svc.count("/first-a") == 1 and svc.count("/first-b") == 1  # exactly once
+        slow_keys = {r.headers["idempotency-key"] for r in svc.requests_to("/slow")}
+        assert svc.count("/slow") == 2 and slow_keys == {f"{b_id}:slow"}  # same key after the restart
+        approvals = final_a.steps["approve"].approvals
+        assert [(a.approver, a.decision) for a in approvals] == [("boss", "approve")]
+
+
+async def test_fifty_concurrent_identical_starts_make_one_execution(place: Place) -> None:
+    async with open_runtime(place.store()) as rt:
+        await rt.register_runbook({"id": "same", "steps": [
+            {"id": "ok", "type": "human-approval", "config": {"approvers": ["boss"]}}]})
+        results: list[Any] = []
+
+        async def start() -> None:
+            results.append(await rt.start_execution("same", {"same": True}, {"tenantId": "t"}))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(50):
+                nursery.start_soon(start)
+        assert len({r.execution.id for r in results}) == 1
+        assert sum(r.created for r in results) == 1
+        await rt.cancel(results[0].execution.id, reason="done")
