@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import trio
 
-from runtime import Execution, Runtime, RunbookError, ValidationError, open_runtime
+from runtime import Execution, RunbookError, Runtime, ValidationError, open_runtime
 from runtime.execution import build_scope
 from runtime.settings import Settings
 from runtime.templates import render

@@ -380,8 +380,8 @@ class ExecutionActor:
         assert body_type.executor is not None
         policy = self.rt.default_retry_policy
         if "retryPolicy" in body:
-            from runtime.wire import from_json, to_json
             from runtime.model import RetryPolicy
+            from runtime.wire import from_json, to_json
             policy = from_json({**to_json(policy), **body["retryPolicy"]}, RetryPolicy)
 
         def make(index: int, iteration_scope: Mapping[str, Any], attempt: int, body_config: Mapping[str, Any]) -> StepContext:

@@ -37,7 +37,7 @@ def backoff_s(policy: RetryPolicy, failed_attempt: int, retry_after_s: float | N
     delay_ms = policy.initial_delay_ms * policy.backoff_multiplier ** (failed_attempt - 1)
     delay_ms = min(delay_ms, policy.max_delay_ms)
     if policy.jitter:
-        delay_ms *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not security
+        delay_ms *= random.uniform(0.5, 1.0)
     if retry_after_s is not None and retry_after_s * 1000 <= policy.max_delay_ms:
         delay_ms = retry_after_s * 1000  # the server knows best, within our cap
     return max(delay_ms, 0.0) / 1000

@@ -21,7 +21,16 @@ import httpx
 import jsonschema
 import trio
 
-from actors import ActorGone, Address, Mailbox, RestartPolicy, Supervisor, ask, open_mailbox, open_supervisor
+from actors import (
+    ActorGone,
+    Address,
+    Mailbox,
+    RestartPolicy,
+    Supervisor,
+    ask,
+    open_mailbox,
+    open_supervisor,
+)
 from runtime.errors import Conflict, NotFound, Problem, ValidationError
 from runtime.events import EventRouter, PublishResult
 from runtime.execution import ExecutionActor

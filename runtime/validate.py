@@ -159,7 +159,7 @@ def check_retry_policy(policy: Any, path: str) -> list[Problem]:
         expected = _RETRY_FIELDS.get(key)
         if expected is None:
             problems.append(Problem(f"{path}.{key}", f"unknown field '{key}'"))
-        elif isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
+        elif (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
             problems.append(Problem(f"{path}.{key}", "has the wrong type"))
         elif expected is not bool and value < 0:
             problems.append(Problem(f"{path}.{key}", "must not be negative"))

@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+import psycopg
 import pytest
 import trio
 
 from runtime import Runtime, Settings, StepFailed, open_runtime
 from runtime.steps.context import StepContext
+
+DSN = os.environ.get("RUNBOOKS_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    """The PostgreSQL test server; skipped when unreachable, except under CI=true (a failure)."""
+    try:
+        with psycopg.connect(DSN, connect_timeout=3):
+            pass
+    except psycopg.OperationalError as exc:
+        message = f"PostgreSQL at {DSN} cannot be reached: {exc}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return DSN
 
 
 class Recorder:

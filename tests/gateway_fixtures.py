@@ -170,7 +170,7 @@ def sqlite_available() -> bool:
     from runtime.store import open_store_from_url
 
     try:
-        open_store_from_url("sqlite:///:memory:")
+        open_store_from_url("sqlite:///probe-never-opened.db")  # builds the store, opens nothing
     except ValueError:
         return False
     return True

@@ -149,7 +149,7 @@ async def test_executor_log_and_evidence_are_committed_with_the_outcome(rt: Runt
     assert final.output == {"attempt": 2, "tenant": "acme", "execution": ex.id}
     logs = await rt.logs(ex.id, step_id="s")
     assert [entry.message for entry in logs if entry.level == "warning" and entry.message == "suspicious"] == ["suspicious"] * 2
-    assert [m.message for m in logs][0] == "step started"
+    assert logs[0].message == "step started"
     assert any(entry.message.startswith("step retrying") for entry in logs)
     assert logs[-1].message == "step succeeded"
     assert [e.level for e in await rt.logs(ex.id, level="warning")] == ["warning"] * len(await rt.logs(ex.id, level="warning"))

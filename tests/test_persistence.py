@@ -73,7 +73,7 @@ async def test_changes_waiting_together_commit_as_one_batch() -> None:
     replies = []
     from actors import Reply
 
-    for n in range(25):
+    for _ in range(25):
         reply: Reply[ChangeResult] = Reply()
         replies.append(reply)
         address.send_nowait(Commit(Change(logs=()), reply))

@@ -20,9 +20,9 @@ from runtime import Settings, open_runtime
 from runtime.store.base import Store
 from runtime.store.postgres import PostgresStore
 from runtime.store.sqlite import SqliteStore
+from tests.conftest import DSN
 from tests.fake_service import Response, fake_service
 from tests.recovery_child import RUNBOOK_A
-from tests.test_store_contract import DSN
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,17 @@ def place(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Place]:
             admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(where.schema)))
 
 
-from tests.test_store_contract import postgres_dsn  # noqa: E402,F401 - the fixture
+ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+async def read_line(stream: Any) -> str:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = await stream.receive_some(1)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode()
 
 
 async def until(rt: Any, execution_id: str, predicate: Any) -> Any:
@@ -103,17 +113,19 @@ async def test_kill_dash_nine_then_recover_in_a_new_process(place: Place) -> Non
             args[1] = svc.url
         else:
             args.append(svc.url)
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-        child = subprocess.Popen([sys.executable, "-m", "tests.recovery_child", *args],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        env = {**os.environ, "PYTHONPATH": ROOT}
+        child = await trio.lowlevel.open_process([sys.executable, "-m", "tests.recovery_child", *args],
+                                                 stdout=subprocess.PIPE, env=env)
         try:
-            line = await trio.to_thread.run_sync(child.stdout.readline)  # type: ignore[union-attr]
-            assert line.startswith("ready"), line + child.stderr.read()  # type: ignore[union-attr]
+            with trio.fail_after(60):
+                line = await read_line(child.stdout)
+            assert line.startswith("ready"), line
             _, a_id, b_id = line.split()
             await svc.wait_for("/slow", 1)
         finally:
             child.send_signal(signal.SIGKILL)
-            child.wait(timeout=30)
+            with trio.fail_after(30):
+                await child.wait()
         assert child.returncode == -signal.SIGKILL
         svc.script("/slow", Response(200, json={"slow": "fast now"}))
         async with open_runtime(place.store(), settings=Settings(call_service_base_url=svc.url)) as rt:

@@ -7,7 +7,6 @@ CI=true: then they fail.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 import uuid
@@ -44,7 +43,6 @@ from runtime.store import MemoryStore, PostgresStore, SqliteStore, Store, open_s
 from runtime.store.schema import NOT_DEDUPED_SQL, UNFINISHED_SQL
 
 ES = ExecutionStatus
-DSN = os.environ.get("RUNBOOKS_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 T0 = datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
 
@@ -67,19 +65,6 @@ class Backend:
         store.open()
         self.opened.append(store)
         return store
-
-
-@pytest.fixture(scope="session")
-def postgres_dsn() -> str:
-    try:
-        with psycopg.connect(DSN, connect_timeout=3):
-            pass
-    except psycopg.OperationalError as exc:
-        message = f"PostgreSQL at {DSN} cannot be reached: {exc}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return DSN
 
 
 @pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
