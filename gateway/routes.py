@@ -18,8 +18,8 @@ from quart import Response
 from gateway import routes_executions as ex
 from gateway import routes_runbooks as rb
 from gateway import routes_system as system
-from gateway.bodies import IDEMPOTENCY_KEY as KEY_PATTERN
-from gateway.bodies import STATUSES
+from gateway.inputs import IDEMPOTENCY_KEY as KEY_PATTERN
+from gateway.inputs import MAX_VERSION, STATUSES
 from runtime.model import LOG_LEVELS
 from runtime.wire import camel
 
@@ -90,14 +90,13 @@ def openapi_path(rule: str) -> str:
     return _RULE_VARIABLE.sub(lambda match: "{" + camel(match.group(1)) + "}", rule)
 
 
-_INT32 = 2**31 - 1
 LIMIT = Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000},
               "Page size, 1 to 1000 (default 50).")
 CURSOR = Param("cursor", "query", {"type": "string", "maxLength": 256},
                "The nextCursor of the previous page.")
 STATUS = Param("status", "query", {"type": "string", "enum": list(STATUSES)}, "Only executions in this status.")
 RUNBOOK_FILTER = Param("runbookId", "query", {"type": "string", "maxLength": 128}, "Only executions of this runbook.")
-VERSION = Param("version", "query", {"type": "integer", "minimum": 1, "maximum": _INT32},
+VERSION = Param("version", "query", {"type": "integer", "minimum": 1, "maximum": MAX_VERSION},
                 "A version of the runbook (default: the latest).")
 FORCE = Param("force", "query", {"type": "boolean"},
               "Start a new execution even if an identical one (same runbook version and input) is active.")

@@ -7,9 +7,9 @@ The tenant and the user of a start come from the identity, never from the body.
 
 from __future__ import annotations
 
-from quart import Response, current_app
+from quart import Response, current_app, request
 
-from gateway import bodies
+from gateway import bodies, inputs
 from gateway.auth import current_identity
 from gateway.problems import ApiProblem
 from gateway.shapes import (
@@ -32,8 +32,8 @@ def _execution(execution: Execution, status: int = 200) -> Response:
 
 
 async def start_execution() -> Response:
-    force, idempotency_key = bodies.start_flags()
-    start = bodies.start_request(await bodies.json_body())
+    force, idempotency_key = inputs.start_flags()
+    start = inputs.start_request(await bodies.json_body())
     identity = current_identity()
     context = {**start.context, "tenantId": identity.tenant, "userId": identity.user}
     result = await state().runtime.start_execution(start.runbook_id, start.input, context, version=start.version,
@@ -42,7 +42,7 @@ async def start_execution() -> Response:
 
 
 async def list_executions() -> Response:
-    query = bodies.executions_query()
+    query = inputs.executions_query()
     page = await state().runtime.list_executions(
         tenant_id=current_identity().tenant, runbook_id=query.runbook_id, status=query.status,
         limit=query.page.limit, cursor=query.page.cursor)
@@ -54,7 +54,7 @@ async def get_execution(execution_id: str) -> Response:
 
 
 async def pause_execution(execution_id: str) -> Response:
-    control = bodies.control_request(await bodies.json_body(required=False))
+    control = inputs.control_request(await bodies.json_body(required=False))
     identity = current_identity()
     execution = await state().runtime.pause(execution_id, control.reason, actor=identity.user,
                                             tenant_id=identity.tenant)
@@ -62,7 +62,7 @@ async def pause_execution(execution_id: str) -> Response:
 
 
 async def resume_execution(execution_id: str) -> Response:
-    control = bodies.control_request(await bodies.json_body(required=False))
+    control = inputs.control_request(await bodies.json_body(required=False))
     identity = current_identity()
     execution = await state().runtime.resume(execution_id, control.reason, actor=identity.user,
                                              tenant_id=identity.tenant)
@@ -70,7 +70,7 @@ async def resume_execution(execution_id: str) -> Response:
 
 
 async def cancel_execution(execution_id: str) -> Response:
-    control = bodies.control_request(await bodies.json_body(required=False), reason_required=True)
+    control = inputs.control_request(await bodies.json_body(required=False), reason_required=True)
     identity = current_identity()
     assert control.reason is not None
     execution = await state().runtime.cancel(execution_id, control.reason, actor=identity.user,
@@ -79,7 +79,7 @@ async def cancel_execution(execution_id: str) -> Response:
 
 
 async def retry_step(execution_id: str, step_id: str) -> Response:
-    bodies.control_request(await bodies.json_body(required=False))
+    inputs.control_request(await bodies.json_body(required=False))
     identity = current_identity()
     execution = await state().runtime.retry_step(execution_id, step_id, actor=identity.user,
                                                  tenant_id=identity.tenant)
@@ -87,13 +87,13 @@ async def retry_step(execution_id: str, step_id: str) -> Response:
 
 
 async def replay_execution(execution_id: str) -> Response:
-    bodies.control_request(await bodies.json_body(required=False))
+    inputs.control_request(await bodies.json_body(required=False))
     execution = await state().runtime.replay(execution_id, tenant_id=current_identity().tenant)
     return _execution(execution, 201)
 
 
 async def submit_approval(execution_id: str, step_id: str) -> Response:
-    decision = bodies.approval_request(await bodies.json_body())
+    decision = inputs.approval_request(await bodies.json_body())
     identity = current_identity()
     execution = await state().runtime.submit_approval(
         execution_id, step_id, approver=identity.user, decision=decision.decision, comment=decision.comment,
@@ -102,14 +102,14 @@ async def submit_approval(execution_id: str, step_id: str) -> Response:
 
 
 async def publish_event() -> Response:
-    event = bodies.event_request(await bodies.json_body())
+    event = inputs.event_request(await bodies.json_body())
     result = await state().runtime.publish_event(event.type, event.correlation_key, event.payload,
                                                  tenant_id=current_identity().tenant)
     return json_response(publish_json(result), 202)
 
 
 async def execution_logs(execution_id: str) -> Response:
-    query = bodies.logs_query()
+    query = inputs.logs_query()
     entries = await state().runtime.logs(execution_id, step_id=query.step_id, level=query.level, after=query.after,
                                          limit=query.limit, tenant_id=current_identity().tenant)
     next_cursor = str(entries[-1].seq) if len(entries) == query.limit else None
@@ -129,6 +129,8 @@ async def execution_audit(execution_id: str) -> Response:
 async def stream_execution(execution_id: str) -> Response:
     gateway, tenant = state(), current_identity().tenant
     await gateway.runtime.fetch(execution_id, tenant_id=tenant)  # 404 before the stream starts
+    if request.method == "HEAD":
+        return Response("", status=200, content_type="text/event-stream", headers=HEADERS)
     nursery = getattr(current_app, "nursery", None)
     try:
         if nursery is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from quart import Response
 
-from gateway import bodies
+from gateway import bodies, inputs
 from gateway.auth import current_identity
 from gateway.shapes import (
     execution_json,
@@ -35,7 +35,7 @@ async def validate_runbook() -> Response:
 
 
 async def list_runbooks() -> Response:
-    page = bodies.runbooks_page_query()
+    page = inputs.runbooks_page_query()
     runbooks = await state().runtime.list_runbooks(tenant_id=current_identity().tenant)
     after = [rb for rb in runbooks if page.cursor is None or rb.id > page.cursor]
     items = after[: page.limit]
@@ -44,13 +44,13 @@ async def list_runbooks() -> Response:
 
 
 async def get_runbook(runbook_id: str) -> Response:
-    version = bodies.version_query()
+    version = inputs.version_query()
     runbook = await state().runtime.get_runbook(runbook_id, version, tenant_id=current_identity().tenant)
     return json_response(runbook_json(runbook))
 
 
 async def list_runbook_executions(runbook_id: str) -> Response:
-    query = bodies.executions_query()
+    query = inputs.executions_query()
     runtime, tenant = state().runtime, current_identity().tenant
     await runtime.get_runbook(runbook_id, tenant_id=tenant)  # 404 for a runbook this tenant cannot see
     page = await runtime.list_executions(tenant_id=tenant, runbook_id=runbook_id, status=query.status,

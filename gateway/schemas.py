@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.bodies import DECISIONS, MAX_DEPTH, STATUSES
+from gateway.bodies import MAX_DEPTH
+from gateway.inputs import DECISIONS, MAX_VERSION, STATUSES
 from runtime import StepStatus
 from runtime.model import LOG_LEVELS
 
@@ -120,7 +121,7 @@ SCHEMAS: dict[str, Schema] = {
     "ExecutionPage": page("Execution"),
     "StartExecution": obj({
         "runbookId": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": NON_BLANK},
-        "version": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+        "version": {"type": "integer", "minimum": 1, "maximum": MAX_VERSION},
         "input": {**ANY, "description": "The execution's input (default {})."},
         "context": obj({"legalBasis": {"type": "string"}, "reason": {"type": "string"}},
                        description="Free context; tenantId and userId are set from the caller's identity."),

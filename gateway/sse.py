@@ -25,7 +25,7 @@ from typing import cast
 import trio
 
 from gateway.shapes import execution_json
-from runtime import Execution, NotFound, Runtime
+from runtime import Execution, NotFound, RunbookError, Runtime
 
 HEARTBEAT_S = 15.0
 BUFFER = 256
@@ -54,9 +54,9 @@ class Streams:
             raise RuntimeError("the gateway is shutting down")
         send, receive = trio.open_memory_channel[Execution](BUFFER)
         scope = trio.CancelScope()
-        self._pumps.add(scope)
         nursery.start_soon(self._pump, runtime, execution_id, tenant_id, send, scope,
                            name=f"sse {execution_id}")
+        self._pumps.add(scope)  # after start_soon: a closed nursery raises and nothing is left behind
         return self._body(receive, scope, runtime, execution_id, tenant_id)
 
     async def _pump(self, runtime: Runtime, execution_id: str, tenant_id: str,
@@ -87,8 +87,8 @@ class Streams:
                     last = execution
                     yield frame(execution)
             if last is not None and not last.status.finished and not self.closing:
-                latest = await runtime.fetch(execution_id, tenant_id=tenant_id)
-                if latest.status.finished:  # the watch dropped us before the end: send the end
+                latest = await _latest(runtime, execution_id, tenant_id)
+                if latest is not None and latest.status.finished:  # dropped before the end: send the end
                     yield frame(latest)
         finally:
             scope.cancel()
@@ -102,6 +102,13 @@ async def _next_state(receive: trio.MemoryReceiveChannel[Execution]) -> tuple[Ex
         except trio.EndOfChannel:
             return None, True
     return None, False
+
+
+async def _latest(runtime: Runtime, execution_id: str, tenant_id: str) -> Execution | None:
+    try:
+        return await runtime.fetch(execution_id, tenant_id=tenant_id)
+    except RunbookError:
+        return None
 
 
 def frame(execution: Execution) -> bytes:
