@@ -92,6 +92,7 @@ def openapi_path(rule: str) -> str:
 
 LIMIT = Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000},
               "Page size, 1 to 1000 (default 50).")
+RUNBOOKS_LIMIT = attrs.evolve(LIMIT, description="Page size, 1 to 1000 (default 100).")
 CURSOR = Param("cursor", "query", {"type": "string", "maxLength": 256},
                "The nextCursor of the previous page.")
 STATUS = Param("status", "query", {"type": "string", "enum": list(STATUSES)}, "Only executions in this status.")
@@ -132,7 +133,8 @@ ROUTES: tuple[Route, ...] = (
           body="RunbookDocument", yaml_body=True, problems=(422,)),
     Route("GET", "/api/v1/runbooks", rb.list_runbooks, "listRunbooks",
           "The latest version of every runbook the tenant sees (its own and the shared ones), by id",
-          "runbooks", {200: Answer("A page of runbooks.", "RunbookPage")}, params=(LIMIT, CURSOR), problems=(422,)),
+          "runbooks", {200: Answer("A page of runbooks.", "RunbookPage")}, params=(RUNBOOKS_LIMIT, CURSOR),
+          problems=(422,)),
     Route("POST", "/api/v1/runbooks/validate", rb.validate_runbook, "validateRunbook",
           "Validate a runbook document; registers nothing", "runbooks",
           {200: Answer("The validation report.", "ValidationReport")}, body="RunbookDocument", yaml_body=True),

@@ -34,7 +34,7 @@ from gateway.app import create_app
 from gateway.config import Config, ConfigError
 from gateway.metrics import create_metrics
 from runtime import NotFound, Runbook, Runtime, ValidationError, open_runtime
-from runtime.store import open_store_from_url
+from runtime.store import PostgresStore, open_store_from_url
 from runtime.store.base import Store
 from runtime.wire import load_document
 
@@ -131,6 +131,8 @@ def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
 
 def _store(config: Config) -> Store:
     try:
+        if config.storage_backend == "postgres":  # DB_POOL_MAX is not part of a store URL
+            return PostgresStore(config.store_url(), pool_max=config.db_pool_max)
         return open_store_from_url(config.store_url())
     except ValueError as exc:
         raise ConfigError(f"STORAGE_BACKEND: the {config.storage_backend} store is not available: {exc}") from None

@@ -34,7 +34,7 @@ _STEP_FIELDS = {
     "id", "name", "description", "type", "dependsOn", "when", "config", "approvalConfig",
     "retryPolicy", "timeoutMs", "continueOnError",
 }
-_RETRY_FIELDS = {"maxRetries": int, "initialDelayMs": int, "backoffMultiplier": (int, float),
+_RETRY_FIELDS: dict[str, type | tuple[type, ...]] = {"maxRetries": int, "initialDelayMs": int, "backoffMultiplier": (int, float),
                  "maxDelayMs": int, "jitter": bool}
 
 
@@ -84,7 +84,7 @@ def _check_schema(schema: Any) -> list[Problem]:
     if not isinstance(schema, Mapping):
         return [Problem("inputSchema", "must be a JSON Schema object")]
     try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
+        jsonschema.validators.validator_for(schema).check_schema(dict(schema))
     except jsonschema.SchemaError as exc:
         return [Problem("inputSchema", f"not a valid JSON Schema: {exc.message}")]
     return []
@@ -155,13 +155,14 @@ def check_retry_policy(policy: Any, path: str) -> list[Problem]:
     if not isinstance(policy, Mapping):
         return [Problem(path, "must be a mapping (object)")]
     problems = []
-    for key, value in policy.items():
+    items: dict[str, Any] = dict(policy)
+    for key, value in items.items():
         expected = _RETRY_FIELDS.get(key)
         if expected is None:
             problems.append(Problem(f"{path}.{key}", f"unknown field '{key}'"))
         elif (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
             problems.append(Problem(f"{path}.{key}", "has the wrong type"))
-        elif expected is not bool and value < 0:
+        elif expected is not bool and float(value) < 0:
             problems.append(Problem(f"{path}.{key}", "must not be negative"))
     return problems
 

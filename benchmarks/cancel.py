@@ -1,0 +1,105 @@
+"""Cancel latency: from the ``Runtime.cancel`` call to the running step cancelled, per store.
+
+Each sample starts an execution whose step blocks (``trio.sleep_forever``), waits until the
+executor runs, then calls ``cancel``. A sample ends when both have happened: the executor
+has seen ``trio.Cancelled`` and ``cancel`` has returned (the cancellation is committed).
+Samples run one after another, next to ``BACKGROUND`` other blocked executions.
+
+    python -m benchmarks.cancel [--quick] [--store memory|sqlite|postgres]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from runtime import Runtime, StepContext
+
+from benchmarks.common import (
+    Report,
+    arguments,
+    bench_runtime,
+    chain_runbook,
+    percentile,
+    postgres_available,
+    run,
+)
+
+BACKGROUND = 100
+
+
+class Blocker:
+    """A step that runs until it is cancelled, recording when it started and was cancelled."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, trio.Event] = {}
+        self.cancelled_at: dict[str, float] = {}
+
+    def entered(self, execution_id: str) -> trio.Event:
+        return self.running.setdefault(execution_id, trio.Event())
+
+    async def __call__(self, ctx: StepContext) -> Any:
+        self.entered(ctx.execution_id).set()
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            self.cancelled_at[ctx.execution_id] = time.perf_counter()
+            raise
+
+
+async def sample(rt: Runtime, blocker: Blocker, i: int) -> tuple[float, float]:
+    """(cancel call to step cancelled and committed, cancel call to return), in seconds."""
+    execution = await rt.start("block", {"i": i})
+    await blocker.entered(execution.id).wait()
+    called = time.perf_counter()
+    await rt.cancel(execution.id, "benchmark")
+    returned = time.perf_counter()
+    with trio.fail_after(5):
+        while execution.id not in blocker.cancelled_at:
+            await trio.sleep(0)
+    return max(returned, blocker.cancelled_at.pop(execution.id)) - called, returned - called
+
+
+async def measure(report: Report, store: str, samples: int) -> None:
+    blocker = Blocker()
+    async with bench_runtime(store) as rt:
+        rt.register_executor("block", blocker.__call__)
+        await rt.register_runbook(chain_runbook("block", 1, "block"))
+        for i in range(BACKGROUND):
+            await blocker.entered((await rt.start("block", {"background": i})).id).wait()
+        for i in range(20):  # warm-up
+            await sample(rt, blocker, -1 - i)
+        results = [await sample(rt, blocker, i) for i in range(samples)]
+        cancelled = [total * 1000 for total, _ in results]
+        returned = [call * 1000 for _, call in results]
+        parameters = {"samples": samples, "background_executions": BACKGROUND,
+                      "cancel_call_p50_ms": round(percentile(returned, 50), 3),
+                      "cancel_call_p99_ms": round(percentile(returned, 99), 3),
+                      "max_ms": round(max(cancelled), 3)}
+        report.add("cancel.latency_p50", percentile(cancelled, 50), "ms", parameters, store)
+        report.add("cancel.latency_p99", percentile(cancelled, 99), "ms", parameters, store, "<= 5")
+        rt.observers.clear()
+
+
+async def main(report: Report, args: argparse.Namespace) -> None:
+    samples = 200 if args.quick else 2000
+    for store in args.stores:
+        if store == "postgres" and not postgres_available():
+            report.note("postgres: not reachable, skipped")
+            continue
+        await measure(report, store, samples)
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    args = arguments(__doc__.splitlines()[0], argv)
+    run(main, "cancel", args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

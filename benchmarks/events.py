@@ -1,0 +1,73 @@
+"""Event deliveries to parked executions (``Runtime.publish_event``), PostgreSQL by default.
+
+N executions each wait for an event with their own correlation key. Then many callers
+publish one event per execution at once; ``publish_event`` returns once the waiting step's
+outcome is committed. The figure is deliveries per second over all N.
+
+    python -m benchmarks.events [--quick] [--store postgres|sqlite|memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from benchmarks.common import (
+    Finished,
+    Report,
+    arguments,
+    bench_runtime,
+    elapsed_since,
+    in_parallel,
+    mailbox_peak,
+    postgres_available,
+    run,
+)
+from benchmarks.parked import RUNBOOK, park
+
+CALLERS = 64
+
+
+async def measure(report: Report, store: str, count: int) -> None:
+    async with bench_runtime(store) as rt:
+        await rt.register_runbook(RUNBOOK)
+        await park(rt, 0, count)
+        finished = Finished(rt, count)
+        missed: list[int] = []
+
+        async def publish(i: int) -> None:
+            result = await rt.publish_event("bench.go", f"k{i}", {"i": i})
+            if result.delivered != 1:
+                missed.append(i)
+
+        started = time.perf_counter()
+        await in_parallel(count, CALLERS, publish)
+        seconds = elapsed_since(started)
+        await finished.done.wait()
+        if missed or finished.statuses != {"completed": count}:
+            raise RuntimeError(f"{len(missed)} events not delivered; executions: {finished.statuses}")
+        report.add("events.deliveries", count / seconds, "deliveries/s",
+                   {"events": count, "concurrent_publishers": CALLERS, "seconds": round(seconds, 3),
+                    "persistence_mailbox_peak": mailbox_peak(rt)},
+                   store, ">= 5000" if store == "postgres" else None)
+
+
+async def main(report: Report, args: argparse.Namespace) -> None:
+    count = 1000 if args.quick else 10_000
+    for store in args.stores:
+        if store == "postgres" and not postgres_available():
+            report.note("postgres: not reachable, skipped")
+            continue
+        await measure(report, store, count)
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    args = arguments(__doc__.splitlines()[0], argv, stores=("postgres",))
+    run(main, "events", args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
