@@ -162,9 +162,13 @@ def check_retry_policy(policy: Any, path: str) -> list[Problem]:
             problems.append(Problem(f"{path}.{key}", f"unknown field '{key}'"))
         elif (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
             problems.append(Problem(f"{path}.{key}", "has the wrong type"))
-        elif expected is not bool and float(value) < 0:
+        elif expected is not bool and _negative(value):
             problems.append(Problem(f"{path}.{key}", "must not be negative"))
     return problems
+
+
+def _negative(value: Any) -> bool:
+    return bool(value < 0)
 
 
 def _check_references(config: Mapping[str, Any], path: str, ids: set[str]) -> list[Problem]:
