@@ -18,8 +18,6 @@ from typing import Any
 
 import trio
 
-from runtime import Runtime, StepContext
-
 from benchmarks.common import (
     Report,
     arguments,
@@ -29,6 +27,7 @@ from benchmarks.common import (
     postgres_available,
     run,
 )
+from runtime import Runtime, StepContext
 
 BACKGROUND = 100
 
@@ -38,6 +37,7 @@ class Blocker:
 
     def __init__(self) -> None:
         self.running: dict[str, trio.Event] = {}
+        self.cancelled: dict[str, trio.Event] = {}
         self.cancelled_at: dict[str, float] = {}
 
     def entered(self, execution_id: str) -> trio.Event:
@@ -49,6 +49,7 @@ class Blocker:
             await trio.sleep_forever()
         except trio.Cancelled:
             self.cancelled_at[ctx.execution_id] = time.perf_counter()
+            self.cancelled.setdefault(ctx.execution_id, trio.Event()).set()
             raise
 
 
@@ -60,8 +61,8 @@ async def sample(rt: Runtime, blocker: Blocker, i: int) -> tuple[float, float]:
     await rt.cancel(execution.id, "benchmark")
     returned = time.perf_counter()
     with trio.fail_after(5):
-        while execution.id not in blocker.cancelled_at:
-            await trio.sleep(0)
+        await blocker.cancelled.setdefault(execution.id, trio.Event()).wait()
+    del blocker.running[execution.id], blocker.cancelled[execution.id]
     return max(returned, blocker.cancelled_at.pop(execution.id)) - called, returned - called
 
 

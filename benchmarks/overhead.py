@@ -16,9 +16,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from runtime import Runtime
-
 from benchmarks.common import Report, arguments, bench_runtime, chain_runbook, run
+from runtime import Runtime
 
 SHORT, LONG = 10, 110
 

@@ -18,9 +18,6 @@ from collections.abc import Sequence
 
 import trio
 
-from runtime import Runtime
-from runtime.model import StepStatus
-
 from benchmarks.common import (
     Report,
     arguments,
@@ -31,6 +28,8 @@ from benchmarks.common import (
     run,
     settled_rss_kib,
 )
+from runtime import Runtime
+from runtime.model import StepStatus
 
 CALLERS = 128
 WARM = 1000

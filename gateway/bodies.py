@@ -20,6 +20,7 @@ from runtime.wire import load_document
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_DEPTH = 64
+MAX_NODES = 600_000  # more values than any 1 MiB of JSON can hold
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 
 
@@ -66,7 +67,7 @@ def parse_json(data: bytes) -> Any:
         raise _unreadable(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except ValueError as exc:  # NaN/Infinity, or an integer with too many digits
         raise _unreadable(f"malformed JSON: {exc}") from None
-    check_depth(value)
+    check_shape(value)
     return value
 
 
@@ -74,11 +75,18 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def check_depth(value: Any) -> None:
-    """Refuse values nested deeper than ``MAX_DEPTH`` (iteratively: no recursion to blow)."""
+def check_shape(value: Any) -> None:
+    """Refuse values nested deeper than ``MAX_DEPTH``, with more than ``MAX_NODES`` values (only
+    YAML aliases get there from 1 MiB: a "billion laughs" document) or non-finite numbers.
+    Iterative: no recursion to blow."""
     stack: list[tuple[Any, int]] = [(value, 1)]
+    nodes = 0
     while stack:
         item, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise ApiProblem(413, "the document expands past 1 MiB (YAML aliases)",
+                             [Problem("$", f"more than {MAX_NODES} values once aliases are expanded")])
         if isinstance(item, dict | list):
             if depth > MAX_DEPTH:
                 raise _unreadable(f"the JSON is nested too deeply (at most {MAX_DEPTH} levels)")
@@ -114,5 +122,5 @@ def _yaml_document(data: bytes) -> dict[str, Any]:
         if getattr(error, "code", None) == "tooLarge":
             raise
         raise ApiProblem(400, "the YAML document cannot be read", error.problems) from None
-    check_depth(document)
+    check_shape(document)
     return document

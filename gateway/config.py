@@ -130,6 +130,7 @@ class Config:
             default_max_retries=self.default_max_retries,
             event_retention_ms=self.event_retention_ms,
             call_service_base_url=self.call_service_base_url,
+            lease_ttl_ms=self.lease_ttl_ms,
         )
 
     def check_can_serve(self) -> None:

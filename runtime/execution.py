@@ -34,6 +34,7 @@ from runtime.messages import (
     StepFinished,
     StepProgressed,
     StepRetrying,
+    StopExecution,
 )
 from runtime.model import (
     Approval,
@@ -116,6 +117,7 @@ class ExecutionActor:
         self.wait_configs: dict[str, dict[str, Any]] = {}
         self.deadline = math.inf
         self.nursery: trio.Nursery | None = None
+        self.stopped = False
 
     # ---------------------------------------------------------------- the loop
     async def run(self, mailbox: Mailbox[ExecutionMessage]) -> None:
@@ -127,6 +129,8 @@ class ExecutionActor:
                 while not self.ex.status.finished:
                     for message in await self._receive(mailbox):
                         self._handle(message)
+                    if self.stopped:
+                        break  # nothing of this turn is committed: the new owner redoes it
                     await self._settle()
                 steps.cancel_scope.cancel()
         finally:
@@ -528,6 +532,8 @@ class ExecutionActor:
                 self._decide(message)
             case DeliverEvent():
                 self._deliver(message)
+            case StopExecution():
+                self.stopped = True
 
     def _on_step_finished(self, message: StepFinished) -> None:
         if self.tasks.pop(message.step_id, None) is None:

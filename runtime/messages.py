@@ -87,7 +87,12 @@ class DeliverEvent:
     reply: Reply[bool]
 
 
+@attrs.frozen
+class StopExecution:
+    """Stop running here without changing the state (another process owns it now)."""
+
+
 ExecutionMessage: TypeAlias = (
     StepRetrying | StepAttemptStarted | StepProgressed | StepFinished | PauseExecution
-    | ResumeExecution | CancelExecution | DecideApproval | DeliverEvent
+    | ResumeExecution | CancelExecution | DecideApproval | DeliverEvent | StopExecution
 )

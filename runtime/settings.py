@@ -15,6 +15,7 @@ class Settings:
     call_service_base_url: str | None = None
     finished_cache_size: int = 10_000
     persistence_max_batch: int = 1024
+    lease_ttl_ms: int = 15_000
 
     @property
     def default_retry_policy(self) -> RetryPolicy:

@@ -34,12 +34,14 @@ from actors import (
 from runtime.errors import Conflict, NotFound, Problem, ValidationError
 from runtime.events import EventRouter, PublishResult
 from runtime.execution import ExecutionActor
+from runtime.leases import Leases
 from runtime.messages import (
     CancelExecution,
     DecideApproval,
     ExecutionMessage,
     PauseExecution,
     ResumeExecution,
+    StopExecution,
 )
 from runtime.model import (
     AuditEntry,
@@ -105,6 +107,8 @@ class Runtime:
         self._watchers: dict[str, list[trio.MemorySendChannel[Execution]]] = {}
         self._runbooks: dict[tuple[str | None, str, int], Runbook] = {}
         self.observers: list[Callable[[str, Any], None]] = []
+        self.leases = (Leases(store, settings.lease_ttl_ms, self._read)  # type: ignore[arg-type]
+                       if getattr(store, "supports_leases", False) else None)
 
     @property
     def open_executions(self) -> int:
@@ -208,7 +212,8 @@ class Runtime:
             existing = await self.fetch(result.existing_id)
             return StartResult(_same_input(existing, input_hash) if idempotency_key else existing, False)
         self._publish(execution)
-        self._spawn(execution.id)
+        if self.leases is None or await self.leases.claim_new(execution.id):
+            self._spawn(execution.id)
         self._notify("execution.started", execution)
         return StartResult(execution, True)
 
@@ -260,6 +265,29 @@ class Runtime:
     def _execution_ended(self, execution: Execution) -> None:
         self._live.pop(execution.id, None)
         self._ended.pop(execution.id, trio.Event()).set()
+        if self.leases is not None:
+            if execution.status.finished:
+                self.leases.finished(execution.id)
+            else:  # stopped here: another process owns it now
+                self._snapshots.pop(execution.id, None)
+
+    def _lease_lost(self, execution_id: str) -> None:
+        address = self._live.get(execution_id)
+        if address is not None:
+            try:
+                address.send_nowait(StopExecution())
+            except (trio.WouldBlock, ActorGone):
+                pass  # the next heartbeat tries again
+
+    async def _take_over(self, execution_id: str) -> None:
+        execution = await self._read(self.store.get_execution, execution_id)
+        if execution is not None and not execution.status.finished and execution_id not in self._live:
+            self._snapshots[execution_id] = execution
+            self._spawn(execution_id)
+
+    def owns(self, execution_id: str) -> bool:
+        """Whether this runtime runs the execution now (with PostgreSQL: holds its lease)."""
+        return execution_id in self._live
 
     def _address(self, execution_id: str) -> Address[ExecutionMessage]:
         address = self._live.get(execution_id)
@@ -297,9 +325,13 @@ class Runtime:
             observer(what, data)
 
     async def _recover_all(self) -> None:
-        for execution in await self._read(self.store.load_unfinished):
-            self._snapshots[execution.id] = execution
-            self._spawn(execution.id)
+        if self.leases is not None:
+            for execution_id in await self.leases.claim_expired():
+                await self._take_over(execution_id)
+        else:
+            for execution in await self._read(self.store.load_unfinished):
+                self._snapshots[execution.id] = execution
+                self._spawn(execution.id)
         self.router.load_retained(await self._read(self.store.retained_events, self.now()))
 
     # ------------------------------------------------------------------ reading
@@ -371,6 +403,9 @@ class Runtime:
         execution = await self.fetch(execution_id, tenant_id=tenant_id)
         address = self._live.get(execution_id)
         if address is None:
+            if self.leases is not None and not execution.status.finished:
+                raise Conflict(f"execution {execution_id} is run by another process sharing this "
+                               "database; send the request to that process")
             raise Conflict(f"execution {execution_id} is {execution.status.value}")
         try:
             await ask(address, make)
@@ -437,7 +472,8 @@ class Runtime:
         ))
         self._recent.pop(execution_id, None)
         self._publish(retried)
-        self._spawn(execution_id)
+        if self.leases is None or await self.leases.claim_new(execution_id):
+            self._spawn(execution_id)  # (else the process holding its lease runs it)
         return retried
 
 
@@ -505,6 +541,9 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
             async with open_supervisor("executions") as executions:
                 runtime = Runtime(the_store, settings, client, address, persistence, executions)
                 await runtime._recover_all()
+                if runtime.leases is not None:
+                    services.start_soon(runtime.leases.heartbeat, lambda: set(runtime._live),
+                                        runtime._lease_lost, runtime._take_over, name="lease heartbeat")
                 try:
                     yield runtime
                 except BaseException as exc:
@@ -513,6 +552,8 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
                 finally:
                     executions.cancel()
             await ask(address, Flush)  # everything sent before is committed
+            if runtime.leases is not None:  # let another process take over at once
+                await runtime.leases.release_all(sorted(runtime._snapshots))
             services.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The caller's own exception comes back as itself, not wrapped by our nurseries;

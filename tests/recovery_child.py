@@ -16,6 +16,8 @@ import trio
 from runtime import Settings, open_runtime
 from runtime.store.base import Store
 
+LEASE_TTL_MS = 1000  # postgres: a short lease, so the parent takes over soon after the kill
+
 RUNBOOK_A = {"id": "recover-a", "steps": [
     {"id": "first", "type": "call-service", "config": {"url": "/first-a", "method": "POST"}},
     {"id": "approve", "type": "human-approval", "config": {"approvers": ["boss"], "timeoutMs": 7_200_000}},
@@ -36,7 +38,7 @@ def make_store(spec: str, schema: str | None) -> Store | str:
 
 
 async def main(spec: str, base_url: str, schema: str | None) -> None:
-    async with open_runtime(make_store(spec, schema), settings=Settings(call_service_base_url=base_url)) as rt:
+    async with open_runtime(make_store(spec, schema), settings=Settings(call_service_base_url=base_url, lease_ttl_ms=LEASE_TTL_MS)) as rt:
         await rt.register_runbook(RUNBOOK_A)
         await rt.register_runbook(RUNBOOK_B)
         a = await rt.start("recover-a", {"n": 1}, {"userId": "child"})

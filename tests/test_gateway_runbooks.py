@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import trio
+
 from tests.gateway_fixtures import approval_runbook, echo_runbook, running_gateway
 
 PROBLEM = "application/problem+json"
@@ -166,3 +168,16 @@ async def test_executions_of_a_runbook_newest_first() -> None:
         bad = await gw.client.get("/api/v1/runbooks/e1/executions", params={"status": "bogus", "limit": 0})
         assert bad.status_code == 422
         assert {e["path"] for e in bad.json()["errors"]} == {"status", "limit"}
+
+
+async def test_a_yaml_alias_bomb_is_refused_quickly() -> None:
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    document = "id: bomb\nmetadata:\n" + "\n".join("  " + line for line in lines) + \
+               "\nsteps: [{id: s, type: echo}]\n"
+    async with running_gateway() as gw:
+        with trio.fail_after(5):  # expanded, this would be 10^9 strings
+            response = await gw.client.post("/api/v1/runbooks", content=document,
+                                            headers={"Content-Type": "application/yaml"})
+        assert response.status_code == 413
+        assert "aliases" in response.json()["detail"]

@@ -143,7 +143,38 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX events_match ON events (tenant_id, type, correlation_key)",
     ),
+    (  # 2: leases, so several processes can share one database (SPEC 8)
+        """CREATE TABLE leases (
+            execution_id text PRIMARY KEY,
+            owner text NOT NULL,
+            expires_at timestamptz NOT NULL
+        )""",
+        "CREATE INDEX leases_by_owner ON leases (owner)",
+    ),
 )
+
+_UNFINISHED_SQL = "('pending', 'running', 'awaiting_approval', 'pausing', 'paused')"
+
+# Claim every unfinished execution whose lease has expired, or that never had one and is
+# older than a lease (its starter died between the commit and the claim). ON CONFLICT re-checks
+# the row under its lock, so two processes never both win one execution.
+_CLAIM = f"""
+INSERT INTO leases (execution_id, owner, expires_at)
+SELECT e.id, %(owner)s, now() + %(ttl)s * interval '1 second'
+FROM executions e LEFT JOIN leases l ON l.execution_id = e.id
+WHERE e.status IN {_UNFINISHED_SQL}
+  AND (l.expires_at < now() OR l.owner = %(owner)s
+       OR (l.execution_id IS NULL AND (e.created_at < now() - %(ttl)s * interval '1 second'
+                                       OR e.id = ANY(%(fresh)s))))
+  AND (%(only)s::text[] IS NULL OR e.id = ANY(%(only)s))
+ON CONFLICT (execution_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+  WHERE leases.expires_at < now() OR leases.owner = excluded.owner
+RETURNING execution_id"""
+
+_RENEW = """
+UPDATE leases SET expires_at = now() + %(ttl)s * interval '1 second'
+WHERE owner = %(owner)s AND expires_at >= now()
+RETURNING execution_id"""
 
 _HEADER_COLUMNS = "id, tenant_id, runbook_id, runbook_version, status, input_hash, idempotency_key, created_at, header"
 
@@ -282,6 +313,26 @@ class PostgresStore:
 
     def ping(self) -> None:
         self._rows("SELECT 1")
+
+    # -- leases (several processes on one database)
+    supports_leases = True
+
+    def claim(self, owner: str, ttl_s: float, fresh: Sequence[str] = ()) -> list[str]:
+        """Take the lease of ``fresh`` executions (just started here) and of every unfinished
+        execution whose lease expired; the ids this process now owns (newly or still)."""
+        params = {"owner": owner, "ttl": ttl_s, "fresh": list(fresh), "only": list(fresh) or None}
+        return [row[0] for row in self._rows(_CLAIM, params)]
+
+    def renew(self, owner: str, ttl_s: float) -> set[str]:
+        """Extend every lease this process still holds; the ids it holds."""
+        return {row[0] for row in self._rows(_RENEW, {"owner": owner, "ttl": ttl_s})}
+
+    def release(self, owner: str, execution_ids: Sequence[str], *, finished: bool = False) -> None:
+        """Give leases up: a finished execution's row goes; an unfinished one's expires now,
+        so another process takes it over at its next heartbeat."""
+        query = ("DELETE FROM leases WHERE owner = %s AND execution_id = ANY(%s) RETURNING 1" if finished else
+                 "UPDATE leases SET expires_at = '-infinity' WHERE owner = %s AND execution_id = ANY(%s) RETURNING 1")
+        self._rows(query, (owner, list(execution_ids)))
 
     # -- writes
     def commit(self, changes: Sequence[Change]) -> list[ChangeResult]:
