@@ -383,6 +383,9 @@ class Runtime:
     async def watch(self, execution_id: str, *, tenant_id: str | None = None) -> AsyncIterator[Execution]:
         """Every committed state of the execution, live, from now until it finishes."""
         current = await self.fetch(execution_id, tenant_id=tenant_id)
+        if self.leases is not None and not current.status.finished and execution_id not in self._live:
+            raise Conflict(f"execution {execution_id} is run by another process sharing this database; "
+                           "send the request to that process")
         yield current
         if current.status.finished:
             return
