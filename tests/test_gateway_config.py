@@ -37,7 +37,7 @@ def test_every_variable_is_read(tmp_path: pathlib.Path) -> None:
     assert config.cors_origins == ("https://a.example.com", "http://b.example.com:8080")
     assert (config.detailed_logging, config.enable_cors, config.runbooks_dir) == (True, True, str(tmp_path))
     assert config.settings() == Settings(max_concurrent_steps=9, default_max_retries=0, event_retention_ms=60000,
-                                         call_service_base_url="http://svc.internal:9000/api")
+                                         call_service_base_url="http://svc.internal:9000/api", lease_ttl_ms=30000)
     assert (config.lease_ttl_ms, config.db_pool_max) == (30000, 7)
     config.check_can_serve()  # ::1 is loopback
 
