@@ -79,16 +79,18 @@ async def cancel_execution(execution_id: str) -> Response:
 
 
 async def retry_step(execution_id: str, step_id: str) -> Response:
-    inputs.control_request(await bodies.json_body(required=False))
+    control = inputs.control_request(await bodies.json_body(required=False))
     identity = current_identity()
     execution = await state().runtime.retry_step(execution_id, step_id, actor=identity.user,
-                                                 tenant_id=identity.tenant)
+                                                 reason=control.reason, tenant_id=identity.tenant)
     return _execution(execution)
 
 
 async def replay_execution(execution_id: str) -> Response:
-    inputs.control_request(await bodies.json_body(required=False))
-    execution = await state().runtime.replay(execution_id, tenant_id=current_identity().tenant)
+    control = inputs.control_request(await bodies.json_body(required=False))
+    identity = current_identity()
+    execution = await state().runtime.replay(execution_id, actor=identity.user, reason=control.reason,
+                                             tenant_id=identity.tenant)
     return _execution(execution, 201)
 
 

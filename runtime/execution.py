@@ -118,6 +118,10 @@ class ExecutionActor:
         self.deadline = math.inf
         self.nursery: trio.Nursery | None = None
         self.stopped = False
+        self.committed: Execution | None = None  # the state last committed by this actor
+        self.header_changed = False  # a field other than ``steps`` changed since the last commit
+        self.pending: list[Step] = list(runbook.steps)  # pruned to the PENDING ones by _schedule
+        self.blocked_on: dict[str, str] = {}  # step id -> a dependency last seen not done
 
     # ---------------------------------------------------------------- the loop
     async def run(self, mailbox: Mailbox[ExecutionMessage]) -> None:
@@ -138,29 +142,37 @@ class ExecutionActor:
         self.rt._execution_ended(self.ex)
 
     async def _receive(self, mailbox: Mailbox[ExecutionMessage]) -> list[ExecutionMessage]:
-        wake = min([self.deadline, *self.parked.values()])
+        wake = min(self.deadline, *self.parked.values()) if self.parked else self.deadline
+        if wake == math.inf:  # no deadline to wake for: no cancel scope to enter and leave
+            return await self._take(mailbox)
         with trio.move_on_at(wake):
-            messages = [await mailbox.receive()]
-            while len(messages) < 256:
-                try:
-                    messages.append(mailbox.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-            return messages
+            return await self._take(mailbox)
         self._on_deadlines()
         return []
+
+    async def _take(self, mailbox: Mailbox[ExecutionMessage]) -> list[ExecutionMessage]:
+        messages = [await mailbox.receive()]
+        while len(messages) < 256:
+            try:
+                messages.append(mailbox.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        return messages
 
     async def _settle(self) -> None:
         self._schedule()
         turn, self.turn = self.turn, _Turn()
         change = Change(
-            execution=self.ex,
+            execution=self.ex if self.header_changed else None,  # steps go as rows, not in the header
             steps=tuple((self.ex.id, sid, self.positions[sid], self.ex.steps[sid]) for sid in turn.steps),
             logs=tuple(turn.logs), audit=tuple(turn.audit), evidence=tuple(turn.evidence),
             consume_events=tuple(turn.consumed),
         )
-        await self.rt._commit(change)
-        self.rt._publish(self.ex)
+        if not change.empty:  # a turn that changed nothing (say, an event that did not match)
+            await self.rt._commit(change)
+            self.committed = self.ex
+            self.header_changed = False
+            self.rt._publish(self.ex)
         if self.rt.observers:
             for sid in turn.steps:
                 state = self.ex.steps[sid]
@@ -183,6 +195,7 @@ class ExecutionActor:
 
     def _set(self, **changes: Any) -> None:
         self.ex = attrs.evolve(self.ex, **changes)
+        self.header_changed = True
 
     def _log(self, level: str, text: str, step_id: str | None = None, /, **data: Any) -> None:
         self.turn.logs.append(LogEntry(self.ex.id, self.now(), level, text, step_id, data or None))
@@ -219,15 +232,32 @@ class ExecutionActor:
 
     # ---------------------------------------------------------------- scheduling
     def _schedule(self) -> None:
+        """Start (or skip, decide, park) every pending step that can; again while steps finish
+        inline, since that can make others ready. Only pending steps are looked at, and one
+        whose dependency was last seen not done costs one look until that one is done."""
         progressed = True
         while progressed and not self.ex.status.finished:
             progressed = False
-            for step in self.runbook.steps:
-                if self.ex.steps[step.id].status is SS.PENDING and self._try_start(step):
+            self.pending = [s for s in self.pending if self.ex.steps[s.id].status is SS.PENDING]
+            for step in self.pending:
+                if self._blocked(step):
+                    continue
+                if self._try_start(step) and self.ex.steps[step.id].status.finished:
                     progressed = True
                 if self.ex.status.finished:
                     return
         self._update_status()
+
+    def _blocked(self, step: Step) -> bool:
+        """Whether a dependency of ``step`` is not done (a cheap early answer for _try_start)."""
+        seen = self.blocked_on.get(step.id)
+        if seen is not None and not self._dependency_done(seen, self.ex.steps[seen]):
+            return True
+        for dep in step.depends_on or ():
+            if not self._dependency_done(dep, self.ex.steps[dep]):
+                self.blocked_on[step.id] = dep
+                return True
+        return False
 
     def _try_start(self, step: Step) -> bool:
         deps = [self.ex.steps[d] for d in step.depends_on or ()]

@@ -9,6 +9,7 @@ closes the store; with a persistent store, unfinished executions resume at the n
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -66,6 +67,7 @@ from runtime.validate import build_runbook, validate_document
 from runtime.wire import load_document, sha256_hex
 
 T = TypeVar("T")
+logger = logging.getLogger("runbooks.runtime")
 ES = ExecutionStatus
 EXECUTION_RESTARTS = RestartPolicy(max_restarts=3, within_s=10.0)
 
@@ -189,7 +191,8 @@ class Runtime:
     async def start_execution(self, runbook_id: str, input: Any = None,
                               context: Mapping[str, Any] | None = None, *, version: int | None = None,
                               idempotency_key: str | None = None, force: bool = False,
-                              replay_of: str | None = None) -> StartResult:
+                              replay_of: str | None = None, actor: str | None = None,
+                              reason: str | None = None) -> StartResult:
         ctx = dict(context or {})
         tenant = str(ctx.get("tenantId") or "default")
         ctx["tenantId"] = tenant
@@ -202,8 +205,8 @@ class Runtime:
             if existing is not None:
                 return StartResult(_same_input(existing, input_hash), False)
         execution = self._new_execution(runbook, input, ctx, input_hash, idempotency_key, force, replay_of)
-        audit = AuditEntry(execution.id, execution.created_at, str(ctx.get("userId") or "system"),
-                           "execution.started", None, ctx.get("legalBasis"), ctx.get("reason"),
+        audit = AuditEntry(execution.id, execution.created_at, actor or str(ctx.get("userId") or "system"),
+                           "execution.started", None, ctx.get("legalBasis"), reason or ctx.get("reason"),
                            {"runbookId": runbook.id, "runbookVersion": runbook.version, "replayOf": replay_of})
         log = LogEntry(execution.id, execution.created_at, "info", "execution created", None,
                        {"runbookId": runbook.id, "runbookVersion": runbook.version})
@@ -227,11 +230,15 @@ class Runtime:
             deduplicated=not force, replay_of=replay_of,
         )
 
-    async def replay(self, execution_id: str, *, tenant_id: str | None = None) -> Execution:
-        """A new execution of the same runbook version with the same input and context."""
+    async def replay(self, execution_id: str, *, actor: str | None = None, reason: str | None = None,
+                     tenant_id: str | None = None) -> Execution:
+        """A new execution of the same runbook version with the same input and context.
+
+        ``actor`` and ``reason`` (the caller) are recorded in the new execution's audit log.
+        """
         old = await self.fetch(execution_id, tenant_id=tenant_id)
         result = await self.start_execution(old.runbook_id, old.input, old.context, version=old.runbook_version,
-                                            force=True, replay_of=old.id)
+                                            force=True, replay_of=old.id, actor=actor, reason=reason)
         return result.execution
 
     # ------------------------------------------------------------------ execution actors
@@ -322,7 +329,10 @@ class Runtime:
 
     def _notify(self, what: str, data: Any) -> None:
         for observer in self.observers:
-            observer(what, data)
+            try:
+                observer(what, data)
+            except Exception:  # an observer's bug must not take an execution down
+                logger.exception("observer %r failed on %s", observer, what)
 
     async def _recover_all(self) -> None:
         if self.leases is not None:
@@ -381,19 +391,32 @@ class Runtime:
         return await self.fetch(execution_id, tenant_id=tenant_id)
 
     async def watch(self, execution_id: str, *, tenant_id: str | None = None) -> AsyncIterator[Execution]:
-        """Every committed state of the execution, live, from now until it finishes."""
-        current = await self.fetch(execution_id, tenant_id=tenant_id)
-        if self.leases is not None and not current.status.finished and execution_id not in self._live:
-            raise Conflict(f"execution {execution_id} is run by another process sharing this database; "
-                           "send the request to that process")
-        yield current
-        if current.status.finished:
+        """Every committed state of the execution, live, from now until it finishes.
+
+        The first state is the current one; none is lost however slowly the consumer reads
+        (up to 1,024 states behind, then its stream ends).
+        """
+        current = self._snapshots.get(execution_id)
+        if current is None:  # finished (or, with leases, run by another process)
+            current = await self.fetch(execution_id, tenant_id=tenant_id)
+            if not current.status.finished:
+                raise Conflict(f"execution {execution_id} is run by another process sharing this database; "
+                               "send the request to that process")
+            yield current
             return
+        _visible(current, execution_id, tenant_id)
         send, receive = trio.open_memory_channel[Execution](1024)
-        self._watchers.setdefault(execution_id, []).append(send)
-        with receive:
-            async for execution in receive:
-                yield execution
+        watchers = self._watchers.setdefault(execution_id, [])
+        watchers.append(send)  # registered with the snapshot, in one step: no state falls between
+        try:
+            yield current
+            with receive:
+                async for execution in receive:
+                    yield execution
+        finally:
+            send.close()
+            if send in watchers:
+                watchers.remove(send)
 
     async def ready(self) -> None:
         """Raise unless the store answers and the last commit succeeded."""
@@ -442,7 +465,7 @@ class Runtime:
         return await self.router.publish(tenant_id, event_type, str(correlation_key), payload)
 
     async def retry_step(self, execution_id: str, step_id: str, *, actor: str = "system",
-                         tenant_id: str | None = None) -> Execution:
+                         reason: str | None = None, tenant_id: str | None = None) -> Execution:
         """Re-run a failed/rejected step of a failed execution, and what its failure stopped."""
         execution = await self.fetch(execution_id, tenant_id=tenant_id)
         if step_id not in execution.steps:
@@ -469,7 +492,7 @@ class Runtime:
             execution=retried,
             steps=tuple((execution_id, sid, positions[sid], steps[sid]) for sid in reset),
             audit=(AuditEntry(execution_id, self.now(), actor, "step.retry", step_id,
-                              execution.context.get("legalBasis"), None, {"reset": sorted(reset)}),),
+                              execution.context.get("legalBasis"), reason, {"reset": sorted(reset)}),),
             logs=(LogEntry(execution_id, self.now(), "info", "step retry requested", step_id,
                            {"reset": sorted(reset)}),),
         ))

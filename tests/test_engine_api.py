@@ -8,6 +8,7 @@ import pathlib
 from typing import Any
 
 import pytest
+import trio
 
 from runtime import NotFound, Runtime, StepFailed, ValidationError
 from runtime.wire import canonical_json
@@ -186,3 +187,17 @@ async def test_list_executions_newest_first_with_cursor(rt: Runtime, autojump_cl
     assert len((await rt.list_executions(status="completed", runbook_id="chain")).items) == 5
     with pytest.raises(ValidationError):
         await rt.list_executions(status="bogus")
+
+
+async def test_watch_loses_no_state_to_a_slow_consumer(rt: Runtime, autojump_clock: Any) -> None:
+    await rt.register_runbook(chain("a", "b", "c"))
+    ex = await rt.start("chain")
+    seen = []
+    async for state in rt.watch(ex.id):
+        seen.append(state)
+        if len(seen) == 1:
+            await trio.sleep(100)  # the execution finishes meanwhile
+    assert seen[-1].status == "completed"
+    assert [s.status.value for s in seen].count("completed") == 1
+    statuses = [s.steps["c"].status.value for s in seen]
+    assert statuses.index("running") < statuses.index("succeeded")
