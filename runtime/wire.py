@@ -105,6 +105,7 @@ def load_document(source: Any) -> dict[str, Any]:
         if len(source.encode()) > MAX_DOCUMENT_BYTES:
             raise _too_large()
         source = _parse_text(source)
+        _check_expansion(source)
     if not isinstance(source, dict):
         raise ValidationError([Problem("$", "a runbook document must be a mapping (object)")])
     return source
@@ -127,6 +128,25 @@ _Loader.yaml_implicit_resolvers = {
     key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
     for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+
+
+MAX_VALUES = 600_000  # more values than 1 MiB of JSON can hold: only YAML aliases get past it
+
+
+def _check_expansion(value: Any) -> None:
+    """Refuse a document whose YAML aliases expand it past 1 MiB ("billion laughs"), counting
+    shared values once per use and stopping at the budget, so the check itself is cheap."""
+    stack = [value]
+    seen = 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise _too_large()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def _too_large() -> ValidationError:

@@ -201,3 +201,12 @@ async def test_watch_loses_no_state_to_a_slow_consumer(rt: Runtime, autojump_clo
     assert [s.status.value for s in seen].count("completed") == 1
     statuses = [s.steps["c"].status.value for s in seen]
     assert statuses.index("running") < statuses.index("succeeded")
+
+
+async def test_yaml_alias_bomb_is_refused_quickly(rt: Runtime) -> None:
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]" for i in range(8)]
+    bomb = "\n".join(levels) + "\nid: bomb\nsteps: []\n"
+    with pytest.raises(ValidationError) as caught:
+        await rt.register_runbook(bomb)
+    assert "larger than 1 MiB" in caught.value.problems[0].message
