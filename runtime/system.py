@@ -291,6 +291,7 @@ class Runtime:
         if execution is not None and not execution.status.finished and execution_id not in self._live:
             self._snapshots[execution_id] = execution
             self._spawn(execution_id)
+            self._notify("execution.taken_over", execution_id)
 
     def owns(self, execution_id: str) -> bool:
         """Whether this runtime runs the execution now (with PostgreSQL: holds its lease)."""

@@ -77,3 +77,23 @@ async def rt(recorder: Recorder) -> AsyncIterator[Runtime]:
 def chain(*ids: str, **step_fields: Any) -> dict[str, Any]:
     """A runbook of echo steps in document order."""
     return {"id": "chain", "steps": [{"id": i, "type": "echo", **step_fields} for i in ids]}
+
+
+async def taken_over(rt: Runtime, *execution_ids: str, within_s: float = 20) -> None:
+    """Wait until ``rt`` runs the executions (PostgreSQL leases expire in real time: bounded)."""
+    pending = {e for e in execution_ids if not rt.owns(e)}
+    done = trio.Event()
+
+    def observer(what: str, data: Any) -> None:
+        if what == "execution.taken_over":
+            pending.discard(data)
+            if not pending:
+                done.set()
+
+    rt.observers.append(observer)
+    try:
+        if pending:
+            with trio.fail_after(within_s):
+                await done.wait()
+    finally:
+        rt.observers.remove(observer)

@@ -13,7 +13,7 @@ from psycopg import sql
 
 from runtime import Conflict, Settings, open_runtime
 from runtime.store.postgres import PostgresStore
-from tests.conftest import DSN
+from tests.conftest import DSN, taken_over
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -33,16 +33,10 @@ def store(schema: str) -> PostgresStore:
     return PostgresStore(DSN, pool_max=2, schema=schema)
 
 
-async def eventually(predicate: Any) -> None:
-    """Real time (leases are PostgreSQL's clock), bounded."""
-    with trio.fail_after(15):
-        while not predicate():
-            await trio.sleep(0.05)
-
-
 async def test_one_owner_per_execution_and_takeover_after_the_owner_stops(schema: str) -> None:
     async with trio.open_nursery() as nursery:
         stop_a = trio.Event()
+        a_ready = trio.Event()
         ready: dict[str, Any] = {}
 
         async def process_a() -> None:
@@ -50,10 +44,12 @@ async def test_one_owner_per_execution_and_takeover_after_the_owner_stops(schema
                 await a.register_runbook(APPROVAL)
                 ready["id"] = (await a.start("lease", {"n": 1})).id
                 ready["a"] = a
+                a_ready.set()
                 await stop_a.wait()
 
         nursery.start_soon(process_a)
-        await eventually(lambda: "a" in ready)
+        with trio.fail_after(15):
+            await a_ready.wait()
         execution_id = ready["id"]
         async with open_runtime(store(schema), settings=SETTINGS) as b:
             await trio.sleep(1.5)  # several heartbeats: B must not take a live lease
@@ -63,7 +59,7 @@ async def test_one_owner_per_execution_and_takeover_after_the_owner_stops(schema
             mine = await b.start("lease", {"n": 2})
             assert b.owns(mine.id) and not ready["a"].owns(mine.id)
             stop_a.set()  # A leaves: B takes over what A ran
-            await eventually(lambda: b.owns(execution_id))
+            await taken_over(b, execution_id)
             await b.submit_approval(execution_id, "ok", approver="boss", decision="approve")
             assert (await b.wait(execution_id)).status == "completed"
             await b.cancel(mine.id, reason="done")

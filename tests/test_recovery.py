@@ -20,7 +20,7 @@ from runtime import Settings, open_runtime
 from runtime.store.base import Store
 from runtime.store.postgres import PostgresStore
 from runtime.store.sqlite import SqliteStore
-from tests.conftest import DSN
+from tests.conftest import DSN, taken_over
 from tests.fake_service import Response, fake_service
 from tests.recovery_child import LEASE_TTL_MS, RUNBOOK_A
 
@@ -66,13 +66,6 @@ async def read_line(stream: Any) -> str:
             break
         data += chunk
     return data.decode()
-
-
-async def owned(rt: Any, *execution_ids: str) -> None:
-    """Wait (real time, bounded) until this runtime runs the executions."""
-    with trio.fail_after(20):
-        while not all(rt.owns(e) for e in execution_ids):
-            await trio.sleep(0.05)
 
 
 async def until(rt: Any, execution_id: str, predicate: Any) -> Any:
@@ -137,7 +130,7 @@ async def test_kill_dash_nine_then_recover_in_a_new_process(place: Place) -> Non
         svc.script("/slow", Response(200, json={"slow": "fast now"}))
         settings = Settings(call_service_base_url=svc.url, lease_ttl_ms=LEASE_TTL_MS)
         async with open_runtime(place.store(), settings=settings) as rt:
-            await owned(rt, a_id, b_id)  # postgres: once the dead child's leases expire
+            await taken_over(rt, a_id, b_id)  # postgres: once the dead child's leases expire
             await rt.submit_approval(a_id, "approve", approver="boss", decision="approve")
             final_a = await rt.wait(a_id)
             final_b = await rt.wait(b_id)
