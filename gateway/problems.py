@@ -131,7 +131,8 @@ def problem_for(error: BaseException) -> Response:
 
 def _validation_problem(error: ValidationError) -> Response:
     if getattr(error, "code", None) == "tooLarge":
-        return problem_response(413, "the document is larger than 1 MiB", error.problems, title="document too large")
+        detail = error.problems[0].message if error.problems else "the document is larger than 1 MiB"
+        return problem_response(413, detail, error.problems, title="document too large")
     count = len(error.problems)
     detail = f"{count} problem{'s' if count != 1 else ''}: " + "; ".join(
         f"{p.path}: {p.message}" for p in error.problems[:3]) if count else error.title

@@ -142,14 +142,14 @@ def _check_expansion(value: Any) -> None:
         item = stack.pop()
         seen += 1
         if seen > MAX_VALUES:
-            raise _too_large()
+            raise _too_large(f"document expands past 1 MiB (more than {MAX_VALUES} values once YAML aliases are expanded)")
         if isinstance(item, dict):
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
 
 
-def _too_large() -> ValidationError:
-    error = ValidationError([Problem("$", "document is larger than 1 MiB")], title="too large")
+def _too_large(message: str = "document is larger than 1 MiB") -> ValidationError:
+    error = ValidationError([Problem("$", message)], title="too large")
     error.code = "tooLarge"
     return error

@@ -566,7 +566,7 @@ def test_reopen_keeps_everything_and_does_not_migrate_again(backend: Backend) ->
               audit=(AuditEntry("ex", T0, "u", "execution.started"),), retain_events=(event,)),
     ])
     versions = backend.versions()
-    assert [row[0] for row in versions] == [1]
+    assert [row[0] for row in versions] == list(range(1, len(versions) + 1))  # every migration, once
     store.close()
 
     again = backend.open()
