@@ -262,7 +262,7 @@ class Runtime:
         execution = self._snapshots.get(execution_id)
         self._live.pop(execution_id, None)
         if execution is not None and not execution.status.finished:
-            error = StepError("crashed", f"execution actor crashed repeatedly: {type(exc).__name__}: {exc}")
+            error = StepError("crashed", f"execution actor crashed repeatedly: {_describe(exc)}")
             failed = attrs.evolve(execution, status=ES.FAILED, error=error, completed_at=self.now())
             await self._commit(Change(execution=failed, audit=(AuditEntry(
                 execution_id, self.now(), "system", "execution.failed", data={"error": error.message}),)))
@@ -593,6 +593,13 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
             await trio.to_thread.run_sync(the_store.close)
         else:
             the_store.close()
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of each leaf of an exception (group), for error messages."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(inner) for inner in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _only_leaf(group: BaseExceptionGroup[Any]) -> BaseException | None:
