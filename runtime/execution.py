@@ -120,6 +120,7 @@ class ExecutionActor:
         self.stopped = False
         self.committed: Execution | None = None  # the state last committed by this actor
         self.header_changed = False  # a field other than ``steps`` changed since the last commit
+        self.draft: Execution | None = None  # self.ex while its steps dict is ours alone to change
         self.pending: list[Step] = list(runbook.steps)  # pruned to the PENDING ones by _schedule
         self.blocked_on: dict[str, str] = {}  # step id -> a dependency last seen not done
 
@@ -161,6 +162,7 @@ class ExecutionActor:
 
     async def _settle(self) -> None:
         self._schedule()
+        self.draft = None  # from here on self.ex is shared (the Change, the snapshot)
         turn, self.turn = self.turn, _Turn()
         change = Change(
             execution=self.ex if self.header_changed else None,  # steps go as rows, not in the header
@@ -189,12 +191,17 @@ class ExecutionActor:
 
     def _set_step(self, step_id: str, **changes: Any) -> StepState:
         state = attrs.evolve(self.ex.steps[step_id], **changes)
-        self.ex = attrs.evolve(self.ex, steps={**self.ex.steps, step_id: state})
+        if self.ex is self.draft:  # nobody else holds this steps dict yet: change it in place
+            self.ex.steps[step_id] = state
+        else:  # the first change since self.ex was handed out: copy once
+            self.ex = self.draft = attrs.evolve(self.ex, steps={**self.ex.steps, step_id: state})
         self.turn.steps.add(step_id)
         return state
 
     def _set(self, **changes: Any) -> None:
-        self.ex = attrs.evolve(self.ex, **changes)
+        owned = self.ex is self.draft
+        self.ex = attrs.evolve(self.ex, **changes)  # shares the steps dict, so it stays ours if it was
+        self.draft = self.ex if owned else None
         self.header_changed = True
 
     def _log(self, level: str, text: str, step_id: str | None = None, /, **data: Any) -> None:
@@ -240,8 +247,8 @@ class ExecutionActor:
             progressed = False
             self.pending = [s for s in self.pending if self.ex.steps[s.id].status is SS.PENDING]
             for step in self.pending:
-                if self._blocked(step):
-                    continue
+                if self.ex.steps[step.id].status is not SS.PENDING or self._blocked(step):
+                    continue  # (decided meanwhile in this pass: a branch not taken)
                 if self._try_start(step) and self.ex.steps[step.id].status.finished:
                     progressed = True
                 if self.ex.status.finished:
@@ -283,7 +290,7 @@ class ExecutionActor:
         if kind in (StepKind.TASK, StepKind.LOOP):
             if len(self.tasks) >= self.max_running:
                 return False
-            self._start_task(step, self.ex.steps[step.id].attempts + 1)
+            self._start_task(step, self.ex.steps[step.id].attempts + 1, scope)
             return True
         self._begin_parked(step, scope)
         return True
@@ -368,22 +375,24 @@ class ExecutionActor:
         self._audit("step.cancelled", step_id=step_id)
 
     # ---------------------------------------------------------------- task steps
-    def _start_task(self, step: Step, attempt: int) -> None:
+    def _start_task(self, step: Step, attempt: int, step_scope: dict[str, Any] | None = None) -> None:
+        """Mark the step started; its task is spawned once that is committed. ``step_scope``:
+        its template scope, if the caller has just built it from the current state."""
+        if step_scope is None:
+            step_scope = build_scope(self.ex, step.id)
         self._mark_started(step, SS.RUNNING, attempt)
         scope = trio.CancelScope()
         self.tasks[step.id] = scope
-        snapshot = self.ex
-        self.turn.spawn.append(lambda: self._spawn_task(step, attempt, scope, snapshot))
+        self.turn.spawn.append(lambda: self._spawn_task(step, attempt, scope, step_scope))
 
-    def _spawn_task(self, step: Step, attempt: int, scope: trio.CancelScope, snapshot: Execution) -> None:
+    def _spawn_task(self, step: Step, attempt: int, scope: trio.CancelScope, step_scope: dict[str, Any]) -> None:
         assert self.nursery is not None
         if scope.cancel_called:
             return
-        self.nursery.start_soon(self._run_task, step, attempt, scope, snapshot, name=f"step {self.ex.id}/{step.id}")
+        self.nursery.start_soon(self._run_task, step, attempt, scope, step_scope, name=f"step {self.ex.id}/{step.id}")
 
-    async def _run_task(self, step: Step, attempt: int, scope: trio.CancelScope, snapshot: Execution) -> None:
+    async def _run_task(self, step: Step, attempt: int, scope: trio.CancelScope, step_scope: dict[str, Any]) -> None:
         address = self.rt._address(self.ex.id)
-        step_scope = build_scope(snapshot, step.id)
         step_type = self.rt.types[step.type]
         with scope:
             try:
