@@ -36,7 +36,7 @@ class MemoryStore:
         self._steps: dict[str, dict[str, tuple[int, StepState]]] = {}
         self._by_hash: dict[_DedupKey, list[str]] = {}
         self._by_key: dict[tuple[str, str], str] = {}
-        self._logs: dict[str, list[LogEntry]] = {}
+        self._logs: dict[str, list[tuple[int, LogEntry]]] = {}  # (seq, entry): seq set when read
         self._audit: dict[str, list[AuditEntry]] = {}
         self._evidence: dict[str, list[Evidence]] = {}
         self._events: dict[str, Event] = {}
@@ -69,8 +69,7 @@ class MemoryStore:
         for execution_id, step_id, position, state in change.steps:
             self._steps[execution_id][step_id] = (position, state)
         for entry in change.logs:
-            logs = self._logs.setdefault(entry.execution_id, [])
-            logs.append(attrs.evolve(entry, seq=next(self._seq)))
+            self._logs.setdefault(entry.execution_id, []).append((next(self._seq), entry))
         for audit in change.audit:
             self._audit.setdefault(audit.execution_id, []).append(audit)
         for item in change.evidence:
@@ -190,12 +189,12 @@ class MemoryStore:
         limit: int = 1000,
     ) -> list[LogEntry]:
         found = [
-            entry for entry in self._logs.get(execution_id, ())
+            (seq, entry) for seq, entry in self._logs.get(execution_id, ())
             if (step_id is None or entry.step_id == step_id)
             and level_at_least(entry.level, level)
-            and (after is None or entry.seq > after)
+            and (after is None or seq > after)
         ]
-        return found[:limit]
+        return [attrs.evolve(entry, seq=seq) for seq, entry in found[:limit]]
 
     def evidence(self, execution_id: str) -> list[Evidence]:
         return list(self._evidence.get(execution_id, ()))

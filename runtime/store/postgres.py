@@ -25,11 +25,10 @@ from psycopg_pool import ConnectionPool
 from runtime.errors import StoreUnavailable
 from runtime.model import LOG_LEVELS, AuditEntry, Event, Evidence, Execution, LogEntry, Runbook
 from runtime.records import Change, ChangeResult
-from runtime.store.base import parse_cursor
 from runtime.store.schema import (
     NOT_DEDUPED_SQL,
-    UNFINISHED_SQL,
     Execute,
+    ExecutionQueries,
     Pending,
     apply_batch,
     audit_from,
@@ -256,7 +255,10 @@ FROM executions AS e"""
 _ATTEMPTS = 10  # inserts that lost a race with another store's transaction
 
 
-class PostgresStore:
+class PostgresStore(ExecutionQueries):
+    MARK = "%s"
+    SELECT = _EXECUTIONS
+
     threaded = True
     name = "postgres"
 
@@ -380,49 +382,7 @@ class PostgresStore:
         )
         return latest_runbooks(rows)
 
-    # -- executions
-    def get_execution(self, execution_id: str) -> Execution | None:
-        found = self._executions(f"{_EXECUTIONS} WHERE id = %s", (execution_id,))
-        return found[0][1] if found else None
-
-    def find_active(self, tenant_id: str, runbook_id: str, version: int, input_hash: str) -> Execution | None:
-        found = self._executions(f"{_EXECUTIONS} {_ACTIVE}", (tenant_id, runbook_id, version, input_hash))
-        return found[0][1] if found else None
-
-    def find_by_idempotency_key(self, tenant_id: str, key: str) -> Execution | None:
-        found = self._executions(f"{_EXECUTIONS} WHERE tenant_id = %s AND idempotency_key = %s", (tenant_id, key))
-        return found[0][1] if found else None
-
-    def list_executions(
-        self,
-        tenant_id: str | None,
-        *,
-        runbook_id: str | None = None,
-        status: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> tuple[list[Execution], str | None]:
-        before = parse_cursor(cursor)
-        where: list[str] = []
-        params: list[Any] = []
-        for column, value in (("tenant_id", tenant_id), ("runbook_id", runbook_id), ("status", status)):
-            if value is not None:
-                where.append(f"{column} = %s")
-                params.append(value)
-        if before is not None:
-            where.append("seq < %s")
-            params.append(before)
-        query = f"{_EXECUTIONS} {_where(where)} ORDER BY seq DESC LIMIT %s"
-        page = self._executions(query, (*params, max(limit + 1, 0)))
-        more = len(page) > limit
-        page = page[: max(limit, 0)]
-        next_cursor = str(page[-1][0]) if more and page else None
-        return [execution for _, execution in page], next_cursor
-
-    def load_unfinished(self) -> list[Execution]:
-        found = self._executions(f"{_EXECUTIONS} WHERE status IN {UNFINISHED_SQL} ORDER BY seq", ())
-        return [execution for _, execution in found]
-
+    # -- executions: ExecutionQueries
     def _executions(self, query: str, params: Sequence[Any]) -> list[tuple[int, Execution]]:
         return [(seq, execution_from(header, steps or ())) for seq, header, steps in self._rows(query, params)]
 

@@ -10,16 +10,18 @@ execution, so the last write of a batch wins, as it does in the memory store.
 
 from __future__ import annotations
 
+import abc
 import json
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import attrs
 
 from runtime.model import AuditEntry, Event, Evidence, Execution, LogEntry, Runbook, StepState
 from runtime.records import Change, ChangeResult
+from runtime.store.base import parse_cursor
 from runtime.wire import dumps, from_json, to_json
 
 #: ``model.NOT_DEDUPED`` as SQL: these executions leave the idempotent-start index
@@ -282,3 +284,60 @@ def migrate(transaction: Callable[[], AbstractContextManager[Execute]], migratio
                 execute(statement)
             execute(f"INSERT INTO schema_version (version) VALUES ({number:d})")
     return latest
+
+
+class ExecutionQueries(abc.ABC):
+    """The execution reads of both SQL stores: the same SQL but for the placeholder (``MARK``)
+    and the statement that selects ``(seq, execution)`` rows (``SELECT``, in ``_executions``)."""
+
+    MARK: ClassVar[str]
+    SELECT: ClassVar[str]
+
+    @abc.abstractmethod
+    def _executions(self, query: str, params: Sequence[Any]) -> list[tuple[int, Execution]]:
+        """(seq, execution) of what ``query`` selects, each with its steps."""
+
+    def _one(self, where: str, params: Sequence[Any]) -> Execution | None:
+        found = self._executions(f"{self.SELECT} {where}", params)
+        return found[0][1] if found else None
+
+    def get_execution(self, execution_id: str) -> Execution | None:
+        return self._one(f"WHERE id = {self.MARK}", (execution_id,))
+
+    def find_active(self, tenant_id: str, runbook_id: str, version: int, input_hash: str) -> Execution | None:
+        m = self.MARK
+        where = (f"WHERE tenant_id = {m} AND runbook_id = {m} AND runbook_version = {m} AND input_hash = {m} "
+                 f"AND deduplicated AND status NOT IN {NOT_DEDUPED_SQL} ORDER BY seq LIMIT 1")
+        return self._one(where, (tenant_id, runbook_id, version, input_hash))
+
+    def find_by_idempotency_key(self, tenant_id: str, key: str) -> Execution | None:
+        return self._one(f"WHERE tenant_id = {self.MARK} AND idempotency_key = {self.MARK}", (tenant_id, key))
+
+    def list_executions(
+        self,
+        tenant_id: str | None,
+        *,
+        runbook_id: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[Execution], str | None]:
+        before = parse_cursor(cursor)
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("tenant_id", tenant_id), ("runbook_id", runbook_id), ("status", status),
+                              ("seq <", before)):
+            if value is not None:
+                where.append(f"{column} {'' if column.endswith('<') else '='} {self.MARK}")
+                params.append(value)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        page = self._executions(f"{self.SELECT} {clause} ORDER BY seq DESC LIMIT {self.MARK}",
+                                (*params, max(limit + 1, 0)))
+        more = len(page) > limit
+        page = page[: max(limit, 0)]
+        next_cursor = str(page[-1][0]) if more and page else None
+        return [execution for _, execution in page], next_cursor
+
+    def load_unfinished(self) -> list[Execution]:
+        found = self._executions(f"{self.SELECT} WHERE status IN {UNFINISHED_SQL} ORDER BY seq", ())
+        return [execution for _, execution in found]

@@ -22,11 +22,10 @@ from typing import Any
 from runtime.errors import StoreUnavailable
 from runtime.model import LOG_LEVELS, AuditEntry, Event, Evidence, Execution, LogEntry, Runbook
 from runtime.records import Change, ChangeResult
-from runtime.store.base import parse_cursor
 from runtime.store.schema import (
     NOT_DEDUPED_SQL,
-    UNFINISHED_SQL,
     Execute,
+    ExecutionQueries,
     Pending,
     apply_batch,
     audit_from,
@@ -236,7 +235,10 @@ _UNAVAILABLE = frozenset(
 )
 
 
-class SqliteStore:
+class SqliteStore(ExecutionQueries):
+    MARK = "?"
+    SELECT = _HEADERS
+
     threaded = True
     name = "sqlite"
 
@@ -313,53 +315,11 @@ class SqliteStore:
             ).fetchall()
         return latest_runbooks(rows)
 
-    # -- executions
-    def get_execution(self, execution_id: str) -> Execution | None:
-        found = self._executions(f"{_HEADERS} WHERE id = ?", (execution_id,))
-        return found[0][1] if found else None
-
-    def find_active(self, tenant_id: str, runbook_id: str, version: int, input_hash: str) -> Execution | None:
-        found = self._executions(f"{_HEADERS} {_ACTIVE}", (tenant_id, runbook_id, version, input_hash))
-        return found[0][1] if found else None
-
-    def find_by_idempotency_key(self, tenant_id: str, key: str) -> Execution | None:
-        found = self._executions(f"{_HEADERS} WHERE tenant_id = ? AND idempotency_key = ?", (tenant_id, key))
-        return found[0][1] if found else None
-
-    def list_executions(
-        self,
-        tenant_id: str | None,
-        *,
-        runbook_id: str | None = None,
-        status: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> tuple[list[Execution], str | None]:
-        before = parse_cursor(cursor)
-        where: list[str] = []
-        params: list[Any] = []
-        for column, value in (("tenant_id", tenant_id), ("runbook_id", runbook_id), ("status", status)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        if before is not None:
-            where.append("seq < ?")
-            params.append(before)
-        sql = f"{_HEADERS} {_where(where)} ORDER BY seq DESC LIMIT ?"
-        page = self._executions(sql, (*params, max(limit + 1, 0)))
-        more = len(page) > limit
-        page = page[: max(limit, 0)]
-        next_cursor = str(page[-1][0]) if more and page else None
-        return [execution for _, execution in page], next_cursor
-
-    def load_unfinished(self) -> list[Execution]:
-        found = self._executions(f"{_HEADERS} WHERE status IN {UNFINISHED_SQL} ORDER BY seq", ())
-        return [execution for _, execution in found]
-
-    def _executions(self, sql: str, params: Sequence[Any]) -> list[tuple[int, Execution]]:
-        """(seq, execution) of the headers ``sql`` selects, with their steps, from one snapshot."""
+    # -- executions: ExecutionQueries
+    def _executions(self, query: str, params: Sequence[Any]) -> list[tuple[int, Execution]]:
+        """(seq, execution) of the headers ``query`` selects, with their steps, from one snapshot."""
         with self._reading(snapshot=True) as conn:
-            headers = conn.execute(sql, params).fetchall()
+            headers = conn.execute(query, params).fetchall()
             if not headers:
                 return []
             ids = json.dumps([execution_id for _, execution_id, _ in headers])
