@@ -3,7 +3,7 @@
 It knows nothing about runbooks; ``runtime`` builds the engine's actors on it.
 """
 
-from actors.mailbox import ActorCrashed, ActorGone, Address, Mailbox, Reply, ask, open_mailbox
+from actors.mailbox import ActorCrashed, ActorGone, Address, Mailbox, Reply, ask, open_mailbox, tell
 from actors.supervisor import RestartLimitExceeded, RestartPolicy, Supervisor, open_supervisor
 
 __all__ = [
@@ -18,4 +18,5 @@ __all__ = [
     "ask",
     "open_mailbox",
     "open_supervisor",
+    "tell",
 ]

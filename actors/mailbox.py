@@ -225,5 +225,19 @@ async def ask(address: Address[M], make_message: Callable[[Reply[T]], M]) -> T:
     reply: Reply[T] = Reply()
     message = make_message(reply)
     _check_carries(message, reply)
-    await address.send(message)
+    await tell(address, message)  # no yield here: waiting for the reply yields anyway
     return await reply._wait()
+
+
+async def tell(address: Address[M], message: M) -> None:
+    """Send ``message``: at once if the mailbox has room, else wait for room as ``send`` does.
+
+    Unlike ``Address.send`` it does not yield when there is room (a full trip through the
+    scheduler per message); it still raises ``Cancelled`` first if the caller is cancelled.
+    For senders that wait right after anyway (``ask``) or whose task ends (a step's outcome).
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        address.send_nowait(message)
+    except trio.WouldBlock:
+        await address.send(message)

@@ -5,7 +5,7 @@ on 127.0.0.1), waits for ``/health``, registers a runbook through the API, then 
 ``POST /api/v1/executions`` at a fixed rate with open-loop pacing (request i is sent at
 t0 + i/rate whatever the earlier ones do; its latency counts from that planned time), then
 ``GET /api/v1/executions/{id}`` over the executions it made, at the same rate. Reports
-p50/p99 of each. The runbook is three conditional steps: each start also runs its
+p50/p99 of each (and, first, the p50 of requests sent one at a time: no load). The runbook is three conditional steps: each start also runs its
 execution to the end inside the server. Every request has a timeout; the load is bounded
 in count and time, and the server is stopped with SIGTERM at the end.
 
@@ -30,6 +30,7 @@ import trio
 from benchmarks.common import ROOT, Report, arguments, percentile, run
 
 RATE = 200.0
+UNLOADED = 100  # requests sent one at a time first: the latency without load
 HEADERS = {"X-User-Id": "bench", "X-Tenant-Id": "bench"}
 RUNBOOK = {"id": "api-bench", "steps": [
     {"id": "check", "type": "conditional", "config": {
@@ -143,6 +144,15 @@ async def measure(report: Report, client: httpx.AsyncClient, url: str, count: in
             raise RuntimeError(f"get: {response.status_code} {response.text[:200]}")
 
     await paced(50, RATE, lambda i: start(-1 - i))  # warm-up: connections, code paths
+    ids.clear()
+    for name, request in (("start", start), ("status", status)):  # unloaded: one request at a time
+        latencies = []
+        for i in range(UNLOADED):
+            sent = trio.current_time()
+            await request(-1000 - i if name == "start" else i)
+            latencies.append((trio.current_time() - sent) * 1000)
+        report.add(f"api.{name}_unloaded_p50", percentile(latencies, 50), "ms",
+                   {"requests": UNLOADED, "pacing": "one at a time", "store": "sqlite"}, "sqlite")
     ids.clear()
     for name, request, target in (("start", start, ("p99", "<= 20")), ("status", status, ("p50", "<= 2"))):
         latencies, errors = await paced(count, RATE, request)

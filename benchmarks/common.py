@@ -194,7 +194,7 @@ async def fresh_store(kind: str) -> AsyncIterator[Store]:
     elif kind == "postgres":
         schema = f"bench_{uuid.uuid4().hex[:12]}"
         try:
-            yield PostgresStore(DSN, schema=schema, pool_max=4)
+            yield PostgresStore(DSN, schema=schema)  # the default pool, as "postgresql://..." opens
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(_drop_schema, schema)

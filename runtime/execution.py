@@ -11,6 +11,7 @@ deadline held here; conditionals are decided inline.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from actors import Mailbox, Reply
+from actors import Mailbox, Reply, tell
 from runtime import templates
 from runtime.conditions import evaluate
 from runtime.errors import Conflict, NotFound, RunbookError
@@ -88,7 +89,7 @@ class _Turn:
     """What one turn of the actor has changed and must commit before acting on it."""
 
     def __init__(self) -> None:
-        self.steps: set[str] = set()
+        self.steps: dict[str, None] = {}  # the steps changed, in order (smaller than a set)
         self.logs: list[LogEntry] = []
         self.audit: list[AuditEntry] = []
         self.evidence: list[Evidence] = []
@@ -121,6 +122,7 @@ class ExecutionActor:
         self.committed: Execution | None = None  # the state last committed by this actor
         self.header_changed = False  # a field other than ``steps`` changed since the last commit
         self.draft: Execution | None = None  # self.ex while its steps dict is ours alone to change
+        self.clock: datetime | None = None  # the time of this turn (read once per turn)
         self.pending: list[Step] = list(runbook.steps)  # pruned to the PENDING ones by _schedule
         self.blocked_on: dict[str, str] = {}  # step id -> a dependency last seen not done
 
@@ -145,14 +147,15 @@ class ExecutionActor:
     async def _receive(self, mailbox: Mailbox[ExecutionMessage]) -> list[ExecutionMessage]:
         wake = min(self.deadline, *self.parked.values()) if self.parked else self.deadline
         if wake == math.inf:  # no deadline to wake for: no cancel scope to enter and leave
-            return await self._take(mailbox)
-        with trio.move_on_at(wake):
-            return await self._take(mailbox)
-        self._on_deadlines()
-        return []
-
-    async def _take(self, mailbox: Mailbox[ExecutionMessage]) -> list[ExecutionMessage]:
-        messages = [await mailbox.receive()]
+            messages = [await mailbox.receive()]
+        else:
+            with trio.move_on_at(wake) as timer:
+                messages = [await mailbox.receive()]
+            if timer.cancelled_caught:
+                self.clock = None
+                self._on_deadlines()
+                return []
+        self.clock = None  # a new turn: what it records carries a new time
         while len(messages) < 256:
             try:
                 messages.append(mailbox.receive_nowait())
@@ -187,7 +190,11 @@ class ExecutionActor:
 
     # ---------------------------------------------------------------- state helpers
     def now(self) -> datetime:
-        return self.rt.now()
+        """The time of the current turn: everything one turn records carries one time (as
+        under a MockClock), and the clock is read once per turn, not per record."""
+        if self.clock is None:
+            self.clock = self.rt.now()
+        return self.clock
 
     def _set_step(self, step_id: str, **changes: Any) -> StepState:
         state = attrs.evolve(self.ex.steps[step_id], **changes)
@@ -195,7 +202,7 @@ class ExecutionActor:
             self.ex.steps[step_id] = state
         else:  # the first change since self.ex was handed out: copy once
             self.ex = self.draft = attrs.evolve(self.ex, steps={**self.ex.steps, step_id: state})
-        self.turn.steps.add(step_id)
+        self.turn.steps[step_id] = None
         return state
 
     def _set(self, **changes: Any) -> None:
@@ -393,21 +400,22 @@ class ExecutionActor:
 
     async def _run_task(self, step: Step, attempt: int, scope: trio.CancelScope, step_scope: dict[str, Any]) -> None:
         address = self.rt._address(self.ex.id)
+        report = functools.partial(tell, address)  # the task ends or waits after each report
         step_type = self.rt.types[step.type]
         with scope:
             try:
                 config = templates.render(step.config, step_scope) if step_type.kind is StepKind.TASK else step.config
             except templates.TemplateError as exc:
-                await address.send(StepFinished(step.id, error=StepError("template", str(exc), False)))
+                await report(StepFinished(step.id, error=StepError("template", str(exc), False)))
                 return
             assert step_type.executor is not None or step_type.kind is StepKind.LOOP
             if step_type.kind is StepKind.LOOP:
-                await self._run_loop(step, config, step_scope, address.send)
+                await self._run_loop(step, config, step_scope, report)
                 return
             assert step_type.executor is not None
             policy = step.retry_policy or self.rt.default_retry_policy
             await step_actor(step.id, step_type.executor, self._context_factory(step, config, step_scope),
-                             policy, step.timeout_ms, attempt, address.send)
+                             policy, step.timeout_ms, attempt, report)
 
     def _context_factory(self, step: Step, config: Mapping[str, Any], scope: Mapping[str, Any],
                          iteration: int | None = None) -> Callable[[int], StepContext]:

@@ -14,7 +14,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import attrs
@@ -120,8 +120,6 @@ class Runtime:
     # ------------------------------------------------------------------ clock
     def now(self) -> datetime:
         """Wall-clock time that advances with Trio's clock (so MockClock drives it in tests)."""
-        from datetime import timedelta
-
         return self._wall0 + timedelta(seconds=trio.current_time() - self._trio0)
 
     # ------------------------------------------------------------------ store access

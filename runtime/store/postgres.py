@@ -29,6 +29,7 @@ from runtime.store.schema import (
     NOT_DEDUPED_SQL,
     Execute,
     ExecutionQueries,
+    ParsedRunbooks,
     Pending,
     apply_batch,
     audit_from,
@@ -44,7 +45,6 @@ from runtime.store.schema import (
     log_row,
     migrate,
     owners,
-    runbook_from,
     runbook_row,
     step_rows,
 )
@@ -279,6 +279,7 @@ class PostgresStore(ExecutionQueries):
         self._conn: Connection | None = None
         self._pool: ConnectionPool[Connection] | None = None
         self._write_lock = threading.Lock()
+        self._parsed = ParsedRunbooks()  # (its document is read as text: parsed only once)
 
     def open(self) -> None:
         with self._write_lock, _translated("open"):
@@ -362,7 +363,7 @@ class PostgresStore(ExecutionQueries):
     def get_runbook(self, tenant_id: str | None, runbook_id: str, version: int | None = None) -> Runbook | None:
         # per owner: its latest version and the one asked for; the first owner that has any wins
         rows = self._rows(
-            """SELECT owner, version, document FROM runbooks AS r
+            """SELECT owner, version, document::text FROM runbooks AS r
                WHERE owner = ANY(%(owners)s) AND id = %(id)s AND (version = %(version)s OR version =
                    (SELECT MAX(version) FROM runbooks AS m WHERE m.owner = r.owner AND m.id = r.id))""",
             {"owners": owners(tenant_id), "id": runbook_id, "version": version},
@@ -371,7 +372,7 @@ class PostgresStore(ExecutionQueries):
             found = {row[1]: row for row in rows if row[0] == owner}
             if found:
                 row = found.get(max(found) if version is None else version)
-                return runbook_from(row[2], row[1]) if row else None
+                return self._parsed.get(owner, runbook_id, row[1], row[2]) if row else None
         return None
 
     def list_runbooks(self, tenant_id: str | None) -> list[Runbook]:

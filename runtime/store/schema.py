@@ -221,6 +221,22 @@ def runbook_from(document: Any, version: int) -> Runbook:
     return from_json(data, Runbook)
 
 
+class ParsedRunbooks:
+    """Stored runbook versions never change, so a store parses each one once (``runbook_from``
+    is the costly part of reading a runbook, and every start reads one). Thread-safe enough:
+    two threads may both parse a version, and either result is the same."""
+
+    def __init__(self) -> None:
+        self._parsed: dict[tuple[str, str, int], Runbook] = {}
+
+    def get(self, owner: str, runbook_id: str, version: int, document: Any) -> Runbook:
+        key = (owner, runbook_id, version)
+        runbook = self._parsed.get(key)
+        if runbook is None:
+            runbook = self._parsed[key] = runbook_from(document, version)
+        return runbook
+
+
 def log_from(row: Row, time: Time) -> LogEntry:
     """(seq, execution_id, step_id, level, at, message, data)"""
     seq, execution_id, step_id, level, at, message, data = row

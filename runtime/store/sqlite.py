@@ -26,6 +26,7 @@ from runtime.store.schema import (
     NOT_DEDUPED_SQL,
     Execute,
     ExecutionQueries,
+    ParsedRunbooks,
     Pending,
     apply_batch,
     audit_from,
@@ -41,7 +42,6 @@ from runtime.store.schema import (
     log_row,
     migrate,
     owners,
-    runbook_from,
     runbook_row,
     step_rows,
 )
@@ -248,6 +248,7 @@ class SqliteStore(ExecutionQueries):
         self._read: sqlite3.Connection | None = None
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
+        self._parsed = ParsedRunbooks()
 
     def open(self) -> None:
         with self._write_lock, self._read_lock, _translated(self.path):
@@ -288,6 +289,12 @@ class SqliteStore(ExecutionQueries):
 
     # -- runbooks
     def get_runbook(self, tenant_id: str | None, runbook_id: str, version: int | None = None) -> Runbook | None:
+        found = self._runbook_row(tenant_id, runbook_id, version)
+        return self._parsed.get(found[0], runbook_id, found[1], found[2]) if found else None
+
+    def _runbook_row(self, tenant_id: str | None, runbook_id: str, version: int | None) -> tuple[str, int, str] | None:
+        """(owner, version, document) of the runbook ``get_runbook`` answers with (parsed
+        outside the read lock)."""
         with self._reading(snapshot=True) as conn:
             for owner in owners(tenant_id):
                 latest = conn.execute(
@@ -297,12 +304,12 @@ class SqliteStore(ExecutionQueries):
                 if latest is None:
                     continue
                 if version is None or latest[0] == version:
-                    return runbook_from(latest[1], latest[0])
+                    return owner, latest[0], latest[1]
                 row = conn.execute(
                     "SELECT version, document FROM runbooks WHERE owner = ? AND id = ? AND version = ?",
                     (owner, runbook_id, version),
                 ).fetchone()
-                return runbook_from(row[1], row[0]) if row else None
+                return (owner, row[0], row[1]) if row else None
         return None
 
     def list_runbooks(self, tenant_id: str | None) -> list[Runbook]:
