@@ -1,0 +1,1 @@
+"""Benchmarks of the engine and the gateway: ``python -m benchmarks [--quick]`` (RESULTS.md)."""

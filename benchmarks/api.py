@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -74,6 +75,12 @@ class Server:
                 await trio.sleep(0.1)
         raise RuntimeError(f"the server did not become healthy; its log:\n{self.log_tail()}")
 
+    def cpu_s(self) -> float:
+        """The server process's CPU time so far (user + system, /proc/PID/stat)."""
+        with open(f"/proc/{self.process.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def log_tail(self) -> str:
         with open(self.log_path, "rb") as log:
             return log.read()[-3000:].decode(errors="replace")
@@ -124,12 +131,13 @@ async def main(report: Report, args: argparse.Namespace) -> None:
                 registered = await client.post(f"{server.url}/api/v1/runbooks", json=RUNBOOK)
                 if registered.status_code != 201:
                     raise RuntimeError(f"registering the runbook: {registered.status_code} {registered.text}")
-                await measure(report, client, server.url, count)
+                await measure(report, client, server, count)
         finally:
             server.stop()
 
 
-async def measure(report: Report, client: httpx.AsyncClient, url: str, count: int) -> None:
+async def measure(report: Report, client: httpx.AsyncClient, server: Server, count: int) -> None:
+    url = server.url
     ids: list[str] = []
 
     async def start(i: int) -> None:
@@ -155,9 +163,12 @@ async def measure(report: Report, client: httpx.AsyncClient, url: str, count: in
                    {"requests": UNLOADED, "pacing": "one at a time", "store": "sqlite"}, "sqlite")
     ids.clear()
     for name, request, target in (("start", start, ("p99", "<= 20")), ("status", status, ("p50", "<= 2"))):
+        server_cpu, client_cpu = server.cpu_s(), time.process_time()
         latencies, errors = await paced(count, RATE, request)
         parameters = {"requests": count, "rate_per_s": RATE, "errors": errors, "store": "sqlite",
-                      "pacing": "open-loop", "max_ms": round(max(latencies), 3)}
+                      "pacing": "open-loop", "max_ms": round(max(latencies), 3),
+                      "server_cpu_ms_per_request": round((server.cpu_s() - server_cpu) * 1000 / count, 2),
+                      "client_cpu_ms_per_request": round((time.process_time() - client_cpu) * 1000 / count, 2)}
         for p in ("p50", "p99"):
             report.add(f"api.{name}_{p}", percentile(latencies, float(p[1:])), "ms", parameters, "sqlite",
                        target[1] if target[0] == p else None)

@@ -212,7 +212,7 @@ def _drop_schema(schema: str) -> None:
 
 @asynccontextmanager
 async def bench_runtime(kind: str, settings: Settings | None = None) -> AsyncIterator[Runtime]:
-    """A runtime on a fresh store of ``kind`` with the ``noop`` and ``block`` step types."""
+    """A runtime on a fresh store of ``kind`` with the ``noop`` step type registered."""
     async with fresh_store(kind) as store, open_runtime(store, settings=settings) as rt:
         rt.register_executor("noop", noop)
         yield rt

@@ -67,8 +67,11 @@ class Leases:
         if self._finished:
             done, self._finished = sorted(self._finished), set()
             await self._read(lambda: self.store.release(self.owner, done, finished=True))
+        running = live()  # before renewing: what starts meanwhile is claimed, not lost
         held: set[str] = await self._read(self.store.renew, self.owner, self.ttl_s)
-        for execution_id in live() - held:
+        for execution_id in running - held:
+            if execution_id not in live():
+                continue  # finished meanwhile
             logger.warning("lost the lease of execution %s: stopping it here", execution_id)
             lost(execution_id)
         for execution_id in await self.claim_expired():
