@@ -24,8 +24,8 @@ from benchmarks.common import (
     bench_runtime,
     chain_runbook,
     percentile,
-    postgres_available,
     run,
+    usable_stores,
 )
 from runtime import Conflict, Runtime, StepContext
 
@@ -96,10 +96,7 @@ async def measure(report: Report, store: str, samples: int) -> None:
 
 async def main(report: Report, args: argparse.Namespace) -> None:
     samples = 200 if args.quick else 2000
-    for store in args.stores:
-        if store == "postgres" and not postgres_available():
-            report.note("postgres: not reachable, skipped")
-            continue
+    for store in usable_stores(report, args.stores):
         await measure(report, store, samples)
 
 

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -117,6 +117,15 @@ def run(main: Callable[[Report, argparse.Namespace], Awaitable[None]], title: st
     finally:
         print(report.table(), flush=True)
     return report
+
+
+def usable_stores(report: Report, stores: Iterable[str]) -> Iterator[str]:
+    """The stores asked for, less PostgreSQL when no server answers (noted in the report)."""
+    for store in stores:
+        if store == "postgres" and not postgres_available():
+            report.note("postgres: not reachable, skipped")
+            continue
+        yield store
 
 
 def postgres_available() -> bool:

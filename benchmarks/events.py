@@ -25,8 +25,8 @@ from benchmarks.common import (
     elapsed_since,
     in_parallel,
     mailbox_peak,
-    postgres_available,
     run,
+    usable_stores,
 )
 from benchmarks.parked import RUNBOOK, park
 
@@ -62,10 +62,7 @@ async def measure(report: Report, store: str, count: int) -> None:
 
 async def main(report: Report, args: argparse.Namespace) -> None:
     count = 1000 if args.quick else 10_000
-    for store in args.stores:
-        if store == "postgres" and not postgres_available():
-            report.note("postgres: not reachable, skipped")
-            continue
+    for store in usable_stores(report, args.stores):
         await measure(report, store, count)
 
 

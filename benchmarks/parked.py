@@ -24,9 +24,9 @@ from benchmarks.common import (
     bench_runtime,
     elapsed_since,
     in_parallel,
-    postgres_available,
     run,
     settled_rss_kib,
+    usable_stores,
 )
 from runtime import Runtime
 from runtime.model import StepStatus
@@ -73,10 +73,7 @@ async def measure(report: Report, store: str, count: int) -> None:
 
 async def main(report: Report, args: argparse.Namespace) -> None:
     count = 5000 if args.quick else 100_000
-    for store in args.stores:
-        if store == "postgres" and not postgres_available():
-            report.note("postgres: not reachable, skipped")
-            continue
+    for store in usable_stores(report, args.stores):
         await measure(report, store, count)
 
 

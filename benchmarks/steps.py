@@ -26,8 +26,8 @@ from benchmarks.common import (
     fanout_runbook,
     in_parallel,
     mailbox_peak,
-    postgres_available,
     run,
+    usable_stores,
 )
 
 STEPS = 10
@@ -60,10 +60,7 @@ async def measure(report: Report, store: str, shape: str, executions: int) -> No
 
 async def main(report: Report, args: argparse.Namespace) -> None:
     executions = 200 if args.quick else 1000
-    for store in args.stores:
-        if store == "postgres" and not postgres_available():
-            report.note("postgres: not reachable, skipped")
-            continue
+    for store in usable_stores(report, args.stores):
         for shape in SHAPES:
             await measure(report, store, shape, executions)
 
