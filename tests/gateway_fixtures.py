@@ -109,22 +109,22 @@ class RunningGateway:
         return response.json()
 
     async def wait_for(self, execution_id: str, *statuses: str, headers: Mapping[str, str] | None = None) -> Any:
-        """Poll (tests only) until the execution is in one of ``statuses``; 5 s at most."""
-        with trio.fail_after(5):
-            while True:
-                body = await self.execution(execution_id, headers=headers)
-                if body["status"] in statuses:
-                    return body
-                await trio.sleep(0.01)
+        """Until the execution is in one of ``statuses`` (5 s at most); then its body over HTTP."""
+        await self._until(execution_id, lambda e: e.status.value in statuses)
+        return await self.execution(execution_id, headers=headers)
 
     async def wait_for_step(self, execution_id: str, step_id: str, status: str,
                             headers: Mapping[str, str] | None = None) -> Any:
+        await self._until(execution_id, lambda e: e.steps[step_id].status.value == status)
+        return await self.execution(execution_id, headers=headers)
+
+    async def _until(self, execution_id: str, predicate: Any) -> None:
+        """Wait on the runtime's own live states (no polling) for ``predicate``."""
         with trio.fail_after(5):
-            while True:
-                body = await self.execution(execution_id, headers=headers)
-                if body["steps"][step_id]["status"] == status:
-                    return body
-                await trio.sleep(0.01)
+            async for execution in self.runtime.watch(execution_id):
+                if predicate(execution):
+                    return
+        raise AssertionError(f"execution {execution_id} finished before the awaited state")
 
 
 @asynccontextmanager
