@@ -1,10 +1,11 @@
 """Step throughput: many executions of trivial custom steps, run at once, per store.
 
 Two shapes of 10 steps: ``chain`` (each step depends on the one before) and ``fanout``
-(one root, 8 parallel steps, one join). All executions are started at once; the figure is
-every step of every execution divided by the wall time from the first start to the last
-finish (so starts and completions are included). Durable stores acknowledge each step
-only once its outcome is committed (group commit).
+(one root, 8 parallel steps, one join). ``CONCURRENT`` (50) executions run at once: each
+caller starts one, waits for its end and starts the next. The figure is every step of
+every execution divided by the wall time from the first start to the last finish (so
+starts and completions are included). Durable stores acknowledge each step only once its
+outcome is committed (group commit).
 
     python -m benchmarks.steps [--quick] [--store memory|sqlite|postgres]
 """
@@ -31,7 +32,8 @@ from benchmarks.common import (
 )
 
 STEPS = 10
-TARGETS = {"memory": ">= 20000", "sqlite": ">= 5000", "postgres": ">= 5000"}
+CONCURRENT = 50
+TARGETS = {"memory": ">= 20000", "sqlite": ">= 5000", "postgres": ">= 3000"}
 SHAPES = {"chain": chain_runbook, "fanout": fanout_runbook}
 
 
@@ -45,7 +47,10 @@ async def measure(report: Report, store: str, shape: str, executions: int) -> No
         finished = Finished(rt, executions)
         batches = rt.persistence.stats.batches
         started = time.perf_counter()
-        await in_parallel(executions, executions, lambda i: rt.start(shape, {"i": i}))
+        async def one(i: int) -> None:
+            await rt.wait((await rt.start(shape, {"i": i})).id)
+
+        await in_parallel(executions, CONCURRENT, one)
         await finished.done.wait()
         elapsed = elapsed_since(started)
         if finished.statuses != {"completed": executions}:
@@ -53,7 +58,7 @@ async def measure(report: Report, store: str, shape: str, executions: int) -> No
         steps = executions * STEPS
         batches = rt.persistence.stats.batches - batches
         report.add(f"steps.{shape}", steps / elapsed, "steps/s",
-                   {"executions": executions, "steps_per_execution": STEPS, "seconds": round(elapsed, 3),
+                   {"executions": executions, "concurrent": CONCURRENT, "steps_per_execution": STEPS, "seconds": round(elapsed, 3),
                     "commit_batches": batches, "persistence_mailbox_peak": mailbox_peak(rt)},
                    store, TARGETS[store])
 
