@@ -71,7 +71,8 @@ class Reply(Generic[T]):
         if self._event.is_set():
             raise RuntimeError("this reply has already been answered")
 
-    async def _wait(self) -> T:
+    async def wait(self) -> T:
+        """The answer: the value sent, or the error passed to ``fail`` raised here."""
         await self._event.wait()
         if self._error is not None:
             error, self._error = self._error, None  # drop our reference: no cycle via traceback
@@ -226,7 +227,7 @@ async def ask(address: Address[M], make_message: Callable[[Reply[T]], M]) -> T:
     message = make_message(reply)
     _check_carries(message, reply)
     await tell(address, message)  # no yield here: waiting for the reply yields anyway
-    return await reply._wait()
+    return await reply.wait()
 
 
 async def tell(address: Address[M], message: M) -> None:

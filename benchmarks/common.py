@@ -285,5 +285,5 @@ def elapsed_since(started: float) -> float:
 
 def mailbox_peak(rt: Runtime) -> int:
     """The persistence mailbox's ``peak_buffer_used`` (trio >= 0.34), else -1."""
-    stats = rt._persistence._mailbox.statistics()
+    stats = rt.persistence.mailbox_statistics()
     return int(getattr(stats, "peak_buffer_used", -1))

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 import trio
 
 from runtime import Execution, RunbookError, Runtime, ValidationError, open_runtime
-from runtime.execution import build_scope
+from runtime.core import build_scope
 from runtime.settings import Settings
 from runtime.templates import render
 from runtime.wire import load_document

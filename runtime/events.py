@@ -1,30 +1,35 @@
 """The EventRouter: who waits for which (tenant, type, correlationKey), and retained events.
 
-Waiting steps register here when they park; ``publish`` hands an event to every waiter as a
-``DeliverEvent`` message to the waiter's ExecutionActor, which commits the step's outcome
-before it answers; nothing polls. An event that no waiter takes is committed to the store
-as retained (``EVENT_RETENTION_MS``) and handed to the first step that later waits on it.
+Waiting steps subscribe here when they park (a ``Subscribe`` effect of their execution) and
+stay subscribed while their execution is parked with no actor. ``publish`` hands an event
+to every waiter whose filter it passes, as a ``DeliverEvent`` message to the waiter's
+execution (reactivating it if it is parked), which commits the step's outcome before it
+answers; nothing polls. An event that no waiter takes is committed to the store as
+retained (``EVENT_RETENTION_MS``) and handed to the first step that later waits on it.
 
-Registration is a synchronous call from the ExecutionActor (Trio runs one task at a time, so
-it is atomic without locks, and it cannot deadlock against a delivery in flight).
+Subscribing is a synchronous call from an execution actor (Trio runs one task at a time,
+so it is atomic without locks, and it cannot deadlock against a delivery in flight).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
 
-from actors import ActorGone, Address, ask
-from runtime.messages import DeliverEvent, ExecutionMessage
+from actors import ActorGone, Reply
+from runtime.conditions import evaluate
+from runtime.core.messages import DeliverEvent
+from runtime.errors import RunbookError
 from runtime.model import Event
 from runtime.records import Change
 
 _Key = tuple[str, str, str]
-Matcher = Callable[[Event], bool]
+Filter = Mapping[str, Any] | None
+Ask = Callable[[str, Callable[[Reply[bool]], DeliverEvent]], Awaitable[bool]]
 
 
 @attrs.frozen
@@ -34,27 +39,19 @@ class PublishResult:
     event_id: str
 
 
-@attrs.frozen
-class _Waiter:
-    execution_id: str
-    step_id: str
-    matches: Matcher
+def passes(condition: Filter, event: Event) -> bool:
+    """Whether ``event`` passes a wait's ``filter`` (paths ``payload.<...>`` and ``type``)."""
+    return condition is None or evaluate(condition, {"payload": event.payload, "type": event.type})
 
 
 class EventRouter:
-    def __init__(
-        self,
-        *,
-        now: Callable[[], datetime],
-        retention_ms: int,
-        commit: Callable[[Change], Awaitable[Any]],
-        address: Callable[[str], Address[ExecutionMessage] | None],
-    ) -> None:
+    def __init__(self, *, now: Callable[[], datetime], retention_ms: int,
+                 commit: Callable[[Change], Awaitable[Any]], ask: Ask) -> None:
         self._now = now
         self._retention = timedelta(milliseconds=retention_ms)
         self._commit = commit
-        self._address = address
-        self._waiters: dict[_Key, dict[tuple[str, str], _Waiter]] = {}
+        self._ask = ask
+        self._waiters: dict[_Key, dict[tuple[str, str], Filter]] = {}  # -> (execution, step) -> filter
         self._retained: dict[_Key, list[Event]] = {}
 
     def load_retained(self, events: list[Event]) -> None:
@@ -66,12 +63,11 @@ class EventRouter:
         return sum(len(w) for w in self._waiters.values())
 
     def subscribe(self, tenant_id: str, event_type: str, key: str, execution_id: str, step_id: str,
-                  matches: Matcher) -> Event | None:
+                  condition: Filter) -> Event | None:
         """Register a waiter; returns a retained event it takes at once (the caller commits its consumption)."""
-        taken = self._take_retained((tenant_id, event_type, key), matches)
+        taken = self._take_retained((tenant_id, event_type, key), condition)
         if taken is None:
-            waiters = self._waiters.setdefault((tenant_id, event_type, key), {})
-            waiters[(execution_id, step_id)] = _Waiter(execution_id, step_id, matches)
+            self._waiters.setdefault((tenant_id, event_type, key), {})[(execution_id, step_id)] = condition
         return taken
 
     def unsubscribe(self, tenant_id: str, event_type: str, key: str, execution_id: str, step_id: str) -> None:
@@ -81,14 +77,14 @@ class EventRouter:
             if not waiters:
                 del self._waiters[(tenant_id, event_type, key)]
 
-    def _take_retained(self, key: _Key, matches: Matcher) -> Event | None:
+    def _take_retained(self, key: _Key, condition: Filter) -> Event | None:
         events = self._retained.get(key)
         if not events:
             return None
         now = self._now()
         events[:] = [e for e in events if e.expires_at is None or e.expires_at > now]
         for index, event in enumerate(events):
-            if matches(event):
+            if passes(condition, event):
                 del events[index]
                 return event
         return None
@@ -96,10 +92,10 @@ class EventRouter:
     async def publish(self, tenant_id: str, event_type: str, key: str, payload: Any) -> PublishResult:
         now = self._now()
         event = Event(uuid.uuid4().hex, tenant_id, event_type, key, payload, now, now + self._retention)
-        waiters = list(self._waiters.get((tenant_id, event_type, key), {}).values())
+        waiters = list(self._waiters.get((tenant_id, event_type, key), {}).items())
         delivered = 0
-        for waiter in waiters:
-            if waiter.matches(event) and await self._deliver(waiter, event):
+        for (execution_id, step_id), condition in waiters:
+            if passes(condition, event) and await self._deliver(execution_id, step_id, event):
                 delivered += 1
         if delivered:
             return PublishResult(delivered, False, event.id)
@@ -107,11 +103,8 @@ class EventRouter:
         await self._commit(Change(retain_events=(event,)))
         return PublishResult(0, True, event.id)
 
-    async def _deliver(self, waiter: _Waiter, event: Event) -> bool:
-        address = self._address(waiter.execution_id)
-        if address is None:
-            return False
+    async def _deliver(self, execution_id: str, step_id: str, event: Event) -> bool:
         try:
-            return await ask(address, lambda reply: DeliverEvent(waiter.step_id, event, reply))
-        except ActorGone:
+            return await self._ask(execution_id, lambda reply: DeliverEvent(step_id, event, reply))
+        except (ActorGone, RunbookError):
             return False

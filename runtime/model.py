@@ -171,6 +171,7 @@ class Execution:
     deduplicated: bool = True
     paused_at: datetime | None = None
     deadline_at: datetime | None = None
+    version: int = 0  # grows by one with every committed change of the execution
 
 
 @attrs.frozen

@@ -61,9 +61,34 @@ class PersistenceActor:
         self.stats = PersistenceStats()
         self.observer = observer
         self._lane = trio.CapacityLimiter(1)
+        self._mailbox: Mailbox[PersistenceMessage] | None = None
+
+    async def commit_inline(self, change: Change) -> ChangeResult:
+        """Commit one change in the caller's task (a store that is not threaded: a commit is a
+        function call, so there is nothing to batch), retried like a batch while unavailable."""
+        delay = RETRY_FIRST_S
+        while True:
+            started = time.perf_counter()
+            try:
+                [result] = self.store.commit([change])
+            except StoreUnavailable as exc:
+                self._failed(exc)
+                logger.warning("commit failed, retrying in %.2f s: %s", delay, exc)
+                await trio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            except Exception as exc:
+                self._failed(exc)
+                raise
+            self._committed(1, time.perf_counter() - started)
+            return result
+
+    def mailbox_statistics(self) -> trio.MemoryChannelStatistics | None:
+        return self._mailbox.statistics() if self._mailbox is not None else None
 
     async def run(self, mailbox: Mailbox[PersistenceMessage]) -> None:
         """Commit batches until every sender has gone and the mailbox is empty."""
+        self._mailbox = mailbox
         while True:
             try:
                 batch = [await mailbox.receive()]
@@ -102,14 +127,17 @@ class PersistenceActor:
                 self._failed(exc)
                 await self._isolate(batch, exc)
                 return
+        self._committed(len(changes), time.perf_counter() - started)
+        for message, result in zip(batch, results, strict=True):
+            message.reply.send(result)
+
+    def _committed(self, changes: int, seconds: float) -> None:
         self.stats.healthy = True
         self.stats.last_error = None
         self.stats.batches += 1
-        self.stats.changes += len(changes)
+        self.stats.changes += changes
         if self.observer is not None:
-            self.observer(len(changes), time.perf_counter() - started)
-        for message, result in zip(batch, results, strict=True):
-            message.reply.send(result)
+            self.observer(changes, seconds)
 
     def _failed(self, exc: Exception) -> None:
         self.stats.failures += 1

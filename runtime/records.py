@@ -31,12 +31,13 @@ class Change:
     evidence: tuple[Evidence, ...] = ()
     retain_events: tuple[Event, ...] = ()
     consume_events: tuple[str, ...] = ()
+    version: tuple[str, int] | None = None  # (execution id, its version after this change)
 
     @property
     def empty(self) -> bool:
         return not (
             self.new_execution or self.runbook or self.execution or self.steps or self.logs
-            or self.audit or self.evidence or self.retain_events or self.consume_events
+            or self.audit or self.evidence or self.retain_events or self.consume_events or self.version
         )
 
 
@@ -46,3 +47,21 @@ class ChangeResult:
 
     existing_id: str | None = None
     runbook_version: int | None = None
+
+
+def merged(first: Change, second: Change) -> Change:
+    """One change with the records of ``first`` then ``second`` (later states win).
+
+    Both are changes of one execution's transitions, never a start or a registration."""
+    steps = {(eid, sid): (eid, sid, pos, state) for eid, sid, pos, state in first.steps}
+    steps.update({(eid, sid): (eid, sid, pos, state) for eid, sid, pos, state in second.steps})
+    return Change(
+        execution=second.execution or first.execution,
+        steps=tuple(steps.values()),
+        logs=first.logs + second.logs,
+        audit=first.audit + second.audit,
+        evidence=first.evidence + second.evidence,
+        retain_events=first.retain_events + second.retain_events,
+        consume_events=first.consume_events + second.consume_events,
+        version=second.version or first.version,
+    )

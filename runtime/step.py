@@ -1,27 +1,29 @@
-"""The StepActor: runs the attempts of one task step (or one loop iteration).
+"""Running a task step: its attempts, each under the per-attempt deadline, with backoff between.
 
-Each attempt runs the executor under the per-attempt deadline; a retryable failure waits out
-the backoff (exponential, capped, with jitter) and tries again; the outcome is reported to
-the ExecutionActor as exactly one ``StepFinished``. An executor that raises anything
-(an ``Exception``) fails its attempt; it never takes down the execution or the process.
+``run_task`` is the runner of every task type that has an executor (call-service and the
+embedding program's types): it renders the step's config, runs attempts until success, a
+failure that is not retryable, or the retry budget is spent, and reports the outcome to its
+execution as exactly one ``StepFinished`` tagged with the run's attempt id. An executor that
+raises anything (an ``Exception``) fails its attempt; it never takes down the execution or
+the process. ``run_attempts`` is shared with the loop, which runs a body per iteration.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
 
+from runtime.core.messages import AttemptRetrying, AttemptStarted, StepFinished
 from runtime.errors import StepFailed
-from runtime.messages import StepAttemptStarted, StepFinished, StepRetrying
 from runtime.model import RetryPolicy, StepError
+from runtime.steps.base import TaskRun
 from runtime.steps.context import Executor, StepContext
-from runtime.templates import TemplateError
+from runtime.templates import TemplateError, render
 
-Report = Callable[[Any], Awaitable[None]]
 MakeContext = Callable[[int], StepContext]
 
 
@@ -29,6 +31,14 @@ MakeContext = Callable[[int], StepContext]
 class Outcome:
     output: Any = None
     error: StepError | None = None
+
+
+class AttemptReports(Protocol):
+    """What a run of attempts tells about itself before its outcome."""
+
+    async def retrying(self, attempt: int, error: StepError, delay_s: float, ctx: StepContext) -> None: ...
+
+    async def attempt_started(self, attempt: int) -> None: ...
 
 
 def backoff_s(policy: RetryPolicy, failed_attempt: int, retry_after_s: float | None = None) -> float:
@@ -59,15 +69,9 @@ async def run_attempt(executor: Executor, ctx: StepContext, timeout_ms: int | No
         return Outcome(error=StepError("executor", f"{type(exc).__name__}: {exc}", True)), None
 
 
-async def run_attempts(
-    executor: Executor,
-    make_context: MakeContext,
-    policy: RetryPolicy,
-    timeout_ms: int | None,
-    first_attempt: int,
-    report: Report | None,
-    step_id: str,
-) -> tuple[Outcome, StepContext]:
+async def run_attempts(executor: Executor, make_context: MakeContext, policy: RetryPolicy,
+                       timeout_ms: int | None, first_attempt: int,
+                       reports: AttemptReports | None) -> tuple[Outcome, StepContext]:
     """Attempts until success, a non-retryable failure or the retry budget is spent."""
     attempt = first_attempt
     while True:
@@ -77,23 +81,42 @@ async def run_attempts(
         if outcome.error is None or not outcome.error.retryable or retries_used >= policy.max_retries:
             return outcome, ctx
         delay = backoff_s(policy, attempt, retry_after)
-        if report is not None:
-            await report(StepRetrying(step_id, attempt, outcome.error, delay, tuple(ctx.logs), tuple(ctx.evidence)))
+        if reports is not None:
+            await reports.retrying(attempt, outcome.error, delay, ctx)
         await trio.sleep(delay)
         attempt += 1
-        if report is not None:
-            await report(StepAttemptStarted(step_id, attempt))
+        if reports is not None:
+            await reports.attempt_started(attempt)
 
 
-async def step_actor(
-    step_id: str,
-    executor: Executor,
-    make_context: MakeContext,
-    policy: RetryPolicy,
-    timeout_ms: int | None,
-    first_attempt: int,
-    report: Report,
-) -> None:
-    """A task step: its attempts, then exactly one StepFinished to its execution."""
-    outcome, ctx = await run_attempts(executor, make_context, policy, timeout_ms, first_attempt, report, step_id)
-    await report(StepFinished(step_id, outcome.output, outcome.error, tuple(ctx.logs), tuple(ctx.evidence)))
+class _StepReports:
+    """A task step's retries, told to its execution."""
+
+    def __init__(self, run: TaskRun) -> None:
+        self._run = run
+
+    async def retrying(self, attempt: int, error: StepError, delay_s: float, ctx: StepContext) -> None:
+        run = self._run
+        await run.report(AttemptRetrying(run.step.id, run.attempt_id, attempt, error, delay_s,
+                                         tuple(ctx.logs), tuple(ctx.evidence)))
+
+    async def attempt_started(self, attempt: int) -> None:
+        await self._run.report(AttemptStarted(self._run.step.id, self._run.attempt_id, attempt))
+
+
+def executor_runner(executor: Executor) -> Callable[[TaskRun], Awaitable[None]]:
+    """The runner of a task type with this executor."""
+
+    async def run_task(run: TaskRun) -> None:
+        step = run.step
+        try:
+            config = render(step.config, run.scope)
+        except TemplateError as exc:
+            await run.report(StepFinished(step.id, run.attempt_id, error=StepError("template", str(exc), False)))
+            return
+        outcome, ctx = await run_attempts(executor, lambda attempt: run.context(attempt, config), run.policy,
+                                          step.timeout_ms, run.first_attempt, _StepReports(run))
+        await run.report(StepFinished(step.id, run.attempt_id, outcome.output, outcome.error,
+                                      tuple(ctx.logs), tuple(ctx.evidence)))
+
+    return run_task

@@ -1,9 +1,11 @@
-"""``open_runtime`` and ``Runtime``: the root supervisor and the public embedded API (SPEC 6).
+"""``open_runtime`` and ``Runtime``: the engine's root and its public embedded API.
 
-The Runtime opens the store, starts the PersistenceActor and the executions supervisor,
-recovers every unfinished execution from the store (recovery is the start path), and then
-serves the API: each method validates, then talks to the actor that owns the state.
-Leaving ``open_runtime`` cancels every execution actor, flushes the PersistenceActor and
+``open_runtime`` opens the store, starts the persistence actor, the timers and the
+executions supervisor, then recovers: every unfinished execution starts from its committed
+state (recovery is the start path), and those that only wait park again at once. The
+``Runtime`` methods validate what they are given and talk to the execution that owns the
+state, as a message to its actor (``Directory.ask``); nothing here changes an execution
+itself. Leaving ``open_runtime`` cancels every actor, flushes the persistence actor and
 closes the store; with a persistent store, unfinished executions resume at the next open.
 """
 
@@ -11,10 +13,9 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
 
 import attrs
@@ -22,40 +23,17 @@ import httpx
 import jsonschema
 import trio
 
-from actors import (
-    ActorGone,
-    Address,
-    Mailbox,
-    RestartPolicy,
-    Supervisor,
-    ask,
-    open_mailbox,
-    open_supervisor,
-)
+from actors import ActorGone, Address, Reply, open_mailbox, open_supervisor
+from runtime.catalog import Catalog
+from runtime.clock import Clock
+from runtime.core import Cancel, DecideApproval, Pause, Resume, RetryStep, Tick, created
+from runtime.directory import Directory
 from runtime.errors import Conflict, NotFound, Problem, ValidationError
 from runtime.events import EventRouter, PublishResult
-from runtime.execution import ExecutionActor
+from runtime.execution import ActorMessage, Stop
+from runtime.host import ExecutionHost
 from runtime.leases import Leases
-from runtime.messages import (
-    CancelExecution,
-    DecideApproval,
-    ExecutionMessage,
-    PauseExecution,
-    ResumeExecution,
-    StopExecution,
-)
-from runtime.model import (
-    AuditEntry,
-    Evidence,
-    Execution,
-    ExecutionStatus,
-    LogEntry,
-    RetryPolicy,
-    Runbook,
-    StepError,
-    StepState,
-    StepStatus,
-)
+from runtime.model import AuditEntry, Evidence, Execution, ExecutionStatus, LogEntry, Runbook
 from runtime.persistence import BatchObserver, Commit, Flush, PersistenceActor, PersistenceMessage
 from runtime.records import Change, ChangeResult
 from runtime.settings import Settings
@@ -63,13 +41,14 @@ from runtime.steps.context import Services
 from runtime.steps.registry import StepTypes
 from runtime.store import open_store_from_url
 from runtime.store.base import Store
-from runtime.validate import build_runbook, validate_document
+from runtime.timers import Timers
+from runtime.validate import validate_document
+from runtime.watch import Observer, WatchHub
 from runtime.wire import load_document, sha256_hex
 
 T = TypeVar("T")
 logger = logging.getLogger("runbooks.runtime")
 ES = ExecutionStatus
-EXECUTION_RESTARTS = RestartPolicy(max_restarts=3, within_s=10.0)
 
 
 @attrs.frozen
@@ -89,52 +68,81 @@ class Runtime:
 
     def __init__(self, store: Store, settings: Settings, http: httpx.AsyncClient,
                  persistence: Address[PersistenceMessage], persistence_actor: PersistenceActor,
-                 executions: Supervisor) -> None:
+                 directory: Directory, clock: Clock, timers: Timers) -> None:
         self.store = store
         self.settings = settings
-        self.types = StepTypes()
-        self.default_retry_policy: RetryPolicy = settings.default_retry_policy
-        self._persistence = persistence
         self.persistence = persistence_actor
-        self._executions = executions
-        self._wall0 = datetime.now(UTC)
-        self._trio0 = trio.current_time()
-        self.services = Services(http=http, now=self.now, call_service_base_url=settings.call_service_base_url)
-        self.router = EventRouter(now=self.now, retention_ms=settings.event_retention_ms,
-                                  commit=self._commit, address=self._address_or_none)
-        self._live: dict[str, Address[ExecutionMessage]] = {}
-        self._ended: dict[str, trio.Event] = {}
-        self._snapshots: dict[str, Execution] = {}
-        self._recent: OrderedDict[str, Execution] = OrderedDict()
-        self._watchers: dict[str, list[trio.MemorySendChannel[Execution]]] = {}
-        self._runbooks: dict[tuple[str | None, str, int], Runbook] = {}
-        self.observers: list[Callable[[str, Any], None]] = []
+        self._persistence = persistence
+        self.clock = clock
+        self.timers = timers
+        self.directory = directory
+        self.services = Services(http=http, now=self.clock.now, call_service_base_url=settings.call_service_base_url)
+        self.hub = WatchHub(settings.finished_cache_size)
+        self.catalog = Catalog(store, self._read, self._commit, StepTypes(), settings, self.clock)
+        self.router = EventRouter(now=self.clock.now, retention_ms=settings.event_retention_ms,
+                                  commit=self._commit, ask=directory.ask)
         self.leases = (Leases(store, settings.lease_ttl_ms, self._read)  # type: ignore[arg-type]
                        if getattr(store, "supports_leases", False) else None)
+        directory.host = ExecutionHost(
+            clock=self.clock, load=self._load, plan_for=self.catalog.plan_for, commit=self._commit,
+            published=self.hub.published, types=self.catalog.types, services=self.services,
+            default_policy=settings.default_retry_policy, router=self.router, timers=timers,
+            left=self._left, incarnation=directory.next_incarnation,
+        )
+        if self.leases is not None:
+            directory.on_finished = self.leases.finished
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def observers(self) -> list[Observer]:
+        """Callables ``(what, data)`` told of ``execution.started``, ``step.finished``,
+        ``execution.finished``, ``runbook.registered`` and ``execution.taken_over``."""
+        return self.hub.observers
+
+    @property
+    def types(self) -> StepTypes:
+        return self.catalog.types
 
     @property
     def open_executions(self) -> int:
-        """Executions with a live actor (running, waiting or paused)."""
-        return len(self._live)
+        """Unfinished executions this runtime runs (live or parked)."""
+        return self.directory.count
 
-    # ------------------------------------------------------------------ clock
     def now(self) -> datetime:
         """Wall-clock time that advances with Trio's clock (so MockClock drives it in tests)."""
-        return self._wall0 + timedelta(seconds=trio.current_time() - self._trio0)
+        return self.clock.now()
 
-    # ------------------------------------------------------------------ store access
     async def _read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if not self.store.threaded:
             return fn(*args, **kwargs)
         return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
 
     async def _commit(self, change: Change) -> ChangeResult:
-        return await ask(self._persistence, lambda reply: Commit(change, reply))
+        if not self.store.threaded:  # nothing to wait for: commit in place, in order
+            return await self.persistence.commit_inline(change)
+        reply: Reply[ChangeResult] = Reply()
+        await self._persistence.send(Commit(change, reply))
+        return await reply.wait()
+
+    async def _load(self, execution_id: str) -> Execution | None:
+        execution = await self._read(self.store.get_execution, execution_id)
+        if execution is not None:
+            self.hub.remember(execution)
+        return execution
+
+    def _left(self, execution_id: str, address: Any, final: Execution | None) -> None:
+        if final is not None:
+            self.hub.remember(final)  # parked or finished: get() still answers from memory
+        self.directory.left(execution_id, address, final)
+
+    def _fire(self, execution_id: str, at: datetime) -> None:
+        self.directory.post(execution_id, Tick(at))
 
     # ------------------------------------------------------------------ runbooks
     def register_executor(self, type_name: str, executor: Any) -> None:
-        """Register a custom step type: ``async def executor(ctx)`` or an object with ``execute``."""
-        self.types.register(type_name, executor)
+        """Register a custom step type: ``async def executor(ctx)`` or an object with ``execute``.
+        Executions waiting for this type go on at once."""
+        self.catalog.register_executor(type_name, executor)
 
     def validate_runbook(self, document: Any) -> list[Problem]:
         """Every problem of a document (nothing is registered)."""
@@ -146,36 +154,16 @@ class Runtime:
 
     async def register_runbook(self, document: Any, *, tenant_id: str | None = None) -> Runbook:
         """Validate and register a new version; ``tenant_id`` None: shared by every tenant."""
-        doc = load_document(document)
-        runbook = build_runbook(doc, self.types, self.settings.default_max_retries)
-        runbook = attrs.evolve(runbook, tenant_id=tenant_id, created_at=self.now())
-        result = await self._commit(Change(runbook=runbook))
-        assert result.runbook_version is not None
-        runbook = attrs.evolve(runbook, version=result.runbook_version)
-        self._runbooks[(tenant_id, runbook.id, runbook.version)] = runbook
-        self._notify("runbook.registered", runbook)
+        runbook = await self.catalog.register(document, tenant_id)
+        self.hub.notify("runbook.registered", runbook)
         return runbook
 
     async def get_runbook(self, runbook_id: str, version: int | None = None, *,
                           tenant_id: str | None = None) -> Runbook:
-        runbook = await self._read(self.store.get_runbook, tenant_id, runbook_id, version)
-        if runbook is None:
-            which = f"version {version} of runbook" if version else "runbook"
-            raise NotFound(f"{which} '{runbook_id}' not found")
-        return runbook
+        return await self.catalog.get(runbook_id, version, tenant_id=tenant_id)
 
     async def list_runbooks(self, *, tenant_id: str | None = None) -> list[Runbook]:
-        return await self._read(self.store.list_runbooks, tenant_id)
-
-    async def _pinned_runbook(self, execution: Execution) -> Runbook:
-        owner = execution.tenant_id
-        for key in ((owner, execution.runbook_id, execution.runbook_version),
-                    (None, execution.runbook_id, execution.runbook_version)):
-            if key in self._runbooks:
-                return self._runbooks[key]
-        runbook = await self.get_runbook(execution.runbook_id, execution.runbook_version, tenant_id=owner)
-        self._runbooks[(runbook.tenant_id, runbook.id, runbook.version)] = runbook
-        return runbook
+        return await self.catalog.list(tenant_id)
 
     # ------------------------------------------------------------------ starting
     async def start(self, runbook_id: str, input: Any = None, context: Mapping[str, Any] | None = None, *,
@@ -194,39 +182,27 @@ class Runtime:
         ctx = dict(context or {})
         tenant = str(ctx.get("tenantId") or "default")
         ctx["tenantId"] = tenant
-        runbook = await self.get_runbook(runbook_id, version, tenant_id=tenant)
-        self._runbooks.setdefault((runbook.tenant_id, runbook.id, runbook.version), runbook)
+        runbook = await self.catalog.get(runbook_id, version, tenant_id=tenant)
         _check_start(runbook, input, ctx)
         input_hash = sha256_hex(input)
         if idempotency_key is not None:
             existing = await self._read(self.store.find_by_idempotency_key, tenant, idempotency_key)
             if existing is not None:
                 return StartResult(_same_input(existing, input_hash), False)
-        execution = self._new_execution(runbook, input, ctx, input_hash, idempotency_key, force, replay_of)
-        audit = AuditEntry(execution.id, execution.created_at, actor or str(ctx.get("userId") or "system"),
-                           "execution.started", None, ctx.get("legalBasis"), reason or ctx.get("reason"),
-                           {"runbookId": runbook.id, "runbookVersion": runbook.version, "replayOf": replay_of})
-        log = LogEntry(execution.id, execution.created_at, "info", "execution created", None,
-                       {"runbookId": runbook.id, "runbookVersion": runbook.version})
-        result = await self._commit(Change(new_execution=execution, dedup=not force, audit=(audit,), logs=(log,)))
+        change = created(runbook, execution_id=uuid.uuid4().hex, input=input, context=ctx, input_hash=input_hash,
+                         idempotency_key=idempotency_key, dedup=not force, replay_of=replay_of,
+                         now=self.clock.now(), actor=actor, reason=reason)
+        result = await self._commit(change)
         if result.existing_id is not None:
             existing = await self.fetch(result.existing_id)
             return StartResult(_same_input(existing, input_hash) if idempotency_key else existing, False)
-        self._publish(execution)
+        execution = change.new_execution
+        assert execution is not None
+        self.hub.published(execution)
         if self.leases is None or await self.leases.claim_new(execution.id):
-            self._spawn(execution.id)
-        self._notify("execution.started", execution)
+            self.directory.start(execution.id, execution)
+        self.hub.notify("execution.started", execution)
         return StartResult(execution, True)
-
-    def _new_execution(self, runbook: Runbook, input: Any, ctx: dict[str, Any], input_hash: str,
-                       idempotency_key: str | None, force: bool, replay_of: str | None) -> Execution:
-        return Execution(
-            id=uuid.uuid4().hex, runbook_id=runbook.id, runbook_version=runbook.version,
-            tenant_id=ctx["tenantId"], status=ES.PENDING, created_at=self.now(),
-            steps={s.id: StepState(StepStatus.PENDING, s.type) for s in runbook.steps},
-            input=input, context=ctx, input_hash=input_hash, idempotency_key=idempotency_key,
-            deduplicated=not force, replay_of=replay_of,
-        )
 
     async def replay(self, execution_id: str, *, actor: str | None = None, reason: str | None = None,
                      tenant_id: str | None = None) -> Execution:
@@ -239,121 +215,29 @@ class Runtime:
                                             force=True, replay_of=old.id, actor=actor, reason=reason)
         return result.execution
 
-    # ------------------------------------------------------------------ execution actors
-    def _spawn(self, execution_id: str) -> None:
-        self._ended[execution_id] = trio.Event()
-
-        async def give_up(exc: BaseException) -> None:
-            await self._crashed(execution_id, exc)
-
-        self._live[execution_id] = self._executions.spawn(
-            lambda mailbox: self._run_execution(execution_id, mailbox), name=f"execution {execution_id}",
-            mailbox_size=64, policy=EXECUTION_RESTARTS, on_give_up=give_up,
-        )
-
-    async def _run_execution(self, execution_id: str, mailbox: Mailbox[ExecutionMessage]) -> None:
-        execution = self._snapshots[execution_id]  # the committed state: new, recovered or restarted
-        runbook = await self._pinned_runbook(execution)
-        await ExecutionActor(self, execution, runbook).run(mailbox)
-
-    async def _crashed(self, execution_id: str, exc: BaseException) -> None:
-        execution = self._snapshots.get(execution_id)
-        self._live.pop(execution_id, None)
-        if execution is not None and not execution.status.finished:
-            error = StepError("crashed", f"execution actor crashed repeatedly: {_describe(exc)}")
-            failed = attrs.evolve(execution, status=ES.FAILED, error=error, completed_at=self.now())
-            await self._commit(Change(execution=failed, audit=(AuditEntry(
-                execution_id, self.now(), "system", "execution.failed", data={"error": error.message}),)))
-            self._publish(failed)
-        self._ended.pop(execution_id, trio.Event()).set()
-
-    def _execution_ended(self, execution: Execution) -> None:
-        self._live.pop(execution.id, None)
-        self._ended.pop(execution.id, trio.Event()).set()
-        if self.leases is not None:
-            if execution.status.finished:
-                self.leases.finished(execution.id)
-            else:  # stopped here: another process owns it now
-                self._snapshots.pop(execution.id, None)
-
-    def _lease_lost(self, execution_id: str) -> None:
-        address = self._live.get(execution_id)
-        if address is not None:
-            try:
-                address.send_nowait(StopExecution())
-            except (trio.WouldBlock, ActorGone):
-                pass  # the next heartbeat tries again
-
-    async def _take_over(self, execution_id: str) -> None:
-        execution = await self._read(self.store.get_execution, execution_id)
-        if execution is not None and not execution.status.finished and execution_id not in self._live:
-            self._snapshots[execution_id] = execution
-            self._spawn(execution_id)
-            self._notify("execution.taken_over", execution_id)
-
+    # ------------------------------------------------------------------ reading
     def owns(self, execution_id: str) -> bool:
         """Whether this runtime runs the execution now (with PostgreSQL: holds its lease)."""
-        return execution_id in self._live
+        return self.directory.knows(execution_id)
 
-    def _address(self, execution_id: str) -> Address[ExecutionMessage]:
-        address = self._live.get(execution_id)
-        if address is None:
-            raise Conflict(f"execution {execution_id} is not running")
-        return address
+    def _in_memory(self, execution_id: str) -> Execution | None:
+        return self.directory.snapshot(execution_id) or self.hub.recent(execution_id)
 
-    def _address_or_none(self, execution_id: str) -> Address[ExecutionMessage] | None:
-        return self._live.get(execution_id)
-
-    def _publish(self, execution: Execution) -> None:
-        """A committed snapshot: visible to get(), watchers and waiters."""
-        if execution.status.finished:
-            self._snapshots.pop(execution.id, None)
-            self._recent[execution.id] = execution
-            self._recent.move_to_end(execution.id)
-            while len(self._recent) > self.settings.finished_cache_size:
-                self._recent.popitem(last=False)
-        else:
-            self._snapshots[execution.id] = execution
-        for watcher in list(self._watchers.get(execution.id, ())):
-            try:
-                watcher.send_nowait(execution)
-            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                watcher.close()  # a consumer that cannot keep up is dropped, never the engine slowed
-                self._watchers[execution.id].remove(watcher)
-            if execution.status.finished:
-                watcher.close()
-        if execution.status.finished:
-            self._watchers.pop(execution.id, None)
-            self._notify("execution.finished", execution)
-
-    def _notify(self, what: str, data: Any) -> None:
-        for observer in self.observers:
-            try:
-                observer(what, data)
-            except Exception:  # an observer's bug must not take an execution down
-                logger.exception("observer %r failed on %s", observer, what)
-
-    async def _recover_all(self) -> None:
-        if self.leases is not None:
-            for execution_id in await self.leases.claim_expired():
-                await self._take_over(execution_id)
-        else:
-            for execution in await self._read(self.store.load_unfinished):
-                self._snapshots[execution.id] = execution
-                self._spawn(execution.id)
-        self.router.load_retained(await self._read(self.store.retained_events, self.now()))
-
-    # ------------------------------------------------------------------ reading
     def get(self, execution_id: str, *, tenant_id: str | None = None) -> Execution:
-        """The latest committed state (from memory; falls back to a direct store read)."""
-        execution = self._snapshots.get(execution_id) or self._recent.get(execution_id)
+        """The latest committed state, from memory: a live execution, or one committed or read
+        recently (``Settings.finished_cache_size`` of them). With the memory store any
+        execution; otherwise, for one not in memory, use ``await fetch()``."""
+        execution = self._in_memory(execution_id)
         if execution is None:
+            if self.store.threaded:
+                raise NotFound(f"execution {execution_id} is not in this runtime's memory; "
+                               "await fetch() reads it from the store")
             execution = self.store.get_execution(execution_id)
         return _visible(execution, execution_id, tenant_id)
 
     async def fetch(self, execution_id: str, *, tenant_id: str | None = None) -> Execution:
-        """Like ``get``, reading the store off the event loop when the execution is not in memory."""
-        execution = self._snapshots.get(execution_id) or self._recent.get(execution_id)
+        """The latest committed state, reading the store (off the event loop) when it is not in memory."""
+        execution = self._in_memory(execution_id)
         if execution is None:
             execution = await self._read(self.store.get_execution, execution_id)
         return _visible(execution, execution_id, tenant_id)
@@ -395,27 +279,15 @@ class Runtime:
         The first state is the current one; none is lost however slowly the consumer reads
         (up to 1,024 states behind, then its stream ends).
         """
-        current = self._snapshots.get(execution_id)
-        if current is None:  # finished (or, with leases, run by another process)
-            current = await self.fetch(execution_id, tenant_id=tenant_id)
-            if not current.status.finished:
+        async def current() -> Execution:
+            execution = await self.fetch(execution_id, tenant_id=tenant_id)
+            if not execution.status.finished and self.leases is not None and not self.owns(execution_id):
                 raise Conflict(f"execution {execution_id} is run by another process sharing this database; "
                                "send the request to that process")
-            yield current
-            return
-        _visible(current, execution_id, tenant_id)
-        send, receive = trio.open_memory_channel[Execution](1024)
-        watchers = self._watchers.setdefault(execution_id, [])
-        watchers.append(send)  # registered with the snapshot, in one step: no state falls between
-        try:
-            yield current
-            with receive:
-                async for execution in receive:
-                    yield execution
-        finally:
-            send.close()
-            if send in watchers:
-                watchers.remove(send)
+            return execution
+
+        async for execution in self.hub.watch(execution_id, current):
+            yield execution
 
     async def ready(self) -> None:
         """Raise unless the store answers and the last commit succeeded."""
@@ -424,33 +296,34 @@ class Runtime:
             raise ConnectionError(self.persistence.stats.last_error or "commits are failing")
 
     # ------------------------------------------------------------------ control
-    async def _control(self, execution_id: str, tenant_id: str | None, make: Callable[[Any], Any]) -> Execution:
+    async def _control(self, execution_id: str, tenant_id: str | None,
+                       make: Callable[[Reply[Execution]], ActorMessage], *, finished_ok: bool = False) -> Execution:
         execution = await self.fetch(execution_id, tenant_id=tenant_id)
-        address = self._live.get(execution_id)
-        if address is None:
+        if not self.owns(execution_id):
             if self.leases is not None and not execution.status.finished:
                 raise Conflict(f"execution {execution_id} is run by another process sharing this "
                                "database; send the request to that process")
-            raise Conflict(f"execution {execution_id} is {execution.status.value}")
+            if execution.status.finished and not finished_ok:
+                raise Conflict(f"execution {execution_id} is {execution.status.value}")
         try:
-            await ask(address, make)
+            return await self.directory.ask(execution_id, make)
         except ActorGone:
-            raise Conflict(f"execution {execution_id} is {self.get(execution_id).status.value}") from None
-        return self.get(execution_id)
+            latest = await self.fetch(execution_id)
+            raise Conflict(f"execution {execution_id} is {latest.status.value}") from None
 
     async def pause(self, execution_id: str, reason: str | None = None, *, actor: str = "system",
                     tenant_id: str | None = None) -> Execution:
-        return await self._control(execution_id, tenant_id, lambda r: PauseExecution(actor, reason, r))
+        return await self._control(execution_id, tenant_id, lambda r: Pause(actor, reason, r))
 
     async def resume(self, execution_id: str, reason: str | None = None, *, actor: str = "system",
                      tenant_id: str | None = None) -> Execution:
-        return await self._control(execution_id, tenant_id, lambda r: ResumeExecution(actor, reason, r))
+        return await self._control(execution_id, tenant_id, lambda r: Resume(actor, reason, r))
 
     async def cancel(self, execution_id: str, reason: str, *, actor: str = "system",
                      tenant_id: str | None = None) -> Execution:
         if not reason:
             raise ValidationError([Problem("reason", "required: why the execution is cancelled")])
-        return await self._control(execution_id, tenant_id, lambda r: CancelExecution(actor, reason, r))
+        return await self._control(execution_id, tenant_id, lambda r: Cancel(actor, reason, r))
 
     async def submit_approval(self, execution_id: str, step_id: str, *, approver: str, decision: str,
                               comment: str | None = None, tenant_id: str | None = None) -> Execution:
@@ -458,48 +331,45 @@ class Runtime:
         return await self._control(execution_id, tenant_id,
                                    lambda r: DecideApproval(step_id, approver, decision, comment, r))
 
+    async def retry_step(self, execution_id: str, step_id: str, *, actor: str = "system",
+                         reason: str | None = None, tenant_id: str | None = None) -> Execution:
+        """Re-run a failed/rejected step of a failed execution, and what its failure stopped."""
+        execution = await self._control(execution_id, tenant_id, lambda r: RetryStep(step_id, actor, reason, r),
+                                        finished_ok=True)
+        if self.leases is not None:
+            await self.leases.claim_new(execution_id)
+        self.hub.notify("execution.retried", execution)
+        return execution
+
     async def publish_event(self, event_type: str, correlation_key: str, payload: Any = None, *,
                             tenant_id: str = "default") -> PublishResult:
         """Hand an event to every step waiting on it, or retain it for a later waiter."""
         return await self.router.publish(tenant_id, event_type, str(correlation_key), payload)
 
-    async def retry_step(self, execution_id: str, step_id: str, *, actor: str = "system",
-                         reason: str | None = None, tenant_id: str | None = None) -> Execution:
-        """Re-run a failed/rejected step of a failed execution, and what its failure stopped."""
-        execution = await self.fetch(execution_id, tenant_id=tenant_id)
-        if step_id not in execution.steps:
-            raise NotFound(f"execution {execution_id} has no step '{step_id}'")
-        if execution.status is not ES.FAILED:
-            raise Conflict(f"only a failed execution can retry a step (this one is {execution.status.value})")
-        if execution.steps[step_id].status not in (StepStatus.FAILED, StepStatus.REJECTED):
-            raise Conflict(f"step '{step_id}' is {execution.steps[step_id].status.value}, not failed or rejected")
-        ended = self._ended.get(execution_id)
-        if ended is not None:
-            await ended.wait()
-        runbook = await self._pinned_runbook(execution)
-        reset = _steps_to_retry(runbook, execution, step_id)
-        steps = dict(execution.steps)
-        for sid in reset:
-            steps[sid] = StepState(StepStatus.PENDING, steps[sid].type, attempts=steps[sid].attempts)
-        from datetime import timedelta
+    # ------------------------------------------------------------------ recovery and leases
+    async def _recover_all(self) -> None:
+        if self.leases is not None:
+            for execution_id in await self.leases.claim_expired():
+                await self._take_over(execution_id)
+        else:
+            for execution in await self._read(self.store.load_unfinished):
+                self.directory.start(execution.id, execution)
+        self.router.load_retained(await self._read(self.store.retained_events, self.clock.now()))
 
-        deadline = self.now() + timedelta(milliseconds=runbook.timeout_ms) if runbook.timeout_ms else None
-        retried = attrs.evolve(execution, status=ES.RUNNING, error=None, completed_at=None, output=None,
-                               steps=steps, deadline_at=deadline)
-        positions = {s.id: i for i, s in enumerate(runbook.steps)}
-        await self._commit(Change(
-            execution=retried,
-            steps=tuple((execution_id, sid, positions[sid], steps[sid]) for sid in reset),
-            audit=(AuditEntry(execution_id, self.now(), actor, "step.retry", step_id,
-                              execution.context.get("legalBasis"), reason, {"reset": sorted(reset)}),),
-            logs=(LogEntry(execution_id, self.now(), "info", "step retry requested", step_id,
-                           {"reset": sorted(reset)}),),
-        ))
-        self._recent.pop(execution_id, None)
-        self._publish(retried)
-        if self.leases is None or await self.leases.claim_new(execution_id):
-            self._spawn(execution_id)  # (else the process holding its lease runs it)
-        return retried
+    async def _take_over(self, execution_id: str) -> None:
+        execution = await self._read(self.store.get_execution, execution_id)
+        if execution is not None and not execution.status.finished and not self.owns(execution_id):
+            self.directory.start(execution_id, execution)
+            self.hub.notify("execution.taken_over", execution_id)
+
+    def _lease_lost(self, execution_id: str) -> None:
+        address = self.directory.address(execution_id)
+        self.directory.forget(execution_id)
+        if address is not None:
+            try:
+                address.send_nowait(Stop())
+            except (trio.WouldBlock, ActorGone):
+                pass  # the next heartbeat tries again
 
 
 def _visible(execution: Execution | None, execution_id: str, tenant_id: str | None) -> Execution:
@@ -528,27 +398,14 @@ def _check_start(runbook: Runbook, input: Any, context: Mapping[str, Any]) -> No
         raise ValidationError(problems, title="input refused")
 
 
-def _steps_to_retry(runbook: Runbook, execution: Execution, step_id: str) -> set[str]:
-    """The step, the steps its failure cancelled, and everything downstream that did not succeed."""
-    reset = {step_id} | {sid for sid, s in execution.steps.items() if s.status is StepStatus.CANCELLED}
-    dependents: dict[str, list[str]] = {}
-    for step in runbook.steps:
-        for dep in step.depends_on or ():
-            dependents.setdefault(dep, []).append(step.id)
-    frontier = list(reset)
-    while frontier:
-        for child in dependents.get(frontier.pop(), ()):
-            if child not in reset and execution.steps[child].status is not StepStatus.SUCCEEDED:
-                reset.add(child)
-                frontier.append(child)
-    return reset
-
-
 @asynccontextmanager
 async def open_runtime(store: str | Store = "memory", *, settings: Settings | None = None,
-                       http: httpx.AsyncClient | None = None,
-                       batch_observer: BatchObserver | None = None) -> AsyncIterator[Runtime]:
-    """Open the engine on a store (``"memory"``, ``"sqlite:///file.db"``, ``"postgresql://..."``)."""
+                       http: httpx.AsyncClient | None = None, batch_observer: BatchObserver | None = None,
+                       executors: Mapping[str, Any] | None = None) -> AsyncIterator[Runtime]:
+    """Open the engine on a store (``"memory"``, ``"sqlite:///file.db"``, ``"postgresql://..."``).
+
+    ``executors`` registers custom step types before recovery starts.
+    """
     settings = settings or Settings()
     the_store = open_store_from_url(store) if isinstance(store, str) else store
     if the_store.threaded:
@@ -564,10 +421,16 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
             address, mailbox = open_mailbox("persistence", 4096)
             services.start_soon(persistence.run, mailbox, name="persistence")
             async with open_supervisor("executions") as executions:
-                runtime = Runtime(the_store, settings, client, address, persistence, executions)
+                clock = Clock()
+                timers = Timers(clock)
+                runtime = Runtime(the_store, settings, client, address, persistence,
+                                  Directory(executions, services), clock, timers)
+                for name, executor in (executors or {}).items():
+                    runtime.register_executor(name, executor)
+                services.start_soon(timers.run, runtime._fire, name="timers")
                 await runtime._recover_all()
                 if runtime.leases is not None:
-                    services.start_soon(runtime.leases.heartbeat, lambda: set(runtime._live),
+                    services.start_soon(runtime.leases.heartbeat, runtime.directory.ids,
                                         runtime._lease_lost, runtime._take_over, name="lease heartbeat")
                 try:
                     yield runtime
@@ -576,9 +439,11 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
                     raise
                 finally:
                     executions.cancel()
-            await ask(address, Flush)  # everything sent before is committed
+            reply: Reply[None] = Reply()
+            await address.send(Flush(reply))
+            await reply.wait()  # everything sent before is committed
             if runtime.leases is not None:  # let another process take over at once
-                await runtime.leases.release_all(sorted(runtime._snapshots))
+                await runtime.leases.release_all(sorted(runtime.directory.ids()))
             services.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The caller's own exception comes back as itself, not wrapped by our nurseries;
@@ -591,13 +456,6 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
             await trio.to_thread.run_sync(the_store.close)
         else:
             the_store.close()
-
-
-def _describe(exc: BaseException) -> str:
-    """``Type: message`` of each leaf of an exception (group), for error messages."""
-    if isinstance(exc, BaseExceptionGroup):
-        return "; ".join(_describe(inner) for inner in exc.exceptions)
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _only_leaf(group: BaseExceptionGroup[Any]) -> BaseException | None:

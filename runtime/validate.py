@@ -17,7 +17,7 @@ import jsonschema
 from runtime.conditions import condition_problems
 from runtime.errors import Problem, ValidationError
 from runtime.model import RetryPolicy, Runbook, Step
-from runtime.steps.registry import StepTypes
+from runtime.steps.base import TypeLookup, check_retry_policy
 from runtime.templates import template_paths, template_problems
 from runtime.wire import MAX_DOCUMENT_BYTES, canonical_json, from_json
 
@@ -34,11 +34,9 @@ _STEP_FIELDS = {
     "id", "name", "description", "type", "dependsOn", "when", "config", "approvalConfig",
     "retryPolicy", "timeoutMs", "continueOnError",
 }
-_RETRY_FIELDS: dict[str, type | tuple[type, ...]] = {"maxRetries": int, "initialDelayMs": int, "backoffMultiplier": (int, float),
-                 "maxDelayMs": int, "jitter": bool}
 
 
-def validate_document(doc: Any, types: StepTypes) -> list[Problem]:
+def validate_document(doc: Any, types: TypeLookup) -> list[Problem]:
     """Every problem of the document, in document order."""
     if not isinstance(doc, Mapping):
         return [Problem("$", "a runbook document must be a mapping (object)")]
@@ -109,7 +107,7 @@ def _check_ids(steps: Sequence[Any], problems: list[Problem]) -> set[str]:
     return seen
 
 
-def _check_step(step: Mapping[str, Any], path: str, ids: set[str], types: StepTypes) -> list[Problem]:
+def _check_step(step: Mapping[str, Any], path: str, ids: set[str], types: TypeLookup) -> list[Problem]:
     problems = [Problem(f"{path}.{key}", f"unknown field '{key}'") for key in step if key not in _STEP_FIELDS]
     problems += _check_common(step, path, ids)
     step_type = step.get("type")
@@ -149,26 +147,6 @@ def _check_common(step: Mapping[str, Any], path: str, ids: set[str]) -> list[Pro
     if "retryPolicy" in step:
         problems += check_retry_policy(step["retryPolicy"], f"{path}.retryPolicy")
     return problems
-
-
-def check_retry_policy(policy: Any, path: str) -> list[Problem]:
-    if not isinstance(policy, Mapping):
-        return [Problem(path, "must be a mapping (object)")]
-    problems = []
-    items: dict[str, Any] = dict(policy)
-    for key, value in items.items():
-        expected = _RETRY_FIELDS.get(key)
-        if expected is None:
-            problems.append(Problem(f"{path}.{key}", f"unknown field '{key}'"))
-        elif (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
-            problems.append(Problem(f"{path}.{key}", "has the wrong type"))
-        elif expected is not bool and _negative(value):
-            problems.append(Problem(f"{path}.{key}", "must not be negative"))
-    return problems
-
-
-def _negative(value: Any) -> bool:
-    return bool(value < 0)
 
 
 def _check_references(config: Mapping[str, Any], path: str, ids: set[str]) -> list[Problem]:
@@ -263,7 +241,7 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def build_runbook(doc: Mapping[str, Any], types: StepTypes, default_retries: int) -> Runbook:
+def build_runbook(doc: Mapping[str, Any], types: TypeLookup, default_retries: int) -> Runbook:
     """Validate ``doc`` and build its Runbook (version 0: the store assigns versions)."""
     problems = validate_document(doc, types)
     if problems:

@@ -7,23 +7,23 @@ from typing import Any
 import pytest
 
 from runtime import Runtime
-from runtime.execution import ExecutionActor
-from runtime.messages import StepFinished
+from runtime.core import StepFinished
+from runtime.steps.task import TaskKind
 from tests.conftest import Recorder, chain
 
 
 async def test_a_crashed_execution_actor_restarts_from_the_committed_state(
         rt: Runtime, recorder: Recorder, monkeypatch: pytest.MonkeyPatch, autojump_clock: Any) -> None:
-    original = ExecutionActor._dispatch
+    original = TaskKind.message
     crashes = []
 
-    def crash_once(self: ExecutionActor, message: Any) -> None:
+    def crash_once(self: TaskKind, ops: Any, step: Any, message: Any) -> None:
         if isinstance(message, StepFinished) and message.step_id == "b" and not crashes:
             crashes.append(message)
             raise RuntimeError("a bug in the engine")
-        original(self, message)
+        original(self, ops, step, message)
 
-    monkeypatch.setattr(ExecutionActor, "_dispatch", crash_once)
+    monkeypatch.setattr(TaskKind, "message", crash_once)
     await rt.register_runbook(chain("a", "b", "c"))
     ex = await rt.start("chain")
     final = await rt.wait(ex.id)
@@ -36,14 +36,14 @@ async def test_a_crashed_execution_actor_restarts_from_the_committed_state(
 
 async def test_an_actor_that_keeps_crashing_fails_its_execution_only(
         rt: Runtime, monkeypatch: pytest.MonkeyPatch, autojump_clock: Any) -> None:
-    original = ExecutionActor._dispatch
+    original = TaskKind.message
 
-    def always_crash(self: ExecutionActor, message: Any) -> None:
-        if isinstance(message, StepFinished) and self.runbook.id == "doomed":
+    def always_crash(self: TaskKind, ops: Any, step: Any, message: Any) -> None:
+        if isinstance(message, StepFinished) and ops.execution.runbook_id == "doomed":
             raise RuntimeError("a bug in the engine")
-        original(self, message)
+        original(self, ops, step, message)
 
-    monkeypatch.setattr(ExecutionActor, "_dispatch", always_crash)
+    monkeypatch.setattr(TaskKind, "message", always_crash)
     await rt.register_runbook({**chain("a"), "id": "doomed"})
     await rt.register_runbook(chain("a", "b"))
     doomed = await rt.start("doomed")

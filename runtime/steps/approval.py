@@ -1,15 +1,20 @@
-"""human-approval: config checks and the decision rules (N of M, reject short-circuits,
-timeout actions). The wait is a parked step in its ExecutionActor; decisions arrive as
-``DecideApproval`` messages."""
+"""human-approval: config checks, the decision rules (N of M, one rejection ends it, timeout
+actions) and the kind: the step parks until enough decisions arrive (``DecideApproval``
+messages) or its deadline passes; it holds no task and no slot of ``maxConcurrentSteps``."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
+from runtime.core.kinds import StepOps
+from runtime.core.messages import DecideApproval, StepMessage
 from runtime.errors import Conflict, Forbidden, Problem, ValidationError
-from runtime.model import Approval
-from runtime.wire import format_time
+from runtime.model import Approval, Evidence, Step, StepError, StepState, StepStatus
+from runtime.steps.base import KindDefaults
+from runtime.templates import TemplateError, render
+from runtime.wire import format_time, sha256_hex
 
 DECISIONS = ("approve", "reject")
 TIMEOUT_ACTIONS = ("fail", "approve", "reject")
@@ -79,3 +84,87 @@ def output(approvals: Sequence[Approval], *, approved: bool, auto: bool = False)
         ],
         "autoApproved": auto,
     }
+
+
+class ApprovalKind(KindDefaults):
+    name = "approval"
+
+    def begin(self, ops: StepOps, step: Step) -> None:
+        try:
+            config = render(step.config, ops.scope(step.id))
+        except TemplateError as exc:
+            ops.mark_started(step, StepStatus.RUNNING)
+            ops.fail(step.id, StepError("template", str(exc), False))
+            return
+        timeout = step.config.get("timeoutMs", step.timeout_ms)
+        deadline = ops.now + timedelta(milliseconds=timeout) if timeout else None
+        ops.mark_started(step, StepStatus.AWAITING_APPROVAL, deadline_at=deadline, approvals=())
+        ops.park(step.id, deadline)
+        ops.log("info", "approval requested", step.id, approvers=config.get("approvers"),
+                message=config.get("message"))
+
+    def resume(self, ops: StepOps, step: Step, state: StepState) -> None:
+        ops.park(step.id, state.deadline_at)
+
+    def message(self, ops: StepOps, step: Step, message: StepMessage) -> None:
+        if not isinstance(message, DecideApproval):
+            super().message(ops, step, message)
+            return
+        state = ops.step_state(step.id)
+        if state.status is not StepStatus.AWAITING_APPROVAL:
+            raise Conflict(f"step '{step.id}' is not awaiting approval (it is {state.status.value})")
+        config = _config(ops, step)
+        check_decision(config, state.approvals, message.approver, message.decision)
+        decision = Approval(message.approver, message.decision, message.comment, ops.now)
+        approvals = (*state.approvals, decision)
+        ops.set_step(step.id, approvals=approvals)
+        execution_id = ops.execution.id
+        data = {"approver": decision.approver, "decision": decision.decision, "comment": decision.comment}
+        evidence_id = sha256_hex(["approval", execution_id, step.id, state.attempts, decision.approver,
+                                  decision.at.isoformat()])[:32]
+        ops.add_records(evidence=(Evidence(evidence_id, execution_id, step.id, "approval_decision",
+                                           sha256_hex(data), data, decision.at),))
+        ops.log("info", f"approval decision: {decision.decision}", step.id, approver=decision.approver)
+        ops.audit("approval.decided", decision.approver, step.id, reason=message.comment,
+                  decision=decision.decision)
+        result = outcome(config, approvals)
+        if result is not None:
+            ops.unpark(step.id)
+            if result == "approved":
+                ops.succeed(step.id, output(approvals, approved=True))
+            else:
+                _reject(ops, step.id, approvals, f"rejected by {decision.approver}")
+        ops.answer_state(message.reply)
+
+    def timeout(self, ops: StepOps, step: Step) -> None:
+        ops.unpark(step.id)
+        config = _config(ops, step)
+        action = config.get("timeoutAction", "fail")
+        approvals = ops.step_state(step.id).approvals
+        ops.audit("approval.timed_out", step_id=step.id, timeoutAction=action)
+        if action == "approve":
+            ops.succeed(step.id, output(approvals, approved=True, auto=True))
+        elif action == "reject":
+            _reject(ops, step.id, approvals, "approval timed out (timeoutAction reject)")
+        else:
+            ops.fail(step.id, StepError("timeout", f"no decision within {config.get('timeoutMs')} ms", False))
+
+    def cancel(self, ops: StepOps, step: Step) -> None:
+        ops.unpark(step.id)
+
+
+def _config(ops: StepOps, step: Step) -> Mapping[str, Any]:
+    """The config rendered now (it rendered when the step began; the scope only grows)."""
+    try:
+        rendered: Mapping[str, Any] = render(step.config, ops.scope(step.id))
+    except TemplateError:
+        return step.config
+    return rendered
+
+
+def _reject(ops: StepOps, step_id: str, approvals: Sequence[Approval], why: str) -> None:
+    ops.set_step(step_id, output=output(approvals, approved=False))
+    ops.fail(step_id, StepError("rejected", why, False), StepStatus.REJECTED)
+
+
+APPROVAL = ApprovalKind()

@@ -1,12 +1,16 @@
-"""conditional: config checks and the decision (made inline by the ExecutionActor)."""
+"""conditional: config checks, the decision, and the kind: decided the moment the step is
+ready (no task, no slot); the targets of the branch not taken are skipped."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from runtime.conditions import condition_problems, evaluate
+from runtime.core.kinds import StepOps
 from runtime.errors import Problem
+from runtime.model import Step, StepStatus
+from runtime.steps.base import KindDefaults
 
 _FIELDS = {"condition", "trueBranch", "falseBranch"}
 
@@ -41,3 +45,22 @@ def _ids(value: Any) -> list[str]:
     if value is None:
         return []
     return [value] if isinstance(value, str) else list(value)
+
+
+class ConditionalKind(KindDefaults):
+    name = "conditional"
+
+    def begin(self, ops: StepOps, step: Step) -> None:
+        ops.mark_started(step, StepStatus.RUNNING)
+        result, taken, not_taken = decide(step.config, ops.scope(step.id))
+        ops.succeed(step.id, {"result": result, "branch": taken})
+        for target in not_taken:
+            if target not in taken and ops.step_state(target).status is StepStatus.PENDING:
+                ops.skip(target, f"branch not taken by '{step.id}'")
+
+    def decides(self, step: Step) -> Sequence[str]:
+        true_branch, false_branch = branches(step.config)
+        return [*true_branch, *false_branch]
+
+
+CONDITIONAL = ConditionalKind()

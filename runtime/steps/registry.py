@@ -1,60 +1,40 @@
 """The step types a runtime knows: the five built-in ones and the embedding program's own.
 
-A ``StepType`` says how the engine runs a step (``kind``) and how its config is checked at
-validation. Task types run an executor in a StepActor; the engine itself handles the other
-kinds (an approval or an event wait parks the step in its ExecutionActor, a conditional is
-decided inline, a loop runs its iterations as supervised children).
+Each entry is a ``StepType`` (``runtime.steps.base``): its kind (how the execution core runs
+it), its config check, and for task types its runner. A custom type registered with
+``register`` is a task with the program's executor.
 """
 
 from __future__ import annotations
 
-import enum
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import attrs
-
+from runtime.core.kinds import StepKind
 from runtime.errors import Problem
-from runtime.steps import approval, call_service, conditional, wait_for_event
+from runtime.step import executor_runner
+from runtime.steps import approval, call_service, conditional, loop, wait_for_event
+from runtime.steps.base import StepType, TypeLookup
 from runtime.steps.context import Executor
+from runtime.steps.task import TASK
 
 
-class StepKind(enum.Enum):
-    TASK = "task"
-    EVENT = "event"
-    APPROVAL = "approval"
-    CONDITIONAL = "conditional"
-    LOOP = "loop"
-
-
-ConfigCheck = Callable[[Mapping[str, Any], str, "StepTypes"], list[Problem]]
-
-
-@attrs.frozen
-class StepType:
-    name: str
-    kind: StepKind
-    check_config: ConfigCheck
-    executor: Executor | None = None
-
-
-def _no_check(config: Mapping[str, Any], path: str, types: StepTypes) -> list[Problem]:
+def _no_check(config: Mapping[str, Any], path: str, types: TypeLookup) -> list[Problem]:
     return []
 
 
 def _builtin() -> dict[str, StepType]:
-    from runtime.steps import loop
+    def only(check: Any) -> Any:
+        return lambda config, path, types: check(config, path)
 
     return {
-        "call-service": StepType(
-            "call-service", StepKind.TASK, lambda c, p, t: call_service.check_config(c, p),
-            call_service.call_service,
-        ),
-        "wait-for-event": StepType("wait-for-event", StepKind.EVENT, lambda c, p, t: wait_for_event.check_config(c, p)),
-        "human-approval": StepType("human-approval", StepKind.APPROVAL, lambda c, p, t: approval.check_config(c, p)),
-        "conditional": StepType("conditional", StepKind.CONDITIONAL, lambda c, p, t: conditional.check_config(c, p)),
-        "loop": StepType("loop", StepKind.LOOP, loop.check_config),
+        "call-service": StepType("call-service", TASK, only(call_service.check_config),
+                                 executor_runner(call_service.call_service), call_service.call_service),
+        "wait-for-event": StepType("wait-for-event", wait_for_event.EVENT, only(wait_for_event.check_config)),
+        "human-approval": StepType("human-approval", approval.APPROVAL, only(approval.check_config)),
+        "conditional": StepType("conditional", conditional.CONDITIONAL, only(conditional.check_config)),
+        "loop": StepType("loop", TASK, loop.check_config, loop.run_loop),
     }
 
 
@@ -65,15 +45,24 @@ class StepTypes:
         self._types = _builtin()
 
     def register(self, name: str, executor: Any) -> None:
-        if name in self._types and self._types[name].kind is not StepKind.TASK:
+        existing = self._types.get(name)
+        if existing is not None and existing.builtin and existing.executor is None:
             raise ValueError(f"step type '{name}' is built in and cannot be replaced")
-        self._types[name] = StepType(name, StepKind.TASK, _no_check, as_executor(name, executor))
+        function = as_executor(name, executor)
+        self._types[name] = StepType(name, TASK, _no_check, executor_runner(function), function, builtin=False)
 
     def get(self, name: str) -> StepType | None:
         return self._types.get(name)
 
+    def kind_of(self, name: str) -> StepKind | None:
+        found = self._types.get(name)
+        return found.kind if found is not None else None
+
     def __getitem__(self, name: str) -> StepType:
         return self._types[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._types
 
     def names(self) -> list[str]:
         return sorted(self._types)

@@ -1,14 +1,20 @@
-"""wait-for-event: config checks and the event -> output rule. The wait itself is a parked
-step in its ExecutionActor; events arrive as ``DeliverEvent`` messages from the EventRouter."""
+"""wait-for-event: config checks, the event -> output rule and the kind: the step parks,
+subscribed to its (tenant, event type, correlation key), until an event that passes its
+filter arrives (a ``DeliverEvent`` message from the EventRouter) or its deadline passes."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from runtime.conditions import condition_problems, evaluate
+from runtime.core.kinds import StepOps
+from runtime.core.messages import DeliverEvent, StepMessage
 from runtime.errors import Problem
-from runtime.model import Event
+from runtime.model import Event, Step, StepError, StepState, StepStatus
+from runtime.steps.base import KindDefaults
+from runtime.templates import TemplateError, render
 from runtime.wire import format_time
 
 DEFAULT_TIMEOUT_MS = 3_600_000
@@ -40,3 +46,67 @@ def output(event: Event) -> dict[str, Any]:
         "payload": event.payload,
         "receivedAt": format_time(event.received_at),
     }
+
+
+def timeout_ms(step: Step) -> int:
+    timeout: int = step.config.get("timeoutMs", step.timeout_ms or DEFAULT_TIMEOUT_MS)
+    return timeout
+
+
+class EventKind(KindDefaults):
+    name = "event"
+
+    def begin(self, ops: StepOps, step: Step) -> None:
+        try:
+            config = render(step.config, ops.scope(step.id))
+        except TemplateError as exc:
+            ops.mark_started(step, StepStatus.RUNNING)
+            ops.fail(step.id, StepError("template", str(exc), False))
+            return
+        deadline = ops.now + timedelta(milliseconds=timeout_ms(step))
+        ops.mark_started(step, StepStatus.WAITING, deadline_at=deadline, approvals=())
+        self._wait(ops, step, config, deadline)
+
+    def resume(self, ops: StepOps, step: Step, state: StepState) -> None:
+        try:
+            config = render(step.config, ops.scope(step.id))
+        except TemplateError as exc:
+            ops.fail(step.id, StepError("template", str(exc), False))
+            return
+        self._wait(ops, step, config, state.deadline_at)
+
+    def _wait(self, ops: StepOps, step: Step, config: Mapping[str, Any], deadline: Any) -> None:
+        ops.park(step.id, deadline)
+        ops.subscribe(step.id, config["eventType"], str(config["correlationKey"]), config.get("filter"))
+
+    def message(self, ops: StepOps, step: Step, message: StepMessage) -> None:
+        if not isinstance(message, DeliverEvent):
+            super().message(ops, step, message)
+            return
+        if ops.step_state(step.id).status is not StepStatus.WAITING:
+            ops.answer(message.reply, False)
+            return
+        event = message.event
+        if not matches(render(step.config, ops.scope(step.id)), event):
+            ops.answer(message.reply, False)
+            return
+        ops.unpark(step.id)
+        ops.unsubscribe(step.id)
+        ops.succeed(step.id, output(event))
+        ops.audit("event.received", step_id=step.id, type=event.type, correlationKey=event.correlation_key)
+        if message.reply is None:  # a retained event, handed over as the step subscribed
+            ops.consume_event(event.id)
+        else:
+            ops.answer(message.reply, True)
+
+    def timeout(self, ops: StepOps, step: Step) -> None:
+        ops.unpark(step.id)
+        ops.unsubscribe(step.id)
+        ops.fail(step.id, StepError("timeout", f"no event within {timeout_ms(step)} ms", False))
+
+    def cancel(self, ops: StepOps, step: Step) -> None:
+        ops.unpark(step.id)
+        ops.unsubscribe(step.id)
+
+
+EVENT = EventKind()

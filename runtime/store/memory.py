@@ -40,6 +40,7 @@ class MemoryStore:
         self._audit: dict[str, list[AuditEntry]] = {}
         self._evidence: dict[str, list[Evidence]] = {}
         self._events: dict[str, Event] = {}
+        self._versions: dict[str, int] = {}
 
     def open(self) -> None:
         pass
@@ -78,6 +79,8 @@ class MemoryStore:
             self._events[event.id] = event
         for event_id in change.consume_events:
             self._events.pop(event_id, None)
+        if change.version is not None:
+            self._versions[change.version[0]] = change.version[1]
         return ChangeResult(runbook_version=version)
 
     def _duplicate_of(self, execution: Execution, dedup: bool) -> str | None:
@@ -94,6 +97,7 @@ class MemoryStore:
 
     def _insert(self, execution: Execution, dedup: bool) -> None:
         self._headers[execution.id] = (next(self._seq), _header(execution))
+        self._versions[execution.id] = execution.version
         self._steps[execution.id] = {
             step_id: (position, state) for position, (step_id, state) in enumerate(execution.steps.items())
         }
@@ -133,7 +137,8 @@ class MemoryStore:
 
     def _assemble(self, header: Execution) -> Execution:
         rows = sorted(self._steps[header.id].items(), key=lambda item: item[1][0])
-        return attrs.evolve(header, steps={step_id: state for step_id, (_, state) in rows})
+        return attrs.evolve(header, steps={step_id: state for step_id, (_, state) in rows},
+                            version=self._versions.get(header.id, header.version))
 
     def find_active(self, tenant_id: str, runbook_id: str, version: int, input_hash: str) -> Execution | None:
         for execution_id in self._by_hash.get((tenant_id, runbook_id, version, input_hash), ()):

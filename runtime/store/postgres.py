@@ -150,6 +150,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX leases_by_owner ON leases (owner)",
     ),
+    (  # 3: the version of each execution, bumped by every committed change
+        "ALTER TABLE executions ADD COLUMN version bigint NOT NULL DEFAULT 0",
+    ),
 )
 
 _UNFINISHED_SQL = "('pending', 'running', 'awaiting_approval', 'pausing', 'paused')"
@@ -175,18 +178,20 @@ UPDATE leases SET expires_at = now() + %(ttl)s * interval '1 second'
 WHERE owner = %(owner)s AND expires_at >= now()
 RETURNING execution_id"""
 
-_HEADER_COLUMNS = "id, tenant_id, runbook_id, runbook_version, status, input_hash, idempotency_key, created_at, header"
+_HEADER_COLUMNS = ("id, tenant_id, runbook_id, runbook_version, status, input_hash, idempotency_key, created_at, "
+                   "header, version")
 
 _INSERT_EXECUTION = f"""
-INSERT INTO executions ({_HEADER_COLUMNS}, deduplicated) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::json, %s)
+INSERT INTO executions ({_HEADER_COLUMNS}, deduplicated) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::json, %s, %s)
 ON CONFLICT DO NOTHING"""
 
 # A header upsert never breaks the active-hash index: an execution that becomes active again
 # (a retried failure) while another one with its input hash is active leaves the index.
 _UPSERT_HEADER = f"""
 INSERT INTO executions AS e ({_HEADER_COLUMNS}, deduplicated)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::json, false)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::json, %s, false)
 ON CONFLICT (id) DO UPDATE SET
+    version = excluded.version,
     tenant_id = excluded.tenant_id,
     runbook_id = excluded.runbook_id,
     runbook_version = excluded.runbook_version,
@@ -231,6 +236,8 @@ ON CONFLICT (id) DO UPDATE SET
 
 _DELETE_EVENT = "DELETE FROM events WHERE id = %s"
 
+_SET_VERSION = "UPDATE executions SET version = %s WHERE id = %s"
+
 # Two stores registering the same runbook at once: the second insert conflicts and is retried.
 _INSERT_RUNBOOK = """
 INSERT INTO runbooks (owner, id, version, document, created_at)
@@ -247,7 +254,7 @@ ORDER BY seq LIMIT 1"""
 
 # the header and its steps in one statement: one snapshot
 _EXECUTIONS = """
-SELECT e.seq, e.header,
+SELECT e.seq, e.header, e.version,
        (SELECT json_agg(json_build_array(s.step_id, s.state) ORDER BY s.position, s.step_id)
         FROM steps AS s WHERE s.execution_id = e.id)
 FROM executions AS e"""
@@ -385,7 +392,8 @@ class PostgresStore(ExecutionQueries):
 
     # -- executions: ExecutionQueries
     def _executions(self, query: str, params: Sequence[Any]) -> list[tuple[int, Execution]]:
-        return [(seq, execution_from(header, steps or ())) for seq, header, steps in self._rows(query, params)]
+        return [(seq, execution_from(header, steps or (), version))
+                for seq, header, version, steps in self._rows(query, params)]
 
     # -- records
     def logs(
@@ -522,7 +530,10 @@ class _Writer:
     def _flush(self, pending: Pending) -> None:
         cursor = self._cursor
         if pending.headers:
-            cursor.executemany(_UPSERT_HEADER, [header_row(h, _as_is) for h in pending.headers.values()])
+            cursor.executemany(_UPSERT_HEADER, pending.header_rows(_as_is))
+        versions = pending.version_rows()
+        if versions:
+            cursor.executemany(_SET_VERSION, versions)
         if pending.steps:
             cursor.executemany(_UPSERT_STEP, step_rows(pending))
         if pending.logs:

@@ -72,6 +72,7 @@ class Pending:
     evidence: list[Evidence] = attrs.Factory(list)
     events: dict[str, Event] = attrs.Factory(dict)
     consumed: dict[str, None] = attrs.Factory(dict)  # deleted before ``events`` are written
+    versions: dict[str, int] = attrs.Factory(dict)  # execution id -> its newest version
     start_keys: set[tuple[object, ...]] = attrs.Factory(set)  # unique keys the headers touch
 
     def add(self, change: Change) -> None:
@@ -89,11 +90,22 @@ class Pending:
         for event_id in change.consume_events:
             self.events.pop(event_id, None)
             self.consumed[event_id] = None
+        if change.version is not None:
+            execution_id, version = change.version
+            self.versions[execution_id] = max(version, self.versions.get(execution_id, 0))
 
     @property
     def empty(self) -> bool:
         return not (self.headers or self.steps or self.logs or self.audit or self.evidence
-                    or self.events or self.consumed)
+                    or self.events or self.consumed or self.versions)
+
+    def header_rows(self, stamp: Stamp) -> list[Row]:
+        """The headers to write, each with the newest version of its execution."""
+        return [header_row(h, stamp, self.versions.get(h.id, 0)) for h in self.headers.values()]
+
+    def version_rows(self) -> list[Row]:
+        """(version, id) of the executions whose header is not rewritten."""
+        return [(version, eid) for eid, version in self.versions.items() if eid not in self.headers]
 
     def add_new(self, execution: Execution) -> None:
         for position, (step_id, state) in enumerate(execution.steps.items()):
@@ -144,9 +156,9 @@ def header_json(execution: Execution) -> str:
     return dumps(attrs.evolve(execution, steps={}) if execution.steps else execution)
 
 
-def header_row(execution: Execution, stamp: Stamp) -> Row:
+def header_row(execution: Execution, stamp: Stamp, version: int = 0) -> Row:
     """(id, tenant_id, runbook_id, runbook_version, status, input_hash, idempotency_key,
-    created_at, header)"""
+    created_at, header, version)"""
     return (
         execution.id,
         execution.tenant_id,
@@ -157,6 +169,7 @@ def header_row(execution: Execution, stamp: Stamp) -> Row:
         execution.idempotency_key,
         stamp(execution.created_at),
         header_json(execution),
+        max(execution.version, version),
     )
 
 
@@ -209,9 +222,10 @@ def loads(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def execution_from(header: Any, steps: Iterable[tuple[str, Any]]) -> Execution:
+def execution_from(header: Any, steps: Iterable[tuple[str, Any]], version: int) -> Execution:
     data = dict(loads(header))
     data["steps"] = {step_id: loads(state) for step_id, state in steps}
+    data["version"] = version  # the column: the header is not rewritten at every change
     return from_json(data, Execution)
 
 

@@ -145,19 +145,24 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX events_match ON events (tenant_id, type, correlation_key)",
     ),
+    (  # 2: the version of each execution, bumped by every committed change
+        "ALTER TABLE executions ADD COLUMN version INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 
-_HEADER_COLUMNS = "id, tenant_id, runbook_id, runbook_version, status, input_hash, idempotency_key, created_at, header"
+_HEADER_COLUMNS = ("id, tenant_id, runbook_id, runbook_version, status, input_hash, idempotency_key, created_at, "
+                   "header, version")
 
 _INSERT_EXECUTION = f"""
-INSERT INTO executions ({_HEADER_COLUMNS}, deduplicated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO executions ({_HEADER_COLUMNS}, deduplicated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT DO NOTHING"""
 
 # A header upsert never breaks the active-hash index: an execution that becomes active again
 # (a retried failure) while another one with its input hash is active leaves the index.
 _UPSERT_HEADER = f"""
-INSERT INTO executions ({_HEADER_COLUMNS}, deduplicated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)
+INSERT INTO executions ({_HEADER_COLUMNS}, deduplicated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)
 ON CONFLICT (id) DO UPDATE SET
+    version = excluded.version,
     tenant_id = excluded.tenant_id,
     runbook_id = excluded.runbook_id,
     runbook_version = excluded.runbook_version,
@@ -200,6 +205,8 @@ ON CONFLICT (id) DO UPDATE SET
 
 _DELETE_EVENT = "DELETE FROM events WHERE id = ?"
 
+_SET_VERSION = "UPDATE executions SET version = ? WHERE id = ?"
+
 _INSERT_RUNBOOK = """
 INSERT INTO runbooks (owner, id, version, document, created_at)
 SELECT :owner, :id, COALESCE(MAX(version), 0) + 1, :document, :created_at
@@ -212,7 +219,7 @@ WHERE tenant_id = ? AND runbook_id = ? AND runbook_version = ? AND input_hash = 
   AND deduplicated AND status NOT IN {NOT_DEDUPED_SQL}
 ORDER BY seq LIMIT 1"""
 
-_HEADERS = "SELECT seq, id, header FROM executions"
+_HEADERS = "SELECT seq, id, header, version FROM executions"
 _STEPS = """
 SELECT execution_id, step_id, state FROM steps
 WHERE execution_id IN (SELECT value FROM json_each(?))
@@ -329,11 +336,11 @@ class SqliteStore(ExecutionQueries):
             headers = conn.execute(query, params).fetchall()
             if not headers:
                 return []
-            ids = json.dumps([execution_id for _, execution_id, _ in headers])
+            ids = json.dumps([execution_id for _, execution_id, _, _ in headers])
             steps: dict[str, list[tuple[str, str]]] = {}
             for execution_id, step_id, state in conn.execute(_STEPS, (ids,)):
                 steps.setdefault(execution_id, []).append((step_id, state))
-        return [(seq, execution_from(header, steps.get(eid, ()))) for seq, eid, header in headers]
+        return [(seq, execution_from(header, steps.get(eid, ()), version)) for seq, eid, header, version in headers]
 
     # -- records
     def logs(
@@ -434,7 +441,10 @@ class _Writer:
     def flush(self, pending: Pending) -> None:
         conn = self._conn
         if pending.headers:
-            conn.executemany(_UPSERT_HEADER, [header_row(h, format_time) for h in pending.headers.values()])
+            conn.executemany(_UPSERT_HEADER, pending.header_rows(format_time))
+        versions = pending.version_rows()
+        if versions:
+            conn.executemany(_SET_VERSION, versions)
         if pending.steps:
             conn.executemany(_UPSERT_STEP, step_rows(pending))
         if pending.logs:

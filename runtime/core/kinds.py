@@ -1,0 +1,111 @@
+"""The seam between the core and the step kinds: ``StepKind`` (what a kind does) and
+``StepOps`` (what a kind may do to the execution while the core applies a message).
+
+A kind is a small object with five hooks, called by the core with the transition in
+progress (``ops``) and the step:
+
+``begin``    the step is ready and may start (for a kind that ``uses_slot``, a slot of
+             ``maxConcurrentSteps`` is free): start it, park it, or decide it at once.
+``resume``   the execution continues from committed state with the step in progress
+             (recovery, a restart, a reactivation): carry on (park again, re-run).
+``message``  a message addressed to the step (an attempt's report, a decision, an event).
+``timeout``  the step's own deadline (``deadline_at``) has passed.
+``cancel``   the step is being cancelled (the execution ends): release what it holds.
+
+and ``decides(step)``: the steps whose fate this step decides (a conditional's branch
+targets), which wait for it and are skipped when it does not take their branch.
+
+Hooks are pure like the core: they read ``ops`` and call it, nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from runtime.core.messages import StepMessage
+from runtime.model import Evidence, Execution, LogEntry, Step, StepError, StepState, StepStatus
+
+
+class StepOps(Protocol):
+    """The transition being built, as the kinds see it."""
+
+    @property
+    def now(self) -> datetime: ...
+
+    @property
+    def execution(self) -> Execution: ...
+
+    def step_state(self, step_id: str) -> StepState: ...
+
+    def scope(self, step_id: str | None = None) -> dict[str, Any]: ...
+
+    def mark_started(self, step: Step, status: StepStatus, **extra: Any) -> None:
+        """The step starts another attempt (``attempts`` + 1) in ``status``."""
+
+    def set_step(self, step_id: str, **changes: Any) -> StepState: ...
+
+    def succeed(self, step_id: str, output: Any) -> None: ...
+
+    def fail(self, step_id: str, error: StepError, status: StepStatus = ...) -> None: ...
+
+    def skip(self, step_id: str, why: str) -> None: ...
+
+    def log(self, level: str, text: str, step_id: str | None = None, /, **data: Any) -> None: ...
+
+    def audit(self, action: str, actor: str = ..., step_id: str | None = None,
+              reason: str | None = None, **data: Any) -> None: ...
+
+    def add_records(self, logs: Sequence[LogEntry] = (), evidence: Sequence[Evidence] = ()) -> None: ...
+
+    def consume_event(self, event_id: str) -> None: ...
+
+    # -- tasks
+    def spawn(self, step: Step) -> None:
+        """Run the step's executor (attempt ``attempts`` of its state) once this commits."""
+
+    def current_attempt(self, step_id: str) -> str | None: ...
+
+    def attempt_over(self, step_id: str) -> None:
+        """The step's attempt has ended (its outcome is being recorded): free its slot."""
+
+    def cancel_attempt(self, step_id: str) -> None: ...
+
+    # -- parked steps
+    def park(self, step_id: str, deadline: datetime | None) -> None: ...
+
+    def unpark(self, step_id: str) -> None: ...
+
+    def subscribe(self, step_id: str, event_type: str, key: str, filter: Mapping[str, Any] | None) -> None: ...
+
+    def unsubscribe(self, step_id: str) -> None:
+        """Stop the step's subscription, if it has one."""
+
+    # -- answers
+    def answer_state(self, reply: Any) -> None: ...
+
+    def answer(self, reply: Any, value: Any) -> None: ...
+
+    def note(self, text: str) -> None:
+        """Something the operator's log should say (not an execution record)."""
+
+
+class StepKind(Protocol):
+    """How the engine runs one kind of step (see the module docstring)."""
+
+    name: str
+    uses_slot: bool  # a running step of this kind counts against maxConcurrentSteps
+    runs_task: bool  # the shell runs an executor for it (SpawnAttempt)
+
+    def begin(self, ops: StepOps, step: Step) -> None: ...
+
+    def resume(self, ops: StepOps, step: Step, state: StepState) -> None: ...
+
+    def message(self, ops: StepOps, step: Step, message: StepMessage) -> None: ...
+
+    def timeout(self, ops: StepOps, step: Step) -> None: ...
+
+    def cancel(self, ops: StepOps, step: Step) -> None: ...
+
+    def decides(self, step: Step) -> Sequence[str]: ...

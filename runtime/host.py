@@ -1,0 +1,41 @@
+"""``ExecutionHost``: everything an execution actor may reach of the runtime, in one frozen value.
+
+The actor (``runtime.execution``) gets this instead of the ``Runtime``: the clock, how to
+load an execution and its plan, how to commit, the event router and the timers, where
+committed states go, and whom to tell when it leaves. Nothing else of the runtime is
+reachable from an actor, so the dependency points one way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from runtime.clock import Clock
+from runtime.core.plan import Plan
+from runtime.model import Execution, RetryPolicy
+from runtime.records import Change, ChangeResult
+from runtime.steps.base import TypeLookup
+from runtime.steps.context import Services
+from runtime.timers import Timers
+
+if TYPE_CHECKING:
+    from runtime.events import EventRouter
+
+
+@attrs.frozen
+class ExecutionHost:
+    clock: Clock
+    load: Callable[[str], Awaitable[Execution | None]]  # the committed state, from the store
+    plan_for: Callable[[Execution], Awaitable[Plan]]  # waits for custom types not registered yet
+    commit: Callable[[Change], Awaitable[ChangeResult]]
+    published: Callable[[Execution, Change | None], None]
+    types: TypeLookup
+    services: Services
+    default_policy: RetryPolicy
+    router: EventRouter
+    timers: Timers
+    left: Callable[[str, Any, Execution | None], None]  # (execution id, address, final state or None)
+    incarnation: Callable[[], int]

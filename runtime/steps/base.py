@@ -1,0 +1,130 @@
+"""What every step type is made of, and what the others import without importing each other.
+
+A ``StepType`` is a name, a ``kind`` (its behaviour in the execution core:
+``runtime.core.kinds.StepKind``), a config check run at validation, and for kinds that run
+an executor, a ``runner``: the Trio coroutine the execution actor starts for an attempt.
+``KindDefaults`` gives a kind the answers every kind shares (a decision for a step that is
+not an approval is a conflict; an event for a step that does not wait is not taken).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import attrs
+
+from runtime.core.kinds import StepKind, StepOps
+from runtime.core.messages import DecideApproval, DeliverEvent, Message, StepMessage
+from runtime.errors import Conflict, Problem
+from runtime.model import RetryPolicy, Step, StepState
+from runtime.steps.context import Executor, Services, StepContext
+
+
+class TypeLookup(Protocol):
+    """The step types a runtime knows, by name."""
+
+    def get(self, name: str) -> StepType | None: ...
+
+    def names(self) -> list[str]: ...
+
+
+ConfigCheck = Callable[[Mapping[str, Any], str, TypeLookup], list[Problem]]
+
+
+@attrs.frozen
+class TaskRun:
+    """What a runner gets for one run of a task step (its attempts until an outcome)."""
+
+    step: Step
+    attempt_id: str
+    first_attempt: int
+    scope: Mapping[str, Any]
+    execution_id: str
+    tenant_id: str
+    services: Services
+    policy: RetryPolicy  # the step's retryPolicy, else the runtime's default
+    default_policy: RetryPolicy  # the runtime's default (a loop body's starting point)
+    types: TypeLookup
+    report: Callable[[Message], Awaitable[None]]
+
+    def context(self, attempt: int, config: Mapping[str, Any], scope: Mapping[str, Any] | None = None,
+                iteration: int | None = None) -> StepContext:
+        return StepContext(config=config, scope=self.scope if scope is None else scope,
+                           execution_id=self.execution_id, step_id=self.step.id, tenant_id=self.tenant_id,
+                           attempt=attempt, services=self.services, iteration=iteration)
+
+
+Runner = Callable[[TaskRun], Awaitable[None]]
+
+
+@attrs.frozen
+class StepType:
+    name: str
+    kind: StepKind
+    check_config: ConfigCheck
+    runner: Runner | None = None  # for kinds that run a task
+    executor: Executor | None = None  # for task types that run one executor per attempt
+    builtin: bool = True
+
+
+class KindDefaults:
+    """The hooks every kind shares unless it says otherwise."""
+
+    uses_slot = False
+    runs_task = False
+
+    def resume(self, ops: StepOps, step: Step, state: StepState) -> None:
+        pass  # nothing held in memory for this kind: its committed state says it all
+
+    def message(self, ops: StepOps, step: Step, message: StepMessage) -> None:
+        if isinstance(message, DecideApproval):
+            state = ops.step_state(step.id)
+            raise Conflict(f"step '{step.id}' is not awaiting approval (it is {state.status.value})")
+        if isinstance(message, DeliverEvent):
+            ops.answer(message.reply, False)
+
+    def timeout(self, ops: StepOps, step: Step) -> None:
+        pass  # a kind without deadlines of its own
+
+    def cancel(self, ops: StepOps, step: Step) -> None:
+        pass  # nothing to release
+
+    def decides(self, step: Step) -> Sequence[str]:
+        return ()
+
+
+# -- checks the config checkers share
+
+
+def positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def unknown_fields(config: Mapping[str, Any], known: set[str] | frozenset[str], path: str) -> list[Problem]:
+    return [Problem(f"{path}.{key}", f"unknown field '{key}'") for key in config if key not in known]
+
+
+_RETRY_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "maxRetries": int, "initialDelayMs": int, "backoffMultiplier": (int, float), "maxDelayMs": int, "jitter": bool,
+}
+
+
+def check_retry_policy(policy: Any, path: str) -> list[Problem]:
+    if not isinstance(policy, Mapping):
+        return [Problem(path, "must be a mapping (object)")]
+    problems = []
+    items: dict[str, Any] = dict(policy)
+    for key, value in items.items():
+        expected = _RETRY_FIELDS.get(key)
+        if expected is None:
+            problems.append(Problem(f"{path}.{key}", f"unknown field '{key}'"))
+        elif (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
+            problems.append(Problem(f"{path}.{key}", "has the wrong type"))
+        elif expected is not bool and _negative(value):
+            problems.append(Problem(f"{path}.{key}", "must not be negative"))
+    return problems
+
+
+def _negative(value: Any) -> bool:
+    return bool(value < 0)
