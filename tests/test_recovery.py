@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 import trio
+import trio.testing
 from psycopg import sql
 
 from runtime import Settings, open_runtime
@@ -158,3 +159,50 @@ async def test_fifty_concurrent_identical_starts_make_one_execution(place: Place
         assert len({r.execution.id for r in results}) == 1
         assert sum(r.created for r in results) == 1
         await rt.cancel(results[0].execution.id, reason="done")
+
+
+PROBED = {"id": "probed", "steps": [
+    {"id": "probe", "type": "probe"},
+    {"id": "approve", "type": "human-approval", "config": {"approvers": ["boss"]}},
+    {"id": "after", "type": "probe"}]}
+
+
+async def probe(ctx: Any) -> Any:
+    return {"probed": ctx.step_id}
+
+
+async def test_an_execution_needing_a_type_not_registered_yet_waits_for_it(place: Place) -> None:
+    async with open_runtime(place.store(), executors={"probe": probe}) as rt:
+        await rt.register_runbook(PROBED)
+        execution = await rt.start("probed")
+        await until(rt, execution.id, lambda e: e.status == "awaiting_approval")
+    async with open_runtime(place.store()) as rt, trio.open_nursery() as nursery:
+        answers: list[Any] = []
+
+        async def approve() -> None:
+            answers.append(await rt.submit_approval(execution.id, "approve", approver="boss", decision="approve"))
+
+        nursery.start_soon(approve)
+        with trio.fail_after(10):
+            while rt.catalog.waiting_for_types < 1:
+                await trio.testing.wait_all_tasks_blocked()
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+        assert answers == []  # held until the type is known: not failed, not refused
+        assert (await rt.fetch(execution.id)).status == "awaiting_approval"
+        assert rt.catalog.waiting_for_types == 1
+        rt.register_executor("probe", probe)
+        with trio.fail_after(10):
+            final = await rt.wait(execution.id)
+        assert final.status == "completed" and final.steps["after"].output == {"probed": "after"}
+        assert answers[0].steps["approve"].status == "succeeded"
+
+
+async def test_executors_given_to_open_runtime_are_there_before_recovery(place: Place) -> None:
+    async with open_runtime(place.store(), executors={"probe": probe}) as rt:
+        await rt.register_runbook(PROBED)
+        execution = await rt.start("probed")
+        await until(rt, execution.id, lambda e: e.status == "awaiting_approval")
+    async with open_runtime(place.store(), executors={"probe": probe}) as rt:
+        with trio.fail_after(10):
+            await rt.submit_approval(execution.id, "approve", approver="boss", decision="approve")
+            assert (await rt.wait(execution.id)).status == "completed"
