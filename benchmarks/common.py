@@ -92,9 +92,12 @@ def _show(value: float) -> str:
 
 # ------------------------------------------------------------------ command line and running
 
-def arguments(description: str, argv: Sequence[str] | None, *, stores: Sequence[str] = STORES) -> argparse.Namespace:
+def arguments(description: str, argv: Sequence[str] | None, *, stores: Sequence[str] = STORES,
+              full: bool = False) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="small counts, under 30 s")
+    if full:
+        parser.add_argument("--full", action="store_true", help="the largest counts too (long)")
     parser.add_argument("--store", action="append", choices=STORES, dest="stores",
                         help=f"only this store (repeatable; default: {', '.join(stores)})")
     args = parser.parse_args(argv)

@@ -32,6 +32,7 @@ class Change:
     retain_events: tuple[Event, ...] = ()
     consume_events: tuple[str, ...] = ()
     version: tuple[str, int] | None = None  # (execution id, its version after this change)
+    lease: tuple[str, float] | None = None  # with new_execution: (owner, ttl in s) of its lease
 
     @property
     def empty(self) -> bool:

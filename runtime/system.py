@@ -192,6 +192,8 @@ class Runtime:
         change = created(runbook, execution_id=uuid.uuid4().hex, input=input, context=ctx, input_hash=input_hash,
                          idempotency_key=idempotency_key, dedup=not force, replay_of=replay_of,
                          now=self.clock.now(), actor=actor, reason=reason)
+        if self.leases is not None:  # the lease is taken in the start's own transaction
+            change = attrs.evolve(change, lease=(self.leases.owner, self.leases.ttl_s))
         result = await self._commit(change)
         if result.existing_id is not None:
             existing = await self.fetch(result.existing_id)
@@ -199,8 +201,7 @@ class Runtime:
         execution = change.new_execution
         assert execution is not None
         self.hub.published(execution)
-        if self.leases is None or await self.leases.claim_new(execution.id):
-            self.directory.start(execution.id, execution)
+        self.directory.start(execution.id, execution)
         self.hub.notify("execution.started", execution)
         return StartResult(execution, True)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from runtime import Conflict, NotFound, Runtime, Settings, open_runtime
 from tests.conftest import Recorder
@@ -25,9 +26,8 @@ async def parked(rt: Runtime, execution_id: str) -> Any:
     async for state in rt.watch(execution_id):
         if state.steps.get("approve", state.steps.get("ev")).status.in_progress:
             break
-    with trio.fail_after(5):
-        while rt.directory.snapshot(execution_id) is not None:
-            await trio.sleep(0)
+    await trio.testing.wait_all_tasks_blocked()  # its actor has left by then
+    assert rt.directory.snapshot(execution_id) is None
     return await rt.fetch(execution_id)
 
 

@@ -173,6 +173,13 @@ ON CONFLICT (execution_id) DO UPDATE SET owner = excluded.owner, expires_at = ex
   WHERE leases.expires_at < now() OR leases.owner = excluded.owner
 RETURNING execution_id"""
 
+# the lease of a start, in the start's own transaction (only if its insert took place)
+_LEASE_NEW = """
+INSERT INTO leases (execution_id, owner, expires_at)
+SELECT %(id)s, %(owner)s, now() + %(ttl)s * interval '1 second'
+WHERE EXISTS (SELECT 1 FROM executions WHERE id = %(id)s)
+ON CONFLICT (execution_id) DO NOTHING"""
+
 _RENEW = """
 UPDATE leases SET expires_at = now() + %(ttl)s * interval '1 second'
 WHERE owner = %(owner)s AND expires_at >= now()
@@ -301,7 +308,6 @@ class PostgresStore(ExecutionQueries):
                     max_size=self.pool_max,
                     kwargs={"autocommit": True, **self._connect_options()},
                     configure=self._configure,
-                    check=ConnectionPool.check_connection,
                     timeout=self._timeout,
                     name="runbooks-store-reads",
                     open=False,
@@ -436,11 +442,19 @@ class PostgresStore(ExecutionQueries):
         return [event_from(row, _as_is) for row in self._rows(query, (now,))]
 
     def _rows(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
+        """One statement on a pooled connection. Connections are not checked before use (a
+        round trip per read); one found broken (the server restarted) is dropped by the pool,
+        and the read is tried once more on another."""
         pool = self._pool
         if pool is None:
             raise StoreUnavailable("postgres store is not open")
-        with _translated("read"), pool.connection() as conn:
-            return conn.execute(query, params).fetchall()
+        with _translated("read"):
+            try:
+                with pool.connection() as conn:
+                    return conn.execute(query, params).fetchall()
+            except psycopg.OperationalError:
+                with pool.connection() as conn:
+                    return conn.execute(query, params).fetchall()
 
     # -- connections
     def _connect_options(self) -> dict[str, Any]:
@@ -486,15 +500,40 @@ class _Writer:
     def __init__(self, cursor: psycopg.Cursor[tuple[Any, ...]]) -> None:
         self._cursor = cursor
 
-    def insert_execution(self, execution: Execution, dedup: bool) -> str | None:
-        row = (*header_row(execution, _as_is), dedup)
+    def insert_executions(self, starts: Sequence[Change]) -> list[str | None]:
+        """Every insert (and lease) of the run in one pipeline: one round trip for all."""
+        conn = self._cursor.connection
+        cursors = []
+        with conn.pipeline():
+            for change in starts:
+                assert change.new_execution is not None
+                cursor = conn.cursor()
+                cursor.execute(_INSERT_EXECUTION, (*header_row(change.new_execution, _as_is), change.dedup))
+                cursors.append(cursor)
+                if change.lease is not None:
+                    owner, ttl = change.lease
+                    conn.cursor().execute(_LEASE_NEW, {"id": change.new_execution.id, "owner": owner, "ttl": ttl})
+        results: list[str | None] = []
+        for change, cursor in zip(starts, cursors, strict=True):
+            assert change.new_execution is not None
+            results.append(None if cursor.rowcount == 1 else self._resolve(change))
+        return results
+
+    def _resolve(self, change: Change) -> str | None:
+        """A start whose insert found its unique key taken: the execution that holds it."""
+        execution = change.new_execution
+        assert execution is not None
+        row = (*header_row(execution, _as_is), change.dedup)
         for _ in range(_ATTEMPTS):
-            self._cursor.execute(_INSERT_EXECUTION, row)
-            if self._cursor.rowcount == 1:
-                return None
-            found, existing = self._existing(execution, dedup)
+            found, existing = self._existing(execution, change.dedup)
             if found:
                 return existing
+            self._cursor.execute(_INSERT_EXECUTION, row)  # it left the index meanwhile: try again
+            if self._cursor.rowcount == 1:
+                if change.lease is not None:
+                    owner, ttl = change.lease
+                    self._cursor.execute(_LEASE_NEW, {"id": execution.id, "owner": owner, "ttl": ttl})
+                return None
         # the execution holding the index kept changing under us: let the batch be retried
         raise StoreUnavailable(f"execution {execution.id} was neither inserted nor found; retry")
 

@@ -51,8 +51,9 @@ def owners(tenant_id: str | None) -> list[str]:
 class BatchWriter(Protocol):
     """One backend's writes inside the transaction of one batch."""
 
-    def insert_execution(self, execution: Execution, dedup: bool) -> str | None:
-        """Insert unless a unique index already holds it; the id of the existing execution."""
+    def insert_executions(self, starts: Sequence[Change]) -> list[str | None]:
+        """Insert each start's ``new_execution`` unless a unique index already holds one (then
+        the id of that existing execution), and the lease a start asks for with it."""
 
     def add_runbook(self, runbook: Runbook) -> int:
         """Store the next version of the runbook; its version."""
@@ -130,23 +131,43 @@ def apply_batch(changes: Sequence[Change], writer: BatchWriter) -> list[ChangeRe
     """The memory store's ``commit``, in SQL: call inside the batch's transaction."""
     pending = Pending()
     results: list[ChangeResult] = []
-    for change in changes:
-        new = change.new_execution
-        if new is not None:
-            if pending.touches(new):  # a header before it may free or take its slot: in order
-                writer.flush(pending)
-                pending = Pending()
-            existing = writer.insert_execution(new, change.dedup)
-            if existing is not None:
-                results.append(ChangeResult(existing_id=existing))
-                continue
-            pending.add_new(new)
+    index = 0
+    while index < len(changes):
+        starts = _starts_at(changes, index, pending)
+        if starts:
+            for change, existing in zip(starts, writer.insert_executions(starts), strict=True):
+                if existing is not None:
+                    results.append(ChangeResult(existing_id=existing))
+                    continue
+                assert change.new_execution is not None
+                pending.add_new(change.new_execution)
+                pending.add(change)
+                results.append(ChangeResult())
+            index += len(starts)
+            continue
+        change = changes[index]
+        if change.new_execution is not None:  # a header before it may free or take its slot: in order
+            writer.flush(pending)
+            pending = Pending()
+            continue
         version = writer.add_runbook(change.runbook) if change.runbook is not None else None
         pending.add(change)
         results.append(ChangeResult(runbook_version=version))
+        index += 1
     if not pending.empty:
         writer.flush(pending)
     return results
+
+
+def _starts_at(changes: Sequence[Change], index: int, pending: Pending) -> list[Change]:
+    """The run of starts from ``index`` on that no pending header could decide (inserted at once)."""
+    run: list[Change] = []
+    for change in changes[index:]:
+        new = change.new_execution
+        if new is None or pending.touches(new):
+            break
+        run.append(change)
+    return run
 
 
 # -- model -> rows (the column order is in each docstring; the backends' SQL follows it)

@@ -412,7 +412,10 @@ class _Writer:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
-    def insert_execution(self, execution: Execution, dedup: bool) -> str | None:
+    def insert_executions(self, starts: Sequence[Change]) -> list[str | None]:
+        return [self._insert(change.new_execution, change.dedup) for change in starts if change.new_execution]
+
+    def _insert(self, execution: Execution, dedup: bool) -> str | None:
         row = (*header_row(execution, format_time), dedup)
         if self._conn.execute(_INSERT_EXECUTION, row).rowcount == 1:
             return None
