@@ -32,6 +32,7 @@ from actors import (
     open_mailbox,
     open_supervisor,
 )
+from runtime import tracing
 from runtime.errors import Conflict, NotFound, Problem, ValidationError
 from runtime.events import EventRouter, PublishResult
 from runtime.execution import ExecutionActor
@@ -325,6 +326,7 @@ class Runtime:
         if execution.status.finished:
             self._watchers.pop(execution.id, None)
             self._notify("execution.finished", execution)
+            tracing.emit_execution_span(execution)
 
     def _notify(self, what: str, data: Any) -> None:
         for observer in self.observers:
@@ -556,6 +558,7 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
     else:
         the_store.open()
     body_error: BaseException | None = None
+    runtime: Runtime | None = None
     try:
         async with _client(http) as client, trio.open_nursery() as services:
             persistence = PersistenceActor(the_store, max_batch=settings.persistence_max_batch,
@@ -587,6 +590,8 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
             raise body_error from None
         raise
     finally:
+        if runtime is not None:
+            runtime.services.close()  # the gRPC channels, once no execution runs
         if the_store.threaded:
             await trio.to_thread.run_sync(the_store.close)
         else:
