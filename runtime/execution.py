@@ -422,7 +422,7 @@ class ExecutionActor:
         def make(attempt: int) -> StepContext:
             return StepContext(config=config, scope=scope, execution_id=self.ex.id, step_id=step.id,
                                tenant_id=self.ex.tenant_id, attempt=attempt, services=self.rt.services,
-                               iteration=iteration)
+                               iteration=iteration, step_type=step.type)
         return make
 
     async def _run_loop(self, step: Step, config: Mapping[str, Any], scope: Mapping[str, Any], report: Any) -> None:
