@@ -136,6 +136,8 @@ async def test_an_unknown_method_or_a_streaming_one_fails_before_any_call(rt: Ru
     assert "NOT_FOUND" in no_service.steps["call"].error.message
     assert all(f.steps["call"].error.code == "config" for f in (unknown, streaming, no_service))
     assert svc.calls == []
+    # the cached descriptors are checked with the server once more before a method is missing
+    assert svc.reflection_calls == {"v1alpha": 3}
 
 
 async def test_a_message_that_does_not_fit_the_request_type_fails_without_retry(rt: Runtime, svc: FakeGrpc) -> None:

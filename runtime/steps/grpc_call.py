@@ -184,8 +184,7 @@ async def call_grpc(ctx: StepContext, idempotency_key: str) -> Any:
     allow_target(ctx.services, host)
     deadline = trio.current_time() + int(config.get("timeoutMs", DEFAULT_TIMEOUT_MS)) / 1000
     channel = ctx.services.grpc_channels.get(target, bool(config.get("tls", False)))
-    service = await _service(ctx, channel, target, _left(deadline))
-    types = method_types(service, str(config["method"]))
+    types = await _method_types(ctx, channel, target, deadline)
     request = _request(types, config.get("message") or {})
     request_id = uuid.uuid4().hex
     ctx.log.info("calling gRPC service", target=target, method=types.path)
@@ -208,6 +207,17 @@ def allow_target(services: Services, host: str) -> None:
     raise ``StepFailed(..., code="forbidden_target")`` (not retryable).
     """
     return None
+
+
+async def _method_types(ctx: StepContext, channel: grpc.Channel, target: str, deadline: float) -> MethodTypes:
+    method = str(ctx.config["method"])
+    service = await _service(ctx, channel, target, _left(deadline))
+    if method not in service.methods_by_name and not ctx.config.get("protoset"):
+        # descriptors are cached for the runtime's life: a server redeployed with a new
+        # method is asked again once before the method is declared missing
+        ctx.services.grpc_descriptors.forget(target, service.full_name)
+        service = await _service(ctx, channel, target, _left(deadline))
+    return method_types(service, method)
 
 
 async def _service(ctx: StepContext, channel: grpc.Channel, target: str, timeout_s: float) -> ServiceDescriptor:

@@ -72,6 +72,10 @@ class Descriptors:
             self._reflected[key] = found
         return found
 
+    def forget(self, target: str, service: str) -> None:
+        """Drop what reflection gave for (target, service): the next call asks again."""
+        self._reflected.pop((target, service), None)
+
     async def from_protoset(self, path: str, service: str) -> ServiceDescriptor:
         try:
             info = await trio.Path(path).stat()
