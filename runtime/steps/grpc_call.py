@@ -33,7 +33,7 @@ import hashlib
 import ipaddress
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import grpc
@@ -114,7 +114,7 @@ def _check_target(value: Any) -> list[tuple[str, str]]:
     return []
 
 
-def _check_name(pattern: re.Pattern[str], what: str) -> Any:
+def _check_name(pattern: re.Pattern[str], what: str) -> Callable[[Any], list[tuple[str, str]]]:
     def check(value: Any) -> list[tuple[str, str]]:
         if isinstance(value, str) and pattern.fullmatch(value):
             return []
