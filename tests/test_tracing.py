@@ -116,31 +116,32 @@ async def test_loop_iterations_are_attempt_spans_with_their_index(spans: InMemor
 
 
 async def test_an_execution_resumed_by_another_runtime_stays_in_its_trace(
-        spans: InMemorySpanExporter, tmp_path: pathlib.Path, recorder: Recorder) -> None:
+        spans: InMemorySpanExporter, tmp_path: pathlib.Path) -> None:
     store = f"sqlite:///{tmp_path / 'traced.db'}"
-    doc = {"id": "parked", "steps": [{"id": "a", "type": "echo"},
+    doc = {"id": "parked", "steps": [{"id": "a", "type": "call-service", "config": {"url": "/a"}},
                                      {"id": "ok", "type": "human-approval", "config": {"approvers": ["boss"]}},
-                                     {"id": "b", "type": "echo"}]}
-    async with open_runtime(store) as first:
-        first.register_executor("echo", recorder.echo)
-        await first.register_runbook(doc)
-        execution = await first.start("parked")
-        with trio.fail_after(5):
-            async for state in first.watch(execution.id):
-                if state.status.value == "awaiting_approval":
-                    break
-    assert [s.name for s in spans.get_finished_spans()] == ["step a"]  # not finished: no execution span yet
-    async with open_runtime(store) as second:
-        second.register_executor("echo", recorder.echo)
-        await second.submit_approval(execution.id, "ok", approver="boss", decision="approve")
-        with trio.fail_after(5):
-            final = await second.wait(execution.id)
+                                     {"id": "b", "type": "call-service", "config": {"url": "/b"}}]}
+    async with fake_service() as svc:
+        settings = Settings(call_service_base_url=svc.url)
+        async with open_runtime(store, settings=settings) as first:
+            await first.register_runbook(doc)
+            execution = await first.start("parked")
+            with trio.fail_after(5):
+                async for state in first.watch(execution.id):
+                    if state.status.value == "awaiting_approval":
+                        break
+        assert [s.name for s in spans.get_finished_spans()] == ["step a"]  # not finished: no execution span yet
+        async with open_runtime(store, settings=settings) as second:
+            await second.submit_approval(execution.id, "ok", approver="boss", decision="approve")
+            with trio.fail_after(5):
+                final = await second.wait(execution.id)
     found = by_name(spans)
     trace_id, span_id = tracing.execution_ids(execution.id)
     assert {s.context.trace_id for s in spans.get_finished_spans()} == {trace_id}
     assert [s.parent.span_id for s in found["step a"] + found["step b"] if s.parent] == [span_id, span_id]
     (execution_span,) = found["execution parked"]
     assert execution_span.start_time == int(final.started_at.timestamp() * 1e9)  # the start in the first runtime
+    assert [r.headers["traceparent"].split("-")[1] for r in svc.requests] == [f"{trace_id:032x}"] * 2
 
 
 async def test_traceparent_goes_with_http_calls(spans: InMemorySpanExporter) -> None:
