@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import pathlib
+import socket
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
@@ -19,7 +20,7 @@ from urllib.parse import quote, urlsplit
 import attrs
 import yaml
 
-from runtime import Settings
+from runtime import Settings, tracing
 
 T = TypeVar("T")
 
@@ -67,6 +68,8 @@ class Config:
     tokens_file: str | None = None
     tokens: tuple[TokenEntry, ...] = attrs.field(default=(), repr=False)
     lease_ttl_ms: int = 15000
+    instance_id: str = ""
+    otel_exporter_otlp_endpoint: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -96,7 +99,11 @@ class Config:
             tokens_file=read.optional("RUNBOOKS_TOKENS_FILE"),
             tokens=read.parsed("RUNBOOKS_TOKENS_FILE", (), load_tokens),
             lease_ttl_ms=read.integer("LEASE_TTL_MS", 15000, 100, 10**9),
+            instance_id=read.parsed("RUNBOOKS_INSTANCE_ID", None, _instance_id),
+            otel_exporter_otlp_endpoint=read.parsed("OTEL_EXPORTER_OTLP_ENDPOINT", None, _otlp_endpoint),
         )
+        if not config.instance_id:  # the default names the host and the port it serves on
+            config = attrs.evolve(config, instance_id=f"{socket.gethostname()}:{config.port}")
         config._check_store()
         return config
 
@@ -235,6 +242,20 @@ def _http_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"must be an absolute http(s) URL, got {value!r}")
+    return value
+
+
+def _instance_id(value: str) -> str:
+    if len(value) > 200 or not all("!" <= ch <= "~" for ch in value):
+        raise ConfigError(f"must be at most 200 printable ASCII characters without spaces, got {value!r}")
+    return value
+
+
+def _otlp_endpoint(value: str) -> str:
+    _http_url(value)
+    if not tracing.available():
+        raise ConfigError("set, but the OpenTelemetry packages are not installed "
+                          "(pip install 'runbooks[otel]')")
     return value
 
 

@@ -33,7 +33,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from gateway.app import create_app
 from gateway.config import Config, ConfigError
 from gateway.metrics import create_metrics
-from runtime import NotFound, Runbook, Runtime, ValidationError, open_runtime
+from runtime import NotFound, Runbook, Runtime, ValidationError, open_runtime, tracing
 from runtime.store import PostgresStore, open_store_from_url
 from runtime.store.base import Store
 from runtime.wire import load_document
@@ -90,6 +90,18 @@ async def _serve(config: Config, prepare: Callable[[Runtime], None] | None, shut
                  task_status: trio.TaskStatus[list[str]]) -> None:
     store = _store(config)
     metrics, batch_observer = create_metrics()
+    stop_tracing = tracing.configure_otlp(config.instance_id) if config.otel_exporter_otlp_endpoint else None
+    try:
+        await _serve_runtime(config, prepare, shutdown, task_status, store, metrics, batch_observer)
+    finally:
+        if stop_tracing is not None:  # export the spans still queued (bounded by the exporter's timeout)
+            await trio.to_thread.run_sync(stop_tracing)
+    logger.info("stopped")
+
+
+async def _serve_runtime(config: Config, prepare: Callable[[Runtime], None] | None, shutdown: _Shutdown,
+                         task_status: trio.TaskStatus[list[str]], store: Store, metrics: Any,
+                         batch_observer: Any) -> None:
     try:
         async with open_runtime(store, settings=config.settings(), batch_observer=batch_observer) as runtime:
             if prepare is not None:
@@ -111,7 +123,6 @@ async def _serve(config: Config, prepare: Callable[[Runtime], None] | None, shut
     except BaseExceptionGroup as group:
         _raise_config_errors(group)
         raise
-    logger.info("stopped")
 
 
 def _raise_config_errors(group: BaseExceptionGroup[Any]) -> None:
@@ -243,4 +254,7 @@ def _setup_logging(config: Config) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     mode = "development mode (X-User-Id/X-Tenant-Id)" if config.development_mode else "bearer tokens"
-    logger.info("runbooks gateway: %s store, %s, %s:%d", config.storage_backend, mode, config.host, config.port)
+    logger.info("runbooks gateway %s: %s store, %s, %s:%d", config.instance_id, config.storage_backend, mode,
+                config.host, config.port)
+    if config.otel_exporter_otlp_endpoint:
+        logger.info("traces: OTLP/HTTP to %s", config.otel_exporter_otlp_endpoint)

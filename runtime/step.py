@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
+from runtime import tracing
 from runtime.core.messages import AttemptRetrying, AttemptStarted, StepFinished
 from runtime.errors import StepFailed
 from runtime.model import RetryPolicy, StepError
@@ -53,7 +54,14 @@ def backoff_s(policy: RetryPolicy, failed_attempt: int, retry_after_s: float | N
 
 
 async def run_attempt(executor: Executor, ctx: StepContext, timeout_ms: int | None) -> tuple[Outcome, float | None]:
-    """One attempt: (outcome, retry-after hint)."""
+    """One attempt: (outcome, retry-after hint), inside the attempt's trace span."""
+    with tracing.attempt_span(ctx) as span:
+        outcome, retry_after = await _attempt(executor, ctx, timeout_ms)
+        span.finished(outcome.error)
+        return outcome, retry_after
+
+
+async def _attempt(executor: Executor, ctx: StepContext, timeout_ms: int | None) -> tuple[Outcome, float | None]:
     try:
         if not timeout_ms:  # no deadline: no cancel scope to enter and leave (the hot path)
             return Outcome(output=await executor(ctx)), None

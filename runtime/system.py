@@ -414,6 +414,7 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
     else:
         the_store.open()
     body_error: BaseException | None = None
+    runtime: Runtime | None = None
     try:
         async with _client(http) as client, trio.open_nursery() as services:
             persistence = PersistenceActor(the_store, max_batch=settings.persistence_max_batch,
@@ -453,6 +454,8 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
             raise body_error from None
         raise
     finally:
+        if runtime is not None:
+            runtime.services.close()  # the gRPC channels, once no execution runs
         if the_store.threaded:
             await trio.to_thread.run_sync(the_store.close)
         else:

@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from runtime import tracing
 from runtime.errors import NotFound
 from runtime.model import Execution
 from runtime.records import Change
@@ -56,6 +57,8 @@ class WatchHub:
                         self.notify("step.finished", (execution, step_id, state))
             if execution.status.finished:
                 self.notify("execution.finished", execution)
+        if execution.status.finished:
+            tracing.emit_execution_span(execution)
 
     def _feed(self, execution: Execution, watchers: list[trio.MemorySendChannel[Execution]]) -> None:
         for watcher in list(watchers):

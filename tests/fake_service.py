@@ -71,6 +71,7 @@ class RecordedRequest:
     headers: dict[str, str]
     body: str
     json: Any  # the parsed body when it was sent as JSON, else None
+    content: bytes = b""  # the body's bytes as received (for binary bodies such as protobuf)
 
 
 @attrs.define
@@ -123,6 +124,7 @@ def _create_app(service: FakeService) -> QuartTrio:
             method=request.method, path=request.path, query=request.args.to_dict(),
             headers={k.lower(): v for k, v in request.headers.items()}, body=body,
             json=_parse_json(body) if request.is_json else None,
+            content=data if isinstance(data, bytes) else data.encode(),
         ))
         answer = service._next_response(request.path)
         if answer.delay_s:

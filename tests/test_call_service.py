@@ -344,11 +344,11 @@ def test_check_config_accepts_whole_templates_for_typed_fields() -> None:
     assert check_config(config, "c") == []
 
 
-def test_check_config_grpc_is_not_supported_yet() -> None:
-    assert check_config({"url": "svc:50051", "protocol": "grpc"}, "c") == [
-        Problem("c.protocol", "protocol 'grpc' is not supported yet")
-    ]
-    assert check_config({"url": "x", "protocol": "ftp"}, "c") == [Problem("c.protocol", "unknown protocol")]
+def test_check_config_hands_grpc_to_its_own_checks() -> None:
+    assert [p.path for p in check_config({"url": "svc:50051", "protocol": "grpc"}, "c")] == [
+        "c.url", "c.target", "c.service", "c.method"]
+    assert check_config({"url": "x", "protocol": "ftp"}, "c") == [
+        Problem("c.protocol", "unknown protocol: 'http' (the default) or 'grpc'")]
 
 
 def test_check_config_lists_every_problem() -> None:

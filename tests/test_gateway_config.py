@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import socket
 
 import pytest
 
@@ -71,6 +72,10 @@ def test_postgres_urls() -> None:
     ({"ENABLE_CORS": "sure"}, "ENABLE_CORS: must be true or false, got 'sure'"),
     ({"CORS_ORIGINS": "ftp://x"}, "CORS_ORIGINS: each origin must be '*' or an http(s):// origin, got 'ftp://x'"),
     ({"CALL_SERVICE_BASE_URL": "svc:80"}, "CALL_SERVICE_BASE_URL: must be an absolute http(s) URL, got 'svc:80'"),
+    ({"RUNBOOKS_INSTANCE_ID": "pod 1"},
+     "RUNBOOKS_INSTANCE_ID: must be at most 200 printable ASCII characters without spaces, got 'pod 1'"),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"},
+     "OTEL_EXPORTER_OTLP_ENDPOINT: must be an absolute http(s) URL, got 'collector:4318'"),
     ({"RUNBOOKS_DIR": "/no/such/dir"}, "RUNBOOKS_DIR: not a directory: '/no/such/dir'"),
     ({"SQLITE_PATH": "/no/such/dir/x.db"}, "SQLITE_PATH: directory '/no/such/dir' does not exist"),
     ({"STORAGE_BACKEND": "postgres"}, "DATABASE_URL: required with STORAGE_BACKEND=postgres (or set DB_HOST)"),
@@ -81,6 +86,17 @@ def test_a_bad_value_is_one_line_naming_the_variable(env: dict[str, str], messag
     with pytest.raises(ConfigError) as caught:
         Config.from_env(env)
     assert str(caught.value) == message
+
+
+def test_instance_id_defaults_to_host_name_and_port() -> None:
+    assert Config.from_env({"PORT": "3005"}).instance_id == f"{socket.gethostname()}:3005"
+    assert Config.from_env({"RUNBOOKS_INSTANCE_ID": "runbooks-7d9f-x2"}).instance_id == "runbooks-7d9f-x2"
+
+
+def test_otlp_endpoint_is_read() -> None:
+    assert Config.from_env({}).otel_exporter_otlp_endpoint is None
+    config = Config.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://jaeger:4318"})
+    assert config.otel_exporter_otlp_endpoint == "http://jaeger:4318"
 
 
 def test_development_mode_serves_on_loopback_only() -> None:

@@ -371,17 +371,19 @@ async def test_call_service_as_a_loop_body_has_one_key_per_iteration(crt: Runtim
 # ---- validation ------------------------------------------------------------------------------
 
 
-async def test_grpc_is_refused_as_not_supported_yet(crt: Runtime) -> None:
-    doc = call({"url": "/x", "protocol": "grpc"})
+async def test_protocol_is_http_or_grpc(crt: Runtime) -> None:
+    doc = call({"url": "/x", "protocol": "smtp"})
     with pytest.raises(ValidationError) as info:
         await crt.register_runbook(doc)
     assert [(p.path, p.message) for p in info.value.problems] == [
-        ("steps[0].config.protocol", "protocol 'grpc' is not supported yet")]
+        ("steps[0].config.protocol", "unknown protocol: 'http' (the default) or 'grpc'")]
     assert crt.validate_runbook(call({"url": "/x", "protocol": "http"})) == []
+    grpc_config = {"protocol": "grpc", "target": "inventory:50051", "service": "demo.Inventory", "method": "Get"}
+    assert crt.validate_runbook(call(grpc_config)) == []
 
 
 async def test_call_service_config_problems_are_reported_together(crt: Runtime) -> None:
-    doc = call({"method": "FETCH", "timeoutMs": 0, "expectStatus": [999], "protocol": "grpc"})
+    doc = call({"method": "FETCH", "timeoutMs": 0, "expectStatus": [999], "protocol": "smtp"})
     paths = {p.path for p in crt.validate_runbook(doc)}
     assert paths == {"steps[0].config.url", "steps[0].config.method", "steps[0].config.timeoutMs",
                      "steps[0].config.expectStatus[0]", "steps[0].config.protocol"}

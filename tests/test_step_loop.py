@@ -306,7 +306,7 @@ async def test_loop_body_of_a_parked_or_engine_type_is_refused(rt: Runtime, park
 async def test_loop_config_problems_are_reported_together(rt: Runtime) -> None:
     found = problems(rt, {"items": [1], "while": {"field": "index", "operator": "lt", "value": 1},
                           "concurrency": 0, "failFast": "yes",
-                          "step": {"type": "call-service", "config": {"protocol": "grpc"}, "timeoutMs": -1}})
+                          "step": {"type": "call-service", "config": {"protocol": "smtp"}, "timeoutMs": -1}})
     assert set(found) == {"steps[0].config", "steps[0].config.concurrency", "steps[0].config.failFast",
                           "steps[0].config.step.config.url", "steps[0].config.step.config.protocol",
                           "steps[0].config.step.timeoutMs"}

@@ -52,7 +52,7 @@ class TaskRun:
                 iteration: int | None = None) -> StepContext:
         return StepContext(config=config, scope=self.scope if scope is None else scope,
                            execution_id=self.execution_id, step_id=self.step.id, tenant_id=self.tenant_id,
-                           attempt=attempt, services=self.services, iteration=iteration)
+                           attempt=attempt, services=self.services, iteration=iteration, step_type=self.step.type)
 
 
 Runner = Callable[[TaskRun], Awaitable[None]]

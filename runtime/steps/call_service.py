@@ -19,7 +19,11 @@ Failures are ``StepFailed`` errors with a step error code::
 
 Whenever a response arrives, an ``http_response`` evidence item records the method, URL,
 status, request id and the SHA-256 of the body (never the body itself). Trio cancellation
-aborts a request in flight at once: nothing here is shielded.
+aborts a request in flight at once: nothing here is shielded. With tracing on, requests
+also carry the W3C ``traceparent`` of the attempt's span.
+
+A config with ``protocol: grpc`` is a gRPC call: its checks and its executor are in
+runtime/steps/grpc_call.py; this module only hands it over.
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
+from runtime import tracing
 from runtime.errors import Problem, StepFailed
+from runtime.steps import grpc_call
 from runtime.steps.context import StepContext
 
 __all__ = ["call_service", "check_config", "idempotency_key", "retry_after_s"]
@@ -60,6 +66,8 @@ def check_config(config: Mapping[str, Any], path: str) -> list[Problem]:
     ``expectStatus``) may also be a template string (``"${input.timeout}"``): it is checked
     again, resolved, when the step runs.
     """
+    if config.get("protocol") == "grpc":
+        return grpc_call.check_config(config, path)
     return _problems(config, path, templates=True)
 
 
@@ -144,11 +152,7 @@ def _check_idempotency_key(value: Any) -> list[tuple[str, str]]:
 
 
 def _check_protocol(value: Any) -> list[tuple[str, str]]:
-    if value == "http":
-        return []
-    if value == "grpc":
-        return [("", "protocol 'grpc' is not supported yet")]
-    return [("", "unknown protocol")]
+    return [] if value in ("http", "grpc") else [("", "unknown protocol: 'http' (the default) or 'grpc'")]
 
 
 _CHECKS: Final = {
@@ -169,6 +173,8 @@ _CHECKS: Final = {
 async def call_service(ctx: StepContext) -> Any:
     """Send the configured request once; return the body or raise ``StepFailed``."""
     config = ctx.config
+    if config.get("protocol") == "grpc":
+        return await grpc_call.call_grpc(ctx, idempotency_key(ctx))
     problems = _problems(config, "config", templates=False)
     if problems:
         detail = "; ".join(f"{p.path}: {p.message}" for p in problems)
@@ -239,6 +245,7 @@ def _headers(ctx: StepContext, request_id: str) -> httpx.Headers:
     headers["X-Request-Id"] = request_id
     if "idempotencyKey" in ctx.config or "Idempotency-Key" not in headers:
         headers["Idempotency-Key"] = idempotency_key(ctx)
+    tracing.inject(headers)
     return headers
 
 

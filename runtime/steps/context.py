@@ -16,16 +16,27 @@ import attrs
 import httpx
 
 from runtime.model import Evidence, LogEntry
+from runtime.steps.grpc_bridge import Channels
+from runtime.steps.grpc_descriptors import Descriptors
 from runtime.wire import sha256_hex
 
 
 @attrs.frozen
 class Services:
-    """Runtime services the built-in executors use (one per runtime)."""
+    """Runtime services the built-in executors use (one per runtime).
+
+    The gRPC channels (one per target and TLS setting) and the message descriptors found
+    for them live as long as the runtime; ``close()`` closes the channels.
+    """
 
     http: httpx.AsyncClient
     now: Callable[[], datetime]
     call_service_base_url: str | None = None
+    grpc_channels: Channels = attrs.field(factory=Channels)
+    grpc_descriptors: Descriptors = attrs.field(factory=Descriptors)
+
+    def close(self) -> None:
+        self.grpc_channels.close()
 
 
 class StepLog:
@@ -61,6 +72,7 @@ class StepContext:
         attempt: int,
         services: Services,
         iteration: int | None = None,
+        step_type: str | None = None,
     ) -> None:
         self.config = config
         self.scope = scope
@@ -69,6 +81,7 @@ class StepContext:
         self.tenant_id = tenant_id
         self.attempt = attempt
         self.iteration = iteration
+        self.step_type = step_type
         self.services = services
         self.log = StepLog(self)
         self.logs: list[LogEntry] = []

@@ -1,0 +1,299 @@
+"""``call-service`` with ``protocol: grpc``: one unary gRPC call per attempt.
+
+``check_config`` lists every problem of a gRPC config at once (``call_service.check_config``
+hands a config with ``protocol: grpc`` here); ``call_grpc`` is the executor's gRPC half.
+
+A call needs no generated code: the request and response types come from the target's
+reflection service, or from ``protoset`` (runtime/steps/grpc_descriptors.py). ``message``
+is read with protobuf's JSON mapping (``json_format.ParseDict``: proto field names and
+lowerCamelCase names both work); the output is the response as JSON with the proto field
+names as written in the .proto file, and every field present, defaults included (a
+``false`` or ``0`` is there to compare, not missing). 64-bit integers are strings and enums
+their names, as the JSON mapping has them.
+
+Metadata: the config's ``metadata`` plus ``x-tenant-id``, ``x-execution-id``, a fresh
+``x-request-id``, ``idempotency-key`` (the same on every attempt and after a restart) and the
+W3C ``traceparent`` when tracing is on. The engine's keys replace same-named config keys.
+
+Outcomes, as step error codes::
+
+    grpc_status   UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED   retryable
+    grpc_status   any other status but OK (named in the message)                not retryable
+    config        the config, the service, the method or the protoset is unusable
+
+Every status received (OK or not) is a ``grpc_response`` evidence item: target, service,
+method, status name, request id and the SHA-256 of the serialized response message (of the
+status message when the status is not OK). ``timeoutMs`` bounds the whole attempt,
+descriptor look-up included; a Trio cancellation aborts the call in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+import grpc
+import trio
+from google.protobuf import json_format
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
+
+from runtime import tracing
+from runtime.errors import Problem, StepFailed
+from runtime.steps.grpc_bridge import unary_call
+from runtime.steps.grpc_descriptors import MethodTypes, method_types
+
+if TYPE_CHECKING:
+    from runtime.steps.context import Services, StepContext
+
+__all__ = ["FIELDS", "RETRYABLE", "call_grpc", "check_config", "parse_target"]
+
+DEFAULT_TIMEOUT_MS: Final = 30_000
+FIELDS: Final = frozenset({"protocol", "target", "service", "method", "message", "metadata", "tls",
+                           "timeoutMs", "idempotencyKey", "protoset"})
+RETRYABLE: Final = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                              grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED})
+_SERVICE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_METHOD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_METADATA_KEY = re.compile(r"[0-9a-z_.-]+")
+_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?")
+_ENGINE_KEYS: Final = ("x-tenant-id", "x-execution-id", "x-request-id")
+
+
+# ---- validation ----------------------------------------------------------------------------
+
+
+def check_config(config: Mapping[str, Any], path: str, *, templates: bool = True) -> list[Problem]:
+    """Every problem of a gRPC call-service ``config``; with ``templates``, a value holding
+    ``${...}`` is checked only once it is resolved, when the step runs."""
+    problems = [Problem(f"{path}.{key}", f"unknown field '{key}' for protocol grpc")
+                for key in config if key not in FIELDS]
+    for key in ("target", "service", "method"):
+        if config.get(key) is None:
+            problems.append(Problem(f"{path}.{key}", f"required with protocol grpc: {_REQUIRED[key]}"))
+    for key, check in _CHECKS.items():
+        if key in config and config[key] is not None and not (templates and _is_template(config[key])):
+            problems += [Problem(f"{path}.{key}{where}", message) for where, message in check(config[key])]
+    return problems
+
+
+_REQUIRED: Final = {"target": "host:port", "service": "the full service name, e.g. pkg.Service",
+                    "method": "the method name"}
+
+
+def _is_template(value: Any) -> bool:
+    return isinstance(value, str) and "${" in value
+
+
+def parse_target(target: str) -> tuple[str, int]:
+    """(host, port) of ``host:port`` or ``[ipv6]:port``; ``ValueError`` says what is wrong."""
+    host, sep, port_text = target.rpartition(":")
+    if not sep or not host:
+        raise ValueError("must be host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)  # ValueError when it is not one
+    elif not _HOST.fullmatch(host):
+        raise ValueError(f"'{host}' is not a host name or IPv4 address")
+    if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"port '{port_text}' must be an integer from 1 to 65535")
+    return host, int(port_text)
+
+
+def _check_target(value: Any) -> list[tuple[str, str]]:
+    if not isinstance(value, str):
+        return [("", "must be a string host:port")]
+    try:
+        parse_target(value.strip())
+    except ValueError as exc:
+        return [("", str(exc))]
+    return []
+
+
+def _check_name(pattern: re.Pattern[str], what: str) -> Callable[[Any], list[tuple[str, str]]]:
+    def check(value: Any) -> list[tuple[str, str]]:
+        if isinstance(value, str) and pattern.fullmatch(value):
+            return []
+        return [("", f"must be {what}")]
+    return check
+
+
+def _check_message(value: Any) -> list[tuple[str, str]]:
+    return [] if isinstance(value, Mapping) else [("", "must be an object: the request message as JSON")]
+
+
+def _check_metadata(value: Any) -> list[tuple[str, str]]:
+    if not isinstance(value, Mapping):
+        return [("", "must be a mapping (object) of metadata keys to strings")]
+    problems: list[tuple[str, str]] = []
+    for key, item in value.items():
+        if not isinstance(key, str) or not _METADATA_KEY.fullmatch(key):
+            problems.append((f".{key}", "a metadata key is lower-case letters, digits, '-', '_' and '.'"))
+        elif key.endswith("-bin") or key.startswith("grpc-"):
+            problems.append((f".{key}", "binary (-bin) and grpc- keys cannot be set here"))
+        if not isinstance(item, str):
+            problems.append((f".{key}", "must be a string"))
+        elif not _is_template(item) and not all(" " <= ch <= "~" for ch in item):
+            problems.append((f".{key}", "must be printable ASCII"))
+    return problems
+
+
+def _check_bool(value: Any) -> list[tuple[str, str]]:
+    return [] if isinstance(value, bool) else [("", "must be true or false")]
+
+
+def _check_timeout(value: Any) -> list[tuple[str, str]]:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return []
+    return [("", "must be a positive integer (milliseconds)")]
+
+
+def _check_text(value: Any) -> list[tuple[str, str]]:
+    return [] if isinstance(value, str) and value.strip() else [("", "must be a non-empty string")]
+
+
+_CHECKS: Final = {
+    "target": _check_target,
+    "service": _check_name(_SERVICE, "a full service name, e.g. pkg.Service"),
+    "method": _check_name(_METHOD, "a method name, e.g. GetHost"),
+    "message": _check_message,
+    "metadata": _check_metadata,
+    "tls": _check_bool,
+    "timeoutMs": _check_timeout,
+    "idempotencyKey": _check_text,
+    "protoset": _check_text,
+}
+
+
+# ---- the executor --------------------------------------------------------------------------
+
+
+async def call_grpc(ctx: StepContext, idempotency_key: str) -> Any:
+    """Make the configured unary call once; return the response as JSON or raise ``StepFailed``."""
+    config = ctx.config
+    problems = check_config(config, "config", templates=False)
+    if problems:
+        detail = "; ".join(f"{p.path}: {p.message}" for p in problems)
+        raise StepFailed(f"invalid gRPC call-service config: {detail}", code="config")
+    target = str(config["target"]).strip()
+    host, _ = parse_target(target)
+    allow_target(ctx.services, host)
+    deadline = trio.current_time() + int(config.get("timeoutMs", DEFAULT_TIMEOUT_MS)) / 1000
+    channel = ctx.services.grpc_channels.get(target, bool(config.get("tls", False)))
+    types = await _method_types(ctx, channel, target, deadline)
+    request = _request(types, config.get("message") or {})
+    request_id = uuid.uuid4().hex
+    ctx.log.info("calling gRPC service", target=target, method=types.path)
+    started = trio.current_time()
+    try:
+        answer = await unary_call(channel, types.path, request.SerializeToString(), timeout_s=_left(deadline),
+                                  metadata=_metadata(ctx, request_id, idempotency_key))
+    except grpc.RpcError as exc:
+        raise _failed(ctx, types, target, request_id, exc) from None
+    ctx.log.info("gRPC service answered", status="OK", elapsedMs=round((trio.current_time() - started) * 1000))
+    _evidence(ctx, types, target, request_id, "OK", answer)
+    return _output(types, answer, target)
+
+
+def allow_target(services: Services, host: str) -> None:
+    """The outbound allowlist seam for gRPC targets (CALL_SERVICE_ALLOWED_HOSTS).
+
+    The allowlist itself lives in runtime/steps/outbound.py, which is being built
+    separately; until it is wired in here every host is allowed. A refused host must
+    raise ``StepFailed(..., code="forbidden_target")`` (not retryable).
+    """
+    return None
+
+
+async def _method_types(ctx: StepContext, channel: grpc.Channel, target: str, deadline: float) -> MethodTypes:
+    method = str(ctx.config["method"])
+    service = await _service(ctx, channel, target, _left(deadline))
+    if method not in service.methods_by_name and not ctx.config.get("protoset"):
+        # descriptors are cached for the runtime's life: a server redeployed with a new
+        # method is asked again once before the method is declared missing
+        ctx.services.grpc_descriptors.forget(target, service.full_name)
+        service = await _service(ctx, channel, target, _left(deadline))
+    return method_types(service, method)
+
+
+async def _service(ctx: StepContext, channel: grpc.Channel, target: str, timeout_s: float) -> ServiceDescriptor:
+    service = str(ctx.config["service"])
+    protoset = ctx.config.get("protoset")
+    if protoset:
+        return await ctx.services.grpc_descriptors.from_protoset(str(protoset), service)
+    try:
+        return await ctx.services.grpc_descriptors.from_reflection(channel, target, service, timeout_s)
+    except grpc.RpcError as exc:
+        code = _status(exc)
+        raise StepFailed(f"reflection of {service} at {target} failed: {code.name}: {_details(exc)}",
+                         retryable=code in RETRYABLE, code="grpc_status", data={"status": code.name}) from None
+
+
+def _left(deadline: float) -> float:
+    return max(deadline - trio.current_time(), 0.001)
+
+
+def _request(types: MethodTypes, message: Mapping[str, Any]) -> Message:
+    request = types.request()
+    try:
+        json_format.ParseDict(dict(message), request, descriptor_pool=types.pool)
+    except json_format.ParseError as exc:
+        raise StepFailed(f"config.message does not fit {types.request.DESCRIPTOR.full_name}: {exc}",
+                         code="config") from exc
+    return request
+
+
+def _metadata(ctx: StepContext, request_id: str, idempotency_key: str) -> list[tuple[str, str]]:
+    # The engine's keys replace same-named config keys: a runbook cannot act as another
+    # tenant. An idempotency-key given as plain metadata is kept unless idempotencyKey is set.
+    metadata = {str(k): str(v) for k, v in (ctx.config.get("metadata") or {}).items()}
+    for key, value in zip(_ENGINE_KEYS, (ctx.tenant_id, ctx.execution_id, request_id), strict=True):
+        metadata[key] = value
+    if "idempotencyKey" in ctx.config or "idempotency-key" not in metadata:
+        metadata["idempotency-key"] = idempotency_key
+    tracing.inject(metadata)
+    return list(metadata.items())
+
+
+def _failed(ctx: StepContext, types: MethodTypes, target: str, request_id: str,
+            error: grpc.RpcError) -> StepFailed:
+    code, details = _status(error), _details(error)
+    ctx.log.warning("gRPC service answered", status=code.name, details=details)
+    _evidence(ctx, types, target, request_id, code.name, details.encode())
+    return StepFailed(f"{types.path[1:]} at {target} answered {code.name}: {details}",
+                      retryable=code in RETRYABLE, code="grpc_status", data={"status": code.name})
+
+
+def _status(error: grpc.RpcError) -> grpc.StatusCode:
+    code = getattr(error, "code", None)
+    found = code() if callable(code) else None
+    return found if isinstance(found, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+
+def _details(error: grpc.RpcError) -> str:
+    details = getattr(error, "details", None)
+    text = details() if callable(details) else None
+    return str(text) if text else "(no status message)"
+
+
+def _evidence(ctx: StepContext, types: MethodTypes, target: str, request_id: str, status: str,
+              body: bytes) -> None:
+    service, _, method = types.path[1:].rpartition("/")
+    ctx.add_evidence("grpc_response", {
+        "target": target, "service": service, "method": method, "status": status,
+        "bodySha256": hashlib.sha256(body).hexdigest(), "requestId": request_id,
+    })
+
+
+def _output(types: MethodTypes, answer: bytes, target: str) -> Any:
+    try:
+        response = types.response.FromString(answer)
+    except DecodeError as exc:
+        raise StepFailed(f"{types.path[1:]} at {target} answered OK with a message that is not a "
+                         f"{types.response.DESCRIPTOR.full_name}: {exc}", code="executor") from exc
+    return json_format.MessageToDict(response, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True, descriptor_pool=types.pool)
