@@ -238,6 +238,7 @@ _UNAVAILABLE = frozenset(
 class SqliteStore(ExecutionQueries):
     MARK = "?"
     SELECT = _HEADERS
+    STEP_STATUS = "json_extract(state, '$.status')"
 
     threaded = True
     name = "sqlite"
