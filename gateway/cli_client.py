@@ -82,7 +82,8 @@ def add_client_commands(commands: Any) -> None:
     command("approvals", _approvals, "the approval steps waiting for my decision")
 
 
-def run_client_command(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def run_client_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
     identity = Identity(args.token or os.environ.get("RUNBOOKS_TOKEN") or None, args.user, args.tenant)
     server = args.server or os.environ.get("RUNBOOKS_SERVER") or DEFAULT_SERVER
     try:
