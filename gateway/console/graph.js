@@ -83,8 +83,8 @@ export function drawGraph(box, doc, onSelect) {
     for (const [id, shape] of Object.entries(shapes)) {
       const state = execution.steps[id] || { status: "pending" };
       shape.rect.setAttribute("fill", FILL[state.status] || FILL.pending);
-      shape.status.textContent = `${state.status.replace("_", " ")} · ${shape.type}`;
-      shape.title.textContent = `${id}: ${state.status}`;
+      shape.status.textContent = state.status.replace("_", " ");
+      shape.title.textContent = `${id} (${shape.type}): ${state.status}`;
       shape.g.setAttribute("aria-label", `step ${id}: ${state.status.replace("_", " ")}`);
       shape.g.setAttribute("data-status", state.status);
       shape.g.classList.toggle("skipped", state.status === "skipped");

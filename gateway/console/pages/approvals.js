@@ -10,15 +10,15 @@ export function approvalsPage(view) {
   view.append(el("h1", { text: "Approvals" }), el("p", { class: "muted", text: "Steps waiting for your decision." }), list);
   let timer = null, stopped = false;
 
-  async function refresh() {
+  async function refresh(force = false) {
     clearTimeout(timer);
     const page = await attempt(() => api("/api/v1/approvals?limit=200"));
     if (stopped) return;
-    if (page && !list.contains(document.activeElement)) {
-      list.replaceChildren(...page.items.map((item, i) => card(item, i, refresh)));
+    if (page && (force || !list.contains(document.activeElement))) {  // never rebuild under a user typing
+      list.replaceChildren(...page.items.map((item, i) => card(item, i, () => refresh(true))));
       if (!page.items.length) list.append(el("p", { text: "Nothing waits for your decision." }));
     }
-    timer = setTimeout(refresh, REFRESH_MS);
+    timer = setTimeout(() => refresh(), REFRESH_MS);
   }
   refresh();
   return () => { stopped = true; clearTimeout(timer); };

@@ -25,7 +25,7 @@ export function executionPage(view, id) {
     tabs: el("div", { role: "tablist", "aria-label": "Records" }),
     tab: el("div", { role: "tabpanel", id: "records", tabindex: "0" }),
   };
-  view.append(ui.title, ui.summary, ui.controls, el("div", { class: "layout" }, ui.graph, ui.detail), ui.tabs, ui.tab);
+  view.append(ui.title, ui.summary, ui.controls, ui.graph, ui.detail, ui.tabs, ui.tab);
   let execution = null, selected = null, update = () => {}, current = "Logs";
 
   for (const [name, { path, allowed, reason, required }] of Object.entries(CONTROLS)) {
@@ -49,12 +49,12 @@ export function executionPage(view, id) {
 
   function show(state) {
     execution = state;
-    ui.summary.replaceChildren(badge(state.status),
+    ui.summary.replaceChildren(...[badge(state.status),
       el("span", {}, "Runbook ", el("strong", { text: `${state.runbookId} v${state.runbookVersion}` })),
       el("span", { class: "muted", text: `created ${when(state.createdAt)}` }),
       state.completedAt ? el("span", { class: "muted", text: `took ${took(state.startedAt, state.completedAt)}` }) : null,
       state.replayOf ? el("a", { href: `/executions/${state.replayOf}`, text: "replay of an earlier execution" }) : null,
-      state.error ? el("span", { class: "problems", text: `${state.error.code}: ${state.error.message}` }) : null);
+      state.error ? el("span", { class: "problems", text: `${state.error.code}: ${state.error.message}` }) : null].filter(Boolean));
     for (const button of ui.controls.querySelectorAll("button")) button.disabled = !CONTROLS[button.dataset.action].allowed(state.status);
     update(state, selected);
     if (selected) stepDetail(selected);

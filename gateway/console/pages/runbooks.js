@@ -40,7 +40,7 @@ export function runbooksPage(view) {
     starter,
     el("h2", { text: "Register a runbook" }),
     el("div", { class: "field" }, el("label", { for: "rb-file", text: "Upload a YAML or JSON file" }), file),
-    el("div", { class: "field", style: "max-width: none" }, el("label", { for: "rb-source", text: "Runbook document (YAML or JSON)" }), source),
+    el("div", { class: "field wide" }, el("label", { for: "rb-source", text: "Runbook document (YAML or JSON)" }), source),
     el("div", { class: "row" }, el("button", { type: "button", onclick: validate }, "Validate"),
       el("button", { type: "button", class: "primary", onclick: register }, "Register")), report);
 
