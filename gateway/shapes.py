@@ -1,8 +1,8 @@
-"""The JSON shapes the API answers with (SPEC section 5), all built on ``runtime.wire.to_json``.
+"""The JSON shapes the API answers with, all built on ``runtime.wire.to_json``.
 
 The engine's values carry a few internal fields (``deduplicated``, ``pausedAt``,
 ``idempotencyKey``, the ``executionId`` of every record) that are not part of the contract;
-this module picks the public fields, in the order SPEC lists them.
+this module picks the public fields, in the order of the contract.
 """
 
 from __future__ import annotations

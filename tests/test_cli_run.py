@@ -132,7 +132,7 @@ def test_phishing_triage_asks_again_after_an_event_its_filter_refused(demo_url: 
         terminal.expect(r"sandbox-result still waits: the event did not match its filter")
         terminal.expect(r"payload JSON to send")
         terminal.type('{"status": "completed", "verdict": "malicious"}')
-        terminal.expect(r'approve-containment: SOC-8812: purge "Invoice overdue" from billing@examp1e\.com')
+        terminal.expect(r'approve-containment: SOC-8812: purge "Invoice overdue" from billing@examp1e\.com', 50)
         terminal.expect(r"approve <user>")
         terminal.type("approve soc.lead.ana contain it")
         terminal.expect(r"notify-reporter\s+succeeded")
