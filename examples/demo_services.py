@@ -90,6 +90,9 @@ async def main(port: int) -> None:
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]
     config.accesslog = None
+    # keep idle connections longer than clients do (httpx: 5 s), so a client never sends a
+    # request on a connection the server is closing at that very moment
+    config.keep_alive_timeout = 75
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:  # before serving: no lost signal
 
         async def stop() -> None:

@@ -24,7 +24,7 @@ from gateway.cli_run import RunOptions, UsageError, run_file, run_options
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DEMO_URL = "http://127.0.0.1:3001"
-RUN_S = 60
+RUN_S = 90
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ class Terminal:
         os.close(child)
         self.screen = ""
 
-    def expect(self, pattern: str, within_s: float = 20) -> str:
+    def expect(self, pattern: str, within_s: float = 45) -> str:
         deadline = time.monotonic() + within_s
         while not (found := re.search(pattern, self.screen)):
             left = deadline - time.monotonic()
@@ -132,7 +132,7 @@ def test_phishing_triage_asks_again_after_an_event_its_filter_refused(demo_url: 
         terminal.expect(r"sandbox-result still waits: the event did not match its filter")
         terminal.expect(r"payload JSON to send")
         terminal.type('{"status": "completed", "verdict": "malicious"}')
-        terminal.expect(r'approve-containment: SOC-8812: purge "Invoice overdue" from billing@examp1e\.com', 50)
+        terminal.expect(r'approve-containment: SOC-8812: purge "Invoice overdue" from billing@examp1e\.com')
         terminal.expect(r"approve <user>")
         terminal.type("approve soc.lead.ana contain it")
         terminal.expect(r"notify-reporter\s+succeeded")
