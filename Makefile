@@ -11,13 +11,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# `run` also starts examples/demo_services.py on 127.0.0.1:3001, the stand-in services the
-# example runbooks call (unless CALL_SERVICE_BASE_URL points elsewhere).
+# `run` serves the API and the console with the runbooks of examples/, and (unless
+# CALL_SERVICE_BASE_URL is set) starts examples/demo_services.py on a free port beside it,
+# the stand-in services the example runbooks call. SIGINT/SIGTERM stop both.
 run: $(STAMP)
-	@$(PY) examples/demo_services.py --port 3001 & demo=$$!; \
-	trap 'kill $$demo 2>/dev/null' EXIT INT TERM; \
-	CALL_SERVICE_BASE_URL=$${CALL_SERVICE_BASE_URL:-http://127.0.0.1:3001} \
-	$(PY) -m gateway serve --runbooks-dir examples
+	$(PY) examples/serve_with_demo.py --runbooks-dir examples
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check actors runtime gateway tests benchmarks examples

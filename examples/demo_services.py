@@ -1,7 +1,10 @@
 """Stand-in services for the example runbooks, so `make run` and the README's curl session
 work on a laptop: CI, environments, deployments, alert analysis, a mail gateway, a sandbox.
 
-    python examples/demo_services.py --port 3001
+    python examples/demo_services.py --port 3001     # --port 0: any free port
+
+Once it listens it prints one line, ``demo services on http://127.0.0.1:PORT``, and it
+stops cleanly on SIGINT or SIGTERM.
 
 Every answer is canned on purpose (this is a demo peer, not part of the engine). Paths the
 examples do not use answer 200 `{"ok": true}`.
@@ -11,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import signal
+from functools import partial
 from typing import Any
 
 import trio
@@ -85,7 +90,18 @@ async def main(port: int) -> None:
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]
     config.accesslog = None
-    await serve(app, config)  # type: ignore[arg-type]
+    # keep idle connections longer than clients do (httpx: 5 s), so a client never sends a
+    # request on a connection the server is closing at that very moment
+    config.keep_alive_timeout = 75
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:  # before serving: no lost signal
+
+        async def stop() -> None:
+            async for _ in signals:
+                return
+
+        async with trio.open_nursery() as nursery:
+            urls = await nursery.start(partial(serve, app, config, shutdown_trigger=stop))  # type: ignore[arg-type]
+            print(f"demo services on {urls[0]}", flush=True)
 
 
 if __name__ == "__main__":

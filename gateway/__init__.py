@@ -1,7 +1,7 @@
 """The HTTP edge of the runbook engine: a QuartTrio app over a ``runtime.Runtime``.
 
 ``create_app(runtime, config)`` builds the app; ``serve(config)`` opens the runtime and
-serves the app with hypercorn until SIGINT/SIGTERM; ``Config.from_env`` reads SPEC section 7.
+serves the app with hypercorn until SIGINT/SIGTERM; ``Config.from_env`` reads the environment.
 """
 
 from gateway.app import create_app

@@ -1,4 +1,4 @@
-"""``python -m gateway [serve] [--runbooks-dir DIR] [--host HOST] [--port PORT]``."""
+"""``python -m gateway [serve] [--host HOST] [--port PORT] [--store URL] [--runbooks-dir DIR]``."""
 
 from __future__ import annotations
 

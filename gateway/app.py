@@ -21,6 +21,7 @@ from quart_trio import QuartTrio
 from gateway.auth import Authenticator
 from gateway.bodies import MAX_BODY_BYTES
 from gateway.config import Config
+from gateway.console import register_console
 from gateway.cors import Cors
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import build_openapi
@@ -46,6 +47,7 @@ def create_app(runtime: Runtime, config: Config, *, metrics: GatewayMetrics | No
     app.extensions["runbooks.openapi"] = build_openapi(ROUTES, development_mode=config.development_mode)
     for route in ROUTES:
         _register(app, route)
+    register_console(app)
     _install_edge(app, gateway)
     return app
 

@@ -274,6 +274,13 @@ def version_query() -> int | None:
     return version
 
 
+def approvals_query() -> PageQuery:
+    problems = Problems()
+    page = page_query(problems)
+    problems.raise_if_any()
+    return page
+
+
 def runbooks_page_query() -> PageQuery:
     problems = Problems()
     page = page_query(problems, default_limit=100)

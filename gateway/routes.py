@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 from quart import Response
 
+from gateway import routes_approvals as approvals
 from gateway import routes_executions as ex
 from gateway import routes_runbooks as rb
 from gateway import routes_system as system
@@ -171,6 +172,10 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/v1/executions/<execution_id>/steps/<step_id>/approvals", ex.submit_approval,
           "submitApproval", "Approve or reject an approval step as the calling user", "control", {200: _EXECUTION},
           body="ApprovalRequest", problems=(403, 409, 422)),
+    Route("GET", "/api/v1/approvals", approvals.list_approvals, "listApprovals",
+          "Approval steps waiting for the calling user's decision, across the tenant's executions", "control",
+          {200: Answer("A page of pending approvals (newest execution first).", "PendingApprovalPage")},
+          params=(LIMIT, CURSOR), problems=(422,)),
     Route("GET", "/api/v1/executions/<execution_id>/logs", ex.execution_logs, "executionLogs",
           "Structured log entries, oldest first", "records", {200: Answer("A page of log entries.", "LogPage")},
           params=LOG_PARAMS, problems=(422,)),

@@ -102,7 +102,7 @@ SCHEMAS: dict[str, Schema] = {
     "OpenApi": {"type": "object"},
     "RunbookDocument": {
         "type": "object",
-        "description": f"A runbook document (SPEC section 1), as JSON or YAML, at most 1 MiB and "
+        "description": f"A runbook document, as JSON or YAML, at most 1 MiB and "
                        f"{MAX_DEPTH} levels deep.",
     },
     "Registered": obj({"id": {"type": "string"}, "version": {"type": "integer", "minimum": 1}}, ("id", "version")),
@@ -139,6 +139,22 @@ SCHEMAS: dict[str, Schema] = {
     }, ("type", "correlationKey"), closed=True),
     "PublishResult": obj({"delivered": {"type": "integer", "minimum": 0}, "retained": {"type": "boolean"}},
                          ("delivered", "retained")),
+    "PendingApproval": obj({
+        "executionId": {"type": "string"},
+        "runbookId": {"type": "string"},
+        "runbookVersion": {"type": "integer"},
+        "executionStatus": {"type": "string", "enum": list(STATUSES)},
+        "stepId": {"type": "string"},
+        "message": {**TEXT_OR_NULL, "description": "The step's message, rendered."},
+        "approvers": {"type": "array", "items": {"type": "string"}, "description": "Rendered."},
+        "minApprovals": {"type": "integer", "minimum": 1},
+        "approvals": {"type": "array", "items": ref("Approval"), "description": "Decisions of this round so far."},
+        "approvalsNeeded": {"type": "integer", "minimum": 0, "description": "Approvals still needed."},
+        "startedAt": TIME_OR_NULL,
+        "deadlineAt": TIME_OR_NULL,
+    }, ("executionId", "runbookId", "runbookVersion", "executionStatus", "stepId", "message", "approvers",
+        "minApprovals", "approvals", "approvalsNeeded", "startedAt", "deadlineAt")),
+    "PendingApprovalPage": page("PendingApproval"),
     "LogEntry": obj({"seq": {"type": "integer"}, "at": TIME, "level": {"type": "string", "enum": list(LOG_LEVELS)},
                      "message": {"type": "string"}, "stepId": TEXT_OR_NULL, "data": ANY},
                     ("seq", "at", "level", "message", "stepId", "data")),

@@ -1,6 +1,6 @@
 """``runbooks serve``: open the runtime, load RUNBOOKS_DIR, serve the app until SIGINT/SIGTERM.
 
-Order of a run (DESIGN.md, STYLE pitfalls Q2, Q3, T7):
+Order of a run:
 
 1. open the signal receiver first, so a SIGTERM that arrives at any later moment is a
    message, not a kill;
@@ -228,26 +228,69 @@ async def _unchanged(runtime: Runtime, document: dict[str, Any]) -> bool:
 
 # ------------------------------------------------------------------ command line
 
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``runbooks serve``; each wins over its environment variable."""
+    parser.add_argument("--host", help="address to bind (HOST, default 127.0.0.1)")
+    parser.add_argument("--port", help="port to bind (PORT, default 3000)")
+    parser.add_argument("--store", help="memory, sqlite:///file.db or postgresql://... "
+                                        "(STORAGE_BACKEND with SQLITE_PATH or DATABASE_URL)")
+    parser.add_argument("--runbooks-dir", help="register the runbooks of DIR at start (RUNBOOKS_DIR)")
+
+
 def serve_main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    """``runbooks serve [--runbooks-dir DIR] [--host HOST] [--port PORT]``; the exit status.
+    """``runbooks serve [--host HOST] [--port PORT] [--store URL] [--runbooks-dir DIR]``; the exit status.
 
     Exit 0 after a graceful shutdown, 2 on a bad configuration (one line on stderr).
     """
-    parser = argparse.ArgumentParser(prog="runbooks serve", description="Serve the runbooks REST API.")
-    parser.add_argument("--runbooks-dir", help="register the runbooks of DIR at start (RUNBOOKS_DIR)")
-    parser.add_argument("--host", help="address to bind (HOST)")
-    parser.add_argument("--port", help="port to bind (PORT)")
-    args = parser.parse_args(argv)
-    overrides = {name: value for name, value in (
-        ("RUNBOOKS_DIR", args.runbooks_dir), ("HOST", args.host), ("PORT", args.port)) if value is not None}
+    parser = argparse.ArgumentParser(prog="runbooks serve", description="Serve the runbooks REST API and console.")
+    add_serve_arguments(parser)
+    return serve_from_args(parser.parse_args(argv), env)
+
+
+def serve_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
     try:
-        config = Config.from_env({**(os.environ if env is None else env), **overrides})
+        config = Config.from_env({**(os.environ if env is None else env), **_overrides(args)})
         _setup_logging(config)
-        trio.run(serve, config)
+        _run(config)
     except ConfigError as exc:
         print(f"runbooks serve: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _run(config: Config) -> None:
+    """``serve`` in a Trio run; an OSError (the port is taken...) becomes one ConfigError line."""
+    where = f"{config.host}:{config.port}"
+    try:
+        trio.run(serve, config)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve on {where}: {exc.strerror or exc}") from None
+    except BaseExceptionGroup as group:
+        errors, rest = group.split(OSError)
+        if errors is None or rest is not None:
+            raise
+        first = _leaves(errors)[0]
+        raise ConfigError(f"cannot serve on {where}: {getattr(first, 'strerror', None) or first}") from None
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, str]:
+    overrides = {name: value for name, value in (
+        ("RUNBOOKS_DIR", args.runbooks_dir), ("HOST", args.host), ("PORT", args.port)) if value is not None}
+    if args.store is not None:
+        overrides |= store_variables(args.store)
+    return overrides
+
+
+def store_variables(url: str) -> dict[str, str]:
+    """The environment variables that select the store of a ``--store`` URL."""
+    text = url.strip()
+    if text == "memory":
+        return {"STORAGE_BACKEND": "memory"}
+    if text.startswith(("postgresql://", "postgres://")):
+        return {"STORAGE_BACKEND": "postgres", "DATABASE_URL": text}
+    if text.startswith("sqlite:///") and len(text) > len("sqlite:///"):
+        return {"STORAGE_BACKEND": "sqlite", "SQLITE_PATH": text[len("sqlite:///"):]}
+    raise ConfigError(f"--store: {url!r} is not a store URL; use memory, sqlite:///file.db or postgresql://...")
 
 
 def _setup_logging(config: Config) -> None:

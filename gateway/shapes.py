@@ -1,8 +1,8 @@
-"""The JSON shapes the API answers with (SPEC section 5), all built on ``runtime.wire.to_json``.
+"""The JSON shapes the API answers with, all built on ``runtime.wire.to_json``.
 
 The engine's values carry a few internal fields (``deduplicated``, ``pausedAt``,
 ``idempotencyKey``, the ``executionId`` of every record) that are not part of the contract;
-this module picks the public fields, in the order SPEC lists them.
+this module picks the public fields, in the order of the contract.
 """
 
 from __future__ import annotations
@@ -13,8 +13,16 @@ from typing import Any
 
 from quart import Response
 
-from runtime import AuditEntry, Evidence, Execution, LogEntry, PublishResult, Runbook
-from runtime.wire import to_json
+from runtime import (
+    AuditEntry,
+    Evidence,
+    Execution,
+    LogEntry,
+    PendingApproval,
+    PublishResult,
+    Runbook,
+)
+from runtime.wire import format_time, to_json
 
 EXECUTION_FIELDS = (
     "id", "runbookId", "runbookVersion", "tenantId", "status", "input", "output", "context", "error",
@@ -62,6 +70,27 @@ def evidence_json(item: Evidence) -> dict[str, Any]:
 
 def audit_json(entry: AuditEntry) -> dict[str, Any]:
     return _pick(to_json(entry), AUDIT_FIELDS)
+
+
+def pending_approval_json(item: PendingApproval) -> dict[str, Any]:
+    return {
+        "executionId": item.execution_id,
+        "runbookId": item.runbook_id,
+        "runbookVersion": item.runbook_version,
+        "executionStatus": item.execution_status.value,
+        "stepId": item.step_id,
+        "message": item.message,
+        "approvers": list(item.approvers),
+        "minApprovals": item.min_approvals,
+        "approvals": [to_json(approval) for approval in item.approvals],
+        "approvalsNeeded": item.approvals_needed,
+        "startedAt": _time(item.started_at),
+        "deadlineAt": _time(item.deadline_at),
+    }
+
+
+def _time(value: Any) -> str | None:
+    return format_time(value) if value is not None else None
 
 
 def publish_json(result: PublishResult) -> dict[str, Any]:

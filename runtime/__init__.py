@@ -1,6 +1,7 @@
 """The runbook engine: documents, validation, scheduling, step types, persistence and the
 embedded Trio API (``open_runtime``). See SPEC section 6."""
 
+from runtime.approvals import ApprovalPage, PendingApproval
 from runtime.errors import (
     Conflict,
     Forbidden,
@@ -33,6 +34,7 @@ from runtime.system import Page, Runtime, StartResult, open_runtime
 
 __all__ = [
     "Approval",
+    "ApprovalPage",
     "AuditEntry",
     "Conflict",
     "Event",
@@ -43,6 +45,7 @@ __all__ = [
     "LogEntry",
     "NotFound",
     "Page",
+    "PendingApproval",
     "Problem",
     "PublishResult",
     "RetryPolicy",

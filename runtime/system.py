@@ -24,6 +24,7 @@ import jsonschema
 import trio
 
 from actors import ActorGone, Address, Reply, open_mailbox, open_supervisor
+from runtime.approvals import ApprovalPage, pending_for
 from runtime.catalog import Catalog
 from runtime.clock import Clock
 from runtime.core import Cancel, DecideApproval, Pause, Resume, RetryStep, Tick, created
@@ -252,6 +253,17 @@ class Runtime:
         items, next_cursor = await self._read(self.store.list_executions, tenant_id, runbook_id=runbook_id,
                                               status=status, limit=limit, cursor=cursor)
         return Page(items, next_cursor)
+
+    async def pending_approvals(self, user: str, *, tenant_id: str | None = None, limit: int = 50,
+                                cursor: str | None = None) -> ApprovalPage:
+        """Approval steps waiting for ``user``'s decision across the tenant's unfinished executions."""
+        if not 1 <= limit <= 1000:
+            raise ValidationError([Problem("limit", "must be between 1 and 1000")])
+
+        async def read_page(size: int, after: str | None) -> tuple[list[Execution], str | None]:
+            return await self._read(self.store.awaiting_approval, tenant_id, limit=size, cursor=after)
+
+        return await pending_for(user, read_page, self.catalog.pinned, limit=limit, cursor=cursor)
 
     async def logs(self, execution_id: str, *, step_id: str | None = None, level: str | None = None,
                    after: int | None = None, limit: int = 1000, tenant_id: str | None = None) -> list[LogEntry]:

@@ -1,4 +1,4 @@
-"""The ``runbooks`` command: validate and run (SPEC section 9)."""
+"""The ``runbooks`` command: validate, run to the end, the serve options."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import pathlib
 import subprocess
 import sys
 
-from gateway.cli import main, run_file, validate_files
+import pytest
+
+from gateway.cli import main
+from gateway.cli_run import RunOptions, run_file, validate_files
 
 
 def write(tmp_path: pathlib.Path, name: str, text: str) -> pathlib.Path:
@@ -33,21 +36,17 @@ async def test_run_exits_zero_only_when_the_execution_completed(tmp_path: pathli
     ok = write(tmp_path, "ok.yaml", "id: ok\noutput: '${input.n}'\nsteps:\n"
                "  - {id: c, type: conditional, config: {condition: {field: input.n, operator: gt, value: 1}}}\n")
     out = io.StringIO()
-    assert await run_file(ok, {"n": 5}, "memory", None, False, out) == 0
+    assert await run_file(ok, RunOptions(input={"n": 5}), out) == 0
     assert "c                        succeeded" in out.getvalue()
     assert out.getvalue().rstrip().endswith("5")
     failing = write(tmp_path, "fail.yaml", "id: f\nsteps:\n  - {id: s, type: call-service, config: {url: /x}}\n")
     out = io.StringIO()
-    assert await run_file(failing, {}, "memory", None, False, out) == 1
+    assert await run_file(failing, RunOptions(), out) == 1
     assert "failed" in out.getvalue()
     invalid = write(tmp_path, "invalid.yaml", "id: i\nsteps: []\n")
     out = io.StringIO()
-    assert await run_file(invalid, {}, "memory", None, False, out) == 1
+    assert await run_file(invalid, RunOptions(), out) == 1
     assert "steps: required" in out.getvalue()
-
-
-def test_bad_input_argument_is_a_usage_error(tmp_path: pathlib.Path) -> None:
-    assert main(["run", str(tmp_path / "x.yaml"), "--input", "{not json"]) == 2
 
 
 def test_runbooks_command_is_installed() -> None:
@@ -55,3 +54,25 @@ def test_runbooks_command_is_installed() -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "valid" in result.stdout
+
+
+def test_serve_takes_host_port_store_and_runbooks_dir(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as shown:
+        main(["serve", "--help"])
+    assert shown.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--host", "--port", "--store", "--runbooks-dir"):
+        assert option in text
+    assert main(["serve", "--port", "abc", "--store", "memory"]) == 2
+    assert capsys.readouterr().err == "runbooks serve: PORT: must be an integer between 1 and 65535, got 'abc'\n"
+    assert main(["serve", "--store", "mongodb://x"]) == 2
+    assert capsys.readouterr().err.startswith("runbooks serve: --store: 'mongodb://x' is not a store URL")
+
+
+def test_serve_store_flag_wins_over_the_environment() -> None:
+    from gateway.serve import store_variables
+
+    assert store_variables("memory") == {"STORAGE_BACKEND": "memory"}
+    assert store_variables("sqlite:///tmp/x.db") == {"STORAGE_BACKEND": "sqlite", "SQLITE_PATH": "tmp/x.db"}
+    assert store_variables("sqlite:////abs/x.db") == {"STORAGE_BACKEND": "sqlite", "SQLITE_PATH": "/abs/x.db"}
+    assert store_variables("postgresql://u@h/db") == {"STORAGE_BACKEND": "postgres", "DATABASE_URL": "postgresql://u@h/db"}

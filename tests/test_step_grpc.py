@@ -229,7 +229,7 @@ async def test_cancel_aborts_the_call_in_flight_and_leaves_no_thread(rt: Runtime
     assert final.status == "cancelled" and final.steps["call"].status == "cancelled"
     call = svc.calls_to("Lookup")[-1]
     assert await trio.to_thread.run_sync(call.ended.wait, 2), "the server did not see the call end"
-    assert call.cancelled.is_set()
+    assert await trio.to_thread.run_sync(call.cancelled.wait, 2), "the server did not see a cancellation"
     with trio.fail_after(3):
         while _client_threads() - baseline:  # noqa: ASYNC110 (grpcio's threads are not Trio's to wait on)
             await trio.sleep(0.05)

@@ -435,6 +435,31 @@ def test_list_executions_filters_and_pages_newest_first(store: Store) -> None:
         store.list_executions("t1", cursor="not-a-cursor")
 
 
+def test_awaiting_approval_finds_unfinished_executions_with_a_step_awaiting(store: Store) -> None:
+    waiting = StepState(StepStatus.AWAITING_APPROVAL, "human-approval", attempts=1, started_at=at(1))
+    made = {eid: make_execution(eid, tenant=tenant, status=status, input_hash=eid)
+            for eid, tenant, status in (("e1", "t1", ES.AWAITING_APPROVAL), ("e2", "t1", ES.RUNNING),
+                                        ("e3", "t2", ES.AWAITING_APPROVAL), ("e4", "t1", ES.PAUSED),
+                                        ("e5", "t1", ES.RUNNING), ("e6", "t1", ES.AWAITING_APPROVAL))}
+    store.commit([start(execution) for execution in made.values()])
+    store.commit([Change(steps=((eid, "b", 1, waiting),)) for eid in ("e1", "e2", "e3", "e4", "e6")])
+    # e5 has no step awaiting; e6 finished while its step still shows awaiting (never listed)
+    store.commit([update(made["e6"], status=ES.CANCELLED)])
+
+    page, cursor = store.awaiting_approval("t1")
+    assert (ids(page), cursor) == (["e4", "e2", "e1"], None)
+    assert page[0].steps["b"] == waiting  # with its steps
+    assert ids(store.awaiting_approval(None)[0]) == ["e4", "e3", "e2", "e1"]
+    assert store.awaiting_approval("t3") == ([], None)
+    first, cursor = store.awaiting_approval("t1", limit=2)
+    assert ids(first) == ["e4", "e2"] and cursor is not None
+    assert ids(store.awaiting_approval("t1", limit=2, cursor=cursor)[0]) == ["e1"]
+
+    decided = StepState(StepStatus.SUCCEEDED, "human-approval", attempts=1, started_at=at(1), completed_at=at(2))
+    store.commit([Change(steps=(("e2", "b", 1, decided),))])
+    assert ids(store.awaiting_approval("t1")[0]) == ["e4", "e1"]
+
+
 def test_load_unfinished_oldest_first(store: Store) -> None:
     executions = [make_execution(f"e-{status.value}", status=status, input_hash=status.value) for status in ES]
     store.commit([start(execution) for execution in executions])

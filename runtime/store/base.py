@@ -59,6 +59,12 @@ class Store(Protocol):
 
     def load_unfinished(self) -> list[Execution]: ...
 
+    def awaiting_approval(
+        self, tenant_id: str | None, *, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[Execution], str | None]:
+        """Unfinished executions with a step in ``awaiting_approval``, newest first, paged
+        like ``list_executions``."""
+
     # -- records
     def logs(
         self,

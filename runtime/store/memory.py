@@ -18,6 +18,7 @@ from runtime.model import (
     LogEntry,
     Runbook,
     StepState,
+    StepStatus,
 )
 from runtime.records import Change, ChangeResult
 from runtime.store.base import level_at_least, parse_cursor
@@ -179,6 +180,26 @@ class MemoryStore:
         page = page[:limit]
         next_cursor = str(page[-1][0]) if more and page else None
         return [self._assemble(header) for _, header in page], next_cursor
+
+    def awaiting_approval(
+        self, tenant_id: str | None, *, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[Execution], str | None]:
+        before = parse_cursor(cursor)
+        page: list[tuple[int, Execution]] = []
+        for seq, header in sorted(self._headers.values(), key=lambda row: row[0], reverse=True):
+            if (before is not None and seq >= before) or header.status.finished:
+                continue
+            if (tenant_id is not None and header.tenant_id != tenant_id) or not self._awaits(header.id):
+                continue
+            page.append((seq, header))
+            if len(page) > limit:
+                break
+        more = len(page) > limit
+        page = page[:limit]
+        return [self._assemble(header) for _, header in page], str(page[-1][0]) if more and page else None
+
+    def _awaits(self, execution_id: str) -> bool:
+        return any(state.status is StepStatus.AWAITING_APPROVAL for _, state in self._steps[execution_id].values())
 
     def load_unfinished(self) -> list[Execution]:
         return [self._assemble(h) for _, h in sorted(self._headers.values(), key=lambda row: row[0])

@@ -272,6 +272,7 @@ _ATTEMPTS = 10  # inserts that lost a race with another store's transaction
 class PostgresStore(ExecutionQueries):
     MARK = "%s"
     SELECT = _EXECUTIONS
+    STEP_STATUS = "state->>'status'"
 
     threaded = True
     name = "postgres"

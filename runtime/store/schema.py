@@ -343,6 +343,7 @@ class ExecutionQueries(abc.ABC):
 
     MARK: ClassVar[str]
     SELECT: ClassVar[str]
+    STEP_STATUS: ClassVar[str]  # the ``status`` of a ``steps.state`` JSON value, as SQL
 
     @abc.abstractmethod
     def _executions(self, query: str, params: Sequence[Any]) -> list[tuple[int, Execution]]:
@@ -392,3 +393,19 @@ class ExecutionQueries(abc.ABC):
     def load_unfinished(self) -> list[Execution]:
         found = self._executions(f"{self.SELECT} WHERE status IN {UNFINISHED_SQL} ORDER BY seq", ())
         return [execution for _, execution in found]
+
+    def awaiting_approval(self, tenant_id: str | None, *, limit: int = 50,
+                          cursor: str | None = None) -> tuple[list[Execution], str | None]:
+        m, before = self.MARK, parse_cursor(cursor)
+        where = [f"status IN {UNFINISHED_SQL}",
+                 f"id IN (SELECT execution_id FROM steps WHERE {self.STEP_STATUS} = 'awaiting_approval')"]
+        params: list[Any] = []
+        for condition, value in ((f"tenant_id = {m}", tenant_id), (f"seq < {m}", before)):
+            if value is not None:
+                where.append(condition)
+                params.append(value)
+        page = self._executions(f"{self.SELECT} WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT {m}",
+                                (*params, max(limit + 1, 0)))
+        more = len(page) > limit
+        page = page[: max(limit, 0)]
+        return [execution for _, execution in page], str(page[-1][0]) if more and page else None

@@ -245,6 +245,7 @@ _UNAVAILABLE = frozenset(
 class SqliteStore(ExecutionQueries):
     MARK = "?"
     SELECT = _HEADERS
+    STEP_STATUS = "json_extract(state, '$.status')"
 
     threaded = True
     name = "sqlite"

@@ -1,0 +1,139 @@
+// One execution: its runbook as a live SVG graph, the selected step's details (attempts,
+// timings, output, error; approve/reject or retry where the state allows), the controls,
+// and tabs for logs, evidence (with SHA-256) and audit. Live through the stream.
+import { api, follow, FINISHED } from "../api.js";
+import { el, badge, when, took, json, attempt, confirmAction } from "../ui.js";
+import { drawGraph } from "../graph.js";
+import { navigate } from "../app.js";
+
+const CONTROLS = {
+  Pause: { path: "pause", allowed: (s) => ["pending", "running", "awaiting_approval"].includes(s), reason: true },
+  Resume: { path: "resume", allowed: (s) => ["paused", "pausing"].includes(s), reason: true },
+  Cancel: { path: "cancel", allowed: (s) => !FINISHED.includes(s), reason: true, required: true },
+  Replay: { path: "replay", allowed: () => true, reason: true },
+};
+
+export function executionPage(view, id) {
+  const controller = new AbortController();
+  const base = `/api/v1/executions/${encodeURIComponent(id)}`;
+  const ui = {
+    title: el("h1", { text: `Execution ${id.slice(0, 12)}` }),
+    summary: el("div", { class: "row", "aria-live": "polite" }),
+    controls: el("div", { class: "row", role: "group", "aria-label": "Control" }),
+    graph: el("div", { class: "graph" }),
+    detail: el("section", { class: "panel", "aria-label": "Step details" }),
+    tabs: el("div", { role: "tablist", "aria-label": "Records" }),
+    tab: el("div", { role: "tabpanel", id: "records", tabindex: "0" }),
+  };
+  view.append(ui.title, ui.summary, ui.controls, ui.graph, ui.detail, ui.tabs, ui.tab);
+  let execution = null, selected = null, update = () => {}, current = "Logs";
+
+  for (const [name, { path, allowed, reason, required }] of Object.entries(CONTROLS)) {
+    const button = el("button", { type: "button", "data-action": name, class: name === "Cancel" ? "danger" : null }, name);
+    button.addEventListener("click", async () => {
+      const answer = await confirmAction(`${name} this execution?`, `${name} execution ${id}.`, { reason, reasonRequired: required });
+      if (answer === null) return;
+      const result = await attempt(() => api(`${base}/${path}`, { method: "POST", body: answer ? { reason: answer } : (required ? {} : undefined) }));
+      if (result && name === "Replay") navigate(`/executions/${result.id}`);
+      else if (result) show(result);
+    });
+    ui.controls.append(button);
+  }
+
+  const tabs = { Logs: logs, Evidence: evidence, Audit: audit };
+  for (const name of Object.keys(tabs)) {
+    const tab = el("button", { type: "button", role: "tab", id: `tab-${name}`, "aria-controls": "records", "aria-selected": String(name === current) }, name);
+    tab.addEventListener("click", () => { current = name; for (const t of ui.tabs.children) t.setAttribute("aria-selected", String(t === tab)); records(); });
+    ui.tabs.append(tab);
+  }
+
+  function show(state) {
+    execution = state;
+    ui.summary.replaceChildren(...[badge(state.status),
+      el("span", {}, "Runbook ", el("strong", { text: `${state.runbookId} v${state.runbookVersion}` })),
+      el("span", { class: "muted", text: `created ${when(state.createdAt)}` }),
+      state.completedAt ? el("span", { class: "muted", text: `took ${took(state.startedAt, state.completedAt)}` }) : null,
+      state.replayOf ? el("a", { href: `/executions/${state.replayOf}`, text: "replay of an earlier execution" }) : null,
+      state.error ? el("span", { class: "problems", text: `${state.error.code}: ${state.error.message}` }) : null].filter(Boolean));
+    for (const button of ui.controls.querySelectorAll("button")) button.disabled = !CONTROLS[button.dataset.action].allowed(state.status);
+    update(state, selected);
+    if (selected) stepDetail(selected);
+  }
+
+  function select(stepId) { selected = stepId; update(execution, selected); stepDetail(stepId); }
+
+  function stepDetail(stepId) {
+    const step = execution.steps[stepId];
+    const parts = [el("h2", { text: stepId }), el("div", { class: "row" }, badge(step.status), el("span", { text: step.type })),
+      el("p", { text: `Attempts: ${step.attempts} · started ${when(step.startedAt)} · ${step.completedAt ? `ended ${when(step.completedAt)} (${took(step.startedAt, step.completedAt)})` : "not ended"}` })];
+    if (step.deadlineAt) parts.push(el("p", { text: `Waits until ${when(step.deadlineAt)}` }));
+    if (step.progress) parts.push(el("p", { text: `Progress: ${step.progress.done} of ${step.progress.total}` }));
+    if (step.error) parts.push(el("p", { class: "problems", text: `Error ${step.error.code}: ${step.error.message}${step.error.retryable ? " (retryable)" : ""}` }));
+    if (step.approvals && step.approvals.length) parts.push(el("p", { text: `Decisions: ${step.approvals.map((a) => `${a.approver} ${a.decision}${a.comment ? ` (“${a.comment}”)` : ""}`).join(", ")}` }));
+    if (step.output !== null && step.output !== undefined) parts.push(el("h2", { text: "Output" }), el("pre", { text: json(step.output) }));
+    if (step.status === "awaiting_approval") parts.push(decision(stepId));
+    if (execution.status === "failed" && ["failed", "rejected"].includes(step.status)) {
+      parts.push(el("div", { class: "row" }, el("button", { type: "button", class: "primary", onclick: async () => {
+        if (await confirmAction(`Retry ${stepId}?`, "Re-runs this step, the steps its failure cancelled and what depends on them.") === null) return;
+        const result = await attempt(() => api(`${base}/steps/${encodeURIComponent(stepId)}/retry`, { method: "POST" }));
+        if (result) show(result);
+      } }, "Retry")));
+    }
+    ui.detail.replaceChildren(...parts);
+  }
+
+  function decision(stepId) {
+    const comment = el("textarea", { id: "decision-comment", rows: 2 });
+    const decide = (choice) => async () => {
+      const label = choice === "approve" ? "Approve" : "Reject";
+      if (await confirmAction(`${label} ${stepId}?`, `Record your decision on step ${stepId}.`) === null) return;
+      const result = await attempt(() => api(`${base}/steps/${encodeURIComponent(stepId)}/approvals`, { method: "POST", body: { decision: choice, comment: comment.value || null } }));
+      if (result) show(result);
+    };
+    return el("div", {}, el("div", { class: "field" }, el("label", { for: "decision-comment", text: "Comment" }), comment),
+      el("div", { class: "row" }, el("button", { type: "button", class: "primary", onclick: decide("approve") }, "Approve"),
+        el("button", { type: "button", class: "danger", onclick: decide("reject") }, "Reject")));
+  }
+
+  async function records() { await tabs[current](); }
+
+  async function logs() {
+    const page = await attempt(() => api(`${base}/logs?limit=1000`));
+    if (!page || current !== "Logs") return;
+    ui.tab.replaceChildren(table(["Time", "Level", "Step", "Message", "Data"], page.items.map((e) =>
+      [when(e.at), e.level, e.stepId || "", e.message, e.data && Object.keys(e.data).length ? el("code", { text: JSON.stringify(e.data) }) : ""])));
+  }
+
+  async function evidence() {
+    const page = await attempt(() => api(`${base}/evidence`));
+    if (!page || current !== "Evidence") return;
+    ui.tab.replaceChildren(table(["Time", "Step", "Kind", "SHA-256", "Data"], page.items.map((e) =>
+      [when(e.createdAt), e.stepId || "", e.kind, el("code", { class: "sha", text: e.sha256 }), el("pre", { text: json(e.data) })])));
+  }
+
+  async function audit() {
+    const page = await attempt(() => api(`${base}/audit`));
+    if (!page || current !== "Audit") return;
+    ui.tab.replaceChildren(table(["Time", "Actor", "Action", "Step", "Legal basis", "Reason"], page.items.map((e) =>
+      [when(e.at), e.actor, e.action, e.stepId || "", e.legalBasis || "", e.reason || ""])));
+  }
+
+  (async () => {
+    const first = await attempt(() => api(base));
+    if (!first) return;
+    const runbook = await attempt(() => api(`/api/v1/runbooks/${encodeURIComponent(first.runbookId)}?version=${first.runbookVersion}`));
+    if (runbook) update = drawGraph(ui.graph, runbook.document, select);
+    show(first);
+    select(Object.keys(first.steps).find((s) => !["pending", "succeeded", "skipped"].includes(first.steps[s].status)) || Object.keys(first.steps)[0]);
+    records();
+    await follow(id, (state) => { show(state); records(); }, controller.signal).catch((error) => attempt(() => { throw error; }));
+    if (!controller.signal.aborted) records();
+  })();
+  return () => controller.abort();
+}
+
+function table(headers, rows) {
+  return el("table", {}, el("thead", {}, el("tr", {}, headers.map((h) => el("th", { scope: "col", text: h })))),
+    el("tbody", {}, rows.length ? rows.map((cells) => el("tr", {}, cells.map((c) => el("td", {}, c))))
+      : el("tr", {}, el("td", { colspan: headers.length, class: "muted", text: "Nothing yet." }))));
+}
