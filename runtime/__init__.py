@@ -3,12 +3,15 @@ embedded Trio API (``open_runtime``). See SPEC section 6."""
 
 from runtime.approvals import ApprovalPage, PendingApproval
 from runtime.errors import (
+    CommandQueued,
     Conflict,
+    Fenced,
     Forbidden,
     NotFound,
     Problem,
     RunbookError,
     StepFailed,
+    StoreInUse,
     StoreUnavailable,
     ValidationError,
 )
@@ -36,11 +39,13 @@ __all__ = [
     "Approval",
     "ApprovalPage",
     "AuditEntry",
+    "CommandQueued",
     "Conflict",
     "Event",
     "Evidence",
     "Execution",
     "ExecutionStatus",
+    "Fenced",
     "Forbidden",
     "LogEntry",
     "NotFound",
@@ -60,6 +65,7 @@ __all__ = [
     "StepFailed",
     "StepState",
     "StepStatus",
+    "StoreInUse",
     "StoreUnavailable",
     "ValidationError",
     "open_runtime",

@@ -1,8 +1,9 @@
 """``Catalog``: runbook versions — registering, finding, and the plan the core runs of each.
 
 Registered versions never change, so each one is parsed and planned once. The latest
-version of each runbook is cached when this process is the only writer of its store
-(memory, SQLite); with a store shared by several processes it is read at every start.
+version of each runbook is cached; with a store shared by several processes, only while
+registrations elsewhere are announced to this process (``cache_latest``), and each
+announcement drops the cached version (``forget_latest``).
 An execution whose runbook needs a custom step type that is not registered yet waits for
 it in ``plan_for`` (and goes on the moment the embedding program registers it).
 """
@@ -43,8 +44,8 @@ class Catalog:
         self._clock = clock
         self._versions: dict[_Version, Runbook] = {}
         self._plans: dict[_Version, Plan] = {}
-        self._latest: dict[tuple[str | None, str], Runbook] | None = (
-            None if getattr(store, "supports_leases", False) else {})
+        self._latest: dict[tuple[str | None, str], Runbook] = {}
+        self.cache_latest: Callable[[], bool] = lambda: True
         self._types_changed = trio.Event()
         self.waiting_for_types = 0  # executions waiting for a step type to be registered
 
@@ -63,13 +64,20 @@ class Catalog:
         assert result.runbook_version is not None
         runbook = attrs.evolve(runbook, version=result.runbook_version)
         self._versions[(tenant_id, runbook.id, runbook.version)] = runbook
-        if self._latest is not None:
-            for key in [k for k in self._latest if k[1] == runbook.id and (tenant_id is None or k[0] == tenant_id)]:
-                del self._latest[key]
+        self.forget_latest(runbook.id)
         return runbook
 
+    def forget_latest(self, runbook_id: str | None) -> None:
+        """A new version was registered (``None``: maybe any): read the latest again next time."""
+        if runbook_id is None:
+            self._latest.clear()
+            return
+        for key in [k for k in self._latest if k[1] == runbook_id]:
+            del self._latest[key]
+
     async def get(self, runbook_id: str, version: int | None = None, *, tenant_id: str | None = None) -> Runbook:
-        if version is None and self._latest is not None:
+        caching = version is None and self.cache_latest()
+        if caching:
             cached = self._latest.get((tenant_id, runbook_id))
             if cached is not None:
                 return cached
@@ -78,7 +86,7 @@ class Catalog:
             which = f"version {version} of runbook" if version else "runbook"
             raise NotFound(f"{which} '{runbook_id}' not found")
         self._versions.setdefault((runbook.tenant_id, runbook.id, runbook.version), runbook)
-        if version is None and self._latest is not None:
+        if caching:
             self._latest[(tenant_id, runbook_id)] = runbook
         return runbook
 

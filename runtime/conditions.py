@@ -271,3 +271,9 @@ def _regex_problems(value: Any, path: str) -> list[Problem]:
     if error is None:
         return []
     return [Problem(path, f"bad regular expression '{value}': {error}")]
+
+
+def event_passes(condition: Any, payload: Any, event_type: str) -> bool:
+    """Whether an event passes a wait's ``filter``: a condition on ``payload.<...>`` and ``type``
+    (no filter: every event passes)."""
+    return condition is None or evaluate(condition, {"payload": payload, "type": event_type})

@@ -19,7 +19,7 @@ import trio
 
 from actors import ActorGone, Address, Reply, RestartPolicy, Supervisor, tell
 from runtime.core import crashed
-from runtime.execution import ActorMessage, ExecutionActor
+from runtime.execution import ActorMessage, ExecutionActor, Stop
 from runtime.host import ExecutionHost
 from runtime.model import Execution
 
@@ -101,6 +101,19 @@ class Directory:
         elif execution_id not in self._live:
             self._parked.add(execution_id)
 
+    def stop(self, execution_id: str) -> None:
+        """Stop running the execution here at once, changing nothing (another process owns it)."""
+        address = self.address(execution_id)
+        self.forget(execution_id)
+        if address is None:
+            return
+        try:
+            address.send_nowait(Stop())
+        except trio.WouldBlock:
+            self._nursery.start_soon(_send_quietly, address, Stop())
+        except ActorGone:
+            pass  # it has ended already
+
     def forget(self, execution_id: str) -> None:
         """This process no longer runs the execution (another one owns it now)."""
         self._parked.discard(execution_id)
@@ -153,6 +166,13 @@ class Directory:
                 return
             except ActorGone:
                 continue
+
+
+async def _send_quietly(address: Address[ActorMessage], message: ActorMessage) -> None:
+    try:
+        await address.send(message)
+    except ActorGone:
+        pass  # it has ended meanwhile
 
 
 def _describe(exc: BaseException) -> str:

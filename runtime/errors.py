@@ -6,7 +6,10 @@
     ├── Conflict          the state does not allow the operation; nothing changed
     ├── Forbidden         the caller may not do this (approver not allowed)
     ├── StepFailed        raised by an executor: the step's attempt failed
-    └── StoreUnavailable  the store cannot be reached (commits are retried)
+    ├── StoreUnavailable  the store cannot be reached (commits are retried)
+    ├── StoreInUse        another process uses this SQLite file
+    ├── Fenced            this process no longer owns the execution it tried to write
+    └── CommandQueued     forwarded to the owner, which did not answer in time: applied later
 
 The gateway maps ``code`` to an HTTP status; the Python API raises these as they are.
 """
@@ -96,3 +99,32 @@ class StepFailed(RunbookError):
         self.error_code = code
         self.retry_after_s = retry_after_s
         self.data = data
+
+
+class StoreInUse(RunbookError):
+    """The store (a SQLite file) is in use by another live process: one process per file."""
+
+    code = "storeInUse"
+
+
+class Fenced(RunbookError):
+    """A write of this process was refused: another process owns the execution now."""
+
+    code = "fenced"
+
+    def __init__(self, execution_ids: list[str]) -> None:
+        super().__init__(f"execution {', '.join(execution_ids)} is owned by another process now; "
+                         "this process's write was refused")
+        self.execution_ids = execution_ids
+
+
+class CommandQueued(RunbookError):
+    """The command was handed to the execution's owner, which did not answer within
+    FORWARD_WAIT_MS; it stays queued and is applied by whichever process runs the execution."""
+
+    code = "queued"
+
+    def __init__(self, command_id: str, execution_id: str) -> None:
+        super().__init__(f"command {command_id} for execution {execution_id} is queued")
+        self.command_id = command_id
+        self.execution_id = execution_id

@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 
 from actors import ActorGone, Reply
-from runtime.conditions import evaluate
+from runtime.conditions import event_passes
 from runtime.core.messages import DeliverEvent
 from runtime.errors import RunbookError
 from runtime.model import Event
@@ -41,7 +41,7 @@ class PublishResult:
 
 def passes(condition: Filter, event: Event) -> bool:
     """Whether ``event`` passes a wait's ``filter`` (paths ``payload.<...>`` and ``type``)."""
-    return condition is None or evaluate(condition, {"payload": event.payload, "type": event.type})
+    return event_passes(condition, event.payload, event.type)
 
 
 class EventRouter:
@@ -89,9 +89,12 @@ class EventRouter:
                 return event
         return None
 
-    async def publish(self, tenant_id: str, event_type: str, key: str, payload: Any) -> PublishResult:
+    def new_event(self, tenant_id: str, event_type: str, key: str, payload: Any) -> Event:
         now = self._now()
-        event = Event(uuid.uuid4().hex, tenant_id, event_type, key, payload, now, now + self._retention)
+        return Event(uuid.uuid4().hex, tenant_id, event_type, key, payload, now, now + self._retention)
+
+    async def publish(self, tenant_id: str, event_type: str, key: str, payload: Any) -> PublishResult:
+        event = self.new_event(tenant_id, event_type, key, payload)
         waiters = list(self._waiters.get((tenant_id, event_type, key), {}).items())
         delivered = 0
         for (execution_id, step_id), condition in waiters:

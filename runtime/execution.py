@@ -24,13 +24,16 @@ import attrs
 import trio
 
 from actors import Address, Mailbox, tell
+from runtime import commands
+from runtime.commands import CommandReply
 from runtime.core import apply, apply_all
 from runtime.core import effects as fx
 from runtime.core.messages import Begin, Continue, DeliverEvent, Message
 from runtime.core.state import ExecutionState
+from runtime.errors import Fenced
 from runtime.host import ExecutionHost
 from runtime.model import Execution
-from runtime.records import Change, merged
+from runtime.records import Change, Wait, merged
 from runtime.steps.base import Runner, TaskRun
 
 logger = logging.getLogger("runbooks.execution")
@@ -55,6 +58,7 @@ class ExecutionActor:
         self._state: ExecutionState | None = None
         self._scopes: dict[str, trio.CancelScope] = {}
         self._steps: trio.Nursery | None = None
+        self._applied: set[str] = set()  # command ids applied by this actor
 
     async def run(self, mailbox: Mailbox[ActorMessage]) -> None:
         """One incarnation: until the execution leaves (parks, ends, or is stopped)."""
@@ -64,34 +68,48 @@ class ExecutionActor:
             return
         self.committed = execution
         self._state = ExecutionState.of(await self.host.plan_for(execution), execution)
+        queued = await self.host.pending_commands(self.id) if self.host.pending_commands else []
         async with trio.open_nursery() as steps:
             self._steps = steps
-            await self._turn([Begin(self.host.incarnation())])
-            while True:
-                if self._state.idle:  # nothing runs: leave unless a message waits
-                    messages = _drain(mailbox, [])
-                    if not messages:
-                        self._leave(mailbox, self.committed)
-                        break
-                else:
-                    messages = _drain(mailbox, [await mailbox.receive()])
-                if any(isinstance(message, Stop) for message in messages):
-                    self._leave(mailbox, None)  # nothing of this batch is applied: the new owner redoes it
-                    break
-                await self._turn(messages)  # type: ignore[arg-type]
+            try:
+                await self._turn([Begin(self.host.incarnation()), *queued])  # queued commands first of all
+                await self._loop(mailbox)
+            except Fenced:
+                logger.warning("execution %s: another process owns it now; stopped here", self.id)
+                self._leave(mailbox, None)
             steps.cancel_scope.cancel()
 
+    async def _loop(self, mailbox: Mailbox[ActorMessage]) -> None:
+        assert self._state is not None
+        while True:
+            if self._state.idle:  # nothing runs: leave unless a message waits
+                messages = _drain(mailbox, [])
+                if not messages:
+                    self._leave(mailbox, self.committed)
+                    return
+            else:
+                messages = _drain(mailbox, [await mailbox.receive()])
+            if any(isinstance(message, Stop) for message in messages):
+                self._leave(mailbox, None)  # nothing of this batch is applied: the new owner redoes it
+                return
+            await self._turn(messages)  # type: ignore[arg-type]
+
     def _leave(self, mailbox: Mailbox[ActorMessage], final: Execution | None) -> None:
-        mailbox.close()  # no checkpoint since the mailbox was seen empty: nothing is lost
+        # Parking, the mailbox was seen empty with no checkpoint since: nothing is lost. Stopped
+        # (``final`` None), the replies of what waits fail and their senders go elsewhere.
+        mailbox.close()
         self.host.left(self.id, self.address, final)
 
     # ------------------------------------------------------------------ one transition
     async def _turn(self, messages: Iterable[Message]) -> None:
         assert self._state is not None
         now = self.host.clock.now()
-        self._state, effects = apply_all(self._state, messages, now)
+        self._state, effects = apply_all(self._state, self._fresh(messages), now)
         change, after = self._perform(effects, now)
+        change = self._with_outcomes(change, after)
         if change is not None:
+            if self.host.owner is not None:
+                change = attrs.evolve(change, fence=(self.id, self._state.execution.epoch, self.host.owner))
             await self.host.commit(change)
             self.committed = self._state.execution
             self.host.published(self.committed, change)
@@ -112,6 +130,13 @@ class ExecutionActor:
                 after.append(effect)
             elif isinstance(effect, fx.Commit):
                 change = effect.change if change is None else merged(change, effect.change)
+            elif isinstance(effect, fx.Subscribe) and self.host.owner is not None:  # waits in the database
+                wait = Wait(self.id, effect.step_id, effect.tenant_id, effect.event_type, effect.key, effect.filter)
+                shared = Change(waits=(wait,))
+                change = shared if change is None else merged(change, shared)
+            elif isinstance(effect, fx.Unsubscribe) and self.host.owner is not None:
+                shared = Change(unwaits=((self.id, effect.step_id),))
+                change = shared if change is None else merged(change, shared)
             elif isinstance(effect, fx.Subscribe):
                 event = self.host.router.subscribe(effect.tenant_id, effect.event_type, effect.key, self.id,
                                                    effect.step_id, effect.filter)
@@ -130,7 +155,41 @@ class ExecutionActor:
                 logger.info("%s", effect.text)
         return change, after
 
+    def _fresh(self, messages: Iterable[Message]) -> list[Message]:
+        """Leave out a command this incarnation has applied already (announced twice)."""
+        fresh = []
+        for message in messages:
+            reply = getattr(message, "reply", None)
+            if isinstance(reply, CommandReply):
+                if reply.command_id in self._applied:
+                    continue
+                self._applied.add(reply.command_id)
+            fresh.append(message)
+        return fresh
+
+    def _with_outcomes(self, change: Change | None, after: list[fx.Effect]) -> Change | None:
+        """The outcomes of commands from the database commit with the state they produced."""
+        assert self._state is not None
+        outcomes = []
+        for effect in after:
+            reply = getattr(effect, "reply", None)
+            if not isinstance(reply, CommandReply):
+                continue
+            if isinstance(effect, fx.AnswerState):
+                outcomes.append((reply.command_id, commands.outcome_of_state(self._state.execution)))
+            elif isinstance(effect, fx.Answer):
+                outcomes.append((reply.command_id, commands.outcome_of_value(effect.value)))
+            elif isinstance(effect, fx.Refuse):
+                outcomes.append((reply.command_id, commands.outcome_of_error(effect.error)))
+        if not outcomes:
+            return change
+        if change is None:
+            return Change(outcomes=tuple(outcomes))
+        return attrs.evolve(change, outcomes=change.outcomes + tuple(outcomes))
+
     def _acknowledge(self, effect: fx.Effect) -> None:
+        if isinstance(getattr(effect, "reply", None), CommandReply):
+            return  # answered by its recorded outcome
         if isinstance(effect, fx.SpawnAttempt):
             self._spawn(effect)
         elif isinstance(effect, fx.AnswerState):

@@ -2,7 +2,8 @@
 
 The actor (``runtime.execution``) gets this instead of the ``Runtime``: the clock, how to
 load an execution and its plan, how to commit, the event router and the timers, where
-committed states go, and whom to tell when it leaves. Nothing else of the runtime is
+committed states go, and whom to tell when it leaves; with several processes on one
+database, the instance id its writes are fenced with and the commands queued for it. Nothing else of the runtime is
 reachable from an actor, so the dependency points one way.
 """
 
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from runtime.clock import Clock
+from runtime.core.messages import Message
 from runtime.core.plan import Plan
 from runtime.model import Execution, RetryPolicy
 from runtime.records import Change, ChangeResult
@@ -39,3 +41,6 @@ class ExecutionHost:
     timers: Timers
     left: Callable[[str, Any, Execution | None], None]  # (execution id, address, final state or None)
     incarnation: Callable[[], int]
+    # several processes on one database (None / no-ops otherwise)
+    owner: str | None = None  # this process's instance id: every write is fenced with it
+    pending_commands: Callable[[str], Awaitable[list[Message]]] | None = None  # queued for an execution

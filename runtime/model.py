@@ -172,6 +172,7 @@ class Execution:
     paused_at: datetime | None = None
     deadline_at: datetime | None = None
     version: int = 0  # grows by one with every committed change of the execution
+    epoch: int = 0  # with several processes: the ownership epoch its owner's writes carry
 
 
 @attrs.frozen

@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from actors import Mailbox, Reply
-from runtime.errors import StoreUnavailable
+from runtime.errors import Fenced, StoreUnavailable
 from runtime.records import Change, ChangeResult
 from runtime.store.base import Store
 
@@ -124,7 +124,8 @@ class PersistenceActor:
                 await trio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
             except Exception as exc:  # a change the store refuses: find it, fail only its sender
-                self._failed(exc)
+                if not isinstance(exc, Fenced):  # (a fenced write is no fault of the store)
+                    self._failed(exc)
                 await self._isolate(batch, exc)
                 return
         self._committed(len(changes), time.perf_counter() - started)
@@ -146,7 +147,10 @@ class PersistenceActor:
 
     async def _isolate(self, batch: list[Commit], exc: Exception) -> None:
         if len(batch) == 1:
-            logger.error("the store refused a change: %s", exc, exc_info=exc)
+            if isinstance(exc, Fenced):  # not a fault: the execution has another owner now
+                logger.warning("%s", exc)
+            else:
+                logger.error("the store refused a change: %s", exc, exc_info=exc)
             batch[0].reply.fail(exc)
             return
         for message in batch:  # the transaction rolled back: commit each change on its own

@@ -7,9 +7,23 @@ for its ``ChangeResult``; the PersistenceActor commits many Changes in one trans
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 from runtime.model import AuditEntry, Event, Evidence, Execution, LogEntry, Runbook, StepState
+
+
+@attrs.frozen
+class Wait:
+    """A step waiting for events of (tenant, type, key) that pass ``filter``."""
+
+    execution_id: str
+    step_id: str
+    tenant_id: str
+    type: str
+    key: str
+    filter: Any = None
 
 
 @attrs.frozen
@@ -32,13 +46,20 @@ class Change:
     retain_events: tuple[Event, ...] = ()
     consume_events: tuple[str, ...] = ()
     version: tuple[str, int] | None = None  # (execution id, its version after this change)
-    lease: tuple[str, float] | None = None  # with new_execution: (owner, ttl in s) of its lease
+    # several processes on one database (PostgreSQL):
+    owner: str | None = None  # with new_execution: the instance that owns it (epoch 1)
+    fence: tuple[str, int, str] | None = None  # (execution id, epoch, owner) every write is guarded by
+    waits: tuple[Wait, ...] = ()  # subscriptions of steps that start waiting
+    unwaits: tuple[tuple[str, str], ...] = ()  # (execution id, step id) that stop waiting
+    publish: Event | None = None  # an event to hand to every waiter, or to retain
+    outcomes: tuple[tuple[str, Any], ...] = ()  # (command id, outcome) of commands applied
 
     @property
     def empty(self) -> bool:
         return not (
             self.new_execution or self.runbook or self.execution or self.steps or self.logs
             or self.audit or self.evidence or self.retain_events or self.consume_events or self.version
+            or self.waits or self.unwaits or self.publish or self.outcomes
         )
 
 
@@ -48,6 +69,8 @@ class ChangeResult:
 
     existing_id: str | None = None
     runbook_version: int | None = None
+    delivered: int = 0  # a publish: the waiters it was handed to
+    retained: bool = False  # a publish: kept for a later waiter
 
 
 def merged(first: Change, second: Change) -> Change:
@@ -65,4 +88,8 @@ def merged(first: Change, second: Change) -> Change:
         retain_events=first.retain_events + second.retain_events,
         consume_events=first.consume_events + second.consume_events,
         version=second.version or first.version,
+        fence=second.fence or first.fence,
+        waits=first.waits + second.waits,
+        unwaits=first.unwaits + second.unwaits,
+        outcomes=first.outcomes + second.outcomes,
     )

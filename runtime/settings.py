@@ -16,6 +16,8 @@ class Settings:
     finished_cache_size: int = 10_000
     persistence_max_batch: int = 1024
     lease_ttl_ms: int = 15_000
+    instance_id: str | None = None  # several processes on one database; default: host:pid:random
+    forward_wait_ms: int = 5000
 
     @property
     def default_retry_policy(self) -> RetryPolicy:

@@ -24,24 +24,26 @@ import jsonschema
 import trio
 
 from actors import ActorGone, Address, Reply, open_mailbox, open_supervisor
-from runtime.approvals import ApprovalPage, pending_for
+from runtime import commands
+from runtime.approvals import ApprovalPage, pending_for, rendered_config
 from runtime.catalog import Catalog
 from runtime.clock import Clock
-from runtime.core import Cancel, DecideApproval, Pause, Resume, RetryStep, Tick, created
+from runtime.cluster import Cluster, default_instance_id
+from runtime.core import Tick, created
 from runtime.directory import Directory
 from runtime.errors import Conflict, NotFound, Problem, ValidationError
 from runtime.events import EventRouter, PublishResult
-from runtime.execution import ActorMessage, Stop
 from runtime.host import ExecutionHost
-from runtime.leases import Leases
 from runtime.model import AuditEntry, Evidence, Execution, ExecutionStatus, LogEntry, Runbook
 from runtime.persistence import BatchObserver, Commit, Flush, PersistenceActor, PersistenceMessage
 from runtime.records import Change, ChangeResult
 from runtime.settings import Settings
+from runtime.steps.approval import check_approver
 from runtime.steps.context import Services
 from runtime.steps.registry import StepTypes
 from runtime.store import open_store_from_url
 from runtime.store.base import Store
+from runtime.store.postgres import PostgresStore
 from runtime.timers import Timers
 from runtime.validate import validate_document
 from runtime.watch import Observer, WatchHub
@@ -82,16 +84,20 @@ class Runtime:
         self.catalog = Catalog(store, self._read, self._commit, StepTypes(), settings, self.clock)
         self.router = EventRouter(now=self.clock.now, retention_ms=settings.event_retention_ms,
                                   commit=self._commit, ask=directory.ask)
-        self.leases = (Leases(store, settings.lease_ttl_ms, self._read)  # type: ignore[arg-type]
-                       if getattr(store, "supports_leases", False) else None)
+        self.cluster: Cluster | None = None
+        if isinstance(store, PostgresStore):  # several processes may share it
+            self.cluster = Cluster(store, self._read, directory, self.catalog, self.hub,
+                                   instance_id=settings.instance_id or default_instance_id(),
+                                   ttl_ms=settings.lease_ttl_ms, forward_wait_ms=settings.forward_wait_ms)
+            self.catalog.cache_latest = self.cluster.caches_latest
         directory.host = ExecutionHost(
             clock=self.clock, load=self._load, plan_for=self.catalog.plan_for, commit=self._commit,
             published=self.hub.published, types=self.catalog.types, services=self.services,
             default_policy=settings.default_retry_policy, router=self.router, timers=timers,
             left=self._left, incarnation=directory.next_incarnation,
+            owner=self.cluster.instance_id if self.cluster else None,
+            pending_commands=self.cluster.pending if self.cluster else None,
         )
-        if self.leases is not None:
-            directory.on_finished = self.leases.finished
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -142,8 +148,11 @@ class Runtime:
     # ------------------------------------------------------------------ runbooks
     def register_executor(self, type_name: str, executor: Any) -> None:
         """Register a custom step type: ``async def executor(ctx)`` or an object with ``execute``.
-        Executions waiting for this type go on at once."""
+        Executions waiting for this type go on at once (with several processes, those nobody
+        could run are taken over now)."""
         self.catalog.register_executor(type_name, executor)
+        if self.cluster is not None:
+            self.cluster.soon(self.cluster.take_over)
 
     def validate_runbook(self, document: Any) -> list[Problem]:
         """Every problem of a document (nothing is registered)."""
@@ -193,8 +202,10 @@ class Runtime:
         change = created(runbook, execution_id=uuid.uuid4().hex, input=input, context=ctx, input_hash=input_hash,
                          idempotency_key=idempotency_key, dedup=not force, replay_of=replay_of,
                          now=self.clock.now(), actor=actor, reason=reason)
-        if self.leases is not None:  # the lease is taken in the start's own transaction
-            change = attrs.evolve(change, lease=(self.leases.owner, self.leases.ttl_s))
+        if self.cluster is not None:  # owned from its first commit: this process runs it
+            assert change.new_execution is not None
+            change = attrs.evolve(change, owner=self.cluster.instance_id,
+                                  new_execution=attrs.evolve(change.new_execution, epoch=1))
         result = await self._commit(change)
         if result.existing_id is not None:
             existing = await self.fetch(result.existing_id)
@@ -223,6 +234,10 @@ class Runtime:
         return self.directory.knows(execution_id)
 
     def _in_memory(self, execution_id: str) -> Execution | None:
+        """The latest committed state if this process knows it (with several processes: only
+        for executions it runs; the others are read from the database)."""
+        if self.cluster is not None and not self.directory.knows(execution_id):
+            return None
         return self.directory.snapshot(execution_id) or self.hub.recent(execution_id)
 
     def get(self, execution_id: str, *, tenant_id: str | None = None) -> Execution:
@@ -293,11 +308,7 @@ class Runtime:
         (up to 1,024 states behind, then its stream ends).
         """
         async def current() -> Execution:
-            execution = await self.fetch(execution_id, tenant_id=tenant_id)
-            if not execution.status.finished and self.leases is not None and not self.owns(execution_id):
-                raise Conflict(f"execution {execution_id} is run by another process sharing this database; "
-                               "send the request to that process")
-            return execution
+            return await self.fetch(execution_id, tenant_id=tenant_id)
 
         async for execution in self.hub.watch(execution_id, current):
             yield execution
@@ -309,80 +320,85 @@ class Runtime:
             raise ConnectionError(self.persistence.stats.last_error or "commits are failing")
 
     # ------------------------------------------------------------------ control
-    async def _control(self, execution_id: str, tenant_id: str | None,
-                       make: Callable[[Reply[Execution]], ActorMessage], *, finished_ok: bool = False) -> Execution:
+    async def _control(self, execution_id: str, tenant_id: str | None, kind: str, body: dict[str, Any]) -> Execution:
+        """Apply a command to the execution where it runs: here (a message to its actor), or
+        on the process that owns it (forwarded through the database)."""
         execution = await self.fetch(execution_id, tenant_id=tenant_id)
-        if not self.owns(execution_id):
-            if self.leases is not None and not execution.status.finished:
-                raise Conflict(f"execution {execution_id} is run by another process sharing this "
-                               "database; send the request to that process")
-            if execution.status.finished and not finished_ok:
-                raise Conflict(f"execution {execution_id} is {execution.status.value}")
-        try:
-            return await self.directory.ask(execution_id, make)
-        except ActorGone:
-            latest = await self.fetch(execution_id)
-            raise Conflict(f"execution {execution_id} is {latest.status.value}") from None
+        if execution.status.finished and kind != "retry":
+            raise Conflict(f"execution {execution_id} is {execution.status.value}")
+        for _ in range(3):
+            if self.cluster is not None and not self.owns(execution_id):
+                if execution.status.finished and await self.cluster.claim_finished(execution_id):
+                    pass  # a retry of a finished execution: it runs here from now on
+                else:
+                    await self._precheck(execution, kind, body)
+                    found: Execution = await self.cluster.forward(execution_id, kind, body)
+                    return found
+            try:
+                answer: Execution = await self.directory.ask(execution_id,
+                                                             lambda reply: commands.message(kind, body, reply))
+                return answer
+            except ActorGone:
+                if self.cluster is None or self.owns(execution_id):
+                    latest = await self.fetch(execution_id)
+                    raise Conflict(f"execution {execution_id} is {latest.status.value}") from None
+                execution = await self.fetch(execution_id)  # stopped here meanwhile: go to its new owner
+        raise Conflict(f"execution {execution_id} changed owner while the request was made; try again")
+
+    async def _precheck(self, execution: Execution, kind: str, body: dict[str, Any]) -> None:
+        """What this process can refuse without the owner: an approver the step does not name."""
+        if kind != "approve" or body["stepId"] not in execution.steps:
+            return
+        runbook = await self.catalog.pinned(execution)
+        check_approver(rendered_config(execution, runbook, body["stepId"]), body["approver"])
 
     async def pause(self, execution_id: str, reason: str | None = None, *, actor: str = "system",
                     tenant_id: str | None = None) -> Execution:
-        return await self._control(execution_id, tenant_id, lambda r: Pause(actor, reason, r))
+        return await self._control(execution_id, tenant_id, "pause", {"actor": actor, "reason": reason})
 
     async def resume(self, execution_id: str, reason: str | None = None, *, actor: str = "system",
                      tenant_id: str | None = None) -> Execution:
-        return await self._control(execution_id, tenant_id, lambda r: Resume(actor, reason, r))
+        return await self._control(execution_id, tenant_id, "resume", {"actor": actor, "reason": reason})
 
     async def cancel(self, execution_id: str, reason: str, *, actor: str = "system",
                      tenant_id: str | None = None) -> Execution:
         if not reason:
             raise ValidationError([Problem("reason", "required: why the execution is cancelled")])
-        return await self._control(execution_id, tenant_id, lambda r: Cancel(actor, reason, r))
+        return await self._control(execution_id, tenant_id, "cancel", {"actor": actor, "reason": reason})
 
     async def submit_approval(self, execution_id: str, step_id: str, *, approver: str, decision: str,
                               comment: str | None = None, tenant_id: str | None = None) -> Execution:
         """Record ``approve`` or ``reject`` from ``approver`` on an approval step."""
-        return await self._control(execution_id, tenant_id,
-                                   lambda r: DecideApproval(step_id, approver, decision, comment, r))
+        return await self._control(execution_id, tenant_id, "approve", {
+            "stepId": step_id, "approver": approver, "decision": decision, "comment": comment})
 
     async def retry_step(self, execution_id: str, step_id: str, *, actor: str = "system",
                          reason: str | None = None, tenant_id: str | None = None) -> Execution:
         """Re-run a failed/rejected step of a failed execution, and what its failure stopped."""
-        execution = await self._control(execution_id, tenant_id, lambda r: RetryStep(step_id, actor, reason, r),
-                                        finished_ok=True)
-        if self.leases is not None:
-            await self.leases.claim_new(execution_id)
+        execution = await self._control(execution_id, tenant_id, "retry",
+                                        {"stepId": step_id, "actor": actor, "reason": reason})
         self.hub.notify("execution.retried", execution)
         return execution
 
     async def publish_event(self, event_type: str, correlation_key: str, payload: Any = None, *,
                             tenant_id: str = "default") -> PublishResult:
         """Hand an event to every step waiting on it, or retain it for a later waiter."""
-        return await self.router.publish(tenant_id, event_type, str(correlation_key), payload)
+        if self.cluster is None:
+            return await self.router.publish(tenant_id, event_type, str(correlation_key), payload)
+        event = self.router.new_event(tenant_id, event_type, str(correlation_key), payload)
+        result = await self._commit(Change(publish=event))  # to waiters on every process, in one transaction
+        return PublishResult(result.delivered, result.retained, event.id)
 
-    # ------------------------------------------------------------------ recovery and leases
-    async def _recover_all(self) -> None:
-        if self.leases is not None:
-            for execution_id in await self.leases.claim_expired():
-                await self._take_over(execution_id)
+    # ------------------------------------------------------------------ recovery
+    async def _recover_all(self, nursery: trio.Nursery) -> None:
+        if self.cluster is not None:
+            for execution_id in await self.cluster.start(nursery):
+                self.directory.start(execution_id, await self._read(self.store.get_execution, execution_id))
+            await self.cluster.take_over()
         else:
             for execution in await self._read(self.store.load_unfinished):
                 self.directory.start(execution.id, execution)
-        self.router.load_retained(await self._read(self.store.retained_events, self.clock.now()))
-
-    async def _take_over(self, execution_id: str) -> None:
-        execution = await self._read(self.store.get_execution, execution_id)
-        if execution is not None and not execution.status.finished and not self.owns(execution_id):
-            self.directory.start(execution_id, execution)
-            self.hub.notify("execution.taken_over", execution_id)
-
-    def _lease_lost(self, execution_id: str) -> None:
-        address = self.directory.address(execution_id)
-        self.directory.forget(execution_id)
-        if address is not None:
-            try:
-                address.send_nowait(Stop())
-            except (trio.WouldBlock, ActorGone):
-                pass  # the next heartbeat tries again
+            self.router.load_retained(await self._read(self.store.retained_events, self.clock.now()))
 
 
 def _visible(execution: Execution | None, execution_id: str, tenant_id: str | None) -> Execution:
@@ -442,10 +458,9 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
                 for name, executor in (executors or {}).items():
                     runtime.register_executor(name, executor)
                 services.start_soon(timers.run, runtime._fire, name="timers")
-                await runtime._recover_all()
-                if runtime.leases is not None:
-                    services.start_soon(runtime.leases.heartbeat, runtime.directory.ids,
-                                        runtime._lease_lost, runtime._take_over, name="lease heartbeat")
+                await runtime._recover_all(services)
+                if runtime.cluster is not None:
+                    services.start_soon(runtime.cluster.heartbeat, name="heartbeat")
                 try:
                     yield runtime
                 except BaseException as exc:
@@ -456,8 +471,8 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
             reply: Reply[None] = Reply()
             await address.send(Flush(reply))
             await reply.wait()  # everything sent before is committed
-            if runtime.leases is not None:  # let another process take over at once
-                await runtime.leases.release_all(sorted(runtime.directory.ids()))
+            if runtime.cluster is not None:  # let another process take over at once
+                await runtime.cluster.stop()
             services.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The caller's own exception comes back as itself, not wrapped by our nurseries;

@@ -73,6 +73,20 @@ class WatchHub:
         if execution.status.finished or not watchers:
             self._watchers.pop(execution.id, None)
 
+    def watched(self, execution_id: str) -> bool:
+        return execution_id in self._watchers
+
+    def watched_ids(self) -> list[str]:
+        return list(self._watchers)
+
+    def follow(self, execution: Execution) -> None:
+        """A committed state read from the store (another process runs the execution): to this
+        process's watchers only; the observers hear of it where it runs."""
+        self.remember(execution)
+        watchers = self._watchers.get(execution.id)
+        if watchers:
+            self._feed(execution, watchers)
+
     def notify(self, what: str, data: Any) -> None:
         for observer in self.observers:
             try:

@@ -48,10 +48,15 @@ def check_decision(config: Mapping[str, Any], approvals: Sequence[Approval], app
     """Raise if this decision may not be taken; ``config`` is the rendered config."""
     if decision not in DECISIONS:
         raise ValidationError([{"path": "decision", "message": "must be 'approve' or 'reject'"}])
-    if approver not in approver_ids(config):
-        raise Forbidden(f"'{approver}' is not an approver of this step")
+    check_approver(config, approver)
     if any(a.approver == approver for a in approvals):
         raise Conflict(f"'{approver}' has already decided on this step")
+
+
+def check_approver(config: Mapping[str, Any], approver: str) -> None:
+    """Raise ``Forbidden`` unless ``approver`` is one of the step's (rendered) approvers."""
+    if approver not in approver_ids(config):
+        raise Forbidden(f"'{approver}' is not an approver of this step")
 
 
 def approver_ids(config: Mapping[str, Any]) -> list[str]:

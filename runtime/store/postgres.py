@@ -11,7 +11,9 @@ snapshot. ``schema``: the tables live in that schema (created if missing), set a
 
 from __future__ import annotations
 
+import json
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -22,9 +24,11 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
-from runtime.errors import StoreUnavailable
+from runtime.conditions import event_passes
+from runtime.errors import Fenced, StoreUnavailable
 from runtime.model import LOG_LEVELS, AuditEntry, Event, Evidence, Execution, LogEntry, Runbook
 from runtime.records import Change, ChangeResult
+from runtime.store import pg_cluster as cluster
 from runtime.store.schema import (
     NOT_DEDUPED_SQL,
     Execute,
@@ -48,6 +52,7 @@ from runtime.store.schema import (
     runbook_row,
     step_rows,
 )
+from runtime.wire import dumps, to_json
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
@@ -153,43 +158,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # 3: the version of each execution, bumped by every committed change
         "ALTER TABLE executions ADD COLUMN version bigint NOT NULL DEFAULT 0",
     ),
+    cluster.MIGRATION,  # 4: instances, owners with fencing epochs, commands, waits
 )
-
-_UNFINISHED_SQL = "('pending', 'running', 'awaiting_approval', 'pausing', 'paused')"
-
-# Claim every unfinished execution whose lease has expired, or that never had one and is
-# older than a lease (its starter died between the commit and the claim). ON CONFLICT re-checks
-# the row under its lock, so two processes never both win one execution.
-_CLAIM = f"""
-INSERT INTO leases (execution_id, owner, expires_at)
-SELECT e.id, %(owner)s, now() + %(ttl)s * interval '1 second'
-FROM executions e LEFT JOIN leases l ON l.execution_id = e.id
-WHERE e.status IN {_UNFINISHED_SQL}
-  AND (l.expires_at < now() OR l.owner = %(owner)s
-       OR (l.execution_id IS NULL AND (e.created_at < now() - %(ttl)s * interval '1 second'
-                                       OR e.id = ANY(%(fresh)s))))
-  AND (%(only)s::text[] IS NULL OR e.id = ANY(%(only)s))
-ON CONFLICT (execution_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
-  WHERE leases.expires_at < now() OR leases.owner = excluded.owner
-RETURNING execution_id"""
-
-# the lease of a start, in the start's own transaction (only if its insert took place)
-_LEASE_NEW = """
-INSERT INTO leases (execution_id, owner, expires_at)
-SELECT %(id)s, %(owner)s, now() + %(ttl)s * interval '1 second'
-WHERE EXISTS (SELECT 1 FROM executions WHERE id = %(id)s)
-ON CONFLICT (execution_id) DO NOTHING"""
-
-_RENEW = """
-UPDATE leases SET expires_at = now() + %(ttl)s * interval '1 second'
-WHERE owner = %(owner)s AND expires_at >= now()
-RETURNING execution_id"""
 
 _HEADER_COLUMNS = ("id, tenant_id, runbook_id, runbook_version, status, input_hash, idempotency_key, created_at, "
                    "header, version")
 
 _INSERT_EXECUTION = f"""
-INSERT INTO executions ({_HEADER_COLUMNS}, deduplicated) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::json, %s, %s)
+INSERT INTO executions ({_HEADER_COLUMNS}, deduplicated, owner, epoch)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::json, %s, %s, %s, %s)
 ON CONFLICT DO NOTHING"""
 
 # A header upsert never breaks the active-hash index: an execution that becomes active again
@@ -261,7 +238,7 @@ ORDER BY seq LIMIT 1"""
 
 # the header and its steps in one statement: one snapshot
 _EXECUTIONS = """
-SELECT e.seq, e.header, e.version,
+SELECT e.seq, e.header, e.version, e.epoch,
        (SELECT json_agg(json_build_array(s.step_id, s.state) ORDER BY s.position, s.step_id)
         FROM steps AS s WHERE s.execution_id = e.id)
 FROM executions AS e"""
@@ -331,25 +308,78 @@ class PostgresStore(ExecutionQueries):
     def ping(self) -> None:
         self._rows("SELECT 1")
 
-    # -- leases (several processes on one database)
-    supports_leases = True
+    # -- several processes on one database: instances, owners, commands
+    shared = True  # other processes may write this store too
 
-    def claim(self, owner: str, ttl_s: float, fresh: Sequence[str] = ()) -> list[str]:
-        """Take the lease of ``fresh`` executions (just started here) and of every unfinished
-        execution whose lease expired; the ids this process now owns (newly or still)."""
-        params = {"owner": owner, "ttl": ttl_s, "fresh": list(fresh), "only": list(fresh) or None}
-        return [row[0] for row in self._rows(_CLAIM, params)]
+    @property
+    def channel(self) -> str:
+        """The notification channel of this store's schema."""
+        return f"runbooks_{self.schema}" if self.schema else "runbooks"
 
-    def renew(self, owner: str, ttl_s: float) -> set[str]:
-        """Extend every lease this process still holds; the ids it holds."""
-        return {row[0] for row in self._rows(_RENEW, {"owner": owner, "ttl": ttl_s})}
+    def register_instance(self, instance_id: str, incarnation: str, ttl_s: float) -> bool:
+        """Take the instance id for this process; whether a process using it was still alive."""
+        rows = self._rows(cluster.REGISTER, {"id": instance_id, "me": incarnation, "ttl": ttl_s})
+        return bool(rows and rows[0][0])
 
-    def release(self, owner: str, execution_ids: Sequence[str], *, finished: bool = False) -> None:
-        """Give leases up: a finished execution's row goes; an unfinished one's expires now,
-        so another process takes it over at its next heartbeat."""
-        query = ("DELETE FROM leases WHERE owner = %s AND execution_id = ANY(%s) RETURNING 1" if finished else
-                 "UPDATE leases SET expires_at = '-infinity' WHERE owner = %s AND execution_id = ANY(%s) RETURNING 1")
-        self._rows(query, (owner, list(execution_ids)))
+    def renew_instance(self, instance_id: str, incarnation: str, ttl_s: float) -> bool:
+        """Extend this process's heartbeat; False: another process took the instance id."""
+        return bool(self._rows(cluster.RENEW, {"id": instance_id, "me": incarnation, "ttl": ttl_s}))
+
+    def stop_instance(self, instance_id: str, incarnation: str) -> list[str]:
+        """Graceful shutdown: give every unfinished execution up and let the others know."""
+        with self._transaction() as cursor:
+            released = [row[0] for row in cursor.execute(cluster.RELEASE, {"id": instance_id}).fetchall()]
+            cursor.execute(cluster.STOP, {"id": instance_id, "me": incarnation})
+            cursor.execute(cluster.NOTIFY, (self.channel, ["released"]))
+        return released
+
+    def claim_own(self, instance_id: str) -> list[str]:
+        """Every unfinished execution this instance id owns, each under a new epoch."""
+        return [row[0] for row in self._rows(cluster.CLAIM_OWN, {"id": instance_id})]
+
+    def orphans(self, instance_id: str, limit: int = 1000) -> list[tuple[str, int, str, str, int]]:
+        """(id, epoch, tenant, runbook id, version) of unfinished executions nobody alive owns."""
+        return [tuple(row) for row in self._rows(cluster.ORPHANS, {"id": instance_id, "limit": limit})]  # type: ignore[misc]
+
+    def claim(self, execution_id: str, instance_id: str, epoch: int) -> int | None:
+        """Own the execution if its epoch is still ``epoch``; the new epoch, or None."""
+        rows = self._rows(cluster.CLAIM, {"id": instance_id, "execution": execution_id, "epoch": epoch})
+        return int(rows[0][0]) if rows else None
+
+    def claim_finished(self, execution_id: str, instance_id: str) -> int | None:
+        rows = self._rows(cluster.CLAIM_FINISHED, {"id": instance_id, "execution": execution_id})
+        return int(rows[0][0]) if rows else None
+
+    def owner_of(self, execution_id: str) -> tuple[str | None, int] | None:
+        rows = self._rows(cluster.OWNER, (execution_id,))
+        return (rows[0][0], int(rows[0][1])) if rows else None
+
+    def insert_command(self, command_id: str, execution_id: str, kind: str, body: Any, origin: str) -> None:
+        """Queue a command for the execution's owner and announce it (one transaction)."""
+        with self._transaction() as cursor:
+            cursor.execute(cluster.INSERT_COMMAND, (command_id, execution_id, kind, json.dumps(body), origin))
+            cursor.execute(cluster.NOTIFY, (self.channel, [f"cmd:{execution_id}"]))
+
+    def pending_commands(self, execution_id: str) -> list[tuple[str, str, Any]]:
+        """(id, kind, body) of the execution's commands not applied yet, in order."""
+        return [(row[0], row[1], row[2]) for row in self._rows(cluster.PENDING_COMMANDS, (execution_id,))]
+
+    def command_outcome(self, command_id: str) -> tuple[bool, Any] | None:
+        """(applied, outcome) of a command, None if there is no such command."""
+        rows = self._rows(cluster.OUTCOME, (command_id,))
+        return (bool(rows[0][0]), rows[0][1]) if rows else None
+
+    def sweep_commands(self, older_than_s: float) -> None:
+        self._rows(cluster.SWEEP_COMMANDS + " RETURNING 1", (older_than_s,))
+
+    @contextmanager
+    def _transaction(self) -> Iterator[psycopg.Cursor[tuple[Any, ...]]]:
+        """A short transaction of its own on a pooled connection (not the batch writer)."""
+        pool = self._pool
+        if pool is None:
+            raise StoreUnavailable("postgres store is not open")
+        with _translated("write"), pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            yield cursor
 
     # -- writes
     def commit(self, changes: Sequence[Change]) -> list[ChangeResult]:
@@ -358,7 +388,7 @@ class PostgresStore(ExecutionQueries):
         with self._write_lock, _translated("commit"):
             conn = self._writer()
             with conn.transaction(), conn.cursor() as cursor:
-                return apply_batch(changes, _Writer(cursor))
+                return apply_batch(changes, _Writer(cursor, self.channel))
 
     def _writer(self) -> Connection:
         """The write connection; a broken one (lost during an earlier commit) is replaced."""
@@ -399,8 +429,8 @@ class PostgresStore(ExecutionQueries):
 
     # -- executions: ExecutionQueries
     def _executions(self, query: str, params: Sequence[Any]) -> list[tuple[int, Execution]]:
-        return [(seq, execution_from(header, steps or (), version))
-                for seq, header, version, steps in self._rows(query, params)]
+        return [(seq, execution_from(header, steps or (), version, epoch))
+                for seq, header, version, epoch, steps in self._rows(query, params)]
 
     # -- records
     def logs(
@@ -463,6 +493,10 @@ class PostgresStore(ExecutionQueries):
         defaults = {"connect_timeout": max(1, round(self._timeout)), "application_name": "runbooks"}
         return {key: value for key, value in defaults.items() if key not in given}
 
+    def connect_listener(self) -> Connection:
+        """A connection of its own for LISTEN (kept out of the pool)."""
+        return psycopg.Connection.connect(self.dsn, autocommit=True, **self._connect_options())
+
     def _connect(self) -> Connection:
         conn = psycopg.Connection.connect(self.dsn, autocommit=True, **self._connect_options())
         try:
@@ -498,22 +532,20 @@ class PostgresStore(ExecutionQueries):
 class _Writer:
     """The writes of one batch, inside its transaction."""
 
-    def __init__(self, cursor: psycopg.Cursor[tuple[Any, ...]]) -> None:
+    def __init__(self, cursor: psycopg.Cursor[tuple[Any, ...]], channel: str) -> None:
         self._cursor = cursor
+        self._channel = channel
+        self._notices: list[str] = []  # NOTIFY payloads, sent as the batch commits
 
     def insert_executions(self, starts: Sequence[Change]) -> list[str | None]:
-        """Every insert (and lease) of the run in one pipeline: one round trip for all."""
+        """Every insert of the run in one pipeline: one round trip for all."""
         conn = self._cursor.connection
         cursors = []
         with conn.pipeline():
             for change in starts:
-                assert change.new_execution is not None
                 cursor = conn.cursor()
-                cursor.execute(_INSERT_EXECUTION, (*header_row(change.new_execution, _as_is), change.dedup))
+                cursor.execute(_INSERT_EXECUTION, _insert_row(change))
                 cursors.append(cursor)
-                if change.lease is not None:
-                    owner, ttl = change.lease
-                    conn.cursor().execute(_LEASE_NEW, {"id": change.new_execution.id, "owner": owner, "ttl": ttl})
         results: list[str | None] = []
         for change, cursor in zip(starts, cursors, strict=True):
             assert change.new_execution is not None
@@ -524,16 +556,12 @@ class _Writer:
         """A start whose insert found its unique key taken: the execution that holds it."""
         execution = change.new_execution
         assert execution is not None
-        row = (*header_row(execution, _as_is), change.dedup)
         for _ in range(_ATTEMPTS):
             found, existing = self._existing(execution, change.dedup)
             if found:
                 return existing
-            self._cursor.execute(_INSERT_EXECUTION, row)  # it left the index meanwhile: try again
+            self._cursor.execute(_INSERT_EXECUTION, _insert_row(change))  # it left the index meanwhile: again
             if self._cursor.rowcount == 1:
-                if change.lease is not None:
-                    owner, ttl = change.lease
-                    self._cursor.execute(_LEASE_NEW, {"id": execution.id, "owner": owner, "ttl": ttl})
                 return None
         # the execution holding the index kept changing under us: let the batch be retried
         raise StoreUnavailable(f"execution {execution.id} was neither inserted nor found; retry")
@@ -557,6 +585,7 @@ class _Writer:
     def add_runbook(self, runbook: Runbook) -> int:
         owner, id_, document, created_at = runbook_row(runbook, datetime.now(UTC), _as_is)
         params = {"owner": owner, "id": id_, "document": document, "created_at": created_at}
+        self._notices.append(f"runbook:{runbook.id}")  # the others drop the latest version they cached
         for _ in range(_ATTEMPTS):
             row = self._cursor.execute(_INSERT_RUNBOOK, params).fetchone()
             if row is not None:
@@ -564,11 +593,73 @@ class _Writer:
         raise StoreUnavailable(f"runbook {runbook.id}: no version could be assigned; retry")
 
     def flush(self, pending: Pending) -> None:
+        if pending.fences:
+            self._fence(pending)
         with self._cursor.connection.pipeline():  # every table in one round trip
             self._flush(pending)
 
+    def _fence(self, pending: Pending) -> None:
+        """Refuse the batch if an owner's epoch is stale (another process owns it now)."""
+        ids = list(pending.fences)
+        columns = (ids, [pending.versions.get(i, 0) for i in ids], [pending.fences[i][0] for i in ids],
+                   [pending.fences[i][1] for i in ids])
+        passed = {row[0] for row in self._cursor.execute(cluster.FENCE, columns).fetchall()}
+        if len(passed) != len(ids):
+            raise Fenced(sorted(set(ids) - passed))
+
+    def events(self, change: Change) -> ChangeResult:
+        """Waits and publishes, each under the lock of its (tenant, type, key): a publish sees
+        every wait committed before it, and a wait every event retained before it."""
+        cursor = self._cursor
+        for execution_id, step_id in change.unwaits:
+            cursor.execute(cluster.DELETE_WAIT, (execution_id, step_id))
+        for wait in change.waits:
+            self._lock(wait.tenant_id, wait.type, wait.key)
+            retained = [event_from(row, _as_is) for row in
+                        cursor.execute(cluster.RETAINED_FOR, (wait.tenant_id, wait.type, wait.key)).fetchall()]
+            taken = next((event for event in retained if event_passes(wait.filter, event.payload, event.type)), None)
+            if taken is None:
+                cursor.execute(cluster.INSERT_WAIT, (wait.execution_id, wait.step_id, wait.tenant_id, wait.type,
+                                                     wait.key, json.dumps(wait.filter)))
+                continue
+            cursor.execute(_DELETE_EVENT, (taken.id,))  # the step takes it, as a command to its execution
+            self._command(wait.execution_id, "event", {"stepId": wait.step_id, "event": to_json(taken)})
+        if change.publish is None:
+            return ChangeResult()
+        return self._publish(change.publish)
+
+    def _publish(self, event: Event) -> ChangeResult:
+        cursor = self._cursor
+        self._lock(event.tenant_id, event.type, event.correlation_key)
+        waiters = cursor.execute(cluster.WAITERS, (event.tenant_id, event.type, event.correlation_key)).fetchall()
+        delivered = 0
+        for execution_id, step_id, condition in waiters:
+            if event_passes(condition, event.payload, event.type):
+                self._command(execution_id, "event", {"stepId": step_id, "event": to_json(event)})
+                delivered += 1
+        if delivered:
+            return ChangeResult(delivered=delivered)
+        cursor.execute(_UPSERT_EVENT, event_row(event, _as_is))
+        return ChangeResult(retained=True)
+
+    def _lock(self, tenant_id: str, event_type: str, key: str) -> None:
+        self._cursor.execute(cluster.LOCK_KEY, (json.dumps([tenant_id, event_type, key]),))
+
+    def _command(self, execution_id: str, kind: str, body: Any) -> None:
+        self._cursor.execute(cluster.INSERT_COMMAND, (uuid.uuid4().hex, execution_id, kind, dumps(body), None))
+        self._notices.append(f"cmd:{execution_id}")
+
     def _flush(self, pending: Pending) -> None:
         cursor = self._cursor
+        notices = self._notices
+        if pending.outcomes:
+            cursor.executemany(cluster.RECORD_OUTCOME, [(dumps(outcome), command_id)
+                                                        for command_id, outcome in pending.outcomes])
+            notices += [f"done:{command_id}" for command_id, _ in pending.outcomes]
+        notices += [f"state:{eid}:{pending.versions.get(eid, 0)}" for eid in pending.fences]
+        if notices:
+            cursor.execute(cluster.NOTIFY, (self._channel, list(dict.fromkeys(notices))))
+            self._notices = []
         if pending.headers:
             cursor.executemany(_UPSERT_HEADER, pending.header_rows(_as_is))
         versions = pending.version_rows()
@@ -590,6 +681,14 @@ class _Writer:
 
 def _as_is(value: Any) -> Any:
     return value
+
+
+
+
+def _insert_row(change: Change) -> tuple[Any, ...]:
+    execution = change.new_execution
+    assert execution is not None
+    return (*header_row(execution, _as_is), change.dedup, change.owner, 1 if change.owner else 0)
 
 
 @contextmanager

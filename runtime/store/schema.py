@@ -58,6 +58,9 @@ class BatchWriter(Protocol):
     def add_runbook(self, runbook: Runbook) -> int:
         """Store the next version of the runbook; its version."""
 
+    def events(self, change: Change) -> ChangeResult:
+        """A publish, waits that start and stop: the stores shared by several processes."""
+
     def flush(self, pending: Pending) -> None:
         """Write everything collected, one ``executemany`` per table."""
 
@@ -74,6 +77,8 @@ class Pending:
     events: dict[str, Event] = attrs.Factory(dict)
     consumed: dict[str, None] = attrs.Factory(dict)  # deleted before ``events`` are written
     versions: dict[str, int] = attrs.Factory(dict)  # execution id -> its newest version
+    fences: dict[str, tuple[int, str]] = attrs.Factory(dict)  # execution id -> (epoch, owner) to check
+    outcomes: list[tuple[str, Any]] = attrs.Factory(list)  # (command id, outcome)
     start_keys: set[tuple[object, ...]] = attrs.Factory(set)  # unique keys the headers touch
 
     def add(self, change: Change) -> None:
@@ -94,11 +99,15 @@ class Pending:
         if change.version is not None:
             execution_id, version = change.version
             self.versions[execution_id] = max(version, self.versions.get(execution_id, 0))
+        if change.fence is not None:
+            execution_id, epoch, owner = change.fence
+            self.fences[execution_id] = (epoch, owner)
+        self.outcomes.extend(change.outcomes)
 
     @property
     def empty(self) -> bool:
         return not (self.headers or self.steps or self.logs or self.audit or self.evidence
-                    or self.events or self.consumed or self.versions)
+                    or self.events or self.consumed or self.versions or self.outcomes)
 
     def header_rows(self, stamp: Stamp) -> list[Row]:
         """The headers to write, each with the newest version of its execution."""
@@ -150,12 +159,15 @@ def apply_batch(changes: Sequence[Change], writer: BatchWriter) -> list[ChangeRe
             writer.flush(pending)
             pending = Pending()
             continue
-        version = writer.add_runbook(change.runbook) if change.runbook is not None else None
+        result = ChangeResult()
+        if change.runbook is not None:
+            result = ChangeResult(runbook_version=writer.add_runbook(change.runbook))
+        if change.publish is not None or change.waits or change.unwaits:
+            result = writer.events(change)  # at once, in order: what a later wait or publish sees
         pending.add(change)
-        results.append(ChangeResult(runbook_version=version))
+        results.append(result)
         index += 1
-    if not pending.empty:
-        writer.flush(pending)
+    writer.flush(pending)  # (also when nothing is pending: what the batch announces goes out)
     return results
 
 
@@ -243,10 +255,11 @@ def loads(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def execution_from(header: Any, steps: Iterable[tuple[str, Any]], version: int) -> Execution:
+def execution_from(header: Any, steps: Iterable[tuple[str, Any]], version: int, epoch: int = 0) -> Execution:
     data = dict(loads(header))
     data["steps"] = {step_id: loads(state) for step_id, state in steps}
-    data["version"] = version  # the column: the header is not rewritten at every change
+    data["version"] = version  # the columns: the header is not rewritten at every change
+    data["epoch"] = epoch
     return from_json(data, Execution)
 
 

@@ -437,6 +437,9 @@ class _Writer:
                 return None if row[0] == execution.id else str(row[0])
         raise RuntimeError(f"execution {execution.id} was neither inserted nor found")  # pragma: no cover
 
+    def events(self, change: Change) -> ChangeResult:
+        raise NotImplementedError("a SQLite store is one process's: its events go through the runtime's router")
+
     def add_runbook(self, runbook: Runbook) -> int:
         owner, id_, document, created_at = runbook_row(runbook, datetime.now(UTC), format_time)
         params = {"owner": owner, "id": id_, "document": document, "created_at": created_at}
