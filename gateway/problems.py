@@ -20,6 +20,7 @@ from quart import Response
 from werkzeug.exceptions import HTTPException
 
 from runtime import (
+    CommandQueued,
     Conflict,
     Forbidden,
     NotFound,
@@ -119,6 +120,9 @@ def problem_for(error: BaseException) -> Response:
             return problem_response(403, str(error) or "forbidden")
         case StoreUnavailable():
             return problem_response(503, "the store is unavailable; try again later")
+        case CommandQueued():  # not a problem: accepted, and applied by whoever runs the execution
+            body = json.dumps({"commandId": error.command_id, "status": "queued"})
+            return Response(body, status=202, content_type="application/json")
         case RunbookError():
             return problem_response(422, str(error) or error.code)
         case HTTPException():

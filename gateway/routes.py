@@ -114,6 +114,9 @@ LOG_PARAMS = (
 )
 
 _EXECUTION = Answer("The execution with its steps.", "Execution")
+_QUEUED = Answer("Handed to the process that runs the execution, which did not answer in time: queued.",
+                 "Queued")
+_CONTROLLED = {200: _EXECUTION, 202: _QUEUED}
 _EXECUTION_CREATED = Answer("The new execution.", "Execution", headers=("Location",))
 
 ROUTES: tuple[Route, ...] = (
@@ -155,22 +158,22 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/executions/<execution_id>", ex.get_execution, "getExecution",
           "An execution with its steps", "executions", {200: _EXECUTION}),
     Route("POST", "/api/v1/executions/<execution_id>/pause", ex.pause_execution, "pauseExecution",
-          "Pause: no new step starts; steps in flight finish", "control", {200: _EXECUTION},
+          "Pause: no new step starts; steps in flight finish", "control", _CONTROLLED,
           body="ControlRequest", body_required=False, problems=(409, 422)),
     Route("POST", "/api/v1/executions/<execution_id>/resume", ex.resume_execution, "resumeExecution",
-          "Resume a paused execution", "control", {200: _EXECUTION},
+          "Resume a paused execution", "control", _CONTROLLED,
           body="ControlRequest", body_required=False, problems=(409, 422)),
     Route("POST", "/api/v1/executions/<execution_id>/cancel", ex.cancel_execution, "cancelExecution",
-          "Cancel: every step in flight is cancelled at once (reason required)", "control", {200: _EXECUTION},
+          "Cancel: every step in flight is cancelled at once (reason required)", "control", _CONTROLLED,
           body="CancelRequest", problems=(409, 422)),
     Route("POST", "/api/v1/executions/<execution_id>/steps/<step_id>/retry", ex.retry_step, "retryStep",
-          "Retry a failed or rejected step of a failed execution", "control", {200: _EXECUTION},
+          "Retry a failed or rejected step of a failed execution", "control", _CONTROLLED,
           body="ControlRequest", body_required=False, problems=(409, 422)),
     Route("POST", "/api/v1/executions/<execution_id>/replay", ex.replay_execution, "replayExecution",
           "A new execution of the same runbook version with the same input and context", "control",
           {201: _EXECUTION_CREATED}, body="ControlRequest", body_required=False, problems=(422,)),
     Route("POST", "/api/v1/executions/<execution_id>/steps/<step_id>/approvals", ex.submit_approval,
-          "submitApproval", "Approve or reject an approval step as the calling user", "control", {200: _EXECUTION},
+          "submitApproval", "Approve or reject an approval step as the calling user", "control", _CONTROLLED,
           body="ApprovalRequest", problems=(403, 409, 422)),
     Route("GET", "/api/v1/approvals", approvals.list_approvals, "listApprovals",
           "Approval steps waiting for the calling user's decision, across the tenant's executions", "control",

@@ -98,6 +98,10 @@ SCHEMAS: dict[str, Schema] = {
         "errors": {"type": "array", "items": _PROBLEM_ITEM},
     }, ("type", "title", "status", "detail"), description="RFC 9457 problem details."),
     "Health": obj({"status": {"type": "string", "const": "ok"}}, ("status",)),
+    "Queued": obj({"commandId": {"type": "string"}, "status": {"type": "string", "const": "queued"}},
+                  ("commandId", "status"),
+                  description="The process that runs the execution did not answer within FORWARD_WAIT_MS: "
+                              "the command stays queued and is applied first by whoever runs it next."),
     "Text": {"type": "string"},
     "OpenApi": {"type": "object"},
     "RunbookDocument": {

@@ -33,8 +33,8 @@ from hypercorn.trio import serve as hypercorn_serve
 from gateway.app import create_app
 from gateway.config import Config, ConfigError
 from gateway.metrics import create_metrics
-from runtime import NotFound, Runbook, Runtime, ValidationError, open_runtime, tracing
-from runtime.store import PostgresStore, open_store_from_url
+from runtime import NotFound, Runbook, Runtime, StoreInUse, ValidationError, open_runtime, tracing
+from runtime.store import open_store_from_url, postgres_store
 from runtime.store.base import Store
 from runtime.wire import load_document
 
@@ -143,7 +143,7 @@ def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
 def _store(config: Config) -> Store:
     try:
         if config.storage_backend == "postgres":  # DB_POOL_MAX is not part of a store URL
-            return PostgresStore(config.store_url(), pool_max=config.db_pool_max)
+            return postgres_store(config.store_url(), pool_max=config.db_pool_max)
         return open_store_from_url(config.store_url())
     except ValueError as exc:
         raise ConfigError(f"STORAGE_BACKEND: the {config.storage_backend} store is not available: {exc}") from None
@@ -263,9 +263,14 @@ def _run(config: Config) -> None:
     where = f"{config.host}:{config.port}"
     try:
         trio.run(serve, config)
+    except StoreInUse as exc:
+        raise ConfigError(str(exc)) from None
     except OSError as exc:
         raise ConfigError(f"cannot serve on {where}: {exc.strerror or exc}") from None
     except BaseExceptionGroup as group:
+        in_use, _ = group.split(StoreInUse)
+        if in_use is not None:
+            raise ConfigError(str(_leaves(in_use)[0])) from None
         errors, rest = group.split(OSError)
         if errors is None or rest is not None:
             raise

@@ -63,7 +63,7 @@ async def test_control_and_decisions_through_a_process_that_does_not_own_the_exe
         await until(a, execution.id, lambda e: e.status == "awaiting_approval")
         assert a.owns(execution.id) and not b.owns(execution.id)
         paused = await b.pause(execution.id, reason="hold", actor="ops")
-        assert paused.status == "paused" and paused.version == (await a.fetch(execution.id)).version
+        assert paused.status == "paused" and paused.version == (await b.fetch(execution.id)).version  # as committed
         with pytest.raises(Conflict, match="cannot pause an execution that is paused"):  # the owner's own answer
             await b.pause(execution.id, reason="again")
         with pytest.raises(Forbidden):  # refused where it arrived: no need to ask the owner

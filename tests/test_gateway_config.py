@@ -21,8 +21,11 @@ def test_defaults_follow_spec_section_7() -> None:
     assert (config.detailed_logging, config.enable_cors, config.cors_origins) == (False, False, ())
     assert config.development_mode and config.tokens == ()
     assert config.store_url() == "sqlite:///./runbooks.db"
+    assert config.forward_wait_ms == 5000
+    assert config.instance_id == f"{socket.gethostname()}:3000"  # the host and the port it serves on
     assert config.settings() == Settings(max_concurrent_steps=5, default_max_retries=3,
-                                         event_retention_ms=24 * 3600 * 1000, call_service_base_url=None)
+                                         event_retention_ms=24 * 3600 * 1000, call_service_base_url=None,
+                                         instance_id=config.instance_id)
 
 
 def test_every_variable_is_read(tmp_path: pathlib.Path) -> None:
@@ -31,14 +34,15 @@ def test_every_variable_is_read(tmp_path: pathlib.Path) -> None:
         "DEFAULT_MAX_RETRIES": "0", "DETAILED_LOGGING": "yes", "ENABLE_CORS": "1",
         "CORS_ORIGINS": "https://a.example.com/, http://b.example.com:8080", "RUNBOOKS_DIR": str(tmp_path),
         "CALL_SERVICE_BASE_URL": "http://svc.internal:9000/api", "EVENT_RETENTION_MS": "60000",
-        "LEASE_TTL_MS": "30000", "DB_POOL_MAX": "7",
+        "LEASE_TTL_MS": "30000", "DB_POOL_MAX": "7", "FORWARD_WAIT_MS": "1500", "RUNBOOKS_INSTANCE_ID": "pod-0",
     })
     assert (config.port, config.host, config.storage_backend) == (8080, "::1", "memory")
     assert config.store_url() == "memory"
     assert config.cors_origins == ("https://a.example.com", "http://b.example.com:8080")
     assert (config.detailed_logging, config.enable_cors, config.runbooks_dir) == (True, True, str(tmp_path))
     assert config.settings() == Settings(max_concurrent_steps=9, default_max_retries=0, event_retention_ms=60000,
-                                         call_service_base_url="http://svc.internal:9000/api", lease_ttl_ms=30000)
+                                         call_service_base_url="http://svc.internal:9000/api", lease_ttl_ms=30000,
+                                         forward_wait_ms=1500, instance_id="pod-0")
     assert (config.lease_ttl_ms, config.db_pool_max) == (30000, 7)
     config.check_can_serve()  # ::1 is loopback
 

@@ -7,6 +7,8 @@ CI=true: then they fail.
 
 from __future__ import annotations
 
+import os
+import re
 import sqlite3
 import threading
 import uuid
@@ -21,7 +23,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from runtime.errors import StoreUnavailable, ValidationError
+from runtime.errors import StoreInUse, StoreUnavailable, ValidationError
 from runtime.model import (
     NOT_DEDUPED,
     Approval,
@@ -605,7 +607,7 @@ def test_reopen_keeps_everything_and_does_not_migrate_again(backend: Backend) ->
     assert again.commit([start(make_execution("dup"))]) == [ChangeResult(existing_id="ex")]
 
 
-@durable
+@postgres_only  # (a SQLite file has one process: one store at a time, see below)
 def test_concurrent_duplicate_starts_insert_exactly_one(backend: Backend) -> None:
     backend.open()  # creates the schema
     count = 50
@@ -623,6 +625,19 @@ def test_concurrent_duplicate_starts_insert_exactly_one(backend: Backend) -> Non
     assert len(winners) == 1
     assert [result.existing_id for result in results].count(winners[0]) == count - 1
     assert ids(backend.opened[0].list_executions(None)[0]) == winners
+
+
+def test_a_sqlite_file_is_one_process_s_a_second_store_is_refused_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "one.db"
+    first = SqliteStore(path)
+    first.open()
+    second = SqliteStore(path)
+    with pytest.raises(StoreInUse, match=rf"^sqlite store {re.escape(str(path))} is in use by another process "
+                                         rf"\(pid {os.getpid()}\); one process per SQLite file$"):
+        second.open()
+    first.close()
+    second.open()  # free again once the first is closed
+    second.close()
 
 
 @postgres_only

@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import re
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
 from runtime.store.base import Store
 from runtime.store.memory import MemoryStore
 from runtime.store.postgres import PostgresStore
 from runtime.store.sqlite import SqliteStore
 
-__all__ = ["MemoryStore", "PostgresStore", "SqliteStore", "Store", "open_store_from_url"]
+__all__ = ["MemoryStore", "PostgresStore", "SqliteStore", "Store", "open_store_from_url", "postgres_store"]
 
-_FORMS = "'memory', 'sqlite:///relative.db', 'sqlite:////absolute.db', a path ending in .db, or 'postgresql://...'"
+_SCHEMA = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+_FORMS = "'memory', 'sqlite:///relative.db', 'sqlite:////absolute.db', a path ending in .db, or 'postgresql://...' (with ?schema=NAME if wanted)"
+
+
+def postgres_store(url: str, pool_max: int = 20) -> PostgresStore:
+    """A PostgreSQL store from a libpq URI; ``schema=NAME`` among its query parameters (ours,
+    not libpq's) puts the tables in that schema, so several deployments share one database."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schemas = [value for key, value in query if key == "schema"]
+    if len(schemas) > 1 or (schemas and not _SCHEMA.match(schemas[0])):
+        raise ValueError(f"store URL: schema must be one name of letters, digits and _ (got {schemas})")
+    rest = urlencode([(key, value) for key, value in query if key != "schema"])
+    return PostgresStore(urlunsplit(parts._replace(query=rest)), pool_max=pool_max,
+                         schema=schemas[0] if schemas else None)
 
 
 def open_store_from_url(url: str) -> Store:
@@ -22,7 +40,7 @@ def open_store_from_url(url: str) -> Store:
     if text == "memory":
         return MemoryStore()
     if text.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(text, pool_max=20)
+        return postgres_store(text)
     if text.startswith("sqlite:"):
         if not text.startswith("sqlite:///") or len(text) == len("sqlite:///"):
             raise ValueError(f"store URL {url!r}: a SQLite URL is sqlite:///relative.db or sqlite:////absolute.db")

@@ -3,12 +3,14 @@
 A batch is written on the write connection between ``BEGIN IMMEDIATE`` and ``COMMIT``
 (``synchronous=FULL``: a batch is on disk before it is acknowledged). Reads go through a
 second connection behind a lock; WAL lets them see the last committed batch while the next
-one is being written. Several stores (processes) may share one file: ``BEGIN IMMEDIATE``
-and ``busy_timeout`` serialize their writes.
+one is being written. A file belongs to one process: ``open`` takes an exclusive lock on
+``<file>.lock`` for as long as the store is open, and refuses (``StoreInUse``) while another
+store holds it — two processes would both run the same executions.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pathlib
@@ -19,7 +21,7 @@ from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any
 
-from runtime.errors import StoreUnavailable
+from runtime.errors import StoreInUse, StoreUnavailable
 from runtime.model import LOG_LEVELS, AuditEntry, Event, Evidence, Execution, LogEntry, Runbook
 from runtime.records import Change, ChangeResult
 from runtime.store.schema import (
@@ -256,6 +258,7 @@ class SqliteStore(ExecutionQueries):
         self._read: sqlite3.Connection | None = None
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
+        self._lock: int | None = None  # the descriptor holding <file>.lock
         self._parsed = ParsedRunbooks()
 
     def open(self) -> None:
@@ -263,6 +266,7 @@ class SqliteStore(ExecutionQueries):
             if self._write is not None:
                 return
             pathlib.Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._lock = _exclusive(self.path)
             write = _connect(self.path)
             try:
                 migrate(lambda: _migration(write), MIGRATIONS)
@@ -270,6 +274,7 @@ class SqliteStore(ExecutionQueries):
                 read.execute("PRAGMA query_only = ON")
             except BaseException:
                 write.close()
+                self._unlock()
                 raise
             self._write, self._read = write, read
 
@@ -279,6 +284,12 @@ class SqliteStore(ExecutionQueries):
                 if conn is not None:
                     conn.close()
             self._write = self._read = None
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor releases the lock
+            self._lock = None
 
     def ping(self) -> None:
         with self._reading() as conn:
@@ -464,6 +475,22 @@ class _Writer:
             conn.executemany(_DELETE_EVENT, [(event_id,) for event_id in pending.consumed])
         if pending.events:
             conn.executemany(_UPSERT_EVENT, [event_row(event, format_time) for event in pending.events.values()])
+
+
+def _exclusive(path: str) -> int:
+    """Lock ``<path>.lock`` for this store, or raise ``StoreInUse`` naming the file."""
+    lock_path = os.path.realpath(path) + ".lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreInUse(f"sqlite store {path} is in use by another process (pid {holder}); "
+                         "one process per SQLite file") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
 
 
 def _connect(path: str) -> sqlite3.Connection:
