@@ -46,7 +46,10 @@ class GatewayMetrics:
             "runbooks_persistence_commit_seconds", "Time to commit one persistence batch.",
             buckets=_LATENCY_BUCKETS, registry=r)
         self.open_executions = Gauge(
-            "runbooks_open_executions", "Executions with a live actor (running, waiting or paused).", registry=r)
+            "runbooks_open_executions", "Unfinished executions this process runs (live or parked).", registry=r)
+        self.waiting_for_owner = Gauge(
+            "runbooks_executions_waiting_for_capable_owner",
+            "Unfinished executions no process runs that this one cannot take (a step type it lacks).", registry=r)
         self.runbooks_registered = Counter(
             "runbooks_runbooks_registered", "Runbook versions registered.", registry=r)
         self.http_requests = Counter(
@@ -65,6 +68,7 @@ class GatewayMetrics:
         """Follow ``runtime``: its observers and its open executions."""
         runtime.observers.append(self.on_runtime_event)
         self.open_executions.set_function(lambda: runtime.open_executions)
+        self.waiting_for_owner.set_function(lambda: runtime.waiting_for_owner)
 
     def on_runtime_event(self, what: str, data: Any) -> None:
         try:

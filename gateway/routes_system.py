@@ -28,7 +28,8 @@ async def ready() -> Response:
         logger.warning("not ready: %s: %s", type(exc).__name__, exc)
         return problem_response(503, "not ready: the store does not answer or commits are failing",
                                 title="not ready")
-    return json_response({"status": "ok"})
+    waiting = state().runtime.waiting_for_owner  # not this process's fault: it is still ready
+    return json_response({"status": "ok", **({"waitingForCapableOwner": waiting} if waiting else {})})
 
 
 async def metrics() -> Response:

@@ -97,7 +97,11 @@ SCHEMAS: dict[str, Schema] = {
         "detail": {"type": "string"},
         "errors": {"type": "array", "items": _PROBLEM_ITEM},
     }, ("type", "title", "status", "detail"), description="RFC 9457 problem details."),
-    "Health": obj({"status": {"type": "string", "const": "ok"}}, ("status",)),
+    "Health": obj({"status": {"type": "string", "const": "ok"},
+                   "waitingForCapableOwner": {"type": "integer", "minimum": 1,
+                                              "description": "executions no process runs that this one "
+                                                             "cannot take (a step type it lacks)"}},
+                  ("status",)),
     "Queued": obj({"commandId": {"type": "string"}, "status": {"type": "string", "const": "queued"}},
                   ("commandId", "status"),
                   description="The process that runs the execution did not answer within FORWARD_WAIT_MS: "

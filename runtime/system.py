@@ -115,6 +115,12 @@ class Runtime:
         """Unfinished executions this runtime runs (live or parked)."""
         return self.directory.count
 
+    @property
+    def waiting_for_owner(self) -> int:
+        """With several processes: unfinished executions that no process runs and this one
+        cannot take, since their runbook needs a step type it has not registered."""
+        return self.cluster.waiting_for_owner if self.cluster is not None else 0
+
     def now(self) -> datetime:
         """Wall-clock time that advances with Trio's clock (so MockClock drives it in tests)."""
         return self.clock.now()

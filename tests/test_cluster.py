@@ -243,3 +243,25 @@ async def test_a_second_live_process_with_the_same_id_is_fenced_and_logged(schem
 
 async def _nothing() -> None:
     return None
+
+
+async def test_readiness_and_metrics_show_executions_waiting_for_a_capable_owner(schema: str) -> None:
+    from gateway.app import create_app
+    from gateway.config import Config
+    from gateway.metrics import GatewayMetrics
+
+    async with node(schema, "a") as a:
+        await a.register_runbook(APPROVAL)
+        execution = await a.start("gate")
+        await until(a, execution.id, lambda e: e.status == "awaiting_approval")
+        a.cluster.stop = _nothing  # type: ignore[union-attr,method-assign]
+    async with node(schema, "plain", types=False) as plain:
+        with trio.fail_after(5):
+            while plain.waiting_for_owner < 1:  # noqa: ASYNC110 (its first takeover sweep)
+                await trio.sleep(0.05)
+        app = create_app(plain, Config.from_env({}), metrics=GatewayMetrics())
+        client = app.test_client()
+        ready = await client.get("/health/ready")
+        assert ready.status_code == 200 and (await ready.get_json()) == {"status": "ok", "waitingForCapableOwner": 1}
+        text = await (await client.get("/metrics")).get_data(as_text=True)
+        assert "runbooks_executions_waiting_for_capable_owner 1.0" in text
