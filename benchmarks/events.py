@@ -1,9 +1,11 @@
 """Event deliveries to parked executions (``Runtime.publish_event``), PostgreSQL by default.
 
 N executions each wait for an event with their own correlation key. Then many callers
-publish one event per execution at once; ``publish_event`` returns once the waiting step's
-outcome is committed. The figure is deliveries per second over all N (an event that finds
-no waiter is retained, counted in ``not_delivered``, and not in the figure).
+publish one event per execution at once, and the clock stops when every execution has
+finished (with one process, ``publish_event`` returns once the step's outcome is
+committed; on PostgreSQL, where any process may own the waiter, once the event is handed
+to it as a committed command). The figure is deliveries per second over all N (an event
+that finds no waiter is retained, counted in ``not_delivered``, and not in the figure).
 
     python -m benchmarks.events [--quick] [--store postgres|sqlite|memory]
 """
@@ -47,9 +49,9 @@ async def measure(report: Report, store: str, count: int) -> None:
 
         started = time.perf_counter()
         await in_parallel(count, CALLERS, publish)
-        seconds = elapsed_since(started)
         with trio.move_on_after(60):  # an event retained (not delivered) is taken when its step waits again
             await finished.done.wait()
+        seconds = elapsed_since(started)
         if missed:
             report.note(f"{store}: {len(missed)} of {count} events found no waiter (retained instead); "
                         f"executions: {finished.statuses}")
