@@ -119,7 +119,9 @@ def validate_files(files: list[str], out: TextIO) -> int:
 async def run_file(path: pathlib.Path, options: RunOptions, out: TextIO = sys.stdout,
                    err: TextIO = sys.stderr) -> int:
     try:
-        async with open_runtime(options.store, settings=Settings(call_service_base_url=options.base_url)) as rt:
+        settings = Settings(call_service_base_url=options.base_url,
+                            secrets_file=os.environ.get("RUNBOOKS_SECRETS_FILE") or None)
+        async with open_runtime(options.store, settings=settings) as rt:
             runbook = await rt.register_runbook(path)
             context = {"userId": "cli", **options.context}
             execution = await rt.start(runbook.id, options.input, context, force=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import attrs
 
 from runtime.model import RetryPolicy
@@ -16,6 +18,9 @@ class Settings:
     finished_cache_size: int = 10_000
     persistence_max_batch: int = 1024
     lease_ttl_ms: int = 15_000
+    secrets_file: str | None = None  # RUNBOOKS_SECRETS_FILE
+    secrets_env: Mapping[str, str] | None = None  # RUNBOOKS_SECRET_<NAME> come from here (None: os.environ)
+    public_url: str | None = None  # PUBLIC_URL: the console's address, for links in notifications
 
     @property
     def default_retry_policy(self) -> RetryPolicy:

@@ -37,6 +37,7 @@ from runtime.leases import Leases
 from runtime.model import AuditEntry, Evidence, Execution, ExecutionStatus, LogEntry, Runbook
 from runtime.persistence import BatchObserver, Commit, Flush, PersistenceActor, PersistenceMessage
 from runtime.records import Change, ChangeResult
+from runtime.secrets import Secrets, install_log_redaction, remove_log_redaction
 from runtime.settings import Settings
 from runtime.steps.context import Services
 from runtime.steps.registry import StepTypes
@@ -77,7 +78,9 @@ class Runtime:
         self.clock = clock
         self.timers = timers
         self.directory = directory
-        self.services = Services(http=http, now=self.clock.now, call_service_base_url=settings.call_service_base_url)
+        self.secrets = Secrets(settings.secrets_file, settings.secrets_env)
+        self.services = Services(http=http, now=self.clock.now, call_service_base_url=settings.call_service_base_url,
+                                 secrets=self.secrets)
         self.hub = WatchHub(settings.finished_cache_size)
         self.catalog = Catalog(store, self._read, self._commit, StepTypes(), settings, self.clock)
         self.router = EventRouter(now=self.clock.now, retention_ms=settings.event_retention_ms,
@@ -439,6 +442,7 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
                 timers = Timers(clock)
                 runtime = Runtime(the_store, settings, client, address, persistence,
                                   Directory(executions, services), clock, timers)
+                install_log_redaction(runtime.secrets)
                 for name, executor in (executors or {}).items():
                     runtime.register_executor(name, executor)
                 services.start_soon(timers.run, runtime._fire, name="timers")
@@ -468,6 +472,7 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
     finally:
         if runtime is not None:
             runtime.services.close()  # the gRPC channels, once no execution runs
+            remove_log_redaction(runtime.secrets)
         if the_store.threaded:
             await trio.to_thread.run_sync(the_store.close)
         else:
