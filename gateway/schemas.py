@@ -54,6 +54,7 @@ _STEP_STATE = obj({
     "approvals": {"type": "array", "items": ref("Approval")},
     "progress": {"type": ["object", "null"]},
     "deadlineAt": TIME_OR_NULL,
+    "childExecutionId": {**TEXT_OR_NULL, "description": "run-runbook: the child execution of this attempt."},
 }, ("status", "type", "attempts", "startedAt", "completedAt", "output", "error", "approvals", "progress"))
 
 _EXECUTION = obj({
@@ -73,6 +74,8 @@ _EXECUTION = obj({
     "replayOf": TEXT_OR_NULL,
     "inputHash": {"type": "string"},
     "deadlineAt": TIME_OR_NULL,
+    "parentExecutionId": {**TEXT_OR_NULL, "description": "Started by a run-runbook step of this execution."},
+    "parentStepId": TEXT_OR_NULL,
     "steps": {"type": "object", "additionalProperties": ref("StepState"),
               "description": "Keyed by step id, in document order."},
 }, ("id", "runbookId", "runbookVersion", "tenantId", "status", "input", "output", "context", "error",

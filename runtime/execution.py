@@ -138,6 +138,12 @@ class ExecutionActor:
             effect.reply.send(effect.value)
         elif isinstance(effect, fx.Refuse):
             effect.reply.fail(effect.error)
+        elif isinstance(effect, fx.StartChild):
+            self.host.start_child(self.id, effect)
+        elif isinstance(effect, fx.CancelChild):
+            self.host.cancel_child(self.id, effect)
+        elif isinstance(effect, fx.Notify):
+            self.host.notify(self.id, effect)
 
     # ------------------------------------------------------------------ task steps
     def _spawn(self, effect: fx.SpawnAttempt) -> None:

@@ -147,6 +147,8 @@ class StepState:
     approvals: tuple[Approval, ...] = ()
     progress: dict[str, Any] | None = None
     deadline_at: datetime | None = None
+    child_execution_id: str | None = None  # run-runbook: the child execution of this attempt
+    notified: str | None = None  # human-approval notify: "sent" or "failed" (None: not yet)
 
 
 @attrs.frozen
@@ -172,6 +174,9 @@ class Execution:
     paused_at: datetime | None = None
     deadline_at: datetime | None = None
     version: int = 0  # grows by one with every committed change of the execution
+    parent_execution_id: str | None = None  # started by a run-runbook step of that execution
+    parent_step_id: str | None = None
+    depth: int = 0  # how many parents it has
 
 
 @attrs.frozen

@@ -26,6 +26,7 @@ import trio
 from actors import ActorGone, Address, Reply, open_mailbox, open_supervisor
 from runtime.approvals import ApprovalPage, pending_for
 from runtime.catalog import Catalog
+from runtime.children import Children
 from runtime.clock import Clock
 from runtime.core import Cancel, DecideApproval, Pause, Resume, RetryStep, Tick, created
 from runtime.directory import Directory
@@ -35,6 +36,7 @@ from runtime.execution import ActorMessage, Stop
 from runtime.host import ExecutionHost
 from runtime.leases import Leases
 from runtime.model import AuditEntry, Evidence, Execution, ExecutionStatus, LogEntry, Runbook
+from runtime.notify import Notifier
 from runtime.persistence import BatchObserver, Commit, Flush, PersistenceActor, PersistenceMessage
 from runtime.records import Change, ChangeResult
 from runtime.secrets import Secrets, install_log_redaction, remove_log_redaction
@@ -89,10 +91,15 @@ class Runtime:
                        if getattr(store, "supports_leases", False) else None)
         directory.host = ExecutionHost(
             clock=self.clock, load=self._load, plan_for=self.catalog.plan_for, commit=self._commit,
-            published=self.hub.published, types=self.catalog.types, services=self.services,
+            published=self._published, types=self.catalog.types, services=self.services,
             default_policy=settings.default_retry_policy, router=self.router, timers=timers,
             left=self._left, incarnation=directory.next_incarnation,
+            start_child=lambda parent, effect: self.children.start(parent, effect),
+            cancel_child=lambda parent, effect: self.children.cancel(parent, effect),
+            notify=lambda execution_id, effect: self.notifier.send(execution_id, effect),
         )
+        self.children: Children
+        self.notifier: Notifier
         if self.leases is not None:
             directory.on_finished = self.leases.finished
 
@@ -133,6 +140,21 @@ class Runtime:
         if execution is not None:
             self.hub.remember(execution)
         return execution
+
+    def _start_services(self, nursery: trio.Nursery) -> None:
+        """What runs in the runtime's own tasks: children, notifications."""
+        self.children = Children(self, nursery)
+        self.notifier = Notifier(self, nursery)
+
+    def _published(self, execution: Execution, change: Change | None = None) -> None:
+        self.hub.published(execution, change)
+        if execution.parent_execution_id is not None and execution.status.finished:
+            self._child_finished(execution)
+
+    def _child_finished(self, child: Execution) -> None:
+        """An execution started by a run-runbook step has ended: tell its parent (a message
+        to the parent's execution; the one place to forward it to another process)."""
+        self.children.finished(child)
 
     def _left(self, execution_id: str, address: Any, final: Execution | None) -> None:
         if final is not None:
@@ -182,7 +204,8 @@ class Runtime:
                               context: Mapping[str, Any] | None = None, *, version: int | None = None,
                               idempotency_key: str | None = None, force: bool = False,
                               replay_of: str | None = None, actor: str | None = None,
-                              reason: str | None = None) -> StartResult:
+                              reason: str | None = None, parent: tuple[str, str, int] | None = None,
+                              execution_id: str | None = None) -> StartResult:
         ctx = dict(context or {})
         tenant = str(ctx.get("tenantId") or "default")
         ctx["tenantId"] = tenant
@@ -193,9 +216,9 @@ class Runtime:
             existing = await self._read(self.store.find_by_idempotency_key, tenant, idempotency_key)
             if existing is not None:
                 return StartResult(_same_input(existing, input_hash), False)
-        change = created(runbook, execution_id=uuid.uuid4().hex, input=input, context=ctx, input_hash=input_hash,
-                         idempotency_key=idempotency_key, dedup=not force, replay_of=replay_of,
-                         now=self.clock.now(), actor=actor, reason=reason)
+        change = created(runbook, execution_id=execution_id or uuid.uuid4().hex, input=input, context=ctx,
+                         input_hash=input_hash, idempotency_key=idempotency_key, dedup=not force,
+                         replay_of=replay_of, now=self.clock.now(), actor=actor, reason=reason, parent=parent)
         if self.leases is not None:  # the lease is taken in the start's own transaction
             change = attrs.evolve(change, lease=(self.leases.owner, self.leases.ttl_s))
         result = await self._commit(change)
@@ -443,6 +466,7 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
                 runtime = Runtime(the_store, settings, client, address, persistence,
                                   Directory(executions, services), clock, timers)
                 install_log_redaction(runtime.secrets)
+                runtime._start_services(services)
                 for name, executor in (executors or {}).items():
                     runtime.register_executor(name, executor)
                 services.start_soon(timers.run, runtime._fire, name="timers")

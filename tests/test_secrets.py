@@ -80,7 +80,7 @@ def raw_store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterato
         def dump_sqlite() -> str:
             with sqlite3.connect(path) as conn:
                 tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-                return repr([conn.execute(f"SELECT * FROM {t}").fetchall() for t in tables])  # noqa: S608
+                return repr([conn.execute(f"SELECT * FROM {t}").fetchall() for t in tables])
 
         yield SqliteStore(path), dump_sqlite
     else:
