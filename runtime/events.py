@@ -89,11 +89,13 @@ class EventRouter:
                 return event
         return None
 
-    async def publish(self, tenant_id: str, event_type: str, key: str, payload: Any) -> PublishResult:
+    async def publish(self, tenant_id: str, event_type: str, key: str, payload: Any,
+                      rules: Callable[[Event], Awaitable[int]] | None = None) -> PublishResult:
+        """``rules``: the event rules of runbooks; the executions they start count as deliveries."""
         now = self._now()
         event = Event(uuid.uuid4().hex, tenant_id, event_type, key, payload, now, now + self._retention)
         waiters = list(self._waiters.get((tenant_id, event_type, key), {}).items())
-        delivered = 0
+        delivered = await rules(event) if rules is not None else 0
         for (execution_id, step_id), condition in waiters:
             if passes(condition, event) and await self._deliver(execution_id, step_id, event):
                 delivered += 1

@@ -109,6 +109,7 @@ class Runbook:
     tenant_id: str | None = None
     created_at: datetime | None = None
     document: dict[str, Any] = attrs.Factory(dict)
+    triggers: tuple[dict[str, Any], ...] = ()  # as written; runtime.triggers reads them
 
     def step(self, step_id: str) -> Step:
         for step in self.steps:
@@ -211,6 +212,19 @@ class Evidence:
     sha256: str
     data: Any
     created_at: datetime
+
+
+@attrs.frozen
+class TriggerState:
+    """What is stored of a runbook's trigger: switched on or off, and its last run.
+    ``tenant_id`` is the runbook's owner (None: a shared runbook)."""
+
+    tenant_id: str | None
+    runbook_id: str
+    trigger_id: str
+    enabled: bool = True
+    last_run_at: datetime | None = None
+    last_execution_id: str | None = None
 
 
 @attrs.frozen

@@ -39,6 +39,7 @@ from runtime.model import AuditEntry, Evidence, Execution, ExecutionStatus, LogE
 from runtime.notify import Notifier
 from runtime.persistence import BatchObserver, Commit, Flush, PersistenceActor, PersistenceMessage
 from runtime.records import Change, ChangeResult
+from runtime.scheduler import Scheduler, TriggerInfo, audit_key
 from runtime.secrets import Secrets, install_log_redaction, remove_log_redaction
 from runtime.settings import Settings
 from runtime.steps.context import Services
@@ -100,6 +101,7 @@ class Runtime:
         )
         self.children: Children
         self.notifier: Notifier
+        self.scheduler = Scheduler(self)
         if self.leases is not None:
             directory.on_finished = self.leases.finished
 
@@ -181,6 +183,7 @@ class Runtime:
     async def register_runbook(self, document: Any, *, tenant_id: str | None = None) -> Runbook:
         """Validate and register a new version; ``tenant_id`` None: shared by every tenant."""
         runbook = await self.catalog.register(document, tenant_id)
+        self.scheduler.replace(runbook)  # only the latest version has live triggers
         self.hub.notify("runbook.registered", runbook)
         return runbook
 
@@ -383,7 +386,28 @@ class Runtime:
     async def publish_event(self, event_type: str, correlation_key: str, payload: Any = None, *,
                             tenant_id: str = "default") -> PublishResult:
         """Hand an event to every step waiting on it, or retain it for a later waiter."""
-        return await self.router.publish(tenant_id, event_type, str(correlation_key), payload)
+        return await self.router.publish(tenant_id, event_type, str(correlation_key), payload,
+                                         rules=self.scheduler.on_event)
+
+    # ------------------------------------------------------------------ triggers
+    async def list_triggers(self, *, tenant_id: str = "default") -> list[TriggerInfo]:
+        """The triggers of the latest version of every runbook the tenant sees."""
+        return await self.scheduler.list(tenant_id)
+
+    async def enable_trigger(self, runbook_id: str, trigger_id: str, *, tenant_id: str = "default",
+                             actor: str = "system", reason: str | None = None) -> TriggerInfo:
+        return await self.scheduler.switch(runbook_id, trigger_id, True, tenant_id=tenant_id, actor=actor,
+                                           reason=reason)
+
+    async def disable_trigger(self, runbook_id: str, trigger_id: str, *, tenant_id: str = "default",
+                              actor: str = "system", reason: str | None = None) -> TriggerInfo:
+        return await self.scheduler.switch(runbook_id, trigger_id, False, tenant_id=tenant_id, actor=actor,
+                                           reason=reason)
+
+    async def trigger_audit(self, runbook_id: str, trigger_id: str, *, tenant_id: str = "default") -> list[AuditEntry]:
+        """Who switched the trigger on or off, and when (oldest first)."""
+        runbook = await self.catalog.get(runbook_id, tenant_id=tenant_id)
+        return await self._read(self.store.audit, audit_key(runbook.tenant_id, runbook_id, trigger_id))
 
     # ------------------------------------------------------------------ recovery and leases
     async def _recover_all(self) -> None:
@@ -466,21 +490,26 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
                 runtime = Runtime(the_store, settings, client, address, persistence,
                                   Directory(executions, services), clock, timers)
                 install_log_redaction(runtime.secrets)
-                runtime._start_services(services)
                 for name, executor in (executors or {}).items():
                     runtime.register_executor(name, executor)
                 services.start_soon(timers.run, runtime._fire, name="timers")
-                await runtime._recover_all()
-                if runtime.leases is not None:
-                    services.start_soon(runtime.leases.heartbeat, runtime.directory.ids,
-                                        runtime._lease_lost, runtime._take_over, name="lease heartbeat")
-                try:
-                    yield runtime
-                except BaseException as exc:
-                    body_error = exc
-                    raise
-                finally:
-                    executions.cancel()
+                # children, notifications and triggers reach the executions: they end before them
+                async with trio.open_nursery() as background:
+                    runtime._start_services(background)
+                    await runtime._recover_all()
+                    await runtime.scheduler.load()
+                    background.start_soon(runtime.scheduler.run, name="triggers")
+                    if runtime.leases is not None:
+                        services.start_soon(runtime.leases.heartbeat, runtime.directory.ids,
+                                            runtime._lease_lost, runtime._take_over, name="lease heartbeat")
+                    try:
+                        yield runtime
+                    except BaseException as exc:
+                        body_error = exc
+                        raise
+                    finally:
+                        background.cancel_scope.cancel()
+                        executions.cancel()
             reply: Reply[None] = Reply()
             await address.send(Flush(reply))
             await reply.wait()  # everything sent before is committed

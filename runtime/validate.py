@@ -20,6 +20,7 @@ from runtime.model import RetryPolicy, Runbook, Step
 from runtime.secrets import NAME as SECRET_NAME
 from runtime.steps.base import TypeLookup, check_retry_policy
 from runtime.templates import SECRET_ROOT, template_paths, template_problems
+from runtime.triggers import check_triggers
 from runtime.wire import MAX_DOCUMENT_BYTES, canonical_json, from_json
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -29,7 +30,7 @@ MAX_STEPS = 500
 
 _RUNBOOK_FIELDS = {
     "id", "name", "description", "timeoutMs", "maxConcurrentSteps", "inputSchema",
-    "requireLegalBasis", "output", "steps", "version", "tags", "metadata",
+    "requireLegalBasis", "output", "steps", "version", "tags", "metadata", "triggers",
 }
 _STEP_FIELDS = {
     "id", "name", "description", "type", "dependsOn", "when", "config", "approvalConfig",
@@ -76,6 +77,8 @@ def _check_header(doc: Mapping[str, Any]) -> list[Problem]:
         problems += _check_schema(doc["inputSchema"])
     if "output" in doc:
         problems += template_problems(doc["output"], "output")
+    if "triggers" in doc:
+        problems += check_triggers(doc["triggers"])
     return problems
 
 
