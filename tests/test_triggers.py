@@ -56,7 +56,8 @@ def test_due_times_across_daylight_saving_changes() -> None:
     assert autumn == [datetime(2026, 10, 25, 0, 30, tzinfo=UTC), datetime(2026, 10, 26, 1, 30, tzinfo=UTC)]
     hourly = Trigger("t", "schedule", schedule="0 * * * *", timezone="America/New_York")
     after = datetime(2026, 11, 1, 4, 30, tzinfo=UTC)  # 00:30 EDT on the day clocks fall back
-    assert [after := hourly.next_due(after) for _ in range(3)] == [
+    hours = [after := hourly.next_due(after) for _ in range(3)]
+    assert hours == [
         datetime(2026, 11, 1, 5, tzinfo=UTC), datetime(2026, 11, 1, 7, tzinfo=UTC),  # 01:00 EDT, 02:00 EST
         datetime(2026, 11, 1, 8, tzinfo=UTC)]
     seconds = Trigger("t", "schedule", schedule="*/10 * * * * *")
