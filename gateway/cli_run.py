@@ -21,6 +21,7 @@ import json
 import os
 import pathlib
 import sys
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import attrs
@@ -38,6 +39,7 @@ from runtime import (
 )
 from runtime.approvals import awaiting_steps, rendered_config
 from runtime.store import open_store_from_url
+from runtime.triggers import rfc3339, triggers_of
 from runtime.wire import load_document, to_json
 
 WAITS = (StepStatus.AWAITING_APPROVAL, StepStatus.WAITING)
@@ -100,8 +102,10 @@ def validate_files(files: list[str], out: TextIO) -> int:
 
     failed = False
     for name in files:
+        document: dict[str, Any] = {}
         try:
-            problems = validate_document(load_document(pathlib.Path(name)), StepTypes())
+            document = load_document(pathlib.Path(name))
+            problems = validate_document(document, StepTypes())
         except ValidationError as exc:
             problems = exc.problems
         except OSError as exc:
@@ -112,8 +116,24 @@ def validate_files(files: list[str], out: TextIO) -> int:
             print(f"{name}: {problem.path}: {problem.message}", file=out)
         if not problems:
             print(f"{name}: valid", file=out)
+            for line in trigger_lines(document):
+                print(f"  {line}", file=out)
         failed = failed or bool(problems)
     return 1 if failed else 0
+
+
+def trigger_lines(document: dict[str, Any]) -> list[str]:
+    """One line per trigger of a valid document: what starts it (and, for a schedule, when next)."""
+    lines = []
+    now = datetime.now(UTC)
+    for trigger in triggers_of(document):
+        if trigger.kind == "schedule":
+            lines.append(f"trigger {trigger.id}: schedule '{trigger.schedule}' in {trigger.timezone} "
+                         f"(catchUp {trigger.catch_up}), next {rfc3339(trigger.next_due(now))}")
+        else:
+            where = " passing its filter" if trigger.filter else ""
+            lines.append(f"trigger {trigger.id}: every event '{trigger.event_type}'{where}")
+    return lines
 
 
 async def run_file(path: pathlib.Path, options: RunOptions, out: TextIO = sys.stdout,

@@ -170,4 +170,18 @@ SCHEMAS: dict[str, Schema] = {
                        "stepId": TEXT_OR_NULL, "legalBasis": TEXT_OR_NULL, "reason": TEXT_OR_NULL, "data": ANY},
                       ("at", "actor", "action", "stepId", "legalBasis", "reason", "data")),
     "AuditPage": page("AuditEntry"),
+    "Trigger": obj({
+        "runbookId": {"type": "string"},
+        "triggerId": {"type": "string"},
+        "kind": {"type": "string", "enum": ["schedule", "event"]},
+        "schedule": {"type": "string", "description": "The cron expression (a schedule)."},
+        "timezone": {"type": "string"},
+        "eventType": {"type": "string", "description": "The event type (an event rule)."},
+        "enabled": {"type": "boolean"},
+        "nextRunAt": TIME_OR_NULL,
+        "lastRunAt": TIME_OR_NULL,
+        "lastExecutionId": TEXT_OR_NULL,
+        "shared": {"type": "boolean", "description": "The runbook is shared by every tenant (RUNBOOKS_DIR)."},
+    }, ("runbookId", "triggerId", "kind", "enabled", "nextRunAt", "lastRunAt", "lastExecutionId", "shared")),
+    "TriggerPage": page("Trigger"),
 }
