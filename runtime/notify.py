@@ -12,12 +12,15 @@ through the call-service executor: the same HTTP client, headers, retry rules (t
 ``PUBLIC_URL`` is set. The outcome goes back to the execution as a ``NotificationSent``
 message (redacted), whose actor records it: logged and audited, and remembered on the step
 so a restart does not send it again. A notification that finally fails leaves the step
-waiting. One notification per (execution, step, attempt) is in flight at a time.
+waiting. This process sends one notification per (execution, step, attempt): a resume
+that comes before the outcome is recorded (the outcome's own message wakes the execution)
+does not send it again.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
     from runtime.system import Runtime
 
 logger = logging.getLogger("runbooks.notify")
+REMEMBERED = 100_000  # notifications this process remembers having sent
 
 
 def text_of(payload: dict[str, Any]) -> str:
@@ -53,21 +57,20 @@ class Notifier:
     def __init__(self, runtime: Runtime, nursery: trio.Nursery) -> None:
         self._runtime = runtime
         self._nursery = nursery
-        self._in_flight: set[tuple[str, str, int]] = set()
+        self._sent: OrderedDict[tuple[str, str, int], None] = OrderedDict()  # in flight or done here
 
     def send(self, execution_id: str, effect: Notify) -> None:
         key = (execution_id, effect.step_id, effect.attempt)
-        if key in self._in_flight:
+        if key in self._sent:
             return
-        self._in_flight.add(key)
+        self._sent[key] = None
+        if len(self._sent) > REMEMBERED:
+            self._sent.popitem(last=False)
         self._nursery.start_soon(self._send, key, effect, name=f"notify {execution_id}/{effect.step_id}")
 
     async def _send(self, key: tuple[str, str, int], effect: Notify) -> None:
         execution_id = key[0]
-        try:
-            error, logs, evidence = await self._post(execution_id, effect)
-        finally:
-            self._in_flight.discard(key)
+        error, logs, evidence = await self._post(execution_id, effect)
         if error is not None:
             logger.warning("notification of step '%s' of execution %s failed: %s", effect.step_id, execution_id,
                            self._runtime.secrets.redact_text(error.message))
