@@ -38,6 +38,7 @@ from runtime import (
     open_runtime,
 )
 from runtime.approvals import awaiting_steps, rendered_config
+from runtime.secrets import SecretsFileError, load_secrets_file
 from runtime.store import open_store_from_url
 from runtime.triggers import rfc3339, triggers_of
 from runtime.wire import load_document, to_json
@@ -88,6 +89,10 @@ def run_options(args: Any, *, terminal: bool, env: dict[str, str] | os._Environ[
     if args.secrets is not None:
         if not pathlib.Path(args.secrets).is_file():
             raise UsageError(f"--secrets: no such file: {args.secrets}")
+        try:
+            load_secrets_file(args.secrets)
+        except SecretsFileError as exc:
+            raise UsageError(f"--secrets: {exc}") from None
         os.environ["RUNBOOKS_SECRETS_FILE"] = str(pathlib.Path(args.secrets).resolve())
     mode = "wait" if args.no_prompt else ("ask" if terminal else "hint")
     return RunOptions(json_argument("--input", args.input, default={}),
