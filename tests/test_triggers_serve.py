@@ -83,6 +83,7 @@ async def test_two_runtimes_on_one_database_start_each_due_time_once(schema: str
             assert a.scheduler._schedules and b.scheduler._schedules  # both fire every second
             await trio.sleep(3.5)
         page = await a.list_executions(runbook_id="ticker", limit=1000)
-    keys = Counter(e.idempotency_key for e in page.items)
-    assert len(keys) >= 3
-    assert set(keys.values()) == {1}, keys  # each due time once, whichever process won it
+    due_times = Counter(e.context["trigger"]["at"] for e in page.items)
+    assert len(due_times) >= 3
+    assert set(due_times.values()) == {1}, due_times  # each due time once, whichever process won it
+    assert all(e.idempotency_key == f"trigger:ticker:each-second:{e.context['trigger']['at']}" for e in page.items)
