@@ -96,7 +96,7 @@ def _install_edge(app: QuartTrio, gateway: GatewayState) -> None:
 
     @app.errorhandler(Exception)
     async def on_error(error: Exception) -> Response:
-        return problem_for(error)
+        return problem_for(error, gateway.runtime.secrets.redact_text)
 
 
 def _request_id(given: str | None) -> str:

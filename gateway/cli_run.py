@@ -21,6 +21,7 @@ import json
 import os
 import pathlib
 import sys
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import attrs
@@ -37,7 +38,9 @@ from runtime import (
     open_runtime,
 )
 from runtime.approvals import awaiting_steps, rendered_config
+from runtime.secrets import SecretsFileError, load_secrets_file
 from runtime.store import open_store_from_url
+from runtime.triggers import rfc3339, triggers_of
 from runtime.wire import load_document, to_json
 
 WAITS = (StepStatus.AWAITING_APPROVAL, StepStatus.WAITING)
@@ -86,6 +89,10 @@ def run_options(args: Any, *, terminal: bool, env: dict[str, str] | os._Environ[
     if args.secrets is not None:
         if not pathlib.Path(args.secrets).is_file():
             raise UsageError(f"--secrets: no such file: {args.secrets}")
+        try:
+            load_secrets_file(args.secrets)
+        except SecretsFileError as exc:
+            raise UsageError(f"--secrets: {exc}") from None
         os.environ["RUNBOOKS_SECRETS_FILE"] = str(pathlib.Path(args.secrets).resolve())
     mode = "wait" if args.no_prompt else ("ask" if terminal else "hint")
     return RunOptions(json_argument("--input", args.input, default={}),
@@ -100,8 +107,10 @@ def validate_files(files: list[str], out: TextIO) -> int:
 
     failed = False
     for name in files:
+        document: dict[str, Any] = {}
         try:
-            problems = validate_document(load_document(pathlib.Path(name)), StepTypes())
+            document = load_document(pathlib.Path(name))
+            problems = validate_document(document, StepTypes())
         except ValidationError as exc:
             problems = exc.problems
         except OSError as exc:
@@ -112,14 +121,32 @@ def validate_files(files: list[str], out: TextIO) -> int:
             print(f"{name}: {problem.path}: {problem.message}", file=out)
         if not problems:
             print(f"{name}: valid", file=out)
+            for line in trigger_lines(document):
+                print(f"  {line}", file=out)
         failed = failed or bool(problems)
     return 1 if failed else 0
+
+
+def trigger_lines(document: dict[str, Any]) -> list[str]:
+    """One line per trigger of a valid document: what starts it (and, for a schedule, when next)."""
+    lines = []
+    now = datetime.now(UTC)
+    for trigger in triggers_of(document):
+        if trigger.kind == "schedule":
+            lines.append(f"trigger {trigger.id}: schedule '{trigger.schedule}' in {trigger.timezone} "
+                         f"(catchUp {trigger.catch_up}), next {rfc3339(trigger.next_due(now))}")
+        else:
+            where = " passing its filter" if trigger.filter else ""
+            lines.append(f"trigger {trigger.id}: every event '{trigger.event_type}'{where}")
+    return lines
 
 
 async def run_file(path: pathlib.Path, options: RunOptions, out: TextIO = sys.stdout,
                    err: TextIO = sys.stderr) -> int:
     try:
-        async with open_runtime(options.store, settings=Settings(call_service_base_url=options.base_url)) as rt:
+        settings = Settings(call_service_base_url=options.base_url,
+                            secrets_file=os.environ.get("RUNBOOKS_SECRETS_FILE") or None)
+        async with open_runtime(options.store, settings=settings) as rt:
             runbook = await rt.register_runbook(path)
             context = {"userId": "cli", **options.context}
             execution = await rt.start(runbook.id, options.input, context, force=True)

@@ -21,6 +21,7 @@ import attrs
 import yaml
 
 from runtime import Settings, tracing
+from runtime.secrets import SecretsFileError, load_secrets_file
 
 T = TypeVar("T")
 
@@ -71,6 +72,8 @@ class Config:
     forward_wait_ms: int = 5000
     instance_id: str = ""
     otel_exporter_otlp_endpoint: str | None = None
+    secrets_file: str | None = None
+    public_url: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -103,6 +106,8 @@ class Config:
             forward_wait_ms=read.integer("FORWARD_WAIT_MS", 5000, 0, 10**7),
             instance_id=read.parsed("RUNBOOKS_INSTANCE_ID", None, _instance_id),
             otel_exporter_otlp_endpoint=read.parsed("OTEL_EXPORTER_OTLP_ENDPOINT", None, _otlp_endpoint),
+            secrets_file=read.parsed("RUNBOOKS_SECRETS_FILE", None, _secrets_file),
+            public_url=read.parsed("PUBLIC_URL", None, _public_url),
         )
         if not config.instance_id:  # the default names the host and the port it serves on
             config = attrs.evolve(config, instance_id=f"{socket.gethostname()}:{config.port}")
@@ -142,6 +147,8 @@ class Config:
             lease_ttl_ms=self.lease_ttl_ms,
             forward_wait_ms=self.forward_wait_ms,
             instance_id=self.instance_id or None,
+            secrets_file=self.secrets_file,
+            public_url=self.public_url,
         )
 
     def check_can_serve(self) -> None:
@@ -253,6 +260,19 @@ def _instance_id(value: str) -> str:
     if len(value) > 200 or not all("!" <= ch <= "~" for ch in value):
         raise ConfigError(f"must be at most 200 printable ASCII characters without spaces, got {value!r}")
     return value
+
+
+def _secrets_file(value: str) -> str:
+    """The file is read once here, so a broken one stops start-up (it is read again when it changes)."""
+    try:
+        load_secrets_file(value)
+    except SecretsFileError as exc:
+        raise ConfigError(str(exc)) from None
+    return value
+
+
+def _public_url(value: str) -> str:
+    return _http_url(value).rstrip("/")
 
 
 def _otlp_endpoint(value: str) -> str:

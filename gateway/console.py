@@ -1,7 +1,7 @@
 """The web console: static files of ``gateway/console/`` served at ``/`` and its deep links.
 
 The console is a client of the public REST API and execution streams only. Every page
-path (``/``, ``/executions``, ``/executions/<id>``, ``/approvals``, ``/runbooks`` and
+path (``/``, ``/executions``, ``/executions/<id>``, ``/approvals``, ``/runbooks``, ``/triggers`` and
 anything under them) answers the one ``index.html``; the browser-side router picks the
 page. Assets are under ``/console/``. Every answer carries a strong ``ETag`` (the
 SHA-256 of the file) with ``Cache-Control: no-cache``, so browsers revalidate cheaply
@@ -21,7 +21,7 @@ from quart_trio import QuartTrio
 from gateway.problems import problem_response
 
 FILES = pathlib.Path(__file__).resolve().parent / "console"
-PAGES = ("executions", "approvals", "runbooks")
+PAGES = ("executions", "approvals", "runbooks", "triggers")
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
          ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png"}
 HEADERS = {

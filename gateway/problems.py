@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -95,8 +95,15 @@ class ProblemBody:
         return body
 
 
+Redact = Callable[[str], str]
+
+
 def problem_response(status: int, detail: str, errors: Iterable[Problem] | None = None, *,
-                     title: str | None = None, headers: dict[str, str] | None = None) -> Response:
+                     title: str | None = None, headers: dict[str, str] | None = None,
+                     redact: Redact | None = None) -> Response:
+    if redact is not None:  # no secret value leaves in a problem (the runtime's redactor)
+        detail = redact(detail)
+        errors = None if errors is None else [Problem(p.path, redact(p.message)) for p in errors]
     body = ProblemBody(status, title or _TITLES.get(status, "error"), detail,
                        tuple(errors) if errors is not None else None)
     response = Response(json.dumps(body.to_json(), ensure_ascii=False), status=status, content_type=PROBLEM_JSON)
@@ -104,27 +111,28 @@ def problem_response(status: int, detail: str, errors: Iterable[Problem] | None 
     return response
 
 
-def problem_for(error: BaseException) -> Response:
-    """The problem response of any exception that reaches the edge."""
+def problem_for(error: BaseException, redact: Redact | None = None) -> Response:
+    """The problem response of any exception that reaches the edge (``redact``: the runtime's
+    redactor, applied to every message)."""
     match error:
         case ApiProblem():
             return problem_response(error.status, error.detail, error.errors or None, title=error.title,
-                                    headers=error.headers)
+                                    headers=error.headers, redact=redact)
         case ValidationError():
-            return _validation_problem(error)
+            return _validation_problem(error, redact)
         case NotFound():
-            return problem_response(404, str(error) or "not found")
+            return problem_response(404, str(error) or "not found", redact=redact)
         case Conflict():
-            return problem_response(409, str(error) or "conflict")
+            return problem_response(409, str(error) or "conflict", redact=redact)
         case Forbidden():
-            return problem_response(403, str(error) or "forbidden")
+            return problem_response(403, str(error) or "forbidden", redact=redact)
         case StoreUnavailable():
             return problem_response(503, "the store is unavailable; try again later")
         case CommandQueued():  # not a problem: accepted, and applied by whoever runs the execution
             body = json.dumps({"commandId": error.command_id, "status": "queued"})
             return Response(body, status=202, content_type="application/json")
         case RunbookError():
-            return problem_response(422, str(error) or error.code)
+            return problem_response(422, str(error) or error.code, redact=redact)
         case HTTPException():
             return _http_problem(error)
         case RecursionError():
@@ -133,14 +141,14 @@ def problem_for(error: BaseException) -> Response:
     return problem_response(500, "an internal error occurred; it has been logged")
 
 
-def _validation_problem(error: ValidationError) -> Response:
+def _validation_problem(error: ValidationError, redact: Redact | None) -> Response:
     if getattr(error, "code", None) == "tooLarge":
         detail = error.problems[0].message if error.problems else "the document is larger than 1 MiB"
-        return problem_response(413, detail, error.problems, title="document too large")
+        return problem_response(413, detail, error.problems, title="document too large", redact=redact)
     count = len(error.problems)
     detail = f"{count} problem{'s' if count != 1 else ''}: " + "; ".join(
         f"{p.path}: {p.message}" for p in error.problems[:3]) if count else error.title
-    return problem_response(422, detail, error.problems, title=error.title)
+    return problem_response(422, detail, error.problems, title=error.title, redact=redact)
 
 
 def _http_problem(error: HTTPException) -> Response:

@@ -19,6 +19,7 @@ from gateway import routes_approvals as approvals
 from gateway import routes_executions as ex
 from gateway import routes_runbooks as rb
 from gateway import routes_system as system
+from gateway import routes_triggers as triggers
 from gateway.inputs import IDEMPOTENCY_KEY as KEY_PATTERN
 from gateway.inputs import MAX_VERSION, STATUSES
 from runtime.model import LOG_LEVELS
@@ -195,4 +196,18 @@ ROUTES: tuple[Route, ...] = (
           "Publish an event to the steps of the caller's tenant waiting on it (or retain it)", "events",
           {202: Answer("Delivered to n waiting steps, or retained for a later one.", "PublishResult")},
           body="EventRequest", problems=(422,)),
+    # ------------------------------------------------------------------ triggers
+    Route("GET", "/api/v1/triggers", triggers.list_triggers, "listTriggers",
+          "The triggers (schedules, event rules) of the latest version of every runbook the tenant sees",
+          "triggers", {200: Answer("Every trigger, by runbook and id.", "TriggerPage")}),
+    Route("POST", "/api/v1/runbooks/<runbook_id>/triggers/<trigger_id>/enable", triggers.enable_trigger,
+          "enableTrigger", "Switch a trigger on (audited)", "triggers", {200: Answer("The trigger.", "Trigger")},
+          body="ControlRequest", body_required=False, problems=(409, 422)),
+    Route("POST", "/api/v1/runbooks/<runbook_id>/triggers/<trigger_id>/disable", triggers.disable_trigger,
+          "disableTrigger", "Switch a trigger off: it starts nothing until enabled (audited)", "triggers",
+          {200: Answer("The trigger.", "Trigger")}, body="ControlRequest", body_required=False,
+          problems=(409, 422)),
+    Route("GET", "/api/v1/runbooks/<runbook_id>/triggers/<trigger_id>/audit", triggers.trigger_audit,
+          "triggerAudit", "Who switched the trigger on or off, oldest first", "triggers",
+          {200: Answer("Every audit entry of the trigger.", "AuditPage")}),
 )

@@ -54,6 +54,7 @@ _STEP_STATE = obj({
     "approvals": {"type": "array", "items": ref("Approval")},
     "progress": {"type": ["object", "null"]},
     "deadlineAt": TIME_OR_NULL,
+    "childExecutionId": {**TEXT_OR_NULL, "description": "run-runbook: the child execution of this attempt."},
 }, ("status", "type", "attempts", "startedAt", "completedAt", "output", "error", "approvals", "progress"))
 
 _EXECUTION = obj({
@@ -73,6 +74,8 @@ _EXECUTION = obj({
     "replayOf": TEXT_OR_NULL,
     "inputHash": {"type": "string"},
     "deadlineAt": TIME_OR_NULL,
+    "parentExecutionId": {**TEXT_OR_NULL, "description": "Started by a run-runbook step of this execution."},
+    "parentStepId": TEXT_OR_NULL,
     "steps": {"type": "object", "additionalProperties": ref("StepState"),
               "description": "Keyed by step id, in document order."},
 }, ("id", "runbookId", "runbookVersion", "tenantId", "status", "input", "output", "context", "error",
@@ -175,4 +178,18 @@ SCHEMAS: dict[str, Schema] = {
                        "stepId": TEXT_OR_NULL, "legalBasis": TEXT_OR_NULL, "reason": TEXT_OR_NULL, "data": ANY},
                       ("at", "actor", "action", "stepId", "legalBasis", "reason", "data")),
     "AuditPage": page("AuditEntry"),
+    "Trigger": obj({
+        "runbookId": {"type": "string"},
+        "triggerId": {"type": "string"},
+        "kind": {"type": "string", "enum": ["schedule", "event"]},
+        "schedule": {"type": "string", "description": "The cron expression (a schedule)."},
+        "timezone": {"type": "string"},
+        "eventType": {"type": "string", "description": "The event type (an event rule)."},
+        "enabled": {"type": "boolean"},
+        "nextRunAt": TIME_OR_NULL,
+        "lastRunAt": TIME_OR_NULL,
+        "lastExecutionId": TEXT_OR_NULL,
+        "shared": {"type": "boolean", "description": "The runbook is shared by every tenant (RUNBOOKS_DIR)."},
+    }, ("runbookId", "triggerId", "kind", "enabled", "nextRunAt", "lastRunAt", "lastExecutionId", "shared")),
+    "TriggerPage": page("Trigger"),
 }

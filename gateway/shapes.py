@@ -27,9 +27,10 @@ from runtime.wire import format_time, to_json
 EXECUTION_FIELDS = (
     "id", "runbookId", "runbookVersion", "tenantId", "status", "input", "output", "context", "error",
     "createdAt", "startedAt", "completedAt", "pausedDurationMs", "replayOf", "inputHash", "deadlineAt",
+    "parentExecutionId", "parentStepId",
 )
 STEP_FIELDS = ("status", "type", "attempts", "startedAt", "completedAt", "output", "error", "approvals",
-               "progress", "deadlineAt")
+               "progress", "deadlineAt", "childExecutionId")
 EVIDENCE_FIELDS = ("id", "stepId", "kind", "sha256", "data", "createdAt")
 AUDIT_FIELDS = ("at", "actor", "action", "stepId", "legalBasis", "reason", "data")
 LOG_FIELDS = ("seq", "at", "level", "message", "stepId", "data")

@@ -13,8 +13,9 @@ import trio
 
 
 class Clock:
-    def __init__(self) -> None:
-        self._wall0 = datetime.now(UTC)
+    def __init__(self, start: datetime | None = None) -> None:
+        """``start``: the wall-clock time it shows now (default: the real one)."""
+        self._wall0 = start or datetime.now(UTC)
         self._trio0 = trio.current_time()
 
     def now(self) -> datetime:

@@ -157,6 +157,13 @@ class Cluster:
             raise CommandQueued(command_id, execution_id)
         return commands.decoded(found[1])
 
+    async def send(self, execution_id: str, kind: str, body: dict[str, Any]) -> None:
+        """Queue a command for the execution's owner without waiting for its outcome."""
+        try:
+            await self._read(self.store.insert_command, uuid.uuid4().hex, execution_id, kind, body, self.instance_id)
+        except Exception as exc:
+            logger.error("could not queue %s for execution %s: %s", kind, execution_id, exc)
+
     async def pending(self, execution_id: str) -> list[Message]:
         """The execution's queued commands, as messages (an actor applies them first)."""
         found = await self._read(self.store.pending_commands, execution_id)

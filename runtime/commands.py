@@ -16,6 +16,7 @@ import attrs
 
 from runtime.core.messages import (
     Cancel,
+    ChildFinished,
     DecideApproval,
     DeliverEvent,
     Message,
@@ -24,7 +25,7 @@ from runtime.core.messages import (
     RetryStep,
 )
 from runtime.errors import Conflict, Forbidden, NotFound, Problem, RunbookError, ValidationError
-from runtime.model import Event, Execution
+from runtime.model import Event, Execution, StepError
 from runtime.wire import from_json, to_json
 
 
@@ -50,6 +51,9 @@ def message(kind: str, body: dict[str, Any], reply: Any) -> Message:
         return RetryStep(body["stepId"], body["actor"], body.get("reason"), reply)
     if kind == "event":
         return DeliverEvent(body["stepId"], from_json(body["event"], Event), reply)
+    if kind == "child_finished":
+        error = from_json(body["error"], StepError) if body.get("error") else None
+        return ChildFinished(body["stepId"], body["childId"], body["status"], body.get("output"), error)
     raise ValueError(f"unknown command kind {kind!r}")
 
 

@@ -93,10 +93,12 @@ class EventRouter:
         now = self._now()
         return Event(uuid.uuid4().hex, tenant_id, event_type, key, payload, now, now + self._retention)
 
-    async def publish(self, tenant_id: str, event_type: str, key: str, payload: Any) -> PublishResult:
+    async def publish(self, tenant_id: str, event_type: str, key: str, payload: Any,
+                      rules: Callable[[Event], Awaitable[int]] | None = None) -> PublishResult:
+        """``rules``: the event rules of runbooks; the executions they start count as deliveries."""
         event = self.new_event(tenant_id, event_type, key, payload)
         waiters = list(self._waiters.get((tenant_id, event_type, key), {}).items())
-        delivered = 0
+        delivered = await rules(event) if rules is not None else 0
         for (execution_id, step_id), condition in waiters:
             if passes(condition, event) and await self._deliver(execution_id, step_id, event):
                 delivered += 1

@@ -16,7 +16,6 @@ deadline starts a new actor from committed state.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Iterable
 
@@ -198,6 +197,12 @@ class ExecutionActor:
             effect.reply.send(effect.value)
         elif isinstance(effect, fx.Refuse):
             effect.reply.fail(effect.error)
+        elif isinstance(effect, fx.StartChild):
+            self.host.start_child(self.id, effect)
+        elif isinstance(effect, fx.CancelChild):
+            self.host.cancel_child(self.id, effect)
+        elif isinstance(effect, fx.Notify):
+            self.host.notify(self.id, effect)
 
     # ------------------------------------------------------------------ task steps
     def _spawn(self, effect: fx.SpawnAttempt) -> None:
@@ -208,10 +213,16 @@ class ExecutionActor:
         host = self.host
         run = TaskRun(step, effect.attempt_id, effect.attempt, effect.scope, self.id,
                       self._state.execution.tenant_id, host.services, step.retry_policy or host.default_policy,
-                      host.default_policy, host.types, functools.partial(tell, self.address))
+                      host.default_policy, host.types, self._report)
         scope = trio.CancelScope()
         self._scopes[effect.attempt_id] = scope
         self._steps.start_soon(self._run_task, step_type.runner, run, scope, name=f"step {self.id}/{step.id}")
+
+    async def _report(self, message: Message) -> None:
+        """Every report of a task reaches the core through here: redacted (no secret value in
+        what the core records, answers or streams)."""
+        assert self.address is not None
+        await tell(self.address, self.host.services.secrets.redact_report(message))
 
     async def _run_task(self, runner: Runner, run: TaskRun, scope: trio.CancelScope) -> None:
         try:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from runtime.clock import Clock
+from runtime.core.effects import CancelChild, Notify, StartChild
 from runtime.core.messages import Message
 from runtime.core.plan import Plan
 from runtime.model import Execution, RetryPolicy
@@ -41,6 +42,11 @@ class ExecutionHost:
     timers: Timers
     left: Callable[[str, Any, Execution | None], None]  # (execution id, address, final state or None)
     incarnation: Callable[[], int]
+    # I/O the shell hands over once a transition is committed (each runs in the runtime's own
+    # tasks, so it outlives an actor that parks): (execution id, effect)
+    start_child: Callable[[str, StartChild], None]
+    cancel_child: Callable[[str, CancelChild], None]
+    notify: Callable[[str, Notify], None]
     # several processes on one database (None / no-ops otherwise)
     owner: str | None = None  # this process's instance id: every write is fenced with it
     pending_commands: Callable[[str], Awaitable[list[Message]]] | None = None  # queued for an execution

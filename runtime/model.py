@@ -109,6 +109,7 @@ class Runbook:
     tenant_id: str | None = None
     created_at: datetime | None = None
     document: dict[str, Any] = attrs.Factory(dict)
+    triggers: tuple[dict[str, Any], ...] = ()  # as written; runtime.triggers reads them
 
     def step(self, step_id: str) -> Step:
         for step in self.steps:
@@ -147,6 +148,8 @@ class StepState:
     approvals: tuple[Approval, ...] = ()
     progress: dict[str, Any] | None = None
     deadline_at: datetime | None = None
+    child_execution_id: str | None = None  # run-runbook: the child execution of this attempt
+    notified: str | None = None  # human-approval notify: "sent" or "failed" (None: not yet)
 
 
 @attrs.frozen
@@ -173,6 +176,9 @@ class Execution:
     deadline_at: datetime | None = None
     version: int = 0  # grows by one with every committed change of the execution
     epoch: int = 0  # with several processes: the ownership epoch its owner's writes carry
+    parent_execution_id: str | None = None  # started by a run-runbook step of that execution
+    parent_step_id: str | None = None
+    depth: int = 0  # how many parents it has
 
 
 @attrs.frozen
@@ -207,6 +213,19 @@ class Evidence:
     sha256: str
     data: Any
     created_at: datetime
+
+
+@attrs.frozen
+class TriggerState:
+    """What is stored of a runbook's trigger: switched on or off, and its last run.
+    ``tenant_id`` is the runbook's owner (None: a shared runbook)."""
+
+    tenant_id: str | None
+    runbook_id: str
+    trigger_id: str
+    enabled: bool = True
+    last_run_at: datetime | None = None
+    last_execution_id: str | None = None
 
 
 @attrs.frozen

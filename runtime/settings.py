@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import attrs
 
 from runtime.model import RetryPolicy
@@ -18,6 +20,9 @@ class Settings:
     lease_ttl_ms: int = 15_000
     instance_id: str | None = None  # several processes on one database; default: host:pid:random
     forward_wait_ms: int = 5000
+    secrets_file: str | None = None  # RUNBOOKS_SECRETS_FILE
+    secrets_env: Mapping[str, str] | None = None  # RUNBOOKS_SECRET_<NAME> come from here (None: os.environ)
+    public_url: str | None = None  # PUBLIC_URL: the console's address, for links in notifications
 
     @property
     def default_retry_policy(self) -> RetryPolicy:

@@ -57,6 +57,8 @@ async def run_attempt(executor: Executor, ctx: StepContext, timeout_ms: int | No
     """One attempt: (outcome, retry-after hint), inside the attempt's trace span."""
     with tracing.attempt_span(ctx) as span:
         outcome, retry_after = await _attempt(executor, ctx, timeout_ms)
+        if outcome.error is not None:  # the span leaves the process: no secret in its message
+            outcome = attrs.evolve(outcome, error=ctx.services.secrets.redact_error(outcome.error))
         span.finished(outcome.error)
         return outcome, retry_after
 
@@ -118,7 +120,7 @@ def executor_runner(executor: Executor) -> Callable[[TaskRun], Awaitable[None]]:
     async def run_task(run: TaskRun) -> None:
         step = run.step
         try:
-            config = render(step.config, run.scope)
+            config = render(step.config, run.scope, run.services.secrets.lookup(run.tenant_id))
         except TemplateError as exc:
             await run.report(StepFinished(step.id, run.attempt_id, error=StepError("template", str(exc), False)))
             return

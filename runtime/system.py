@@ -27,6 +27,7 @@ from actors import ActorGone, Address, Reply, open_mailbox, open_supervisor
 from runtime import commands
 from runtime.approvals import ApprovalPage, pending_for, rendered_config
 from runtime.catalog import Catalog
+from runtime.children import Children
 from runtime.clock import Clock
 from runtime.cluster import Cluster, default_instance_id
 from runtime.core import Tick, created
@@ -35,8 +36,11 @@ from runtime.errors import Conflict, NotFound, Problem, ValidationError
 from runtime.events import EventRouter, PublishResult
 from runtime.host import ExecutionHost
 from runtime.model import AuditEntry, Evidence, Execution, ExecutionStatus, LogEntry, Runbook
+from runtime.notify import Notifier
 from runtime.persistence import BatchObserver, Commit, Flush, PersistenceActor, PersistenceMessage
 from runtime.records import Change, ChangeResult
+from runtime.scheduler import Scheduler, TriggerInfo, audit_key
+from runtime.secrets import Secrets, install_log_redaction, remove_log_redaction
 from runtime.settings import Settings
 from runtime.steps.approval import check_approver
 from runtime.steps.context import Services
@@ -79,7 +83,9 @@ class Runtime:
         self.clock = clock
         self.timers = timers
         self.directory = directory
-        self.services = Services(http=http, now=self.clock.now, call_service_base_url=settings.call_service_base_url)
+        self.secrets = Secrets(settings.secrets_file, settings.secrets_env)
+        self.services = Services(http=http, now=self.clock.now, call_service_base_url=settings.call_service_base_url,
+                                 secrets=self.secrets)
         self.hub = WatchHub(settings.finished_cache_size)
         self.catalog = Catalog(store, self._read, self._commit, StepTypes(), settings, self.clock)
         self.router = EventRouter(now=self.clock.now, retention_ms=settings.event_retention_ms,
@@ -92,12 +98,18 @@ class Runtime:
             self.catalog.cache_latest = self.cluster.caches_latest
         directory.host = ExecutionHost(
             clock=self.clock, load=self._load, plan_for=self.catalog.plan_for, commit=self._commit,
-            published=self.hub.published, types=self.catalog.types, services=self.services,
+            published=self._published, types=self.catalog.types, services=self.services,
             default_policy=settings.default_retry_policy, router=self.router, timers=timers,
             left=self._left, incarnation=directory.next_incarnation,
+            start_child=lambda parent, effect: self.children.start(parent, effect),
+            cancel_child=lambda parent, effect: self.children.cancel(parent, effect),
+            notify=lambda execution_id, effect: self.notifier.send(execution_id, effect),
             owner=self.cluster.instance_id if self.cluster else None,
             pending_commands=self.cluster.pending if self.cluster else None,
         )
+        self.children: Children
+        self.notifier: Notifier
+        self.scheduler = Scheduler(self)
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -143,6 +155,21 @@ class Runtime:
             self.hub.remember(execution)
         return execution
 
+    def _start_services(self, nursery: trio.Nursery) -> None:
+        """What runs in the runtime's own tasks: children, notifications."""
+        self.children = Children(self, nursery)
+        self.notifier = Notifier(self, nursery)
+
+    def _published(self, execution: Execution, change: Change | None = None) -> None:
+        self.hub.published(execution, change)
+        if execution.parent_execution_id is not None and execution.status.finished:
+            self._child_finished(execution)
+
+    def _child_finished(self, child: Execution) -> None:
+        """An execution started by a run-runbook step has ended: tell its parent (a message
+        to the parent's execution; the one place to forward it to another process)."""
+        self.children.finished(child)
+
     def _left(self, execution_id: str, address: Any, final: Execution | None) -> None:
         if final is not None:
             self.hub.remember(final)  # parked or finished: get() still answers from memory
@@ -171,6 +198,7 @@ class Runtime:
     async def register_runbook(self, document: Any, *, tenant_id: str | None = None) -> Runbook:
         """Validate and register a new version; ``tenant_id`` None: shared by every tenant."""
         runbook = await self.catalog.register(document, tenant_id)
+        self.scheduler.replace(runbook)  # only the latest version has live triggers
         self.hub.notify("runbook.registered", runbook)
         return runbook
 
@@ -194,7 +222,8 @@ class Runtime:
                               context: Mapping[str, Any] | None = None, *, version: int | None = None,
                               idempotency_key: str | None = None, force: bool = False,
                               replay_of: str | None = None, actor: str | None = None,
-                              reason: str | None = None) -> StartResult:
+                              reason: str | None = None, parent: tuple[str, str, int] | None = None,
+                              execution_id: str | None = None) -> StartResult:
         ctx = dict(context or {})
         tenant = str(ctx.get("tenantId") or "default")
         ctx["tenantId"] = tenant
@@ -205,9 +234,9 @@ class Runtime:
             existing = await self._read(self.store.find_by_idempotency_key, tenant, idempotency_key)
             if existing is not None:
                 return StartResult(_same_input(existing, input_hash), False)
-        change = created(runbook, execution_id=uuid.uuid4().hex, input=input, context=ctx, input_hash=input_hash,
-                         idempotency_key=idempotency_key, dedup=not force, replay_of=replay_of,
-                         now=self.clock.now(), actor=actor, reason=reason)
+        change = created(runbook, execution_id=execution_id or uuid.uuid4().hex, input=input, context=ctx,
+                         input_hash=input_hash, idempotency_key=idempotency_key, dedup=not force,
+                         replay_of=replay_of, now=self.clock.now(), actor=actor, reason=reason, parent=parent)
         if self.cluster is not None:  # owned from its first commit: this process runs it
             assert change.new_execution is not None
             change = attrs.evolve(change, owner=self.cluster.instance_id,
@@ -390,10 +419,33 @@ class Runtime:
                             tenant_id: str = "default") -> PublishResult:
         """Hand an event to every step waiting on it, or retain it for a later waiter."""
         if self.cluster is None:
-            return await self.router.publish(tenant_id, event_type, str(correlation_key), payload)
+            return await self.router.publish(tenant_id, event_type, str(correlation_key), payload,
+                                             rules=self.scheduler.on_event)
         event = self.router.new_event(tenant_id, event_type, str(correlation_key), payload)
+        started = await self.scheduler.on_event(event)  # the executions event rules start count too
         result = await self._commit(Change(publish=event))  # to waiters on every process, in one transaction
-        return PublishResult(result.delivered, result.retained, event.id)
+        delivered = started + result.delivered
+        return PublishResult(delivered, result.retained and not started, event.id)
+
+    # ------------------------------------------------------------------ triggers
+    async def list_triggers(self, *, tenant_id: str = "default") -> list[TriggerInfo]:
+        """The triggers of the latest version of every runbook the tenant sees."""
+        return await self.scheduler.list(tenant_id)
+
+    async def enable_trigger(self, runbook_id: str, trigger_id: str, *, tenant_id: str = "default",
+                             actor: str = "system", reason: str | None = None) -> TriggerInfo:
+        return await self.scheduler.switch(runbook_id, trigger_id, True, tenant_id=tenant_id, actor=actor,
+                                           reason=reason)
+
+    async def disable_trigger(self, runbook_id: str, trigger_id: str, *, tenant_id: str = "default",
+                              actor: str = "system", reason: str | None = None) -> TriggerInfo:
+        return await self.scheduler.switch(runbook_id, trigger_id, False, tenant_id=tenant_id, actor=actor,
+                                           reason=reason)
+
+    async def trigger_audit(self, runbook_id: str, trigger_id: str, *, tenant_id: str = "default") -> list[AuditEntry]:
+        """Who switched the trigger on or off, and when (oldest first)."""
+        runbook = await self.catalog.get(runbook_id, tenant_id=tenant_id)
+        return await self._read(self.store.audit, audit_key(runbook.tenant_id, runbook_id, trigger_id))
 
     # ------------------------------------------------------------------ recovery
     async def _recover_all(self, nursery: trio.Nursery) -> None:
@@ -461,19 +513,26 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
                 timers = Timers(clock)
                 runtime = Runtime(the_store, settings, client, address, persistence,
                                   Directory(executions, services), clock, timers)
+                install_log_redaction(runtime.secrets)
                 for name, executor in (executors or {}).items():
                     runtime.register_executor(name, executor)
                 services.start_soon(timers.run, runtime._fire, name="timers")
-                await runtime._recover_all(services)
-                if runtime.cluster is not None:
-                    services.start_soon(runtime.cluster.heartbeat, name="heartbeat")
-                try:
-                    yield runtime
-                except BaseException as exc:
-                    body_error = exc
-                    raise
-                finally:
-                    executions.cancel()
+                # children, notifications and triggers reach the executions: they end before them
+                async with trio.open_nursery() as background:
+                    runtime._start_services(background)
+                    await runtime._recover_all(services)
+                    await runtime.scheduler.load()
+                    background.start_soon(runtime.scheduler.run, name="triggers")
+                    if runtime.cluster is not None:
+                        services.start_soon(runtime.cluster.heartbeat, name="heartbeat")
+                    try:
+                        yield runtime
+                    except BaseException as exc:
+                        body_error = exc
+                        raise
+                    finally:
+                        background.cancel_scope.cancel()
+                        executions.cancel()
             reply: Reply[None] = Reply()
             await address.send(Flush(reply))
             await reply.wait()  # everything sent before is committed
@@ -489,6 +548,7 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
     finally:
         if runtime is not None:
             runtime.services.close()  # the gRPC channels, once no execution runs
+            remove_log_redaction(runtime.secrets)
         if the_store.threaded:
             await trio.to_thread.run_sync(the_store.close)
         else:

@@ -28,6 +28,11 @@ Rendering rules:
 * Rendering is a single pass: text that a substitution produced is never rendered again.
 * Dicts (values, not keys), lists and tuples are rendered recursively into new
   containers; the input is never mutated. Other values are returned as they are.
+* ``${secret.NAME}`` is resolved only when :func:`render` is given ``secrets`` (a
+  function from a name to its value, raising :class:`TemplateError` for an unknown
+  name): the engine passes it where a config is rendered for the request that needs the
+  value, nowhere else. Without it the reference is left as it is written, so a rendering
+  for a decision (an approval's approvers, an event key) never holds a value.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from __future__ import annotations
 import enum
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
 from runtime.errors import Problem
@@ -46,6 +51,7 @@ __all__ = [
     "path_syntax_error",
     "render",
     "resolve",
+    "secret_names",
     "template_paths",
     "template_problems",
 ]
@@ -62,6 +68,11 @@ MISSING: Final = _Missing.MISSING
 """Returned by :func:`resolve` when a path does not resolve (distinct from ``None``)."""
 
 LEGACY_NAMES: Final = ("executionId", "stepId", "tenantId")
+SECRET_ROOT: Final = "secret"
+_SECRET_PREFIX: Final = SECRET_ROOT + "."
+
+Secrets = Callable[[str], str]
+"""A secret's value by name; raises :class:`TemplateError` for a name it does not know."""
 
 _TEMPLATE: Final = re.compile(r"\$\{([^}]*)\}")
 _TOKEN: Final = re.compile(
@@ -122,40 +133,47 @@ def _child(value: Any, segment: str) -> Any:
 # --- rendering ------------------------------------------------------------------------
 
 
-def render(value: Any, scope: Mapping[str, Any]) -> Any:
+def render(value: Any, scope: Mapping[str, Any], secrets: Secrets | None = None) -> Any:
     """``value`` with every template in its strings rendered (see the module docstring)."""
     if isinstance(value, str):
-        return _render_string(value, scope)
+        return _render_string(value, scope, secrets)
     if isinstance(value, Mapping):
-        return {key: render(item, scope) for key, item in value.items()}
+        return {key: render(item, scope, secrets) for key, item in value.items()}
     if isinstance(value, list):
-        return [render(item, scope) for item in value]
+        return [render(item, scope, secrets) for item in value]
     if isinstance(value, tuple):
-        return tuple(render(item, scope) for item in value)
+        return tuple(render(item, scope, secrets) for item in value)
     return value
 
 
-def _render_string(text: str, scope: Mapping[str, Any]) -> Any:
+def _render_string(text: str, scope: Mapping[str, Any], secrets: Secrets | None) -> Any:
     if "{" not in text:
         return text
     whole = _TEMPLATE.fullmatch(text)
     if whole is not None:
-        return _lookup(scope, whole.group(1).strip())
-    return _TOKEN.sub(lambda match: _replacement(match, scope), text)
+        return _lookup(scope, whole.group(1).strip(), secrets, text)
+    return _TOKEN.sub(lambda match: _replacement(match, scope, secrets), text)
 
 
-def _replacement(match: re.Match[str], scope: Mapping[str, Any]) -> str:
+def _replacement(match: re.Match[str], scope: Mapping[str, Any], secrets: Secrets | None) -> str:
     legacy = match.group("legacy")
     if legacy is not None:
         return _text(scope[legacy]) if legacy in scope else match.group(0)
-    return _text(_lookup(scope, match.group("path").strip()))
+    return _text(_lookup(scope, match.group("path").strip(), secrets, match.group(0)))
 
 
-def _lookup(scope: Mapping[str, Any], path: str) -> Any:
+def _lookup(scope: Mapping[str, Any], path: str, secrets: Secrets | None = None, written: str = "") -> Any:
+    if path.startswith(_SECRET_PREFIX):
+        return written if secrets is None else secrets(path[len(_SECRET_PREFIX):])
     value = resolve(scope, path)
     if value is MISSING:
         raise TemplateError(path, f"template path '{path}' not found")
     return value
+
+
+def secret_names(value: Any) -> list[str]:
+    """The names of the ``${secret.NAME}`` references in ``value``, in order."""
+    return [path[len(_SECRET_PREFIX):] for path in template_paths(value) if path.startswith(_SECRET_PREFIX)]
 
 
 def _text(value: Any) -> str:

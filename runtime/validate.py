@@ -17,18 +17,20 @@ import jsonschema
 from runtime.conditions import condition_problems
 from runtime.errors import Problem, ValidationError
 from runtime.model import RetryPolicy, Runbook, Step
+from runtime.secrets import NAME as SECRET_NAME
 from runtime.steps.base import TypeLookup, check_retry_policy
-from runtime.templates import template_paths, template_problems
+from runtime.templates import SECRET_ROOT, template_paths, template_problems
+from runtime.triggers import check_triggers
 from runtime.wire import MAX_DOCUMENT_BYTES, canonical_json, from_json
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-RESERVED_IDS = frozenset({"input", "context", "execution", "executionId", "item", "index"})
+RESERVED_IDS = frozenset({"input", "context", "execution", "executionId", "item", "index", "secret"})
 SCOPE_ROOTS = frozenset(RESERVED_IDS | {"stepId", "tenantId", "previous"})
 MAX_STEPS = 500
 
 _RUNBOOK_FIELDS = {
     "id", "name", "description", "timeoutMs", "maxConcurrentSteps", "inputSchema",
-    "requireLegalBasis", "output", "steps", "version", "tags", "metadata",
+    "requireLegalBasis", "output", "steps", "version", "tags", "metadata", "triggers",
 }
 _STEP_FIELDS = {
     "id", "name", "description", "type", "dependsOn", "when", "config", "approvalConfig",
@@ -75,6 +77,8 @@ def _check_header(doc: Mapping[str, Any]) -> list[Problem]:
         problems += _check_schema(doc["inputSchema"])
     if "output" in doc:
         problems += template_problems(doc["output"], "output")
+    if "triggers" in doc:
+        problems += check_triggers(doc["triggers"])
     return problems
 
 
@@ -154,6 +158,11 @@ def _check_references(config: Mapping[str, Any], path: str, ids: set[str]) -> li
     for ref in template_paths(dict(config)):
         parts = ref.split(".")
         root = parts[0]
+        if root == SECRET_ROOT:
+            if len(parts) != 2 or not SECRET_NAME.match(parts[1]):
+                problems.append(Problem(path, f"template '${{{ref}}}': a secret is '${{secret.NAME}}' "
+                                              "(NAME: letters, digits, '_' and '-')"))
+            continue
         prefixes = {".".join(parts[:n]) for n in range(1, len(parts) + 1)}
         if root not in SCOPE_ROOTS and not prefixes & ids:
             problems.append(Problem(path, f"template '${{{ref}}}' refers to unknown step '{root}'"))

@@ -204,12 +204,14 @@ def test_base_url_comes_from_the_flag_else_the_environment(tmp_path: pathlib.Pat
 
 
 def test_secrets_file_is_handed_to_the_runtime(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("RUNBOOKS_SECRETS_FILE", raising=False)
-    secrets = write(tmp_path, "secrets.yaml", "token: s3cr3t\n")
+    monkeypatch.setenv("RUNBOOKS_SECRETS_FILE", "")  # restored (unset) after the test: run_options sets it
+    secrets = write(tmp_path, "secrets.yaml", "shared: {token: s3cr3t}\n")
     run_options(Args(secrets=str(secrets)), terminal=False, env={})
     assert os.environ["RUNBOOKS_SECRETS_FILE"] == str(secrets.resolve())
     with pytest.raises(UsageError, match=r"^--secrets: no such file"):
         run_options(Args(secrets=str(tmp_path / "missing")), terminal=False, env={})
+    with pytest.raises(UsageError, match=r"^--secrets: .*must be a mapping with 'shared' and/or 'tenants'"):
+        run_options(Args(secrets=str(write(tmp_path, "bad.yaml", "token: s3cr3t\n"))), terminal=False, env={})
 
 
 def test_bad_options_are_one_line_and_exit_2(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:

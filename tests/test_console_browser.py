@@ -2,7 +2,7 @@
 ``runbooks serve`` (SQLite in a temporary directory, examples/ as RUNBOOKS_DIR) with the demo
 services, the deploy-approval example started from the Runbooks page, watched live,
 approved as the right user after a refusal for the wrong one, another execution cancelled
-and its audit read. Every test asserts the page asked no other host and logged no console
+and its audit read, a trigger switched off and on. Every test asserts the page asked no other host and logged no console
 error. Screenshots go to tests/artifacts/. Skips without Chromium, except under CI=true.
 """
 
@@ -207,6 +207,17 @@ def test_cancel_another_execution_and_read_its_audit(server: str, browser: Brows
         expect(page.get_by_role("button", name=re.compile("^cancelled: [1-9]"))).to_be_visible()
         _shot(page, "executions.png")
         page.keyboard.press("Tab")  # keyboard reachable, focus visible
+
+        page.get_by_role("link", name="Triggers").click()  # the schedule of examples/nightly-health-report.yaml
+        row = page.get_by_role("row").filter(has_text="every-morning")
+        expect(row).to_contain_text("0 6 * * * (Europe/Berlin)")
+        row.get_by_role("button", name="Disable", exact=True).click()
+        page.get_by_label("Reason").fill("holiday")
+        page.get_by_role("button", name="Confirm", exact=True).click()
+        expect(row.get_by_role("button", name="Enable", exact=True)).to_be_visible()
+        row.get_by_role("button", name="Enable", exact=True).click()
+        page.get_by_role("button", name="Confirm", exact=True).click()
+        expect(row.get_by_role("button", name="Disable", exact=True)).to_be_visible()
         watched.check()
     finally:
         watched.close()

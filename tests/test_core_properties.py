@@ -6,7 +6,8 @@ lost and a new state is built from what was committed). After every transition:
 
 - what was committed is exactly the state (a crash loses nothing acknowledged);
 - a step never has two attempts running, and task steps never exceed maxConcurrentSteps;
-- the core's bookkeeping matches the step states (running <-> an attempt, parked <-> a wait);
+- the core's bookkeeping matches the step states (running <-> an attempt, parked <-> a wait,
+  a run-runbook step running <-> parked with a child and no attempt);
 - every reply is answered exactly once;
 - a finished execution runs nothing, parks nothing and arms no timer;
 - recovering an execution with nothing running reproduces it without a single record.
@@ -24,6 +25,7 @@ from runtime.core import effects as fx
 from runtime.core.messages import (
     AttemptRetrying,
     Cancel,
+    ChildFinished,
     DecideApproval,
     DeliverEvent,
     Pause,
@@ -36,7 +38,7 @@ from runtime.model import Event, StepError, StepStatus
 from tests.core_harness import Driver, Reply
 
 SS = StepStatus
-KINDS = ("task", "task", "human-approval", "wait-for-event", "conditional")
+KINDS = ("task", "task", "human-approval", "wait-for-event", "conditional", "run-runbook")
 
 
 @st.composite
@@ -59,6 +61,10 @@ def runbooks(draw: st.DrawFn) -> dict[str, Any]:
         elif kind == "wait-for-event":
             step["config"] = {"eventType": "ev", "correlationKey": "k", "timeoutMs": 30_000,
                               "filter": {"field": "payload.ok", "operator": "eq", "value": True}}
+        elif kind == "run-runbook":
+            step["config"] = {"runbookId": "child", "input": {"flag": "${input.flag}"}}
+            if draw(st.booleans()):
+                step["timeoutMs"] = 45_000
         elif kind == "conditional":
             later = [f"s{i}" for i in range(index + 1, size)]
             step["config"] = {"condition": {"field": "input.flag", "operator": "eq", "value": True}}
@@ -72,7 +78,7 @@ def runbooks(draw: st.DrawFn) -> dict[str, Any]:
 
 
 ACTIONS = ("finish", "finish", "finish", "stale", "retrying", "pause", "resume", "cancel", "decide",
-           "decide", "event", "tick", "tick", "crash", "retry")
+           "decide", "event", "tick", "tick", "crash", "retry", "child", "child")
 
 
 class World:
@@ -118,6 +124,11 @@ class World:
             step = data.draw(st.sampled_from([s.id for s in d.plan.steps]))
             payload = {"ok": data.draw(st.booleans())}
             d.send(DeliverEvent(step, Event(f"e{len(self.replies)}", "t1", "ev", "k", payload, d.now), self.reply("event")))
+        elif action == "child":
+            step = data.draw(st.sampled_from([s.id for s in d.plan.steps]))
+            child = d.execution.steps[step].child_execution_id or "nobody"
+            status = data.draw(st.sampled_from(["completed", "completed", "failed", "cancelled"]))
+            d.send(ChildFinished(step, child, status, {"from": child}))
         elif action == "tick" and d.timer is not None:
             d.now = max(d.now, d.timer)
             d.send(Tick(d.timer))
@@ -150,15 +161,19 @@ class World:
         assert len(by_step) == len(set(by_step)), "a step runs twice at once"
         assert len(by_step) <= d.plan.max_running, "more task steps run than maxConcurrentSteps"
         assert {(s.step_id, s.attempt_id) for s in d.running.values()} == set(d.state.attempts.items())
-        assert set(d.state.attempts) == set(self.steps_in(SS.RUNNING, SS.RETRYING)) - self._conditionals()
-        assert set(d.state.parked) == set(self.steps_in(SS.WAITING, SS.AWAITING_APPROVAL))
+        children = set(self.steps_in(SS.RUNNING)) & self._of_type("run-runbook")
+        assert set(d.state.attempts) == set(self.steps_in(SS.RUNNING, SS.RETRYING)) - self._of_type(
+            "conditional") - children
+        assert set(d.state.parked) == set(self.steps_in(SS.WAITING, SS.AWAITING_APPROVAL)) | children
+        for step_id in children:  # a child per attempt, named in the step
+            assert ex.steps[step_id].child_execution_id is not None
         for reply in self.replies:
             assert len(reply.answers) == 1, f"{reply.name} answered {len(reply.answers)} times"
         if ex.status.finished:
             assert not d.running and not d.state.parked and d.timer is None and not d.subscribed
 
-    def _conditionals(self) -> set[str]:
-        return {s.id for s in self.d.plan.steps if s.type == "conditional"}
+    def _of_type(self, step_type: str) -> set[str]:
+        return {s.id for s in self.d.plan.steps if s.type == step_type}
 
     def drive_to_the_end(self) -> None:
         """Let every step succeed and every wait be answered: the execution always ends."""
@@ -168,6 +183,10 @@ class World:
                 return
             if d.execution.status in ("paused", "pausing"):
                 d.send(Resume("ops", None, self.reply("resume")))
+            elif children := sorted(set(self.steps_in(SS.RUNNING)) & self._of_type("run-runbook")):
+                child = d.execution.steps[children[0]].child_execution_id
+                assert child is not None
+                d.send(ChildFinished(children[0], child, "completed", "child output"))
             elif d.running:
                 spawn = min(d.running.values(), key=lambda s: s.attempt_id)
                 del d.running[spawn.attempt_id]
@@ -191,6 +210,10 @@ def test_random_messages_keep_the_invariants_and_every_execution_ends(doc: dict[
     for action in data.draw(st.lists(st.sampled_from(ACTIONS), max_size=40)):
         world.act(action, data)
     world.drive_to_the_end()
+    children: dict[str, set[str]] = {}
     for effect in world.d.effects:
         if isinstance(effect, fx.SpawnAttempt):
             assert world.d.plan.kinds[effect.step_id].uses_slot
+        if isinstance(effect, fx.StartChild):  # asked again after a crash: the same child
+            children.setdefault(f"{effect.step_id}#{effect.attempt}", set()).add(effect.child_id)
+    assert all(len(ids) == 1 for ids in children.values()), children

@@ -281,3 +281,41 @@ async def test_phishing_triage_rejected_containment_fails_for_manual_handling(er
     assert svc.count("/mail/purge") == 0 and svc.count("/notifications") == 0
     decisions = [a for a in await ert.audit(ex.id) if a.action == "approval.decided"]
     assert decisions[0].legal_basis == "GDPR Art. 6(1)(f)"
+
+
+# ---- nightly-health-report and siem-alert-rule (triggers) -------------------------------------
+
+async def test_nightly_health_report_is_scheduled_and_posts_with_its_secret(
+        ert: Runtime, svc: FakeService, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNBOOKS_SECRET_REPORT_TOKEN", "demo-token")
+    svc.script("/environments/production/health", Response(json={"status": "healthy"}))
+    await ert.register_runbook(EXAMPLES / "nightly-health-report.yaml")
+    [trigger] = await ert.list_triggers()
+    assert (trigger.kind, trigger.schedule, trigger.timezone) == ("schedule", "0 6 * * *", "Europe/Berlin")
+    assert trigger.next_run_at is not None and trigger.next_run_at > ert.now()
+    context = {"trigger": {"kind": "schedule", "id": "every-morning", "at": "2026-01-01T05:00:00Z"}}
+    ex = await ert.start("nightly-health-report", input={"environment": "production"}, context=context)
+    final = await finished(ert, ex.id)
+    assert final.status == "completed", final.error
+    (report,) = svc.requests_to("/reports/health")
+    assert report.headers["authorization"] == "Bearer demo-token"
+    assert report.json == {"environment": "production", "status": "healthy", "runAt": "2026-01-01T05:00:00Z"}
+
+
+async def test_siem_alert_rule_assesses_severe_alerts_with_a_child(ert: Runtime, svc: FakeService) -> None:
+    svc.script("/analyze", Response(json={"riskScore": 9, "category": "credential theft", "summary": "x"}))
+    svc.script("/incidents", Response(201, json={"incidentId": "INC-1"}))
+    await ert.register_runbook(EXAMPLES / "risk-assessment.yaml")
+    await ert.register_runbook(EXAMPLES / "siem-alert-rule.yaml")
+    payload = {"severity": 9, "source": "edr", "host": "wks-0142", "indicators": ["198.51.100.7"]}
+    quiet = await ert.publish_event("siem.alert", "ALR-1", {**payload, "severity": 3}, tenant_id="soc")
+    assert quiet.delivered == 0
+    assert (await ert.publish_event("siem.alert", "ALR-20931", payload, tenant_id="soc")).delivered == 1
+    [rule_run] = (await ert.list_executions(runbook_id="siem-alert-rule", tenant_id="soc")).items
+    final = await finished(ert, rule_run.id)
+    assert final.status == "completed", final.error
+    assert final.steps["assess"].output == {"alertId": "ALR-20931", "riskScore": 9, "escalated": True}
+    (record,) = svc.requests_to("/alerts/ALR-20931/assessment")
+    assert record.json == {"riskScore": 9, "escalated": True}
+    child = await ert.fetch(final.steps["assess"].child_execution_id)
+    assert child.tenant_id == "soc" and child.parent_execution_id == final.id

@@ -18,10 +18,10 @@ TENANT_A = {"X-Tenant-Id": "tenant-a", "X-User-Id": "alice"}
 TENANT_B = {"X-Tenant-Id": "tenant-b", "X-User-Id": "bob"}
 BOSS = {"X-User-Id": "boss"}
 STEP_KEYS = {"status", "type", "attempts", "startedAt", "completedAt", "output", "error", "approvals",
-             "progress", "deadlineAt"}
+             "progress", "deadlineAt", "childExecutionId"}
 EXECUTION_KEYS = {"id", "runbookId", "runbookVersion", "tenantId", "status", "input", "output", "context",
                   "error", "createdAt", "startedAt", "completedAt", "pausedDurationMs", "replayOf", "inputHash",
-                  "deadlineAt", "steps"}
+                  "deadlineAt", "parentExecutionId", "parentStepId", "steps"}
 
 
 # ---------------------------------------------------------------------------- start

@@ -39,6 +39,7 @@ from runtime.model import (
     StepError,
     StepState,
     StepStatus,
+    TriggerState,
 )
 from runtime.records import Change, ChangeResult
 from runtime.store import MemoryStore, PostgresStore, SqliteStore, Store, open_store_from_url
@@ -206,6 +207,30 @@ def test_runbook_visibility_own_shadows_shared(store: Store) -> None:
     assert store.get_runbook("t2", "a", 1) == attrs.evolve(shared_a1, version=1)
     assert store.get_runbook("t2", "b") is None
     assert store.get_runbook(None, "b") is None
+
+
+def test_all_latest_runbooks_of_every_owner(store: Store) -> None:
+    triggers = ({"id": "cron", "schedule": "0 * * * *"},)
+    shared1, shared2 = make_runbook("a"), attrs.evolve(make_runbook("a", name="two"), triggers=triggers)
+    own = make_runbook("a", tenant="t1")
+    store.commit([Change(runbook=rb) for rb in (shared1, shared2, own)])
+    found = sorted(store.all_latest_runbooks(), key=lambda rb: str(rb.tenant_id))
+    assert found == [attrs.evolve(shared2, version=2), attrs.evolve(own, version=1)]
+    assert found[0].triggers == triggers
+
+
+def test_trigger_state_switches_and_keeps_the_newest_run(store: Store) -> None:
+    assert store.trigger_states() == []
+    store.set_trigger_enabled(None, "rb", "cron", False)
+    store.record_trigger_run(None, "rb", "cron", at(60), "e2")
+    store.record_trigger_run(None, "rb", "cron", at(30), "e1")  # older: kept out
+    store.record_trigger_run("t1", "rb", "cron", at(10), "e3")  # another owner's trigger of that name
+    store.set_trigger_enabled("t1", "rb", "cron", True)
+    states = sorted(store.trigger_states(), key=lambda s: str(s.tenant_id))
+    assert states == [TriggerState(None, "rb", "cron", False, at(60), "e2"),
+                      TriggerState("t1", "rb", "cron", True, at(10), "e3")]
+    store.set_trigger_enabled(None, "rb", "cron", True)  # switching keeps the last run
+    assert TriggerState(None, "rb", "cron", True, at(60), "e2") in store.trigger_states()
 
 
 # ---------------------------------------------------------------- executions

@@ -5,6 +5,7 @@ import { executionsPage } from "./pages/executions.js";
 import { executionPage } from "./pages/execution.js";
 import { approvalsPage } from "./pages/approvals.js";
 import { runbooksPage } from "./pages/runbooks.js";
+import { triggersPage } from "./pages/triggers.js";
 
 let leave = () => {};
 let mode = "development";
@@ -15,6 +16,7 @@ function route() {
   if (match) return { nav: "executions", render: (view) => executionPage(view, decodeURIComponent(match[1])) };
   if (path.startsWith("/approvals")) return { nav: "approvals", render: approvalsPage };
   if (path.startsWith("/runbooks")) return { nav: "runbooks", render: runbooksPage };
+  if (path.startsWith("/triggers")) return { nav: "triggers", render: triggersPage };
   return { nav: "executions", render: executionsPage };
 }
 

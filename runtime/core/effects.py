@@ -108,6 +108,43 @@ class Continue:
 
 
 @attrs.frozen
+class StartChild:
+    """Start the child execution of a run-runbook step (``child_id`` is derived from the
+    parent, the step and its attempt, so starting it again finds the same one)."""
+
+    step_id: str
+    attempt: int
+    child_id: str
+    runbook_id: str
+    version: int | None
+    input: Any
+    context: Mapping[str, Any]
+    depth: int
+    after_commit: ClassVar[bool] = True
+
+
+@attrs.frozen
+class CancelChild:
+    child_id: str
+    reason: str
+    after_commit: ClassVar[bool] = True
+
+
+@attrs.frozen
+class Notify:
+    """Send an approval step's notification: ``config`` is its ``notify`` as written (the shell
+    renders it with ``scope`` and the secrets), ``payload`` the body, rendered without them."""
+
+    step_id: str
+    attempt: int
+    config: Mapping[str, Any]
+    scope: Mapping[str, Any]
+    payload: Mapping[str, Any]
+    policy: Any  # the step's RetryPolicy: sent and retried like a call-service request
+    after_commit: ClassVar[bool] = True
+
+
+@attrs.frozen
 class Note:
     """A line for the process log (a dropped report, say): nothing to commit."""
 
@@ -117,5 +154,5 @@ class Note:
 
 Effect: TypeAlias = (
     Commit | SpawnAttempt | CancelAttempt | Subscribe | Unsubscribe | ArmTimer | AnswerState | Answer | Refuse
-    | Continue | Note
+    | Continue | Note | StartChild | CancelChild | Notify
 )

@@ -82,6 +82,16 @@ class StepOps(Protocol):
     def unsubscribe(self, step_id: str) -> None:
         """Stop the step's subscription, if it has one."""
 
+    # -- child executions (run-runbook) and notifications (human-approval)
+    def start_child(self, step: Step, child_id: str, runbook_id: str, version: int | None, input: Any,
+                    context: Mapping[str, Any]) -> None:
+        """Start the step's child execution once this commits (again: it finds the same one)."""
+
+    def cancel_child(self, child_id: str, reason: str) -> None: ...
+
+    def notify(self, step: Step, config: Mapping[str, Any], payload: Mapping[str, Any]) -> None:
+        """Send the step's notification once this commits (the shell renders ``config``)."""
+
     # -- answers
     def answer_state(self, reply: Any) -> None: ...
 

@@ -95,8 +95,9 @@ def apply_all(state: ExecutionState, messages: Iterable[Message],
 
 def created(runbook: Runbook, *, execution_id: str, input: Any, context: dict[str, Any], input_hash: str,
             idempotency_key: str | None, dedup: bool, replay_of: str | None, now: datetime,
-            actor: str | None, reason: str | None) -> Change:
-    """The records of a new execution (``pending``; its ``Begin`` starts it once committed)."""
+            actor: str | None, reason: str | None, parent: tuple[str, str, int] | None = None) -> Change:
+    """The records of a new execution (``pending``; its ``Begin`` starts it once committed).
+    ``parent``: (execution id, step id, depth) of a child started by a run-runbook step."""
     execution = Execution(
         id=execution_id, runbook_id=runbook.id, runbook_version=runbook.version,
         tenant_id=context["tenantId"], status=ES.PENDING, created_at=now,
@@ -104,7 +105,11 @@ def created(runbook: Runbook, *, execution_id: str, input: Any, context: dict[st
         input=input, context=context, input_hash=input_hash, idempotency_key=idempotency_key,
         deduplicated=dedup, replay_of=replay_of, version=1,
     )
-    ids = {"runbookId": runbook.id, "runbookVersion": runbook.version}
+    if parent is not None:
+        execution = attrs.evolve(execution, parent_execution_id=parent[0], parent_step_id=parent[1], depth=parent[2])
+    ids: dict[str, Any] = {"runbookId": runbook.id, "runbookVersion": runbook.version}
+    if parent is not None:
+        ids |= {"parentExecutionId": parent[0], "parentStepId": parent[1]}
     audit = AuditEntry(execution_id, now, actor or str(context.get("userId") or SYSTEM), "execution.started",
                        None, context.get("legalBasis"), reason or context.get("reason"),
                        {**ids, "replayOf": replay_of})
@@ -281,6 +286,21 @@ class _Turn:
                 del self.after[index]  # started in this very transition: it never runs
                 return
         self.before.append(fx.CancelAttempt(step_id, attempt_id))
+
+    # ------------------------------------------------------------------ children, notifications
+    def start_child(self, step: Step, child_id: str, runbook_id: str, version: int | None, input: Any,
+                    context: Any) -> None:
+        attempt = self.ex.steps[step.id].attempts
+        self.after.append(fx.StartChild(step.id, attempt, child_id, runbook_id, version, input, dict(context),
+                                        self.ex.depth + 1))
+
+    def cancel_child(self, child_id: str, reason: str) -> None:
+        self.after.append(fx.CancelChild(child_id, reason))
+
+    def notify(self, step: Step, config: Any, payload: Any) -> None:
+        attempt = self.ex.steps[step.id].attempts
+        self.after.append(fx.Notify(step.id, attempt, dict(config), self.scope(step.id), dict(payload),
+                                    step.retry_policy))
 
     # ------------------------------------------------------------------ parked steps
     def park(self, step_id: str, deadline: datetime | None) -> None:

@@ -135,7 +135,31 @@ class DeliverEvent:
     reply: Any = None
 
 
+@attrs.frozen
+class ChildFinished:
+    """The child execution a run-runbook step started has ended (or could not start):
+    ``status`` is its final status, ``output`` and ``error`` its own."""
+
+    step_id: str
+    child_id: str
+    status: str
+    output: Any = None
+    error: StepError | None = None
+
+
+@attrs.frozen
+class NotificationSent:
+    """The notification of an approval step was delivered (``error`` None) or finally failed."""
+
+    step_id: str
+    attempt: int
+    error: StepError | None = None
+    logs: Sequence[LogEntry] = ()
+    evidence: Sequence[Evidence] = ()
+
+
 StepMessage: TypeAlias = (
     AttemptStarted | AttemptRetrying | StepProgressed | StepFinished | DecideApproval | DeliverEvent
+    | ChildFinished | NotificationSent
 )
 Message: TypeAlias = Begin | Tick | Continue | Pause | Resume | Cancel | RetryStep | StepMessage

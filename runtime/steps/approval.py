@@ -1,6 +1,9 @@
 """human-approval: config checks, the decision rules (N of M, one rejection ends it, timeout
 actions) and the kind: the step parks until enough decisions arrive (``DecideApproval``
-messages) or its deadline passes; it holds no task and no slot of ``maxConcurrentSteps``."""
+messages) or its deadline passes; it holds no task and no slot of ``maxConcurrentSteps``.
+With ``notify: {url, headers?}`` the approvers are told when the step starts waiting (a
+``Notify`` effect the shell performs; its outcome comes back as ``NotificationSent`` and is
+recorded on the step, so a restart sends it again only if no outcome was recorded)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from runtime.core.kinds import StepOps
-from runtime.core.messages import DecideApproval, StepMessage
+from runtime.core.messages import DecideApproval, NotificationSent, StepMessage
 from runtime.errors import Conflict, Forbidden, Problem, ValidationError
 from runtime.model import Approval, Evidence, Step, StepError, StepState, StepStatus
 from runtime.steps.base import KindDefaults
@@ -18,7 +21,8 @@ from runtime.wire import format_time, sha256_hex
 
 DECISIONS = ("approve", "reject")
 TIMEOUT_ACTIONS = ("fail", "approve", "reject")
-_FIELDS = {"approvers", "minApprovals", "timeoutMs", "timeoutAction", "message"}
+_FIELDS = {"approvers", "minApprovals", "timeoutMs", "timeoutAction", "message", "notify"}
+_NOTIFY_FIELDS = {"url", "headers"}
 
 
 def check_config(config: Mapping[str, Any], path: str) -> list[Problem]:
@@ -41,7 +45,33 @@ def check_config(config: Mapping[str, Any], path: str) -> list[Problem]:
         problems.append(Problem(f"{path}.timeoutAction", f"must be one of {', '.join(TIMEOUT_ACTIONS)}"))
     if "message" in config and not isinstance(config["message"], str):
         problems.append(Problem(f"{path}.message", "must be a string"))
+    if "notify" in config:
+        problems += _check_notify(config["notify"], f"{path}.notify")
     return problems
+
+
+def _check_notify(notify: Any, path: str) -> list[Problem]:
+    if not isinstance(notify, Mapping):
+        return [Problem(path, "must be a mapping {url, headers}")]
+    problems = [Problem(f"{path}.{key}", f"unknown field '{key}'") for key in notify if key not in _NOTIFY_FIELDS]
+    if not isinstance(notify.get("url"), str) or not notify["url"].strip():
+        problems.append(Problem(f"{path}.url", "required: the URL to POST the notification to"))
+    headers = notify.get("headers", {})
+    if not isinstance(headers, Mapping) or not all(isinstance(v, str) for v in headers.values()):
+        problems.append(Problem(f"{path}.headers", "must map header names to strings"))
+    return problems
+
+
+def notification(ops: StepOps, step: Step, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The body of the step's notification (its ``text`` and ``link`` are added by the sender)."""
+    state = ops.step_state(step.id)
+    message = config.get("message")
+    return {
+        "executionId": ops.execution.id, "stepId": step.id, "runbookId": ops.execution.runbook_id,
+        "message": message if isinstance(message, str) else None, "approvers": approver_ids(config),
+        "minApprovals": config.get("minApprovals", 1),
+        "deadlineAt": format_time(state.deadline_at) if state.deadline_at else None,
+    }
 
 
 def check_decision(config: Mapping[str, Any], approvals: Sequence[Approval], approver: str, decision: str) -> None:
@@ -107,11 +137,18 @@ class ApprovalKind(KindDefaults):
         ops.park(step.id, deadline)
         ops.log("info", "approval requested", step.id, approvers=config.get("approvers"),
                 message=config.get("message"))
+        if "notify" in step.config:
+            ops.notify(step, step.config["notify"], notification(ops, step, config))
 
     def resume(self, ops: StepOps, step: Step, state: StepState) -> None:
         ops.park(step.id, state.deadline_at)
+        if "notify" in step.config and state.notified is None:  # its outcome was never recorded
+            ops.notify(step, step.config["notify"], notification(ops, step, _config(ops, step)))
 
     def message(self, ops: StepOps, step: Step, message: StepMessage) -> None:
+        if isinstance(message, NotificationSent):
+            self._notified(ops, step, message)
+            return
         if not isinstance(message, DecideApproval):
             super().message(ops, step, message)
             return
@@ -140,6 +177,19 @@ class ApprovalKind(KindDefaults):
             else:
                 _reject(ops, step.id, approvals, f"rejected by {decision.approver}")
         ops.answer_state(message.reply)
+
+    def _notified(self, ops: StepOps, step: Step, message: NotificationSent) -> None:
+        ops.add_records(message.logs, message.evidence)
+        state = ops.step_state(step.id)
+        if state.status is StepStatus.AWAITING_APPROVAL and state.attempts == message.attempt:
+            ops.set_step(step.id, notified="sent" if message.error is None else "failed")
+        if message.error is None:
+            ops.log("info", "approvers notified", step.id)
+            ops.audit("approval.notified", step_id=step.id)
+        else:
+            ops.log("warning", f"notification failed: {message.error.message}", step.id, code=message.error.code)
+            ops.audit("approval.notification_failed", step_id=step.id, error=message.error.message,
+                      code=message.error.code)
 
     def timeout(self, ops: StepOps, step: Step) -> None:
         ops.unpark(step.id)

@@ -16,6 +16,7 @@ import attrs
 import httpx
 
 from runtime.model import Evidence, LogEntry
+from runtime.secrets import Secrets
 from runtime.steps.grpc_bridge import Channels
 from runtime.steps.grpc_descriptors import Descriptors
 from runtime.wire import sha256_hex
@@ -34,6 +35,7 @@ class Services:
     call_service_base_url: str | None = None
     grpc_channels: Channels = attrs.field(factory=Channels)
     grpc_descriptors: Descriptors = attrs.field(factory=Descriptors)
+    secrets: Secrets = attrs.field(factory=Secrets)
 
     def close(self) -> None:
         self.grpc_channels.close()

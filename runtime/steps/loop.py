@@ -123,7 +123,7 @@ class LoopRun:
 
     async def _run_items(self) -> Outcome:
         config = self.config
-        items = render(config["items"], self.run_.scope)
+        items = render(config["items"], self.run_.scope, self.run_.services.secrets.lookup(self.run_.tenant_id))
         if not isinstance(items, list):
             return Outcome(error=StepError("template", f"loop items resolved to {type(items).__name__}, not a list"))
         if len(items) > self.limit:
@@ -177,7 +177,7 @@ class LoopRun:
     async def _iterate(self, index: int, extra: Mapping[str, Any]) -> Outcome:
         scope = {**self.run_.scope, **extra}
         try:
-            config = render(self.body.get("config", {}), scope)
+            config = render(self.body.get("config", {}), scope, self.run_.services.secrets.lookup(self.run_.tenant_id))
         except TemplateError as exc:
             return Outcome(error=StepError("template", str(exc), False))
         reports = _IterationReports(self, index)

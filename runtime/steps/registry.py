@@ -1,4 +1,4 @@
-"""The step types a runtime knows: the five built-in ones and the embedding program's own.
+"""The step types a runtime knows: the six built-in ones and the embedding program's own.
 
 Each entry is a ``StepType`` (``runtime.steps.base``): its kind (how the execution core runs
 it), its config check, and for task types its runner. A custom type registered with
@@ -14,7 +14,7 @@ from typing import Any
 from runtime.core.kinds import StepKind
 from runtime.errors import Problem
 from runtime.step import executor_runner
-from runtime.steps import approval, call_service, conditional, loop, wait_for_event
+from runtime.steps import approval, call_service, conditional, loop, run_runbook, wait_for_event
 from runtime.steps.base import StepType, TypeLookup
 from runtime.steps.context import Executor
 from runtime.steps.task import TASK
@@ -35,6 +35,7 @@ def _builtin() -> dict[str, StepType]:
         "human-approval": StepType("human-approval", approval.APPROVAL, only(approval.check_config)),
         "conditional": StepType("conditional", conditional.CONDITIONAL, only(conditional.check_config)),
         "loop": StepType("loop", TASK, loop.check_config, loop.run_loop),
+        "run-runbook": StepType("run-runbook", run_runbook.RUN_RUNBOOK, only(run_runbook.check_config)),
     }
 
 

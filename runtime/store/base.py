@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
-from runtime.model import AuditEntry, Event, Evidence, Execution, LogEntry, Runbook
+from runtime.model import AuditEntry, Event, Evidence, Execution, LogEntry, Runbook, TriggerState
 from runtime.records import Change, ChangeResult
 
 
@@ -83,6 +83,18 @@ class Store(Protocol):
 
     def retained_events(self, now: datetime) -> list[Event]:
         """Retained events not yet consumed and not expired at ``now``, oldest first."""
+
+    # -- triggers (runtime/store/trigger_states.py)
+    def all_latest_runbooks(self) -> list[Runbook]:
+        """The latest version of every runbook of every owner."""
+
+    def trigger_states(self) -> list[TriggerState]: ...
+
+    def set_trigger_enabled(self, tenant_id: str | None, runbook_id: str, trigger_id: str, enabled: bool) -> None: ...
+
+    def record_trigger_run(self, tenant_id: str | None, runbook_id: str, trigger_id: str, at: datetime,
+                           execution_id: str) -> None:
+        """Record a run unless a later one is already recorded."""
 
 
 def level_at_least(level: str, minimum: str | None) -> bool:

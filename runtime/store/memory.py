@@ -19,6 +19,7 @@ from runtime.model import (
     Runbook,
     StepState,
     StepStatus,
+    TriggerState,
 )
 from runtime.records import Change, ChangeResult
 from runtime.store.base import level_at_least, parse_cursor
@@ -26,7 +27,31 @@ from runtime.store.base import level_at_least, parse_cursor
 _DedupKey = tuple[str, str, int, str]
 
 
-class MemoryStore:
+class _TriggerStates:
+    """Trigger state, kept like the SQL stores keep it (``runtime.store.trigger_states``)."""
+
+    _triggers: dict[tuple[str | None, str, str], TriggerState]
+    _runbooks: dict[tuple[str | None, str], list[Runbook]]
+
+    def trigger_states(self) -> list[TriggerState]:
+        return list(self._triggers.values())
+
+    def set_trigger_enabled(self, tenant_id: str | None, runbook_id: str, trigger_id: str, enabled: bool) -> None:
+        key = (tenant_id, runbook_id, trigger_id)
+        self._triggers[key] = attrs.evolve(self._triggers.get(key, TriggerState(*key)), enabled=enabled)
+
+    def record_trigger_run(self, tenant_id: str | None, runbook_id: str, trigger_id: str, at: datetime,
+                           execution_id: str) -> None:
+        key = (tenant_id, runbook_id, trigger_id)
+        state = self._triggers.get(key, TriggerState(*key))
+        if state.last_run_at is None or state.last_run_at <= at:
+            self._triggers[key] = attrs.evolve(state, last_run_at=at, last_execution_id=execution_id)
+
+    def all_latest_runbooks(self) -> list[Runbook]:
+        return [versions[-1] for versions in self._runbooks.values() if versions]
+
+
+class MemoryStore(_TriggerStates):
     threaded = False
     name = "memory"
 
@@ -42,6 +67,7 @@ class MemoryStore:
         self._evidence: dict[str, list[Evidence]] = {}
         self._events: dict[str, Event] = {}
         self._versions: dict[str, int] = {}
+        self._triggers: dict[tuple[str | None, str, str], TriggerState] = {}
 
     def open(self) -> None:
         pass

@@ -52,6 +52,7 @@ from runtime.store.schema import (
     runbook_row,
     step_rows,
 )
+from runtime.store.trigger_states import TRIGGER_STATES_TABLE, TriggerQueries
 from runtime.wire import dumps, to_json
 
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -159,6 +160,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE executions ADD COLUMN version bigint NOT NULL DEFAULT 0",
     ),
     cluster.MIGRATION,  # 4: instances, owners with fencing epochs, commands, waits
+    (  # 5: runbook triggers: enabled, last run
+        TRIGGER_STATES_TABLE.format(time="timestamptz"),
+    ),
 )
 
 _HEADER_COLUMNS = ("id, tenant_id, runbook_id, runbook_version, status, input_hash, idempotency_key, created_at, "
@@ -246,8 +250,11 @@ FROM executions AS e"""
 _ATTEMPTS = 10  # inserts that lost a race with another store's transaction
 
 
-class PostgresStore(ExecutionQueries):
+class PostgresStore(ExecutionQueries, TriggerQueries):
     MARK = "%s"
+    ALL_LATEST = ("SELECT DISTINCT ON (owner, id) owner, version, document::text FROM runbooks "
+                  "ORDER BY owner, id, version DESC")
+    trigger_stamp = staticmethod(lambda value: value)
     SELECT = _EXECUTIONS
     STEP_STATUS = "state->>'status'"
 
@@ -471,6 +478,13 @@ class PostgresStore(ExecutionQueries):
         query = """SELECT id, tenant_id, type, correlation_key, payload, received_at, expires_at
                    FROM events WHERE expires_at IS NULL OR expires_at > %s ORDER BY seq"""
         return [event_from(row, _as_is) for row in self._rows(query, (now,))]
+
+    # -- triggers: TriggerQueries (autocommit connections of the pool: one statement each)
+    def _trigger_rows(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return self._rows(query, params)
+
+    def _trigger_write(self, query: str, params: Sequence[Any]) -> None:
+        self._rows(query + " RETURNING 1", params)
 
     def _rows(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
         """One statement on a pooled connection. Connections are not checked before use (a

@@ -47,6 +47,7 @@ from runtime.store.schema import (
     runbook_row,
     step_rows,
 )
+from runtime.store.trigger_states import TRIGGER_STATES_TABLE, TriggerQueries
 from runtime.wire import format_time, parse_time
 
 _PRAGMAS = (
@@ -150,6 +151,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # 2: the version of each execution, bumped by every committed change
         "ALTER TABLE executions ADD COLUMN version INTEGER NOT NULL DEFAULT 0",
     ),
+    (  # 3: runbook triggers: enabled, last run
+        TRIGGER_STATES_TABLE.format(time="TEXT"),
+    ),
 )
 
 _HEADER_COLUMNS = ("id, tenant_id, runbook_id, runbook_version, status, input_hash, idempotency_key, created_at, "
@@ -244,8 +248,10 @@ _UNAVAILABLE = frozenset(
 )
 
 
-class SqliteStore(ExecutionQueries):
+class SqliteStore(ExecutionQueries, TriggerQueries):
     MARK = "?"
+    ALL_LATEST = "SELECT owner, MAX(version), document FROM runbooks GROUP BY owner, id"
+    trigger_stamp = staticmethod(format_time)
     SELECT = _HEADERS
     STEP_STATUS = "json_extract(state, '$.status')"
 
@@ -401,6 +407,17 @@ class SqliteStore(ExecutionQueries):
         with self._reading() as conn:
             rows = conn.execute(sql, (format_time(now),)).fetchall()
         return [event_from(row, parse_time) for row in rows]
+
+    # -- triggers: TriggerQueries
+    def _trigger_rows(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self._reading() as conn:
+            return conn.execute(query, params).fetchall()
+
+    def _trigger_write(self, query: str, params: Sequence[Any]) -> None:
+        with self._write_lock, _translated(self.path):
+            conn = _live(self._write, self.path)
+            with _immediate(conn):
+                conn.execute(query, params)
 
     @contextmanager
     def _reading(self, *, snapshot: bool = False) -> Iterator[sqlite3.Connection]:
