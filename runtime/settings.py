@@ -16,6 +16,7 @@ class Settings:
     finished_cache_size: int = 10_000
     persistence_max_batch: int = 1024
     lease_ttl_ms: int = 15_000
+    shutdown_timeout_ms: int = 5_000  # leaving open_runtime: flush + leases, while the store is down
 
     @property
     def default_retry_policy(self) -> RetryPolicy:

@@ -24,18 +24,19 @@ import jsonschema
 import trio
 
 from actors import ActorGone, Address, Reply, open_mailbox, open_supervisor
+from runtime import shutdown
 from runtime.approvals import ApprovalPage, pending_for
 from runtime.catalog import Catalog
 from runtime.clock import Clock
 from runtime.core import Cancel, DecideApproval, Pause, Resume, RetryStep, Tick, created
 from runtime.directory import Directory
-from runtime.errors import Conflict, NotFound, Problem, ValidationError
+from runtime.errors import Conflict, NotFound, Problem, StoreUnavailable, ValidationError
 from runtime.events import EventRouter, PublishResult
 from runtime.execution import ActorMessage, Stop
 from runtime.host import ExecutionHost
 from runtime.leases import Leases
 from runtime.model import AuditEntry, Evidence, Execution, ExecutionStatus, LogEntry, Runbook
-from runtime.persistence import BatchObserver, Commit, Flush, PersistenceActor, PersistenceMessage
+from runtime.persistence import BatchObserver, Commit, PersistenceActor, PersistenceMessage
 from runtime.records import Change, ChangeResult
 from runtime.settings import Settings
 from runtime.steps.context import Services
@@ -116,7 +117,9 @@ class Runtime:
     async def _read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if not self.store.threaded:
             return fn(*args, **kwargs)
-        return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+        # a read nobody waits for any more (cancelled) is left to finish in its thread: a dead
+        # connection must not hold a cancelled request, nor the shutdown
+        return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), abandon_on_cancel=True)
 
     async def _commit(self, change: Change) -> ChangeResult:
         if not self.store.threaded:  # nothing to wait for: commit in place, in order
@@ -303,10 +306,14 @@ class Runtime:
             yield execution
 
     async def ready(self) -> None:
-        """Raise unless the store answers and the last commit succeeded."""
-        await self._read(self.store.ping)
+        """Raise ``ConnectionError`` naming the cause unless the last commit succeeded and the
+        store answers (failing commits are known at once, without a round trip)."""
         if not self.persistence.stats.healthy:
-            raise ConnectionError(self.persistence.stats.last_error or "commits are failing")
+            raise ConnectionError(f"commits are failing: {self.persistence.stats.last_error or 'unknown error'}")
+        try:
+            await self._read(self.store.ping)
+        except StoreUnavailable as exc:
+            raise ConnectionError(f"the store does not answer: {exc}") from exc
 
     # ------------------------------------------------------------------ control
     async def _control(self, execution_id: str, tenant_id: str | None,
@@ -434,31 +441,32 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
             address: Address[PersistenceMessage]
             address, mailbox = open_mailbox("persistence", 4096)
             services.start_soon(persistence.run, mailbox, name="persistence")
-            async with open_supervisor("executions") as executions:
-                clock = Clock()
-                timers = Timers(clock)
-                runtime = Runtime(the_store, settings, client, address, persistence,
-                                  Directory(executions, services), clock, timers)
-                for name, executor in (executors or {}).items():
-                    runtime.register_executor(name, executor)
-                services.start_soon(timers.run, runtime._fire, name="timers")
-                await runtime._recover_all()
-                if runtime.leases is not None:
-                    services.start_soon(runtime.leases.heartbeat, runtime.directory.ids,
-                                        runtime._lease_lost, runtime._take_over, name="lease heartbeat")
-                try:
-                    yield runtime
-                except BaseException as exc:
-                    body_error = exc
-                    raise
-                finally:
-                    executions.cancel()
-            reply: Reply[None] = Reply()
-            await address.send(Flush(reply))
-            await reply.wait()  # everything sent before is committed
-            if runtime.leases is not None:  # let another process take over at once
-                await runtime.leases.release_all(sorted(runtime.directory.ids()))
-            services.cancel_scope.cancel()
+            try:
+                async with open_supervisor("executions") as executions:
+                    clock = Clock()
+                    timers = Timers(clock)
+                    runtime = Runtime(the_store, settings, client, address, persistence,
+                                      Directory(executions, services), clock, timers)
+                    for name, executor in (executors or {}).items():
+                        runtime.register_executor(name, executor)
+                    services.start_soon(timers.run, runtime._fire, name="timers")
+                    await runtime._recover_all()
+                    if runtime.leases is not None:
+                        services.start_soon(runtime.leases.heartbeat, runtime.directory.ids,
+                                            runtime._lease_lost, runtime._take_over, name="lease heartbeat")
+                    try:
+                        yield runtime
+                    except BaseException as exc:
+                        body_error = exc
+                        raise
+                    finally:
+                        executions.cancel()
+                # flush, then let another process take over at once; bounded (store down)
+                await shutdown.hand_over(address, persistence, runtime.leases, sorted(runtime.directory.ids()),
+                                         settings.shutdown_timeout_ms / 1000)
+            finally:
+                shutdown.stop_persistence(persistence)  # cancelled or failed: refuse what is pending
+                services.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The caller's own exception comes back as itself, not wrapped by our nurseries;
         # any other failure (or several) stays a group.
@@ -468,10 +476,7 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
     finally:
         if runtime is not None:
             runtime.services.close()  # the gRPC channels, once no execution runs
-        if the_store.threaded:
-            await trio.to_thread.run_sync(the_store.close)
-        else:
-            the_store.close()
+        await shutdown.close_store(the_store, settings.shutdown_timeout_ms / 1000)
 
 
 def _only_leaf(group: BaseExceptionGroup[Any]) -> BaseException | None:

@@ -1,0 +1,99 @@
+"""Leaving ``open_runtime`` within a bound, even while the store is down.
+
+Once the execution actors have stopped, what they sent must reach the store: ``hand_over``
+waits for the persistence actor to commit everything pending (a flush), then gives the
+leases of this process up so another one takes its executions over at once. A healthy
+store does both in milliseconds. A store that is down (the database unreachable, the disk
+full) would hold the exit forever, because a batch is retried until it commits; so both
+steps share one bound, ``Settings.shutdown_timeout_ms``. Past it, or as soon as the exit is
+cancelled from outside, ``stop_persistence`` makes the persistence actor give up: every
+change still pending is answered with ``StoreUnavailable`` (never with a success) and one
+log line says how many were not committed. Nothing acknowledged is lost by this: a change
+is acknowledged only once it is committed, and recovery starts from what was.
+
+``close_store`` closes the store in a worker thread that is abandoned if it does not finish
+in time (a connection to a dead server may hang); it runs even when the exit is cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import trio
+
+from actors import ActorGone, Address, Reply
+from runtime.errors import StoreUnavailable
+from runtime.leases import Leases
+from runtime.persistence import Flush, PersistenceActor, PersistenceMessage
+from runtime.store.base import Store
+
+logger = logging.getLogger("runbooks.runtime")
+
+CLOSE_FLOOR_S = 0.5  # the store gets at least this long to close, even past the bound
+GIVEN_UP = "the runtime closed before the store committed this change (it may or may not have been written)"
+
+
+async def hand_over(address: Address[PersistenceMessage], persistence: PersistenceActor,
+                    leases: Leases | None, held: Sequence[str], timeout_s: float) -> bool:
+    """Flush, then release the leases, both within ``timeout_s``; whether the flush completed
+    (if not, the persistence actor has given up and said so)."""
+    deadline = trio.current_time() + timeout_s
+    flushed = await _flush(address, deadline)
+    if not flushed:
+        stop_persistence(persistence, f"the store did not take them within {timeout_s:g} s")
+        if leases is not None:
+            logger.warning("shutdown: leases not released (the store is unavailable); other processes "
+                           "take these executions over when the leases expire")
+        return False
+    if leases is not None:
+        await _release(leases, held, deadline)
+    return True
+
+
+def stop_persistence(persistence: PersistenceActor, why: str = "the runtime closed before the store took them") -> int:
+    """Refuse every change still pending; log how many there were. A no-op after a flush."""
+    refused = persistence.give_up(GIVEN_UP)
+    if refused:
+        cause = persistence.stats.last_error or "the store did not answer"
+        logger.error("shutdown: %d changes were not committed (%s; last store error: %s); their senders "
+                     "got StoreUnavailable, none was acknowledged", refused, why, cause)
+    return refused
+
+
+async def close_store(store: Store, timeout_s: float) -> None:
+    """Close the store; a close that takes longer than ``timeout_s`` (at least ``CLOSE_FLOOR_S``)
+    is left to finish in its thread."""
+    if not store.threaded:
+        store.close()
+        return
+    with trio.CancelScope(shield=True) as scope:  # also when the exit is cancelled: bounded below
+        scope.deadline = trio.current_time() + max(timeout_s, CLOSE_FLOOR_S)
+        await trio.to_thread.run_sync(store.close, abandon_on_cancel=True)
+    if scope.cancelled_caught:
+        logger.warning("shutdown: the %s store did not close within %.1f s; left to close in the background",
+                       store.name, max(timeout_s, CLOSE_FLOOR_S))
+
+
+async def _flush(address: Address[PersistenceMessage], deadline: float) -> bool:
+    reply: Reply[None] = Reply()
+    with trio.move_on_at(deadline):
+        try:
+            await address.send(Flush(reply))
+            await reply.wait()  # answered once everything sent before it is committed
+        except (ActorGone, StoreUnavailable):
+            return False
+        return True
+    return False
+
+
+async def _release(leases: Leases, held: Sequence[str], deadline: float) -> None:
+    with trio.move_on_at(deadline) as scope:
+        try:
+            await leases.release_all(list(held))
+        except Exception as exc:  # the database went away meanwhile: the leases expire instead
+            logger.warning("shutdown: leases not released (%s); other processes take these executions over "
+                           "when the leases expire", exc)
+    if scope.cancelled_caught:
+        logger.warning("shutdown: releasing the leases took longer than the bound; other processes take "
+                       "these executions over when the leases expire")
