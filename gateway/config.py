@@ -68,6 +68,8 @@ class Config:
     tokens_file: str | None = None
     tokens: tuple[TokenEntry, ...] = attrs.field(default=(), repr=False)
     lease_ttl_ms: int = 15000
+    max_retained_events_per_tenant: int = 10_000
+    shutdown_timeout_ms: int = 5000
     instance_id: str = ""
     otel_exporter_otlp_endpoint: str | None = None
 
@@ -99,6 +101,8 @@ class Config:
             tokens_file=read.optional("RUNBOOKS_TOKENS_FILE"),
             tokens=read.parsed("RUNBOOKS_TOKENS_FILE", (), load_tokens),
             lease_ttl_ms=read.integer("LEASE_TTL_MS", 15000, 100, 10**9),
+            max_retained_events_per_tenant=read.integer("MAX_RETAINED_EVENTS_PER_TENANT", 10_000, 0, 10**9),
+            shutdown_timeout_ms=read.integer("SHUTDOWN_TIMEOUT_MS", 5000, 0, 3_600_000),
             instance_id=read.parsed("RUNBOOKS_INSTANCE_ID", None, _instance_id),
             otel_exporter_otlp_endpoint=read.parsed("OTEL_EXPORTER_OTLP_ENDPOINT", None, _otlp_endpoint),
         )
@@ -138,6 +142,8 @@ class Config:
             event_retention_ms=self.event_retention_ms,
             call_service_base_url=self.call_service_base_url,
             lease_ttl_ms=self.lease_ttl_ms,
+            max_retained_events_per_tenant=self.max_retained_events_per_tenant,
+            shutdown_timeout_ms=self.shutdown_timeout_ms,
         )
 
     def check_can_serve(self) -> None:

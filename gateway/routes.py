@@ -191,5 +191,5 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/v1/events", ex.publish_event, "publishEvent",
           "Publish an event to the steps of the caller's tenant waiting on it (or retain it)", "events",
           {202: Answer("Delivered to n waiting steps, or retained for a later one.", "PublishResult")},
-          body="EventRequest", problems=(422,)),
+          body="EventRequest", problems=(422, 429)),
 )

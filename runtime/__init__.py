@@ -1,10 +1,11 @@
 """The runbook engine: documents, validation, scheduling, step types, persistence and the
-embedded Trio API (``open_runtime``). See SPEC section 6."""
+embedded Trio API (``open_runtime``)."""
 
 from runtime.approvals import ApprovalPage, PendingApproval
 from runtime.errors import (
     Conflict,
     Forbidden,
+    LimitExceeded,
     NotFound,
     Problem,
     RunbookError,
@@ -42,6 +43,7 @@ __all__ = [
     "Execution",
     "ExecutionStatus",
     "Forbidden",
+    "LimitExceeded",
     "LogEntry",
     "NotFound",
     "Page",

@@ -7,6 +7,8 @@ for its ``ChangeResult``; the PersistenceActor commits many Changes in one trans
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import attrs
 
 from runtime.model import AuditEntry, Event, Evidence, Execution, LogEntry, Runbook, StepState
@@ -31,6 +33,7 @@ class Change:
     evidence: tuple[Evidence, ...] = ()
     retain_events: tuple[Event, ...] = ()
     consume_events: tuple[str, ...] = ()
+    expire_events_at: datetime | None = None  # delete every retained event expired at this time
     version: tuple[str, int] | None = None  # (execution id, its version after this change)
     lease: tuple[str, float] | None = None  # with new_execution: (owner, ttl in s) of its lease
 
@@ -39,6 +42,7 @@ class Change:
         return not (
             self.new_execution or self.runbook or self.execution or self.steps or self.logs
             or self.audit or self.evidence or self.retain_events or self.consume_events or self.version
+            or self.expire_events_at
         )
 
 

@@ -1,4 +1,4 @@
-"""Engine settings (the runtime part of SPEC section 7), frozen, with defaults."""
+"""Engine settings (the part of the configuration the engine reads), frozen, with defaults."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ class Settings:
     finished_cache_size: int = 10_000
     persistence_max_batch: int = 1024
     lease_ttl_ms: int = 15_000
+    max_retained_events_per_tenant: int = 10_000  # events no step took yet, kept for a later waiter
     shutdown_timeout_ms: int = 5_000  # leaving open_runtime: flush + leases, while the store is down
 
     @property

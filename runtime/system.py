@@ -24,7 +24,7 @@ import jsonschema
 import trio
 
 from actors import ActorGone, Address, Reply, open_mailbox, open_supervisor
-from runtime import shutdown
+from runtime import retained, shutdown
 from runtime.approvals import ApprovalPage, pending_for
 from runtime.catalog import Catalog
 from runtime.clock import Clock
@@ -82,7 +82,8 @@ class Runtime:
         self.hub = WatchHub(settings.finished_cache_size)
         self.catalog = Catalog(store, self._read, self._commit, StepTypes(), settings, self.clock)
         self.router = EventRouter(now=self.clock.now, retention_ms=settings.event_retention_ms,
-                                  commit=self._commit, ask=directory.ask)
+                                  commit=self._commit, ask=directory.ask,
+                                  max_retained_per_tenant=settings.max_retained_events_per_tenant)
         self.leases = (Leases(store, settings.lease_ttl_ms, self._read)  # type: ignore[arg-type]
                        if getattr(store, "supports_leases", False) else None)
         directory.host = ExecutionHost(
@@ -450,6 +451,9 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
                     for name, executor in (executors or {}).items():
                         runtime.register_executor(name, executor)
                     services.start_soon(timers.run, runtime._fire, name="timers")
+                    services.start_soon(retained.sweep, runtime.router.retained, clock.now, runtime._commit,
+                                        retained.sweep_interval_s(settings.event_retention_ms),
+                                        name="retained events sweep")
                     await runtime._recover_all()
                     if runtime.leases is not None:
                         services.start_soon(runtime.leases.heartbeat, runtime.directory.ids,

@@ -242,6 +242,7 @@ ON CONFLICT (id) DO UPDATE SET
     payload = excluded.payload, received_at = excluded.received_at, expires_at = excluded.expires_at"""
 
 _DELETE_EVENT = "DELETE FROM events WHERE id = %s"
+_DELETE_EXPIRED = "DELETE FROM events WHERE expires_at <= %s"
 
 _SET_VERSION = "UPDATE executions SET version = %s WHERE id = %s"
 
@@ -584,6 +585,8 @@ class _Writer:
             cursor.executemany(_INSERT_EVIDENCE, [evidence_row(item, _as_is) for item in pending.evidence])
         if pending.consumed:
             cursor.executemany(_DELETE_EVENT, [(event_id,) for event_id in pending.consumed])
+        if pending.expired_at is not None:
+            cursor.execute(_DELETE_EXPIRED, (_as_is(pending.expired_at),))
         if pending.events:
             cursor.executemany(_UPSERT_EVENT, [event_row(event, _as_is) for event in pending.events.values()])
 

@@ -73,6 +73,7 @@ class Pending:
     evidence: list[Evidence] = attrs.Factory(list)
     events: dict[str, Event] = attrs.Factory(dict)
     consumed: dict[str, None] = attrs.Factory(dict)  # deleted before ``events`` are written
+    expired_at: datetime | None = None  # retained events expired at this time are deleted (before ``events``)
     versions: dict[str, int] = attrs.Factory(dict)  # execution id -> its newest version
     start_keys: set[tuple[object, ...]] = attrs.Factory(set)  # unique keys the headers touch
 
@@ -94,11 +95,13 @@ class Pending:
         if change.version is not None:
             execution_id, version = change.version
             self.versions[execution_id] = max(version, self.versions.get(execution_id, 0))
+        if change.expire_events_at is not None:
+            self.expired_at = max(change.expire_events_at, self.expired_at or change.expire_events_at)
 
     @property
     def empty(self) -> bool:
         return not (self.headers or self.steps or self.logs or self.audit or self.evidence
-                    or self.events or self.consumed or self.versions)
+                    or self.events or self.consumed or self.versions or self.expired_at)
 
     def header_rows(self, stamp: Stamp) -> list[Row]:
         """The headers to write, each with the newest version of its execution."""

@@ -204,6 +204,7 @@ ON CONFLICT (id) DO UPDATE SET
     payload = excluded.payload, received_at = excluded.received_at, expires_at = excluded.expires_at"""
 
 _DELETE_EVENT = "DELETE FROM events WHERE id = ?"
+_DELETE_EXPIRED = "DELETE FROM events WHERE expires_at <= ?"
 
 _SET_VERSION = "UPDATE executions SET version = ? WHERE id = ?"
 
@@ -459,6 +460,8 @@ class _Writer:
             conn.executemany(_INSERT_EVIDENCE, [evidence_row(item, format_time) for item in pending.evidence])
         if pending.consumed:
             conn.executemany(_DELETE_EVENT, [(event_id,) for event_id in pending.consumed])
+        if pending.expired_at is not None:
+            conn.execute(_DELETE_EXPIRED, (format_time(pending.expired_at),))
         if pending.events:
             conn.executemany(_UPSERT_EVENT, [event_row(event, format_time) for event in pending.events.values()])
 
