@@ -172,6 +172,8 @@ class PersistenceActor:
             message.reply.send(result)
 
     def _committed(self, changes: int, seconds: float) -> None:
+        if not self.stats.healthy:
+            logger.warning("the store commits again (the last error was: %s)", self.stats.last_error)
         self.stats.healthy = True
         self.stats.last_error = None
         self.stats.batches += 1

@@ -22,6 +22,7 @@ from typing import Any
 from runtime.errors import StoreUnavailable
 from runtime.model import LOG_LEVELS, AuditEntry, Event, Evidence, Execution, LogEntry, Runbook
 from runtime.records import Change, ChangeResult
+from runtime.store.diagnose import unwritable_because
 from runtime.store.schema import (
     NOT_DEDUPED_SQL,
     Execute,
@@ -504,14 +505,23 @@ def _migration(conn: sqlite3.Connection) -> Iterator[Execute]:
         yield lambda sql: conn.execute(sql).fetchall()
 
 
+# of those, the codes where the file system is the likely cause: worth a look at it
+_DISK = frozenset({sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN})
+
+
 @contextmanager
 def _translated(path: str) -> Iterator[None]:
-    """Driver errors that mean "cannot reach the database" become StoreUnavailable."""
+    """Driver errors that mean "cannot reach the database" become StoreUnavailable, named
+    (``SQLITE_FULL``...) and, for the disk's codes, with what is seen to stand in the way."""
     try:
         yield
     except sqlite3.Error as exc:
-        if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _UNAVAILABLE:
-            raise StoreUnavailable(f"sqlite store {path}: {exc}") from exc
+        code = getattr(exc, "sqlite_errorcode", 0)
+        if code & 0xFF in _UNAVAILABLE:
+            name = getattr(exc, "sqlite_errorname", "")
+            why = unwritable_because(path) if code & 0xFF in _DISK else None
+            raise StoreUnavailable(f"sqlite store {path}: {exc}" + (f" ({name})" if name else "")
+                                   + (f"; {why}" if why else "")) from exc
         raise
     except OSError as exc:
         raise StoreUnavailable(f"sqlite store {path}: {exc}") from exc
