@@ -24,7 +24,7 @@ import jsonschema
 import trio
 
 from actors import ActorGone, Address, Reply, open_mailbox, open_supervisor
-from runtime import retained, shutdown
+from runtime import outage, retained, shutdown
 from runtime.approvals import ApprovalPage, pending_for
 from runtime.catalog import Catalog
 from runtime.clock import Clock
@@ -86,8 +86,9 @@ class Runtime:
                                   max_retained_per_tenant=settings.max_retained_events_per_tenant)
         self.leases = (Leases(store, settings.lease_ttl_ms, self._read)  # type: ignore[arg-type]
                        if getattr(store, "supports_leases", False) else None)
-        directory.host = ExecutionHost(
-            clock=self.clock, load=self._load, plan_for=self.catalog.plan_for, commit=self._commit,
+        directory.host = ExecutionHost(  # an actor's reads wait for the store, as its commits do
+            clock=self.clock, load=outage.waiting(self._load, "loading an execution"),
+            plan_for=outage.waiting(self.catalog.plan_for, "reading a runbook"), commit=self._commit,
             published=self.hub.published, types=self.catalog.types, services=self.services,
             default_policy=settings.default_retry_policy, router=self.router, timers=timers,
             left=self._left, incarnation=directory.next_incarnation,
