@@ -124,3 +124,29 @@ async def test_the_gateway_answers_429_naming_the_cap() -> None:
         assert "MAX_RETAINED_EVENTS_PER_TENANT" in problem["detail"]
         other = await gw.client.post("/api/v1/events", json=body, headers={"X-Tenant-Id": "t2"})
         assert other.status_code == 202
+
+
+TAKE_THEN_APPROVE = {"id": "take-then-approve", "steps": [
+    {"id": "wait", "type": "wait-for-event", "config": {"eventType": "scan.done", "correlationKey": "${input.key}"}},
+    {"id": "approve", "type": "human-approval", "config": {"approvers": ["boss"]}},
+]}
+
+
+async def test_a_retained_event_taken_at_once_is_committed_with_its_step(tmp_path: Path) -> None:
+    """The step that takes a retained event as it starts waiting succeeds in the same turn:
+    that success is what is committed (not the ``waiting`` it passed through), so a restart
+    finds the event taken, not lost."""
+    path = tmp_path / "runbooks.db"
+    async with open_runtime(SqliteStore(path)) as rt:
+        await rt.register_runbook(TAKE_THEN_APPROVE)
+        await rt.publish_event("scan.done", "S-1", {"clean": True})
+        execution = await rt.start("take-then-approve", {"key": "S-1"})
+        async for state in rt.watch(execution.id):
+            if state.status == "awaiting_approval":
+                break
+    async with open_runtime(SqliteStore(path)) as rt:
+        recovered = await rt.fetch(execution.id)
+        assert recovered.steps["wait"].status == "succeeded"
+        assert recovered.steps["wait"].output["payload"] == {"clean": True}
+        await rt.submit_approval(execution.id, "approve", approver="boss", decision="approve")
+        assert (await rt.wait(execution.id)).status == "completed"
