@@ -18,36 +18,37 @@ in time (a connection to a dead server may hang); it runs even when the exit is 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable
 
 import trio
 
 from actors import ActorGone, Address, Reply
 from runtime.errors import StoreUnavailable
-from runtime.leases import Leases
 from runtime.persistence import Flush, PersistenceActor, PersistenceMessage
 from runtime.store.base import Store
 
 logger = logging.getLogger("runbooks.runtime")
 
+Release = Callable[[], Awaitable[None]]  # gives up what this process owns (leases), for a quick take-over
 CLOSE_FLOOR_S = 0.5  # the store gets at least this long to close, even past the bound
 GIVEN_UP = "the runtime closed before the store committed this change (it may or may not have been written)"
 
 
 async def hand_over(address: Address[PersistenceMessage], persistence: PersistenceActor,
-                    leases: Leases | None, held: Sequence[str], timeout_s: float) -> bool:
-    """Flush, then release the leases, both within ``timeout_s``; whether the flush completed
-    (if not, the persistence actor has given up and said so)."""
+                    release: Release | None, timeout_s: float) -> bool:
+    """Flush, then ``release`` what this process owns (its leases), both within ``timeout_s``;
+    whether the flush completed (if not, the persistence actor has given up and said so, and
+    nothing is released: the store is not answering)."""
     deadline = trio.current_time() + timeout_s
     flushed = await _flush(address, deadline)
     if not flushed:
         stop_persistence(persistence, f"the store did not take them within {timeout_s:g} s")
-        if leases is not None:
+        if release is not None:
             logger.warning("shutdown: leases not released (the store is unavailable); other processes "
                            "take these executions over when the leases expire")
         return False
-    if leases is not None:
-        await _release(leases, held, deadline)
+    if release is not None:
+        await _release(release, deadline)
     return True
 
 
@@ -87,10 +88,10 @@ async def _flush(address: Address[PersistenceMessage], deadline: float) -> bool:
     return False
 
 
-async def _release(leases: Leases, held: Sequence[str], deadline: float) -> None:
+async def _release(release: Release, deadline: float) -> None:
     with trio.move_on_at(deadline) as scope:
         try:
-            await leases.release_all(list(held))
+            await release()
         except Exception as exc:  # the database went away meanwhile: the leases expire instead
             logger.warning("shutdown: leases not released (%s); other processes take these executions over "
                            "when the leases expire", exc)

@@ -384,6 +384,12 @@ class Runtime:
             self.directory.start(execution_id, execution)
             self.hub.notify("execution.taken_over", execution_id)
 
+    def _release_leases(self) -> shutdown.Release | None:
+        leases = self.leases
+        if leases is None:
+            return None
+        return lambda: leases.release_all(sorted(self.directory.ids()))
+
     def _lease_lost(self, execution_id: str) -> None:
         address = self.directory.address(execution_id)
         self.directory.forget(execution_id)
@@ -467,7 +473,7 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
                     finally:
                         executions.cancel()
                 # flush, then let another process take over at once; bounded (store down)
-                await shutdown.hand_over(address, persistence, runtime.leases, sorted(runtime.directory.ids()),
+                await shutdown.hand_over(address, persistence, runtime._release_leases(),
                                          settings.shutdown_timeout_ms / 1000)
             finally:
                 shutdown.stop_persistence(persistence)  # cancelled or failed: refuse what is pending
