@@ -12,7 +12,8 @@ log line says how many were not committed. Nothing acknowledged is lost by this:
 is acknowledged only once it is committed, and recovery starts from what was.
 
 ``close_store`` closes the store in a worker thread that is abandoned if it does not finish
-in time (a connection to a dead server may hang); it runs even when the exit is cancelled.
+within a second (a connection to a dead server may hang); it runs even when the exit is
+cancelled. So leaving takes at most ``shutdown_timeout_ms`` plus a second.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from runtime.store.base import Store
 logger = logging.getLogger("runbooks.runtime")
 
 Release = Callable[[], Awaitable[None]]  # gives up what this process owns (leases), for a quick take-over
-CLOSE_FLOOR_S = 0.5  # the store gets at least this long to close, even past the bound
+CLOSE_TIMEOUT_S = 1.0  # then the store gets this long to close
 GIVEN_UP = "the runtime closed before the store committed this change (it may or may not have been written)"
 
 
@@ -57,23 +58,26 @@ def stop_persistence(persistence: PersistenceActor, why: str = "the runtime clos
     refused = persistence.give_up(GIVEN_UP)
     if refused:
         cause = persistence.stats.last_error or "the store did not answer"
-        logger.error("shutdown: %d changes were not committed (%s; last store error: %s); their senders "
-                     "got StoreUnavailable, none was acknowledged", refused, why, cause)
+        logger.error("shutdown: %s not committed (%s; last store error: %s); their senders got "
+                     "StoreUnavailable, none was acknowledged", _changes(refused), why, cause)
     return refused
 
 
-async def close_store(store: Store, timeout_s: float) -> None:
-    """Close the store; a close that takes longer than ``timeout_s`` (at least ``CLOSE_FLOOR_S``)
-    is left to finish in its thread."""
+def _changes(count: int) -> str:
+    return "1 change was" if count == 1 else f"{count} changes were"
+
+
+async def close_store(store: Store) -> None:
+    """Close the store; a close that takes longer than ``CLOSE_TIMEOUT_S`` is left to finish
+    in its thread (a healthy store closes in milliseconds)."""
     if not store.threaded:
         store.close()
         return
-    with trio.CancelScope(shield=True) as scope:  # also when the exit is cancelled: bounded below
-        scope.deadline = trio.current_time() + max(timeout_s, CLOSE_FLOOR_S)
+    with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True) as scope:  # also when the exit is cancelled
         await trio.to_thread.run_sync(store.close, abandon_on_cancel=True)
     if scope.cancelled_caught:
-        logger.warning("shutdown: the %s store did not close within %.1f s; left to close in the background",
-                       store.name, max(timeout_s, CLOSE_FLOOR_S))
+        logger.warning("shutdown: the %s store did not close within %g s; left to close in the background",
+                       store.name, CLOSE_TIMEOUT_S)
 
 
 async def _flush(address: Address[PersistenceMessage], deadline: float) -> bool:

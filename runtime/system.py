@@ -487,7 +487,7 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
     finally:
         if runtime is not None:
             runtime.services.close()  # the gRPC channels, once no execution runs
-        await shutdown.close_store(the_store, settings.shutdown_timeout_ms / 1000)
+        await shutdown.close_store(the_store)
 
 
 def _only_leaf(group: BaseExceptionGroup[Any]) -> BaseException | None:
