@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench clean
+.PHONY: run test lint typecheck bench torture clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,6 +22,12 @@ lint: $(STAMP)
 
 test: lint
 	$(VENV)/bin/pytest
+
+# `torture` runs the kill -9 test (tests/test_torture.py) for ROUNDS rounds per store
+# (default 20; `make test` runs 3 on SQLite and 2 on PostgreSQL).
+ROUNDS ?= 20
+torture: $(STAMP)
+	RUNBOOKS_TORTURE_ROUNDS=$(ROUNDS) $(VENV)/bin/pytest tests/test_torture.py -s
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy actors runtime

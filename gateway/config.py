@@ -70,6 +70,8 @@ class Config:
     tokens: tuple[TokenEntry, ...] = attrs.field(default=(), repr=False)
     lease_ttl_ms: int = 15000
     forward_wait_ms: int = 5000
+    max_retained_events_per_tenant: int = 10_000
+    shutdown_timeout_ms: int = 5000
     instance_id: str = ""
     otel_exporter_otlp_endpoint: str | None = None
     secrets_file: str | None = None
@@ -104,6 +106,8 @@ class Config:
             tokens=read.parsed("RUNBOOKS_TOKENS_FILE", (), load_tokens),
             lease_ttl_ms=read.integer("LEASE_TTL_MS", 15000, 100, 10**9),
             forward_wait_ms=read.integer("FORWARD_WAIT_MS", 5000, 0, 10**7),
+            max_retained_events_per_tenant=read.integer("MAX_RETAINED_EVENTS_PER_TENANT", 10_000, 0, 10**9),
+            shutdown_timeout_ms=read.integer("SHUTDOWN_TIMEOUT_MS", 5000, 0, 3_600_000),
             instance_id=read.parsed("RUNBOOKS_INSTANCE_ID", None, _instance_id),
             otel_exporter_otlp_endpoint=read.parsed("OTEL_EXPORTER_OTLP_ENDPOINT", None, _otlp_endpoint),
             secrets_file=read.parsed("RUNBOOKS_SECRETS_FILE", None, _secrets_file),
@@ -149,6 +153,8 @@ class Config:
             instance_id=self.instance_id or None,
             secrets_file=self.secrets_file,
             public_url=self.public_url,
+            max_retained_events_per_tenant=self.max_retained_events_per_tenant,
+            shutdown_timeout_ms=self.shutdown_timeout_ms,
         )
 
     def check_can_serve(self) -> None:

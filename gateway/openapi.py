@@ -32,6 +32,7 @@ _PROBLEM_DESCRIPTIONS = {
     413: "The body (or runbook document) is larger than 1 MiB.",
     415: "Unsupported content type.",
     422: "The request was read but refused; errors lists every problem.",
+    429: "A per-tenant limit is reached (retained events); Retry-After says when room is expected.",
     500: "Internal error (logged).",
     503: "Not available right now.",
 }

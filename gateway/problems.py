@@ -2,7 +2,8 @@
 
 Every failure leaves the gateway through ``problem_for``: the engine's errors
 (``ValidationError`` 422, or 413 for a document over 1 MiB; ``NotFound`` 404; ``Conflict``
-409; ``Forbidden`` 403), the gateway's own ``ApiProblem`` (bad bodies and parameters: 400
+409; ``Forbidden`` 403; ``LimitExceeded`` 429 with ``Retry-After`` when room is expected;
+``StoreUnavailable`` 503), the gateway's own ``ApiProblem`` (bad bodies and parameters: 400
 when the request cannot be read into the declared types, 422 when it can but a value is
 refused), werkzeug's ``HTTPException`` (unknown route, method not allowed, body too large)
 and, last, anything unexpected: 500, logged with its traceback, never the exception text.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -23,6 +25,7 @@ from runtime import (
     CommandQueued,
     Conflict,
     Forbidden,
+    LimitExceeded,
     NotFound,
     Problem,
     RunbookError,
@@ -45,6 +48,7 @@ _TITLES = {
     413: "request too large",
     415: "unsupported media type",
     422: "unprocessable request",
+    429: "limit exceeded",
     500: "internal error",
     503: "service unavailable",
 }
@@ -58,6 +62,7 @@ _SLUGS = {
     413: "too-large",
     415: "unsupported-media-type",
     422: "validation",
+    429: "limit-exceeded",
     500: "internal",
     503: "unavailable",
 }
@@ -126,6 +131,8 @@ def problem_for(error: BaseException, redact: Redact | None = None) -> Response:
             return problem_response(409, str(error) or "conflict", redact=redact)
         case Forbidden():
             return problem_response(403, str(error) or "forbidden", redact=redact)
+        case LimitExceeded():
+            return problem_response(429, str(error), headers=_retry_after(error), redact=redact)
         case StoreUnavailable():
             return problem_response(503, "the store is unavailable; try again later")
         case CommandQueued():  # not a problem: accepted, and applied by whoever runs the execution
@@ -139,6 +146,13 @@ def problem_for(error: BaseException, redact: Redact | None = None) -> Response:
             return problem_response(400, "the request is nested too deeply")
     logger.error("unhandled error", exc_info=error)
     return problem_response(500, "an internal error occurred; it has been logged")
+
+
+def _retry_after(error: LimitExceeded) -> dict[str, str]:
+    """``Retry-After`` in whole seconds, when the engine knows when room comes."""
+    if error.retry_after_s is None:
+        return {}
+    return {"Retry-After": str(max(1, math.ceil(error.retry_after_s)))}
 
 
 def _validation_problem(error: ValidationError, redact: Redact | None) -> Response:

@@ -195,7 +195,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/v1/events", ex.publish_event, "publishEvent",
           "Publish an event to the steps of the caller's tenant waiting on it (or retain it)", "events",
           {202: Answer("Delivered to n waiting steps, or retained for a later one.", "PublishResult")},
-          body="EventRequest", problems=(422,)),
+          body="EventRequest", problems=(422, 429)),
     # ------------------------------------------------------------------ triggers
     Route("GET", "/api/v1/triggers", triggers.list_triggers, "listTriggers",
           "The triggers (schedules, event rules) of the latest version of every runbook the tenant sees",

@@ -24,10 +24,12 @@ async def ready() -> Response:
     try:
         with trio.fail_after(READY_TIMEOUT_S):
             await state().runtime.ready()
-    except Exception as exc:  # the store does not answer, or commits are failing
-        logger.warning("not ready: %s: %s", type(exc).__name__, exc)
-        return problem_response(503, "not ready: the store does not answer or commits are failing",
-                                title="not ready")
+    except Exception as exc:  # the store does not answer, or commits are failing: say which, and why
+        cause = str(exc) or type(exc).__name__
+        if isinstance(exc, trio.TooSlowError):
+            cause = f"the store did not answer within {READY_TIMEOUT_S:g} s"
+        logger.warning("not ready: %s", cause)
+        return problem_response(503, f"not ready: {cause}", title="not ready")
     waiting = state().runtime.waiting_for_owner  # not this process's fault: it is still ready
     return json_response({"status": "ok", **({"waitingForCapableOwner": waiting} if waiting else {})})
 

@@ -33,7 +33,16 @@ from hypercorn.trio import serve as hypercorn_serve
 from gateway.app import create_app
 from gateway.config import Config, ConfigError
 from gateway.metrics import create_metrics
-from runtime import NotFound, Runbook, Runtime, StoreInUse, ValidationError, open_runtime, tracing
+from runtime import (
+    NotFound,
+    Runbook,
+    Runtime,
+    StoreInUse,
+    StoreUnavailable,
+    ValidationError,
+    open_runtime,
+    tracing,
+)
 from runtime.store import open_store_from_url, postgres_store
 from runtime.store.base import Store
 from runtime.wire import load_document
@@ -240,7 +249,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 def serve_main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """``runbooks serve [--host HOST] [--port PORT] [--store URL] [--runbooks-dir DIR]``; the exit status.
 
-    Exit 0 after a graceful shutdown, 2 on a bad configuration (one line on stderr).
+    Exit 0 after a graceful shutdown, 2 on a bad configuration, 1 when the store cannot be
+    opened (one line on stderr either way).
     """
     parser = argparse.ArgumentParser(prog="runbooks serve", description="Serve the runbooks REST API and console.")
     add_serve_arguments(parser)
@@ -255,6 +265,9 @@ def serve_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = No
     except ConfigError as exc:
         print(f"runbooks serve: {exc}", file=sys.stderr)
         return 2
+    except StoreUnavailable as exc:  # at start: the database is unreachable, the file not writable...
+        print(f"runbooks serve: cannot start: {_one_line(str(exc))}", file=sys.stderr)
+        return 1
     return 0
 
 

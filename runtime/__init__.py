@@ -1,5 +1,5 @@
 """The runbook engine: documents, validation, scheduling, step types, persistence and the
-embedded Trio API (``open_runtime``). See SPEC section 6."""
+embedded Trio API (``open_runtime``)."""
 
 from runtime.approvals import ApprovalPage, PendingApproval
 from runtime.errors import (
@@ -7,6 +7,7 @@ from runtime.errors import (
     Conflict,
     Fenced,
     Forbidden,
+    LimitExceeded,
     NotFound,
     Problem,
     RunbookError,
@@ -47,6 +48,7 @@ __all__ = [
     "ExecutionStatus",
     "Fenced",
     "Forbidden",
+    "LimitExceeded",
     "LogEntry",
     "NotFound",
     "Page",

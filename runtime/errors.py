@@ -9,7 +9,8 @@
     ├── StoreUnavailable  the store cannot be reached (commits are retried)
     ├── StoreInUse        another process uses this SQLite file
     ├── Fenced            this process no longer owns the execution it tried to write
-    └── CommandQueued     forwarded to the owner, which did not answer in time: applied later
+    ├── CommandQueued     forwarded to the owner, which did not answer in time: applied later
+    └── LimitExceeded     a per-tenant limit is reached (retained events); nothing changed
 
 The gateway maps ``code`` to an HTTP status; the Python API raises these as they are.
 """
@@ -74,6 +75,20 @@ class StoreUnavailable(RunbookError):
     """The store cannot be reached; commits are being retried."""
 
     code = "storeUnavailable"
+
+
+class LimitExceeded(RunbookError):
+    """A per-tenant limit is reached; nothing was changed. ``limit`` is the cap, ``setting``
+    the configuration variable that sets it, ``retry_after_s`` when room is expected (the
+    oldest retained event expires), if known."""
+
+    code = "limitExceeded"
+
+    def __init__(self, message: str, *, limit: int, setting: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.setting = setting
+        self.retry_after_s = retry_after_s
 
 
 class StepFailed(RunbookError):

@@ -5,7 +5,8 @@ stay subscribed while their execution is parked with no actor. ``publish`` hands
 to every waiter whose filter it passes, as a ``DeliverEvent`` message to the waiter's
 execution (reactivating it if it is parked), which commits the step's outcome before it
 answers; nothing polls. An event that no waiter takes is committed to the store as
-retained (``EVENT_RETENTION_MS``) and handed to the first step that later waits on it.
+retained (``EVENT_RETENTION_MS``) and handed to the first step that later waits on it;
+``runtime.retained`` bounds those in time and per tenant.
 
 Subscribing is a synchronous call from an execution actor (Trio runs one task at a time,
 so it is atomic without locks, and it cannot deadlock against a delivery in flight).
@@ -14,21 +15,20 @@ so it is atomic without locks, and it cannot deadlock against a delivery in flig
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
 
 from actors import ActorGone, Reply
-from runtime.conditions import event_passes
 from runtime.core.messages import DeliverEvent
 from runtime.errors import RunbookError
 from runtime.model import Event
 from runtime.records import Change
+from runtime.retained import Filter, RetainedEvents, passes
 
 _Key = tuple[str, str, str]
-Filter = Mapping[str, Any] | None
 Ask = Callable[[str, Callable[[Reply[bool]], DeliverEvent]], Awaitable[bool]]
 
 
@@ -39,24 +39,22 @@ class PublishResult:
     event_id: str
 
 
-def passes(condition: Filter, event: Event) -> bool:
-    """Whether ``event`` passes a wait's ``filter`` (paths ``payload.<...>`` and ``type``)."""
-    return event_passes(condition, event.payload, event.type)
+__all__ = ["EventRouter", "PublishResult", "passes"]
 
 
 class EventRouter:
     def __init__(self, *, now: Callable[[], datetime], retention_ms: int,
-                 commit: Callable[[Change], Awaitable[Any]], ask: Ask) -> None:
+                 commit: Callable[[Change], Awaitable[Any]], ask: Ask, max_retained_per_tenant: int) -> None:
         self._now = now
         self._retention = timedelta(milliseconds=retention_ms)
         self._commit = commit
         self._ask = ask
         self._waiters: dict[_Key, dict[tuple[str, str], Filter]] = {}  # -> (execution, step) -> filter
-        self._retained: dict[_Key, list[Event]] = {}
+        self.retained = RetainedEvents(max_retained_per_tenant)
 
     def load_retained(self, events: list[Event]) -> None:
         for event in events:
-            self._retained.setdefault((event.tenant_id, event.type, event.correlation_key), []).append(event)
+            self.retained.add(event)
 
     @property
     def waiting(self) -> int:
@@ -65,7 +63,7 @@ class EventRouter:
     def subscribe(self, tenant_id: str, event_type: str, key: str, execution_id: str, step_id: str,
                   condition: Filter) -> Event | None:
         """Register a waiter; returns a retained event it takes at once (the caller commits its consumption)."""
-        taken = self._take_retained((tenant_id, event_type, key), condition)
+        taken = self.retained.take((tenant_id, event_type, key), condition, self._now)
         if taken is None:
             self._waiters.setdefault((tenant_id, event_type, key), {})[(execution_id, step_id)] = condition
         return taken
@@ -77,34 +75,28 @@ class EventRouter:
             if not waiters:
                 del self._waiters[(tenant_id, event_type, key)]
 
-    def _take_retained(self, key: _Key, condition: Filter) -> Event | None:
-        events = self._retained.get(key)
-        if not events:
-            return None
-        now = self._now()
-        events[:] = [e for e in events if e.expires_at is None or e.expires_at > now]
-        for index, event in enumerate(events):
-            if passes(condition, event):
-                del events[index]
-                return event
-        return None
-
     def new_event(self, tenant_id: str, event_type: str, key: str, payload: Any) -> Event:
         now = self._now()
         return Event(uuid.uuid4().hex, tenant_id, event_type, key, payload, now, now + self._retention)
+
+    def check_room(self, tenant_id: str) -> None:
+        """Raise ``LimitExceeded`` if the tenant holds as many retained events as it may."""
+        self.retained.check_room(tenant_id, self._now())
 
     async def publish(self, tenant_id: str, event_type: str, key: str, payload: Any,
                       rules: Callable[[Event], Awaitable[int]] | None = None) -> PublishResult:
         """``rules``: the event rules of runbooks; the executions they start count as deliveries."""
         event = self.new_event(tenant_id, event_type, key, payload)
+        now = event.received_at
         waiters = list(self._waiters.get((tenant_id, event_type, key), {}).items())
         delivered = await rules(event) if rules is not None else 0
         for (execution_id, step_id), condition in waiters:
             if passes(condition, event) and await self._deliver(execution_id, step_id, event):
                 delivered += 1
-        if delivered:
+        if delivered or not self._retention:  # EVENT_RETENTION_MS=0: nothing is retained
             return PublishResult(delivered, False, event.id)
-        self._retained.setdefault((tenant_id, event_type, key), []).append(event)
+        self.retained.check_room(tenant_id, now)  # LimitExceeded past the tenant's cap
+        self.retained.add(event)
         await self._commit(Change(retain_events=(event,)))
         return PublishResult(0, True, event.id)
 

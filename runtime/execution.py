@@ -141,7 +141,7 @@ class ExecutionActor:
                                                    effect.step_id, effect.filter)
                 if event is not None:  # a retained event: the step takes it in this same turn
                     self._state, more = apply(self._state, DeliverEvent(effect.step_id, event), now)  # type: ignore[arg-type]
-                    queue[:0] = more
+                    queue.extend(more)  # applied after this transition: its effects (commits, timers) come after
             elif isinstance(effect, fx.Unsubscribe):
                 self.host.router.unsubscribe(effect.tenant_id, effect.event_type, effect.key, self.id, effect.step_id)
             elif isinstance(effect, fx.CancelAttempt):

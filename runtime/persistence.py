@@ -62,12 +62,17 @@ class PersistenceActor:
         self.observer = observer
         self._lane = trio.CapacityLimiter(1)
         self._mailbox: Mailbox[PersistenceMessage] | None = None
+        self._batch: list[PersistenceMessage] = []  # taken, not yet all answered
+        self._batch_scope: trio.CancelScope | None = None
+        self._given_up: str | None = None  # why commits stopped (the runtime is closing)
 
     async def commit_inline(self, change: Change) -> ChangeResult:
         """Commit one change in the caller's task (a store that is not threaded: a commit is a
         function call, so there is nothing to batch), retried like a batch while unavailable."""
         delay = RETRY_FIRST_S
         while True:
+            if self._given_up is not None:
+                raise StoreUnavailable(self._given_up)
             started = time.perf_counter()
             try:
                 [result] = self.store.commit([change])
@@ -87,8 +92,17 @@ class PersistenceActor:
         return self._mailbox.statistics() if self._mailbox is not None else None
 
     async def run(self, mailbox: Mailbox[PersistenceMessage]) -> None:
-        """Commit batches until every sender has gone and the mailbox is empty."""
+        """Commit batches until every sender has gone and the mailbox is empty (or until
+        cancelled: then what is still queued is refused and the mailbox closes)."""
         self._mailbox = mailbox
+        try:
+            await self._serve(mailbox)
+        finally:
+            self.give_up(self._given_up or "the runtime is closed")
+            _refuse(self._batch, self._given_up or "the runtime is closed")
+            mailbox.close()
+
+    async def _serve(self, mailbox: Mailbox[PersistenceMessage]) -> None:
         while True:
             try:
                 batch = [await mailbox.receive()]
@@ -99,8 +113,34 @@ class PersistenceActor:
                     batch.append(mailbox.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-            with trio.CancelScope(shield=True):  # a batch taken is a batch answered
+            if self._given_up is not None:
+                _refuse(batch, self._given_up)
+                continue
+            self._batch = batch
+            with trio.CancelScope(shield=True) as self._batch_scope:  # a batch taken is a batch answered
                 await self._commit(batch)
+            self._batch, self._batch_scope = [], None
+            if self._given_up is not None:  # ``give_up`` cancelled it: what is left gets an error
+                _refuse(batch, self._given_up)
+
+    def give_up(self, reason: str) -> int:
+        """Stop committing: answer the batch in flight, everything queued and everything sent
+        from now on with ``StoreUnavailable(reason)``. Returns how many changes were refused
+        (not committed, or not known to be). Called by the runtime as it closes."""
+        first = self._given_up is None
+        if first:
+            self._given_up = reason
+        refused = _unanswered(self._batch) if first else 0  # the batch is refused once it has unwound
+        if self._batch_scope is not None:
+            self._batch_scope.cancel()  # the run loop refuses the batch once it has unwound
+        while self._mailbox is not None:
+            try:
+                message = self._mailbox.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            refused += _unanswered([message])
+            _refuse([message], reason)
+        return refused
 
     async def _commit(self, messages: list[PersistenceMessage]) -> None:
         batch = [message for message in messages if isinstance(message, Commit)]
@@ -133,6 +173,8 @@ class PersistenceActor:
             message.reply.send(result)
 
     def _committed(self, changes: int, seconds: float) -> None:
+        if not self.stats.healthy:
+            logger.warning("the store commits again (the last error was: %s)", self.stats.last_error)
         self.stats.healthy = True
         self.stats.last_error = None
         self.stats.batches += 1
@@ -159,4 +201,17 @@ class PersistenceActor:
     async def _write(self, changes: list[Change]) -> list[ChangeResult]:
         if not self.store.threaded:
             return self.store.commit(changes)
-        return await trio.to_thread.run_sync(self.store.commit, changes, limiter=self._lane)
+        # Only ``give_up`` can cancel this (the batch is shielded otherwise); then the thread
+        # is abandoned rather than waited for: a commit may hang on a dead connection.
+        return await trio.to_thread.run_sync(self.store.commit, changes, limiter=self._lane,
+                                             abandon_on_cancel=True)
+
+
+def _unanswered(messages: list[PersistenceMessage]) -> int:
+    return sum(1 for message in messages if isinstance(message, Commit) and not message.reply.done)
+
+
+def _refuse(messages: list[PersistenceMessage], reason: str) -> None:
+    for message in messages:
+        if not message.reply.done:
+            message.reply.fail(StoreUnavailable(reason))

@@ -7,6 +7,7 @@ for its ``ChangeResult``; the PersistenceActor commits many Changes in one trans
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import attrs
@@ -45,6 +46,7 @@ class Change:
     evidence: tuple[Evidence, ...] = ()
     retain_events: tuple[Event, ...] = ()
     consume_events: tuple[str, ...] = ()
+    expire_events_at: datetime | None = None  # delete every retained event expired at this time
     version: tuple[str, int] | None = None  # (execution id, its version after this change)
     # several processes on one database (PostgreSQL):
     owner: str | None = None  # with new_execution: the instance that owns it (epoch 1)
@@ -52,6 +54,7 @@ class Change:
     waits: tuple[Wait, ...] = ()  # subscriptions of steps that start waiting
     unwaits: tuple[tuple[str, str], ...] = ()  # (execution id, step id) that stop waiting
     publish: Event | None = None  # an event to hand to every waiter, or to retain
+    retain_cap: int = 0  # with publish: retained only below this many for the tenant (0: never)
     outcomes: tuple[tuple[str, Any], ...] = ()  # (command id, outcome) of commands applied
 
     @property
@@ -59,7 +62,7 @@ class Change:
         return not (
             self.new_execution or self.runbook or self.execution or self.steps or self.logs
             or self.audit or self.evidence or self.retain_events or self.consume_events or self.version
-            or self.waits or self.unwaits or self.publish or self.outcomes
+            or self.waits or self.unwaits or self.publish or self.outcomes or self.expire_events_at
         )
 
 

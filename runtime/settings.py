@@ -1,4 +1,4 @@
-"""Engine settings (the runtime part of SPEC section 7), frozen, with defaults."""
+"""Engine settings (the part of the configuration the engine reads), frozen, with defaults."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ class Settings:
     secrets_file: str | None = None  # RUNBOOKS_SECRETS_FILE
     secrets_env: Mapping[str, str] | None = None  # RUNBOOKS_SECRET_<NAME> come from here (None: os.environ)
     public_url: str | None = None  # PUBLIC_URL: the console's address, for links in notifications
+    max_retained_events_per_tenant: int = 10_000  # events no step took yet, kept for a later waiter
+    shutdown_timeout_ms: int = 5_000  # leaving open_runtime: flush + leases, while the store is down
 
     @property
     def default_retry_policy(self) -> RetryPolicy:

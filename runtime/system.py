@@ -24,7 +24,7 @@ import jsonschema
 import trio
 
 from actors import ActorGone, Address, Reply, open_mailbox, open_supervisor
-from runtime import commands
+from runtime import commands, outage, retained, shutdown
 from runtime.approvals import ApprovalPage, pending_for, rendered_config
 from runtime.catalog import Catalog
 from runtime.children import Children
@@ -32,12 +32,12 @@ from runtime.clock import Clock
 from runtime.cluster import Cluster, default_instance_id
 from runtime.core import Tick, created
 from runtime.directory import Directory
-from runtime.errors import Conflict, NotFound, Problem, ValidationError
+from runtime.errors import Conflict, NotFound, Problem, StoreUnavailable, ValidationError
 from runtime.events import EventRouter, PublishResult
 from runtime.host import ExecutionHost
 from runtime.model import AuditEntry, Evidence, Execution, ExecutionStatus, LogEntry, Runbook
 from runtime.notify import Notifier
-from runtime.persistence import BatchObserver, Commit, Flush, PersistenceActor, PersistenceMessage
+from runtime.persistence import BatchObserver, Commit, PersistenceActor, PersistenceMessage
 from runtime.records import Change, ChangeResult
 from runtime.scheduler import Scheduler, TriggerInfo, audit_key
 from runtime.secrets import Secrets, install_log_redaction, remove_log_redaction
@@ -89,15 +89,17 @@ class Runtime:
         self.hub = WatchHub(settings.finished_cache_size)
         self.catalog = Catalog(store, self._read, self._commit, StepTypes(), settings, self.clock)
         self.router = EventRouter(now=self.clock.now, retention_ms=settings.event_retention_ms,
-                                  commit=self._commit, ask=directory.ask)
+                                  commit=self._commit, ask=directory.ask,
+                                  max_retained_per_tenant=settings.max_retained_events_per_tenant)
         self.cluster: Cluster | None = None
         if isinstance(store, PostgresStore):  # several processes may share it
             self.cluster = Cluster(store, self._read, directory, self.catalog, self.hub,
                                    instance_id=settings.instance_id or default_instance_id(),
                                    ttl_ms=settings.lease_ttl_ms, forward_wait_ms=settings.forward_wait_ms)
             self.catalog.cache_latest = self.cluster.caches_latest
-        directory.host = ExecutionHost(
-            clock=self.clock, load=self._load, plan_for=self.catalog.plan_for, commit=self._commit,
+        directory.host = ExecutionHost(  # an actor's reads wait for the store, as its commits do
+            clock=self.clock, load=outage.waiting(self._load, "loading an execution"),
+            plan_for=outage.waiting(self.catalog.plan_for, "reading a runbook"), commit=self._commit,
             published=self._published, types=self.catalog.types, services=self.services,
             default_policy=settings.default_retry_policy, router=self.router, timers=timers,
             left=self._left, incarnation=directory.next_incarnation,
@@ -140,7 +142,9 @@ class Runtime:
     async def _read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if not self.store.threaded:
             return fn(*args, **kwargs)
-        return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+        # a read nobody waits for any more (cancelled) is left to finish in its thread: a dead
+        # connection must not hold a cancelled request, nor the shutdown
+        return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), abandon_on_cancel=True)
 
     async def _commit(self, change: Change) -> ChangeResult:
         if not self.store.threaded:  # nothing to wait for: commit in place, in order
@@ -349,10 +353,14 @@ class Runtime:
             yield execution
 
     async def ready(self) -> None:
-        """Raise unless the store answers and the last commit succeeded."""
-        await self._read(self.store.ping)
+        """Raise ``ConnectionError`` naming the cause unless the last commit succeeded and the
+        store answers (failing commits are known at once, without a round trip)."""
         if not self.persistence.stats.healthy:
-            raise ConnectionError(self.persistence.stats.last_error or "commits are failing")
+            raise ConnectionError(f"commits are failing: {self.persistence.stats.last_error or 'unknown error'}")
+        try:
+            await self._read(self.store.ping)
+        except StoreUnavailable as exc:
+            raise ConnectionError(f"the store does not answer: {exc}") from exc
 
     # ------------------------------------------------------------------ control
     async def _control(self, execution_id: str, tenant_id: str | None, kind: str, body: dict[str, Any]) -> Execution:
@@ -423,7 +431,10 @@ class Runtime:
                                              rules=self.scheduler.on_event)
         event = self.router.new_event(tenant_id, event_type, str(correlation_key), payload)
         started = await self.scheduler.on_event(event)  # the executions event rules start count too
-        result = await self._commit(Change(publish=event))  # to waiters on every process, in one transaction
+        cap = self.settings.max_retained_events_per_tenant
+        if started or not self.settings.event_retention_ms:
+            cap = 0  # taken by a rule, or nothing is retained: a waiter or nothing
+        result = await self._commit(Change(publish=event, retain_cap=cap))  # every process's waiters, at once
         delivered = started + result.delivered
         return PublishResult(delivered, result.retained and not started, event.id)
 
@@ -508,37 +519,41 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
             address: Address[PersistenceMessage]
             address, mailbox = open_mailbox("persistence", 4096)
             services.start_soon(persistence.run, mailbox, name="persistence")
-            async with open_supervisor("executions") as executions:
-                clock = Clock()
-                timers = Timers(clock)
-                runtime = Runtime(the_store, settings, client, address, persistence,
-                                  Directory(executions, services), clock, timers)
-                install_log_redaction(runtime.secrets)
-                for name, executor in (executors or {}).items():
-                    runtime.register_executor(name, executor)
-                services.start_soon(timers.run, runtime._fire, name="timers")
-                # children, notifications and triggers reach the executions: they end before them
-                async with trio.open_nursery() as background:
-                    runtime._start_services(background)
-                    await runtime._recover_all(services)
-                    await runtime.scheduler.load()
-                    background.start_soon(runtime.scheduler.run, name="triggers")
-                    if runtime.cluster is not None:
-                        services.start_soon(runtime.cluster.heartbeat, name="heartbeat")
-                    try:
-                        yield runtime
-                    except BaseException as exc:
-                        body_error = exc
-                        raise
-                    finally:
-                        background.cancel_scope.cancel()
-                        executions.cancel()
-            reply: Reply[None] = Reply()
-            await address.send(Flush(reply))
-            await reply.wait()  # everything sent before is committed
-            if runtime.cluster is not None:  # let another process take over at once
-                await runtime.cluster.stop()
-            services.cancel_scope.cancel()
+            try:
+                async with open_supervisor("executions") as executions:
+                    clock = Clock()
+                    timers = Timers(clock)
+                    runtime = Runtime(the_store, settings, client, address, persistence,
+                                      Directory(executions, services), clock, timers)
+                    install_log_redaction(runtime.secrets)
+                    for name, executor in (executors or {}).items():
+                        runtime.register_executor(name, executor)
+                    services.start_soon(timers.run, runtime._fire, name="timers")
+                    services.start_soon(retained.sweep, runtime.router.retained, clock.now, runtime._commit,
+                                        retained.sweep_interval_s(settings.event_retention_ms),
+                                        name="retained events sweep")
+                    # children, notifications and triggers reach the executions: they end before them
+                    async with trio.open_nursery() as background:
+                        runtime._start_services(background)
+                        await runtime._recover_all(services)
+                        await runtime.scheduler.load()
+                        background.start_soon(runtime.scheduler.run, name="triggers")
+                        if runtime.cluster is not None:
+                            services.start_soon(runtime.cluster.heartbeat, name="heartbeat")
+                        try:
+                            yield runtime
+                        except BaseException as exc:
+                            body_error = exc
+                            raise
+                        finally:
+                            background.cancel_scope.cancel()
+                            executions.cancel()
+                # flush, then let another process take over at once; bounded (store down)
+                release = runtime.cluster.stop if runtime.cluster is not None else None
+                await shutdown.hand_over(address, persistence, release, settings.shutdown_timeout_ms / 1000)
+            finally:
+                shutdown.stop_persistence(persistence)  # cancelled or failed: refuse what is pending
+                services.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The caller's own exception comes back as itself, not wrapped by our nurseries;
         # any other failure (or several) stays a group.
@@ -549,10 +564,7 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
         if runtime is not None:
             runtime.services.close()  # the gRPC channels, once no execution runs
             remove_log_redaction(runtime.secrets)
-        if the_store.threaded:
-            await trio.to_thread.run_sync(the_store.close)
-        else:
-            the_store.close()
+        await shutdown.close_store(the_store)
 
 
 def _only_leaf(group: BaseExceptionGroup[Any]) -> BaseException | None:

@@ -35,6 +35,7 @@ def test_every_variable_is_read(tmp_path: pathlib.Path) -> None:
         "CORS_ORIGINS": "https://a.example.com/, http://b.example.com:8080", "RUNBOOKS_DIR": str(tmp_path),
         "CALL_SERVICE_BASE_URL": "http://svc.internal:9000/api", "EVENT_RETENTION_MS": "60000",
         "LEASE_TTL_MS": "30000", "DB_POOL_MAX": "7", "FORWARD_WAIT_MS": "1500", "RUNBOOKS_INSTANCE_ID": "pod-0",
+        "MAX_RETAINED_EVENTS_PER_TENANT": "50", "SHUTDOWN_TIMEOUT_MS": "2500",
     })
     assert (config.port, config.host, config.storage_backend) == (8080, "::1", "memory")
     assert config.store_url() == "memory"
@@ -42,7 +43,8 @@ def test_every_variable_is_read(tmp_path: pathlib.Path) -> None:
     assert (config.detailed_logging, config.enable_cors, config.runbooks_dir) == (True, True, str(tmp_path))
     assert config.settings() == Settings(max_concurrent_steps=9, default_max_retries=0, event_retention_ms=60000,
                                          call_service_base_url="http://svc.internal:9000/api", lease_ttl_ms=30000,
-                                         forward_wait_ms=1500, instance_id="pod-0")
+                                         forward_wait_ms=1500, instance_id="pod-0",
+                                         max_retained_events_per_tenant=50, shutdown_timeout_ms=2500)
     assert (config.lease_ttl_ms, config.db_pool_max) == (30000, 7)
     config.check_can_serve()  # ::1 is loopback
 
@@ -73,6 +75,9 @@ def test_postgres_urls() -> None:
     ({"EVENT_RETENTION_MS": "1.5"}, "EVENT_RETENTION_MS: must be an integer between 0 and 1000000000000, got '1.5'"),
     ({"DB_POOL_MAX": "x"}, "DB_POOL_MAX: must be an integer between 1 and 10000, got 'x'"),
     ({"LEASE_TTL_MS": "5"}, "LEASE_TTL_MS: must be an integer between 100 and 1000000000, got '5'"),
+    ({"MAX_RETAINED_EVENTS_PER_TENANT": "-1"},
+     "MAX_RETAINED_EVENTS_PER_TENANT: must be an integer between 0 and 1000000000, got '-1'"),
+    ({"SHUTDOWN_TIMEOUT_MS": "5s"}, "SHUTDOWN_TIMEOUT_MS: must be an integer between 0 and 3600000, got '5s'"),
     ({"ENABLE_CORS": "sure"}, "ENABLE_CORS: must be true or false, got 'sure'"),
     ({"CORS_ORIGINS": "ftp://x"}, "CORS_ORIGINS: each origin must be '*' or an http(s):// origin, got 'ftp://x'"),
     ({"CALL_SERVICE_BASE_URL": "svc:80"}, "CALL_SERVICE_BASE_URL: must be an absolute http(s) URL, got 'svc:80'"),

@@ -572,6 +572,17 @@ def test_retained_events_retain_consume_expire(store: Store) -> None:
     assert store.retained_events(T0) == [back]
 
 
+def test_expired_retained_events_are_deleted(store: Store) -> None:
+    forever = Event("ev1", "t1", "x", "k", {}, T0)
+    due = Event("ev2", "t1", "x", "k", {}, T0, expires_at=at(60))
+    later = Event("ev3", "t2", "y", "k", {}, T0, expires_at=at(61))
+    store.commit([Change(retain_events=(forever, due, later))])
+    store.commit([Change(expire_events_at=at(60))])  # expired at 60 s: gone; the others stay
+    assert store.retained_events(at(-3600)) == [forever, later]
+    store.commit([Change(expire_events_at=at(3600))])
+    assert store.retained_events(at(-3600)) == [forever]
+
+
 # ---------------------------------------------------------------- durability
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from runtime.store.base import Store
 from runtime.store.memory import MemoryStore
@@ -23,9 +23,11 @@ def postgres_store(url: str, pool_max: int = 20) -> PostgresStore:
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     schemas = [value for key, value in query if key == "schema"]
+    if not schemas:
+        return PostgresStore(url, pool_max=pool_max)
     if len(schemas) > 1 or (schemas and not _SCHEMA.match(schemas[0])):
         raise ValueError(f"store URL: schema must be one name of letters, digits and _ (got {schemas})")
-    rest = urlencode([(key, value) for key, value in query if key != "schema"])
+    rest = urlencode([(key, value) for key, value in query if key != "schema"], quote_via=quote)
     return PostgresStore(urlunsplit(parts._replace(query=rest)), pool_max=pool_max,
                          schema=schemas[0] if schemas else None)
 

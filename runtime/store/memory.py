@@ -106,6 +106,9 @@ class MemoryStore(_TriggerStates):
             self._events[event.id] = event
         for event_id in change.consume_events:
             self._events.pop(event_id, None)
+        if change.expire_events_at is not None:
+            expired = change.expire_events_at
+            self._events = {k: e for k, e in self._events.items() if e.expires_at is None or e.expires_at > expired}
         if change.version is not None:
             self._versions[change.version[0]] = change.version[1]
         return ChangeResult(runbook_version=version)

@@ -148,3 +148,5 @@ RETAINED_FOR = """
 SELECT id, tenant_id, type, correlation_key, payload, received_at, expires_at FROM events
 WHERE tenant_id = %s AND type = %s AND correlation_key = %s AND (expires_at IS NULL OR expires_at > now())
 ORDER BY seq"""
+
+RETAINED_COUNT = "SELECT count(*) FROM events WHERE tenant_id = %s AND (expires_at IS NULL OR expires_at > now())"

@@ -25,9 +25,10 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from runtime.conditions import event_passes
-from runtime.errors import Fenced, StoreUnavailable
+from runtime.errors import Fenced, LimitExceeded, StoreUnavailable
 from runtime.model import LOG_LEVELS, AuditEntry, Event, Evidence, Execution, LogEntry, Runbook
 from runtime.records import Change, ChangeResult
+from runtime.retained import CAP_SETTING
 from runtime.store import pg_cluster as cluster
 from runtime.store.schema import (
     NOT_DEDUPED_SQL,
@@ -223,6 +224,7 @@ ON CONFLICT (id) DO UPDATE SET
     payload = excluded.payload, received_at = excluded.received_at, expires_at = excluded.expires_at"""
 
 _DELETE_EVENT = "DELETE FROM events WHERE id = %s"
+_DELETE_EXPIRED = "DELETE FROM events WHERE expires_at <= %s"
 
 _SET_VERSION = "UPDATE executions SET version = %s WHERE id = %s"
 
@@ -640,9 +642,9 @@ class _Writer:
             self._command(wait.execution_id, "event", {"stepId": wait.step_id, "event": to_json(taken)})
         if change.publish is None:
             return ChangeResult()
-        return self._publish(change.publish)
+        return self._publish(change.publish, change.retain_cap)
 
-    def _publish(self, event: Event) -> ChangeResult:
+    def _publish(self, event: Event, cap: int) -> ChangeResult:
         cursor = self._cursor
         self._lock(event.tenant_id, event.type, event.correlation_key)
         waiters = cursor.execute(cluster.WAITERS, (event.tenant_id, event.type, event.correlation_key)).fetchall()
@@ -651,8 +653,14 @@ class _Writer:
             if event_passes(condition, event.payload, event.type):
                 self._command(execution_id, "event", {"stepId": step_id, "event": to_json(event)})
                 delivered += 1
-        if delivered:
+        if delivered or not cap:
             return ChangeResult(delivered=delivered)
+        held = cursor.execute(cluster.RETAINED_COUNT, (event.tenant_id,)).fetchone()
+        if held is not None and held[0] >= cap:
+            raise LimitExceeded(
+                f"tenant '{event.tenant_id}' already has {cap} retained events that no step has taken "
+                f"(the cap, {CAP_SETTING}); this event was neither delivered nor retained",
+                limit=cap, setting=CAP_SETTING)
         cursor.execute(_UPSERT_EVENT, event_row(event, _as_is))
         return ChangeResult(retained=True)
 
@@ -689,6 +697,8 @@ class _Writer:
             cursor.executemany(_INSERT_EVIDENCE, [evidence_row(item, _as_is) for item in pending.evidence])
         if pending.consumed:
             cursor.executemany(_DELETE_EVENT, [(event_id,) for event_id in pending.consumed])
+        if pending.expired_at is not None:
+            cursor.execute(_DELETE_EXPIRED, (_as_is(pending.expired_at),))
         if pending.events:
             cursor.executemany(_UPSERT_EVENT, [event_row(event, _as_is) for event in pending.events.values()])
 

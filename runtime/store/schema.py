@@ -76,6 +76,7 @@ class Pending:
     evidence: list[Evidence] = attrs.Factory(list)
     events: dict[str, Event] = attrs.Factory(dict)
     consumed: dict[str, None] = attrs.Factory(dict)  # deleted before ``events`` are written
+    expired_at: datetime | None = None  # retained events expired at this time are deleted (before ``events``)
     versions: dict[str, int] = attrs.Factory(dict)  # execution id -> its newest version
     fences: dict[str, tuple[int, str]] = attrs.Factory(dict)  # execution id -> (epoch, owner) to check
     outcomes: list[tuple[str, Any]] = attrs.Factory(list)  # (command id, outcome)
@@ -103,11 +104,13 @@ class Pending:
             execution_id, epoch, owner = change.fence
             self.fences[execution_id] = (epoch, owner)
         self.outcomes.extend(change.outcomes)
+        if change.expire_events_at is not None:
+            self.expired_at = max(change.expire_events_at, self.expired_at or change.expire_events_at)
 
     @property
     def empty(self) -> bool:
         return not (self.headers or self.steps or self.logs or self.audit or self.evidence
-                    or self.events or self.consumed or self.versions or self.outcomes)
+                    or self.events or self.consumed or self.versions or self.outcomes or self.expired_at)
 
     def header_rows(self, stamp: Stamp) -> list[Row]:
         """The headers to write, each with the newest version of its execution."""

@@ -10,6 +10,7 @@ store holds it — two processes would both run the same executions.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -24,6 +25,7 @@ from typing import Any
 from runtime.errors import StoreInUse, StoreUnavailable
 from runtime.model import LOG_LEVELS, AuditEntry, Event, Evidence, Execution, LogEntry, Runbook
 from runtime.records import Change, ChangeResult
+from runtime.store.diagnose import unwritable_because
 from runtime.store.schema import (
     NOT_DEDUPED_SQL,
     Execute,
@@ -210,6 +212,7 @@ ON CONFLICT (id) DO UPDATE SET
     payload = excluded.payload, received_at = excluded.received_at, expires_at = excluded.expires_at"""
 
 _DELETE_EVENT = "DELETE FROM events WHERE id = ?"
+_DELETE_EXPIRED = "DELETE FROM events WHERE expires_at <= ?"
 
 _SET_VERSION = "UPDATE executions SET version = ? WHERE id = ?"
 
@@ -273,7 +276,11 @@ class SqliteStore(ExecutionQueries, TriggerQueries):
                 return
             pathlib.Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._lock = _exclusive(self.path)
-            write = _connect(self.path)
+            try:
+                write = _connect(self.path)
+            except BaseException:
+                self._unlock()
+                raise
             try:
                 migrate(lambda: _migration(write), MIGRATIONS)
                 read = _connect(self.path)
@@ -490,23 +497,33 @@ class _Writer:
             conn.executemany(_INSERT_EVIDENCE, [evidence_row(item, format_time) for item in pending.evidence])
         if pending.consumed:
             conn.executemany(_DELETE_EVENT, [(event_id,) for event_id in pending.consumed])
+        if pending.expired_at is not None:
+            conn.execute(_DELETE_EXPIRED, (format_time(pending.expired_at),))
         if pending.events:
             conn.executemany(_UPSERT_EVENT, [event_row(event, format_time) for event in pending.events.values()])
 
 
 def _exclusive(path: str) -> int:
-    """Lock ``<path>.lock`` for this store, or raise ``StoreInUse`` naming the file."""
+    """Lock ``<path>.lock`` for this store, or raise ``StoreInUse`` naming the file. Where the
+    lock file cannot be written (a read-only directory), the database file itself is locked."""
     lock_path = os.path.realpath(path) + ".lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or not os.path.exists(path):
+            raise
+        fd = os.open(path, os.O_RDONLY)
+        lock_path = path
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        holder = (os.pread(fd, 32, 0).decode(errors="replace").strip() if lock_path != path else "") or "unknown"
         os.close(fd)
         raise StoreInUse(f"sqlite store {path} is in use by another process (pid {holder}); "
                          "one process per SQLite file") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    if lock_path != path:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd
 
 
@@ -548,14 +565,23 @@ def _migration(conn: sqlite3.Connection) -> Iterator[Execute]:
         yield lambda sql: conn.execute(sql).fetchall()
 
 
+# of those, the codes where the file system is the likely cause: worth a look at it
+_DISK = frozenset({sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN})
+
+
 @contextmanager
 def _translated(path: str) -> Iterator[None]:
-    """Driver errors that mean "cannot reach the database" become StoreUnavailable."""
+    """Driver errors that mean "cannot reach the database" become StoreUnavailable, named
+    (``SQLITE_FULL``...) and, for the disk's codes, with what is seen to stand in the way."""
     try:
         yield
     except sqlite3.Error as exc:
-        if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _UNAVAILABLE:
-            raise StoreUnavailable(f"sqlite store {path}: {exc}") from exc
+        code = getattr(exc, "sqlite_errorcode", 0)
+        if code & 0xFF in _UNAVAILABLE:
+            name = getattr(exc, "sqlite_errorname", "")
+            why = unwritable_because(path) if code & 0xFF in _DISK else None
+            raise StoreUnavailable(f"sqlite store {path}: {exc}" + (f" ({name})" if name else "")
+                                   + (f"; {why}" if why else "")) from exc
         raise
     except OSError as exc:
         raise StoreUnavailable(f"sqlite store {path}: {exc}") from exc
