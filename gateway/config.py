@@ -20,6 +20,7 @@ import attrs
 import yaml
 
 from runtime import Settings
+from runtime.limits import MAX_CONCURRENCY, MAX_DURATION_MS, MAX_RETRIES
 
 T = TypeVar("T")
 
@@ -85,14 +86,14 @@ class Config:
             db_password=read.optional("DB_PASSWORD"),
             db_ssl=read.boolean("DB_SSL", False),
             db_pool_max=read.integer("DB_POOL_MAX", 20, 1, 10_000),
-            max_concurrent_steps=read.integer("MAX_CONCURRENT_STEPS", 5, 1, 10_000),
-            default_max_retries=read.integer("DEFAULT_MAX_RETRIES", 3, 0, 1000),
+            max_concurrent_steps=read.integer("MAX_CONCURRENT_STEPS", 5, 1, MAX_CONCURRENCY),
+            default_max_retries=read.integer("DEFAULT_MAX_RETRIES", 3, 0, MAX_RETRIES),
             detailed_logging=read.boolean("DETAILED_LOGGING", False),
             enable_cors=read.boolean("ENABLE_CORS", False),
             cors_origins=read.parsed("CORS_ORIGINS", (), _origins),
             runbooks_dir=read.parsed("RUNBOOKS_DIR", None, _directory),
             call_service_base_url=read.parsed("CALL_SERVICE_BASE_URL", None, _http_url),
-            event_retention_ms=read.integer("EVENT_RETENTION_MS", 24 * 3600 * 1000, 0, 10**12),
+            event_retention_ms=read.integer("EVENT_RETENTION_MS", 24 * 3600 * 1000, 0, MAX_DURATION_MS),
             tokens_file=read.optional("RUNBOOKS_TOKENS_FILE"),
             tokens=read.parsed("RUNBOOKS_TOKENS_FILE", (), load_tokens),
             lease_ttl_ms=read.integer("LEASE_TTL_MS", 15000, 100, 10**9),

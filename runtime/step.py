@@ -33,7 +33,8 @@ class Outcome:
 
 def backoff_s(policy: RetryPolicy, failed_attempt: int, retry_after_s: float | None = None) -> float:
     """The delay after the ``failed_attempt``-th attempt failed (1-based), in seconds."""
-    delay_ms = policy.initial_delay_ms * policy.backoff_multiplier ** (failed_attempt - 1)
+    # the exponent is capped: attempts count across retry_step, and a float power overflows
+    delay_ms = policy.initial_delay_ms * policy.backoff_multiplier ** min(failed_attempt - 1, 64)
     delay_ms = min(delay_ms, policy.max_delay_ms)
     if policy.jitter:
         delay_ms *= random.uniform(0.5, 1.0)

@@ -9,13 +9,20 @@ that applies the default-dependency rules, for validation and scheduling alike.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-
-import jsonschema
 
 from runtime.conditions import condition_problems
 from runtime.errors import Problem, ValidationError
+from runtime.input_schema import schema_problems
+from runtime.jsonsafe import first_problem
+from runtime.limits import (
+    MAX_CONCURRENCY,
+    MAX_RETRIES,
+    count_problem,
+    duration_problem,
+    multiplier_problem,
+)
 from runtime.model import RetryPolicy, Runbook, Step
 from runtime.steps.registry import StepTypes
 from runtime.templates import template_paths, template_problems
@@ -34,14 +41,29 @@ _STEP_FIELDS = {
     "id", "name", "description", "type", "dependsOn", "when", "config", "approvalConfig",
     "retryPolicy", "timeoutMs", "continueOnError",
 }
-_RETRY_FIELDS: dict[str, type | tuple[type, ...]] = {"maxRetries": int, "initialDelayMs": int, "backoffMultiplier": (int, float),
-                 "maxDelayMs": int, "jitter": bool}
+_RETRY_FIELDS: dict[str, Callable[[Any], str | None]] = {
+    "maxRetries": lambda value: count_problem(value, 0, MAX_RETRIES),
+    "initialDelayMs": lambda value: duration_problem(value, allow_zero=True),
+    "backoffMultiplier": multiplier_problem,
+    "maxDelayMs": lambda value: duration_problem(value, allow_zero=True),
+    "jitter": lambda value: None if isinstance(value, bool) else "must be true or false",
+}
 
 
 def validate_document(doc: Any, types: StepTypes) -> list[Problem]:
     """Every problem of the document, in document order."""
     if not isinstance(doc, Mapping):
         return [Problem("$", "a runbook document must be a mapping (object)")]
+    not_json = first_problem(dict(doc), "", int_range=False)
+    if not_json is not None:  # every other check assumes plain JSON
+        return [Problem(not_json.path or "$", f"not JSON: {not_json.message}")]
+    problems = _check_document(doc, types)
+    if not problems and (not_json := first_problem(dict(doc), "")) is not None:  # a huge integer
+        problems.append(Problem(not_json.path or "$", f"not JSON: {not_json.message}"))
+    return problems
+
+
+def _check_document(doc: Mapping[str, Any], types: StepTypes) -> list[Problem]:
     problems: list[Problem] = []
     if len(canonical_json(doc).encode()) > MAX_DOCUMENT_BYTES:
         problems.append(Problem("$", "document is larger than 1 MiB"))
@@ -68,26 +90,17 @@ def _check_header(doc: Mapping[str, Any]) -> list[Problem]:
     for key in ("name", "description"):
         if key in doc and not isinstance(doc[key], str):
             problems.append(Problem(key, "must be a string"))
-    for key in ("timeoutMs", "maxConcurrentSteps"):
-        if key in doc and not _positive_int(doc[key]):
-            problems.append(Problem(key, "must be a positive integer"))
+    if "timeoutMs" in doc and (problem := duration_problem(doc["timeoutMs"])):
+        problems.append(Problem("timeoutMs", problem))
+    if "maxConcurrentSteps" in doc and (problem := count_problem(doc["maxConcurrentSteps"], 1, MAX_CONCURRENCY)):
+        problems.append(Problem("maxConcurrentSteps", problem))
     if "requireLegalBasis" in doc and not isinstance(doc["requireLegalBasis"], bool):
         problems.append(Problem("requireLegalBasis", "must be true or false"))
     if "inputSchema" in doc:
-        problems += _check_schema(doc["inputSchema"])
+        problems += schema_problems(doc["inputSchema"])
     if "output" in doc:
         problems += template_problems(doc["output"], "output")
     return problems
-
-
-def _check_schema(schema: Any) -> list[Problem]:
-    if not isinstance(schema, Mapping):
-        return [Problem("inputSchema", "must be a JSON Schema object")]
-    try:
-        jsonschema.validators.validator_for(schema).check_schema(dict(schema))
-    except jsonschema.SchemaError as exc:
-        return [Problem("inputSchema", f"not a valid JSON Schema: {exc.message}")]
-    return []
 
 
 def _check_ids(steps: Sequence[Any], problems: list[Problem]) -> set[str]:
@@ -142,8 +155,8 @@ def _check_common(step: Mapping[str, Any], path: str, ids: set[str]) -> list[Pro
             problems += [Problem(f"{path}.dependsOn", f"unknown step '{d}'") for d in depends if d not in ids]
     if "when" in step:
         problems += condition_problems(step["when"], f"{path}.when")
-    if "timeoutMs" in step and not _positive_int(step["timeoutMs"]):
-        problems.append(Problem(f"{path}.timeoutMs", "must be a positive integer"))
+    if "timeoutMs" in step and (problem := duration_problem(step["timeoutMs"])):
+        problems.append(Problem(f"{path}.timeoutMs", problem))
     if "continueOnError" in step and not isinstance(step["continueOnError"], bool):
         problems.append(Problem(f"{path}.continueOnError", "must be true or false"))
     if "retryPolicy" in step:
@@ -157,18 +170,12 @@ def check_retry_policy(policy: Any, path: str) -> list[Problem]:
     problems = []
     items: dict[str, Any] = dict(policy)
     for key, value in items.items():
-        expected = _RETRY_FIELDS.get(key)
-        if expected is None:
+        check = _RETRY_FIELDS.get(key)
+        if check is None:
             problems.append(Problem(f"{path}.{key}", f"unknown field '{key}'"))
-        elif (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
-            problems.append(Problem(f"{path}.{key}", "has the wrong type"))
-        elif expected is not bool and _negative(value):
-            problems.append(Problem(f"{path}.{key}", "must not be negative"))
+        elif (problem := check(value)) is not None:
+            problems.append(Problem(f"{path}.{key}", problem))
     return problems
-
-
-def _negative(value: Any) -> bool:
-    return bool(value < 0)
 
 
 def _check_references(config: Mapping[str, Any], path: str, ids: set[str]) -> list[Problem]:
@@ -257,10 +264,6 @@ def _check_cycles(steps: Sequence[Mapping[str, Any]], ids: set[str]) -> list[Pro
 
 def _known(depends: Any, ids: set[str]) -> list[str]:
     return [d for d in depends if d in ids] if isinstance(depends, list) else []
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def build_runbook(doc: Mapping[str, Any], types: StepTypes, default_retries: int) -> Runbook:

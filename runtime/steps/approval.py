@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from runtime.errors import Conflict, Forbidden, Problem, ValidationError
+from runtime.limits import MAX_APPROVALS, count_problem, duration_problem
 from runtime.model import Approval
 from runtime.wire import format_time
 
@@ -25,13 +26,13 @@ def check_config(config: Mapping[str, Any], path: str) -> list[Problem]:
     if not templated and not listed:
         problems.append(Problem(f"{path}.approvers", "required: a non-empty list of user ids"))
     minimum = config.get("minApprovals", 1)
-    if not isinstance(minimum, int) or isinstance(minimum, bool) or minimum < 1:
-        problems.append(Problem(f"{path}.minApprovals", "must be a positive integer"))
+    if (problem := count_problem(minimum, 1, MAX_APPROVALS)) is not None:
+        problems.append(Problem(f"{path}.minApprovals", problem))
     elif listed and minimum > len(set(ids)):
         problems.append(Problem(f"{path}.minApprovals", f"{minimum} approvals needed but only {len(set(ids))} approvers"))
     timeout = config.get("timeoutMs")
-    if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0):
-        problems.append(Problem(f"{path}.timeoutMs", "must be a positive integer"))
+    if timeout is not None and (problem := duration_problem(timeout)) is not None:
+        problems.append(Problem(f"{path}.timeoutMs", problem))
     if config.get("timeoutAction", "fail") not in TIMEOUT_ACTIONS:
         problems.append(Problem(f"{path}.timeoutAction", f"must be one of {', '.join(TIMEOUT_ACTIONS)}"))
     if "message" in config and not isinstance(config["message"], str):

@@ -38,6 +38,7 @@ import httpx
 import trio
 
 from runtime.errors import Problem, StepFailed
+from runtime.limits import duration_problem
 from runtime.steps.context import StepContext
 
 __all__ = ["call_service", "check_config", "idempotency_key", "retry_after_s"]
@@ -120,9 +121,8 @@ def _is_json(value: Any) -> bool:
 
 
 def _check_timeout(value: Any) -> list[tuple[str, str]]:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return []
-    return [("", "must be a positive integer (milliseconds)")]
+    problem = duration_problem(value)
+    return [] if problem is None else [("", problem)]
 
 
 def _check_expect_status(value: Any) -> list[tuple[str, str]]:

@@ -17,6 +17,7 @@ import trio
 
 from runtime.conditions import condition_problems, evaluate
 from runtime.errors import Problem
+from runtime.limits import MAX_CONCURRENCY, count_problem, duration_problem
 from runtime.messages import StepFinished, StepProgressed, StepRetrying
 from runtime.model import LogEntry, RetryPolicy, StepError
 from runtime.step import Outcome, run_attempts
@@ -50,8 +51,8 @@ def check_config(config: Mapping[str, Any], path: str, types: StepTypes) -> list
         problems.append(Problem(f"{path}.maxIterations", "must be a positive integer"))
     elif limit > MAX_ITERATIONS:
         problems.append(Problem(f"{path}.maxIterations", f"loop maxIterations {limit} exceeds the cap of {MAX_ITERATIONS}"))
-    if "concurrency" in config and not _positive_int(config["concurrency"]):
-        problems.append(Problem(f"{path}.concurrency", "must be a positive integer"))
+    if "concurrency" in config and (problem := count_problem(config["concurrency"], 1, MAX_CONCURRENCY)):
+        problems.append(Problem(f"{path}.concurrency", problem))
     if "failFast" in config and not isinstance(config["failFast"], bool):
         problems.append(Problem(f"{path}.failFast", "must be true or false"))
     body = config.get("step")
@@ -70,8 +71,8 @@ def check_config(config: Mapping[str, Any], path: str, types: StepTypes) -> list
         problems += body_type.check_config(body.get("config", {}), f"{path}.step.config", types)
     if "retryPolicy" in body:
         problems += check_retry_policy(body["retryPolicy"], f"{path}.step.retryPolicy")
-    if "timeoutMs" in body and not _positive_int(body["timeoutMs"]):
-        problems.append(Problem(f"{path}.step.timeoutMs", "must be a positive integer"))
+    if "timeoutMs" in body and (problem := duration_problem(body["timeoutMs"])):
+        problems.append(Problem(f"{path}.step.timeoutMs", problem))
     return problems
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from runtime.conditions import condition_problems, evaluate
 from runtime.errors import Problem
+from runtime.limits import duration_problem
 from runtime.model import Event
 from runtime.wire import format_time
 
@@ -20,9 +21,8 @@ def check_config(config: Mapping[str, Any], path: str) -> list[Problem]:
     for key in ("eventType", "correlationKey"):
         if not isinstance(config.get(key), str) or not config.get(key):
             problems.append(Problem(f"{path}.{key}", "required: a non-empty string"))
-    timeout = config.get("timeoutMs", DEFAULT_TIMEOUT_MS)
-    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
-        problems.append(Problem(f"{path}.timeoutMs", "must be a positive integer"))
+    if (problem := duration_problem(config.get("timeoutMs", DEFAULT_TIMEOUT_MS))) is not None:
+        problems.append(Problem(f"{path}.timeoutMs", problem))
     if "filter" in config:
         problems += condition_problems(config["filter"], f"{path}.filter")
     return problems
