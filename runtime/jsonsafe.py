@@ -23,7 +23,8 @@ import math
 from collections.abc import Iterator
 from typing import Any, Final
 
-__all__ = ["MAX_DEPTH", "MAX_INT", "MAX_VALUES", "MIN_INT", "JsonProblem", "first_problem", "is_json"]
+__all__ = ["MAX_DEPTH", "MAX_INT", "MAX_VALUES", "MIN_INT", "JsonProblem", "clean_text", "first_problem",
+           "is_json"]
 
 MAX_DEPTH: Final = 64
 MAX_INT: Final = 2**63 - 1
@@ -117,6 +118,14 @@ def member_path(parent: str, key: str) -> str:
         return f"{parent}.{key}" if parent else key
     quoted = key.replace("\\", "\\\\").replace('"', '\\"')
     return f'{parent}["{quoted}"]'
+
+
+def clean_text(text: str) -> str:
+    """``text`` with each lone surrogate and NUL replaced by U+FFFD, so that any store can hold
+    it as text (for messages the engine writes from what an executor raised)."""
+    if "\x00" not in text and _encodable(text):
+        return text
+    return "".join("\ufffd" if char == "\x00" or "\ud800" <= char <= "\udfff" else char for char in text)
 
 
 def _encodable(text: str) -> bool:

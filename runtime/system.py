@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 
 import attrs
 import httpx
-import jsonschema
 import trio
 
 from actors import (
@@ -32,9 +31,11 @@ from actors import (
     open_mailbox,
     open_supervisor,
 )
+from runtime import arguments
 from runtime.errors import Conflict, NotFound, Problem, ValidationError
 from runtime.events import EventRouter, PublishResult
 from runtime.execution import ExecutionActor
+from runtime.input_schema import input_problems
 from runtime.leases import Leases
 from runtime.messages import (
     CancelExecution,
@@ -134,6 +135,7 @@ class Runtime:
     # ------------------------------------------------------------------ runbooks
     def register_executor(self, type_name: str, executor: Any) -> None:
         """Register a custom step type: ``async def executor(ctx)`` or an object with ``execute``."""
+        arguments.check_ids(type_name=type_name)
         self.types.register(type_name, executor)
 
     def validate_runbook(self, document: Any) -> list[Problem]:
@@ -146,6 +148,7 @@ class Runtime:
 
     async def register_runbook(self, document: Any, *, tenant_id: str | None = None) -> Runbook:
         """Validate and register a new version; ``tenant_id`` None: shared by every tenant."""
+        arguments.check_tenant(tenant_id)
         doc = load_document(document)
         runbook = build_runbook(doc, self.types, self.settings.default_max_retries)
         runbook = attrs.evolve(runbook, tenant_id=tenant_id, created_at=self.now())
@@ -158,6 +161,7 @@ class Runtime:
 
     async def get_runbook(self, runbook_id: str, version: int | None = None, *,
                           tenant_id: str | None = None) -> Runbook:
+        arguments.check_runbook_lookup(runbook_id, version, tenant_id)
         runbook = await self._read(self.store.get_runbook, tenant_id, runbook_id, version)
         if runbook is None:
             which = f"version {version} of runbook" if version else "runbook"
@@ -165,6 +169,7 @@ class Runtime:
         return runbook
 
     async def list_runbooks(self, *, tenant_id: str | None = None) -> list[Runbook]:
+        arguments.check_tenant(tenant_id)
         return await self._read(self.store.list_runbooks, tenant_id)
 
     async def _pinned_runbook(self, execution: Execution) -> Runbook:
@@ -191,6 +196,7 @@ class Runtime:
                               idempotency_key: str | None = None, force: bool = False,
                               replay_of: str | None = None, actor: str | None = None,
                               reason: str | None = None) -> StartResult:
+        arguments.check_start(runbook_id, input, context, version, idempotency_key, force, actor, reason)
         ctx = dict(context or {})
         tenant = str(ctx.get("tenantId") or "default")
         ctx["tenantId"] = tenant
@@ -234,6 +240,7 @@ class Runtime:
 
         ``actor`` and ``reason`` (the caller) are recorded in the new execution's audit log.
         """
+        arguments.check_control(execution_id, reason, actor, tenant_id)
         old = await self.fetch(execution_id, tenant_id=tenant_id)
         result = await self.start_execution(old.runbook_id, old.input, old.context, version=old.runbook_version,
                                             force=True, replay_of=old.id, actor=actor, reason=reason)
@@ -346,6 +353,7 @@ class Runtime:
     # ------------------------------------------------------------------ reading
     def get(self, execution_id: str, *, tenant_id: str | None = None) -> Execution:
         """The latest committed state (from memory; falls back to a direct store read)."""
+        arguments.check_lookup(execution_id, tenant_id)
         execution = self._snapshots.get(execution_id) or self._recent.get(execution_id)
         if execution is None:
             execution = self.store.get_execution(execution_id)
@@ -353,6 +361,7 @@ class Runtime:
 
     async def fetch(self, execution_id: str, *, tenant_id: str | None = None) -> Execution:
         """Like ``get``, reading the store off the event loop when the execution is not in memory."""
+        arguments.check_lookup(execution_id, tenant_id)
         execution = self._snapshots.get(execution_id) or self._recent.get(execution_id)
         if execution is None:
             execution = await self._read(self.store.get_execution, execution_id)
@@ -360,6 +369,7 @@ class Runtime:
 
     async def list_executions(self, *, tenant_id: str | None = None, runbook_id: str | None = None,
                               status: str | None = None, limit: int = 50, cursor: str | None = None) -> Page:
+        arguments.check_listing(tenant_id, runbook_id, status, limit, cursor)
         if status is not None and status not in {s.value for s in ES}:
             raise ValidationError([Problem("status", f"unknown status '{status}'")])
         if not 1 <= limit <= 1000:
@@ -370,20 +380,24 @@ class Runtime:
 
     async def logs(self, execution_id: str, *, step_id: str | None = None, level: str | None = None,
                    after: int | None = None, limit: int = 1000, tenant_id: str | None = None) -> list[LogEntry]:
+        arguments.check_logs(execution_id, step_id, level, after, limit, tenant_id)
         await self.fetch(execution_id, tenant_id=tenant_id)
         return await self._read(self.store.logs, execution_id, step_id=step_id, level=level, after=after,
                                 limit=limit)
 
     async def evidence(self, execution_id: str, *, tenant_id: str | None = None) -> list[Evidence]:
+        arguments.check_lookup(execution_id, tenant_id)
         await self.fetch(execution_id, tenant_id=tenant_id)
         return await self._read(self.store.evidence, execution_id)
 
     async def audit(self, execution_id: str, *, tenant_id: str | None = None) -> list[AuditEntry]:
+        arguments.check_lookup(execution_id, tenant_id)
         await self.fetch(execution_id, tenant_id=tenant_id)
         return await self._read(self.store.audit, execution_id)
 
     async def wait(self, execution_id: str, *, tenant_id: str | None = None) -> Execution:
         """The execution once it has finished (completed, failed, cancelled or timed out)."""
+        arguments.check_lookup(execution_id, tenant_id)
         async for execution in self.watch(execution_id, tenant_id=tenant_id):
             if execution.status.finished:
                 return execution
@@ -395,6 +409,7 @@ class Runtime:
         The first state is the current one; none is lost however slowly the consumer reads
         (up to 1,024 states behind, then its stream ends).
         """
+        arguments.check_lookup(execution_id, tenant_id)
         current = self._snapshots.get(execution_id)
         if current is None:  # finished (or, with leases, run by another process)
             current = await self.fetch(execution_id, tenant_id=tenant_id)
@@ -440,14 +455,17 @@ class Runtime:
 
     async def pause(self, execution_id: str, reason: str | None = None, *, actor: str = "system",
                     tenant_id: str | None = None) -> Execution:
+        arguments.check_control(execution_id, reason, actor, tenant_id)
         return await self._control(execution_id, tenant_id, lambda r: PauseExecution(actor, reason, r))
 
     async def resume(self, execution_id: str, reason: str | None = None, *, actor: str = "system",
                      tenant_id: str | None = None) -> Execution:
+        arguments.check_control(execution_id, reason, actor, tenant_id)
         return await self._control(execution_id, tenant_id, lambda r: ResumeExecution(actor, reason, r))
 
     async def cancel(self, execution_id: str, reason: str, *, actor: str = "system",
                      tenant_id: str | None = None) -> Execution:
+        arguments.check_control(execution_id, reason, actor, tenant_id)
         if not reason:
             raise ValidationError([Problem("reason", "required: why the execution is cancelled")])
         return await self._control(execution_id, tenant_id, lambda r: CancelExecution(actor, reason, r))
@@ -455,17 +473,20 @@ class Runtime:
     async def submit_approval(self, execution_id: str, step_id: str, *, approver: str, decision: str,
                               comment: str | None = None, tenant_id: str | None = None) -> Execution:
         """Record ``approve`` or ``reject`` from ``approver`` on an approval step."""
+        arguments.check_approval(execution_id, step_id, approver, decision, comment, tenant_id, ())
         return await self._control(execution_id, tenant_id,
                                    lambda r: DecideApproval(step_id, approver, decision, comment, r))
 
     async def publish_event(self, event_type: str, correlation_key: str, payload: Any = None, *,
                             tenant_id: str = "default") -> PublishResult:
         """Hand an event to every step waiting on it, or retain it for a later waiter."""
+        arguments.check_event(event_type, correlation_key, payload, tenant_id)
         return await self.router.publish(tenant_id, event_type, str(correlation_key), payload)
 
     async def retry_step(self, execution_id: str, step_id: str, *, actor: str = "system",
                          reason: str | None = None, tenant_id: str | None = None) -> Execution:
         """Re-run a failed/rejected step of a failed execution, and what its failure stopped."""
+        arguments.check_control(execution_id, reason, actor, tenant_id, step_id=step_id)
         execution = await self.fetch(execution_id, tenant_id=tenant_id)
         if step_id not in execution.steps:
             raise NotFound(f"execution {execution_id} has no step '{step_id}'")
@@ -520,10 +541,7 @@ def _check_start(runbook: Runbook, input: Any, context: Mapping[str, Any]) -> No
     if runbook.require_legal_basis and not context.get("legalBasis"):
         problems.append(Problem("context.legalBasis", "required by this runbook (requireLegalBasis)"))
     if runbook.input_schema is not None:
-        validator = jsonschema.validators.validator_for(runbook.input_schema)(runbook.input_schema)
-        for error in sorted(validator.iter_errors(input), key=lambda e: list(e.absolute_path)):
-            path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
-            problems.append(Problem(f"input{path}", error.message))
+        problems += input_problems(runbook.input_schema, input)
     if problems:
         raise ValidationError(problems, title="input refused")
 
