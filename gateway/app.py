@@ -25,7 +25,7 @@ from gateway.cors import Cors
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import build_openapi
 from gateway.problems import as_single_error, problem_for
-from gateway.routes import ROUTES, Route, View
+from gateway.routes import CONVERTERS, ROUTES, Route, View
 from gateway.sse import Streams
 from gateway.state import EXTENSION, GatewayState
 from runtime import Runtime
@@ -44,6 +44,7 @@ def create_app(runtime: Runtime, config: Config, *, metrics: GatewayMetrics | No
     gateway = GatewayState(runtime, config, Authenticator(config.tokens), metrics, Streams())
     app.extensions[EXTENSION] = gateway
     app.extensions["runbooks.openapi"] = build_openapi(ROUTES, development_mode=config.development_mode)
+    app.url_map.converters.update(CONVERTERS)
     for route in ROUTES:
         _register(app, route)
     _install_edge(app, gateway)

@@ -14,17 +14,35 @@ from typing import Any
 
 import attrs
 from quart import Response
+from werkzeug.routing import BaseConverter
 
 from gateway import routes_executions as ex
 from gateway import routes_runbooks as rb
 from gateway import routes_system as system
+from gateway.inputs import (
+    EXECUTION_CURSOR,
+    MAX_VERSION,
+    RESERVED_RUNBOOK_IDS,
+    RUNBOOK_CURSOR,
+    STATUSES,
+)
 from gateway.inputs import IDEMPOTENCY_KEY as KEY_PATTERN
-from gateway.inputs import MAX_VERSION, STATUSES
+from runtime.limits import MAX_SEQ
 from runtime.model import LOG_LEVELS
 from runtime.wire import camel
 
 View = Callable[..., Awaitable[Response]]
 JSON = "application/json"
+
+
+class RunbookIdConverter(BaseConverter):
+    """A runbook id in a path, never ``validate``: ``GET /api/v1/runbooks/validate`` is then
+    405 (only POST is allowed there), not a lookup of a runbook of that name."""
+
+    regex = "(?!" + "|".join(f"{word}$" for word in RESERVED_RUNBOOK_IDS) + ")[^/]+"
+
+
+CONVERTERS: dict[str, type[BaseConverter]] = {"runbook": RunbookIdConverter}
 _RULE_VARIABLE = re.compile(r"<(?:[a-z]+:)?([A-Za-z_][A-Za-z0-9_]*)>")
 
 
@@ -93,8 +111,10 @@ def openapi_path(rule: str) -> str:
 LIMIT = Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000},
               "Page size, 1 to 1000 (default 50).")
 RUNBOOKS_LIMIT = attrs.evolve(LIMIT, description="Page size, 1 to 1000 (default 100).")
-CURSOR = Param("cursor", "query", {"type": "string", "maxLength": 256},
-               "The nextCursor of the previous page.")
+CURSOR = Param("cursor", "query", {"type": "string", "pattern": f"^({EXECUTION_CURSOR.pattern})?$"},
+               "The nextCursor of the previous page (empty: the first page).")
+RUNBOOKS_CURSOR = Param("cursor", "query", {"type": "string", "pattern": f"^({RUNBOOK_CURSOR.pattern})?$"},
+                        "The nextCursor of the previous page (empty: the first page).")
 STATUS = Param("status", "query", {"type": "string", "enum": list(STATUSES)}, "Only executions in this status.")
 RUNBOOK_FILTER = Param("runbookId", "query", {"type": "string", "maxLength": 128}, "Only executions of this runbook.")
 VERSION = Param("version", "query", {"type": "integer", "minimum": 1, "maximum": MAX_VERSION},
@@ -107,7 +127,7 @@ IDEMPOTENCY_KEY = Param("Idempotency-Key", "header",
 LOG_PARAMS = (
     Param("stepId", "query", {"type": "string", "maxLength": 128}, "Only entries of this step."),
     Param("level", "query", {"type": "string", "enum": list(LOG_LEVELS)}, "Minimum level."),
-    Param("after", "query", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+    Param("after", "query", {"type": "integer", "minimum": 0, "maximum": MAX_SEQ},
           "Only entries after this seq (the nextCursor of the previous page)."),
     Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000}, "At most this many entries (default 1000)."),
 )
@@ -133,12 +153,12 @@ ROUTES: tuple[Route, ...] = (
           body="RunbookDocument", yaml_body=True, problems=(422,)),
     Route("GET", "/api/v1/runbooks", rb.list_runbooks, "listRunbooks",
           "The latest version of every runbook the tenant sees (its own and the shared ones), by id",
-          "runbooks", {200: Answer("A page of runbooks.", "RunbookPage")}, params=(RUNBOOKS_LIMIT, CURSOR),
+          "runbooks", {200: Answer("A page of runbooks.", "RunbookPage")}, params=(RUNBOOKS_LIMIT, RUNBOOKS_CURSOR),
           problems=(422,)),
     Route("POST", "/api/v1/runbooks/validate", rb.validate_runbook, "validateRunbook",
           "Validate a runbook document; registers nothing", "runbooks",
           {200: Answer("The validation report.", "ValidationReport")}, body="RunbookDocument", yaml_body=True),
-    Route("GET", "/api/v1/runbooks/<runbook_id>", rb.get_runbook, "getRunbook", "A runbook (latest or ?version=)",
+    Route("GET", "/api/v1/runbooks/<runbook:runbook_id>", rb.get_runbook, "getRunbook", "A runbook (latest or ?version=)",
           "runbooks", {200: Answer("The runbook and its document.", "Runbook")}, params=(VERSION,), problems=(422,)),
     Route("GET", "/api/v1/runbooks/<runbook_id>/executions", rb.list_runbook_executions, "listRunbookExecutions",
           "Executions of a runbook, newest first", "runbooks",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.bodies import MAX_DEPTH
-from gateway.inputs import DECISIONS, MAX_VERSION, STATUSES
+from gateway.inputs import DECISIONS, MAX_VERSION, NON_BLANK, STATUSES
 from runtime import StepStatus
 from runtime.model import LOG_LEVELS
 
@@ -15,7 +15,6 @@ ANY: Schema = {}
 TIME: Schema = {"type": "string", "format": "date-time"}
 TIME_OR_NULL: Schema = {"type": ["string", "null"], "format": "date-time"}
 TEXT_OR_NULL: Schema = {"type": ["string", "null"]}
-NON_BLANK = r"\S"
 
 
 def ref(name: str) -> Schema:
