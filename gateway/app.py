@@ -21,6 +21,7 @@ from quart_trio import QuartTrio
 from gateway.auth import Authenticator
 from gateway.bodies import MAX_BODY_BYTES
 from gateway.config import Config
+from gateway.connection import CompleteExchange
 from gateway.cors import Cors
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import build_openapi
@@ -48,6 +49,7 @@ def create_app(runtime: Runtime, config: Config, *, metrics: GatewayMetrics | No
     for route in ROUTES:
         _register(app, route)
     _install_edge(app, gateway)
+    app.asgi_app = CompleteExchange(app.asgi_app)  # type: ignore[method-assign]
     return app
 
 
