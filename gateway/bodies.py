@@ -2,8 +2,7 @@
 
 A body that cannot be read is refused with 400 and a problem naming why and where: not
 UTF-8, not JSON (or YAML with a YAML content type), nested deeper than ``MAX_DEPTH``, a
-number that is not finite or (outside runbook documents) past 64 bits, a string with a lone
-surrogate; a body over 1 MiB is 413 and an unknown content type 415. What comes back is
+number that is not finite, a string with a lone surrogate; a body over 1 MiB is 413 and an unknown content type 415. What comes back is
 plain data; ``gateway.inputs`` turns it into the small request values the views use.
 """
 
@@ -55,10 +54,6 @@ async def json_body(*, required: bool = True) -> Any:
 
 
 def parse_json(data: bytes) -> Any:
-    return _parse_json(data, int_range=True)
-
-
-def _parse_json(data: bytes, *, int_range: bool) -> Any:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -71,7 +66,7 @@ def _parse_json(data: bytes, *, int_range: bool) -> Any:
         raise _unreadable(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except ValueError as exc:  # NaN/Infinity, or an integer with too many digits
         raise _unreadable(f"malformed JSON: {exc}") from None
-    check_shape(value, int_range=int_range)
+    check_shape(value)
     return value
 
 
@@ -79,13 +74,12 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def check_shape(value: Any, *, int_range: bool = True) -> None:
+def check_shape(value: Any) -> None:
     """Refuse a value JSON and the stores cannot hold (``runtime.jsonsafe``): nested deeper
     than ``MAX_DEPTH``, more than ``MAX_NODES`` values (only YAML aliases get there from 1 MiB:
     a "billion laughs" document, 413), non-finite numbers, lone surrogates (``"\\ud800"`` is
-    valid JSON syntax but no text), integers past 64 bits (``int_range``), and for YAML,
-    values JSON has no type for. 400 naming the path: the body cannot be read as data."""
-    problem = first_problem(value, "", max_depth=MAX_DEPTH, max_values=MAX_NODES, int_range=int_range)
+    valid JSON syntax but no text), and for YAML, values JSON has no type for. 400 naming the path: the body cannot be read as data."""
+    problem = first_problem(value, "", max_depth=MAX_DEPTH, max_values=MAX_NODES)
     if problem is None:
         return
     if problem.message.startswith("more than"):
@@ -108,7 +102,7 @@ async def document_body() -> dict[str, Any]:
     if not _is_json_type(media_type):
         raise ApiProblem(415, f"a runbook document is JSON or YAML ({', '.join(YAML_TYPES)}), "
                               f"not {media_type!r}")
-    document = _parse_json(data, int_range=False) if data.strip() else None
+    document = parse_json(data) if data.strip() else None
     if not isinstance(document, dict):
         raise _unreadable("a runbook document must be a JSON object")
     return document
@@ -121,5 +115,5 @@ def _yaml_document(data: bytes) -> dict[str, Any]:
         if getattr(error, "code", None) == "tooLarge":
             raise
         raise ApiProblem(400, "the YAML document cannot be read", error.problems) from None
-    check_shape(document, int_range=False)  # the engine bounds a document's numbers itself
+    check_shape(document)
     return document

@@ -31,6 +31,10 @@ IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
 BLANK_CHARS = "\t\n\v\f\r \x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
 NON_BLANK = f"[^{BLANK_CHARS}]"
 _NON_BLANK = re.compile(NON_BLANK)
+#: The OpenAPI patterns of texts: no NUL (no text column of PostgreSQL holds one), and for
+#: required texts at least one character that is not blank.
+TEXT_PATTERN = r"^[^\x00]*$"
+NON_BLANK_TEXT_PATTERN = rf"^[^\x00]*[^\x00{BLANK_CHARS}][^\x00]*$"
 EXECUTION_CURSOR = re.compile(r"[0-9]{1,19}")  # the seq of the last item of the previous page
 RUNBOOK_CURSOR = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # the id of the last runbook
 RESERVED_RUNBOOK_IDS = ("validate",)  # /api/v1/runbooks/validate is an operation, not a runbook
@@ -205,11 +209,12 @@ def event_request(body: Any) -> EventRequest:
 # ---------------------------------------------------------------------------- query parameters
 
 class Query:
-    """Typed query parameters; problems go to ``problems``."""
+    """Typed query parameters; problems go to ``problems``. A parameter given twice is a type
+    problem (each is declared as one value), never silently the first of them."""
 
     def __init__(self, problems: Problems) -> None:
         self.problems = problems
-        self.args = request.args
+        self.args = _SingleValues(request.args, problems)
 
     def integer(self, name: str, low: int, high: int, default: int | None = None) -> int | None:
         """An integer parameter: digits, or a number with an integral value (``7.0``, ``1e3``),
@@ -339,3 +344,18 @@ def _integral(raw: str) -> Decimal | None:
     if abs(number.adjusted()) > 40:  # far outside every bound: no need to make it exact
         return number if number.adjusted() > 0 else None
     return number if number == number.to_integral_value() else None
+
+
+class _SingleValues:
+    """``args.get(name)``, refusing a name that appears more than once."""
+
+    def __init__(self, args: Any, problems: Problems) -> None:
+        self._args = args
+        self._problems = problems
+
+    def get(self, name: str) -> str | None:
+        values = self._args.getlist(name)
+        if len(values) > 1:
+            self._problems.type_error(name, f"given {len(values)} times; at most once")
+            return None
+        return values[0] if values else None

@@ -25,6 +25,7 @@ from gateway.inputs import (
     RESERVED_RUNBOOK_IDS,
     RUNBOOK_CURSOR,
     STATUSES,
+    TEXT_PATTERN,
 )
 from gateway.inputs import IDEMPOTENCY_KEY as KEY_PATTERN
 from runtime.limits import MAX_SEQ
@@ -116,7 +117,8 @@ CURSOR = Param("cursor", "query", {"type": "string", "pattern": f"^({EXECUTION_C
 RUNBOOKS_CURSOR = Param("cursor", "query", {"type": "string", "pattern": f"^({RUNBOOK_CURSOR.pattern})?$"},
                         "The nextCursor of the previous page (empty: the first page).")
 STATUS = Param("status", "query", {"type": "string", "enum": list(STATUSES)}, "Only executions in this status.")
-RUNBOOK_FILTER = Param("runbookId", "query", {"type": "string", "maxLength": 128}, "Only executions of this runbook.")
+RUNBOOK_FILTER = Param("runbookId", "query", {"type": "string", "maxLength": 128, "pattern": TEXT_PATTERN},
+                       "Only executions of this runbook.")
 VERSION = Param("version", "query", {"type": "integer", "minimum": 1, "maximum": MAX_VERSION},
                 "A version of the runbook (default: the latest).")
 FORCE = Param("force", "query", {"type": "boolean"},
@@ -125,7 +127,7 @@ IDEMPOTENCY_KEY = Param("Idempotency-Key", "header",
                         {"type": "string", "minLength": 1, "maxLength": 255, "pattern": f"^{KEY_PATTERN.pattern}$"},
                         "Returns the execution started with this key; the same key with another input is 422.")
 LOG_PARAMS = (
-    Param("stepId", "query", {"type": "string", "maxLength": 128}, "Only entries of this step."),
+    Param("stepId", "query", {"type": "string", "maxLength": 128, "pattern": TEXT_PATTERN}, "Only entries of this step."),
     Param("level", "query", {"type": "string", "enum": list(LOG_LEVELS)}, "Minimum level."),
     Param("after", "query", {"type": "integer", "minimum": 0, "maximum": MAX_SEQ},
           "Only entries after this seq (the nextCursor of the previous page)."),
@@ -157,7 +159,7 @@ ROUTES: tuple[Route, ...] = (
           problems=(422,)),
     Route("POST", "/api/v1/runbooks/validate", rb.validate_runbook, "validateRunbook",
           "Validate a runbook document; registers nothing", "runbooks",
-          {200: Answer("The validation report.", "ValidationReport")}, body="RunbookDocument", yaml_body=True),
+          {200: Answer("The validation report.", "ValidationReport")}, body="AnyDocument", yaml_body=True),
     Route("GET", "/api/v1/runbooks/<runbook:runbook_id>", rb.get_runbook, "getRunbook", "A runbook (latest or ?version=)",
           "runbooks", {200: Answer("The runbook and its document.", "Runbook")}, params=(VERSION,), problems=(422,)),
     Route("GET", "/api/v1/runbooks/<runbook_id>/executions", rb.list_runbook_executions, "listRunbookExecutions",

@@ -28,7 +28,7 @@ from runtime.steps.registry import StepTypes
 from runtime.templates import template_paths, template_problems
 from runtime.wire import MAX_DOCUMENT_BYTES, canonical_json, from_json
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # fullmatch: "$" would allow a final newline
 RESERVED_IDS = frozenset({"input", "context", "execution", "executionId", "item", "index"})
 SCOPE_ROOTS = frozenset(RESERVED_IDS | {"stepId", "tenantId", "previous"})
 MAX_STEPS = 500
@@ -54,16 +54,9 @@ def validate_document(doc: Any, types: StepTypes) -> list[Problem]:
     """Every problem of the document, in document order."""
     if not isinstance(doc, Mapping):
         return [Problem("$", "a runbook document must be a mapping (object)")]
-    not_json = first_problem(dict(doc), "", int_range=False)
+    not_json = first_problem(dict(doc), "")
     if not_json is not None:  # every other check assumes plain JSON
         return [Problem(not_json.path or "$", f"not JSON: {not_json.message}")]
-    problems = _check_document(doc, types)
-    if not problems and (not_json := first_problem(dict(doc), "")) is not None:  # a huge integer
-        problems.append(Problem(not_json.path or "$", f"not JSON: {not_json.message}"))
-    return problems
-
-
-def _check_document(doc: Mapping[str, Any], types: StepTypes) -> list[Problem]:
     problems: list[Problem] = []
     if len(canonical_json(doc).encode()) > MAX_DOCUMENT_BYTES:
         problems.append(Problem("$", "document is larger than 1 MiB"))
@@ -78,14 +71,15 @@ def _check_document(doc: Mapping[str, Any], types: StepTypes) -> list[Problem]:
     for index, step in enumerate(steps):
         if isinstance(step, Mapping):
             problems += _check_step(step, f"steps[{index}]", ids, types)
-    problems += _check_cycles([s for s in steps if isinstance(s, Mapping) and s.get("id") in ids], ids)
+    problems += _check_cycles([s for s in steps if isinstance(s, Mapping) and isinstance(s.get("id"), str)
+                               and s["id"] in ids], ids)
     return problems
 
 
 def _check_header(doc: Mapping[str, Any]) -> list[Problem]:
     problems = [Problem(key, f"unknown field '{key}'") for key in doc if key not in _RUNBOOK_FIELDS]
     runbook_id = doc.get("id")
-    if not isinstance(runbook_id, str) or not ID_PATTERN.match(runbook_id):
+    if not isinstance(runbook_id, str) or not ID_PATTERN.fullmatch(runbook_id):
         problems.append(Problem("id", "required: a string matching [A-Za-z0-9][A-Za-z0-9._-]{0,127}"))
     for key in ("name", "description"):
         if key in doc and not isinstance(doc[key], str):
@@ -111,7 +105,7 @@ def _check_ids(steps: Sequence[Any], problems: list[Problem]) -> set[str]:
             problems.append(Problem(path, "a step must be a mapping (object)"))
             continue
         step_id = step.get("id")
-        if not isinstance(step_id, str) or not ID_PATTERN.match(step_id):
+        if not isinstance(step_id, str) or not ID_PATTERN.fullmatch(step_id):
             problems.append(Problem(f"{path}.id", "required: a string matching [A-Za-z0-9][A-Za-z0-9._-]{0,127}"))
         elif step_id in RESERVED_IDS:
             problems.append(Problem(f"{path}.id", f"'{step_id}' is reserved"))
@@ -157,6 +151,11 @@ def _check_common(step: Mapping[str, Any], path: str, ids: set[str]) -> list[Pro
         problems += condition_problems(step["when"], f"{path}.when")
     if "timeoutMs" in step and (problem := duration_problem(step["timeoutMs"])):
         problems.append(Problem(f"{path}.timeoutMs", problem))
+    for key in ("name", "description"):
+        if key in step and not isinstance(step[key], str):
+            problems.append(Problem(f"{path}.{key}", "must be a string"))
+    if "approvalConfig" in step and not isinstance(step["approvalConfig"], Mapping):
+        problems.append(Problem(f"{path}.approvalConfig", "must be a mapping (object)"))
     if "continueOnError" in step and not isinstance(step["continueOnError"], bool):
         problems.append(Problem(f"{path}.continueOnError", "must be true or false"))
     if "retryPolicy" in step:

@@ -34,8 +34,8 @@ def problems_of(rt: Runtime, doc: Any) -> list[tuple[str, str]]:
     ({"a": {None: 1}}, "$.a", "key that is not a string"),
     ({"a": float("nan")}, "$.a", "finite"),
     ({"a": [1, float("-inf")]}, "$.a[1]", "finite"),
-    ({"a": 2**63}, "$.a", "64-bit"),
-    ({"a": -(2**63) - 1}, "$.a", "64-bit"),
+    ({"a": 10**4000}, "$.a", "too large to write as JSON"),
+    ({"a": [-(10**4000)]}, "$.a[0]", "too large to write as JSON"),
     ({"a": "\ud800"}, "$.a", "UTF-8"),
     ({"\udfff": 1}, "$", "UTF-8"),
     ({"weird key": {"x": object()}}, '$["weird key"].x', "object"),
@@ -48,7 +48,7 @@ def test_first_problem_names_the_path_and_the_reason(value: Any, path: str, frag
 
 
 def test_first_problem_accepts_plain_json_and_limits_depth() -> None:
-    assert first_problem({"a": [1, 2.5, "x", None, True, {"b": (1, 2)}], "big": 2**63 - 1}) is None
+    assert first_problem({"a": [1, 2.5, "x", None, True, {"b": (1, 2)}], "big": 10**300}) is None
     deep: Any = "leaf"
     for _ in range(100):
         deep = [deep]
