@@ -520,6 +520,7 @@ class Runtime:
         self._publish(retried)
         if self.leases is None or await self.leases.claim_new(execution_id):
             self._spawn(execution_id)  # (else the process holding its lease runs it)
+            self._notify("execution.retried", retried)
         return retried
 
 
