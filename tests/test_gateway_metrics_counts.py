@@ -6,6 +6,9 @@ from __future__ import annotations
 import pathlib
 import re
 
+import trio
+import trio.testing
+
 from gateway import create_app, create_metrics
 from gateway.config import Config
 from runtime import open_runtime
@@ -39,6 +42,7 @@ async def test_step_retries_keep_started_equal_to_finished_plus_open() -> None:
             response = await gw.client.post(f"/api/v1/executions/{execution['id']}/steps/breaks/retry", json={})
             assert response.status_code == 200, response.text
             await gw.wait_for(execution["id"], "completed" if attempt == 2 else "failed")
+        await trio.testing.wait_all_tasks_blocked()  # the actor ends just after its last state
         values = counters((await gw.client.get("/metrics")).text)
         assert values == {"started": 4.0, "finished": 4.0, "retried": 3.0, "resumed": 0.0, "open": 0.0}
 
@@ -62,5 +66,6 @@ async def test_executions_resumed_after_a_restart_are_counted_as_started(tmp_pat
         for execution, ticket in ((first, "T-1"), (second, "T-2")):
             await runtime.publish_event("ticket.closed", ticket, {"ok": True})
             assert (await runtime.wait(execution["id"])).status.value == "completed"
+        await trio.testing.wait_all_tasks_blocked()  # the actors end just after their last state
         assert counters(metrics.render().decode()) == {
             "started": 2.0, "finished": 2.0, "retried": 0.0, "resumed": 2.0, "open": 0.0}
