@@ -19,6 +19,7 @@ from urllib.parse import quote, urlsplit
 import attrs
 import yaml
 
+from gateway.roles import DEFAULT_TOKEN_ROLES
 from runtime import Settings
 from runtime.limits import MAX_CONCURRENCY, MAX_DURATION_MS, MAX_RETRIES
 
@@ -35,7 +36,8 @@ class ConfigError(Exception):
 
 @attrs.frozen
 class TokenEntry:
-    """One bearer token of the tokens file and the identity it stands for."""
+    """One bearer token of the tokens file and the identity it stands for (``roles`` as given,
+    or ``operator`` and ``author`` when the entry has none)."""
 
     token: str = attrs.field(repr=False)
     user: str
@@ -266,9 +268,9 @@ def _token_entries(data: Any, problems: list[str]) -> tuple[TokenEntry, ...]:
             problems.append(f"{path}: must be a mapping")
             continue
         fields = [_required_text(item, key, f"{path}.{key}", problems) for key in ("token", "user", "tenant")]
-        roles = item.get("roles", [])
-        if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
-            problems.append(f"{path}.roles: must be a list of strings")
+        roles = item.get("roles", list(DEFAULT_TOKEN_ROLES))  # no roles: operator and author
+        if not isinstance(roles, list) or not all(_role_name(role) for role in roles):
+            problems.append(f"{path}.roles: must be a list of role names (printable, at most 200 characters)")
             roles = []
         if fields[0] in seen:
             problems.append(f"{path}.token: the same token appears twice")
@@ -276,6 +278,10 @@ def _token_entries(data: Any, problems: list[str]) -> tuple[TokenEntry, ...]:
             seen.add(fields[0])
             entries.append(TokenEntry(fields[0], fields[1], fields[2], tuple(roles)))
     return tuple(entries)
+
+
+def _role_name(role: Any) -> bool:
+    return isinstance(role, str) and 0 < len(role) <= 200 and role.isprintable() and role.strip() == role
 
 
 def _required_text(item: Mapping[str, Any], key: str, path: str, problems: list[str]) -> str:

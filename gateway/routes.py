@@ -28,6 +28,7 @@ from gateway.inputs import (
     TEXT_PATTERN,
 )
 from gateway.inputs import IDEMPOTENCY_KEY as KEY_PATTERN
+from gateway.roles import AUTHOR, OPERATOR, VIEWER
 from runtime.limits import MAX_SEQ
 from runtime.model import LOG_LEVELS
 from runtime.wire import camel
@@ -80,6 +81,7 @@ class Route:
     body_required: bool = True
     yaml_body: bool = False
     problems: tuple[int, ...] = ()
+    role: str | None = VIEWER  # the role the caller needs (gateway.roles); None: anyone who may call
 
     @property
     def api(self) -> bool:
@@ -97,6 +99,8 @@ class Route:
         statuses = set(self.problems) | {500}
         if self.api:
             statuses |= {400, 401}
+        if self.role is not None:
+            statuses.add(403)
         if self.path_params:
             statuses.add(404)
         if self.body is not None:
@@ -139,20 +143,20 @@ _EXECUTION_CREATED = Answer("The new execution.", "Execution", headers=("Locatio
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/health", system.health, "health", "Liveness", "system",
-          {200: Answer("Always ok while the process serves.", "Health")}),
+          {200: Answer("Always ok while the process serves.", "Health")}, role=None),
     Route("GET", "/health/live", system.health, "healthLive", "Liveness", "system",
-          {200: Answer("Always ok while the process serves.", "Health")}),
+          {200: Answer("Always ok while the process serves.", "Health")}, role=None),
     Route("GET", "/health/ready", system.ready, "healthReady", "Readiness: the store answers and commits succeed",
-          "system", {200: Answer("Ready.", "Health")}, problems=(503,)),
+          "system", {200: Answer("Ready.", "Health")}, problems=(503,), role=None),
     Route("GET", "/metrics", system.metrics, "metrics", "Prometheus metrics", "system",
-          {200: Answer("Prometheus text format.", "Text", "text/plain")}),
+          {200: Answer("Prometheus text format.", "Text", "text/plain")}, role=None),
     Route("GET", "/api/v1/openapi.json", system.openapi, "openapi", "This document", "system",
-          {200: Answer("The OpenAPI 3.1 description of this API.", "OpenApi")}),
+          {200: Answer("The OpenAPI 3.1 description of this API.", "OpenApi")}, role=None),
     # ------------------------------------------------------------------ runbooks
     Route("POST", "/api/v1/runbooks", rb.register_runbook, "registerRunbook",
           "Register a runbook (a new version if the id exists) for the caller's tenant", "runbooks",
           {201: Answer("Registered.", "Registered", headers=("Location",))},
-          body="RunbookDocument", yaml_body=True, problems=(422,)),
+          body="RunbookDocument", yaml_body=True, problems=(422,), role=AUTHOR),
     Route("GET", "/api/v1/runbooks", rb.list_runbooks, "listRunbooks",
           "The latest version of every runbook the tenant sees (its own and the shared ones), by id",
           "runbooks", {200: Answer("A page of runbooks.", "RunbookPage")}, params=(RUNBOOKS_LIMIT, RUNBOOKS_CURSOR),
@@ -169,7 +173,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/v1/executions", ex.start_execution, "startExecution", "Start an execution", "executions",
           {201: _EXECUTION_CREATED, 200: Answer("An identical execution (or one with this Idempotency-Key) "
                                                 "already exists: that one.", "Execution")},
-          params=(FORCE, IDEMPOTENCY_KEY), body="StartExecution", problems=(404, 422)),
+          params=(FORCE, IDEMPOTENCY_KEY), body="StartExecution", problems=(404, 422), role=OPERATOR),
     Route("GET", "/api/v1/executions", ex.list_executions, "listExecutions", "Executions, newest first",
           "executions", {200: Answer("A page of executions.", "ExecutionPage")},
           params=(RUNBOOK_FILTER, STATUS, LIMIT, CURSOR), problems=(422,)),
@@ -177,22 +181,22 @@ ROUTES: tuple[Route, ...] = (
           "An execution with its steps", "executions", {200: _EXECUTION}),
     Route("POST", "/api/v1/executions/<execution_id>/pause", ex.pause_execution, "pauseExecution",
           "Pause: no new step starts; steps in flight finish", "control", {200: _EXECUTION},
-          body="ControlRequest", body_required=False, problems=(409, 422)),
+          body="ControlRequest", body_required=False, problems=(409, 422), role=OPERATOR),
     Route("POST", "/api/v1/executions/<execution_id>/resume", ex.resume_execution, "resumeExecution",
           "Resume a paused execution", "control", {200: _EXECUTION},
-          body="ControlRequest", body_required=False, problems=(409, 422)),
+          body="ControlRequest", body_required=False, problems=(409, 422), role=OPERATOR),
     Route("POST", "/api/v1/executions/<execution_id>/cancel", ex.cancel_execution, "cancelExecution",
           "Cancel: every step in flight is cancelled at once (reason required)", "control", {200: _EXECUTION},
-          body="CancelRequest", problems=(409, 422)),
+          body="CancelRequest", problems=(409, 422), role=OPERATOR),
     Route("POST", "/api/v1/executions/<execution_id>/steps/<step_id>/retry", ex.retry_step, "retryStep",
           "Retry a failed or rejected step of a failed execution", "control", {200: _EXECUTION},
-          body="ControlRequest", body_required=False, problems=(409, 422)),
+          body="ControlRequest", body_required=False, problems=(409, 422), role=OPERATOR),
     Route("POST", "/api/v1/executions/<execution_id>/replay", ex.replay_execution, "replayExecution",
           "A new execution of the same runbook version with the same input and context", "control",
-          {201: _EXECUTION_CREATED}, body="ControlRequest", body_required=False, problems=(422,)),
+          {201: _EXECUTION_CREATED}, body="ControlRequest", body_required=False, problems=(422,), role=OPERATOR),
     Route("POST", "/api/v1/executions/<execution_id>/steps/<step_id>/approvals", ex.submit_approval,
           "submitApproval", "Approve or reject an approval step as the calling user", "control", {200: _EXECUTION},
-          body="ApprovalRequest", problems=(403, 409, 422)),
+          body="ApprovalRequest", problems=(403, 409, 422), role=None),  # the step's approvers decide
     Route("GET", "/api/v1/executions/<execution_id>/logs", ex.execution_logs, "executionLogs",
           "Structured log entries, oldest first", "records", {200: Answer("A page of log entries.", "LogPage")},
           params=LOG_PARAMS, problems=(422,)),
@@ -208,5 +212,5 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/v1/events", ex.publish_event, "publishEvent",
           "Publish an event to the steps of the caller's tenant waiting on it (or retain it)", "events",
           {202: Answer("Delivered to n waiting steps, or retained for a later one.", "PublishResult")},
-          body="EventRequest", problems=(422,)),
+          body="EventRequest", problems=(422,), role=OPERATOR),
 )

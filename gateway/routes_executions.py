@@ -99,7 +99,7 @@ async def submit_approval(execution_id: str, step_id: str) -> Response:
     identity = current_identity()
     execution = await state().runtime.submit_approval(
         execution_id, step_id, approver=identity.user, decision=decision.decision, comment=decision.comment,
-        tenant_id=identity.tenant)
+        tenant_id=identity.tenant, roles=identity.approver_roles())
     return _execution(execution)
 
 

@@ -639,7 +639,7 @@ class ExecutionActor:
         if state.status is not SS.AWAITING_APPROVAL or message.step_id not in self.approval_configs:
             raise Conflict(f"step '{message.step_id}' is not awaiting approval (it is {state.status.value})")
         config = self.approval_configs[message.step_id]
-        approval.check_decision(config, state.approvals, message.approver, message.decision)
+        approval.check_decision(config, state.approvals, message.approver, message.decision, message.roles)
         decision = Approval(message.approver, message.decision, message.comment, self.now())
         approvals = (*state.approvals, decision)
         self._set_step(message.step_id, approvals=approvals)

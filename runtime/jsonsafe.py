@@ -8,7 +8,10 @@ thing JSON cannot hold, with its path:
 - a type JSON does not have (a ``set``, ``bytes``, a ``datetime``, any object);
 - a mapping key that is not a string;
 - ``NaN`` or an infinity;
-- an integer outside the signed 64-bit range (what the databases and most JSON readers hold);
+- an integer too large to write as JSON text (over ``MAX_INT_BITS`` bits, about 3900 digits:
+  Python refuses to turn such an int into text, so the store could not write it). Integers
+  of any smaller size are data like any other: the stores keep JSON as text. Fields whose
+  numbers reach the clock or a database column are bounded by ``runtime.limits`` instead;
 - a string that cannot be encoded as UTF-8 (a lone surrogate such as ``"\\ud800"``, which
   ``json.loads`` accepts from a ``\\ud800`` escape);
 - nesting deeper than ``MAX_DEPTH``, or more than ``MAX_VALUES`` values in all.
@@ -23,12 +26,10 @@ import math
 from collections.abc import Iterator
 from typing import Any, Final
 
-__all__ = ["MAX_DEPTH", "MAX_INT", "MAX_VALUES", "MIN_INT", "JsonProblem", "clean_text", "first_problem",
-           "is_json"]
+__all__ = ["MAX_DEPTH", "MAX_INT_BITS", "MAX_VALUES", "JsonProblem", "clean_text", "first_problem", "is_json"]
 
 MAX_DEPTH: Final = 64
-MAX_INT: Final = 2**63 - 1
-MIN_INT: Final = -(2**63)
+MAX_INT_BITS: Final = 13_000  # ~3900 decimal digits; Python converts at most 4300 to text
 MAX_VALUES: Final = 600_000  # more values than 1 MiB of JSON text can hold
 _SCALARS: Final = (str, int, float, bool, type(None))
 
@@ -53,12 +54,11 @@ def is_json(value: Any, *, max_depth: int = MAX_DEPTH) -> bool:
 
 
 def first_problem(value: Any, path: str = "$", *, max_depth: int = MAX_DEPTH,
-                  max_values: int = MAX_VALUES, int_range: bool = True) -> JsonProblem | None:
+                  max_values: int = MAX_VALUES) -> JsonProblem | None:
     """The first problem of ``value`` as JSON (depth first, in order), or None.
 
     ``path`` names the value itself; members are added as ``.key`` (or ``["key"]`` when the
-    key is not a plain name) and ``[index]``. ``int_range=False`` lets integers of any size
-    pass (for a caller that bounds its own numeric fields with better messages first).
+    key is not a plain name) and ``[index]``.
     """
     stack: list[tuple[Any, str, int]] = [(value, path, 1)]
     seen = 0
@@ -67,7 +67,7 @@ def first_problem(value: Any, path: str = "$", *, max_depth: int = MAX_DEPTH,
         seen += 1
         if seen > max_values:
             return JsonProblem((path, f"more than {max_values} values"))
-        problem = _scalar_problem(item, int_range)
+        problem = _scalar_problem(item)
         if problem is not None:
             return JsonProblem((where, problem))
         if isinstance(item, _SCALARS):
@@ -82,13 +82,13 @@ def first_problem(value: Any, path: str = "$", *, max_depth: int = MAX_DEPTH,
     return None
 
 
-def _scalar_problem(item: Any, int_range: bool = True) -> str | None:
+def _scalar_problem(item: Any) -> str | None:
     if isinstance(item, str):
         return None if _encodable(item) else "a string that cannot be encoded as UTF-8 (a lone surrogate)"
     if isinstance(item, bool) or item is None:
         return None
     if isinstance(item, int):
-        return None if not int_range or MIN_INT <= item <= MAX_INT else f"an integer outside the 64-bit range ({MIN_INT}..{MAX_INT})"
+        return None if item.bit_length() <= MAX_INT_BITS else "an integer too large to write as JSON (about 3900 digits at most)"
     if isinstance(item, float):
         return None if math.isfinite(item) else "not a finite number (NaN or infinity)"
     if isinstance(item, dict | list | tuple):

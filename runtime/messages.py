@@ -78,6 +78,7 @@ class DecideApproval:
     decision: str
     comment: str | None
     reply: Reply[Execution]
+    roles: tuple[str, ...] = ()  # the approver's roles, for ``role:NAME`` approver entries
 
 
 @attrs.frozen

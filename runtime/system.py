@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -471,11 +471,14 @@ class Runtime:
         return await self._control(execution_id, tenant_id, lambda r: CancelExecution(actor, reason, r))
 
     async def submit_approval(self, execution_id: str, step_id: str, *, approver: str, decision: str,
-                              comment: str | None = None, tenant_id: str | None = None) -> Execution:
-        """Record ``approve`` or ``reject`` from ``approver`` on an approval step."""
-        arguments.check_approval(execution_id, step_id, approver, decision, comment, tenant_id, ())
+                              comment: str | None = None, tenant_id: str | None = None,
+                              roles: Iterable[str] = ()) -> Execution:
+        """Record ``approve`` or ``reject`` from ``approver`` on an approval step; ``roles`` (the
+        approver's) let an approver entry ``role:NAME`` admit them."""
+        arguments.check_approval(execution_id, step_id, approver, decision, comment, tenant_id, roles)
+        held = tuple(roles)
         return await self._control(execution_id, tenant_id,
-                                   lambda r: DecideApproval(step_id, approver, decision, comment, r))
+                                   lambda r: DecideApproval(step_id, approver, decision, comment, r, held))
 
     async def publish_event(self, event_type: str, correlation_key: str, payload: Any = None, *,
                             tenant_id: str = "default") -> PublishResult:

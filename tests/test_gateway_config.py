@@ -97,7 +97,7 @@ def test_tokens_file_json_and_yaml(tmp_path: pathlib.Path) -> None:
     yaml_file.write_text("tokens:\n  - token: t2\n    user: u2\n    tenant: b\n")
     assert Config.from_env({"RUNBOOKS_TOKENS_FILE": str(json_file)}).tokens == (TokenEntry("t1", "u1", "a", ("admin",)),)
     config = Config.from_env({"RUNBOOKS_TOKENS_FILE": str(yaml_file), "HOST": "0.0.0.0"})
-    assert config.tokens == (TokenEntry("t2", "u2", "b", ()),)
+    assert config.tokens == (TokenEntry("t2", "u2", "b", ("operator", "author")),)  # no roles: the default
     assert not config.development_mode
     config.check_can_serve()  # with tokens, any address
     assert "t2" not in repr(config)
@@ -108,7 +108,7 @@ def test_tokens_file_json_and_yaml(tmp_path: pathlib.Path) -> None:
     ("tokens: []", "tokens: required"),
     ("tokens: [{token: '', user: u, tenant: t}]", "tokens[0].token: required, a non-empty string"),
     ("tokens: [{token: a, tenant: t}]", "tokens[0].user: required"),
-    ("tokens: [{token: a, user: u, tenant: t, roles: admin}]", "tokens[0].roles: must be a list of strings"),
+    ("tokens: [{token: a, user: u, tenant: t, roles: admin}]", "tokens[0].roles: must be a list of role names"),
     ("tokens: [{token: a, user: u, tenant: t}, {token: a, user: v, tenant: t}]",
      "tokens[1].token: the same token appears twice"),
     ("tokens: [{token: a", "cannot be read as JSON or YAML"),

@@ -112,8 +112,8 @@ def _tokens_file(tmp_path: pathlib.Path) -> str:
     path = tmp_path / "tokens.yaml"
     path.write_text(
         "tokens:\n"
-        "  - {token: tok-alice-0123456789, user: alice, tenant: acme, roles: [operator]}\n"
-        "  - {token: tok-boss-0123456789, user: boss, tenant: acme, roles: [approver]}\n"
+        "  - {token: tok-alice-0123456789, user: alice, tenant: acme, roles: [operator, author]}\n"
+        "  - {token: tok-boss-0123456789, user: boss, tenant: acme, roles: [viewer, approver]}\n"
         "  - {token: tok-eve-0123456789, user: eve, tenant: other}\n"
     )
     return str(path)

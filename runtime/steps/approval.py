@@ -1,10 +1,15 @@
 """human-approval: config checks and the decision rules (N of M, reject short-circuits,
 timeout actions). The wait is a parked step in its ExecutionActor; decisions arrive as
-``DecideApproval`` messages."""
+``DecideApproval`` messages.
+
+An entry of ``approvers`` is a user id, or ``role:NAME``: every user whose identity holds the
+role ``NAME`` (the gateway passes the roles of the caller's token). ``ANY_ROLE`` among the
+caller's roles stands for every role (the gateway's development mode).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from runtime.errors import Conflict, Forbidden, Problem, ValidationError
@@ -13,6 +18,8 @@ from runtime.model import Approval
 from runtime.wire import format_time
 
 DECISIONS = ("approve", "reject")
+ROLE_PREFIX = "role:"
+ANY_ROLE = "*"
 TIMEOUT_ACTIONS = ("fail", "approve", "reject")
 _FIELDS = {"approvers", "minApprovals", "timeoutMs", "timeoutAction", "message"}
 
@@ -22,13 +29,14 @@ def check_config(config: Mapping[str, Any], path: str) -> list[Problem]:
     approvers = config.get("approvers")
     templated = isinstance(approvers, str) and "${" in approvers
     ids: list[Any] = approvers if isinstance(approvers, list) else []
-    listed = bool(ids) and all(isinstance(a, str) and a for a in ids)
+    listed = bool(ids) and all(isinstance(a, str) and a and a != ROLE_PREFIX for a in ids)
     if not templated and not listed:
-        problems.append(Problem(f"{path}.approvers", "required: a non-empty list of user ids"))
+        problems.append(Problem(f"{path}.approvers", "required: a non-empty list of user ids (or role:NAME)"))
+    by_role = any(isinstance(a, str) and a.startswith(ROLE_PREFIX) for a in ids)
     minimum = config.get("minApprovals", 1)
     if (problem := count_problem(minimum, 1, MAX_APPROVALS)) is not None:
         problems.append(Problem(f"{path}.minApprovals", problem))
-    elif listed and minimum > len(set(ids)):
+    elif listed and not by_role and minimum > len(set(ids)):
         problems.append(Problem(f"{path}.minApprovals", f"{minimum} approvals needed but only {len(set(ids))} approvers"))
     timeout = config.get("timeoutMs")
     if timeout is not None and (problem := duration_problem(timeout)) is not None:
@@ -40,14 +48,25 @@ def check_config(config: Mapping[str, Any], path: str) -> list[Problem]:
     return problems
 
 
-def check_decision(config: Mapping[str, Any], approvals: Sequence[Approval], approver: str, decision: str) -> None:
-    """Raise if this decision may not be taken; ``config`` is the rendered config."""
+def check_decision(config: Mapping[str, Any], approvals: Sequence[Approval], approver: str, decision: str,
+                   roles: Collection[str] = ()) -> None:
+    """Raise if this decision may not be taken; ``config`` is the rendered config, ``roles``
+    those of the approver."""
     if decision not in DECISIONS:
         raise ValidationError([{"path": "decision", "message": "must be 'approve' or 'reject'"}])
-    if approver not in approver_ids(config):
+    if not may_approve(config, approver, roles):
         raise Forbidden(f"'{approver}' is not an approver of this step")
     if any(a.approver == approver for a in approvals):
         raise Conflict(f"'{approver}' has already decided on this step")
+
+
+def may_approve(config: Mapping[str, Any], approver: str, roles: Collection[str] = ()) -> bool:
+    """Whether ``approver`` (holding ``roles``) is admitted by an entry of ``approvers``."""
+    entries = approver_ids(config)
+    if approver in entries:
+        return True
+    wanted = {entry.removeprefix(ROLE_PREFIX) for entry in entries if entry.startswith(ROLE_PREFIX)}
+    return bool(wanted) and (ANY_ROLE in roles or not wanted.isdisjoint(roles))
 
 
 def approver_ids(config: Mapping[str, Any]) -> list[str]:
