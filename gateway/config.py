@@ -22,6 +22,7 @@ import yaml
 from gateway.roles import DEFAULT_TOKEN_ROLES
 from runtime import Settings
 from runtime.limits import MAX_CONCURRENCY, MAX_DURATION_MS, MAX_RETRIES
+from runtime.steps.outbound import HostAllowlist
 
 T = TypeVar("T")
 
@@ -70,6 +71,7 @@ class Config:
     tokens_file: str | None = None
     tokens: tuple[TokenEntry, ...] = attrs.field(default=(), repr=False)
     lease_ttl_ms: int = 15000
+    call_service_allowed_hosts: HostAllowlist | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -99,6 +101,7 @@ class Config:
             tokens_file=read.optional("RUNBOOKS_TOKENS_FILE"),
             tokens=read.parsed("RUNBOOKS_TOKENS_FILE", (), load_tokens),
             lease_ttl_ms=read.integer("LEASE_TTL_MS", 15000, 100, 10**9),
+            call_service_allowed_hosts=read.parsed("CALL_SERVICE_ALLOWED_HOSTS", None, _allowlist),
         )
         config._check_store()
         return config
@@ -134,6 +137,7 @@ class Config:
             event_retention_ms=self.event_retention_ms,
             call_service_base_url=self.call_service_base_url,
             lease_ttl_ms=self.lease_ttl_ms,
+            call_service_allowed_hosts=self.call_service_allowed_hosts,
         )
 
     def check_can_serve(self) -> None:
@@ -226,6 +230,13 @@ def _origins(value: str) -> tuple[str, ...]:
         if origin != "*" and urlsplit(origin).scheme not in ("http", "https"):
             raise ConfigError(f"each origin must be '*' or an http(s):// origin, got {origin!r}")
     return origins
+
+
+def _allowlist(value: str) -> HostAllowlist:
+    try:
+        return HostAllowlist.parse(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _directory(value: str) -> str:

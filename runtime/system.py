@@ -61,6 +61,7 @@ from runtime.persistence import BatchObserver, Commit, Flush, PersistenceActor, 
 from runtime.records import Change, ChangeResult
 from runtime.settings import Settings
 from runtime.steps.context import Services
+from runtime.steps.outbound import HostAllowlist, checked_client
 from runtime.steps.registry import StepTypes
 from runtime.store import open_store_from_url
 from runtime.store.base import Store
@@ -100,7 +101,8 @@ class Runtime:
         self._executions = executions
         self._wall0 = datetime.now(UTC)
         self._trio0 = trio.current_time()
-        self.services = Services(http=http, now=self.now, call_service_base_url=settings.call_service_base_url)
+        self.services = Services(http=http, now=self.now, call_service_base_url=settings.call_service_base_url,
+                                 allowed_hosts=settings.call_service_allowed_hosts)
         self.router = EventRouter(now=self.now, retention_ms=settings.event_retention_ms,
                                   commit=self._commit, address=self._address_or_none)
         self._live: dict[str, Address[ExecutionMessage]] = {}
@@ -579,7 +581,7 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
         the_store.open()
     body_error: BaseException | None = None
     try:
-        async with _client(http) as client, trio.open_nursery() as services:
+        async with _client(http, settings.call_service_allowed_hosts) as client, trio.open_nursery() as services:
             persistence = PersistenceActor(the_store, max_batch=settings.persistence_max_batch,
                                            observer=batch_observer)
             address: Address[PersistenceMessage]
@@ -635,9 +637,11 @@ def _only_leaf(group: BaseExceptionGroup[Any]) -> BaseException | None:
 
 
 @asynccontextmanager
-async def _client(http: httpx.AsyncClient | None) -> AsyncIterator[httpx.AsyncClient]:
+async def _client(http: httpx.AsyncClient | None, allowed: HostAllowlist | None) -> AsyncIterator[httpx.AsyncClient]:
     if http is not None:
         yield http
         return
-    async with httpx.AsyncClient(timeout=30.0, follow_redirects=False) as client:
+    client = httpx.AsyncClient(timeout=30.0, follow_redirects=False) if allowed is None else \
+        checked_client(allowed, timeout=30.0, follow_redirects=False)  # every connection checked
+    async with client:
         yield client

@@ -16,6 +16,8 @@ Failures are ``StepFailed`` errors with a step error code::
     http_status   429 or 5xx outside expectStatus            retryable (retry_after_s from Retry-After)
     http_status   any other status outside expectStatus      not retryable
     config        the config cannot make a request           not retryable
+    forbidden_target  CALL_SERVICE_ALLOWED_HOSTS refuses the host (after DNS resolution, at
+                  every connection, so after every redirect)      not retryable
 
 Whenever a response arrives, an ``http_response`` evidence item records the method, URL,
 status, request id and the SHA-256 of the body (never the body itself). Trio cancellation
@@ -40,6 +42,7 @@ import trio
 from runtime.errors import Problem, StepFailed
 from runtime.limits import duration_problem
 from runtime.steps.context import StepContext
+from runtime.steps.outbound import ForbiddenTarget, HostAllowlist, check_url, checks_connections
 
 __all__ = ["call_service", "check_config", "idempotency_key", "retry_after_s"]
 
@@ -179,7 +182,7 @@ async def call_service(ctx: StepContext) -> Any:
     request = _build_request(ctx, method, url, request_id)
     ctx.log.info("calling service", method=method, url=url)
     started = trio.current_time()
-    response = await _send(ctx.services.http, request, method, url, _timeout_s(config))
+    response = await _send(ctx.services.http, request, method, url, _timeout_s(config), ctx.services.allowed_hosts)
     ctx.log.info(
         "service answered", status=response.status_code,
         elapsedMs=round((trio.current_time() - started) * 1000),
@@ -247,13 +250,18 @@ def _timeout_s(config: Mapping[str, Any]) -> float:
 
 
 async def _send(
-    client: httpx.AsyncClient, request: httpx.Request, method: str, url: str, timeout_s: float
+    client: httpx.AsyncClient, request: httpx.Request, method: str, url: str, timeout_s: float,
+    allowed: HostAllowlist | None = None,
 ) -> httpx.Response:
     # httpx applies the timeout to each phase (connect, each read, ...); the trio deadline
     # bounds the whole exchange, so a server trickling bytes cannot stretch it.
     with trio.move_on_after(timeout_s) as deadline:
         try:
+            if allowed is not None and not checks_connections(client):  # a client of the embedding program
+                await check_url(allowed, url)
             return await client.send(request)
+        except ForbiddenTarget as exc:
+            raise StepFailed(f"{method} {url}: {exc}", code="forbidden_target") from exc
         except httpx.TimeoutException as exc:
             raise _timed_out(method, url, timeout_s) from exc
         except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:

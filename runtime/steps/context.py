@@ -18,6 +18,7 @@ import httpx
 from runtime.errors import StepFailed
 from runtime.jsonsafe import JsonProblem, clean_text, first_problem
 from runtime.model import Evidence, LogEntry
+from runtime.steps.outbound import HostAllowlist
 from runtime.wire import sha256_hex
 
 
@@ -28,6 +29,7 @@ class Services:
     http: httpx.AsyncClient
     now: Callable[[], datetime]
     call_service_base_url: str | None = None
+    allowed_hosts: HostAllowlist | None = None  # None: any host (runtime.steps.outbound)
 
 
 class StepLog:
