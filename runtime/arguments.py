@@ -170,7 +170,7 @@ def _roles(problems: _Problems, roles: Any) -> None:
 def check_event(event_type: Any, correlation_key: Any, payload: Any, tenant_id: Any) -> None:
     problems = _Problems()
     problems.text("event_type", event_type, optional=False, max_length=MAX_EVENT_TYPE)
-    if is_int(correlation_key):  # the API takes an integer key as its text
+    if is_int(correlation_key) and correlation_key.bit_length() <= 64:  # taken as its text
         correlation_key = str(correlation_key)
     problems.text("correlation_key", correlation_key, optional=False, max_length=MAX_CORRELATION_KEY)
     problems.json("payload", payload)

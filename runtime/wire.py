@@ -102,7 +102,7 @@ def load_document(source: Any) -> dict[str, Any]:
         except UnicodeDecodeError as exc:
             raise ValidationError([Problem("$", f"document is not valid UTF-8: {exc}")]) from None
     if isinstance(source, str):
-        if len(source.encode()) > MAX_DOCUMENT_BYTES:
+        if len(source.encode("utf-8", "surrogatepass")) > MAX_DOCUMENT_BYTES:  # the parser refuses surrogates
             raise _too_large()
         source = _parse_text(source)
         _check_expansion(source)
