@@ -220,9 +220,9 @@ class Query:
         """An integer parameter: digits, or a number with an integral value (``7.0``, ``1e3``),
         since the OpenAPI document declares a JSON Schema integer, for which 7.0 is one."""
         raw = self.args.get(name)
-        if raw is None or raw == "":
+        if raw is None:
             return default
-        number = _integral(raw)
+        number = _integral(raw)  # an empty value is no integer either
         if number is None:
             self.problems.type_error(name, f"must be an integer, got {raw[:50]!r}")
             return default
@@ -244,15 +244,16 @@ class Query:
         return raw
 
     def choice(self, name: str, choices: tuple[str, ...]) -> str | None:
-        raw = self.text(name)
+        raw = self.args.get(name)
         if raw is not None and raw not in choices:
             self.problems.invalid(name, f"must be one of {', '.join(choices)}, got {raw[:50]!r}")
             return None
         return raw
 
     def boolean(self, name: str) -> bool:
-        raw = (self.args.get(name) or "").lower()
-        if raw in ("", "false", "0"):
+        given = self.args.get(name)
+        raw = "false" if given is None else given.lower()
+        if raw in ("false", "0"):
             return False
         if raw in ("true", "1"):
             return True

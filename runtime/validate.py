@@ -262,7 +262,7 @@ def _check_cycles(steps: Sequence[Mapping[str, Any]], ids: set[str]) -> list[Pro
 
 
 def _known(depends: Any, ids: set[str]) -> list[str]:
-    return [d for d in depends if d in ids] if isinstance(depends, list) else []
+    return [d for d in depends if isinstance(d, str) and d in ids] if isinstance(depends, list) else []
 
 
 def build_runbook(doc: Mapping[str, Any], types: StepTypes, default_retries: int) -> Runbook:

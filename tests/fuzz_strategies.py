@@ -154,9 +154,11 @@ def runbooks(draw: st.DrawFn) -> dict[str, Any]:
     """Documents shaped like runbooks: half of them clean (most of those are accepted), the
     others with a wrong value in any field now and then."""
     clean = draw(st.booleans())
+    # wrong values that are still plain JSON half the time, so the checks past the JSON one run
+    junk = anything if draw(st.booleans()) else st.one_of(fz_values(True), st.sampled_from([{}, [], None, [{}]]))
 
-    def m(strategy: st.SearchStrategy[Any], wrong: st.SearchStrategy[Any] = anything) -> st.SearchStrategy[Any]:
-        return maybe(strategy, wrong, clean=clean)
+    def m(strategy: st.SearchStrategy[Any], wrong: st.SearchStrategy[Any] | None = None) -> st.SearchStrategy[Any]:
+        return maybe(strategy, junk if wrong is None else wrong, clean=clean)
 
     count = draw(st.integers(1, 5))
     ids = [f"s{i}" for i in range(count)]
@@ -170,7 +172,9 @@ def runbooks(draw: st.DrawFn) -> dict[str, Any]:
             step["config"] = draw(m(configs(step_type, ids[index + 1:], clean)))
         if index and draw(st.booleans()):
             step["dependsOn"] = draw(m(st.lists(st.sampled_from(ids[:index] if clean else [*ids[:index], "ghost"]),
-                                                max_size=2, unique=True)))
+                                                max_size=2, unique=True),
+                                       st.lists(st.sampled_from([*ids, {}, [], None, 1, "ghost"]), min_size=1,
+                                                max_size=3)))
         for key, strategy in (("retryPolicy", retry_policies(clean)), ("timeoutMs", durations(clean)),
                               ("continueOnError", m(st.booleans())), ("when", conditions(clean)),
                               ("name", m(CLEAN_TEXTS if clean else texts))):
@@ -184,8 +188,8 @@ def runbooks(draw: st.DrawFn) -> dict[str, Any]:
                           ("inputSchema", m(st.sampled_from(schemas if clean else
                                                             [*schemas, {"$ref": "#/nope"}, {"type": "bogus"}]))),
                           ("requireLegalBasis", m(st.booleans())), ("description", m(CLEAN_TEXTS if clean else texts)),
-                          ("output", st.sampled_from(["${s0}", "x"]) if clean else anything),
-                          ("unknown", anything)):
+                          ("output", st.sampled_from(["${s0}", "x"]) if clean else junk),
+                          ("unknown", junk)):
         if draw(st.integers(0, 3)) == 0 and not (clean and key == "unknown"):
             document[key] = draw(strategy)
     return document
@@ -205,3 +209,23 @@ event_bodies = bodies_for({"type": maybe(st.sampled_from(["e", ""])), "correlati
 approval_bodies = bodies_for({"decision": maybe(st.sampled_from(["approve", "reject", "maybe"])),
                               "comment": maybe(texts)})
 control_bodies = bodies_for({"reason": maybe(texts)})
+
+
+def _plain(value: Any, depth: int = 0) -> Any:
+    """``value`` with what JSON cannot hold (or nesting past 12) replaced by None; the
+    structure stays as wrong as it was."""
+    from runtime.jsonsafe import first_problem
+
+    if isinstance(value, dict | list) and depth > 12:
+        return None
+    if isinstance(value, dict):
+        return {key: _plain(item, depth + 1) for key, item in value.items()
+                if isinstance(key, str) and first_problem(key) is None}
+    if isinstance(value, list):
+        return [_plain(item, depth + 1) for item in value]
+    return value if first_problem(value) is None else None
+
+
+def plain_runbooks() -> st.SearchStrategy[dict[str, Any]]:
+    """Runbook-shaped documents that are plain JSON, so every check past the JSON one runs."""
+    return st.builds(_plain, runbooks())

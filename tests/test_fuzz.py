@@ -101,6 +101,16 @@ async def _executor(ctx: StepContext) -> Any:
 @fuzz(300)
 @given(document=st.one_of(fz.runbooks(), fz.json_values(python_keys=True), fz.anything))
 def test_the_validator_answers_every_document_with_problems_never_an_exception(document: Any) -> None:
+    _validates(document)
+
+
+@fuzz(250)
+@given(document=fz.plain_runbooks())
+def test_the_validator_answers_wrong_structures_in_plain_json_with_problems(document: Any) -> None:
+    _validates(document)  # plain JSON: every check past the JSON one runs
+
+
+def _validates(document: Any) -> None:
     problems = validate_document(document, types())
     assert isinstance(problems, list)
     for problem in problems:
