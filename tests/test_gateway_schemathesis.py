@@ -67,20 +67,27 @@ def _fuzz(url: str, document: dict[str, Any], mode: GenerationMode) -> list[str]
         if operation.definition.raw.get("operationId") in SEMANTIC_REFUSALS:
             checks = [check for check in checks if check is not positive_data_acceptance]
 
-        @settings(max_examples=MAX_NEGATIVE_EXAMPLES if negative else MAX_EXAMPLES, derandomize=True, database=None, deadline=None,
-                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
-        @given(case=operation.as_strategy(generation_mode=mode))
-        def run(case: Any, checks: list[Any] = checks) -> None:
-            response = case.call(base_url=url, timeout=10)
-            case.validate_response(response, checks=checks)
-
         try:
-            run()
+            _property(url, operation, mode, checks)()
         except Unsatisfiable:  # negative mode: nothing of this operation can be made invalid
             continue
         except (Exception, FailureGroup) as exc:  # FailureGroup is a BaseExceptionGroup
             failures.append(f"{operation.label}: {type(exc).__name__}: {exc}")
     return failures
+
+
+def _property(url: str, operation: Any, mode: GenerationMode, checks: list[Any]) -> Any:
+    """The hypothesis test of one operation: its requests, each response checked."""
+
+    @settings(max_examples=MAX_NEGATIVE_EXAMPLES if mode is GenerationMode.NEGATIVE else MAX_EXAMPLES,
+              derandomize=True, database=None, deadline=None, phases=[Phase.explicit, Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(case=operation.as_strategy(generation_mode=mode))
+    def run(case: Any) -> None:
+        response = case.call(base_url=url, timeout=10)
+        case.validate_response(response, checks=checks)
+
+    return run
 
 
 def _without_identity_headers(document: dict[str, Any]) -> dict[str, Any]:
