@@ -1,4 +1,4 @@
-"""The gateway's configuration (SPEC section 7), parsed once from the environment.
+"""The gateway's configuration, parsed once from the environment.
 
 ``Config.from_env(os.environ)`` reads every variable, checks it, and returns a frozen
 ``Config``; a bad value raises ``ConfigError`` whose message is one line naming the
@@ -75,7 +75,7 @@ class Config:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
-        """Read and check every variable of SPEC section 7; raise ``ConfigError`` on the first bad one."""
+        """Read and check every variable; raise ``ConfigError`` on the first bad one."""
         read = _Reader(env)
         config = cls(
             port=read.integer("PORT", 3000, 1, 65535),

@@ -1,7 +1,9 @@
-"""Runbook document validation: every problem at once, each with its path (SPEC section 1).
+"""Runbook document validation: every problem at once, each with its path.
 
-``validate_document`` checks a loaded document (a dict) against the rules of SPEC section 1
-and the config rules of each step type, and returns the list of problems. ``build_runbook``
+``validate_document`` checks a loaded document (a dict) against the document rules (ids,
+dependencies, cycles, types, templates, bounds, size) and the config rules of each step
+type, and returns the list of problems. A value JSON cannot hold is refused first (its path
+named), since every other check assumes plain JSON. ``build_runbook``
 validates and builds the immutable ``Runbook``; ``effective_dependencies`` is the one place
 that applies the default-dependency rules, for validation and scheduling alike.
 """
@@ -213,7 +215,8 @@ def branch_list(value: Any) -> list[str]:
 
 
 def effective_dependencies(steps: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
-    """The dependencies of every step after the defaults of SPEC section 1."""
+    """The dependencies of every step after the defaults (the step before; a branch target
+    depends on its conditional)."""
     branch_owner: dict[str, str] = {}
     for step in steps:
         if step.get("type") == "conditional":

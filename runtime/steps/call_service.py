@@ -1,4 +1,4 @@
-"""The ``call-service`` step type: one HTTP request per attempt (SPEC section 2).
+"""The ``call-service`` step type: one HTTP request per attempt.
 
 ``check_config`` validates a step's config at document validation and lists every problem.
 ``call_service`` is the executor: it sends the request through the runtime's one shared

@@ -1,4 +1,4 @@
-"""What an executor sees: ``StepContext`` (SPEC section 2, custom types).
+"""What an executor sees: ``StepContext`` (custom step types and the built-in executors).
 
 ``ctx.log.*`` and ``ctx.add_evidence`` are plain calls: they buffer entries on the context,
 and the StepActor hands them to the ExecutionActor with the attempt's outcome, so they are

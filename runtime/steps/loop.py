@@ -1,4 +1,4 @@
-"""loop: config checks and the loop actor (SPEC section 2).
+"""loop: config checks and the loop actor.
 
 A loop runs its body once per item (``items``) or while a condition holds (``while``, with
 ``index`` and ``previous`` in scope). Each iteration is its own supervised child: it runs
