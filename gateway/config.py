@@ -300,6 +300,9 @@ def _required_text(item: Mapping[str, Any], key: str, path: str, problems: list[
     if not isinstance(value, str) or not value.strip():
         problems.append(f"{path}: required, a non-empty string")
         return ""
+    if key != "token" and (len(value.strip()) > 200 or not value.strip().isprintable()):
+        problems.append(f"{path}: at most 200 printable characters")  # what the engine stores as text
+        return ""
     return value.strip()
 
 

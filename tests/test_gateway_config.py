@@ -108,6 +108,8 @@ def test_tokens_file_json_and_yaml(tmp_path: pathlib.Path) -> None:
     ("tokens: []", "tokens: required"),
     ("tokens: [{token: '', user: u, tenant: t}]", "tokens[0].token: required, a non-empty string"),
     ("tokens: [{token: a, tenant: t}]", "tokens[0].user: required"),
+    ("tokens: [{token: a, user: u, tenant: '" + "t" * 201 + "'}]", "tokens[0].tenant: at most 200 printable characters"),
+    ('tokens: [{token: a, user: "u\\0", tenant: t}]', "tokens[0].user: at most 200 printable characters"),
     ("tokens: [{token: a, user: u, tenant: t, roles: admin}]", "tokens[0].roles: must be a list of role names"),
     ("tokens: [{token: a, user: u, tenant: t}, {token: a, user: v, tenant: t}]",
      "tokens[1].token: the same token appears twice"),
