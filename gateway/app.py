@@ -18,15 +18,16 @@ from typing import Any
 from quart import Response, g, request
 from quart_trio import QuartTrio
 
-from gateway.auth import Authenticator
+from gateway.auth import Authenticator, Identity
 from gateway.bodies import MAX_BODY_BYTES
 from gateway.config import Config
+from gateway.connection import CompleteExchange
 from gateway.console import register_console
 from gateway.cors import Cors
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import build_openapi
-from gateway.problems import as_single_error, problem_for
-from gateway.routes import ROUTES, Route, View
+from gateway.problems import ApiProblem, as_single_error, problem_for
+from gateway.routes import CONVERTERS, ROUTES, Route, View
 from gateway.sse import Streams
 from gateway.state import EXTENSION, GatewayState
 from runtime import Runtime
@@ -45,29 +46,43 @@ def create_app(runtime: Runtime, config: Config, *, metrics: GatewayMetrics | No
     gateway = GatewayState(runtime, config, Authenticator(config.tokens), metrics, Streams())
     app.extensions[EXTENSION] = gateway
     app.extensions["runbooks.openapi"] = build_openapi(ROUTES, development_mode=config.development_mode)
+    app.url_map.converters.update(CONVERTERS)
     for route in ROUTES:
         _register(app, route)
     register_console(app)
     _install_edge(app, gateway)
+    app.asgi_app = CompleteExchange(app.asgi_app)  # type: ignore[method-assign]
     return app
 
 
 def _register(app: QuartTrio, route: Route) -> None:
-    app.add_url_rule(route.rule, endpoint=route.operation_id, view_func=_guarded(route.view),
+    app.add_url_rule(route.rule, endpoint=route.operation_id, view_func=_guarded(route),
                      methods=[route.method])
 
 
-def _guarded(view: View) -> View:
-    """Exception groups are answered here (quart-trio tries handlers per leaf, pitfall Q1)."""
+def _guarded(route: Route) -> View:
+    """The view of ``route`` behind its role check; exception groups are answered here
+    (quart-trio would try the error handlers on each leaf)."""
+    view = route.view
 
     @functools.wraps(view)
     async def guarded(**kwargs: Any) -> Response:
+        _check_role(route)
         try:
             return await view(**kwargs)
         except ExceptionGroup as group:  # Cancelled is a BaseException: never caught here
             raise as_single_error(group) from group
 
     return guarded
+
+
+def _check_role(route: Route) -> None:
+    identity: Identity | None = g.get("identity")
+    if route.role is None or identity is None or identity.may(route.role):
+        return
+    held = ", ".join(identity.roles) or "none"
+    raise ApiProblem(403, f"this operation needs the role '{route.role}' (or admin); the caller's roles: {held}",
+                     title="forbidden")
 
 
 def _install_edge(app: QuartTrio, gateway: GatewayState) -> None:

@@ -1,4 +1,5 @@
-"""Who is calling: the identity (user, tenant, roles) of an ``/api/v1`` request.
+"""Who is calling: the identity (user, tenant, roles) of an ``/api/v1`` request. What each
+role may do is ``gateway.roles``; the route table says which role each route needs.
 
 With a tokens file every request carries ``Authorization: Bearer <token>``; the token is
 compared with every known token in constant time (``hmac.compare_digest`` over all of
@@ -19,7 +20,9 @@ from werkzeug.datastructures import Headers
 
 from gateway.config import TokenEntry
 from gateway.problems import ApiProblem
+from gateway.roles import grants
 from runtime import Problem
+from runtime.steps.approval import ANY_ROLE
 
 DEFAULT_USER = "anonymous"
 DEFAULT_TENANT = "default"
@@ -30,9 +33,20 @@ _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="runbooks"'}
 
 @attrs.frozen
 class Identity:
+    """The caller. ``every_role``: development mode, where every caller holds every role."""
+
     user: str
     tenant: str
     roles: tuple[str, ...] = ()
+    every_role: bool = False
+
+    def may(self, role: str | None) -> bool:
+        """Whether this caller may use a route that needs ``role``."""
+        return grants(self.roles, role, every_role=self.every_role)
+
+    def approver_roles(self) -> tuple[str, ...]:
+        """The roles to hand the engine for ``role:NAME`` approver entries."""
+        return (ANY_ROLE,) if self.every_role else self.roles
 
 
 class Authenticator:
@@ -76,7 +90,7 @@ def _development_identity(headers: Headers) -> Identity:
     tenant = _header_id(headers, "X-Tenant-Id", DEFAULT_TENANT, problems)
     if problems:
         raise ApiProblem(400, "bad identity headers", problems)
-    return Identity(user, tenant)
+    return Identity(user, tenant, every_role=True)
 
 
 def _header_id(headers: Headers, name: str, default: str, problems: list[Problem]) -> str:

@@ -1,25 +1,24 @@
 """Reading request bodies: JSON, and runbook documents as JSON or YAML.
 
-A body that cannot be read is refused with 400 and a problem naming why: not UTF-8, not
-JSON (or YAML with a YAML content type), nested deeper than ``MAX_DEPTH``, a number that is
-not finite; a body over 1 MiB is 413 and an unknown content type 415. What comes back is
+A body that cannot be read is refused with 400 and a problem naming why and where: not
+UTF-8, not JSON (or YAML with a YAML content type), nested deeper than ``MAX_DEPTH``, a
+number that is not finite, a string with a lone surrogate; a body over 1 MiB is 413 and an unknown content type 415. What comes back is
 plain data; ``gateway.inputs`` turns it into the small request values the views use.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from quart import request
 
 from gateway.problems import ApiProblem
 from runtime import Problem, ValidationError
+from runtime.jsonsafe import MAX_DEPTH, first_problem
 from runtime.wire import load_document
 
 MAX_BODY_BYTES = 1024 * 1024
-MAX_DEPTH = 64
 MAX_NODES = 600_000  # more values than any 1 MiB of JSON can hold
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 
@@ -76,24 +75,18 @@ def _no_constant(name: str) -> Any:
 
 
 def check_shape(value: Any) -> None:
-    """Refuse values nested deeper than ``MAX_DEPTH``, with more than ``MAX_NODES`` values (only
-    YAML aliases get there from 1 MiB: a "billion laughs" document) or non-finite numbers.
-    Iterative: no recursion to blow."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    nodes = 0
-    while stack:
-        item, depth = stack.pop()
-        nodes += 1
-        if nodes > MAX_NODES:
-            raise ApiProblem(413, "the document expands past 1 MiB (YAML aliases)",
-                             [Problem("$", f"more than {MAX_NODES} values once aliases are expanded")])
-        if isinstance(item, dict | list):
-            if depth > MAX_DEPTH:
-                raise _unreadable(f"the JSON is nested too deeply (at most {MAX_DEPTH} levels)")
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
-        elif isinstance(item, float) and not math.isfinite(item):
-            raise _unreadable("numbers must be finite")
+    """Refuse a value JSON and the stores cannot hold (``runtime.jsonsafe``): nested deeper
+    than ``MAX_DEPTH``, more than ``MAX_NODES`` values (only YAML aliases get there from 1 MiB:
+    a "billion laughs" document, 413), non-finite numbers, lone surrogates (``"\\ud800"`` is
+    valid JSON syntax but no text), and for YAML, values JSON has no type for. 400 naming the path: the body cannot be read as data."""
+    problem = first_problem(value, "", max_depth=MAX_DEPTH, max_values=MAX_NODES)
+    if problem is None:
+        return
+    if problem.message.startswith("more than"):
+        raise ApiProblem(413, "the document expands past 1 MiB (YAML aliases)",
+                         [Problem("$", f"more than {MAX_NODES} values once aliases are expanded")])
+    path = problem.path or "$"
+    raise ApiProblem(400, f"the body cannot be read: {path}: {problem.message}", [Problem(path, problem.message)])
 
 
 def _unreadable(message: str) -> ApiProblem:

@@ -20,8 +20,11 @@ from urllib.parse import quote, urlsplit
 import attrs
 import yaml
 
+from gateway.roles import DEFAULT_TOKEN_ROLES
 from runtime import Settings, tracing
+from runtime.limits import MAX_CONCURRENCY, MAX_DURATION_MS, MAX_RETRIES
 from runtime.secrets import SecretsFileError, load_secrets_file
+from runtime.steps.outbound import HostAllowlist
 
 T = TypeVar("T")
 
@@ -36,7 +39,8 @@ class ConfigError(Exception):
 
 @attrs.frozen
 class TokenEntry:
-    """One bearer token of the tokens file and the identity it stands for."""
+    """One bearer token of the tokens file and the identity it stands for (``roles`` as given,
+    or ``operator`` and ``author`` when the entry has none)."""
 
     token: str = attrs.field(repr=False)
     user: str
@@ -76,10 +80,11 @@ class Config:
     otel_exporter_otlp_endpoint: str | None = None
     secrets_file: str | None = None
     public_url: str | None = None
+    call_service_allowed_hosts: HostAllowlist | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
-        """Read and check every configuration variable; raise ``ConfigError`` on the first bad one."""
+        """Read and check every variable; raise ``ConfigError`` on the first bad one."""
         read = _Reader(env)
         config = cls(
             port=read.integer("PORT", 3000, 1, 65535),
@@ -94,14 +99,14 @@ class Config:
             db_password=read.optional("DB_PASSWORD"),
             db_ssl=read.boolean("DB_SSL", False),
             db_pool_max=read.integer("DB_POOL_MAX", 20, 1, 10_000),
-            max_concurrent_steps=read.integer("MAX_CONCURRENT_STEPS", 5, 1, 10_000),
-            default_max_retries=read.integer("DEFAULT_MAX_RETRIES", 3, 0, 1000),
+            max_concurrent_steps=read.integer("MAX_CONCURRENT_STEPS", 5, 1, MAX_CONCURRENCY),
+            default_max_retries=read.integer("DEFAULT_MAX_RETRIES", 3, 0, MAX_RETRIES),
             detailed_logging=read.boolean("DETAILED_LOGGING", False),
             enable_cors=read.boolean("ENABLE_CORS", False),
             cors_origins=read.parsed("CORS_ORIGINS", (), _origins),
             runbooks_dir=read.parsed("RUNBOOKS_DIR", None, _directory),
             call_service_base_url=read.parsed("CALL_SERVICE_BASE_URL", None, _http_url),
-            event_retention_ms=read.integer("EVENT_RETENTION_MS", 24 * 3600 * 1000, 0, 10**12),
+            event_retention_ms=read.integer("EVENT_RETENTION_MS", 24 * 3600 * 1000, 0, MAX_DURATION_MS),
             tokens_file=read.optional("RUNBOOKS_TOKENS_FILE"),
             tokens=read.parsed("RUNBOOKS_TOKENS_FILE", (), load_tokens),
             lease_ttl_ms=read.integer("LEASE_TTL_MS", 15000, 100, 10**9),
@@ -112,6 +117,7 @@ class Config:
             otel_exporter_otlp_endpoint=read.parsed("OTEL_EXPORTER_OTLP_ENDPOINT", None, _otlp_endpoint),
             secrets_file=read.parsed("RUNBOOKS_SECRETS_FILE", None, _secrets_file),
             public_url=read.parsed("PUBLIC_URL", None, _public_url),
+            call_service_allowed_hosts=read.parsed("CALL_SERVICE_ALLOWED_HOSTS", None, _allowlist),
         )
         if not config.instance_id:  # the default names the host and the port it serves on
             config = attrs.evolve(config, instance_id=f"{socket.gethostname()}:{config.port}")
@@ -155,6 +161,7 @@ class Config:
             public_url=self.public_url,
             max_retained_events_per_tenant=self.max_retained_events_per_tenant,
             shutdown_timeout_ms=self.shutdown_timeout_ms,
+            call_service_allowed_hosts=self.call_service_allowed_hosts,
         )
 
     def check_can_serve(self) -> None:
@@ -249,6 +256,13 @@ def _origins(value: str) -> tuple[str, ...]:
     return origins
 
 
+def _allowlist(value: str) -> HostAllowlist:
+    try:
+        return HostAllowlist.parse(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _directory(value: str) -> str:
     if not pathlib.Path(value).is_dir():
         raise ConfigError(f"not a directory: {value!r}")
@@ -316,9 +330,9 @@ def _token_entries(data: Any, problems: list[str]) -> tuple[TokenEntry, ...]:
             problems.append(f"{path}: must be a mapping")
             continue
         fields = [_required_text(item, key, f"{path}.{key}", problems) for key in ("token", "user", "tenant")]
-        roles = item.get("roles", [])
-        if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
-            problems.append(f"{path}.roles: must be a list of strings")
+        roles = item.get("roles", list(DEFAULT_TOKEN_ROLES))  # no roles: operator and author
+        if not isinstance(roles, list) or not all(_role_name(role) for role in roles):
+            problems.append(f"{path}.roles: must be a list of role names (printable, at most 200 characters)")
             roles = []
         if fields[0] in seen:
             problems.append(f"{path}.token: the same token appears twice")
@@ -328,10 +342,17 @@ def _token_entries(data: Any, problems: list[str]) -> tuple[TokenEntry, ...]:
     return tuple(entries)
 
 
+def _role_name(role: Any) -> bool:
+    return isinstance(role, str) and 0 < len(role) <= 200 and role.isprintable() and role.strip() == role
+
+
 def _required_text(item: Mapping[str, Any], key: str, path: str, problems: list[str]) -> str:
     value = item.get(key)
     if not isinstance(value, str) or not value.strip():
         problems.append(f"{path}: required, a non-empty string")
+        return ""
+    if key != "token" and (len(value.strip()) > 200 or not value.strip().isprintable()):
+        problems.append(f"{path}: at most 200 printable characters")  # what the engine stores as text
         return ""
     return value.strip()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 import attrs
@@ -18,12 +19,26 @@ from quart import request
 
 from gateway.problems import ApiProblem
 from runtime import Problem
+from runtime.arguments import text_problem
+from runtime.limits import MAX_SEQ, MAX_VERSION
 from runtime.model import LOG_LEVELS, ExecutionStatus
 
 DECISIONS = ("approve", "reject")
 STATUSES = tuple(status.value for status in ExecutionStatus)
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
-MAX_VERSION = 2**31 - 1
+#: What counts as blank, spelled out so that this check and the OpenAPI ``pattern`` (an ECMA
+#: regex, whose ``\s`` differs from Python's) agree on every character.
+BLANK_CHARS = "\t\n\v\f\r \x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+NON_BLANK = f"[^{BLANK_CHARS}]"
+_NON_BLANK = re.compile(NON_BLANK)
+#: The OpenAPI patterns of texts: no NUL (no text column of PostgreSQL holds one), and for
+#: required texts at least one character that is not blank.
+TEXT_PATTERN = r"^[^\x00]*$"
+NON_BLANK_TEXT_PATTERN = rf"^[^\x00]*[^\x00{BLANK_CHARS}][^\x00]*$"
+EXECUTION_CURSOR = re.compile(r"[0-9]{1,19}")  # the seq of the last item of the previous page
+RUNBOOK_CURSOR = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # the id of the last runbook
+RESERVED_RUNBOOK_IDS = ("validate",)  # /api/v1/runbooks/validate is an operation, not a runbook
+_NUMBER = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 
 
 class Problems:
@@ -77,13 +92,21 @@ class Fields:
 
     def text(self, name: str, *, required: bool = False, max_length: int = 10_000) -> str | None:
         value: str | None = self.get(name, str, "a string", required=required)
-        if value is not None and len(value) > max_length:
-            self.problems.invalid(name, f"at most {max_length} characters")
+        return None if value is None else text_value(self.problems, name, value, required, max_length)
+
+    def integer(self, name: str, low: int, high: int) -> int | None:
+        """An integer field; ``7.0`` counts (JSON has numbers, and JSON Schema calls 7.0 an integer)."""
+        value = self.data.get(name)
+        if value is None:
             return None
-        if required and value is not None and not value.strip():
-            self.problems.invalid(name, "required (a non-empty string)")
+        if isinstance(value, bool) or not isinstance(value, int | float) or (
+                isinstance(value, float) and not value.is_integer()):
+            self.problems.type_error(name, "must be an integer")
             return None
-        return value
+        if not low <= value <= high:
+            self.problems.invalid(name, f"must be between {low} and {high}")
+            return None
+        return int(value)
 
     def choice(self, name: str, choices: tuple[str, ...], *, required: bool = False) -> str | None:
         value = self.text(name, required=required)
@@ -91,6 +114,21 @@ class Fields:
             self.problems.invalid(name, f"must be one of {', '.join(choices)}, got {value!r}")
             return None
         return value
+
+
+def text_value(problems: Problems, name: str, value: str, required: bool, max_length: int) -> str | None:
+    """The rules of every text a request carries (the stores' rules for text columns)."""
+    if len(value) > max_length:
+        problems.invalid(name, f"at most {max_length} characters")
+        return None
+    problem = text_problem(value, max_length)
+    if problem is not None:
+        problems.invalid(name, problem)
+        return None
+    if required and not _NON_BLANK.search(value):
+        problems.invalid(name, "required (a non-empty string)")
+        return None
+    return value
 
 
 def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -109,13 +147,13 @@ def start_request(body: Any) -> StartRequest:
     problems = Problems()
     fields = Fields(body, problems, ("runbookId", "version", "input", "context"))
     runbook_id = fields.text("runbookId", required=True, max_length=128)
-    version = fields.get("version", int, "an integer")
-    if version is not None and not 1 <= version <= MAX_VERSION:
-        problems.invalid("version", f"must be between 1 and {MAX_VERSION}")
+    version = fields.integer("version", 1, MAX_VERSION)
     context = fields.get("context", dict, "an object") or {}
     for key in ("legalBasis", "reason"):
         if context.get(key) is not None and not isinstance(context[key], str):
             problems.type_error(f"context.{key}", "must be a string")
+        elif context.get(key) is not None:
+            text_value(problems, f"context.{key}", context[key], False, 10_000)
     problems.raise_if_any()
     assert runbook_id is not None
     value = fields.data.get("input")
@@ -171,45 +209,51 @@ def event_request(body: Any) -> EventRequest:
 # ---------------------------------------------------------------------------- query parameters
 
 class Query:
-    """Typed query parameters; problems go to ``problems``."""
+    """Typed query parameters; problems go to ``problems``. A parameter given twice is a type
+    problem (each is declared as one value), never silently the first of them."""
 
     def __init__(self, problems: Problems) -> None:
         self.problems = problems
-        self.args = request.args
+        self.args = _SingleValues(request.args, problems)
 
     def integer(self, name: str, low: int, high: int, default: int | None = None) -> int | None:
+        """An integer parameter: digits, or a number with an integral value (``7.0``, ``1e3``),
+        since the OpenAPI document declares a JSON Schema integer, for which 7.0 is one."""
         raw = self.args.get(name)
-        if raw is None or raw == "":
+        if raw is None:
             return default
-        try:
-            value = int(raw)
-        except ValueError:
+        number = _integral(raw)  # an empty value is no integer either
+        if number is None:
             self.problems.type_error(name, f"must be an integer, got {raw[:50]!r}")
             return default
-        if not low <= value <= high:
-            self.problems.invalid(name, f"must be between {low} and {high}, got {value}")
+        if not low <= number <= high:
+            self.problems.invalid(name, f"must be between {low} and {high}, got {raw[:50]}")
             return default
-        return value
+        return int(number)
 
-    def text(self, name: str, max_length: int = 1024) -> str | None:
+    def text(self, name: str, max_length: int = 1024, pattern: re.Pattern[str] | None = None) -> str | None:
         raw: str | None = self.args.get(name)
         if raw is None or raw == "":
             return None
-        if len(raw) > max_length:
-            self.problems.invalid(name, f"at most {max_length} characters")
+        if text_value(self.problems, name, raw, False, max_length) is None:
+            return None
+        if pattern is not None and not pattern.fullmatch(raw):
+            self.problems.invalid(name, "not a cursor returned by this API" if name == "cursor"
+                                  else f"must match {pattern.pattern}")
             return None
         return raw
 
     def choice(self, name: str, choices: tuple[str, ...]) -> str | None:
-        raw = self.text(name)
+        raw = self.args.get(name)
         if raw is not None and raw not in choices:
             self.problems.invalid(name, f"must be one of {', '.join(choices)}, got {raw[:50]!r}")
             return None
         return raw
 
     def boolean(self, name: str) -> bool:
-        raw = (self.args.get(name) or "").lower()
-        if raw in ("", "false", "0"):
+        given = self.args.get(name)
+        raw = "false" if given is None else given.lower()
+        if raw in ("false", "0"):
             return False
         if raw in ("true", "1"):
             return True
@@ -223,11 +267,11 @@ class PageQuery:
     cursor: str | None
 
 
-def page_query(problems: Problems, default_limit: int = 50) -> PageQuery:
+def page_query(problems: Problems, default_limit: int = 50, cursor: re.Pattern[str] = EXECUTION_CURSOR) -> PageQuery:
     query = Query(problems)
     limit = query.integer("limit", 1, 1000, default_limit)
     assert limit is not None
-    return PageQuery(limit, query.text("cursor", 256))
+    return PageQuery(limit, query.text("cursor", 256, cursor))
 
 
 @attrs.frozen
@@ -260,7 +304,7 @@ def logs_query() -> LogsQuery:
     result = LogsQuery(
         step_id=query.text("stepId", 128),
         level=query.choice("level", LOG_LEVELS),
-        after=query.integer("after", 0, 2**63 - 1),
+        after=query.integer("after", 0, MAX_SEQ),
         limit=query.integer("limit", 1, 1000, 1000) or 1000,
     )
     problems.raise_if_any()
@@ -283,7 +327,7 @@ def approvals_query() -> PageQuery:
 
 def runbooks_page_query() -> PageQuery:
     problems = Problems()
-    page = page_query(problems, default_limit=100)
+    page = page_query(problems, default_limit=100, cursor=RUNBOOK_CURSOR)
     problems.raise_if_any()
     return page
 
@@ -298,3 +342,28 @@ def start_flags() -> tuple[bool, str | None]:
         key = None
     problems.raise_if_any()
     return force, key
+
+
+def _integral(raw: str) -> Decimal | None:
+    """The value of a query number if it is an integer (``7``, ``7.0``, ``7e2``), else None."""
+    if len(raw) > 64 or not _NUMBER.fullmatch(raw):
+        return None
+    number = Decimal(raw)
+    if abs(number.adjusted()) > 40:  # far outside every bound: no need to make it exact
+        return number if number.adjusted() > 0 else None
+    return number if number == number.to_integral_value() else None
+
+
+class _SingleValues:
+    """``args.get(name)``, refusing a name that appears more than once."""
+
+    def __init__(self, args: Any, problems: Problems) -> None:
+        self._args = args
+        self._problems = problems
+
+    def get(self, name: str) -> str | None:
+        values = self._args.getlist(name)
+        if len(values) > 1:
+            self._problems.type_error(name, f"given {len(values)} times; at most once")
+            return None
+        return values[0] if values else None

@@ -5,6 +5,19 @@
 then follows a runtime through ``runtime.observers`` (executions started and finished,
 steps by type and outcome, step durations) and reads its open executions at scrape time.
 Observers run inside the engine's actors, so they never raise.
+
+The execution counters add up: ``started`` counts each time this process begins running an
+execution, so that ``started = finished + open`` at any moment:
+
+- a new execution (``execution.started``);
+- a finished execution re-opened by a step retry (``execution.retried``; also counted in
+  ``retried``): it will finish again, and each finish is counted;
+- an unfinished execution this process resumes: recovered from the store at start-up
+  (counted when the metrics attach) or taken over from another process
+  (``execution.taken_over``); also counted in ``resumed``.
+
+The one exception: with PostgreSQL leases, an execution another process takes away from
+this one stops here without finishing.
 """
 
 from __future__ import annotations
@@ -30,9 +43,18 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.executions_started = Counter("runbooks_executions_started", "Executions started.", registry=r)
+        self.executions_started = Counter(
+            "runbooks_executions_started",
+            "Executions this process began running: new, re-opened by a step retry, or resumed.", registry=r)
+        self.executions_retried = Counter(
+            "runbooks_executions_retried", "Finished executions re-opened by a step retry (also in started).",
+            registry=r)
+        self.executions_resumed = Counter(
+            "runbooks_executions_resumed",
+            "Unfinished executions resumed here: recovered at start-up or taken over (also in started).", registry=r)
         self.executions_finished = Counter(
-            "runbooks_executions_finished", "Executions finished, by final status.", ["status"], registry=r)
+            "runbooks_executions_finished", "Executions that reached a final status (each time), by status.",
+            ["status"], registry=r)
         self.steps_finished = Counter(
             "runbooks_steps_finished", "Steps finished, by step type and outcome (final step status).",
             ["type", "outcome"], registry=r)
@@ -69,6 +91,9 @@ class GatewayMetrics:
         runtime.observers.append(self.on_runtime_event)
         self.open_executions.set_function(lambda: runtime.open_executions)
         self.waiting_for_owner.set_function(lambda: runtime.waiting_for_owner)
+        recovered = runtime.open_executions  # running since start-up, before anyone counted
+        self.executions_started.inc(recovered)
+        self.executions_resumed.inc(recovered)
 
     def on_runtime_event(self, what: str, data: Any) -> None:
         try:
@@ -79,6 +104,12 @@ class GatewayMetrics:
     def _record(self, what: str, data: Any) -> None:
         if what == "execution.started":
             self.executions_started.inc()
+        elif what == "execution.retried":
+            self.executions_started.inc()
+            self.executions_retried.inc()
+        elif what == "execution.taken_over":
+            self.executions_started.inc()
+            self.executions_resumed.inc()
         elif what == "execution.finished" and isinstance(data, Execution):
             self.executions_finished.labels(data.status.value).inc()
         elif what == "step.finished":

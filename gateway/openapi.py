@@ -26,7 +26,8 @@ _DEV_HEADERS = (
 _PROBLEM_DESCRIPTIONS = {
     400: "The request cannot be read (malformed JSON, not UTF-8, too deep, wrong types).",
     401: "Missing or invalid bearer token.",
-    403: "The caller may not do this (not an approver of the step).",
+    403: "The caller's roles do not allow this operation (x-required-role), or the caller is not an approver "
+         "of the step.",
     404: "No such resource for this tenant.",
     409: "The state of the execution does not allow this; nothing changed.",
     413: "The body (or runbook document) is larger than 1 MiB.",
@@ -71,6 +72,11 @@ def _operation(route: Route, development_mode: bool) -> dict[str, Any]:
         "parameters": [_path_param(name) for name in route.path_params] + [_param(p) for p in route.params],
         "responses": _responses(route),
     }
+    if route.role is not None:
+        operation["x-required-role"] = route.role
+        operation["description"] = (f"Needs the role '{route.role}' (or admin; development mode: any caller)."
+                                    if route.role != "viewer" else
+                                    "Needs the role viewer, operator, author or admin (development mode: any caller).")
     if route.api:
         if development_mode:
             operation["parameters"] += [_param(p) for p in _DEV_HEADERS]

@@ -14,19 +14,39 @@ from typing import Any
 
 import attrs
 from quart import Response
+from werkzeug.routing import BaseConverter
 
 from gateway import routes_approvals as approvals
 from gateway import routes_executions as ex
 from gateway import routes_runbooks as rb
 from gateway import routes_system as system
 from gateway import routes_triggers as triggers
+from gateway.inputs import (
+    EXECUTION_CURSOR,
+    MAX_VERSION,
+    RESERVED_RUNBOOK_IDS,
+    RUNBOOK_CURSOR,
+    STATUSES,
+    TEXT_PATTERN,
+)
 from gateway.inputs import IDEMPOTENCY_KEY as KEY_PATTERN
-from gateway.inputs import MAX_VERSION, STATUSES
+from gateway.roles import AUTHOR, OPERATOR, VIEWER
+from runtime.limits import MAX_SEQ
 from runtime.model import LOG_LEVELS
 from runtime.wire import camel
 
 View = Callable[..., Awaitable[Response]]
 JSON = "application/json"
+
+
+class RunbookIdConverter(BaseConverter):
+    """A runbook id in a path, never ``validate``: ``GET /api/v1/runbooks/validate`` is then
+    405 (only POST is allowed there), not a lookup of a runbook of that name."""
+
+    regex = "(?!" + "|".join(f"{word}$" for word in RESERVED_RUNBOOK_IDS) + ")[^/]+"
+
+
+CONVERTERS: dict[str, type[BaseConverter]] = {"runbook": RunbookIdConverter}
 _RULE_VARIABLE = re.compile(r"<(?:[a-z]+:)?([A-Za-z_][A-Za-z0-9_]*)>")
 
 
@@ -63,6 +83,7 @@ class Route:
     body_required: bool = True
     yaml_body: bool = False
     problems: tuple[int, ...] = ()
+    role: str | None = VIEWER  # the role the caller needs (gateway.roles); None: anyone who may call
 
     @property
     def api(self) -> bool:
@@ -80,6 +101,8 @@ class Route:
         statuses = set(self.problems) | {500}
         if self.api:
             statuses |= {400, 401}
+        if self.role is not None:
+            statuses.add(403)
         if self.path_params:
             statuses.add(404)
         if self.body is not None:
@@ -95,10 +118,13 @@ def openapi_path(rule: str) -> str:
 LIMIT = Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000},
               "Page size, 1 to 1000 (default 50).")
 RUNBOOKS_LIMIT = attrs.evolve(LIMIT, description="Page size, 1 to 1000 (default 100).")
-CURSOR = Param("cursor", "query", {"type": "string", "maxLength": 256},
-               "The nextCursor of the previous page.")
+CURSOR = Param("cursor", "query", {"type": "string", "pattern": f"^({EXECUTION_CURSOR.pattern})?$"},
+               "The nextCursor of the previous page (empty: the first page).")
+RUNBOOKS_CURSOR = Param("cursor", "query", {"type": "string", "pattern": f"^({RUNBOOK_CURSOR.pattern})?$"},
+                        "The nextCursor of the previous page (empty: the first page).")
 STATUS = Param("status", "query", {"type": "string", "enum": list(STATUSES)}, "Only executions in this status.")
-RUNBOOK_FILTER = Param("runbookId", "query", {"type": "string", "maxLength": 128}, "Only executions of this runbook.")
+RUNBOOK_FILTER = Param("runbookId", "query", {"type": "string", "maxLength": 128, "pattern": TEXT_PATTERN},
+                       "Only executions of this runbook.")
 VERSION = Param("version", "query", {"type": "integer", "minimum": 1, "maximum": MAX_VERSION},
                 "A version of the runbook (default: the latest).")
 FORCE = Param("force", "query", {"type": "boolean"},
@@ -107,9 +133,9 @@ IDEMPOTENCY_KEY = Param("Idempotency-Key", "header",
                         {"type": "string", "minLength": 1, "maxLength": 255, "pattern": f"^{KEY_PATTERN.pattern}$"},
                         "Returns the execution started with this key; the same key with another input is 422.")
 LOG_PARAMS = (
-    Param("stepId", "query", {"type": "string", "maxLength": 128}, "Only entries of this step."),
+    Param("stepId", "query", {"type": "string", "maxLength": 128, "pattern": TEXT_PATTERN}, "Only entries of this step."),
     Param("level", "query", {"type": "string", "enum": list(LOG_LEVELS)}, "Minimum level."),
-    Param("after", "query", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+    Param("after", "query", {"type": "integer", "minimum": 0, "maximum": MAX_SEQ},
           "Only entries after this seq (the nextCursor of the previous page)."),
     Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000}, "At most this many entries (default 1000)."),
 )
@@ -122,28 +148,28 @@ _EXECUTION_CREATED = Answer("The new execution.", "Execution", headers=("Locatio
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/health", system.health, "health", "Liveness", "system",
-          {200: Answer("Always ok while the process serves.", "Health")}),
+          {200: Answer("Always ok while the process serves.", "Health")}, role=None),
     Route("GET", "/health/live", system.health, "healthLive", "Liveness", "system",
-          {200: Answer("Always ok while the process serves.", "Health")}),
+          {200: Answer("Always ok while the process serves.", "Health")}, role=None),
     Route("GET", "/health/ready", system.ready, "healthReady", "Readiness: the store answers and commits succeed",
-          "system", {200: Answer("Ready.", "Health")}, problems=(503,)),
+          "system", {200: Answer("Ready.", "Health")}, problems=(503,), role=None),
     Route("GET", "/metrics", system.metrics, "metrics", "Prometheus metrics", "system",
-          {200: Answer("Prometheus text format.", "Text", "text/plain")}),
+          {200: Answer("Prometheus text format.", "Text", "text/plain")}, role=None),
     Route("GET", "/api/v1/openapi.json", system.openapi, "openapi", "This document", "system",
-          {200: Answer("The OpenAPI 3.1 description of this API.", "OpenApi")}),
+          {200: Answer("The OpenAPI 3.1 description of this API.", "OpenApi")}, role=None),
     # ------------------------------------------------------------------ runbooks
     Route("POST", "/api/v1/runbooks", rb.register_runbook, "registerRunbook",
           "Register a runbook (a new version if the id exists) for the caller's tenant", "runbooks",
           {201: Answer("Registered.", "Registered", headers=("Location",))},
-          body="RunbookDocument", yaml_body=True, problems=(422,)),
+          body="RunbookDocument", yaml_body=True, problems=(422,), role=AUTHOR),
     Route("GET", "/api/v1/runbooks", rb.list_runbooks, "listRunbooks",
           "The latest version of every runbook the tenant sees (its own and the shared ones), by id",
-          "runbooks", {200: Answer("A page of runbooks.", "RunbookPage")}, params=(RUNBOOKS_LIMIT, CURSOR),
+          "runbooks", {200: Answer("A page of runbooks.", "RunbookPage")}, params=(RUNBOOKS_LIMIT, RUNBOOKS_CURSOR),
           problems=(422,)),
     Route("POST", "/api/v1/runbooks/validate", rb.validate_runbook, "validateRunbook",
           "Validate a runbook document; registers nothing", "runbooks",
-          {200: Answer("The validation report.", "ValidationReport")}, body="RunbookDocument", yaml_body=True),
-    Route("GET", "/api/v1/runbooks/<runbook_id>", rb.get_runbook, "getRunbook", "A runbook (latest or ?version=)",
+          {200: Answer("The validation report.", "ValidationReport")}, body="AnyDocument", yaml_body=True),
+    Route("GET", "/api/v1/runbooks/<runbook:runbook_id>", rb.get_runbook, "getRunbook", "A runbook (latest or ?version=)",
           "runbooks", {200: Answer("The runbook and its document.", "Runbook")}, params=(VERSION,), problems=(422,)),
     Route("GET", "/api/v1/runbooks/<runbook_id>/executions", rb.list_runbook_executions, "listRunbookExecutions",
           "Executions of a runbook, newest first", "runbooks",
@@ -152,7 +178,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/v1/executions", ex.start_execution, "startExecution", "Start an execution", "executions",
           {201: _EXECUTION_CREATED, 200: Answer("An identical execution (or one with this Idempotency-Key) "
                                                 "already exists: that one.", "Execution")},
-          params=(FORCE, IDEMPOTENCY_KEY), body="StartExecution", problems=(404, 422)),
+          params=(FORCE, IDEMPOTENCY_KEY), body="StartExecution", problems=(404, 422), role=OPERATOR),
     Route("GET", "/api/v1/executions", ex.list_executions, "listExecutions", "Executions, newest first",
           "executions", {200: Answer("A page of executions.", "ExecutionPage")},
           params=(RUNBOOK_FILTER, STATUS, LIMIT, CURSOR), problems=(422,)),
@@ -160,22 +186,22 @@ ROUTES: tuple[Route, ...] = (
           "An execution with its steps", "executions", {200: _EXECUTION}),
     Route("POST", "/api/v1/executions/<execution_id>/pause", ex.pause_execution, "pauseExecution",
           "Pause: no new step starts; steps in flight finish", "control", _CONTROLLED,
-          body="ControlRequest", body_required=False, problems=(409, 422)),
+          body="ControlRequest", body_required=False, problems=(409, 422), role=OPERATOR),
     Route("POST", "/api/v1/executions/<execution_id>/resume", ex.resume_execution, "resumeExecution",
           "Resume a paused execution", "control", _CONTROLLED,
-          body="ControlRequest", body_required=False, problems=(409, 422)),
+          body="ControlRequest", body_required=False, problems=(409, 422), role=OPERATOR),
     Route("POST", "/api/v1/executions/<execution_id>/cancel", ex.cancel_execution, "cancelExecution",
           "Cancel: every step in flight is cancelled at once (reason required)", "control", _CONTROLLED,
-          body="CancelRequest", problems=(409, 422)),
+          body="CancelRequest", problems=(409, 422), role=OPERATOR),
     Route("POST", "/api/v1/executions/<execution_id>/steps/<step_id>/retry", ex.retry_step, "retryStep",
           "Retry a failed or rejected step of a failed execution", "control", _CONTROLLED,
-          body="ControlRequest", body_required=False, problems=(409, 422)),
+          body="ControlRequest", body_required=False, problems=(409, 422), role=OPERATOR),
     Route("POST", "/api/v1/executions/<execution_id>/replay", ex.replay_execution, "replayExecution",
           "A new execution of the same runbook version with the same input and context", "control",
-          {201: _EXECUTION_CREATED}, body="ControlRequest", body_required=False, problems=(422,)),
+          {201: _EXECUTION_CREATED}, body="ControlRequest", body_required=False, problems=(422,), role=OPERATOR),
     Route("POST", "/api/v1/executions/<execution_id>/steps/<step_id>/approvals", ex.submit_approval,
           "submitApproval", "Approve or reject an approval step as the calling user", "control", _CONTROLLED,
-          body="ApprovalRequest", problems=(403, 409, 422)),
+          body="ApprovalRequest", problems=(403, 409, 422), role=None),  # the step's approvers decide
     Route("GET", "/api/v1/approvals", approvals.list_approvals, "listApprovals",
           "Approval steps waiting for the calling user's decision, across the tenant's executions", "control",
           {200: Answer("A page of pending approvals (newest execution first).", "PendingApprovalPage")},
@@ -190,23 +216,23 @@ ROUTES: tuple[Route, ...] = (
           "Audit entries, oldest first", "records", {200: Answer("Every audit entry.", "AuditPage")}),
     Route("GET", "/api/v1/executions/<execution_id>/stream", ex.stream_execution, "streamExecution",
           "Server-sent events: one 'execution' event per committed state, until the execution finishes",
-          "records", {200: Answer("text/event-stream of 'execution' events.", "Text", "text/event-stream")},
+          "records", {200: Answer("text/event-stream of 'execution' events.", "ExecutionEvent", "text/event-stream")},
           problems=(503,)),
     Route("POST", "/api/v1/events", ex.publish_event, "publishEvent",
           "Publish an event to the steps of the caller's tenant waiting on it (or retain it)", "events",
           {202: Answer("Delivered to n waiting steps, or retained for a later one.", "PublishResult")},
-          body="EventRequest", problems=(422, 429)),
+          body="EventRequest", problems=(422, 429), role=OPERATOR),
     # ------------------------------------------------------------------ triggers
     Route("GET", "/api/v1/triggers", triggers.list_triggers, "listTriggers",
           "The triggers (schedules, event rules) of the latest version of every runbook the tenant sees",
           "triggers", {200: Answer("Every trigger, by runbook and id.", "TriggerPage")}),
     Route("POST", "/api/v1/runbooks/<runbook_id>/triggers/<trigger_id>/enable", triggers.enable_trigger,
           "enableTrigger", "Switch a trigger on (audited)", "triggers", {200: Answer("The trigger.", "Trigger")},
-          body="ControlRequest", body_required=False, problems=(409, 422)),
+          body="ControlRequest", body_required=False, problems=(409, 422), role=OPERATOR),
     Route("POST", "/api/v1/runbooks/<runbook_id>/triggers/<trigger_id>/disable", triggers.disable_trigger,
           "disableTrigger", "Switch a trigger off: it starts nothing until enabled (audited)", "triggers",
           {200: Answer("The trigger.", "Trigger")}, body="ControlRequest", body_required=False,
-          problems=(409, 422)),
+          problems=(409, 422), role=OPERATOR),
     Route("GET", "/api/v1/runbooks/<runbook_id>/triggers/<trigger_id>/audit", triggers.trigger_audit,
           "triggerAudit", "Who switched the trigger on or off, oldest first", "triggers",
           {200: Answer("Every audit entry of the trigger.", "AuditPage")}),

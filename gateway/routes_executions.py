@@ -21,7 +21,7 @@ from gateway.shapes import (
     page_json,
     publish_json,
 )
-from gateway.sse import HEADERS
+from gateway.sse import HEADERS, last_event_id
 from gateway.state import state
 from runtime import Execution
 
@@ -99,7 +99,7 @@ async def submit_approval(execution_id: str, step_id: str) -> Response:
     identity = current_identity()
     execution = await state().runtime.submit_approval(
         execution_id, step_id, approver=identity.user, decision=decision.decision, comment=decision.comment,
-        tenant_id=identity.tenant)
+        tenant_id=identity.tenant, roles=identity.approver_roles())
     return _execution(execution)
 
 
@@ -137,7 +137,8 @@ async def stream_execution(execution_id: str) -> Response:
     try:
         if nursery is None:
             raise RuntimeError("no lifespan nursery")
-        body = gateway.streams.open(nursery, gateway.runtime, execution_id, tenant)
+        body = gateway.streams.open(nursery, gateway.runtime, execution_id, tenant,
+                                    last_event_id(request.headers.get("Last-Event-ID")))
     except RuntimeError:  # no ASGI lifespan (or it has ended): nowhere to run the stream
         raise ApiProblem(503, "streams are not available (the server is shutting down, or runs "
                               "without the ASGI lifespan)") from None

@@ -11,6 +11,8 @@ from quart import Response
 
 from gateway import bodies, inputs
 from gateway.auth import current_identity
+from gateway.inputs import RESERVED_RUNBOOK_IDS
+from gateway.problems import ApiProblem
 from gateway.shapes import (
     execution_json,
     json_response,
@@ -19,10 +21,15 @@ from gateway.shapes import (
     runbook_summary_json,
 )
 from gateway.state import state
+from runtime import Problem
 
 
 async def register_runbook() -> Response:
     document = await bodies.document_body()
+    if document.get("id") in RESERVED_RUNBOOK_IDS:
+        raise ApiProblem(422, f"the runbook id {document['id']!r} is reserved by this API",
+                         [Problem("id", f"'{document['id']}' is reserved: GET /api/v1/runbooks/{document['id']} "
+                                        "is another operation")])
     runbook = await state().runtime.register_runbook(document, tenant_id=current_identity().tenant)
     location = f"/api/v1/runbooks/{runbook.id}?version={runbook.version}"
     return json_response({"id": runbook.id, "version": runbook.version}, 201, {"Location": location})

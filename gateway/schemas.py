@@ -5,9 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.bodies import MAX_DEPTH
-from gateway.inputs import DECISIONS, MAX_VERSION, STATUSES
+from gateway.inputs import (
+    DECISIONS,
+    MAX_VERSION,
+    NON_BLANK_TEXT_PATTERN,
+    RESERVED_RUNBOOK_IDS,
+    STATUSES,
+    TEXT_PATTERN,
+)
 from runtime import StepStatus
+from runtime.limits import (
+    MAX_BACKOFF_MULTIPLIER,
+    MAX_CONCURRENCY,
+    MAX_DURATION_MS,
+    MAX_RETRIES,
+    MIN_BACKOFF_MULTIPLIER,
+)
 from runtime.model import LOG_LEVELS
+from runtime.validate import ID_PATTERN, MAX_STEPS, RESERVED_IDS
 
 Schema = dict[str, Any]
 
@@ -15,7 +30,6 @@ ANY: Schema = {}
 TIME: Schema = {"type": "string", "format": "date-time"}
 TIME_OR_NULL: Schema = {"type": ["string", "null"], "format": "date-time"}
 TEXT_OR_NULL: Schema = {"type": ["string", "null"]}
-NON_BLANK = r"\S"
 
 
 def ref(name: str) -> Schema:
@@ -92,6 +106,48 @@ _RUNBOOK_SUMMARY_PROPS: dict[str, Schema] = {
     "stepCount": {"type": "integer", "minimum": 1},
 }
 
+_ID: Schema = {"type": "string", "pattern": f"^{ID_PATTERN.pattern}$"}
+_DURATION: Schema = {"type": "integer", "minimum": 1, "maximum": MAX_DURATION_MS}
+_DELAY: Schema = {"type": "integer", "minimum": 0, "maximum": MAX_DURATION_MS}
+_RETRY_POLICY = obj({
+    "maxRetries": {"type": "integer", "minimum": 0, "maximum": MAX_RETRIES},
+    "initialDelayMs": _DELAY,
+    "backoffMultiplier": {"type": "number", "minimum": MIN_BACKOFF_MULTIPLIER, "maximum": MAX_BACKOFF_MULTIPLIER},
+    "maxDelayMs": _DELAY,
+    "jitter": {"type": "boolean"},
+}, closed=True)
+_STEP = obj({
+    "id": {**_ID, "not": {"enum": sorted(RESERVED_IDS)}},
+    "type": {"type": "string", "minLength": 1},
+    "name": {"type": "string"},
+    "description": {"type": "string"},
+    "dependsOn": {"type": "array", "items": {"type": "string"}},
+    "when": {"type": "object"},
+    "config": {"type": "object"},
+    "approvalConfig": {"type": "object"},
+    "retryPolicy": _RETRY_POLICY,
+    "timeoutMs": _DURATION,
+    "continueOnError": {"type": "boolean"},
+}, ("id", "type"), closed=True)
+_RUNBOOK_DOCUMENT = obj({
+    "id": {**_ID, "not": {"enum": list(RESERVED_RUNBOOK_IDS)}},
+    "name": {"type": "string"},
+    "description": {"type": "string"},
+    "timeoutMs": _DURATION,
+    "maxConcurrentSteps": {"type": "integer", "minimum": 1, "maximum": MAX_CONCURRENCY},
+    "inputSchema": {"type": "object"},
+    "requireLegalBasis": {"type": "boolean"},
+    "output": ANY,
+    "steps": {"type": "array", "minItems": 1, "maxItems": MAX_STEPS, "items": _STEP},
+    "version": ANY,
+    "tags": ANY,
+    "metadata": ANY,
+}, ("id", "steps"), closed=True, description=(
+    f"A runbook document, as JSON or YAML, at most 1 MiB and {MAX_DEPTH} levels deep. This schema is "
+    "its structure; the engine also checks what a schema cannot say (unique step ids, known "
+    "dependencies and no cycles, known step types and their config, templates, conditions) and "
+    "answers 422 listing every problem."))
+
 SCHEMAS: dict[str, Schema] = {
     "Problem": obj({
         "type": {"type": "string"},
@@ -110,12 +166,13 @@ SCHEMAS: dict[str, Schema] = {
                   description="The process that runs the execution did not answer within FORWARD_WAIT_MS: "
                               "the command stays queued and is applied first by whoever runs it next."),
     "Text": {"type": "string"},
+    "ExecutionEvent": obj({"event": {"type": "string", "const": "execution"},
+                           "data": {"type": "string", "description": "the execution, as JSON"},
+                           "id": {"type": "string", "description": "its version (for Last-Event-ID)"}},
+                          ("event", "data"), description="One server-sent event per committed state."),
     "OpenApi": {"type": "object"},
-    "RunbookDocument": {
-        "type": "object",
-        "description": f"A runbook document, as JSON or YAML, at most 1 MiB and "
-                       f"{MAX_DEPTH} levels deep.",
-    },
+    "RunbookDocument": _RUNBOOK_DOCUMENT,
+    "AnyDocument": {"type": "object", "description": "Any document to check as a runbook (JSON or YAML)."},
     "Registered": obj({"id": {"type": "string"}, "version": {"type": "integer", "minimum": 1}}, ("id", "version")),
     "ValidationReport": obj({"valid": {"type": "boolean"}, "errors": {"type": "array", "items": _PROBLEM_ITEM}},
                             ("valid", "errors")),
@@ -131,21 +188,22 @@ SCHEMAS: dict[str, Schema] = {
     "Execution": _EXECUTION,
     "ExecutionPage": page("Execution"),
     "StartExecution": obj({
-        "runbookId": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": NON_BLANK},
+        "runbookId": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": NON_BLANK_TEXT_PATTERN},
         "version": {"type": "integer", "minimum": 1, "maximum": MAX_VERSION},
         "input": {**ANY, "description": "The execution's input (default {})."},
-        "context": obj({"legalBasis": {"type": "string"}, "reason": {"type": "string"}},
+        "context": obj({"legalBasis": {"type": "string", "maxLength": 10000, "pattern": TEXT_PATTERN},
+                        "reason": {"type": "string", "maxLength": 10000, "pattern": TEXT_PATTERN}},
                        description="Free context; tenantId and userId are set from the caller's identity."),
     }, ("runbookId",), closed=True),
-    "ControlRequest": obj({"reason": {"type": "string", "maxLength": 10000}}, closed=True),
-    "CancelRequest": obj({"reason": {"type": "string", "minLength": 1, "maxLength": 10000, "pattern": NON_BLANK}},
-                         ("reason",), closed=True),
+    "ControlRequest": obj({"reason": {"type": "string", "maxLength": 10000, "pattern": TEXT_PATTERN}}, closed=True),
+    "CancelRequest": obj({"reason": {"type": "string", "minLength": 1, "maxLength": 10000,
+                                     "pattern": NON_BLANK_TEXT_PATTERN}}, ("reason",), closed=True),
     "ApprovalRequest": obj({"decision": {"type": "string", "enum": list(DECISIONS)},
-                            "comment": {"type": ["string", "null"], "maxLength": 10000}},
+                            "comment": {"type": ["string", "null"], "maxLength": 10000, "pattern": TEXT_PATTERN}},
                            ("decision",), closed=True),
     "EventRequest": obj({
-        "type": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": NON_BLANK},
-        "correlationKey": {"type": "string", "minLength": 1, "maxLength": 1024, "pattern": NON_BLANK},
+        "type": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": NON_BLANK_TEXT_PATTERN},
+        "correlationKey": {"type": "string", "minLength": 1, "maxLength": 1024, "pattern": NON_BLANK_TEXT_PATTERN},
         "payload": ANY,
     }, ("type", "correlationKey"), closed=True),
     "PublishResult": obj({"delivered": {"type": "integer", "minimum": 0}, "retained": {"type": "boolean"}},

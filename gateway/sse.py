@@ -48,8 +48,10 @@ class Streams:
         for scope in list(self._pumps):
             scope.cancel()
 
-    def open(self, nursery: trio.Nursery, runtime: Runtime, execution_id: str, tenant_id: str) -> AsyncIterator[bytes]:
-        """Start the pump in ``nursery``; return the body to stream (raises RuntimeError if closing)."""
+    def open(self, nursery: trio.Nursery, runtime: Runtime, execution_id: str, tenant_id: str,
+             seen: int = 0) -> AsyncIterator[bytes]:
+        """Start the pump in ``nursery``; return the body to stream (raises RuntimeError if closing).
+        ``seen``: the ``Last-Event-ID`` of a client that resumes: states up to it are not sent again."""
         if self.closing:
             raise RuntimeError("the gateway is shutting down")
         send, receive = trio.open_memory_channel[Execution](BUFFER)
@@ -57,7 +59,7 @@ class Streams:
         nursery.start_soon(self._pump, runtime, execution_id, tenant_id, send, scope,
                            name=f"sse {execution_id}")
         self._pumps.add(scope)  # after start_soon: a closed nursery raises and nothing is left behind
-        return self._body(receive, scope, runtime, execution_id, tenant_id)
+        return self._body(receive, scope, runtime, execution_id, tenant_id, seen)
 
     async def _pump(self, runtime: Runtime, execution_id: str, tenant_id: str,
                     send: trio.MemorySendChannel[Execution], scope: trio.CancelScope) -> None:
@@ -73,7 +75,7 @@ class Streams:
             self._pumps.discard(scope)
 
     async def _body(self, receive: trio.MemoryReceiveChannel[Execution], scope: trio.CancelScope,
-                    runtime: Runtime, execution_id: str, tenant_id: str) -> AsyncIterator[bytes]:
+                    runtime: Runtime, execution_id: str, tenant_id: str, seen: int) -> AsyncIterator[bytes]:
         last: Execution | None = None
         try:
             with receive:
@@ -85,7 +87,8 @@ class Streams:
                         yield b": keep-alive\n\n"
                         continue
                     last = execution
-                    yield frame(execution)
+                    if execution.version > seen:
+                        yield frame(execution)
             if last is not None and not last.status.finished and not self.closing:
                 latest = await _latest(runtime, execution_id, tenant_id)
                 if latest is not None and latest.status.finished:  # dropped before the end: send the end
@@ -112,5 +115,12 @@ async def _latest(runtime: Runtime, execution_id: str, tenant_id: str) -> Execut
 
 
 def frame(execution: Execution) -> bytes:
+    """One event; its id is the execution's version, so ``Last-Event-ID`` resumes after it."""
     data = json.dumps(execution_json(execution), ensure_ascii=False, separators=(",", ":"))
-    return f"event: execution\ndata: {data}\n\n".encode()
+    return f"id: {execution.version}\nevent: execution\ndata: {data}\n\n".encode()
+
+
+def last_event_id(header: str | None) -> int:
+    """The version a resuming client has seen (0: none, or a header that is not ours)."""
+    text = (header or "").strip()
+    return int(text) if text.isdigit() and len(text) < 19 else 0

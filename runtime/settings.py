@@ -1,4 +1,8 @@
-"""Engine settings (the part of the configuration the engine reads), frozen, with defaults."""
+"""Engine settings (the part of the configuration the engine reads), frozen, with defaults.
+
+``call_service_allowed_hosts`` (``CALL_SERVICE_ALLOWED_HOSTS``, parsed once with
+``HostAllowlist.parse``): None allows any host; see ``runtime.steps.outbound``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from collections.abc import Mapping
 import attrs
 
 from runtime.model import RetryPolicy
+from runtime.steps.outbound import HostAllowlist
 
 
 @attrs.frozen
@@ -25,6 +30,7 @@ class Settings:
     public_url: str | None = None  # PUBLIC_URL: the console's address, for links in notifications
     max_retained_events_per_tenant: int = 10_000  # events no step took yet, kept for a later waiter
     shutdown_timeout_ms: int = 5_000  # leaving open_runtime: flush + leases, while the store is down
+    call_service_allowed_hosts: HostAllowlist | None = None
 
     @property
     def default_retry_policy(self) -> RetryPolicy:

@@ -20,6 +20,7 @@ import trio
 from runtime import tracing
 from runtime.core.messages import AttemptRetrying, AttemptStarted, StepFinished
 from runtime.errors import StepFailed
+from runtime.jsonsafe import clean_text, first_problem
 from runtime.model import RetryPolicy, StepError
 from runtime.steps.base import TaskRun
 from runtime.steps.context import Executor, StepContext
@@ -44,7 +45,8 @@ class AttemptReports(Protocol):
 
 def backoff_s(policy: RetryPolicy, failed_attempt: int, retry_after_s: float | None = None) -> float:
     """The delay after the ``failed_attempt``-th attempt failed (1-based), in seconds."""
-    delay_ms = policy.initial_delay_ms * policy.backoff_multiplier ** (failed_attempt - 1)
+    # the exponent is capped: attempts count across retry_step, and a float power overflows
+    delay_ms = policy.initial_delay_ms * policy.backoff_multiplier ** min(failed_attempt - 1, 64)
     delay_ms = min(delay_ms, policy.max_delay_ms)
     if policy.jitter:
         delay_ms *= random.uniform(0.5, 1.0)
@@ -66,17 +68,28 @@ async def run_attempt(executor: Executor, ctx: StepContext, timeout_ms: int | No
 async def _attempt(executor: Executor, ctx: StepContext, timeout_ms: int | None) -> tuple[Outcome, float | None]:
     try:
         if not timeout_ms:  # no deadline: no cancel scope to enter and leave (the hot path)
-            return Outcome(output=await executor(ctx)), None
+            return json_outcome(await executor(ctx)), None
         with trio.fail_after(timeout_ms / 1000):
-            return Outcome(output=await executor(ctx)), None
+            return json_outcome(await executor(ctx)), None
     except trio.TooSlowError:
         return Outcome(error=StepError("timeout", f"attempt {ctx.attempt} timed out after {timeout_ms} ms", True)), None
     except StepFailed as exc:
-        return Outcome(error=StepError(exc.error_code, exc.message, exc.retryable)), exc.retry_after_s
+        return Outcome(error=StepError(clean_text(exc.error_code), clean_text(exc.message), exc.retryable)), \
+            exc.retry_after_s
     except TemplateError as exc:
-        return Outcome(error=StepError("template", str(exc), False)), None
+        return Outcome(error=StepError("template", clean_text(str(exc)), False)), None
     except Exception as exc:  # an executor bug fails the attempt, never the process
-        return Outcome(error=StepError("executor", f"{type(exc).__name__}: {exc}", True)), None
+        return Outcome(error=StepError("executor", clean_text(f"{type(exc).__name__}: {exc}"), True)), None
+
+
+def json_outcome(output: Any) -> Outcome:
+    """An executor's return value as the outcome: a value JSON cannot hold (a set, a datetime,
+    NaN, a lone surrogate...) fails the step, not retried, before it reaches the store."""
+    problem = first_problem(output, "output")
+    if problem is None:
+        return Outcome(output=output)
+    return Outcome(error=StepError("output_not_json", f"the step's output cannot be stored as JSON: "
+                                                      f"{problem.path}: {problem.message}", False))
 
 
 async def run_attempts(executor: Executor, make_context: MakeContext, policy: RetryPolicy,

@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
 import attrs
 import httpx
-import jsonschema
 import trio
 
 from actors import ActorGone, Address, Reply, open_mailbox, open_supervisor
-from runtime import commands, outage, retained, shutdown
+from runtime import arguments, commands, outage, retained, shutdown
 from runtime.approvals import ApprovalPage, pending_for, rendered_config
 from runtime.catalog import Catalog
 from runtime.children import Children
@@ -35,6 +34,7 @@ from runtime.directory import Directory
 from runtime.errors import Conflict, NotFound, Problem, StoreUnavailable, ValidationError
 from runtime.events import EventRouter, PublishResult
 from runtime.host import ExecutionHost
+from runtime.input_schema import input_problems
 from runtime.model import AuditEntry, Evidence, Execution, ExecutionStatus, LogEntry, Runbook
 from runtime.notify import Notifier
 from runtime.persistence import BatchObserver, Commit, PersistenceActor, PersistenceMessage
@@ -44,6 +44,7 @@ from runtime.secrets import Secrets, install_log_redaction, remove_log_redaction
 from runtime.settings import Settings
 from runtime.steps.approval import check_approver
 from runtime.steps.context import Services
+from runtime.steps.outbound import HostAllowlist, checked_client
 from runtime.steps.registry import StepTypes
 from runtime.store import open_store_from_url
 from runtime.store.base import Store
@@ -85,7 +86,7 @@ class Runtime:
         self.directory = directory
         self.secrets = Secrets(settings.secrets_file, settings.secrets_env)
         self.services = Services(http=http, now=self.clock.now, call_service_base_url=settings.call_service_base_url,
-                                 secrets=self.secrets)
+                                 secrets=self.secrets, allowed_hosts=settings.call_service_allowed_hosts)
         self.hub = WatchHub(settings.finished_cache_size)
         self.catalog = Catalog(store, self._read, self._commit, StepTypes(), settings, self.clock)
         self.router = EventRouter(now=self.clock.now, retention_ms=settings.event_retention_ms,
@@ -187,6 +188,7 @@ class Runtime:
         """Register a custom step type: ``async def executor(ctx)`` or an object with ``execute``.
         Executions waiting for this type go on at once (with several processes, those nobody
         could run are taken over now)."""
+        arguments.check_ids(type_name=type_name)
         self.catalog.register_executor(type_name, executor)
         if self.cluster is not None:
             self.cluster.soon(self.cluster.take_over)
@@ -201,6 +203,7 @@ class Runtime:
 
     async def register_runbook(self, document: Any, *, tenant_id: str | None = None) -> Runbook:
         """Validate and register a new version; ``tenant_id`` None: shared by every tenant."""
+        arguments.check_tenant(tenant_id)
         runbook = await self.catalog.register(document, tenant_id)
         self.scheduler.replace(runbook)  # only the latest version has live triggers
         self.hub.notify("runbook.registered", runbook)
@@ -208,9 +211,11 @@ class Runtime:
 
     async def get_runbook(self, runbook_id: str, version: int | None = None, *,
                           tenant_id: str | None = None) -> Runbook:
+        arguments.check_runbook_lookup(runbook_id, version, tenant_id)
         return await self.catalog.get(runbook_id, version, tenant_id=tenant_id)
 
     async def list_runbooks(self, *, tenant_id: str | None = None) -> list[Runbook]:
+        arguments.check_tenant(tenant_id)
         return await self.catalog.list(tenant_id)
 
     # ------------------------------------------------------------------ starting
@@ -228,6 +233,7 @@ class Runtime:
                               replay_of: str | None = None, actor: str | None = None,
                               reason: str | None = None, parent: tuple[str, str, int] | None = None,
                               execution_id: str | None = None) -> StartResult:
+        arguments.check_start(runbook_id, input, context, version, idempotency_key, force, actor, reason)
         ctx = dict(context or {})
         tenant = str(ctx.get("tenantId") or "default")
         ctx["tenantId"] = tenant
@@ -262,6 +268,7 @@ class Runtime:
 
         ``actor`` and ``reason`` (the caller) are recorded in the new execution's audit log.
         """
+        arguments.check_control(execution_id, reason, actor, tenant_id)
         old = await self.fetch(execution_id, tenant_id=tenant_id)
         result = await self.start_execution(old.runbook_id, old.input, old.context, version=old.runbook_version,
                                             force=True, replay_of=old.id, actor=actor, reason=reason)
@@ -283,6 +290,7 @@ class Runtime:
         """The latest committed state, from memory: a live execution, or one committed or read
         recently (``Settings.finished_cache_size`` of them). With the memory store any
         execution; otherwise, for one not in memory, use ``await fetch()``."""
+        arguments.check_lookup(execution_id, tenant_id)
         execution = self._in_memory(execution_id)
         if execution is None:
             if self.store.threaded:
@@ -293,6 +301,7 @@ class Runtime:
 
     async def fetch(self, execution_id: str, *, tenant_id: str | None = None) -> Execution:
         """The latest committed state, reading the store (off the event loop) when it is not in memory."""
+        arguments.check_lookup(execution_id, tenant_id)
         execution = self._in_memory(execution_id)
         if execution is None:
             execution = await self._read(self.store.get_execution, execution_id)
@@ -300,6 +309,7 @@ class Runtime:
 
     async def list_executions(self, *, tenant_id: str | None = None, runbook_id: str | None = None,
                               status: str | None = None, limit: int = 50, cursor: str | None = None) -> Page:
+        arguments.check_listing(tenant_id, runbook_id, status, limit, cursor)
         if status is not None and status not in {s.value for s in ES}:
             raise ValidationError([Problem("status", f"unknown status '{status}'")])
         if not 1 <= limit <= 1000:
@@ -321,20 +331,24 @@ class Runtime:
 
     async def logs(self, execution_id: str, *, step_id: str | None = None, level: str | None = None,
                    after: int | None = None, limit: int = 1000, tenant_id: str | None = None) -> list[LogEntry]:
+        arguments.check_logs(execution_id, step_id, level, after, limit, tenant_id)
         await self.fetch(execution_id, tenant_id=tenant_id)
         return await self._read(self.store.logs, execution_id, step_id=step_id, level=level, after=after,
                                 limit=limit)
 
     async def evidence(self, execution_id: str, *, tenant_id: str | None = None) -> list[Evidence]:
+        arguments.check_lookup(execution_id, tenant_id)
         await self.fetch(execution_id, tenant_id=tenant_id)
         return await self._read(self.store.evidence, execution_id)
 
     async def audit(self, execution_id: str, *, tenant_id: str | None = None) -> list[AuditEntry]:
+        arguments.check_lookup(execution_id, tenant_id)
         await self.fetch(execution_id, tenant_id=tenant_id)
         return await self._read(self.store.audit, execution_id)
 
     async def wait(self, execution_id: str, *, tenant_id: str | None = None) -> Execution:
         """The execution once it has finished (completed, failed, cancelled or timed out)."""
+        arguments.check_lookup(execution_id, tenant_id)
         async for execution in self.watch(execution_id, tenant_id=tenant_id):
             if execution.status.finished:
                 return execution
@@ -346,6 +360,7 @@ class Runtime:
         The first state is the current one; none is lost however slowly the consumer reads
         (up to 1,024 states behind, then its stream ends).
         """
+        arguments.check_lookup(execution_id, tenant_id)
         async def current() -> Execution:
             return await self.fetch(execution_id, tenant_id=tenant_id)
 
@@ -393,31 +408,39 @@ class Runtime:
         if kind != "approve" or body["stepId"] not in execution.steps:
             return
         runbook = await self.catalog.pinned(execution)
-        check_approver(rendered_config(execution, runbook, body["stepId"]), body["approver"])
+        check_approver(rendered_config(execution, runbook, body["stepId"]), body["approver"], body.get("roles") or ())
 
     async def pause(self, execution_id: str, reason: str | None = None, *, actor: str = "system",
                     tenant_id: str | None = None) -> Execution:
+        arguments.check_control(execution_id, reason, actor, tenant_id)
         return await self._control(execution_id, tenant_id, "pause", {"actor": actor, "reason": reason})
 
     async def resume(self, execution_id: str, reason: str | None = None, *, actor: str = "system",
                      tenant_id: str | None = None) -> Execution:
+        arguments.check_control(execution_id, reason, actor, tenant_id)
         return await self._control(execution_id, tenant_id, "resume", {"actor": actor, "reason": reason})
 
     async def cancel(self, execution_id: str, reason: str, *, actor: str = "system",
                      tenant_id: str | None = None) -> Execution:
+        arguments.check_control(execution_id, reason, actor, tenant_id)
         if not reason:
             raise ValidationError([Problem("reason", "required: why the execution is cancelled")])
         return await self._control(execution_id, tenant_id, "cancel", {"actor": actor, "reason": reason})
 
     async def submit_approval(self, execution_id: str, step_id: str, *, approver: str, decision: str,
-                              comment: str | None = None, tenant_id: str | None = None) -> Execution:
-        """Record ``approve`` or ``reject`` from ``approver`` on an approval step."""
+                              comment: str | None = None, tenant_id: str | None = None,
+                              roles: Iterable[str] = ()) -> Execution:
+        """Record ``approve`` or ``reject`` from ``approver`` on an approval step; ``roles`` (the
+        approver's) let an approver entry ``role:NAME`` admit them."""
+        arguments.check_approval(execution_id, step_id, approver, decision, comment, tenant_id, roles)
         return await self._control(execution_id, tenant_id, "approve", {
-            "stepId": step_id, "approver": approver, "decision": decision, "comment": comment})
+            "stepId": step_id, "approver": approver, "decision": decision, "comment": comment,
+            "roles": sorted(roles)})
 
     async def retry_step(self, execution_id: str, step_id: str, *, actor: str = "system",
                          reason: str | None = None, tenant_id: str | None = None) -> Execution:
         """Re-run a failed/rejected step of a failed execution, and what its failure stopped."""
+        arguments.check_control(execution_id, reason, actor, tenant_id, step_id=step_id)
         execution = await self._control(execution_id, tenant_id, "retry",
                                         {"stepId": step_id, "actor": actor, "reason": reason})
         self.hub.notify("execution.retried", execution)
@@ -426,6 +449,7 @@ class Runtime:
     async def publish_event(self, event_type: str, correlation_key: str, payload: Any = None, *,
                             tenant_id: str = "default") -> PublishResult:
         """Hand an event to every step waiting on it, or retain it for a later waiter."""
+        arguments.check_event(event_type, correlation_key, payload, tenant_id)
         if self.cluster is None:
             return await self.router.publish(tenant_id, event_type, str(correlation_key), payload,
                                              rules=self.scheduler.on_event)
@@ -488,10 +512,7 @@ def _check_start(runbook: Runbook, input: Any, context: Mapping[str, Any]) -> No
     if runbook.require_legal_basis and not context.get("legalBasis"):
         problems.append(Problem("context.legalBasis", "required by this runbook (requireLegalBasis)"))
     if runbook.input_schema is not None:
-        validator = jsonschema.validators.validator_for(runbook.input_schema)(runbook.input_schema)
-        for error in sorted(validator.iter_errors(input), key=lambda e: list(e.absolute_path)):
-            path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
-            problems.append(Problem(f"input{path}", error.message))
+        problems += input_problems(runbook.input_schema, input)
     if problems:
         raise ValidationError(problems, title="input refused")
 
@@ -513,7 +534,7 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
     body_error: BaseException | None = None
     runtime: Runtime | None = None
     try:
-        async with _client(http) as client, trio.open_nursery() as services:
+        async with _client(http, settings.call_service_allowed_hosts) as client, trio.open_nursery() as services:
             persistence = PersistenceActor(the_store, max_batch=settings.persistence_max_batch,
                                            observer=batch_observer)
             address: Address[PersistenceMessage]
@@ -580,9 +601,11 @@ def _only_leaf(group: BaseExceptionGroup[Any]) -> BaseException | None:
 
 
 @asynccontextmanager
-async def _client(http: httpx.AsyncClient | None) -> AsyncIterator[httpx.AsyncClient]:
+async def _client(http: httpx.AsyncClient | None, allowed: HostAllowlist | None) -> AsyncIterator[httpx.AsyncClient]:
     if http is not None:
         yield http
         return
-    async with httpx.AsyncClient(timeout=30.0, follow_redirects=False) as client:
+    client = httpx.AsyncClient(timeout=30.0, follow_redirects=False) if allowed is None else \
+        checked_client(allowed, timeout=30.0, follow_redirects=False)  # every connection checked
+    async with client:
         yield client

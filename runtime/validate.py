@@ -1,7 +1,9 @@
-"""Runbook document validation: every problem at once, each with its path (SPEC section 1).
+"""Runbook document validation: every problem at once, each with its path.
 
-``validate_document`` checks a loaded document (a dict) against the rules of SPEC section 1
-and the config rules of each step type, and returns the list of problems. ``build_runbook``
+``validate_document`` checks a loaded document (a dict) against the document rules (ids,
+dependencies, cycles, types, templates, bounds, size) and the config rules of each step
+type, and returns the list of problems. A value JSON cannot hold is refused first (its path
+named), since every other check assumes plain JSON. ``build_runbook``
 validates and builds the immutable ``Runbook``; ``effective_dependencies`` is the one place
 that applies the default-dependency rules, for validation and scheduling alike.
 """
@@ -12,10 +14,15 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jsonschema
-
 from runtime.conditions import condition_problems
 from runtime.errors import Problem, ValidationError
+from runtime.input_schema import schema_problems
+from runtime.jsonsafe import first_problem
+from runtime.limits import (
+    MAX_CONCURRENCY,
+    count_problem,
+    duration_problem,
+)
 from runtime.model import RetryPolicy, Runbook, Step
 from runtime.secrets import NAME as SECRET_NAME
 from runtime.steps.base import TypeLookup, check_retry_policy
@@ -23,7 +30,7 @@ from runtime.templates import SECRET_ROOT, template_paths, template_problems
 from runtime.triggers import check_triggers
 from runtime.wire import MAX_DOCUMENT_BYTES, canonical_json, from_json
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # fullmatch: "$" would allow a final newline
 RESERVED_IDS = frozenset({"input", "context", "execution", "executionId", "item", "index", "secret"})
 SCOPE_ROOTS = frozenset(RESERVED_IDS | {"stepId", "tenantId", "previous"})
 MAX_STEPS = 500
@@ -42,6 +49,9 @@ def validate_document(doc: Any, types: TypeLookup) -> list[Problem]:
     """Every problem of the document, in document order."""
     if not isinstance(doc, Mapping):
         return [Problem("$", "a runbook document must be a mapping (object)")]
+    not_json = first_problem(dict(doc), "")
+    if not_json is not None:  # every other check assumes plain JSON
+        return [Problem(not_json.path or "$", f"not JSON: {not_json.message}")]
     problems: list[Problem] = []
     if len(canonical_json(doc).encode()) > MAX_DOCUMENT_BYTES:
         problems.append(Problem("$", "document is larger than 1 MiB"))
@@ -56,40 +66,32 @@ def validate_document(doc: Any, types: TypeLookup) -> list[Problem]:
     for index, step in enumerate(steps):
         if isinstance(step, Mapping):
             problems += _check_step(step, f"steps[{index}]", ids, types)
-    problems += _check_cycles([s for s in steps if isinstance(s, Mapping) and s.get("id") in ids], ids)
+    problems += _check_cycles([s for s in steps if isinstance(s, Mapping) and isinstance(s.get("id"), str)
+                               and s["id"] in ids], ids)
     return problems
 
 
 def _check_header(doc: Mapping[str, Any]) -> list[Problem]:
     problems = [Problem(key, f"unknown field '{key}'") for key in doc if key not in _RUNBOOK_FIELDS]
     runbook_id = doc.get("id")
-    if not isinstance(runbook_id, str) or not ID_PATTERN.match(runbook_id):
+    if not isinstance(runbook_id, str) or not ID_PATTERN.fullmatch(runbook_id):
         problems.append(Problem("id", "required: a string matching [A-Za-z0-9][A-Za-z0-9._-]{0,127}"))
     for key in ("name", "description"):
         if key in doc and not isinstance(doc[key], str):
             problems.append(Problem(key, "must be a string"))
-    for key in ("timeoutMs", "maxConcurrentSteps"):
-        if key in doc and not _positive_int(doc[key]):
-            problems.append(Problem(key, "must be a positive integer"))
+    if "timeoutMs" in doc and (problem := duration_problem(doc["timeoutMs"])):
+        problems.append(Problem("timeoutMs", problem))
+    if "maxConcurrentSteps" in doc and (problem := count_problem(doc["maxConcurrentSteps"], 1, MAX_CONCURRENCY)):
+        problems.append(Problem("maxConcurrentSteps", problem))
     if "requireLegalBasis" in doc and not isinstance(doc["requireLegalBasis"], bool):
         problems.append(Problem("requireLegalBasis", "must be true or false"))
     if "inputSchema" in doc:
-        problems += _check_schema(doc["inputSchema"])
+        problems += schema_problems(doc["inputSchema"])
     if "output" in doc:
         problems += template_problems(doc["output"], "output")
     if "triggers" in doc:
         problems += check_triggers(doc["triggers"])
     return problems
-
-
-def _check_schema(schema: Any) -> list[Problem]:
-    if not isinstance(schema, Mapping):
-        return [Problem("inputSchema", "must be a JSON Schema object")]
-    try:
-        jsonschema.validators.validator_for(schema).check_schema(dict(schema))
-    except jsonschema.SchemaError as exc:
-        return [Problem("inputSchema", f"not a valid JSON Schema: {exc.message}")]
-    return []
 
 
 def _check_ids(steps: Sequence[Any], problems: list[Problem]) -> set[str]:
@@ -100,7 +102,7 @@ def _check_ids(steps: Sequence[Any], problems: list[Problem]) -> set[str]:
             problems.append(Problem(path, "a step must be a mapping (object)"))
             continue
         step_id = step.get("id")
-        if not isinstance(step_id, str) or not ID_PATTERN.match(step_id):
+        if not isinstance(step_id, str) or not ID_PATTERN.fullmatch(step_id):
             problems.append(Problem(f"{path}.id", "required: a string matching [A-Za-z0-9][A-Za-z0-9._-]{0,127}"))
         elif step_id in RESERVED_IDS:
             problems.append(Problem(f"{path}.id", f"'{step_id}' is reserved"))
@@ -144,8 +146,13 @@ def _check_common(step: Mapping[str, Any], path: str, ids: set[str]) -> list[Pro
             problems += [Problem(f"{path}.dependsOn", f"unknown step '{d}'") for d in depends if d not in ids]
     if "when" in step:
         problems += condition_problems(step["when"], f"{path}.when")
-    if "timeoutMs" in step and not _positive_int(step["timeoutMs"]):
-        problems.append(Problem(f"{path}.timeoutMs", "must be a positive integer"))
+    if "timeoutMs" in step and (problem := duration_problem(step["timeoutMs"])):
+        problems.append(Problem(f"{path}.timeoutMs", problem))
+    for key in ("name", "description"):
+        if key in step and not isinstance(step[key], str):
+            problems.append(Problem(f"{path}.{key}", "must be a string"))
+    if "approvalConfig" in step and not isinstance(step["approvalConfig"], Mapping):
+        problems.append(Problem(f"{path}.approvalConfig", "must be a mapping (object)"))
     if "continueOnError" in step and not isinstance(step["continueOnError"], bool):
         problems.append(Problem(f"{path}.continueOnError", "must be true or false"))
     if "retryPolicy" in step:
@@ -194,7 +201,8 @@ def branch_list(value: Any) -> list[str]:
 
 
 def effective_dependencies(steps: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
-    """The dependencies of every step after the defaults of SPEC section 1."""
+    """The dependencies of every step after the defaults (the step before; a branch target
+    depends on its conditional)."""
     branch_owner: dict[str, str] = {}
     for step in steps:
         if step.get("type") == "conditional":
@@ -243,11 +251,7 @@ def _check_cycles(steps: Sequence[Mapping[str, Any]], ids: set[str]) -> list[Pro
 
 
 def _known(depends: Any, ids: set[str]) -> list[str]:
-    return [d for d in depends if d in ids] if isinstance(depends, list) else []
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return [d for d in depends if isinstance(d, str) and d in ids] if isinstance(depends, list) else []
 
 
 def build_runbook(doc: Mapping[str, Any], types: TypeLookup, default_retries: int) -> Runbook:

@@ -102,7 +102,7 @@ def load_document(source: Any) -> dict[str, Any]:
         except UnicodeDecodeError as exc:
             raise ValidationError([Problem("$", f"document is not valid UTF-8: {exc}")]) from None
     if isinstance(source, str):
-        if len(source.encode()) > MAX_DOCUMENT_BYTES:
+        if len(source.encode("utf-8", "surrogatepass")) > MAX_DOCUMENT_BYTES:  # the parser refuses surrogates
             raise _too_large()
         source = _parse_text(source)
         _check_expansion(source)
@@ -114,14 +114,31 @@ def load_document(source: Any) -> dict[str, Any]:
 def _parse_text(text: str) -> Any:
     try:
         return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        raise ValidationError([Problem("$", f"not valid YAML or JSON: {exc}")]) from None
     except RecursionError:
         raise ValidationError([Problem("$", "document is nested too deeply")]) from None
+    except yaml.YAMLError as exc:
+        raise ValidationError([Problem("$", f"not valid YAML or JSON: {exc}")]) from None
+    except Exception as exc:  # a constructor's own error: ``!!int foo``, ``!!bool maybe``, ...
+        raise ValidationError([Problem("$", f"not valid YAML or JSON: a value cannot be read "
+                                            f"({type(exc).__name__}: {exc})")]) from None
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that keeps timestamps as strings (JSON has no date type)."""
+    """SafeLoader that keeps timestamps as strings (JSON has no date type) and reads every
+    plain (unquoted) mapping key as the text written: ``on: weekdays`` has the key ``"on"``,
+    not ``True`` (YAML 1.1 would read ``on``/``yes``/``1``/``null`` keys as other types,
+    which JSON cannot hold as keys). Values keep YAML's types."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.style is None:
+                    key_node.tag = _STR_TAG
+        return super().construct_mapping(node, deep=deep)
+
+
+_STR_TAG = "tag:yaml.org,2002:str"
 
 
 _Loader.yaml_implicit_resolvers = {

@@ -70,9 +70,9 @@ def test_postgres_urls() -> None:
     ({"PORT": "0"}, "PORT: must be an integer between 1 and 65535, got '0'"),
     ({"STORAGE_BACKEND": "mongo"}, "STORAGE_BACKEND: must be one of sqlite, memory, postgres, got 'mongo'"),
     ({"DB_SSL": "maybe"}, "DB_SSL: must be true or false, got 'maybe'"),
-    ({"MAX_CONCURRENT_STEPS": "0"}, "MAX_CONCURRENT_STEPS: must be an integer between 1 and 10000, got '0'"),
-    ({"DEFAULT_MAX_RETRIES": "-1"}, "DEFAULT_MAX_RETRIES: must be an integer between 0 and 1000, got '-1'"),
-    ({"EVENT_RETENTION_MS": "1.5"}, "EVENT_RETENTION_MS: must be an integer between 0 and 1000000000000, got '1.5'"),
+    ({"MAX_CONCURRENT_STEPS": "0"}, "MAX_CONCURRENT_STEPS: must be an integer between 1 and 1000, got '0'"),
+    ({"DEFAULT_MAX_RETRIES": "-1"}, "DEFAULT_MAX_RETRIES: must be an integer between 0 and 100, got '-1'"),
+    ({"EVENT_RETENTION_MS": "1.5"}, "EVENT_RETENTION_MS: must be an integer between 0 and 31536000000, got '1.5'"),
     ({"DB_POOL_MAX": "x"}, "DB_POOL_MAX: must be an integer between 1 and 10000, got 'x'"),
     ({"LEASE_TTL_MS": "5"}, "LEASE_TTL_MS: must be an integer between 100 and 1000000000, got '5'"),
     ({"MAX_RETAINED_EVENTS_PER_TENANT": "-1"},
@@ -122,7 +122,7 @@ def test_tokens_file_json_and_yaml(tmp_path: pathlib.Path) -> None:
     yaml_file.write_text("tokens:\n  - token: t2\n    user: u2\n    tenant: b\n")
     assert Config.from_env({"RUNBOOKS_TOKENS_FILE": str(json_file)}).tokens == (TokenEntry("t1", "u1", "a", ("admin",)),)
     config = Config.from_env({"RUNBOOKS_TOKENS_FILE": str(yaml_file), "HOST": "0.0.0.0"})
-    assert config.tokens == (TokenEntry("t2", "u2", "b", ()),)
+    assert config.tokens == (TokenEntry("t2", "u2", "b", ("operator", "author")),)  # no roles: the default
     assert not config.development_mode
     config.check_can_serve()  # with tokens, any address
     assert "t2" not in repr(config)
@@ -133,7 +133,9 @@ def test_tokens_file_json_and_yaml(tmp_path: pathlib.Path) -> None:
     ("tokens: []", "tokens: required"),
     ("tokens: [{token: '', user: u, tenant: t}]", "tokens[0].token: required, a non-empty string"),
     ("tokens: [{token: a, tenant: t}]", "tokens[0].user: required"),
-    ("tokens: [{token: a, user: u, tenant: t, roles: admin}]", "tokens[0].roles: must be a list of strings"),
+    ("tokens: [{token: a, user: u, tenant: '" + "t" * 201 + "'}]", "tokens[0].tenant: at most 200 printable characters"),
+    ('tokens: [{token: a, user: "u\\0", tenant: t}]', "tokens[0].user: at most 200 printable characters"),
+    ("tokens: [{token: a, user: u, tenant: t, roles: admin}]", "tokens[0].roles: must be a list of role names"),
     ("tokens: [{token: a, user: u, tenant: t}, {token: a, user: v, tenant: t}]",
      "tokens[1].token: the same token appears twice"),
     ("tokens: [{token: a", "cannot be read as JSON or YAML"),

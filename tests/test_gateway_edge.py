@@ -91,11 +91,19 @@ async def test_an_exception_group_from_the_engine_is_answered_as_its_error() -> 
         _problem(await gw.client.get("/api/v1/executions/x"), 404)
 
 
-async def test_a_runbook_named_like_a_route_is_still_reachable() -> None:
+async def test_a_runbook_id_that_names_an_operation_is_reserved() -> None:
+    # OpenAPI matches the concrete path /api/v1/runbooks/validate (POST only) before the
+    # template /api/v1/runbooks/{runbookId}: a GET there is not a runbook lookup but a 405.
     async with running_gateway() as gw:
-        await gw.register(echo_runbook("validate"))
-        response = await gw.client.get("/api/v1/runbooks/validate")
-        assert (response.status_code, response.json()["id"]) == (200, "validate")
+        refused = await gw.client.post("/api/v1/runbooks", json=echo_runbook("validate"))
+        assert refused.status_code == 422
+        assert refused.json()["errors"][0]["path"] == "id"
+        for method in ("GET", "OPTIONS"):
+            response = await gw.client.request(method, "/api/v1/runbooks/validate")
+            assert response.status_code == (405 if method == "GET" else 200)
+            assert {m.strip() for m in response.headers["Allow"].split(",")} == {"OPTIONS", "POST"}
+        await gw.register(echo_runbook("validated"))
+        assert (await gw.client.get("/api/v1/runbooks/validated")).status_code == 200
 
 
 # ---------------------------------------------------------------------------- identity
@@ -104,8 +112,8 @@ def _tokens_file(tmp_path: pathlib.Path) -> str:
     path = tmp_path / "tokens.yaml"
     path.write_text(
         "tokens:\n"
-        "  - {token: tok-alice-0123456789, user: alice, tenant: acme, roles: [operator]}\n"
-        "  - {token: tok-boss-0123456789, user: boss, tenant: acme, roles: [approver]}\n"
+        "  - {token: tok-alice-0123456789, user: alice, tenant: acme, roles: [operator, author]}\n"
+        "  - {token: tok-boss-0123456789, user: boss, tenant: acme, roles: [viewer, approver]}\n"
         "  - {token: tok-eve-0123456789, user: eve, tenant: other}\n"
     )
     return str(path)

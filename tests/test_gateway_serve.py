@@ -65,7 +65,7 @@ async def test_serve_loads_runbooks_dir_as_shared_and_stops_on_its_trigger(tmp_p
                                          headers={"X-Tenant-Id": "t1"}) as stream:
                     stop.set()  # shutdown with a stream open: the stream ends, serve returns
                     body = b"".join([chunk async for chunk in stream.aiter_bytes()])
-                assert body.startswith(b"event: execution")
+                assert body.startswith(b"id: ") and b"\nevent: execution\n" in body
 
 
 async def test_runbooks_dir_is_not_registered_again_when_unchanged(tmp_path: pathlib.Path) -> None:

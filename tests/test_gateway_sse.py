@@ -102,3 +102,35 @@ async def test_a_client_that_leaves_ends_its_stream() -> None:
             assert streams.live == 1
             while streams.live:  # noqa: ASYNC110 - the server side ends on its own schedule
                 await trio.sleep(0.01)
+
+
+async def test_each_event_has_an_id_and_last_event_id_resumes_after_it() -> None:
+    from gateway.sse import frame, last_event_id
+    from runtime import Execution, ExecutionStatus
+    from runtime.wire import parse_time
+
+    execution = Execution("e1", "rb", 1, "t", ExecutionStatus.RUNNING, parse_time("2026-01-01T00:00:00Z"), {},
+                          version=7)
+    assert frame(execution).startswith(b"id: 7\nevent: execution\ndata: {")
+    assert [last_event_id(h) for h in ("7", " 12 ", None, "", "abc", "-1", "9" * 30)] == [7, 12, 0, 0, 0, 0, 0]
+
+
+async def test_a_client_resuming_with_last_event_id_gets_only_later_states() -> None:
+    async with running_gateway() as gw:
+        await gw.register(approval_runbook())
+        execution = await gw.start("approve-me", {"value": 1})
+        url = f"/api/v1/executions/{execution['id']}"
+        waiting = await gw.wait_for(execution["id"], "awaiting_approval")
+        seen = (await gw.client.get(url)).json()
+        with trio.fail_after(10):
+            async with gw.client.stream("GET", f"{url}/stream", headers={"Last-Event-ID": "999999"}) as response:
+                decision = await gw.client.post(f"{url}/steps/approve/approvals", json={"decision": "approve"},
+                                                headers={"X-User-Id": "boss"})
+                assert decision.status_code == 200
+                lines = [line async for line in response.aiter_lines()]
+        assert not any(line.startswith("data: ") for line in lines)  # nothing newer than what it had seen
+        with trio.fail_after(10):
+            async with gw.client.stream("GET", f"{url}/stream", headers={"Last-Event-ID": "1"}) as response:
+                ids = [int(line[4:]) for line in [line async for line in response.aiter_lines()]
+                       if line.startswith("id: ")]
+        assert ids and min(ids) > 1 and waiting and seen["status"] == "awaiting_approval"

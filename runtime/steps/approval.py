@@ -3,23 +3,31 @@ actions) and the kind: the step parks until enough decisions arrive (``DecideApp
 messages) or its deadline passes; it holds no task and no slot of ``maxConcurrentSteps``.
 With ``notify: {url, headers?}`` the approvers are told when the step starts waiting (a
 ``Notify`` effect the shell performs; its outcome comes back as ``NotificationSent`` and is
-recorded on the step, so a restart sends it again only if no outcome was recorded)."""
+recorded on the step, so a restart sends it again only if no outcome was recorded).
+
+An entry of ``approvers`` is a user id, or ``role:NAME``: every user whose identity holds the
+role ``NAME`` (the gateway passes the roles of the caller's token). ``ANY_ROLE`` among the
+caller's roles stands for every role (the gateway's development mode).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
 from runtime.core.kinds import StepOps
 from runtime.core.messages import DecideApproval, NotificationSent, StepMessage
 from runtime.errors import Conflict, Forbidden, Problem, ValidationError
+from runtime.limits import MAX_APPROVALS, count_problem, duration_problem
 from runtime.model import Approval, Evidence, Step, StepError, StepState, StepStatus
 from runtime.steps.base import KindDefaults
 from runtime.templates import TemplateError, render
 from runtime.wire import format_time, sha256_hex
 
 DECISIONS = ("approve", "reject")
+ROLE_PREFIX = "role:"
+ANY_ROLE = "*"
 TIMEOUT_ACTIONS = ("fail", "approve", "reject")
 _FIELDS = {"approvers", "minApprovals", "timeoutMs", "timeoutAction", "message", "notify"}
 _NOTIFY_FIELDS = {"url", "headers"}
@@ -30,17 +38,18 @@ def check_config(config: Mapping[str, Any], path: str) -> list[Problem]:
     approvers = config.get("approvers")
     templated = isinstance(approvers, str) and "${" in approvers
     ids: list[Any] = approvers if isinstance(approvers, list) else []
-    listed = bool(ids) and all(isinstance(a, str) and a for a in ids)
+    listed = bool(ids) and all(isinstance(a, str) and a and a != ROLE_PREFIX for a in ids)
     if not templated and not listed:
-        problems.append(Problem(f"{path}.approvers", "required: a non-empty list of user ids"))
+        problems.append(Problem(f"{path}.approvers", "required: a non-empty list of user ids (or role:NAME)"))
+    by_role = any(isinstance(a, str) and a.startswith(ROLE_PREFIX) for a in ids)
     minimum = config.get("minApprovals", 1)
-    if not isinstance(minimum, int) or isinstance(minimum, bool) or minimum < 1:
-        problems.append(Problem(f"{path}.minApprovals", "must be a positive integer"))
-    elif listed and minimum > len(set(ids)):
+    if (problem := count_problem(minimum, 1, MAX_APPROVALS)) is not None:
+        problems.append(Problem(f"{path}.minApprovals", problem))
+    elif listed and not by_role and minimum > len(set(ids)):
         problems.append(Problem(f"{path}.minApprovals", f"{minimum} approvals needed but only {len(set(ids))} approvers"))
     timeout = config.get("timeoutMs")
-    if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0):
-        problems.append(Problem(f"{path}.timeoutMs", "must be a positive integer"))
+    if timeout is not None and (problem := duration_problem(timeout)) is not None:
+        problems.append(Problem(f"{path}.timeoutMs", problem))
     if config.get("timeoutAction", "fail") not in TIMEOUT_ACTIONS:
         problems.append(Problem(f"{path}.timeoutAction", f"must be one of {', '.join(TIMEOUT_ACTIONS)}"))
     if "message" in config and not isinstance(config["message"], str):
@@ -74,19 +83,31 @@ def notification(ops: StepOps, step: Step, config: Mapping[str, Any]) -> dict[st
     }
 
 
-def check_decision(config: Mapping[str, Any], approvals: Sequence[Approval], approver: str, decision: str) -> None:
-    """Raise if this decision may not be taken; ``config`` is the rendered config."""
+def check_decision(config: Mapping[str, Any], approvals: Sequence[Approval], approver: str, decision: str,
+                   roles: Collection[str] = ()) -> None:
+    """Raise if this decision may not be taken; ``config`` is the rendered config, ``roles``
+    those of the approver."""
     if decision not in DECISIONS:
         raise ValidationError([{"path": "decision", "message": "must be 'approve' or 'reject'"}])
-    check_approver(config, approver)
+    check_approver(config, approver, roles)
     if any(a.approver == approver for a in approvals):
         raise Conflict(f"'{approver}' has already decided on this step")
 
 
-def check_approver(config: Mapping[str, Any], approver: str) -> None:
-    """Raise ``Forbidden`` unless ``approver`` is one of the step's (rendered) approvers."""
-    if approver not in approver_ids(config):
+def check_approver(config: Mapping[str, Any], approver: str, roles: Collection[str] = ()) -> None:
+    """Raise ``Forbidden`` unless ``approver`` (holding ``roles``) is admitted by the step's
+    (rendered) approvers."""
+    if not may_approve(config, approver, roles):
         raise Forbidden(f"'{approver}' is not an approver of this step")
+
+
+def may_approve(config: Mapping[str, Any], approver: str, roles: Collection[str] = ()) -> bool:
+    """Whether ``approver`` (holding ``roles``) is admitted by an entry of ``approvers``."""
+    entries = approver_ids(config)
+    if approver in entries:
+        return True
+    wanted = {entry.removeprefix(ROLE_PREFIX) for entry in entries if entry.startswith(ROLE_PREFIX)}
+    return bool(wanted) and (ANY_ROLE in roles or not wanted.isdisjoint(roles))
 
 
 def approver_ids(config: Mapping[str, Any]) -> list[str]:
@@ -156,7 +177,7 @@ class ApprovalKind(KindDefaults):
         if state.status is not StepStatus.AWAITING_APPROVAL:
             raise Conflict(f"step '{step.id}' is not awaiting approval (it is {state.status.value})")
         config = _config(ops, step)
-        check_decision(config, state.approvals, message.approver, message.decision)
+        check_decision(config, state.approvals, message.approver, message.decision, message.roles)
         decision = Approval(message.approver, message.decision, message.comment, ops.now)
         approvals = (*state.approvals, decision)
         ops.set_step(step.id, approvals=approvals)

@@ -17,6 +17,7 @@ import attrs
 from runtime.core.kinds import StepKind, StepOps
 from runtime.core.messages import DecideApproval, DeliverEvent, Message, StepMessage
 from runtime.errors import Conflict, Problem
+from runtime.limits import MAX_RETRIES, count_problem, duration_problem, multiplier_problem
 from runtime.model import RetryPolicy, Step, StepState
 from runtime.steps.context import Executor, Services, StepContext
 
@@ -105,8 +106,12 @@ def unknown_fields(config: Mapping[str, Any], known: set[str] | frozenset[str], 
     return [Problem(f"{path}.{key}", f"unknown field '{key}'") for key in config if key not in known]
 
 
-_RETRY_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "maxRetries": int, "initialDelayMs": int, "backoffMultiplier": (int, float), "maxDelayMs": int, "jitter": bool,
+_RETRY_FIELDS: dict[str, Callable[[Any], str | None]] = {
+    "maxRetries": lambda value: count_problem(value, 0, MAX_RETRIES),
+    "initialDelayMs": lambda value: duration_problem(value, allow_zero=True),
+    "backoffMultiplier": multiplier_problem,
+    "maxDelayMs": lambda value: duration_problem(value, allow_zero=True),
+    "jitter": lambda value: None if isinstance(value, bool) else "must be true or false",
 }
 
 
@@ -116,15 +121,9 @@ def check_retry_policy(policy: Any, path: str) -> list[Problem]:
     problems = []
     items: dict[str, Any] = dict(policy)
     for key, value in items.items():
-        expected = _RETRY_FIELDS.get(key)
-        if expected is None:
+        check = _RETRY_FIELDS.get(key)
+        if check is None:
             problems.append(Problem(f"{path}.{key}", f"unknown field '{key}'"))
-        elif (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
-            problems.append(Problem(f"{path}.{key}", "has the wrong type"))
-        elif expected is not bool and _negative(value):
-            problems.append(Problem(f"{path}.{key}", "must not be negative"))
+        elif (problem := check(value)) is not None:
+            problems.append(Problem(f"{path}.{key}", problem))
     return problems
-
-
-def _negative(value: Any) -> bool:
-    return bool(value < 0)

@@ -1,4 +1,4 @@
-"""The ``call-service`` step type: one HTTP request per attempt (SPEC section 2).
+"""The ``call-service`` step type: one HTTP request per attempt.
 
 ``check_config`` validates a step's config at document validation and lists every problem.
 ``call_service`` is the executor: it sends the request through the runtime's one shared
@@ -16,6 +16,8 @@ Failures are ``StepFailed`` errors with a step error code::
     http_status   429 or 5xx outside expectStatus            retryable (retry_after_s from Retry-After)
     http_status   any other status outside expectStatus      not retryable
     config        the config cannot make a request           not retryable
+    forbidden_target  CALL_SERVICE_ALLOWED_HOSTS refuses the host (after DNS resolution, at
+                  every connection, so after every redirect)      not retryable
 
 Whenever a response arrives, an ``http_response`` evidence item records the method, URL,
 status, request id and the SHA-256 of the body (never the body itself). Trio cancellation
@@ -43,8 +45,10 @@ import trio
 
 from runtime import tracing
 from runtime.errors import Problem, StepFailed
+from runtime.limits import duration_problem
 from runtime.steps import grpc_call
 from runtime.steps.context import StepContext
+from runtime.steps.outbound import ForbiddenTarget, HostAllowlist, check_url, checks_connections
 
 __all__ = ["call_service", "check_config", "idempotency_key", "retry_after_s"]
 
@@ -128,9 +132,8 @@ def _is_json(value: Any) -> bool:
 
 
 def _check_timeout(value: Any) -> list[tuple[str, str]]:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return []
-    return [("", "must be a positive integer (milliseconds)")]
+    problem = duration_problem(value)
+    return [] if problem is None else [("", problem)]
 
 
 def _check_expect_status(value: Any) -> list[tuple[str, str]]:
@@ -185,7 +188,7 @@ async def call_service(ctx: StepContext) -> Any:
     request = _build_request(ctx, method, url, request_id)
     ctx.log.info("calling service", method=method, url=url)
     started = trio.current_time()
-    response = await _send(ctx.services.http, request, method, url, _timeout_s(config))
+    response = await _send(ctx.services.http, request, method, url, _timeout_s(config), ctx.services.allowed_hosts)
     ctx.log.info(
         "service answered", status=response.status_code,
         elapsedMs=round((trio.current_time() - started) * 1000),
@@ -254,13 +257,18 @@ def _timeout_s(config: Mapping[str, Any]) -> float:
 
 
 async def _send(
-    client: httpx.AsyncClient, request: httpx.Request, method: str, url: str, timeout_s: float
+    client: httpx.AsyncClient, request: httpx.Request, method: str, url: str, timeout_s: float,
+    allowed: HostAllowlist | None = None,
 ) -> httpx.Response:
     # httpx applies the timeout to each phase (connect, each read, ...); the trio deadline
     # bounds the whole exchange, so a server trickling bytes cannot stretch it.
     with trio.move_on_after(timeout_s) as deadline:
         try:
+            if allowed is not None and not checks_connections(client):  # a client of the embedding program
+                await check_url(allowed, url)
             return await client.send(request)
+        except ForbiddenTarget as exc:
+            raise StepFailed(f"{method} {url}: {exc}", code="forbidden_target") from exc
         except httpx.TimeoutException as exc:
             raise _timed_out(method, url, timeout_s) from exc
         except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:

@@ -1,4 +1,4 @@
-"""What an executor sees: ``StepContext`` (SPEC section 2, custom types).
+"""What an executor sees: ``StepContext`` (custom step types and the built-in executors).
 
 ``ctx.log.*`` and ``ctx.add_evidence`` are plain calls: they buffer entries on the context,
 and the StepActor hands them to the ExecutionActor with the attempt's outcome, so they are
@@ -15,10 +15,13 @@ from typing import Any, Protocol
 import attrs
 import httpx
 
+from runtime.errors import StepFailed
+from runtime.jsonsafe import JsonProblem, clean_text, first_problem
 from runtime.model import Evidence, LogEntry
 from runtime.secrets import Secrets
 from runtime.steps.grpc_bridge import Channels
 from runtime.steps.grpc_descriptors import Descriptors
+from runtime.steps.outbound import HostAllowlist
 from runtime.wire import sha256_hex
 
 
@@ -39,6 +42,7 @@ class Services:
 
     def close(self) -> None:
         self.grpc_channels.close()
+    allowed_hosts: HostAllowlist | None = None  # None: any host (runtime.steps.outbound)
 
 
 class StepLog:
@@ -90,11 +94,26 @@ class StepContext:
         self.evidence: list[Evidence] = []
 
     def record_log(self, level: str, message: str, data: Mapping[str, Any]) -> None:
-        entry = LogEntry(self.execution_id, self.services.now(), level, message, self.step_id, dict(data) or None)
-        self.logs.append(entry)
+        """A log entry; data JSON cannot hold is kept as its (cleaned) ``repr`` with the reason,
+        so a diagnostic never fails a step or reaches the store in a form it refuses."""
+        fields: dict[str, Any] | None = dict(data) or None
+        problem = first_problem(fields, "data")
+        if problem is not None:
+            fields = {"notJson": f"{problem.path}: {problem.message}", "repr": clean_text(repr(fields)[:2000])}
+        text = clean_text(message if isinstance(message, str) else repr(message))
+        self.logs.append(LogEntry(self.execution_id, self.services.now(), level, text, self.step_id, fields))
 
     def add_evidence(self, kind: str, data: Any) -> Evidence:
-        """Store an evidence item with the SHA-256 of the canonical JSON of ``data``."""
+        """Store an evidence item with the SHA-256 of the canonical JSON of ``data``.
+
+        Evidence is kept exactly, so ``data`` JSON cannot hold fails the attempt (``StepFailed``
+        with code ``evidence_not_json``, not retried) instead of being altered.
+        """
+        problem = first_problem(data, "data")
+        if problem is None and (not isinstance(kind, str) or not kind or clean_text(kind) != kind):
+            problem = JsonProblem(("kind", "must be a non-empty string without NUL or lone surrogates"))
+        if problem is not None:
+            raise StepFailed(f"evidence cannot be stored: {problem.path}: {problem.message}", code="evidence_not_json")
         item = Evidence(
             id=uuid.uuid4().hex, execution_id=self.execution_id, step_id=self.step_id, kind=kind,
             sha256=sha256_hex(data), data=data, created_at=self.services.now(),

@@ -19,6 +19,7 @@ import trio
 from runtime.conditions import condition_problems, evaluate
 from runtime.core.messages import StepFinished, StepProgressed
 from runtime.errors import Problem
+from runtime.limits import MAX_CONCURRENCY, count_problem, duration_problem
 from runtime.model import LogEntry, RetryPolicy, StepError
 from runtime.step import Outcome, run_attempts
 from runtime.steps.base import TaskRun, TypeLookup, check_retry_policy, positive_int, unknown_fields
@@ -44,8 +45,8 @@ def check_config(config: Mapping[str, Any], path: str, types: TypeLookup) -> lis
         problems.append(Problem(f"{path}.maxIterations", "must be a positive integer"))
     elif limit > MAX_ITERATIONS:
         problems.append(Problem(f"{path}.maxIterations", f"loop maxIterations {limit} exceeds the cap of {MAX_ITERATIONS}"))
-    if "concurrency" in config and not positive_int(config["concurrency"]):
-        problems.append(Problem(f"{path}.concurrency", "must be a positive integer"))
+    if "concurrency" in config and (problem := count_problem(config["concurrency"], 1, MAX_CONCURRENCY)):
+        problems.append(Problem(f"{path}.concurrency", problem))
     if "failFast" in config and not isinstance(config["failFast"], bool):
         problems.append(Problem(f"{path}.failFast", "must be true or false"))
     body = config.get("step")
@@ -68,8 +69,8 @@ def _body_problems(body: Mapping[str, Any], path: str, types: TypeLookup) -> lis
         problems += body_type.check_config(body.get("config", {}), f"{path}.config", types)
     if "retryPolicy" in body:
         problems += check_retry_policy(body["retryPolicy"], f"{path}.retryPolicy")
-    if "timeoutMs" in body and not positive_int(body["timeoutMs"]):
-        problems.append(Problem(f"{path}.timeoutMs", "must be a positive integer"))
+    if "timeoutMs" in body and (problem := duration_problem(body["timeoutMs"])):
+        problems.append(Problem(f"{path}.timeoutMs", problem))
     return problems
 
 

@@ -12,6 +12,7 @@ from runtime.conditions import condition_problems, evaluate
 from runtime.core.kinds import StepOps
 from runtime.core.messages import DeliverEvent, StepMessage
 from runtime.errors import Problem
+from runtime.limits import duration_problem
 from runtime.model import Event, Step, StepError, StepState, StepStatus
 from runtime.steps.base import KindDefaults
 from runtime.templates import TemplateError, render
@@ -26,9 +27,8 @@ def check_config(config: Mapping[str, Any], path: str) -> list[Problem]:
     for key in ("eventType", "correlationKey"):
         if not isinstance(config.get(key), str) or not config.get(key):
             problems.append(Problem(f"{path}.{key}", "required: a non-empty string"))
-    timeout = config.get("timeoutMs", DEFAULT_TIMEOUT_MS)
-    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
-        problems.append(Problem(f"{path}.timeoutMs", "must be a positive integer"))
+    if (problem := duration_problem(config.get("timeoutMs", DEFAULT_TIMEOUT_MS))) is not None:
+        problems.append(Problem(f"{path}.timeoutMs", problem))
     if "filter" in config:
         problems += condition_problems(config["filter"], f"{path}.filter")
     return problems

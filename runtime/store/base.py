@@ -111,6 +111,6 @@ def parse_cursor(cursor: str | None) -> int | None:
 
     if cursor is None or cursor == "":
         return None
-    if not cursor.isdigit():
+    if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 19 and int(cursor) <= 2**63 - 1):
         raise ValidationError([Problem("cursor", "not a cursor returned by this API")])
     return int(cursor)
