@@ -24,7 +24,12 @@ from hypercorn.trio import serve
 from quart import request
 from quart_trio import QuartTrio
 
+from gateway.connection import CompleteExchange
+
 app = QuartTrio("demo-services")
+# (an answer that goes out before a POST's body has arrived must not leave the connection
+# stuck: the gateway's own guard, see gateway/connection.py)
+app.asgi_app = CompleteExchange(app.asgi_app)  # type: ignore[method-assign]
 
 
 @app.get("/ci/builds/<service>/<version>")

@@ -6,10 +6,11 @@ with a count per tenant: a tenant holds at most ``max_per_tenant`` of them (past
 ``LimitExceeded`` refuses the event, naming the cap and when the oldest one expires), and
 ``expire`` drops every event whose time is up.
 
-``sweep`` is the periodic task that runs ``expire`` and deletes the same events from the
-store (one ``Change(expire_events_at=now)``), every ``sweep_interval_s(retention)``: the
-cost is per sweep, proportional to what is retained, and nothing per publish. An event
-lives at most its retention plus one interval.
+``sweep`` is the task that runs ``expire`` and deletes the same events from the store (one
+``Change(expire_events_at=now)``), at most every ``sweep_interval_s(retention)``: the cost
+is per sweep, proportional to what is retained, and nothing per publish. An event lives at
+most its retention plus one interval. With nothing retained it sleeps until an event is
+(a process of a shared store, whose events live in the database, sweeps every interval).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class RetainedEvents:
         self.max_per_tenant = max_per_tenant
         self._by_key: dict[Key, list[Event]] = {}
         self._per_tenant: dict[str, int] = {}
+        self.added = trio.Event()  # set (and replaced) whenever an event is retained
 
     def __len__(self) -> int:
         return sum(self._per_tenant.values())
@@ -70,6 +72,14 @@ class RetainedEvents:
     def add(self, event: Event) -> None:
         self._by_key.setdefault((event.tenant_id, event.type, event.correlation_key), []).append(event)
         self._per_tenant[event.tenant_id] = self.count(event.tenant_id) + 1
+        self.added.set()
+        self.added = trio.Event()
+
+    def earliest(self) -> datetime | None:
+        """When the first retained event expires (None: none retained, or none expires)."""
+        times = [event.expires_at for events in self._by_key.values() for event in events
+                 if event.expires_at is not None]
+        return min(times) if times else None
 
     def take(self, key: Key, condition: Filter, now: Callable[[], datetime]) -> Event | None:
         """The oldest unexpired event of ``key`` that passes ``condition``, removed."""
@@ -120,10 +130,17 @@ def _alive(event: Event, now: datetime) -> bool:
 
 
 async def sweep(retained: RetainedEvents, now: Callable[[], datetime],
-                commit: Callable[[Change], Awaitable[Any]], interval_s: float) -> None:
+                commit: Callable[[Change], Awaitable[Any]], interval_s: float, *, periodic: bool = False) -> None:
     """Forever: drop expired events from memory, then delete them from the store."""
     while True:
-        await trio.sleep(interval_s)
+        if periodic:
+            await trio.sleep(interval_s)
+        else:
+            earliest = retained.earliest()
+            if earliest is None:
+                await retained.added.wait()  # nothing to expire until something is retained
+                continue
+            await trio.sleep(max((earliest - now()).total_seconds(), interval_s))
         at = now()
         dropped = retained.expire(at)
         if dropped:

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar
 
 import attrs
@@ -550,9 +551,9 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
                     for name, executor in (executors or {}).items():
                         runtime.register_executor(name, executor)
                     services.start_soon(timers.run, runtime._fire, name="timers")
-                    services.start_soon(retained.sweep, runtime.router.retained, clock.now, runtime._commit,
-                                        retained.sweep_interval_s(settings.event_retention_ms),
-                                        name="retained events sweep")
+                    services.start_soon(partial(retained.sweep, runtime.router.retained, clock.now, runtime._commit,
+                                                retained.sweep_interval_s(settings.event_retention_ms),
+                                                periodic=runtime.cluster is not None), name="retained events sweep")
                     # children, notifications and triggers reach the executions: they end before them
                     async with trio.open_nursery() as background:
                         runtime._start_services(background)
