@@ -125,7 +125,8 @@ class Cluster:
                 continue
             if await self._read(self.store.claim, execution_id, self.instance_id, epoch) is not None:
                 logger.info("taking over execution %s", execution_id)
-                self._directory.start(execution_id, await self._read(self.store.get_execution, execution_id))
+                self._directory.start(execution_id, await self._read(self.store.get_execution, execution_id),
+                                      taken_over=True)
                 self._hub.notify("execution.taken_over", execution_id)
         self.waiting_for_owner = waiting
 

@@ -68,14 +68,16 @@ class Directory:
         return found[1].committed if found is not None else None
 
     # ------------------------------------------------------------------ starting actors
-    def start(self, execution_id: str, initial: Execution | None = None) -> Address[ActorMessage]:
-        """Run the execution here (``initial``: its committed state, else read from the store)."""
+    def start(self, execution_id: str, initial: Execution | None = None, *,
+              taken_over: bool = False) -> Address[ActorMessage]:
+        """Run the execution here (``initial``: its committed state, else read from the store).
+        ``taken_over``: it comes from another process (or a dead one): its queued commands first."""
         assert self.host is not None
         found = self._live.get(execution_id)
         if found is not None:
             return found[0]
         self._parked.discard(execution_id)
-        actor = ExecutionActor(self.host, execution_id, initial)
+        actor = ExecutionActor(self.host, execution_id, initial, taken_over=taken_over)
 
         async def give_up(exc: BaseException) -> None:
             await self._crashed(actor, exc)

@@ -48,7 +48,8 @@ ActorMessage = Message | Stop
 
 
 class ExecutionActor:
-    def __init__(self, host: ExecutionHost, execution_id: str, initial: Execution | None = None) -> None:
+    def __init__(self, host: ExecutionHost, execution_id: str, initial: Execution | None = None, *,
+                 taken_over: bool = False) -> None:
         self.host = host
         self.id = execution_id
         self.address: Address[ActorMessage] | None = None  # set by whoever spawns the actor
@@ -58,6 +59,7 @@ class ExecutionActor:
         self._scopes: dict[str, trio.CancelScope] = {}
         self._steps: trio.Nursery | None = None
         self._applied: set[str] = set()  # command ids applied by this actor
+        self._taken_over = taken_over  # from another process: apply what was queued for it first
 
     async def run(self, mailbox: Mailbox[ActorMessage]) -> None:
         """One incarnation: until the execution leaves (parks, ends, or is stopped)."""
@@ -67,7 +69,9 @@ class ExecutionActor:
             return
         self.committed = execution
         self._state = ExecutionState.of(await self.host.plan_for(execution), execution)
-        queued = await self.host.pending_commands(self.id) if self.host.pending_commands else []
+        queued: list[Message] = []
+        if self._taken_over and self.host.pending_commands is not None:
+            queued = await self.host.pending_commands(self.id)
         async with trio.open_nursery() as steps:
             self._steps = steps
             try:

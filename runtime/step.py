@@ -56,7 +56,9 @@ def backoff_s(policy: RetryPolicy, failed_attempt: int, retry_after_s: float | N
 
 
 async def run_attempt(executor: Executor, ctx: StepContext, timeout_ms: int | None) -> tuple[Outcome, float | None]:
-    """One attempt: (outcome, retry-after hint), inside the attempt's trace span."""
+    """One attempt: (outcome, retry-after hint), inside the attempt's trace span (if traced)."""
+    if not tracing.tracing():
+        return await _attempt(executor, ctx, timeout_ms)
     with tracing.attempt_span(ctx) as span:
         outcome, retry_after = await _attempt(executor, ctx, timeout_ms)
         if outcome.error is not None:  # the span leaves the process: no secret in its message

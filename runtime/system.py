@@ -487,7 +487,8 @@ class Runtime:
     async def _recover_all(self, nursery: trio.Nursery) -> None:
         if self.cluster is not None:
             for execution_id in await self.cluster.start(nursery):
-                self.directory.start(execution_id, await self._read(self.store.get_execution, execution_id))
+                self.directory.start(execution_id, await self._read(self.store.get_execution, execution_id),
+                                     taken_over=True)
             await self.cluster.take_over()
         else:
             for execution in await self._read(self.store.load_unfinished):

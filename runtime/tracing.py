@@ -54,6 +54,7 @@ __all__ = [
     "emit_execution_span",
     "execution_ids",
     "inject",
+    "tracing",
 ]
 
 SCOPE: Final = "runbooks"
@@ -247,6 +248,11 @@ class _FixedIds:
 
 
 # ---- providers ------------------------------------------------------------------------------
+
+
+def tracing() -> bool:
+    """Whether attempts are traced (a tracer provider is configured)."""
+    return _provider() is not None
 
 
 def _tracer(kind: str) -> Any:

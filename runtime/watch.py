@@ -98,7 +98,9 @@ class WatchHub:
                     current: Callable[[], Awaitable[Execution | None]]) -> AsyncIterator[Execution]:
         """The execution's current state (``current()``), then every later committed state
         until it finishes. The watcher registers before reading, so no state falls between."""
-        send, receive = trio.open_memory_channel[Execution](WATCH_BUFFER)
+        pair: tuple[trio.MemorySendChannel[Execution], trio.MemoryReceiveChannel[Execution]] = \
+            trio.open_memory_channel(WATCH_BUFFER)
+        send, receive = pair
         watchers = self._watchers.setdefault(execution_id, [])
         watchers.append(send)
         try:

@@ -8,6 +8,7 @@ shape, and the gateway answers with it, so there is one JSON form of every value
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 import pathlib
@@ -35,6 +36,7 @@ def _renames(cls: type) -> dict[str, Any]:
     return {a.name: override(rename=camel(a.name)) for a in attrs.fields(cls)}
 
 
+@functools.lru_cache(maxsize=1024)  # the records of one turn share one time: formatted once
 def format_time(value: datetime) -> str:
     text = value.astimezone(UTC).isoformat(timespec="microseconds")
     return text.replace("+00:00", "Z")
@@ -79,6 +81,17 @@ def from_json(data: Any, cls: type[T]) -> T:
 def dumps(value: Any) -> str:
     """Compact JSON of a model value or plain data."""
     return json.dumps(to_json(value), separators=(",", ":"), ensure_ascii=False)
+
+
+def dumps_data(value: Any) -> str:
+    """``dumps`` of the free-form data of a record (mostly None or plain JSON already: the
+    converter is only needed when it holds a model value, such as a time)."""
+    if value is None:
+        return "null"
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    except TypeError:
+        return dumps(value)
 
 
 def canonical_json(value: Any) -> str:

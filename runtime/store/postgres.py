@@ -396,8 +396,13 @@ class PostgresStore(ExecutionQueries, TriggerQueries):
             return []
         with self._write_lock, _translated("commit"):
             conn = self._writer()
-            with conn.transaction(), conn.cursor() as cursor:
-                return apply_batch(changes, _Writer(cursor, self.channel))
+            # in pipeline mode BEGIN, the fence and every write go out together: one round trip
+            # and the COMMIT (a read that needs an answer, such as a start's insert, syncs early)
+            with conn.pipeline(), conn.transaction(), conn.cursor() as cursor:
+                writer = _Writer(cursor, self.channel)
+                results = apply_batch(changes, writer)
+                writer.check_fences()
+                return results
 
     def _writer(self) -> Connection:
         """The write connection; a broken one (lost during an earlier commit) is replaced."""
@@ -552,6 +557,7 @@ class _Writer:
         self._cursor = cursor
         self._channel = channel
         self._notices: list[str] = []  # NOTIFY payloads, sent as the batch commits
+        self._fences: list[tuple[list[str], psycopg.Cursor[tuple[Any, ...]]]] = []
 
     def insert_executions(self, starts: Sequence[Change]) -> list[str | None]:
         """Every insert of the run in one pipeline: one round trip for all."""
@@ -611,17 +617,25 @@ class _Writer:
     def flush(self, pending: Pending) -> None:
         if pending.fences:
             self._fence(pending)
-        with self._cursor.connection.pipeline():  # every table in one round trip
-            self._flush(pending)
+        self._flush(pending)  # (in the commit's pipeline: no round trip of its own)
 
     def _fence(self, pending: Pending) -> None:
-        """Refuse the batch if an owner's epoch is stale (another process owns it now)."""
+        """The guard of the owners' writes; its answer is read by ``check_fences``, before the
+        transaction commits (a stale epoch rolls the whole batch back)."""
         ids = list(pending.fences)
         columns = (ids, [pending.versions.get(i, 0) for i in ids], [pending.fences[i][0] for i in ids],
                    [pending.fences[i][1] for i in ids])
-        passed = {row[0] for row in self._cursor.execute(cluster.FENCE, columns).fetchall()}
-        if len(passed) != len(ids):
-            raise Fenced(sorted(set(ids) - passed))
+        cursor = self._cursor.connection.cursor()
+        cursor.execute(cluster.FENCE, columns)
+        self._fences.append((ids, cursor))
+
+    def check_fences(self) -> None:
+        """Refuse the batch if an owner's epoch is stale (another process owns it now)."""
+        for ids, cursor in self._fences:
+            passed = {row[0] for row in cursor.fetchall()}
+            if len(passed) != len(ids):
+                raise Fenced(sorted(set(ids) - passed))
+        self._fences = []
 
     def events(self, change: Change) -> ChangeResult:
         """Waits and publishes, each under the lock of its (tenant, type, key): a publish sees

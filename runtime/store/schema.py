@@ -22,7 +22,7 @@ import attrs
 from runtime.model import AuditEntry, Event, Evidence, Execution, LogEntry, Runbook, StepState
 from runtime.records import Change, ChangeResult
 from runtime.store.base import parse_cursor
-from runtime.wire import dumps, from_json, to_json
+from runtime.wire import dumps, dumps_data, from_json, to_json
 
 #: ``model.NOT_DEDUPED`` as SQL: these executions leave the idempotent-start index
 NOT_DEDUPED_SQL = "('failed', 'cancelled', 'timed_out')"
@@ -216,14 +216,14 @@ def step_rows(pending: Pending) -> list[Row]:
 
 def log_row(entry: LogEntry, stamp: Stamp) -> Row:
     """(execution_id, step_id, level, at, message, data)"""
-    return (entry.execution_id, entry.step_id, entry.level, stamp(entry.at), entry.message, dumps(entry.data))
+    return (entry.execution_id, entry.step_id, entry.level, stamp(entry.at), entry.message, dumps_data(entry.data))
 
 
 def audit_row(entry: AuditEntry, stamp: Stamp) -> Row:
     """(execution_id, at, actor, action, step_id, legal_basis, reason, data)"""
     return (
         entry.execution_id, stamp(entry.at), entry.actor, entry.action, entry.step_id,
-        entry.legal_basis, entry.reason, dumps(entry.data),
+        entry.legal_basis, entry.reason, dumps_data(entry.data),
     )
 
 
