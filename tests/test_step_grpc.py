@@ -10,11 +10,13 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
+import attrs
 import grpc
 import pytest
 import trio
 
 from runtime import Runtime, Settings, open_runtime
+from runtime.steps.outbound import HostAllowlist
 from runtime.wire import sha256_hex
 from tests.fake_grpc import SERVICE, Abort, FakeGrpc, Reply, fake_grpc, reply_bytes
 from tests.gateway_fixtures import free_port
@@ -325,3 +327,46 @@ async def test_settings_do_not_matter_for_grpc(svc: FakeGrpc) -> None:
     # CALL_SERVICE_BASE_URL is for HTTP URLs only: a gRPC target is always host:port
     async with open_runtime("memory", settings=Settings(call_service_base_url="http://127.0.0.1:9")) as runtime:
         assert (await run(runtime, lookup(svc.target))).status == "completed"
+
+
+# ---- the outbound allowlist ------------------------------------------------------------------
+
+
+def _resolving(allowed: str, names: dict[str, list[str]]) -> Settings:
+    """CALL_SERVICE_ALLOWED_HOSTS=``allowed``, with a resolver that knows ``names`` only."""
+    async def resolve(host: str, port: int) -> list[str]:
+        return names[host]
+
+    return Settings(call_service_allowed_hosts=attrs.evolve(HostAllowlist.parse(allowed), resolve=resolve))
+
+
+async def test_a_target_the_allowlist_refuses_fails_without_a_call_or_a_retry(svc: FakeGrpc) -> None:
+    settings = Settings(call_service_allowed_hosts=HostAllowlist.parse("grpc.example.org"))
+    async with open_runtime("memory", settings=settings) as runtime:
+        final = await run(runtime, lookup(svc.target, retries=3))
+    assert final.status == "failed"
+    assert final.steps["call"].error.code == "forbidden_target"
+    assert final.steps["call"].attempts == 1
+    assert svc.count("Lookup") == 0 and not svc.reflection_calls
+
+
+async def test_a_name_that_resolves_to_a_forbidden_address_is_refused(svc: FakeGrpc) -> None:
+    # "*" admits any name, but not one that leads to a loopback or link-local address
+    port = svc.target.rpartition(":")[2]
+    settings = _resolving("*", {"inventory.internal": ["127.0.0.1"]})
+    async with open_runtime("memory", settings=settings) as runtime:
+        final = await run(runtime, lookup(f"inventory.internal:{port}"))
+    assert final.steps["call"].error.code == "forbidden_target"
+    assert "127.0.0.1" in final.steps["call"].error.message
+    assert svc.count("Lookup") == 0
+
+
+async def test_an_allowed_name_is_called_at_the_address_that_was_checked(svc: FakeGrpc) -> None:
+    # the system's DNS does not know this name: the call reaches the service only because the
+    # channel connects to the address the allowlist checked, not to the name
+    port = svc.target.rpartition(":")[2]
+    settings = _resolving("127.0.0.1", {"inventory.internal": ["127.0.0.1"]})
+    async with open_runtime("memory", settings=settings) as runtime:
+        final = await run(runtime, lookup(f"inventory.internal:{port}"))
+    assert final.status == "completed", final.error
+    assert svc.count("Lookup") == 1

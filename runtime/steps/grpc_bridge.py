@@ -33,17 +33,26 @@ class Channels:
     """One channel per (target, tls), opened on first use; ``close()`` closes every one."""
 
     def __init__(self) -> None:
-        self._channels: dict[tuple[str, bool], grpc.Channel] = {}
+        self._channels: dict[tuple[str, bool, str | None, str | None], grpc.Channel] = {}
         self._closed = False
 
-    def get(self, target: str, tls: bool) -> grpc.Channel:
+    def get(self, target: str, tls: bool, *, authority: str | None = None,
+            server_name: str | None = None) -> grpc.Channel:
+        """The channel to ``target``; ``authority`` replaces the ``:authority`` sent (the name a
+        caller asked for, when ``target`` is the address it resolved to) and ``server_name`` the
+        name TLS verifies."""
         if self._closed:
             raise RuntimeError("the runtime's gRPC channels are closed")
-        key = (target, tls)
+        key = (target, tls, authority, server_name)
         channel = self._channels.get(key)
         if channel is None:
-            channel = (grpc.secure_channel(target, grpc.ssl_channel_credentials()) if tls
-                       else grpc.insecure_channel(target))
+            options: list[tuple[str, str]] = []
+            if authority is not None:
+                options.append(("grpc.default_authority", authority))
+            if tls and server_name is not None:
+                options.append(("grpc.ssl_target_name_override", server_name))
+            channel = (grpc.secure_channel(target, grpc.ssl_channel_credentials(), options=options) if tls
+                       else grpc.insecure_channel(target, options=options))
             self._channels[key] = channel
         return channel
 

@@ -20,6 +20,9 @@ Outcomes, as step error codes::
     grpc_status   UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED   retryable
     grpc_status   any other status but OK (named in the message)                not retryable
     config        the config, the service, the method or the protoset is unusable
+    forbidden_target  CALL_SERVICE_ALLOWED_HOSTS refuses the host (checked after DNS
+                  resolution; the channel then connects to a checked address)   not retryable
+    connection    the host name does not resolve (with an allowlist)            retryable
 
 Every status received (OK or not) is a ``grpc_response`` evidence item: target, service,
 method, status name, request id and the SHA-256 of the serialized response message (of the
@@ -37,6 +40,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import grpc
+import httpcore
 import trio
 from google.protobuf import json_format
 from google.protobuf.descriptor import ServiceDescriptor
@@ -46,6 +50,7 @@ from runtime import tracing
 from runtime.errors import Problem, StepFailed
 from runtime.steps.grpc_bridge import unary_call
 from runtime.steps.grpc_descriptors import MethodTypes, method_types
+from runtime.steps.outbound import ForbiddenTarget, checked_addresses
 
 if TYPE_CHECKING:
     from runtime.steps.context import Services, StepContext
@@ -180,10 +185,8 @@ async def call_grpc(ctx: StepContext, idempotency_key: str) -> Any:
         detail = "; ".join(f"{p.path}: {p.message}" for p in problems)
         raise StepFailed(f"invalid gRPC call-service config: {detail}", code="config")
     target = str(config["target"]).strip()
-    host, _ = parse_target(target)
-    allow_target(ctx.services, host)
     deadline = trio.current_time() + int(config.get("timeoutMs", DEFAULT_TIMEOUT_MS)) / 1000
-    channel = ctx.services.grpc_channels.get(target, bool(config.get("tls", False)))
+    channel = await _channel(ctx.services, target, bool(config.get("tls", False)), deadline)
     types = await _method_types(ctx, channel, target, deadline)
     request = _request(types, config.get("message") or {})
     request_id = uuid.uuid4().hex
@@ -199,14 +202,35 @@ async def call_grpc(ctx: StepContext, idempotency_key: str) -> Any:
     return _output(types, answer, target)
 
 
-def allow_target(services: Services, host: str) -> None:
-    """The outbound allowlist seam for gRPC targets (CALL_SERVICE_ALLOWED_HOSTS).
+async def _channel(services: Services, target: str, tls: bool, deadline: float) -> grpc.Channel:
+    """The channel to ``target``. With an allowlist (CALL_SERVICE_ALLOWED_HOSTS) the host is
+    resolved here and every address checked, and the channel connects to a checked address
+    (TLS still verifies the name, and the ``:authority`` is still ``target``): gRPC's own
+    resolver never sees the name, so a DNS answer cannot differ between check and connect."""
+    allowlist = services.allowed_hosts
+    if allowlist is None:
+        return services.grpc_channels.get(target, tls)
+    host, port = parse_target(target)
+    try:
+        with trio.move_on_at(deadline) as scope:
+            addresses = await checked_addresses(allowlist, host, port)
+    except ForbiddenTarget as exc:
+        raise StepFailed(f"gRPC {target}: {exc}", code="forbidden_target") from None
+    except httpcore.ConnectError as exc:  # the name does not resolve
+        raise StepFailed(f"gRPC {target}: {exc}", retryable=True, code="connection") from None
+    if scope.cancelled_caught:
+        raise StepFailed(f"gRPC {target}: the name '{host}' did not resolve in time", retryable=True, code="timeout")
+    return services.grpc_channels.get(_address_target(addresses, port), tls, authority=target, server_name=host)
 
-    The allowlist itself lives in runtime/steps/outbound.py, which is being built
-    separately; until it is wired in here every host is allowed. A refused host must
-    raise ``StepFailed(..., code="forbidden_target")`` (not retryable).
-    """
-    return None
+
+def _address_target(addresses: list[str], port: int) -> str:
+    """A gRPC target naming checked addresses only: the IPv4 ones when there are any (a
+    gRPC address list holds one family), else the IPv6 ones; gRPC tries them in turn."""
+    parsed = [ipaddress.ip_address(address) for address in addresses]
+    v4 = [a for a in parsed if a.version == 4]
+    if v4:
+        return "ipv4:" + ",".join(f"{a}:{port}" for a in v4)
+    return "ipv6:" + ",".join(f"[{a}]:{port}" for a in parsed)
 
 
 async def _method_types(ctx: StepContext, channel: grpc.Channel, target: str, deadline: float) -> MethodTypes:
