@@ -1,4 +1,4 @@
-"""Conditions: the language of ``when``, ``condition``, ``while`` and ``filter`` (SPEC section 3).
+"""Conditions: the language of ``when``, ``condition``, ``while`` and ``filter``.
 
 This module owns evaluating a condition against a scope and the static condition checks
 that validation runs. It is pure: no I/O; its only state is a cache of compiled regexes.

@@ -1,4 +1,4 @@
-"""Templates: the ``${path}`` language of runbook documents (SPEC section 1).
+"""Templates: the ``${path}`` language of runbook documents.
 
 This module owns resolving a path in a scope, rendering templated values, and the
 static template checks that validation runs. It is pure: no I/O and no state.

@@ -1,4 +1,4 @@
-"""Conditions (SPEC section 3): evaluation and static checks."""
+"""Conditions: evaluation and static checks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC 1 validation and SPEC 6 embedded API: starts, idempotency, input checks, records."""
+"""Runbook validation and the embedded API: starts, idempotency, input checks, records."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC 4 control operations: pause/resume, cancel, global timeout, retry step, replay, 409s."""
+"""Control operations: pause/resume, cancel, global timeout, retry step, replay, 409s."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC 1/4: retries, backoff, per-attempt timeouts, StepFailed, continueOnError, failure."""
+"""Retries, backoff, per-attempt timeouts, StepFailed, continueOnError, failure."""
 
 from __future__ import annotations
 

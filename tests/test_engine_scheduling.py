@@ -1,4 +1,4 @@
-"""SPEC 1 scheduling rules: default sequential dependencies, DAGs, when, skips, joins, limits."""
+"""Scheduling rules: default sequential dependencies, DAGs, when, skips, joins, limits."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from gateway.config import Config, ConfigError, TokenEntry
 from runtime import Settings
 
 
-def test_defaults_follow_spec_section_7() -> None:
+def test_the_documented_defaults() -> None:
     config = Config.from_env({})
     assert (config.port, config.host, config.storage_backend, config.sqlite_path) == (
         3000, "127.0.0.1", "sqlite", "./runbooks.db")

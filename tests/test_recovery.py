@@ -1,4 +1,4 @@
-"""SPEC 8: recovery is the start path. Stop (or kill -9) a runtime and open the store again."""
+"""Recovery is the start path. Stop (or kill -9) a runtime and open the store again."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC 2 human-approval: N of M, rejection, authorization, duplicates, timeouts (hours, on
+"""human-approval: N of M, rejection, authorization, duplicates, timeouts (hours, on
 the MockClock), output, awaiting_approval, audit and evidence, retry as a fresh round."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SPEC 2 call-service through the engine (register, start, wait) against a real local HTTP
+"""call-service through the engine (register, start, wait) against a real local HTTP
 service (tests/fake_service.py). These tests run on the real clock: delays are a few ms."""
 
 from __future__ import annotations

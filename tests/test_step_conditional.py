@@ -1,4 +1,4 @@
-"""SPEC 2 conditional (and the SPEC 1 skip/join rules it relies on). MockClock."""
+"""conditional (and the skip/join rules it relies on). MockClock."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC 2 loop: items or while, maxIterations (validation and run time), concurrency,
+"""loop: items or while, maxIterations (validation and run time), concurrency,
 failFast, per-iteration templating and retries, output order, progress. MockClock."""
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ async def test_iteration_timeout_from_the_body(rt: Runtime, autojump_clock: Any)
 
 
 async def test_the_loop_step_timeout_bounds_the_whole_loop(rt: Runtime, recorder: Recorder, autojump_clock: Any) -> None:
-    # SPEC 1: timeoutMs is common to every step type; a loop has one attempt: all its iterations
+    # timeoutMs is common to every step type; a loop has one attempt: all its iterations
     final = await run(rt, loop({"items": [1, 2, 3], "step": body(sleep=10)}, timeoutMs=25_000))
     step = final.steps["each"]
     assert final.status == "failed"

@@ -1,4 +1,4 @@
-"""SPEC 2 wait-for-event: delivery as a message, tenants, filter, retention (EVENT_RETENTION_MS),
+"""wait-for-event: delivery as a message, tenants, filter, retention (EVENT_RETENTION_MS),
 publish results, timeouts (hours, on the MockClock), status `running` while waiting."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Templates (SPEC section 1): resolving paths, rendering values, static checks."""
+"""Templates: resolving paths, rendering values, static checks."""
 
 from __future__ import annotations
 

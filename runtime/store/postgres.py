@@ -149,7 +149,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX events_match ON events (tenant_id, type, correlation_key)",
     ),
-    (  # 2: leases, so several processes can share one database (SPEC 8)
+    (  # 2: leases, so several processes can share one database
         """CREATE TABLE leases (
             execution_id text PRIMARY KEY,
             owner text NOT NULL,
