@@ -205,7 +205,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/approvals", approvals.list_approvals, "listApprovals",
           "Approval steps waiting for the calling user's decision, across the tenant's executions", "control",
           {200: Answer("A page of pending approvals (newest execution first).", "PendingApprovalPage")},
-          params=(LIMIT, CURSOR), problems=(422,)),
+          params=(LIMIT, CURSOR), problems=(422,), role=None),  # only what the caller may decide
     Route("GET", "/api/v1/executions/<execution_id>/logs", ex.execution_logs, "executionLogs",
           "Structured log entries, oldest first", "records", {200: Answer("A page of log entries.", "LogPage")},
           params=LOG_PARAMS, problems=(422,)),

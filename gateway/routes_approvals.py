@@ -15,5 +15,6 @@ async def list_approvals() -> Response:
     query = inputs.approvals_query()
     identity = current_identity()
     page = await state().runtime.pending_approvals(identity.user, tenant_id=identity.tenant,
-                                                   limit=query.limit, cursor=query.cursor)
+                                                   roles=identity.approver_roles(), limit=query.limit,
+                                                   cursor=query.cursor)
     return json_response(page_json((pending_approval_json(item) for item in page.items), page.next_cursor))

@@ -11,7 +11,7 @@ renders a step's config (``rendered_config``), for the terminal prompts of ``run
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +20,7 @@ import attrs
 from runtime import templates
 from runtime.core.scope import build_scope
 from runtime.model import Approval, Execution, ExecutionStatus, Runbook, StepStatus
-from runtime.steps.approval import approver_ids
+from runtime.steps.approval import admits, approver_ids
 
 #: one page of the store's executions with a step awaiting approval: (executions, next cursor)
 ReadPage = Callable[[int, str | None], Awaitable[tuple[list[Execution], str | None]]]
@@ -82,13 +82,14 @@ def awaiting_steps(execution: Execution, runbook: Runbook) -> list[PendingApprov
     return found
 
 
-def waits_for(item: PendingApproval, user: str) -> bool:
-    """Whether the step waits for ``user``: an approver who has not decided in this round."""
-    return user in item.approvers and all(a.approver != user for a in item.approvals)
+def waits_for(item: PendingApproval, user: str, roles: Collection[str] = ()) -> bool:
+    """Whether the step waits for ``user`` (holding ``roles``): an approver, by id or by a
+    ``role:NAME`` entry, who has not decided in this round."""
+    return admits(item.approvers, user, roles) and all(a.approver != user for a in item.approvals)
 
 
-async def pending_for(user: str, read_page: ReadPage, runbook_of: PinnedRunbook, *, limit: int = 50,
-                      cursor: str | None = None) -> ApprovalPage:
+async def pending_for(user: str, read_page: ReadPage, runbook_of: PinnedRunbook, *, roles: Collection[str] = (),
+                      limit: int = 50, cursor: str | None = None) -> ApprovalPage:
     """The steps waiting for ``user``, newest execution first.
 
     The store is read ``limit`` executions at a time until at least ``limit`` steps were
@@ -101,7 +102,7 @@ async def pending_for(user: str, read_page: ReadPage, runbook_of: PinnedRunbook,
         executions, cursor = await read_page(limit, cursor)
         for execution in executions:
             runbook = await runbook_of(execution)
-            items += [item for item in awaiting_steps(execution, runbook) if waits_for(item, user)]
+            items += [item for item in awaiting_steps(execution, runbook) if waits_for(item, user, roles)]
         if cursor is None or len(items) >= limit:
             return ApprovalPage(items, cursor)
 

@@ -190,6 +190,18 @@ def check_listing(tenant_id: Any, runbook_id: Any, status: Any, limit: Any, curs
     problems.raise_if_any()
 
 
+def check_pending_approvals(user: Any, tenant_id: Any, roles: Any, limit: Any, cursor: Any) -> None:
+    problems = _Problems()
+    problems.text("user", user, optional=False, max_length=MAX_NAME)
+    problems.text("tenant_id", tenant_id, max_length=MAX_NAME)
+    _roles(problems, roles)
+    problems.integer("limit", limit, 1, 1000)
+    if limit is None:
+        problems.items.append(Problem("limit", "must be an integer from 1 to 1000"))
+    problems.text("cursor", cursor, max_length=MAX_ID)
+    problems.raise_if_any()
+
+
 def check_logs(execution_id: Any, step_id: Any, level: Any, after: Any, limit: Any, tenant_id: Any) -> None:
     problems = _Problems()
     problems.text("execution_id", execution_id, optional=False, max_length=MAX_ID)

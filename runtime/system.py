@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from functools import partial
@@ -319,16 +319,16 @@ class Runtime:
                                               status=status, limit=limit, cursor=cursor)
         return Page(items, next_cursor)
 
-    async def pending_approvals(self, user: str, *, tenant_id: str | None = None, limit: int = 50,
-                                cursor: str | None = None) -> ApprovalPage:
-        """Approval steps waiting for ``user``'s decision across the tenant's unfinished executions."""
-        if not 1 <= limit <= 1000:
-            raise ValidationError([Problem("limit", "must be between 1 and 1000")])
+    async def pending_approvals(self, user: str, *, tenant_id: str | None = None, roles: Sequence[str] = (),
+                                limit: int = 50, cursor: str | None = None) -> ApprovalPage:
+        """Approval steps waiting for ``user``'s decision across the tenant's unfinished executions
+        (``roles``: the user's, for ``role:NAME`` approver entries, as ``submit_approval`` takes them)."""
+        arguments.check_pending_approvals(user, tenant_id, roles, limit, cursor)
 
         async def read_page(size: int, after: str | None) -> tuple[list[Execution], str | None]:
             return await self._read(self.store.awaiting_approval, tenant_id, limit=size, cursor=after)
 
-        return await pending_for(user, read_page, self.catalog.pinned, limit=limit, cursor=cursor)
+        return await pending_for(user, read_page, self.catalog.pinned, roles=tuple(roles), limit=limit, cursor=cursor)
 
     async def logs(self, execution_id: str, *, step_id: str | None = None, level: str | None = None,
                    after: int | None = None, limit: int = 1000, tenant_id: str | None = None) -> list[LogEntry]:

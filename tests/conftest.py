@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import psycopg
 import pytest
 import trio
+from psycopg import sql
 
 from runtime import Runtime, Settings, StepFailed, open_runtime
 from runtime.steps.context import StepContext
@@ -28,6 +30,20 @@ def postgres_dsn() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return DSN
+
+
+def drop_schema(dsn: str, name: str) -> None:
+    """Drop a test's PostgreSQL schema and everything in it."""
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def schema(postgres_dsn: str) -> Iterator[str]:
+    """A fresh PostgreSQL schema name for the test (created by the store that uses it), dropped after."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    yield name
+    drop_schema(postgres_dsn, name)
 
 
 class Recorder:

@@ -77,3 +77,27 @@ async def test_pages_by_execution(rt: Runtime) -> None:
         assert exc.problems[0].path == "limit"
     else:
         raise AssertionError("limit 0 was accepted")
+
+
+async def test_a_role_entry_lists_the_step_for_every_holder_of_the_role(rt: Runtime) -> None:
+    await rt.register_runbook({"id": "on-call", "steps": [
+        {"id": "gate", "type": "human-approval", "config": {"approvers": ["role:soc-lead"], "minApprovals": 2}}]})
+    execution = await rt.start("on-call", {}, {"tenantId": "t1", "userId": "u"})
+    await until(rt, execution.id, lambda e: e.status == "awaiting_approval")
+    [item] = (await rt.pending_approvals("dana", tenant_id="t1", roles=["soc-lead"])).items
+    assert (item.execution_id, item.step_id) == (execution.id, "gate")
+    assert (await rt.pending_approvals("dana", tenant_id="t1", roles=["viewer"])).items == []
+    assert (await rt.pending_approvals("dana", tenant_id="t1")).items == []
+    await rt.submit_approval(execution.id, "gate", approver="dana", decision="approve", tenant_id="t1",
+                             roles=["soc-lead"])
+    assert (await rt.pending_approvals("dana", tenant_id="t1", roles=["soc-lead"])).items == []  # decided
+    assert len((await rt.pending_approvals("eve", tenant_id="t1", roles=["soc-lead"])).items) == 1
+
+
+async def test_the_arguments_are_checked(rt: Runtime) -> None:
+    try:
+        await rt.pending_approvals(7, tenant_id="t1", roles="soc-lead")  # type: ignore[arg-type]
+    except ValidationError as exc:
+        assert {p.path for p in exc.problems} == {"user", "roles"}
+    else:
+        raise AssertionError("a number as user and a string of roles were accepted")

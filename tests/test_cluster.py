@@ -4,8 +4,7 @@ them, events and watches cross, restarts resume, stale owners are fenced."""
 from __future__ import annotations
 
 import logging
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,7 +13,15 @@ import pytest
 import trio
 from psycopg import sql
 
-from runtime import CommandQueued, Conflict, Forbidden, Runtime, Settings, open_runtime
+from runtime import (
+    CommandQueued,
+    Conflict,
+    Forbidden,
+    LimitExceeded,
+    Runtime,
+    Settings,
+    open_runtime,
+)
 from runtime.store.postgres import PostgresStore
 from tests.conftest import DSN
 
@@ -31,13 +38,6 @@ TTL_MS = 900
 async def probe(ctx: Any) -> Any:
     return {"ran": ctx.step_id}
 
-
-@pytest.fixture
-def schema(postgres_dsn: str) -> Iterator[str]:
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    yield name
-    with psycopg.connect(DSN, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
 
 
 @asynccontextmanager
@@ -265,3 +265,15 @@ async def test_readiness_and_metrics_show_executions_waiting_for_a_capable_owner
         assert ready.status_code == 200 and (await ready.get_json()) == {"status": "ok", "waitingForCapableOwner": 1}
         text = await (await client.get("/metrics")).get_data(as_text=True)
         assert "runbooks_executions_waiting_for_capable_owner 1.0" in text
+
+
+async def test_the_cap_of_retained_events_counts_every_process_and_says_when_room_comes(schema: str) -> None:
+    cap = {"max_retained_events_per_tenant": 2, "event_retention_ms": 3_600_000}
+    async with node(schema, "a", **cap) as a, node(schema, "b", **cap) as b:
+        assert (await a.publish_event("go", "k1", tenant_id="t")).retained
+        assert (await b.publish_event("go", "k2", tenant_id="t")).retained
+        with pytest.raises(LimitExceeded) as refused:  # the two are in the database, whoever took them
+            await a.publish_event("go", "k3", tenant_id="t")
+        assert refused.value.limit == 2
+        assert refused.value.retry_after_s is not None and 3500 < refused.value.retry_after_s <= 3600
+        assert (await b.publish_event("go", "k3", tenant_id="other")).retained  # another tenant has room

@@ -6,19 +6,14 @@ from __future__ import annotations
 
 import json
 import pathlib
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import trio
-from psycopg import sql
 
 from tests.cluster_nodes import Node, nodes
-from tests.conftest import DSN
 from tests.fake_service import FakeService, Response, fake_service
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -42,13 +37,6 @@ WORK = {"id": "work", "steps": [
     {"id": "one", "type": "call-service", "config": {"url": "/work", "method": "POST"}},
     {"id": "two", "type": "call-service", "config": {"url": "/work", "method": "POST"}}]}
 
-
-@pytest.fixture
-def schema(postgres_dsn: str) -> Iterator[str]:
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    yield name
-    with psycopg.connect(DSN, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
 
 
 async def register(client: httpx.AsyncClient, node: Node, *docs: dict[str, Any]) -> None:

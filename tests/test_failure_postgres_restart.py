@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 
@@ -26,7 +25,6 @@ import httpx
 import psycopg
 import pytest
 import trio
-from psycopg import sql
 
 from gateway import Config, create_app
 from runtime import Runtime, Settings, open_runtime
@@ -75,13 +73,6 @@ def cluster(postgres_dsn: str) -> Iterator[tuple[str, str]]:
     finally:
         _until_accepting(found)
 
-
-@pytest.fixture
-def schema(postgres_dsn: str) -> Iterator[str]:
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    yield name
-    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
 
 
 def _accepting() -> bool:

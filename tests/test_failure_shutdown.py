@@ -9,15 +9,13 @@ real server and cut it (connections reset, or bytes held back so a commit hangs)
 from __future__ import annotations
 
 import logging
-import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 import trio
-from psycopg import sql
 
 from actors import Reply, open_mailbox
 from runtime import Runtime, Settings, StoreUnavailable, open_runtime
@@ -195,13 +193,6 @@ async def test_giving_up_refuses_the_batch_in_flight_what_is_queued_and_what_com
 
 # ---------------------------------------------------------------- PostgreSQL behind a cut proxy
 
-
-@pytest.fixture
-def schema(postgres_dsn: str) -> Iterator[str]:
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    yield name
-    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
 
 
 @pytest.mark.postgres

@@ -88,6 +88,10 @@ async def test_role_approvers_admit_every_holder_and_approving_needs_no_route_ro
         await gw.register(approval_runbook(approvers=("role:release-manager", "viewer")), headers=bearer("admin"))
         execution = await gw.start("approve-me", {"value": 1}, headers=bearer("operator"))
         await gw.wait_for(execution["id"], "awaiting_approval", headers=bearer("viewer"))
+        # the step waits for every holder of the role, and they see it in their list (no route role needed)
+        listed = await gw.client.get("/api/v1/approvals", headers=bearer("manager"))
+        assert [item["executionId"] for item in listed.json()["items"]] == [execution["id"]], listed.text
+        assert (await gw.client.get("/api/v1/approvals", headers=bearer("operator"))).json()["items"] == []
         url = f"/api/v1/executions/{execution['id']}/steps/approve/approvals"
         refused = await gw.client.post(url, json={"decision": "approve"}, headers=bearer("operator"))
         assert refused.status_code == 403 and "not an approver" in refused.json()["detail"]

@@ -13,13 +13,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import trio
-from psycopg import sql
 
 from runtime import Runtime, Settings, StepContext, ValidationError, open_runtime
 from runtime.store import PostgresStore, SqliteStore, Store
+from tests.conftest import drop_schema
 
 SURROGATE = "\ud800"
 
@@ -36,8 +35,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | Stor
         try:
             yield PostgresStore(dsn, pool_max=2, schema=schema, pool_min=0)
         finally:
-            with psycopg.connect(dsn, autocommit=True) as admin:
-                admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+            drop_schema(dsn, schema)
 
 
 class Gate:

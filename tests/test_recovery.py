@@ -11,17 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import trio
 import trio.testing
-from psycopg import sql
 
 from runtime import Settings, open_runtime
 from runtime.store.base import Store
 from runtime.store.postgres import PostgresStore
 from runtime.store.sqlite import SqliteStore
-from tests.conftest import DSN, taken_over
+from tests.conftest import DSN, drop_schema, taken_over
 from tests.fake_service import Response, fake_service
 from tests.recovery_child import LEASE_TTL_MS, RUNBOOK_A
 
@@ -52,8 +50,7 @@ def place(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Place]:
     where = Place(request.param, tmp_path)
     yield where
     if request.param == "postgres":
-        with psycopg.connect(DSN, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(where.schema)))
+        drop_schema(DSN, where.schema)
 
 
 ROOT = str(Path(__file__).resolve().parent.parent)

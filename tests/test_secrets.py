@@ -25,7 +25,7 @@ from runtime.secrets import Secrets
 from runtime.store import MemoryStore, SqliteStore
 from runtime.store.postgres import PostgresStore
 from runtime.wire import sha256_hex
-from tests.conftest import DSN
+from tests.conftest import DSN, drop_schema
 from tests.fake_service import Response, fake_service
 from tests.gateway_fixtures import running_gateway
 
@@ -95,8 +95,7 @@ def raw_store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterato
                     sql.Identifier(schema), sql.Identifier(t))).fetchall() for t in tables])
 
         yield PostgresStore(DSN, pool_max=2, schema=schema), dump_postgres
-        with psycopg.connect(DSN, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        drop_schema(DSN, schema)
 
 
 async def test_no_secret_value_leaves_the_process(raw_store: tuple[Any, Any], tmp_path: pathlib.Path,

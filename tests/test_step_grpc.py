@@ -370,3 +370,8 @@ async def test_an_allowed_name_is_called_at_the_address_that_was_checked(svc: Fa
         final = await run(runtime, lookup(f"inventory.internal:{port}"))
     assert final.status == "completed", final.error
     assert svc.count("Lookup") == 1
+
+
+async def test_a_grpc_timeout_past_one_year_is_refused_like_every_duration(rt: Runtime) -> None:
+    problems = rt.validate_runbook(lookup("127.0.0.1:50051", timeoutMs=10**15))
+    assert [(p.path, "one year" in p.message) for p in problems] == [("steps[0].config.timeoutMs", True)]

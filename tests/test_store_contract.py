@@ -44,6 +44,7 @@ from runtime.model import (
 from runtime.records import Change, ChangeResult
 from runtime.store import MemoryStore, PostgresStore, SqliteStore, Store, open_store_from_url
 from runtime.store.schema import NOT_DEDUPED_SQL, UNFINISHED_SQL
+from tests.conftest import drop_schema
 
 ES = ExecutionStatus
 T0 = datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
@@ -92,8 +93,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
             yield backend
         finally:
             _close_all(backend)
-            with psycopg.connect(dsn, autocommit=True) as admin:
-                admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+            drop_schema(dsn, schema)
 
 
 @pytest.fixture

@@ -54,7 +54,7 @@ import pytest
 import trio
 from psycopg import sql
 
-from tests.conftest import DSN
+from tests.conftest import DSN, drop_schema
 from tests.fake_service import FakeService, Response, fake_service
 from tests.gateway_fixtures import free_port
 
@@ -331,8 +331,7 @@ def pg_schema(postgres_dsn: str) -> Iterator[str]:
     with psycopg.connect(postgres_dsn, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
     yield name
-    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+    drop_schema(postgres_dsn, name)
 
 
 def store_env(store: str, tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, str]:

@@ -9,15 +9,11 @@ import pathlib
 import signal
 import subprocess
 import sys
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 
 import httpx
-import psycopg
 import pytest
 import trio
-from psycopg import sql
 
 from runtime import Settings, open_runtime
 from runtime.store.postgres import PostgresStore
@@ -64,13 +60,6 @@ async def test_a_seconds_schedule_runs_in_runbooks_serve(tmp_path: pathlib.Path)
             await process.wait()
     assert process.returncode == 0
 
-
-@pytest.fixture
-def schema(postgres_dsn: str) -> Iterator[str]:
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    yield name
-    with psycopg.connect(DSN, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
 
 
 @pytest.mark.postgres

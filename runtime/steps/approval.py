@@ -103,7 +103,12 @@ def check_approver(config: Mapping[str, Any], approver: str, roles: Collection[s
 
 def may_approve(config: Mapping[str, Any], approver: str, roles: Collection[str] = ()) -> bool:
     """Whether ``approver`` (holding ``roles``) is admitted by an entry of ``approvers``."""
-    entries = approver_ids(config)
+    return admits(approver_ids(config), approver, roles)
+
+
+def admits(entries: Collection[str], approver: str, roles: Collection[str] = ()) -> bool:
+    """Whether one of the rendered ``approvers`` entries (user ids, ``role:NAME``) admits
+    ``approver`` holding ``roles`` (``*``: every role, as in development mode)."""
     if approver in entries:
         return True
     wanted = {entry.removeprefix(ROLE_PREFIX) for entry in entries if entry.startswith(ROLE_PREFIX)}

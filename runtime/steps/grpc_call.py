@@ -48,6 +48,7 @@ from google.protobuf.message import DecodeError, Message
 
 from runtime import tracing
 from runtime.errors import Problem, StepFailed
+from runtime.limits import duration_problem
 from runtime.steps.grpc_bridge import unary_call
 from runtime.steps.grpc_descriptors import MethodTypes, method_types
 from runtime.steps.outbound import ForbiddenTarget, checked_addresses
@@ -152,9 +153,8 @@ def _check_bool(value: Any) -> list[tuple[str, str]]:
 
 
 def _check_timeout(value: Any) -> list[tuple[str, str]]:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return []
-    return [("", "must be a positive integer (milliseconds)")]
+    problem = duration_problem(value)  # the bounds of every duration (one year at most)
+    return [] if problem is None else [("", problem)]
 
 
 def _check_text(value: Any) -> list[tuple[str, str]]:

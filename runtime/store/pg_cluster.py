@@ -149,4 +149,7 @@ SELECT id, tenant_id, type, correlation_key, payload, received_at, expires_at FR
 WHERE tenant_id = %s AND type = %s AND correlation_key = %s AND (expires_at IS NULL OR expires_at > now())
 ORDER BY seq"""
 
-RETAINED_COUNT = "SELECT count(*) FROM events WHERE tenant_id = %s AND (expires_at IS NULL OR expires_at > now())"
+# how many a tenant holds, and in how many seconds the first of them expires (room again)
+RETAINED_COUNT = """
+SELECT count(*), extract(epoch FROM min(expires_at) - now())::float8 FROM events
+WHERE tenant_id = %s AND (expires_at IS NULL OR expires_at > now())"""

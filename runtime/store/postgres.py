@@ -674,7 +674,7 @@ class _Writer:
             raise LimitExceeded(
                 f"tenant '{event.tenant_id}' already has {cap} retained events that no step has taken "
                 f"(the cap, {CAP_SETTING}); this event was neither delivered nor retained",
-                limit=cap, setting=CAP_SETTING)
+                limit=cap, setting=CAP_SETTING, retry_after_s=None if held[1] is None else max(held[1], 0.0))
         cursor.execute(_UPSERT_EVENT, event_row(event, _as_is))
         return ChangeResult(retained=True)
 
