@@ -26,7 +26,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import trio
@@ -38,6 +38,7 @@ from runtime.core.plan import UnknownStepType
 from runtime.directory import Directory
 from runtime.errors import CommandQueued, NotFound
 from runtime.model import Execution
+from runtime.records import QueuedCommand
 from runtime.store.pg_listener import Listener
 from runtime.store.postgres import PostgresStore
 from runtime.watch import WatchHub
@@ -174,6 +175,15 @@ class Cluster:
             messages.append(commands.message(kind, body, commands.CommandReply(command_id)))
         return messages
 
+    def hand(self, queued: Iterable[QueuedCommand]) -> None:
+        """Commands just committed by this process (a publish's events): those for
+        executions run here go to their actors at once, without reading them back."""
+        for command_id, execution_id, kind, body in queued:
+            if command_id in self._delivered or not self._directory.knows(execution_id):
+                continue  # (another process's execution: its owner hears the NOTIFY)
+            self._delivered.add(command_id)
+            self._directory.post(execution_id, commands.message(kind, body, commands.CommandReply(command_id)))
+
     async def deliver(self, execution_id: str) -> None:
         """Hand the execution's new commands to its actor here, each once."""
         for command_id, kind, body in await self._read(self.store.pending_commands, execution_id):
@@ -198,8 +208,9 @@ class Cluster:
             if event is not None:
                 event.set()
         elif kind == "cmd":
-            if self._directory.knows(argument):
-                self._spawn(self.deliver, argument)
+            execution_id, _, command_id = argument.partition(":")
+            if self._directory.knows(execution_id) and command_id not in self._delivered:
+                self._spawn(self.deliver, execution_id)
         elif kind == "state":
             execution_id, _, version = argument.rpartition(":")
             known = self._hub.recent(execution_id)

@@ -31,7 +31,7 @@ from runtime.core.messages import Begin, Continue, DeliverEvent, Message
 from runtime.core.state import ExecutionState
 from runtime.errors import Fenced
 from runtime.host import ExecutionHost
-from runtime.model import Execution
+from runtime.model import Execution, StepStatus
 from runtime.records import Change, Wait, merged
 from runtime.steps.base import Runner, TaskRun
 
@@ -134,6 +134,8 @@ class ExecutionActor:
             elif isinstance(effect, fx.Commit):
                 change = effect.change if change is None else merged(change, effect.change)
             elif isinstance(effect, fx.Subscribe) and self.host.owner is not None:  # waits in the database
+                if self._stored_wait(effect.step_id):
+                    continue
                 wait = Wait(self.id, effect.step_id, effect.tenant_id, effect.event_type, effect.key, effect.filter)
                 shared = Change(waits=(wait,))
                 change = shared if change is None else merged(change, shared)
@@ -157,6 +159,13 @@ class ExecutionActor:
             elif isinstance(effect, fx.Note):
                 logger.info("%s", effect.text)
         return change, after
+
+    def _stored_wait(self, step_id: str) -> bool:
+        """Whether the step's wait row is in the database already: it was waiting when last
+        committed here, and so its row was committed with that state (an actor woken from
+        parked subscribes again; one taken over from another process writes its rows again)."""
+        committed = self.committed.steps.get(step_id) if self.committed is not None else None
+        return not self._taken_over and committed is not None and committed.status is StepStatus.WAITING
 
     def _fresh(self, messages: Iterable[Message]) -> list[Message]:
         """Leave out a command this incarnation has applied already (announced twice)."""

@@ -66,6 +66,9 @@ class Change:
         )
 
 
+QueuedCommand = tuple[str, str, str, Any]  # (command id, execution id, kind, body)
+
+
 @attrs.frozen
 class ChangeResult:
     """``existing_id`` set: the start was a duplicate. ``runbook_version``: the version assigned."""
@@ -74,6 +77,7 @@ class ChangeResult:
     runbook_version: int | None = None
     delivered: int = 0  # a publish: the waiters it was handed to
     retained: bool = False  # a publish: kept for a later waiter
+    commands: tuple[QueuedCommand, ...] = ()  # a shared store's publish: the command each waiter got
 
 
 def merged(first: Change, second: Change) -> Change:

@@ -460,6 +460,7 @@ class Runtime:
         if started or not self.settings.event_retention_ms:
             cap = 0  # taken by a rule, or nothing is retained: a waiter or nothing
         result = await self._commit(Change(publish=event, retain_cap=cap))  # every process's waiters, at once
+        self.cluster.hand(result.commands)
         delivered = started + result.delivered
         return PublishResult(delivered, result.retained and not started, event.id)
 

@@ -27,7 +27,7 @@ from psycopg_pool import ConnectionPool
 from runtime.conditions import event_passes
 from runtime.errors import Fenced, LimitExceeded, StoreUnavailable
 from runtime.model import LOG_LEVELS, AuditEntry, Event, Evidence, Execution, LogEntry, Runbook
-from runtime.records import Change, ChangeResult
+from runtime.records import Change, ChangeResult, QueuedCommand
 from runtime.retained import CAP_SETTING
 from runtime.store import pg_cluster as cluster
 from runtime.store.schema import (
@@ -367,7 +367,7 @@ class PostgresStore(ExecutionQueries, TriggerQueries):
         """Queue a command for the execution's owner and announce it (one transaction)."""
         with self._transaction() as cursor:
             cursor.execute(cluster.INSERT_COMMAND, (command_id, execution_id, kind, json.dumps(body), origin))
-            cursor.execute(cluster.NOTIFY, (self.channel, [f"cmd:{execution_id}"]))
+            cursor.execute(cluster.NOTIFY, (self.channel, [f"cmd:{execution_id}:{command_id}"]))
 
     def pending_commands(self, execution_id: str) -> list[tuple[str, str, Any]]:
         """(id, kind, body) of the execution's commands not applied yet, in order."""
@@ -557,6 +557,7 @@ class _Writer:
         self._cursor = cursor
         self._channel = channel
         self._notices: list[str] = []  # NOTIFY payloads, sent as the batch commits
+        self._queued: list[QueuedCommand] = []  # the commands of the current publish
         self._fences: list[tuple[list[str], psycopg.Cursor[tuple[Any, ...]]]] = []
 
     def insert_executions(self, starts: Sequence[Change]) -> list[str | None]:
@@ -662,13 +663,12 @@ class _Writer:
         cursor = self._cursor
         self._lock(event.tenant_id, event.type, event.correlation_key)
         waiters = cursor.execute(cluster.WAITERS, (event.tenant_id, event.type, event.correlation_key)).fetchall()
-        delivered = 0
+        self._queued = []
         for execution_id, step_id, condition in waiters:
             if event_passes(condition, event.payload, event.type):
                 self._command(execution_id, "event", {"stepId": step_id, "event": to_json(event)})
-                delivered += 1
-        if delivered or not cap:
-            return ChangeResult(delivered=delivered)
+        if self._queued or not cap:
+            return ChangeResult(delivered=len(self._queued), commands=tuple(self._queued))
         held = cursor.execute(cluster.RETAINED_COUNT, (event.tenant_id,)).fetchone()
         if held is not None and held[0] >= cap:
             raise LimitExceeded(
@@ -682,8 +682,10 @@ class _Writer:
         self._cursor.execute(cluster.LOCK_KEY, (json.dumps([tenant_id, event_type, key]),))
 
     def _command(self, execution_id: str, kind: str, body: Any) -> None:
-        self._cursor.execute(cluster.INSERT_COMMAND, (uuid.uuid4().hex, execution_id, kind, dumps(body), None))
-        self._notices.append(f"cmd:{execution_id}")
+        command_id = uuid.uuid4().hex
+        self._cursor.execute(cluster.INSERT_COMMAND, (command_id, execution_id, kind, dumps(body), None))
+        self._notices.append(f"cmd:{execution_id}:{command_id}")
+        self._queued.append((command_id, execution_id, kind, body))
 
     def _flush(self, pending: Pending) -> None:
         cursor = self._cursor
