@@ -209,6 +209,9 @@ class Cluster:
                 event.set()
         elif kind == "cmd":
             execution_id, _, command_id = argument.partition(":")
+            command_id, _, nonce = command_id.partition(":")
+            if nonce == self.store.nonce:
+                return  # committed by a publish of this process, which hands it over itself
             if self._directory.knows(execution_id) and command_id not in self._delivered:
                 self._spawn(self.deliver, execution_id)
         elif kind == "state":

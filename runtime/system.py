@@ -100,7 +100,7 @@ class Runtime:
                                    ttl_ms=settings.lease_ttl_ms, forward_wait_ms=settings.forward_wait_ms)
             self.catalog.cache_latest = self.cluster.caches_latest
         directory.host = ExecutionHost(  # an actor's reads wait for the store, as its commits do
-            clock=self.clock, load=outage.waiting(self._load, "loading an execution"),
+            clock=self.clock, load=outage.waiting(self._load, "loading an execution"), recent=self.hub.recent,
             plan_for=outage.waiting(self.catalog.plan_for, "reading a runbook"), commit=self._commit,
             published=self._published, types=self.catalog.types, services=self.services,
             default_policy=settings.default_retry_policy, router=self.router, timers=timers,
@@ -459,8 +459,9 @@ class Runtime:
         cap = self.settings.max_retained_events_per_tenant
         if started or not self.settings.event_retention_ms:
             cap = 0  # taken by a rule, or nothing is retained: a waiter or nothing
-        result = await self._commit(Change(publish=event, retain_cap=cap))  # every process's waiters, at once
-        self.cluster.hand(result.commands)
+        with trio.CancelScope(shield=True):  # once sent, its commands are handed over here, not read back
+            result = await self._commit(Change(publish=event, retain_cap=cap))  # every process's waiters, at once
+            self.cluster.hand(result.commands)
         delivered = started + result.delivered
         return PublishResult(delivered, result.retained and not started, event.id)
 

@@ -4,8 +4,10 @@ them, events and watches cross, restarts resume, stale owners are fenced."""
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -22,6 +24,8 @@ from runtime import (
     Settings,
     open_runtime,
 )
+from runtime.model import Event
+from runtime.records import Change, Wait
 from runtime.store.postgres import PostgresStore
 from tests.conftest import DSN
 
@@ -277,3 +281,28 @@ async def test_the_cap_of_retained_events_counts_every_process_and_says_when_roo
         assert refused.value.limit == 2
         assert refused.value.retry_after_s is not None and 3500 < refused.value.retry_after_s <= 3600
         assert (await b.publish_event("go", "k3", tenant_id="other")).retained  # another tenant has room
+
+
+def test_publishes_committed_in_one_batch_are_decided_in_order(schema: str) -> None:
+    """Their lookups go out together; each is still decided as if alone, in batch order."""
+    store = PostgresStore(DSN, pool_max=2, schema=schema)
+    store.open()
+    try:
+        now = datetime.now(UTC)
+
+        def event(key: str) -> Event:
+            return Event(uuid.uuid4().hex, "t", "go", key, {"key": key}, now, now + timedelta(hours=1))
+
+        store.commit([Change(waits=(Wait("e1", "s", "t", "go", "k1"),))])
+        first, second, third, fourth = event("k1"), event("k2"), event("k1"), event("k3")
+        results = store.commit([Change(publish=e, retain_cap=10) for e in (first, second, third, fourth)])
+        assert [(r.delivered, r.retained) for r in results] == [(1, False), (0, True), (1, False), (0, True)]
+        assert [command[1] for r in results for command in r.commands] == ["e1", "e1"]
+        assert [e.id for e in store.retained_events(now)] == [second.id, fourth.id]
+        assert [body["event"]["id"] for _, _, body in store.pending_commands("e1")] == [first.id, third.id]
+
+        with pytest.raises(LimitExceeded):  # the cap counts what the same batch retained before
+            store.commit([Change(publish=event(f"x{i}"), retain_cap=3) for i in range(2)])
+        assert len(store.retained_events(now)) == 2  # the batch rolled back whole
+    finally:
+        store.close()

@@ -11,8 +11,9 @@ records the outcome on the row in the same transaction as the state it produced.
 event subscriptions of waiting steps, so an event published on any process reaches them.
 
 The same notification channel (one per schema) carries every announcement, as
-``kind:argument`` payloads: ``cmd:<execution>``, ``done:<command>``, ``state:<execution>:<version>``,
-``released``, ``runbook:<id>``.
+``kind:argument`` payloads: ``cmd:<execution>:<command>`` (``...:<process nonce>`` when the
+process that committed it hands it over itself), ``done:<command>``,
+``state:<execution>:<version>``, ``released``, ``runbook:<id>``.
 """
 
 from __future__ import annotations

@@ -281,6 +281,9 @@ class PostgresStore(ExecutionQueries, TriggerQueries):
         self._pool: ConnectionPool[Connection] | None = None
         self._write_lock = threading.Lock()
         self._parsed = ParsedRunbooks()  # (its document is read as text: parsed only once)
+        # tags the announcements of commands this process hands over itself (a publish's):
+        # its own listener need not read them back
+        self.nonce = uuid.uuid4().hex[:12]
 
     def open(self) -> None:
         with self._write_lock, _translated("open"):
@@ -399,7 +402,7 @@ class PostgresStore(ExecutionQueries, TriggerQueries):
             # in pipeline mode BEGIN, the fence and every write go out together: one round trip
             # and the COMMIT (a read that needs an answer, such as a start's insert, syncs early)
             with conn.pipeline(), conn.transaction(), conn.cursor() as cursor:
-                writer = _Writer(cursor, self.channel)
+                writer = _Writer(cursor, self.channel, self.nonce)
                 results = apply_batch(changes, writer)
                 writer.check_fences()
                 return results
@@ -553,9 +556,10 @@ class PostgresStore(ExecutionQueries, TriggerQueries):
 class _Writer:
     """The writes of one batch, inside its transaction."""
 
-    def __init__(self, cursor: psycopg.Cursor[tuple[Any, ...]], channel: str) -> None:
+    def __init__(self, cursor: psycopg.Cursor[tuple[Any, ...]], channel: str, nonce: str) -> None:
         self._cursor = cursor
         self._channel = channel
+        self._nonce = nonce
         self._notices: list[str] = []  # NOTIFY payloads, sent as the batch commits
         self._queued: list[QueuedCommand] = []  # the commands of the current publish
         self._fences: list[tuple[list[str], psycopg.Cursor[tuple[Any, ...]]]] = []
@@ -654,19 +658,35 @@ class _Writer:
                                                      wait.key, json.dumps(wait.filter)))
                 continue
             cursor.execute(_DELETE_EVENT, (taken.id,))  # the step takes it, as a command to its execution
-            self._command(wait.execution_id, "event", {"stepId": wait.step_id, "event": to_json(taken)})
+            self._command(wait.execution_id, "event", {"stepId": wait.step_id, "event": to_json(taken)}, handed=False)
         if change.publish is None:
             return ChangeResult()
         return self._publish(change.publish, change.retain_cap)
 
-    def _publish(self, event: Event, cap: int) -> ChangeResult:
-        cursor = self._cursor
+    def publishes(self, changes: Sequence[Change]) -> list[ChangeResult]:
+        """Each publish's lock and waiter lookup are sent first, all in one round trip; then
+        each is decided in order, exactly as ``events`` would one after another."""
+        conn = self._cursor.connection
+        lookups = []
+        for change in changes:
+            assert change.publish is not None
+            lookups.append((change.publish, change.retain_cap, self._waiters(change.publish, conn.cursor())))
+        return [self._deliver(event, cap, lookup.fetchall()) for event, cap, lookup in lookups]
+
+    def _waiters(self, event: Event, cursor: psycopg.Cursor[tuple[Any, ...]]) -> psycopg.Cursor[tuple[Any, ...]]:
+        """Take the event key's lock and ask for its waiters (the answer is read later)."""
         self._lock(event.tenant_id, event.type, event.correlation_key)
-        waiters = cursor.execute(cluster.WAITERS, (event.tenant_id, event.type, event.correlation_key)).fetchall()
+        return cursor.execute(cluster.WAITERS, (event.tenant_id, event.type, event.correlation_key))
+
+    def _publish(self, event: Event, cap: int) -> ChangeResult:
+        return self._deliver(event, cap, self._waiters(event, self._cursor).fetchall())
+
+    def _deliver(self, event: Event, cap: int, waiters: list[tuple[Any, ...]]) -> ChangeResult:
+        cursor = self._cursor
         self._queued = []
         for execution_id, step_id, condition in waiters:
             if event_passes(condition, event.payload, event.type):
-                self._command(execution_id, "event", {"stepId": step_id, "event": to_json(event)})
+                self._command(execution_id, "event", {"stepId": step_id, "event": to_json(event)}, handed=True)
         if self._queued or not cap:
             return ChangeResult(delivered=len(self._queued), commands=tuple(self._queued))
         held = cursor.execute(cluster.RETAINED_COUNT, (event.tenant_id,)).fetchone()
@@ -681,11 +701,15 @@ class _Writer:
     def _lock(self, tenant_id: str, event_type: str, key: str) -> None:
         self._cursor.execute(cluster.LOCK_KEY, (json.dumps([tenant_id, event_type, key]),))
 
-    def _command(self, execution_id: str, kind: str, body: Any) -> None:
+    def _command(self, execution_id: str, kind: str, body: Any, *, handed: bool) -> None:
+        """A command row; ``handed``: the caller hands it to the actor here if the execution
+        runs here (``Cluster.hand``), so this process's listener may skip its announcement."""
         command_id = uuid.uuid4().hex
         self._cursor.execute(cluster.INSERT_COMMAND, (command_id, execution_id, kind, dumps(body), None))
-        self._notices.append(f"cmd:{execution_id}:{command_id}")
-        self._queued.append((command_id, execution_id, kind, body))
+        self._notices.append(f"cmd:{execution_id}:{command_id}:{self._nonce}" if handed
+                             else f"cmd:{execution_id}:{command_id}")
+        if handed:
+            self._queued.append((command_id, execution_id, kind, body))
 
     def _flush(self, pending: Pending) -> None:
         cursor = self._cursor

@@ -61,6 +61,9 @@ class BatchWriter(Protocol):
     def events(self, change: Change) -> ChangeResult:
         """A publish, waits that start and stop: the stores shared by several processes."""
 
+    def publishes(self, changes: Sequence[Change]) -> list[ChangeResult]:
+        """A run of publishes (nothing else in them): as ``events`` one after another."""
+
     def flush(self, pending: Pending) -> None:
         """Write everything collected, one ``executemany`` per table."""
 
@@ -162,6 +165,13 @@ def apply_batch(changes: Sequence[Change], writer: BatchWriter) -> list[ChangeRe
             writer.flush(pending)
             pending = Pending()
             continue
+        run = _publishes_at(changes, index)
+        if len(run) > 1:  # (several publishes in a row: their lookups go out together)
+            for published, result in zip(run, writer.publishes(run), strict=True):
+                pending.add(published)
+                results.append(result)
+            index += len(run)
+            continue
         result = ChangeResult()
         if change.runbook is not None:
             result = ChangeResult(runbook_version=writer.add_runbook(change.runbook))
@@ -172,6 +182,17 @@ def apply_batch(changes: Sequence[Change], writer: BatchWriter) -> list[ChangeRe
         index += 1
     writer.flush(pending)  # (also when nothing is pending: what the batch announces goes out)
     return results
+
+
+def _publishes_at(changes: Sequence[Change], index: int) -> list[Change]:
+    """The run of changes from ``index`` on that are publishes and nothing else."""
+    run: list[Change] = []
+    for change in changes[index:]:
+        if change.publish is None or change.waits or change.unwaits or change.runbook is not None \
+                or change.new_execution is not None:
+            break
+        run.append(change)
+    return run
 
 
 def _starts_at(changes: Sequence[Change], index: int, pending: Pending) -> list[Change]:

@@ -475,6 +475,9 @@ class _Writer:
     def events(self, change: Change) -> ChangeResult:
         raise NotImplementedError("a SQLite store is one process's: its events go through the runtime's router")
 
+    def publishes(self, changes: Sequence[Change]) -> list[ChangeResult]:
+        raise NotImplementedError("a SQLite store is one process's: its events go through the runtime's router")
+
     def add_runbook(self, runbook: Runbook) -> int:
         owner, id_, document, created_at = runbook_row(runbook, datetime.now(UTC), format_time)
         params = {"owner": owner, "id": id_, "document": document, "created_at": created_at}
