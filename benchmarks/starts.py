@@ -46,7 +46,7 @@ async def measure(report: Report, store: str, starts: int) -> None:
         report.add("starts", starts / elapsed, "starts/s",
                    {"starts": starts, "concurrent_callers": CALLERS, "seconds": round(elapsed, 3),
                     "persistence_mailbox_peak": mailbox_peak(rt)},
-                   store, ">= 3000" if store == "postgres" else None)
+                   store, ">= 1000" if store == "postgres" else None)
 
 
 async def main(report: Report, args: argparse.Namespace) -> None:

@@ -4,7 +4,8 @@ An execution is *live* (an ExecutionActor runs it: steps in flight, or a message
 applied) or *parked* (nothing runs: it only waits, for a decision, an event, a deadline or
 a resume; it costs an id here, its deadline in the timers and its subscriptions in the
 event router). A message to a parked execution (``ask``, ``post``) starts a new actor from
-committed state first: reactivation is the recovery path. Actors leave by themselves when
+committed state first (the state it last committed here while the runtime's cache of recent
+states still holds it, else read back): reactivation is the recovery path. Actors leave by themselves when
 they have nothing to run; the directory only keeps the books (``left``).
 """
 
@@ -76,7 +77,10 @@ class Directory:
         found = self._live.get(execution_id)
         if found is not None:
             return found[0]
-        self._parked.discard(execution_id)
+        if execution_id in self._parked:
+            self._parked.discard(execution_id)
+            if initial is None and not taken_over:  # it parked here: its last commit, if still in memory
+                initial = self.host.recent(execution_id)
         actor = ExecutionActor(self.host, execution_id, initial, taken_over=taken_over)
 
         async def give_up(exc: BaseException) -> None:

@@ -63,8 +63,6 @@ class ExecutionActor:
 
     async def run(self, mailbox: Mailbox[ActorMessage]) -> None:
         """One incarnation: until the execution leaves (parks, ends, or is stopped)."""
-        if self._initial is None and self._state is None and not self._taken_over:
-            self._initial = self.host.recent(self.id)  # woken from parked here: its last commit is in memory
         execution, self._initial = self._initial or await self.host.load(self.id), None  # a restart reloads
         if execution is None:
             self._leave(mailbox, None)

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 class ExecutionHost:
     clock: Clock
     load: Callable[[str], Awaitable[Execution | None]]  # the committed state, from the store
-    recent: Callable[[str], Execution | None]  # the committed state, if still in memory
+    recent: Callable[[str], Execution | None]  # the state committed here last, if still in memory
     plan_for: Callable[[Execution], Awaitable[Plan]]  # waits for custom types not registered yet
     commit: Callable[[Change], Awaitable[ChangeResult]]
     published: Callable[[Execution, Change | None], None]

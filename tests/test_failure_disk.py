@@ -102,11 +102,10 @@ def fill(directory: Path) -> Path:
     """Write a file until the file system has no room left; the file."""
     ballast = directory / "ballast"
     chunk = b"\0" * 65536
-    with open(ballast, "wb") as file:
+    with open(ballast, "wb", buffering=0) as file:  # unbuffered: nothing left to write at close
         try:
             while True:
                 file.write(chunk)
-                file.flush()
         except OSError as exc:
             assert exc.errno == errno.ENOSPC, exc
     return ballast
