@@ -87,20 +87,34 @@ class Cluster:
         return own
 
     async def heartbeat(self) -> None:
-        """Every third of the TTL: renew this instance, take over what nobody runs."""
-        beats = 0
+        """Every third of the TTL: renew this instance; beside it, take over what nobody runs.
+        The two loops are apart so that a long takeover (hundreds of executions of a process
+        that died) never holds the renewal back: a late renewal would let the other
+        processes take this one's executions while it still runs them."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._taking_over)
+            beats = 0
+            while True:
+                await trio.sleep(self.ttl_s / 3)
+                try:
+                    if not await self._read(self.store.renew_instance, self.instance_id, self.incarnation,
+                                            self.ttl_s):
+                        self._replaced()
+                        nursery.cancel_scope.cancel()
+                        return
+                    beats += 1
+                    if beats % 1000 == 0:
+                        await self._read(self.store.sweep_commands, COMMAND_RETENTION_S)
+                except Exception as exc:  # the database is away: the next beat tries again
+                    logger.warning("heartbeat failed: %s", exc)
+
+    async def _taking_over(self) -> None:
         while True:
             await trio.sleep(self.ttl_s / 3)
             try:
-                if not await self._read(self.store.renew_instance, self.instance_id, self.incarnation, self.ttl_s):
-                    self._replaced()
-                    return
                 await self.take_over()
-                beats += 1
-                if beats % 1000 == 0:
-                    await self._read(self.store.sweep_commands, COMMAND_RETENTION_S)
-            except Exception as exc:  # the database is away: the next beat tries again
-                logger.warning("heartbeat failed: %s", exc)
+            except Exception as exc:  # the database is away: the next round tries again
+                logger.warning("takeover failed: %s", exc)
 
     async def stop(self) -> None:
         """Graceful shutdown: every execution of this process goes to the others at once."""
