@@ -151,11 +151,8 @@ class ApprovalKind(KindDefaults):
     name = "approval"
 
     def begin(self, ops: StepOps, step: Step) -> None:
-        try:
-            config = render(step.config, ops.scope(step.id))
-        except TemplateError as exc:
-            ops.mark_started(step, StepStatus.RUNNING)
-            ops.fail(step.id, StepError("template", str(exc), False))
+        config = self.rendered(ops, step)
+        if config is None:
             return
         timeout = step.config.get("timeoutMs", step.timeout_ms)
         deadline = ops.now + timedelta(milliseconds=timeout) if timeout else None

@@ -18,8 +18,9 @@ from runtime.core.kinds import StepKind, StepOps
 from runtime.core.messages import DecideApproval, DeliverEvent, Message, StepMessage
 from runtime.errors import Conflict, Problem
 from runtime.limits import MAX_RETRIES, count_problem, duration_problem, multiplier_problem
-from runtime.model import RetryPolicy, Step, StepState
+from runtime.model import RetryPolicy, Step, StepError, StepState, StepStatus
 from runtime.steps.context import Executor, Services, StepContext
+from runtime.templates import TemplateError, render
 
 
 class TypeLookup(Protocol):
@@ -93,6 +94,18 @@ class KindDefaults:
 
     def decides(self, step: Step) -> Sequence[str]:
         return ()
+
+    @staticmethod
+    def rendered(ops: StepOps, step: Step) -> dict[str, Any] | None:
+        """The step's config rendered in its scope, for a kind that starts without a task;
+        None if a template fails: the step has then started and failed (``template``)."""
+        try:
+            config: dict[str, Any] = render(step.config, ops.scope(step.id))
+        except TemplateError as exc:
+            ops.mark_started(step, StepStatus.RUNNING)
+            ops.fail(step.id, StepError("template", str(exc), False))
+            return None
+        return config
 
 
 # -- checks the config checkers share

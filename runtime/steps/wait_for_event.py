@@ -57,11 +57,8 @@ class EventKind(KindDefaults):
     name = "event"
 
     def begin(self, ops: StepOps, step: Step) -> None:
-        try:
-            config = render(step.config, ops.scope(step.id))
-        except TemplateError as exc:
-            ops.mark_started(step, StepStatus.RUNNING)
-            ops.fail(step.id, StepError("template", str(exc), False))
+        config = self.rendered(ops, step)
+        if config is None:
             return
         deadline = ops.now + timedelta(milliseconds=timeout_ms(step))
         ops.mark_started(step, StepStatus.WAITING, deadline_at=deadline, approvals=())
