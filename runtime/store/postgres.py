@@ -19,6 +19,7 @@ from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any
 
+import attrs
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
@@ -164,7 +165,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # 5: runbook triggers: enabled, last run
         TRIGGER_STATES_TABLE.format(time="timestamptz"),
     ),
+    (  # 6: a row per committed batch, so a batch whose COMMIT reply was lost is not written twice
+        """CREATE TABLE batches (
+            id text PRIMARY KEY,
+            committed_at timestamptz NOT NULL DEFAULT now()
+        )""",
+        "CREATE INDEX batches_by_time ON batches (committed_at)",
+    ),
 )
+
+_MARK_BATCH = "INSERT INTO batches (id) VALUES (%s)"
+_BATCH_COMMITTED = "SELECT 1 FROM batches WHERE id = %s"
+_SWEEP_BATCHES = "DELETE FROM batches WHERE committed_at < now() - interval '1 day'"
+SWEEP_EVERY = 1000  # batches
 
 _HEADER_COLUMNS = ("id, tenant_id, runbook_id, runbook_version, status, input_hash, idempotency_key, created_at, "
                    "header, version")
@@ -284,6 +297,8 @@ class PostgresStore(ExecutionQueries, TriggerQueries):
         # tags the announcements of commands this process hands over itself (a publish's):
         # its own listener need not read them back
         self.nonce = uuid.uuid4().hex[:12]
+        self._in_doubt: _Attempt | None = None  # a batch whose COMMIT may or may not have landed
+        self._batches = 0
 
     def open(self) -> None:
         with self._write_lock, _translated("open"):
@@ -395,17 +410,48 @@ class PostgresStore(ExecutionQueries, TriggerQueries):
 
     # -- writes
     def commit(self, changes: Sequence[Change]) -> list[ChangeResult]:
+        """Write the batch in one transaction. Each batch writes a row of ``batches`` with it:
+        when the connection breaks during ``COMMIT`` the outcome is unknown, and the retry of
+        the same batch (the persistence actor sends the same list again) first looks for that
+        row; found, the batch is committed and its results are answered without writing it
+        again (its log, audit and evidence entries and its commands are not doubled)."""
         if not changes:
             return []
         with self._write_lock, _translated("commit"):
-            conn = self._writer()
-            # in pipeline mode BEGIN, the fence and every write go out together: one round trip
-            # and the COMMIT (a read that needs an answer, such as a start's insert, syncs early)
-            with conn.pipeline(), conn.transaction(), conn.cursor() as cursor:
-                writer = _Writer(cursor, self.channel, self.nonce)
-                results = apply_batch(changes, writer)
-                writer.check_fences()
-                return results
+            doubt = self._in_doubt
+            if doubt is not None and doubt.changes is changes:
+                if self._batch_committed(doubt.marker):
+                    self._in_doubt = None
+                    assert doubt.results is not None
+                    return doubt.results
+            self._in_doubt = None
+            attempt = _Attempt(changes, uuid.uuid4().hex)
+            try:
+                self._write_batch(attempt)
+            except psycopg.OperationalError:
+                if attempt.results is not None:  # every write was made: the COMMIT may have landed
+                    self._in_doubt = attempt
+                raise
+            assert attempt.results is not None
+            return attempt.results
+
+    def _write_batch(self, attempt: _Attempt) -> None:
+        conn = self._writer()
+        # in pipeline mode BEGIN, the fence and every write go out together: one round trip
+        # and the COMMIT (a read that needs an answer, such as a start's insert, syncs early)
+        with conn.pipeline(), conn.transaction(), conn.cursor() as cursor:
+            writer = _Writer(cursor, self.channel, self.nonce)
+            results = apply_batch(attempt.changes, writer)
+            writer.check_fences()
+            cursor.execute(_MARK_BATCH, (attempt.marker,))
+            self._batches += 1
+            if self._batches % SWEEP_EVERY == 0:
+                cursor.execute(_SWEEP_BATCHES)
+            attempt.results = results
+
+    def _batch_committed(self, marker: str) -> bool:
+        with self._writer().cursor() as cursor:
+            return cursor.execute(_BATCH_COMMITTED, (marker,)).fetchone() is not None
 
     def _writer(self) -> Connection:
         """The write connection; a broken one (lost during an earlier commit) is replaced."""
@@ -551,6 +597,15 @@ class PostgresStore(ExecutionQueries, TriggerQueries):
                 return cursor.fetchall() if cursor.description else []
 
             yield execute
+
+
+@attrs.define
+class _Attempt:
+    """One try at committing a batch: its marker row, and its results once every write is made."""
+
+    changes: Sequence[Change]
+    marker: str
+    results: list[ChangeResult] | None = None
 
 
 class _Writer:
