@@ -22,12 +22,12 @@ from gateway.auth import Authenticator, Identity
 from gateway.bodies import MAX_BODY_BYTES
 from gateway.config import Config
 from gateway.connection import CompleteExchange
-from gateway.console import register_console
 from gateway.cors import Cors
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import build_openapi
 from gateway.problems import ApiProblem, as_single_error, problem_for
 from gateway.routes import CONVERTERS, ROUTES, Route, View
+from gateway.routes_console import register_console
 from gateway.sse import Streams
 from gateway.state import EXTENSION, GatewayState
 from runtime import Runtime

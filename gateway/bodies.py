@@ -15,8 +15,8 @@ from quart import request
 
 from gateway.problems import ApiProblem
 from runtime import Problem, ValidationError
-from runtime.jsonsafe import MAX_DEPTH, first_problem
-from runtime.wire import load_document
+from runtime.model.jsonsafe import MAX_DEPTH, first_problem
+from runtime.model.wire import load_document
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_NODES = 600_000  # more values than any 1 MiB of JSON can hold
@@ -75,7 +75,7 @@ def _no_constant(name: str) -> Any:
 
 
 def check_shape(value: Any) -> None:
-    """Refuse a value JSON and the stores cannot hold (``runtime.jsonsafe``): nested deeper
+    """Refuse a value JSON and the stores cannot hold (``runtime.model.jsonsafe``): nested deeper
     than ``MAX_DEPTH``, more than ``MAX_NODES`` values (only YAML aliases get there from 1 MiB:
     a "billion laughs" document, 413), non-finite numbers, lone surrogates (``"\\ud800"`` is
     valid JSON syntax but no text), and for YAML, values JSON has no type for. 400 naming the path: the body cannot be read as data."""

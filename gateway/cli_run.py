@@ -37,11 +37,11 @@ from runtime import (
     ValidationError,
     open_runtime,
 )
-from runtime.approvals import awaiting_steps, rendered_config
-from runtime.secrets import SecretsFileError, load_secrets_file
+from runtime.documents.triggers import rfc3339, triggers_of
+from runtime.kinds.approval_inbox import awaiting_steps, rendered_config
+from runtime.model.wire import load_document, to_json
+from runtime.security.secrets import SecretsFileError, load_secrets_file
 from runtime.store import open_store_from_url
-from runtime.triggers import rfc3339, triggers_of
-from runtime.wire import load_document, to_json
 
 WAITS = (StepStatus.AWAITING_APPROVAL, StepStatus.WAITING)
 MOVING = (StepStatus.RUNNING, StepStatus.RETRYING)
@@ -102,8 +102,8 @@ def run_options(args: Any, *, terminal: bool, env: dict[str, str] | os._Environ[
 
 def validate_files(files: list[str], out: TextIO) -> int:
     """Print every problem of every file; 1 if any file has one."""
-    from runtime.steps.registry import StepTypes
-    from runtime.validate import validate_document
+    from runtime.documents.validate import validate_document
+    from runtime.shell.step_types import StepTypes
 
     failed = False
     for name in files:

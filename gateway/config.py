@@ -21,10 +21,11 @@ import attrs
 import yaml
 
 from gateway.roles import DEFAULT_TOKEN_ROLES
-from runtime import Settings, tracing
-from runtime.limits import MAX_CONCURRENCY, MAX_DURATION_MS, MAX_RETRIES
-from runtime.secrets import SecretsFileError, load_secrets_file
-from runtime.steps.outbound import HostAllowlist
+from runtime import Settings
+from runtime.io import tracing
+from runtime.model.limits import MAX_CONCURRENCY, MAX_DURATION_MS, MAX_RETRIES
+from runtime.security.outbound import HostAllowlist
+from runtime.security.secrets import SecretsFileError, load_secrets_file
 
 T = TypeVar("T")
 

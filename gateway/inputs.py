@@ -19,9 +19,9 @@ from quart import request
 
 from gateway.problems import ApiProblem
 from runtime import Problem
-from runtime.arguments import text_problem
-from runtime.limits import MAX_SEQ, MAX_VERSION
+from runtime.api.arguments import text_problem
 from runtime.model import LOG_LEVELS, ExecutionStatus
+from runtime.model.limits import MAX_SEQ, MAX_VERSION
 
 DECISIONS = ("approve", "reject")
 STATUSES = tuple(status.value for status in ExecutionStatus)

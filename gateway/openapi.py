@@ -92,7 +92,7 @@ def _operation(route: Route, development_mode: bool) -> dict[str, Any]:
 
 
 def _path_param(name: str) -> dict[str, Any]:
-    from runtime.wire import camel
+    from runtime.model.wire import camel
 
     return {"name": camel(name), "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
 

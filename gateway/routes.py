@@ -31,9 +31,9 @@ from gateway.inputs import (
 )
 from gateway.inputs import IDEMPOTENCY_KEY as KEY_PATTERN
 from gateway.roles import AUTHOR, OPERATOR, VIEWER
-from runtime.limits import MAX_SEQ
 from runtime.model import LOG_LEVELS
-from runtime.wire import camel
+from runtime.model.limits import MAX_SEQ
+from runtime.model.wire import camel
 
 View = Callable[..., Awaitable[Response]]
 JSON = "application/json"

@@ -12,8 +12,8 @@ from gateway import bodies, inputs
 from gateway.auth import current_identity
 from gateway.shapes import audit_json, json_response, page_json
 from gateway.state import state
-from runtime.scheduler import TriggerInfo
-from runtime.wire import format_time
+from runtime.model.wire import format_time
+from runtime.triggers.scheduler import TriggerInfo
 
 
 def trigger_json(info: TriggerInfo) -> dict[str, Any]:

@@ -14,15 +14,15 @@ from gateway.inputs import (
     TEXT_PATTERN,
 )
 from runtime import StepStatus
-from runtime.limits import (
+from runtime.documents.validate import ID_PATTERN, MAX_STEPS, RESERVED_IDS
+from runtime.model import LOG_LEVELS
+from runtime.model.limits import (
     MAX_BACKOFF_MULTIPLIER,
     MAX_CONCURRENCY,
     MAX_DURATION_MS,
     MAX_RETRIES,
     MIN_BACKOFF_MULTIPLIER,
 )
-from runtime.model import LOG_LEVELS
-from runtime.validate import ID_PATTERN, MAX_STEPS, RESERVED_IDS
 
 Schema = dict[str, Any]
 

@@ -41,11 +41,11 @@ from runtime import (
     StoreUnavailable,
     ValidationError,
     open_runtime,
-    tracing,
 )
+from runtime.io import tracing
+from runtime.model.wire import load_document
 from runtime.store import open_store_from_url, postgres_store
 from runtime.store.base import Store
-from runtime.wire import load_document
 
 logger = logging.getLogger("runbooks.gateway")
 

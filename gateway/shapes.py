@@ -1,4 +1,4 @@
-"""The JSON shapes the API answers with, all built on ``runtime.wire.to_json``.
+"""The JSON shapes the API answers with, all built on ``runtime.model.wire.to_json``.
 
 The engine's values carry a few internal fields (``deduplicated``, ``pausedAt``,
 ``idempotencyKey``, the ``executionId`` of every record) that are not part of the contract;
@@ -22,7 +22,7 @@ from runtime import (
     PublishResult,
     Runbook,
 )
-from runtime.wire import format_time, to_json
+from runtime.model.wire import format_time, to_json
 
 EXECUTION_FIELDS = (
     "id", "runbookId", "runbookVersion", "tenantId", "status", "input", "output", "context", "error",

@@ -1,7 +1,7 @@
 """Server-sent events of one execution: every committed state, live, until it finishes.
 
 A stream has two halves. The *pump*, a task in the app's lifespan nursery, iterates
-``runtime.watch`` and hands each state on with ``send_nowait``: it never reaches a
+``runtime.shell.watch`` and hands each state on with ``send_nowait``: it never reaches a
 checkpoint between two states, so the watch is re-entered (and its subscription held) before
 any other task can commit a new state. The *body*, an async generator Quart iterates to
 write the response, only receives from the pump's channel; it sends a comment line as a

@@ -1,22 +1,9 @@
 """The runbook engine: documents, validation, scheduling, step types, persistence and the
 embedded Trio API (``open_runtime``)."""
 
-from runtime.approvals import ApprovalPage, PendingApproval
-from runtime.errors import (
-    CommandQueued,
-    Conflict,
-    Fenced,
-    Forbidden,
-    LimitExceeded,
-    NotFound,
-    Problem,
-    RunbookError,
-    StepFailed,
-    StoreInUse,
-    StoreUnavailable,
-    ValidationError,
-)
-from runtime.events import PublishResult
+from runtime.api.runtime import Page, Runtime, StartResult, open_runtime
+from runtime.io.context import StepContext
+from runtime.kinds.approval_inbox import ApprovalPage, PendingApproval
 from runtime.model import (
     Approval,
     AuditEntry,
@@ -32,9 +19,22 @@ from runtime.model import (
     StepState,
     StepStatus,
 )
-from runtime.settings import Settings
-from runtime.steps.context import StepContext
-from runtime.system import Page, Runtime, StartResult, open_runtime
+from runtime.model.errors import (
+    CommandQueued,
+    Conflict,
+    Fenced,
+    Forbidden,
+    LimitExceeded,
+    NotFound,
+    Problem,
+    RunbookError,
+    StepFailed,
+    StoreInUse,
+    StoreUnavailable,
+    ValidationError,
+)
+from runtime.shell.events import PublishResult
+from runtime.shell.settings import Settings
 
 __all__ = [
     "Approval",

@@ -13,7 +13,7 @@ import trio
 from psycopg import sql
 
 from runtime import Runtime, Settings, StepFailed, open_runtime
-from runtime.steps.context import StepContext
+from runtime.io.context import StepContext
 
 DSN = os.environ.get("RUNBOOKS_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 

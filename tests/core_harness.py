@@ -12,11 +12,11 @@ import attrs
 from runtime.core import ExecutionState, Plan, apply_all, created
 from runtime.core import effects as fx
 from runtime.core.messages import Begin, Continue, Message, StepFinished
+from runtime.documents.validate import build_runbook
 from runtime.model import Execution
-from runtime.records import Change
-from runtime.steps.registry import StepTypes
+from runtime.model.records import Change
+from runtime.shell.step_types import StepTypes
 from runtime.store.memory import MemoryStore
-from runtime.validate import build_runbook
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -214,7 +214,7 @@ control_bodies = bodies_for({"reason": maybe(texts)})
 def _plain(value: Any, depth: int = 0) -> Any:
     """``value`` with what JSON cannot hold (or nesting past 12) replaced by None; the
     structure stays as wrong as it was."""
-    from runtime.jsonsafe import first_problem
+    from runtime.model.jsonsafe import first_problem
 
     if isinstance(value, dict | list) and depth > 12:
         return None

@@ -13,9 +13,10 @@ import httpx
 import pytest
 import trio
 
-from runtime.errors import Problem, StepFailed
-from runtime.steps.call_service import call_service, check_config, retry_after_s
-from runtime.steps.context import Services, StepContext
+from runtime.io.context import Services, StepContext
+from runtime.io.http import call_service, retry_after_s
+from runtime.kinds.call_service import check_config
+from runtime.model.errors import Problem, StepFailed
 from tests.fake_service import FakeService, Response, fake_service, refused_url
 
 

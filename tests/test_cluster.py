@@ -25,7 +25,7 @@ from runtime import (
     open_runtime,
 )
 from runtime.model import Event
-from runtime.records import Change, Wait
+from runtime.model.records import Change, Wait
 from runtime.store.postgres import PostgresStore
 from tests.conftest import DSN
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runtime.conditions import OPERATORS, condition_problems, evaluate
-from runtime.errors import Problem
+from runtime.language.conditions import OPERATORS, condition_problems, evaluate
+from runtime.model.errors import Problem
 
 SCOPE: dict[str, Any] = {
     "input": {

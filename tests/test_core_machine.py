@@ -19,8 +19,8 @@ from runtime.core.messages import (
     StepFinished,
     Tick,
 )
-from runtime.errors import Conflict, Forbidden, NotFound
 from runtime.model import Event, StepError
+from runtime.model.errors import Conflict, Forbidden, NotFound
 from tests.core_harness import Driver, Reply
 
 

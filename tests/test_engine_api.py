@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from runtime import NotFound, Runtime, StepFailed, ValidationError
-from runtime.wire import canonical_json
+from runtime.model.wire import canonical_json
 from tests.conftest import chain
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from runtime import Runtime
 from runtime.core import StepFinished
-from runtime.steps.task import TaskKind
+from runtime.kinds.task import TaskKind
 from tests.conftest import Recorder, chain
 
 

@@ -8,8 +8,8 @@ import pytest
 import trio
 
 from runtime import Runtime, StepFailed
+from runtime.io.attempts import backoff_s
 from runtime.model import RetryPolicy
-from runtime.step import backoff_s
 from tests.conftest import Recorder
 
 

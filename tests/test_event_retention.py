@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from runtime import LimitExceeded, Runtime, Settings, open_runtime
-from runtime.retained import sweep_interval_s
+from runtime.shell.retained import sweep_interval_s
 from runtime.store.sqlite import SqliteStore
 from tests.gateway_fixtures import running_gateway
 

@@ -11,9 +11,9 @@ import pytest
 import trio
 
 from runtime import Runtime, Settings, ValidationError, open_runtime
-from runtime.steps.registry import StepTypes
-from runtime.validate import validate_document
-from runtime.wire import load_document
+from runtime.documents.validate import validate_document
+from runtime.model.wire import load_document
+from runtime.shell.step_types import StepTypes
 from tests.fake_service import FakeService, Response, fake_service
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"

@@ -19,9 +19,9 @@ import trio
 
 from actors import Reply, open_mailbox
 from runtime import Runtime, Settings, StoreUnavailable, open_runtime
-from runtime.persistence import Commit, PersistenceActor
-from runtime.records import Change, ChangeResult
-from runtime.shutdown import CLOSE_TIMEOUT_S
+from runtime.model.records import Change, ChangeResult
+from runtime.shell.persistence import Commit, PersistenceActor
+from runtime.shell.shutdown import CLOSE_TIMEOUT_S
 from runtime.store.postgres import PostgresStore
 from runtime.store.sqlite import SqliteStore
 from tests.conftest import DSN, taken_over

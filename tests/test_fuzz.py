@@ -26,8 +26,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runtime import RunbookError, Settings, StepContext, StepFailed, ValidationError, open_runtime
-from runtime.records import Change, ChangeResult
-from runtime.steps.registry import StepTypes
+from runtime.documents.validate import validate_document
+from runtime.model.records import Change, ChangeResult
+from runtime.model.wire import dumps, load_document
+from runtime.shell.step_types import StepTypes
 from runtime.store import MemoryStore
 from runtime.store.schema import (
     audit_row,
@@ -37,8 +39,6 @@ from runtime.store.schema import (
     log_row,
     runbook_row,
 )
-from runtime.validate import validate_document
-from runtime.wire import dumps, load_document
 from tests import fuzz_strategies as fz
 from tests.gateway_fixtures import gate_runbook, running_gateway
 

@@ -107,7 +107,7 @@ async def test_a_client_that_leaves_ends_its_stream() -> None:
 async def test_each_event_has_an_id_and_last_event_id_resumes_after_it() -> None:
     from gateway.sse import frame, last_event_id
     from runtime import Execution, ExecutionStatus
-    from runtime.wire import parse_time
+    from runtime.model.wire import parse_time
 
     execution = Execution("e1", "rb", 1, "t", ExecutionStatus.RUNNING, parse_time("2026-01-01T00:00:00Z"), {},
                           version=7)

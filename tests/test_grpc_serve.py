@@ -14,7 +14,7 @@ import pytest
 import trio
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from runtime import tracing
+from runtime.io import tracing
 from tests.fake_grpc import SERVICE, Reply, fake_grpc
 from tests.fake_service import fake_service
 from tests.gateway_fixtures import free_port

@@ -14,8 +14,8 @@ import pytest
 
 from gateway.cli import validate_files
 from runtime import Runtime, ValidationError
-from runtime.jsonsafe import first_problem
-from runtime.limits import MAX_DURATION_MS
+from runtime.model.jsonsafe import first_problem
+from runtime.model.limits import MAX_DURATION_MS
 
 HUGE = 10**26  # 27 digits: a timeoutMs a user actually sent
 

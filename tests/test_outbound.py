@@ -15,7 +15,12 @@ import pytest
 
 from gateway.config import Config, ConfigError
 from runtime import Runtime, Settings, open_runtime
-from runtime.steps.outbound import ForbiddenTarget, HostAllowlist, checked_addresses, checked_client
+from runtime.security.outbound import (
+    ForbiddenTarget,
+    HostAllowlist,
+    checked_addresses,
+    checked_client,
+)
 from tests.fake_service import FakeService, Response, fake_service
 
 

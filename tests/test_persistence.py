@@ -10,8 +10,8 @@ import trio
 
 from actors import open_mailbox
 from runtime import Settings, StoreUnavailable, open_runtime
-from runtime.persistence import Commit, PersistenceActor
-from runtime.records import Change, ChangeResult
+from runtime.model.records import Change, ChangeResult
+from runtime.shell.persistence import Commit, PersistenceActor
 from runtime.store.memory import MemoryStore
 from tests.conftest import chain
 

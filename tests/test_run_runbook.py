@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from runtime import Runtime, Settings, ValidationError, open_runtime
-from runtime.steps.run_runbook import MAX_DEPTH
+from runtime.kinds.run_runbook import MAX_DEPTH
 from tests.conftest import Recorder
 
 CHILD = {"id": "child", "inputSchema": {"type": "object", "required": ["n"]},

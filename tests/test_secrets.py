@@ -21,10 +21,10 @@ from psycopg import sql
 
 from gateway.cli_run import RunOptions, run_file
 from runtime import Settings, StepContext, open_runtime
-from runtime.secrets import Secrets
+from runtime.model.wire import sha256_hex
+from runtime.security.secrets import Secrets
 from runtime.store import MemoryStore, SqliteStore
 from runtime.store.postgres import PostgresStore
-from runtime.wire import sha256_hex
 from tests.conftest import DSN, drop_schema
 from tests.fake_service import Response, fake_service
 from tests.gateway_fixtures import running_gateway

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from runtime import Conflict, Forbidden, NotFound, Runtime, Settings, ValidationError, open_runtime
-from runtime.wire import format_time, sha256_hex
+from runtime.model.wire import format_time, sha256_hex
 from tests.conftest import Recorder
 
 HOUR = 3600

@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 from runtime import Runtime, Settings, ValidationError, open_runtime
-from runtime.wire import sha256_hex
+from runtime.model.wire import sha256_hex
 from tests.conftest import Recorder
 from tests.fake_service import FakeService, Response, fake_service, refused_url
 

@@ -16,8 +16,8 @@ import pytest
 import trio
 
 from runtime import Runtime, Settings, open_runtime
-from runtime.steps.outbound import HostAllowlist
-from runtime.wire import sha256_hex
+from runtime.model.wire import sha256_hex
+from runtime.security.outbound import HostAllowlist
 from tests.fake_grpc import SERVICE, Abort, FakeGrpc, Reply, fake_grpc, reply_bytes
 from tests.gateway_fixtures import free_port
 

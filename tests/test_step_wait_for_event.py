@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from runtime import Runtime, Settings, open_runtime
-from runtime.wire import format_time
+from runtime.model.wire import format_time
 from tests.conftest import Recorder
 
 HOUR = 3600

@@ -23,7 +23,6 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from runtime.errors import StoreInUse, StoreUnavailable, ValidationError
 from runtime.model import (
     NOT_DEDUPED,
     Approval,
@@ -41,7 +40,8 @@ from runtime.model import (
     StepStatus,
     TriggerState,
 )
-from runtime.records import Change, ChangeResult
+from runtime.model.errors import StoreInUse, StoreUnavailable, ValidationError
+from runtime.model.records import Change, ChangeResult
 from runtime.store import MemoryStore, PostgresStore, SqliteStore, Store, open_store_from_url
 from runtime.store.schema import NOT_DEDUPED_SQL, UNFINISHED_SQL
 from tests.conftest import drop_schema

@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runtime.errors import Problem
-from runtime.templates import (
+from runtime.language.templates import (
     MISSING,
     TemplateError,
     render,
@@ -20,6 +19,7 @@ from runtime.templates import (
     template_paths,
     template_problems,
 )
+from runtime.model.errors import Problem
 
 SCOPE: dict[str, Any] = {
     "input": {

@@ -1,4 +1,4 @@
-"""OpenTelemetry traces (runtime/tracing.py) with the SDK's in-memory exporter: one trace per
+"""OpenTelemetry traces (runtime/io/tracing.py) with the SDK's in-memory exporter: one trace per
 execution whatever process ran it, a span per attempt, traceparent on outgoing calls."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from runtime import Runtime, Settings, open_runtime, tracing
+from runtime import Runtime, Settings, open_runtime
+from runtime.io import tracing
 from tests.conftest import Recorder
 from tests.fake_grpc import SERVICE, fake_grpc
 from tests.fake_service import fake_service

@@ -13,10 +13,10 @@ import pytest
 import trio
 
 from runtime import Conflict, NotFound, Runtime, open_runtime
-from runtime import system as runtime_system
-from runtime.clock import Clock
+from runtime.api import runtime as runtime_system
+from runtime.documents.triggers import Trigger, check_triggers
+from runtime.shell.clock import Clock
 from runtime.store import MemoryStore
-from runtime.triggers import Trigger, check_triggers
 from tests.conftest import Recorder
 
 HOUR = 3600

@@ -5,7 +5,7 @@ message (a step's report, a control request, a decision, an event, a deadline) a
 time, and returns the next state with the effects the caller must perform: records to
 commit, step attempts to spawn or cancel, event subscriptions, a timer, answers to callers.
 Nothing here runs Trio, does I/O or reads a clock, so the rules are tested without an event
-loop (``tests/test_core_*.py``). ``runtime.execution`` is the actor shell that drives it.
+loop (``tests/test_core_*.py``). ``runtime.shell.execution`` is the actor shell that drives it.
 
 Step kinds bring their own behaviour through ``runtime.core.kinds.StepKind`` (``begin``,
 ``resume``, ``message``, ``timeout``, ``cancel``): the core calls them and knows no kind.

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, TypeAlias
 
 import attrs
 
-from runtime.records import Change
+from runtime.model.records import Change
 
 
 @attrs.frozen

@@ -28,8 +28,6 @@ from typing import Any
 
 import attrs
 
-from runtime import templates
-from runtime.conditions import evaluate
 from runtime.core import effects as fx
 from runtime.core.messages import (
     Begin,
@@ -45,7 +43,8 @@ from runtime.core.messages import (
 from runtime.core.plan import Plan
 from runtime.core.scope import build_scope
 from runtime.core.state import ExecutionState
-from runtime.errors import Conflict, NotFound, RunbookError
+from runtime.language import templates
+from runtime.language.conditions import evaluate
 from runtime.model import (
     AuditEntry,
     Evidence,
@@ -58,7 +57,8 @@ from runtime.model import (
     StepState,
     StepStatus,
 )
-from runtime.records import Change
+from runtime.model.errors import Conflict, NotFound, RunbookError
+from runtime.model.records import Change
 
 ES = ExecutionStatus
 SS = StepStatus

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Protocol
 
 from runtime.model import AuditEntry, Event, Evidence, Execution, LogEntry, Runbook, TriggerState
-from runtime.records import Change, ChangeResult
+from runtime.model.records import Change, ChangeResult
 
 
 class Store(Protocol):
@@ -107,7 +107,7 @@ def level_at_least(level: str, minimum: str | None) -> bool:
 
 def parse_cursor(cursor: str | None) -> int | None:
     """Cursors are the ``seq`` of the last item of the previous page, as text."""
-    from runtime.errors import Problem, ValidationError
+    from runtime.model.errors import Problem, ValidationError
 
     if cursor is None or cursor == "":
         return None

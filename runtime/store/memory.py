@@ -21,7 +21,7 @@ from runtime.model import (
     StepStatus,
     TriggerState,
 )
-from runtime.records import Change, ChangeResult
+from runtime.model.records import Change, ChangeResult
 from runtime.store.base import level_at_least, parse_cursor
 
 _DedupKey = tuple[str, str, int, str]

@@ -25,11 +25,11 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
-from runtime.conditions import event_passes
-from runtime.errors import Fenced, LimitExceeded, StoreUnavailable
+from runtime.language.conditions import event_passes
 from runtime.model import LOG_LEVELS, AuditEntry, Event, Evidence, Execution, LogEntry, Runbook
-from runtime.records import Change, ChangeResult, QueuedCommand
-from runtime.retained import CAP_SETTING
+from runtime.model.errors import Fenced, StoreUnavailable, retained_events_full
+from runtime.model.records import Change, ChangeResult, QueuedCommand
+from runtime.model.wire import dumps, to_json
 from runtime.store import pg_cluster as cluster
 from runtime.store.schema import (
     NOT_DEDUPED_SQL,
@@ -55,7 +55,6 @@ from runtime.store.schema import (
     step_rows,
 )
 from runtime.store.trigger_states import TRIGGER_STATES_TABLE, TriggerQueries
-from runtime.wire import dumps, to_json
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
@@ -746,10 +745,7 @@ class _Writer:
             return ChangeResult(delivered=len(self._queued), commands=tuple(self._queued))
         held = cursor.execute(cluster.RETAINED_COUNT, (event.tenant_id,)).fetchone()
         if held is not None and held[0] >= cap:
-            raise LimitExceeded(
-                f"tenant '{event.tenant_id}' already has {cap} retained events that no step has taken "
-                f"(the cap, {CAP_SETTING}); this event was neither delivered nor retained",
-                limit=cap, setting=CAP_SETTING, retry_after_s=None if held[1] is None else max(held[1], 0.0))
+            raise retained_events_full(event.tenant_id, cap, None if held[1] is None else max(held[1], 0.0))
         cursor.execute(_UPSERT_EVENT, event_row(event, _as_is))
         return ChangeResult(retained=True)
 

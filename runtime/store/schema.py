@@ -20,9 +20,9 @@ from typing import Any, ClassVar, Protocol
 import attrs
 
 from runtime.model import AuditEntry, Event, Evidence, Execution, LogEntry, Runbook, StepState
-from runtime.records import Change, ChangeResult
+from runtime.model.records import Change, ChangeResult
+from runtime.model.wire import dumps, dumps_data, from_json, to_json
 from runtime.store.base import parse_cursor
-from runtime.wire import dumps, dumps_data, from_json, to_json
 
 #: ``model.NOT_DEDUPED`` as SQL: these executions leave the idempotent-start index
 NOT_DEDUPED_SQL = "('failed', 'cancelled', 'timed_out')"

@@ -22,9 +22,10 @@ from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any
 
-from runtime.errors import StoreInUse, StoreUnavailable
 from runtime.model import LOG_LEVELS, AuditEntry, Event, Evidence, Execution, LogEntry, Runbook
-from runtime.records import Change, ChangeResult
+from runtime.model.errors import StoreInUse, StoreUnavailable
+from runtime.model.records import Change, ChangeResult
+from runtime.model.wire import format_time, parse_time
 from runtime.store.diagnose import unwritable_because
 from runtime.store.schema import (
     NOT_DEDUPED_SQL,
@@ -50,7 +51,6 @@ from runtime.store.schema import (
     step_rows,
 )
 from runtime.store.trigger_states import TRIGGER_STATES_TABLE, TriggerQueries
-from runtime.wire import format_time, parse_time
 
 _PRAGMAS = (
     "PRAGMA busy_timeout = 30000",

@@ -15,8 +15,8 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from runtime.model import Runbook, TriggerState
+from runtime.model.wire import parse_time
 from runtime.store.schema import SHARED, owner_of, runbook_from
-from runtime.wire import parse_time
 
 #: the migration that creates the table (the same SQL in both dialects)
 TRIGGER_STATES_TABLE = """CREATE TABLE trigger_states (

@@ -1,0 +1,285 @@
+"""``Cluster``: this process among several sharing one PostgreSQL database.
+
+It owns what only matters with several processes:
+
+- **The instance.** ``RUNBOOKS_INSTANCE_ID`` names the process. At start it takes its row
+  (a process that died under the same id is replaced at once, and one still alive is
+  fenced out and logged loudly), takes back every unfinished execution of that id under a
+  new epoch, and renews the row every third of ``LEASE_TTL_MS``. If the row is taken by
+  another process (same id), every execution here is stopped: its writes would be refused.
+- **Takeover.** Unfinished executions whose owner is gone (released at a graceful shutdown,
+  or whose heartbeat ran out) are claimed one by one (compare-and-set on the epoch), each
+  only if this process has every step type its runbook needs; the others are left to a
+  process that has them and counted in ``waiting_for_owner``.
+- **Forwarding.** A request for an execution another process owns becomes a command row
+  (``forward``); the caller waits for the owner's outcome up to ``FORWARD_WAIT_MS``, else it
+  gets ``CommandQueued``. Commands for executions owned here are handed to their actors as
+  messages (``deliver``), in order, each once.
+- **Notifications.** One listener connection (``runtime.store.pg_listener``) brings the
+  announcements: commands, outcomes, committed states of executions run elsewhere (fed to
+  this process's watchers), released executions, registered runbooks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import trio
+
+from runtime.core.messages import Message
+from runtime.core.plan import UnknownStepType
+from runtime.model import Execution
+from runtime.model.errors import CommandQueued, NotFound
+from runtime.model.records import QueuedCommand
+from runtime.shell import commands
+from runtime.shell.catalog import Catalog
+from runtime.shell.directory import Directory
+from runtime.shell.watch import WatchHub
+from runtime.store.pg_listener import Listener
+from runtime.store.postgres import PostgresStore
+
+logger = logging.getLogger("runbooks.cluster")
+Read = Callable[..., Awaitable[Any]]
+COMMAND_RETENTION_S = 24 * 3600
+
+
+def default_instance_id() -> str:
+    """An embedding program's id when it names none: unique to this process."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Cluster:
+    def __init__(self, store: PostgresStore, read: Read, directory: Directory, catalog: Catalog, hub: WatchHub,
+                 *, instance_id: str, ttl_ms: int, forward_wait_ms: int) -> None:
+        self.store = store
+        self._read = read
+        self._directory = directory
+        self._catalog = catalog
+        self._hub = hub
+        self.instance_id = instance_id
+        self.incarnation = uuid.uuid4().hex
+        self.ttl_s = ttl_ms / 1000
+        self.forward_wait_s = forward_wait_ms / 1000
+        self.waiting_for_owner = 0  # executions nobody here can run (a step type is missing)
+        self.connected = False
+        self._outcomes: dict[str, trio.Event] = {}  # command id -> set when its outcome is recorded
+        self._delivered: set[str] = set()  # commands handed to actors here, outcome not seen yet
+        self._nursery: trio.Nursery | None = None
+        self._listener = Listener(store.connect_listener, store.channel, self._on_notice, self._on_connected)
+
+    # ------------------------------------------------------------------ life
+    async def start(self, nursery: trio.Nursery) -> list[str]:
+        """Take the instance id and this process's executions; the ids to run here."""
+        self._nursery = nursery
+        await nursery.start(self._listener.run)
+        alive = await self._read(self.store.register_instance, self.instance_id, self.incarnation, self.ttl_s)
+        if alive:
+            logger.error("RUNBOOKS_INSTANCE_ID %r was in use by a process that is still alive (or died less "
+                         "than LEASE_TTL_MS ago); this process takes its executions, and any write of the "
+                         "other one is refused from now on. Give every process its own instance id.",
+                         self.instance_id)
+        own: list[str] = await self._read(self.store.claim_own, self.instance_id)
+        return own
+
+    async def heartbeat(self) -> None:
+        """Every third of the TTL: renew this instance; beside it, take over what nobody runs.
+        The two loops are apart so that a long takeover (hundreds of executions of a process
+        that died) never holds the renewal back: a late renewal would let the other
+        processes take this one's executions while it still runs them."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._taking_over)
+            beats = 0
+            while True:
+                await trio.sleep(self.ttl_s / 3)
+                try:
+                    if not await self._read(self.store.renew_instance, self.instance_id, self.incarnation,
+                                            self.ttl_s):
+                        self._replaced()
+                        nursery.cancel_scope.cancel()
+                        return
+                    beats += 1
+                    if beats % 1000 == 0:
+                        await self._read(self.store.sweep_commands, COMMAND_RETENTION_S)
+                except Exception as exc:  # the database is away: the next beat tries again
+                    logger.warning("heartbeat failed: %s", exc)
+
+    async def _taking_over(self) -> None:
+        while True:
+            await trio.sleep(self.ttl_s / 3)
+            try:
+                await self.take_over()
+            except Exception as exc:  # the database is away: the next round tries again
+                logger.warning("takeover failed: %s", exc)
+
+    async def stop(self) -> None:
+        """Graceful shutdown: every execution of this process goes to the others at once."""
+        released = await self._read(self.store.stop_instance, self.instance_id, self.incarnation)
+        logger.info("handed %d executions over to the other processes", len(released))
+
+    def _replaced(self) -> None:
+        logger.error("another process took RUNBOOKS_INSTANCE_ID %r: this process stops running its "
+                     "executions (its writes are refused)", self.instance_id)
+        for execution_id in self._directory.ids():
+            self._directory.stop(execution_id)
+
+    # ------------------------------------------------------------------ takeover
+    async def take_over(self) -> None:
+        """Claim every unfinished execution nobody alive owns that this process can run."""
+        waiting = 0
+        for execution_id, epoch, tenant_id, runbook_id, version in await self._read(self.store.orphans,
+                                                                                  self.instance_id):
+            if self._directory.knows(execution_id):
+                continue
+            if not await self._capable(tenant_id, runbook_id, version):
+                waiting += 1
+                continue
+            if await self._read(self.store.claim, execution_id, self.instance_id, epoch) is not None:
+                logger.info("taking over execution %s", execution_id)
+                self._directory.start(execution_id, await self._read(self.store.get_execution, execution_id),
+                                      taken_over=True)
+                self._hub.notify("execution.taken_over", execution_id)
+        self.waiting_for_owner = waiting
+
+    async def _capable(self, tenant_id: str, runbook_id: str, version: int) -> bool:
+        try:
+            runbook = await self._catalog.get(runbook_id, version, tenant_id=tenant_id)
+            self._catalog.plan(runbook)
+        except (UnknownStepType, NotFound):
+            return False
+        return True
+
+    async def claim_finished(self, execution_id: str) -> bool:
+        """Own a finished execution to run it again (a step retry)."""
+        return await self._read(self.store.claim_finished, execution_id, self.instance_id) is not None
+
+    # ------------------------------------------------------------------ commands
+    async def forward(self, execution_id: str, kind: str, body: dict[str, Any]) -> Any:
+        """Hand a command to the execution's owner and return its answer (or raise it)."""
+        command_id = uuid.uuid4().hex
+        done = self._outcomes[command_id] = trio.Event()
+        try:
+            await self._read(self.store.insert_command, command_id, execution_id, kind, body, self.instance_id)
+            with trio.move_on_after(self.forward_wait_s):
+                await done.wait()
+            found = await self._read(self.store.command_outcome, command_id)
+        finally:
+            del self._outcomes[command_id]
+        if found is None or not found[0]:
+            raise CommandQueued(command_id, execution_id)
+        return commands.decoded(found[1])
+
+    async def send(self, execution_id: str, kind: str, body: dict[str, Any]) -> None:
+        """Queue a command for the execution's owner without waiting for its outcome."""
+        try:
+            await self._read(self.store.insert_command, uuid.uuid4().hex, execution_id, kind, body, self.instance_id)
+        except Exception as exc:
+            logger.error("could not queue %s for execution %s: %s", kind, execution_id, exc)
+
+    async def pending(self, execution_id: str) -> list[Message]:
+        """The execution's queued commands, as messages (an actor applies them first)."""
+        found = await self._read(self.store.pending_commands, execution_id)
+        messages = []
+        for command_id, kind, body in found:
+            self._delivered.add(command_id)
+            messages.append(commands.message(kind, body, commands.CommandReply(command_id)))
+        return messages
+
+    def hand(self, queued: Iterable[QueuedCommand]) -> None:
+        """Commands just committed by this process (a publish's events): those for
+        executions run here go to their actors at once, without reading them back."""
+        for command_id, execution_id, kind, body in queued:
+            if command_id in self._delivered or not self._directory.knows(execution_id):
+                continue  # (another process's execution: its owner hears the NOTIFY)
+            self._delivered.add(command_id)
+            self._directory.post(execution_id, commands.message(kind, body, commands.CommandReply(command_id)))
+
+    async def deliver(self, execution_id: str) -> None:
+        """Hand the execution's new commands to its actor here, each once."""
+        for command_id, kind, body in await self._read(self.store.pending_commands, execution_id):
+            if command_id in self._delivered or not self._directory.knows(execution_id):
+                continue
+            self._delivered.add(command_id)
+            self._directory.post(execution_id, commands.message(kind, body, commands.CommandReply(command_id)))
+
+    # ------------------------------------------------------------------ notifications
+    def _on_notice(self, payload: str) -> None:
+        """From the listener thread, through the Trio token: must never raise."""
+        try:
+            self._notice(payload)
+        except Exception:
+            logger.exception("cluster: notification %r", payload)
+
+    def _notice(self, payload: str) -> None:
+        kind, _, argument = payload.partition(":")
+        if kind == "done":
+            self._delivered.discard(argument)
+            event = self._outcomes.get(argument)
+            if event is not None:
+                event.set()
+        elif kind == "cmd":
+            execution_id, _, command_id = argument.partition(":")
+            command_id, _, nonce = command_id.partition(":")
+            if nonce == self.store.nonce:
+                return  # committed by a publish of this process, which hands it over itself
+            if self._directory.knows(execution_id) and command_id not in self._delivered:
+                self._spawn(self.deliver, execution_id)
+        elif kind == "state":
+            execution_id, _, version = argument.rpartition(":")
+            known = self._hub.recent(execution_id)
+            if (self._hub.watched(execution_id) and not self._directory.knows(execution_id)
+                    and (known is None or known.version < int(version or 0))):
+                self._spawn(self._follow, execution_id)
+        elif kind == "released":
+            self._spawn(self.take_over)
+        elif kind == "runbook":
+            self._catalog.forget_latest(argument)
+
+    def _on_connected(self, connected: bool) -> None:
+        try:
+            self._connected(connected)
+        except Exception:
+            logger.exception("cluster: connection state")
+
+    def _connected(self, connected: bool) -> None:
+        self.connected = connected
+        if connected:  # what was announced while nobody listened: catch up
+            self._catalog.forget_latest(None)
+            for execution_id in self._directory.ids():
+                self._spawn(self.deliver, execution_id)
+            for execution_id in self._hub.watched_ids():
+                if not self._directory.knows(execution_id):
+                    self._spawn(self._follow, execution_id)
+        else:
+            self._catalog.forget_latest(None)
+
+    def caches_latest(self) -> bool:
+        """Whether the latest version of each runbook may be cached (announced changes reach us)."""
+        return self.connected
+
+    async def _follow(self, execution_id: str) -> None:
+        execution: Execution | None = await self._read(self.store.get_execution, execution_id)
+        if execution is not None and not self._directory.knows(execution_id):
+            self._hub.follow(execution)
+
+    def soon(self, job: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``job`` in the background (errors are logged: the heartbeat tries again)."""
+        self._spawn(job, *args)
+
+    def _spawn(self, job: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        if self._nursery is None:
+            return
+        try:
+            self._nursery.start_soon(self._quietly, job, *args)
+        except RuntimeError:  # closing down: nothing more to follow up
+            self._nursery = None
+
+    async def _quietly(self, job: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        try:
+            await job(*args)
+        except Exception as exc:  # a notification's follow-up; the next one (or heartbeat) tries again
+            logger.warning("cluster: %s failed: %s", getattr(job, "__name__", job), exc)

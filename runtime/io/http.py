@@ -1,0 +1,220 @@
+"""The ``call-service`` executor: one HTTP request per attempt.
+
+``call_service`` is the executor (its config is checked by ``runtime.kinds.call_service``): it sends the request through the runtime's one shared
+``httpx.AsyncClient`` (``ctx.services.http``) and returns the response body, parsed JSON
+when the response says it is JSON, else text.
+
+Every request carries ``X-Tenant-Id``, ``X-Execution-Id``, a fresh ``X-Request-Id`` and an
+``Idempotency-Key``: the config's ``idempotencyKey``, else ``{executionId}:{stepId}`` (plus
+``:{iteration}`` inside a loop). That key is the same on every attempt and after a restart.
+
+Failures are ``StepFailed`` errors with a step error code::
+
+    connection    the service could not be reached           retryable
+    timeout       no answer within timeoutMs                 retryable
+    http_status   429 or 5xx outside expectStatus            retryable (retry_after_s from Retry-After)
+    http_status   any other status outside expectStatus      not retryable
+    config        the config cannot make a request           not retryable
+    forbidden_target  CALL_SERVICE_ALLOWED_HOSTS refuses the host (after DNS resolution, at
+                  every connection, so after every redirect)      not retryable
+
+Whenever a response arrives, an ``http_response`` evidence item records the method, URL,
+status, request id and the SHA-256 of the body (never the body itself). Trio cancellation
+aborts a request in flight at once: nothing here is shielded. With tracing on, requests
+also carry the W3C ``traceparent`` of the attempt's span.
+
+A config with ``protocol: grpc`` is a gRPC call: its executor is
+``runtime.io.grpc_call``; this module only hands it over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import trio
+
+from runtime.io import grpc_call, tracing
+from runtime.io.context import StepContext
+from runtime.kinds.call_service import DEFAULT_TIMEOUT_MS, problems
+from runtime.model.errors import StepFailed
+from runtime.security.outbound import ForbiddenTarget, HostAllowlist, check_url, checks_connections
+
+__all__ = ["call_service", "idempotency_key", "retry_after_s"]
+
+
+async def call_service(ctx: StepContext) -> Any:
+    """Send the configured request once; return the body or raise ``StepFailed``."""
+    config = ctx.config
+    if config.get("protocol") == "grpc":
+        return await grpc_call.call_grpc(ctx, idempotency_key(ctx))
+    found = problems(config, "config", templates=False)
+    if found:
+        detail = "; ".join(f"{p.path}: {p.message}" for p in found)
+        raise StepFailed(f"invalid call-service config: {detail}", code="config")
+    method = str(config.get("method", "GET")).upper()
+    url = _resolve_url(config["url"], ctx.services.call_service_base_url)
+    request_id = uuid.uuid4().hex
+    request = _build_request(ctx, method, url, request_id)
+    ctx.log.info("calling service", method=method, url=url)
+    started = trio.current_time()
+    response = await _send(ctx.services.http, request, method, url, _timeout_s(config), ctx.services.allowed_hosts)
+    ctx.log.info(
+        "service answered", status=response.status_code,
+        elapsedMs=round((trio.current_time() - started) * 1000),
+    )
+    ctx.add_evidence("http_response", {
+        "method": method, "url": url, "status": response.status_code,
+        "bodySha256": hashlib.sha256(response.content).hexdigest(), "requestId": request_id,
+    })
+    _check_status(ctx, response, method, url)
+    return _output(response, method, url)
+
+
+def idempotency_key(ctx: StepContext) -> str:
+    """The request's ``Idempotency-Key``: deterministic, the same on every attempt."""
+    explicit = ctx.config.get("idempotencyKey")
+    if isinstance(explicit, str) and explicit:
+        return explicit
+    key = f"{ctx.execution_id}:{ctx.step_id}"
+    return key if ctx.iteration is None else f"{key}:{ctx.iteration}"
+
+
+def _resolve_url(url: str, base_url: str | None) -> str:
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError as exc:
+        raise StepFailed(f"url '{url}' is not a valid URL: {exc}", code="config") from exc
+    if scheme in ("http", "https"):
+        return url
+    if scheme:
+        raise StepFailed(f"url '{url}': unsupported scheme '{scheme}' (use http or https)", code="config")
+    if not base_url:
+        raise StepFailed(
+            f"url '{url}' is relative and CALL_SERVICE_BASE_URL is not set; "
+            "give an absolute URL or configure the base URL",
+            code="config",
+        )
+    return f"{base_url.rstrip('/')}/{url.lstrip('/')}"
+
+
+def _build_request(ctx: StepContext, method: str, url: str, request_id: str) -> httpx.Request:
+    config = ctx.config
+    try:
+        return ctx.services.http.build_request(
+            method, url, headers=_headers(ctx, request_id), params=config.get("query") or None,
+            json=config.get("body"), timeout=httpx.Timeout(_timeout_s(config)),
+        )
+    except (httpx.InvalidURL, UnicodeEncodeError) as exc:
+        raise StepFailed(f"{method} {url}: cannot build the request: {exc}", code="config") from exc
+
+
+def _headers(ctx: StepContext, request_id: str) -> httpx.Headers:
+    # The engine's headers replace same-named config headers: a runbook cannot act as another
+    # tenant. An Idempotency-Key given as a plain header is kept unless idempotencyKey is set.
+    headers = httpx.Headers(ctx.config.get("headers") or {})
+    headers["X-Tenant-Id"] = ctx.tenant_id
+    headers["X-Execution-Id"] = ctx.execution_id
+    headers["X-Request-Id"] = request_id
+    if "idempotencyKey" in ctx.config or "Idempotency-Key" not in headers:
+        headers["Idempotency-Key"] = idempotency_key(ctx)
+    tracing.inject(headers)
+    return headers
+
+
+def _timeout_s(config: Mapping[str, Any]) -> float:
+    return int(config.get("timeoutMs", DEFAULT_TIMEOUT_MS)) / 1000
+
+
+async def _send(
+    client: httpx.AsyncClient, request: httpx.Request, method: str, url: str, timeout_s: float,
+    allowed: HostAllowlist | None = None,
+) -> httpx.Response:
+    # httpx applies the timeout to each phase (connect, each read, ...); the trio deadline
+    # bounds the whole exchange, so a server trickling bytes cannot stretch it.
+    with trio.move_on_after(timeout_s) as deadline:
+        try:
+            if allowed is not None and not checks_connections(client):  # a client of the embedding program
+                await check_url(allowed, url)
+            return await client.send(request)
+        except ForbiddenTarget as exc:
+            raise StepFailed(f"{method} {url}: {exc}", code="forbidden_target") from exc
+        except httpx.TimeoutException as exc:
+            raise _timed_out(method, url, timeout_s) from exc
+        except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
+            raise StepFailed(f"{method} {url}: cannot send the request: {exc}", code="config") from exc
+        except httpx.TransportError as exc:
+            raise StepFailed(
+                f"{method} {url} could not be reached: {_describe(exc)}", retryable=True, code="connection"
+            ) from exc
+        except httpx.RequestError as exc:  # e.g. a body that cannot be decoded
+            raise StepFailed(
+                f"{method} {url} failed: {_describe(exc)}", retryable=True, code="connection"
+            ) from exc
+    assert deadline.cancelled_caught
+    raise _timed_out(method, url, timeout_s)
+
+
+def _timed_out(method: str, url: str, timeout_s: float) -> StepFailed:
+    return StepFailed(f"{method} {url} did not answer within {timeout_s * 1000:g} ms", retryable=True, code="timeout")
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _check_status(ctx: StepContext, response: httpx.Response, method: str, url: str) -> None:
+    status = response.status_code
+    expected = ctx.config.get("expectStatus")
+    if (200 <= status <= 299) if expected is None else (status in expected):
+        return
+    message = f"{method} {url} answered {status}"
+    if status == 429 or status >= 500:
+        retry_after = retry_after_s(response.headers.get("Retry-After"), ctx.services.now())
+        raise StepFailed(message, retryable=True, code="http_status", retry_after_s=retry_after,
+                         data={"status": status})
+    raise StepFailed(message, code="http_status", data={"status": status})
+
+
+def retry_after_s(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta-seconds or an HTTP date), or None."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def _output(response: httpx.Response, method: str, url: str) -> Any:
+    if not _is_json_type(response.headers.get("Content-Type", "")):
+        return response.text
+    if not response.content.strip():
+        return None  # HEAD, 204, or an empty JSON answer
+    try:
+        return json.loads(response.content)
+    except ValueError as exc:
+        raise StepFailed(
+            f"{method} {url} answered {response.status_code} with a JSON content type "
+            f"but a body that is not valid JSON: {exc}",
+            code="executor",
+        ) from exc
+
+
+def _is_json_type(content_type: str) -> bool:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")

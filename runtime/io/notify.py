@@ -1,0 +1,113 @@
+"""``Notifier``: the notifications of approval steps (``notify: {url, headers?}``).
+
+When an approval step starts waiting, its execution's shell hands over a ``Notify`` effect
+after the commit; the notifier renders the step's ``notify`` config with the execution's
+scope and the tenant's secrets (the only place the values are used), and POSTs::
+
+    {text, executionId, stepId, runbookId, message, approvers, minApprovals, deadlineAt, link}
+
+through the call-service executor: the same HTTP client, headers, retry rules (the step's
+``retryPolicy``) and outbound checks as a call-service request. ``text`` is one readable line
+(a chat webhook shows it as it is); ``link`` is the console page of the execution when
+``PUBLIC_URL`` is set. The outcome goes back to the execution as a ``NotificationSent``
+message (redacted), whose actor records it: logged and audited, and remembered on the step
+so a restart does not send it again. A notification that finally fails leaves the step
+waiting. This process sends one notification per (execution, step, attempt): a resume
+that comes before the outcome is recorded (the outcome's own message wakes the execution)
+does not send it again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from runtime.core.effects import Notify
+from runtime.core.messages import NotificationSent
+from runtime.io.attempts import run_attempts
+from runtime.io.context import StepContext
+from runtime.io.http import call_service
+from runtime.language.templates import TemplateError, render
+from runtime.model import Evidence, LogEntry, RetryPolicy, StepError
+
+if TYPE_CHECKING:
+    from runtime.api.runtime import Runtime
+
+logger = logging.getLogger("runbooks.notify")
+REMEMBERED = 100_000  # notifications this process remembers having sent
+
+
+def text_of(payload: dict[str, Any]) -> str:
+    """The one line a chat shows."""
+    approvers = ", ".join(payload.get("approvers") or []) or "nobody"
+    line = (f"Approval needed in {payload['runbookId']} (execution {payload['executionId']}, step "
+            f"{payload['stepId']}): {payload.get('message') or 'a decision is waiting'}; "
+            f"{payload['minApprovals']} of {approvers}")
+    if payload.get("deadlineAt"):
+        line += f"; before {payload['deadlineAt']}"
+    if payload.get("link"):
+        line += f" {payload['link']}"
+    return " ".join(line.split())
+
+
+class Notifier:
+    def __init__(self, runtime: Runtime, nursery: trio.Nursery) -> None:
+        self._runtime = runtime
+        self._nursery = nursery
+        self._sent: OrderedDict[tuple[str, str, int], None] = OrderedDict()  # in flight or done here
+
+    def send(self, execution_id: str, effect: Notify) -> None:
+        key = (execution_id, effect.step_id, effect.attempt)
+        if key in self._sent:
+            return
+        self._sent[key] = None
+        if len(self._sent) > REMEMBERED:
+            self._sent.popitem(last=False)
+        self._nursery.start_soon(self._send, key, effect, name=f"notify {execution_id}/{effect.step_id}")
+
+    async def _send(self, key: tuple[str, str, int], effect: Notify) -> None:
+        execution_id = key[0]
+        error, logs, evidence = await self._post(execution_id, effect)
+        if error is not None:
+            logger.warning("notification of step '%s' of execution %s failed: %s", effect.step_id, execution_id,
+                           self._runtime.secrets.redact_text(error.message))
+        message = NotificationSent(effect.step_id, effect.attempt, error, tuple(logs), tuple(evidence))
+        self._runtime.directory.post(execution_id, self._runtime.secrets.redact_report(message))
+
+    async def _post(self, execution_id: str, effect: Notify) -> tuple[StepError | None, list[LogEntry], list[Evidence]]:
+        runtime = self._runtime
+        tenant = str(effect.scope.get("tenantId"))
+        try:
+            notify = render(effect.config, effect.scope, runtime.secrets.lookup(tenant))
+        except TemplateError as exc:
+            return StepError("template", f"notify: {exc}", False), [], []
+        payload = dict(effect.payload)
+        if runtime.settings.public_url:
+            payload["link"] = f"{runtime.settings.public_url}/executions/{execution_id}"
+        payload["text"] = text_of(payload)
+        config = {"url": notify.get("url"), "method": "POST", "headers": notify.get("headers") or {},
+                  "body": payload, "idempotencyKey": f"notify:{execution_id}:{effect.step_id}:{effect.attempt}"}
+        logs: list[LogEntry] = []
+        evidence: list[Evidence] = []
+
+        def context(attempt: int) -> StepContext:
+            return StepContext(config=config, scope=effect.scope, execution_id=execution_id, step_id=effect.step_id,
+                               tenant_id=tenant, attempt=attempt, services=runtime.services, step_type="notify")
+
+        class Kept:
+            """Keep the records of the attempts that failed before the last one."""
+
+            async def retrying(self, attempt: int, error: StepError, delay_s: float, ctx: StepContext) -> None:
+                logs.extend(ctx.logs)
+                evidence.extend(ctx.evidence)
+
+            async def attempt_started(self, attempt: int) -> None:
+                pass
+
+        policy = effect.policy if isinstance(effect.policy, RetryPolicy) else runtime.settings.default_retry_policy
+        # call-service's executor: the one call site of outbound HTTP (and its host checks)
+        outcome, last = await run_attempts(call_service, context, policy, None, 1, Kept())
+        return outcome.error, [*logs, *last.logs], [*evidence, *last.evidence]

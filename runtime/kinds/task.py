@@ -1,0 +1,69 @@
+"""The task kind: a step that runs an executor (call-service, the loop, every custom type).
+
+It takes a slot of ``maxConcurrentSteps`` while it runs. ``begin`` starts the step's next
+attempt and spawns its run once that is committed; the run reports retries, progress and
+exactly one outcome, each tagged with the run's attempt id: a report of a run that is no
+longer current (cancelled, or from before a restart) is dropped. After a restart the step
+runs again from its next attempt, with the same idempotency key.
+"""
+
+from __future__ import annotations
+
+from runtime.core.kinds import StepOps
+from runtime.core.messages import (
+    AttemptRetrying,
+    AttemptStarted,
+    StepFinished,
+    StepMessage,
+    StepProgressed,
+)
+from runtime.kinds.base import KindDefaults
+from runtime.model import Step, StepState, StepStatus
+
+
+class TaskKind(KindDefaults):
+    name = "task"
+    uses_slot = True
+    runs_task = True
+
+    def begin(self, ops: StepOps, step: Step) -> None:
+        ops.mark_started(step, StepStatus.RUNNING)
+        ops.spawn(step)
+
+    def resume(self, ops: StepOps, step: Step, state: StepState) -> None:
+        ops.log("warning", "step restarted after recovery", step.id)
+        self.begin(ops, step)
+
+    def message(self, ops: StepOps, step: Step, message: StepMessage) -> None:
+        if not isinstance(message, StepFinished | AttemptRetrying | AttemptStarted | StepProgressed):
+            super().message(ops, step, message)
+            return
+        if ops.current_attempt(step.id) != message.attempt_id:
+            ops.note(f"execution {ops.execution.id}: dropped a report of attempt {message.attempt_id} "
+                     f"of step '{step.id}' (not its current attempt)")
+            return
+        if isinstance(message, StepFinished):
+            ops.attempt_over(step.id)
+            ops.add_records(message.logs, message.evidence)
+            if message.error is None:
+                ops.succeed(step.id, message.output)
+                return
+            if message.output is not None:
+                ops.set_step(step.id, output=message.output)
+            ops.fail(step.id, message.error)
+        elif isinstance(message, AttemptRetrying):
+            ops.add_records(message.logs, message.evidence)
+            ops.set_step(step.id, status=StepStatus.RETRYING, error=message.error)
+            ops.log("warning", f"step retrying in {message.delay_s:.3f} s: {message.error.message}",
+                    step.id, attempt=message.attempt, code=message.error.code)
+            ops.audit("step.retrying", step_id=step.id, attempt=message.attempt)
+        elif isinstance(message, AttemptStarted):
+            ops.set_step(step.id, status=StepStatus.RUNNING, attempts=message.attempt)
+        else:
+            ops.set_step(step.id, progress=message.progress)
+
+    def cancel(self, ops: StepOps, step: Step) -> None:
+        ops.cancel_attempt(step.id)
+
+
+TASK = TaskKind()

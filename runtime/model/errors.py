@@ -1,0 +1,154 @@
+"""The engine's exceptions: one base, a shallow tree, each with a stable ``code``.
+
+    RunbookError
+    ├── ValidationError   a document, an input or a request has problems (.problems)
+    ├── NotFound          no such runbook, execution or step (for this tenant)
+    ├── Conflict          the state does not allow the operation; nothing changed
+    ├── Forbidden         the caller may not do this (approver not allowed)
+    ├── StepFailed        raised by an executor: the step's attempt failed
+    ├── StoreUnavailable  the store cannot be reached (commits are retried)
+    ├── StoreInUse        another process uses this SQLite file
+    ├── Fenced            this process no longer owns the execution it tried to write
+    ├── CommandQueued     forwarded to the owner, which did not answer in time: applied later
+    └── LimitExceeded     a per-tenant limit is reached (retained events); nothing changed
+
+The gateway maps ``code`` to an HTTP status; the Python API raises these as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class Problem:
+    """One problem of a document or request: where (a JSON-path-like string) and what."""
+
+    path: str
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"path": self.path, "message": self.message}
+
+
+class RunbookError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+    code = "runbookError"
+
+
+class ValidationError(RunbookError):
+    """A document, an input or a request has problems; ``problems`` lists every one."""
+
+    code = "validationError"
+
+    def __init__(self, problems: list[Problem] | list[dict[str, str]], title: str = "invalid") -> None:
+        self.problems: list[Problem] = [
+            p if isinstance(p, Problem) else Problem(p["path"], p["message"]) for p in problems
+        ]
+        self.title = title
+        detail = "; ".join(f"{p.path}: {p.message}" for p in self.problems[:5])
+        super().__init__(f"{title}: {detail}" if detail else title)
+
+
+class NotFound(RunbookError):
+    """No such runbook, execution or step (or it belongs to another tenant)."""
+
+    code = "notFound"
+
+
+class Conflict(RunbookError):
+    """The current state does not allow the operation; nothing was changed."""
+
+    code = "conflict"
+
+
+class Forbidden(RunbookError):
+    """The caller is not allowed to do this."""
+
+    code = "forbidden"
+
+
+class StoreUnavailable(RunbookError):
+    """The store cannot be reached; commits are being retried."""
+
+    code = "storeUnavailable"
+
+
+class LimitExceeded(RunbookError):
+    """A per-tenant limit is reached; nothing was changed. ``limit`` is the cap, ``setting``
+    the configuration variable that sets it, ``retry_after_s`` when room is expected (the
+    oldest retained event expires), if known."""
+
+    code = "limitExceeded"
+
+    def __init__(self, message: str, *, limit: int, setting: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.setting = setting
+        self.retry_after_s = retry_after_s
+
+
+def retained_events_full(tenant_id: str, cap: int, retry_after_s: float | None) -> LimitExceeded:
+    """The refusal of an event that found no waiter while its tenant holds ``cap`` retained events."""
+    setting = "MAX_RETAINED_EVENTS_PER_TENANT"
+    return LimitExceeded(
+        f"tenant '{tenant_id}' already has {cap} retained events that no step has taken "
+        f"(the cap, {setting}); this event was neither delivered nor retained",
+        limit=cap, setting=setting, retry_after_s=retry_after_s)
+
+
+class StepFailed(RunbookError):
+    """Raised by an executor to fail the current attempt.
+
+    ``retryable=False`` (the default) fails the step at once; ``True`` lets the step's
+    retry policy try again. ``code`` is the step error code (``executor`` unless given),
+    ``retry_after_s`` an optional server hint for the next delay.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        code: str = "executor",
+        retry_after_s: float | None = None,
+        data: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        self.error_code = code
+        self.retry_after_s = retry_after_s
+        self.data = data
+
+
+class StoreInUse(RunbookError):
+    """The store (a SQLite file) is in use by another live process: one process per file."""
+
+    code = "storeInUse"
+
+
+class Fenced(RunbookError):
+    """A write of this process was refused: another process owns the execution now."""
+
+    code = "fenced"
+
+    def __init__(self, execution_ids: list[str]) -> None:
+        super().__init__(f"execution {', '.join(execution_ids)} is owned by another process now; "
+                         "this process's write was refused")
+        self.execution_ids = execution_ids
+
+
+class CommandQueued(RunbookError):
+    """The command was handed to the execution's owner, which did not answer within
+    FORWARD_WAIT_MS; it stays queued and is applied by whichever process runs the execution."""
+
+    code = "queued"
+
+    def __init__(self, command_id: str, execution_id: str) -> None:
+        super().__init__(f"command {command_id} for execution {execution_id} is queued")
+        self.command_id = command_id
+        self.execution_id = execution_id

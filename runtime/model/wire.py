@@ -1,0 +1,185 @@
+"""The one cattrs converter (camelCase JSON <-> snake_case attrs) and document loading.
+
+``converter`` turns model values into JSON-ready dicts and back: keys in camelCase, times as
+RFC 3339 UTC strings, enums as their values, tuples as lists. The store writes exactly this
+shape, and the gateway answers with it, so there is one JSON form of every value.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import hashlib
+import json
+import pathlib
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+import yaml
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+from runtime.model.errors import Problem, ValidationError
+
+T = TypeVar("T")
+
+MAX_DOCUMENT_BYTES = 1024 * 1024
+
+
+def camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(part.title() for part in rest)
+
+
+def _renames(cls: type) -> dict[str, Any]:
+    return {a.name: override(rename=camel(a.name)) for a in attrs.fields(cls)}
+
+
+@functools.lru_cache(maxsize=1024)  # the records of one turn share one time: formatted once
+def format_time(value: datetime) -> str:
+    text = value.astimezone(UTC).isoformat(timespec="microseconds")
+    return text.replace("+00:00", "Z")
+
+
+def parse_time(value: Any, _: Any = None) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter()
+    conv.register_unstructure_hook(datetime, format_time)
+    conv.register_unstructure_hook_func(
+        lambda cls: isinstance(cls, type) and issubclass(cls, enum.Enum), lambda value: value.value
+    )
+    conv.register_structure_hook(datetime, parse_time)
+    conv.register_unstructure_hook_factory(
+        attrs.has, lambda cls: make_dict_unstructure_fn(cls, conv, **_renames(cls))
+    )
+    conv.register_structure_hook_factory(
+        attrs.has, lambda cls: make_dict_structure_fn(cls, conv, **_renames(cls))
+    )
+    conv.register_structure_hook(Any, lambda value, _: value)
+    return conv
+
+
+converter = _make_converter()
+
+
+def to_json(value: Any) -> Any:
+    """A model value as JSON-ready data (camelCase keys)."""
+    return converter.unstructure(value)
+
+
+def from_json(data: Any, cls: type[T]) -> T:
+    return converter.structure(data, cls)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON of a model value or plain data."""
+    return json.dumps(to_json(value), separators=(",", ":"), ensure_ascii=False)
+
+
+def dumps_data(value: Any) -> str:
+    """``dumps`` of the free-form data of a record (mostly None or plain JSON already: the
+    converter is only needed when it holds a model value, such as a time)."""
+    if value is None:
+        return "null"
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    except TypeError:
+        return dumps(value)
+
+
+def canonical_json(value: Any) -> str:
+    """Canonical JSON: sorted keys, no whitespace (the input hash and evidence hashes)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def sha256_hex(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+
+
+def load_document(source: Any) -> dict[str, Any]:
+    """A runbook document from a dict, JSON/YAML text or bytes, or a ``pathlib.Path``."""
+    if isinstance(source, pathlib.Path):
+        source = source.read_bytes()
+    if isinstance(source, bytes):
+        if len(source) > MAX_DOCUMENT_BYTES:
+            raise _too_large()
+        try:
+            source = source.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValidationError([Problem("$", f"document is not valid UTF-8: {exc}")]) from None
+    if isinstance(source, str):
+        if len(source.encode("utf-8", "surrogatepass")) > MAX_DOCUMENT_BYTES:  # the parser refuses surrogates
+            raise _too_large()
+        source = _parse_text(source)
+        _check_expansion(source)
+    if not isinstance(source, dict):
+        raise ValidationError([Problem("$", "a runbook document must be a mapping (object)")])
+    return source
+
+
+def _parse_text(text: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except RecursionError:
+        raise ValidationError([Problem("$", "document is nested too deeply")]) from None
+    except yaml.YAMLError as exc:
+        raise ValidationError([Problem("$", f"not valid YAML or JSON: {exc}")]) from None
+    except Exception as exc:  # a constructor's own error: ``!!int foo``, ``!!bool maybe``, ...
+        raise ValidationError([Problem("$", f"not valid YAML or JSON: a value cannot be read "
+                                            f"({type(exc).__name__}: {exc})")]) from None
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that keeps timestamps as strings (JSON has no date type) and reads every
+    plain (unquoted) mapping key as the text written: ``on: weekdays`` has the key ``"on"``,
+    not ``True`` (YAML 1.1 would read ``on``/``yes``/``1``/``null`` keys as other types,
+    which JSON cannot hold as keys). Values keep YAML's types."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.style is None:
+                    key_node.tag = _STR_TAG
+        return super().construct_mapping(node, deep=deep)
+
+
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+_Loader.yaml_implicit_resolvers = {
+    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+MAX_VALUES = 600_000  # more values than 1 MiB of JSON can hold: only YAML aliases get past it
+
+
+def _check_expansion(value: Any) -> None:
+    """Refuse a document whose YAML aliases expand it past 1 MiB ("billion laughs"), counting
+    shared values once per use and stopping at the budget, so the check itself is cheap."""
+    stack = [value]
+    seen = 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise _too_large(f"document expands past 1 MiB (more than {MAX_VALUES} values once YAML aliases are expanded)")
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _too_large(message: str = "document is larger than 1 MiB") -> ValidationError:
+    error = ValidationError([Problem("$", message)], title="too large")
+    error.code = "tooLarge"
+    return error

@@ -1,0 +1,37 @@
+"""Engine settings (the part of the configuration the engine reads), frozen, with defaults.
+
+``call_service_allowed_hosts`` (``CALL_SERVICE_ALLOWED_HOSTS``, parsed once with
+``HostAllowlist.parse``): None allows any host; see ``runtime.security.outbound``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import attrs
+
+from runtime.model import RetryPolicy
+from runtime.security.outbound import HostAllowlist
+
+
+@attrs.frozen
+class Settings:
+    max_concurrent_steps: int = 5
+    default_max_retries: int = 3
+    event_retention_ms: int = 24 * 3600 * 1000
+    call_service_base_url: str | None = None
+    finished_cache_size: int = 10_000
+    persistence_max_batch: int = 1024
+    lease_ttl_ms: int = 15_000
+    instance_id: str | None = None  # several processes on one database; default: host:pid:random
+    forward_wait_ms: int = 5000
+    secrets_file: str | None = None  # RUNBOOKS_SECRETS_FILE
+    secrets_env: Mapping[str, str] | None = None  # RUNBOOKS_SECRET_<NAME> come from here (None: os.environ)
+    public_url: str | None = None  # PUBLIC_URL: the console's address, for links in notifications
+    max_retained_events_per_tenant: int = 10_000  # events no step took yet, kept for a later waiter
+    shutdown_timeout_ms: int = 5_000  # leaving open_runtime: flush + leases, while the store is down
+    call_service_allowed_hosts: HostAllowlist | None = None
+
+    @property
+    def default_retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(max_retries=self.default_max_retries)

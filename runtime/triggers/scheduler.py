@@ -1,0 +1,263 @@
+"""``Scheduler``: the live triggers of the runtime, and what they start.
+
+Only the latest version of each runbook has live triggers: ``load`` reads them at open,
+``replace`` swaps a runbook's triggers when a new version is registered here, and a trigger
+about to fire checks that its version is still the latest (another process sharing the
+database may have registered a newer one).
+
+Schedules: ONE task (``run``) sleeps until the earliest due time of every schedule and
+starts what is due. A due time starts exactly one execution however many processes share
+the database, without electing anyone: the start's idempotency key is
+``trigger:<runbookId>:<triggerId>:<due time RFC 3339>``, and the store's unique index on
+(tenant, idempotency key) lets only one start of a key commit. After downtime
+(``load``), a schedule with ``catchUp: latest`` starts one execution for the most recent due
+time it missed (since its last run, else since its version was registered); ``none`` starts
+none. A disabled trigger starts nothing (its due times pass).
+
+Event rules: ``on_event`` runs for every published event before it is delivered to waiting
+steps; each rule of that type whose filter passes, of a runbook the event's tenant sees,
+starts an execution in that tenant (key ``trigger:<runbookId>:<triggerId>:event:<event id>``).
+
+An execution started by a trigger has ``context.trigger = {kind, id, at}`` and the audit
+actor ``trigger:<id>``. Switching a trigger on or off is audited in the audit log under the
+key ``trigger:<owner>:<runbookId>:<triggerId>`` (``audit_key``; owner '' for a shared
+runbook), read with ``Runtime.trigger_audit``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from runtime.documents.triggers import EVENT, SCHEDULE, Trigger, rfc3339, triggers_of
+from runtime.language.templates import TemplateError, render
+from runtime.model import AuditEntry, Event, Runbook, TriggerState
+from runtime.model.errors import Conflict, NotFound, RunbookError
+from runtime.model.records import Change
+from runtime.shell.events import passes
+
+if TYPE_CHECKING:
+    from runtime.api.runtime import Runtime
+
+logger = logging.getLogger("runbooks.triggers")
+Key = tuple[str | None, str, str]  # (owner, runbook id, trigger id)
+
+
+@attrs.define
+class _Armed:
+    runbook: Runbook
+    trigger: Trigger
+    next_due: datetime
+
+
+@attrs.frozen
+class TriggerInfo:
+    """One trigger as ``GET /api/v1/triggers`` lists it."""
+
+    runbook_id: str
+    trigger_id: str
+    kind: str
+    schedule: str | None
+    timezone: str | None
+    event_type: str | None
+    enabled: bool
+    next_run_at: datetime | None
+    last_run_at: datetime | None
+    last_execution_id: str | None
+    shared: bool
+
+
+def audit_key(tenant_id: str | None, runbook_id: str, trigger_id: str) -> str:
+    return f"trigger:{tenant_id or ''}:{runbook_id}:{trigger_id}"
+
+
+class Scheduler:
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+        self._schedules: dict[Key, _Armed] = {}
+        self._rules: dict[Key, tuple[Runbook, Trigger]] = {}
+        self._sleep: trio.CancelScope | None = None
+
+    # ------------------------------------------------------------------ which triggers are live
+    async def load(self) -> None:
+        """Every runbook's latest triggers, and the catch-up of schedules missed while down."""
+        store = self._rt.store
+        runbooks: list[Runbook] = await self._rt._read(store.all_latest_runbooks)
+        states = {(s.tenant_id, s.runbook_id, s.trigger_id): s for s in await self._rt._read(store.trigger_states)}
+        for runbook in runbooks:
+            self._install(runbook, states)
+
+    def replace(self, runbook: Runbook) -> None:
+        """A new version of ``runbook`` was registered: its triggers replace the old ones."""
+        self._install(runbook, None)
+
+    def _install(self, runbook: Runbook, states: dict[Key, TriggerState] | None) -> None:
+        owner = (runbook.tenant_id, runbook.id)
+        for table in (self._schedules, self._rules):
+            for key in [k for k in table if k[:2] == owner]:
+                del table[key]
+        now = self._rt.clock.now()
+        for trigger in triggers_of(runbook.document):
+            key = (*owner, trigger.id)
+            if trigger.kind == EVENT:
+                self._rules[key] = (runbook, trigger)
+                continue
+            due = trigger.next_due(now)
+            if states is not None and trigger.catch_up == "latest":
+                state = states.get(key)
+                since = state.last_run_at if state is not None and state.last_run_at else runbook.created_at
+                missed = trigger.last_due(now)
+                if since is not None and missed > since:
+                    due = missed  # fires at once: the one catch-up
+            self._schedules[key] = _Armed(runbook, trigger, due)
+        if self._sleep is not None:
+            self._sleep.cancel()  # the earliest due time may have changed
+
+    # ------------------------------------------------------------------ the one timer
+    async def run(self) -> None:
+        """Start what is due, as it comes due, until cancelled."""
+        clock = self._rt.clock
+        while True:
+            earliest = min((a.next_due for a in self._schedules.values()), default=None)
+            with trio.CancelScope(deadline=clock.trio_time(earliest) if earliest else math.inf) as sleep:
+                self._sleep = sleep
+                await trio.sleep_forever()
+            self._sleep = None
+            for key, armed in list(self._schedules.items()):
+                if self._schedules.get(key) is armed and clock.trio_time(armed.next_due) <= trio.current_time():
+                    await self._due(key, armed)
+
+    async def _due(self, key: Key, armed: _Armed) -> None:
+        now = max(self._rt.clock.now(), armed.next_due)
+        due = armed.next_due
+        latest = armed.trigger.last_due(now)
+        armed.next_due = armed.trigger.next_due(now)
+        if latest > due:  # woken late (a suspended process): only the most recent one counts
+            if armed.trigger.catch_up == "none":
+                return
+            due = latest
+        try:
+            await self._fire_schedule(key, armed, due)
+        except Exception:  # a trigger's failure must not stop the others
+            logger.exception("trigger %s of runbook %s failed at %s", key[2], key[1], rfc3339(due))
+
+    async def _fire_schedule(self, key: Key, armed: _Armed, due: datetime) -> None:
+        runbook = await self._latest(armed.runbook)
+        if runbook is not armed.runbook:  # a newer version (another process): its triggers count
+            self.replace(runbook)
+            replaced = self._schedules.get(key)
+            if replaced is None:
+                return
+            armed = replaced
+        await self._start(runbook, armed.trigger, runbook.tenant_id or "default", armed.trigger.input, due)
+
+    async def _latest(self, runbook: Runbook) -> Runbook:
+        try:
+            latest = await self._rt.catalog.get(runbook.id, tenant_id=runbook.tenant_id)
+        except NotFound:
+            return runbook
+        same_owner = latest.tenant_id == runbook.tenant_id
+        return latest if same_owner and latest.version > runbook.version else runbook
+
+    # ------------------------------------------------------------------ events
+    async def on_event(self, event: Event) -> int:
+        """Start the executions of every rule the event fires; how many started."""
+        started = 0
+        for runbook, trigger in list(self._rules.values()):
+            if trigger.event_type != event.type or not passes(trigger.filter, event):
+                continue
+            if runbook.tenant_id not in (None, event.tenant_id) or not await self._visible(runbook, event.tenant_id):
+                continue
+            scope = {"event": {"type": event.type, "correlationKey": event.correlation_key, "payload": event.payload}}
+            try:
+                input = render(trigger.input, scope)
+            except TemplateError as exc:
+                logger.warning("event rule %s of runbook %s: %s", trigger.id, runbook.id, exc)
+                continue
+            if await self._start(runbook, trigger, event.tenant_id, input, event.received_at, f"event:{event.id}"):
+                started += 1
+        return started
+
+    async def _visible(self, runbook: Runbook, tenant_id: str) -> bool:
+        """Whether the tenant sees this version (a tenant's own runbook hides a shared one)."""
+        try:
+            seen = await self._rt.catalog.get(runbook.id, tenant_id=tenant_id)
+        except NotFound:
+            return False
+        return seen.tenant_id == runbook.tenant_id and seen.version == runbook.version
+
+    # ------------------------------------------------------------------ starting
+    async def _start(self, runbook: Runbook, trigger: Trigger, tenant: str, input: Any, at: datetime,
+                     name: str | None = None) -> bool:
+        if not await self.enabled(runbook.tenant_id, runbook.id, trigger.id):
+            return False
+        when = rfc3339(at)
+        context = {**trigger.context, "tenantId": tenant, "userId": f"trigger:{trigger.id}",
+                   "trigger": {"kind": trigger.kind, "id": trigger.id, "at": when}}
+        key = f"trigger:{runbook.id}:{trigger.id}:{name or when}"
+        try:
+            result = await self._rt.start_execution(runbook.id, input, context, version=runbook.version,
+                                                    idempotency_key=key, force=True, actor=f"trigger:{trigger.id}")
+        except RunbookError as exc:
+            logger.warning("trigger %s of runbook %s could not start an execution: %s", trigger.id, runbook.id, exc)
+            return False
+        await self._rt._read(self._rt.store.record_trigger_run, runbook.tenant_id, runbook.id, trigger.id, at,
+                             result.execution.id)
+        if result.created:
+            logger.info("trigger %s of runbook %s started execution %s (%s)", trigger.id, runbook.id,
+                        result.execution.id, when)
+        return True
+
+    # ------------------------------------------------------------------ state
+    async def _states(self) -> dict[Key, TriggerState]:
+        found: list[TriggerState] = await self._rt._read(self._rt.store.trigger_states)
+        return {(s.tenant_id, s.runbook_id, s.trigger_id): s for s in found}
+
+    async def enabled(self, tenant_id: str | None, runbook_id: str, trigger_id: str) -> bool:
+        state = (await self._states()).get((tenant_id, runbook_id, trigger_id))
+        return state is None or state.enabled
+
+    async def list(self, tenant_id: str) -> list[TriggerInfo]:
+        """The triggers of the latest version of every runbook the tenant sees."""
+        states = await self._states()
+        infos = []
+        for runbook in await self._rt.catalog.list(tenant_id):
+            for trigger in triggers_of(runbook.document):
+                key = (runbook.tenant_id, runbook.id, trigger.id)
+                infos.append(self._info(runbook, trigger, states.get(key) or TriggerState(*key)))
+        return infos
+
+    def _info(self, runbook: Runbook, trigger: Trigger, state: TriggerState) -> TriggerInfo:
+        next_run = None
+        if trigger.kind == SCHEDULE and state.enabled:
+            armed = self._schedules.get((runbook.tenant_id, runbook.id, trigger.id))
+            next_run = armed.next_due if armed is not None else trigger.next_due(self._rt.clock.now())
+        return TriggerInfo(runbook.id, trigger.id, trigger.kind, trigger.schedule,
+                           trigger.timezone if trigger.kind == SCHEDULE else None, trigger.event_type,
+                           state.enabled, next_run, state.last_run_at, state.last_execution_id,
+                           runbook.tenant_id is None)
+
+    async def switch(self, runbook_id: str, trigger_id: str, enabled: bool, *, tenant_id: str, actor: str,
+                     reason: str | None) -> TriggerInfo:
+        """Enable or disable a trigger of a runbook the tenant sees; audited."""
+        runbook = await self._rt.catalog.get(runbook_id, tenant_id=tenant_id)
+        found = [t for t in triggers_of(runbook.document) if t.id == trigger_id]
+        if not found:
+            raise NotFound(f"runbook '{runbook_id}' has no trigger '{trigger_id}'")
+        key = (runbook.tenant_id, runbook.id, trigger_id)
+        state = (await self._states()).get(key) or TriggerState(*key)
+        if state.enabled == enabled:
+            raise Conflict(f"trigger '{trigger_id}' of runbook '{runbook_id}' is already "
+                           f"{'enabled' if enabled else 'disabled'}")
+        await self._rt._read(self._rt.store.set_trigger_enabled, *key, enabled)
+        action = "trigger.enabled" if enabled else "trigger.disabled"
+        entry = AuditEntry(audit_key(*key), self._rt.clock.now(), actor, action, None, None, reason,
+                           {"runbookId": runbook_id, "triggerId": trigger_id, "tenantId": tenant_id})
+        await self._rt._commit(Change(audit=(entry,)))
+        logger.info("%s: %s of runbook %s by %s", action, trigger_id, runbook_id, actor)
+        return self._info(runbook, found[0], attrs.evolve(state, enabled=enabled))
