@@ -104,9 +104,7 @@ class StepOps(Protocol):
 class StepKind(Protocol):
     """How the engine runs one kind of step (see the module docstring)."""
 
-    name: str
     uses_slot: bool  # a running step of this kind counts against maxConcurrentSteps
-    runs_task: bool  # the shell runs an executor for it (SpawnAttempt)
 
     def begin(self, ops: StepOps, step: Step) -> None: ...
 

@@ -1,9 +1,11 @@
 """Runbook document validation: every problem at once, each with its path.
 
 ``validate_document`` checks a loaded document (a dict) against the document rules (ids,
-dependencies, cycles, types, templates, bounds, size) and the config rules of each step
-type, and returns the list of problems. A value JSON cannot hold is refused first (its path
-named), since every other check assumes plain JSON. ``build_runbook``
+dependencies, cycles, types, templates, bounds, size) and the rules of each step type, and
+returns the list of problems. A value JSON cannot hold is refused first (its path named),
+since every other check assumes plain JSON. What a type adds (where its config is written,
+its config check, the steps its config names) comes from its spec
+(``runtime.kinds.spec.KindSpec``): no type is known here by name. ``build_runbook``
 validates and builds the immutable ``Runbook``; ``effective_dependencies`` is the one place
 that applies the default-dependency rules, for validation and scheduling alike.
 """
@@ -14,8 +16,11 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import attrs
+
 from runtime.documents.triggers import check_triggers
-from runtime.kinds.base import TypeLookup, check_retry_policy
+from runtime.kinds.base import check_retry_policy
+from runtime.kinds.spec import KindSpec, TypeLookup
 from runtime.language.conditions import condition_problems
 from runtime.language.input_schema import schema_problems
 from runtime.language.templates import SECRET_ROOT, template_paths, template_problems
@@ -27,7 +32,7 @@ from runtime.model.limits import (
     count_problem,
     duration_problem,
 )
-from runtime.model.wire import MAX_DOCUMENT_BYTES, canonical_json, from_json
+from runtime.model.wire import MAX_DOCUMENT_BYTES, canonical_json, from_json, to_json
 from runtime.security.secrets import NAME as SECRET_NAME
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # fullmatch: "$" would allow a final newline
@@ -39,10 +44,10 @@ _RUNBOOK_FIELDS = {
     "id", "name", "description", "timeoutMs", "maxConcurrentSteps", "inputSchema",
     "requireLegalBasis", "output", "steps", "version", "tags", "metadata", "triggers",
 }
-_STEP_FIELDS = {
-    "id", "name", "description", "type", "dependsOn", "when", "config", "approvalConfig",
-    "retryPolicy", "timeoutMs", "continueOnError",
-}
+_STEP_FIELDS = frozenset({
+    "id", "name", "description", "type", "dependsOn", "when", "config", "retryPolicy", "timeoutMs",
+    "continueOnError",
+})  # and the fields a type may write its config under instead of ``config`` (``config_aliases``)
 
 
 def validate_document(doc: Any, types: TypeLookup) -> list[Problem]:
@@ -63,12 +68,24 @@ def validate_document(doc: Any, types: TypeLookup) -> list[Problem]:
     if len(steps) > MAX_STEPS:
         problems.append(Problem("steps", f"at most {MAX_STEPS} steps (found {len(steps)})"))
     ids = _check_ids(steps, problems)
+    aliases = _config_aliases(types)
     for index, step in enumerate(steps):
         if isinstance(step, Mapping):
-            problems += _check_step(step, f"steps[{index}]", ids, types)
+            problems += _check_step(step, f"steps[{index}]", ids, types, aliases)
     problems += _check_cycles([s for s in steps if isinstance(s, Mapping) and isinstance(s.get("id"), str)
-                               and s["id"] in ids], ids)
+                               and s["id"] in ids], ids, types)
     return problems
+
+
+def _config_aliases(types: TypeLookup) -> tuple[str, ...]:
+    """Every field a known type may write its config under instead of ``config``."""
+    specs = [_spec(types, name) for name in types.names()]
+    return tuple(dict.fromkeys(alias for spec in specs if spec is not None for alias in spec.config_aliases))
+
+
+def _spec(types: TypeLookup, name: Any) -> KindSpec | None:
+    known = types.get(name) if isinstance(name, str) else None
+    return known.spec if known is not None else None
 
 
 def _check_header(doc: Mapping[str, Any]) -> list[Problem]:
@@ -113,9 +130,11 @@ def _check_ids(steps: Sequence[Any], problems: list[Problem]) -> set[str]:
     return seen
 
 
-def _check_step(step: Mapping[str, Any], path: str, ids: set[str], types: TypeLookup) -> list[Problem]:
-    problems = [Problem(f"{path}.{key}", f"unknown field '{key}'") for key in step if key not in _STEP_FIELDS]
-    problems += _check_common(step, path, ids)
+def _check_step(step: Mapping[str, Any], path: str, ids: set[str], types: TypeLookup,
+                aliases: tuple[str, ...]) -> list[Problem]:
+    problems = [Problem(f"{path}.{key}", f"unknown field '{key}'") for key in step
+                if key not in _STEP_FIELDS and key not in aliases]
+    problems += _check_common(step, path, ids, aliases)
     step_type = step.get("type")
     if not isinstance(step_type, str):
         problems.append(Problem(f"{path}.type", "required: a step type"))
@@ -124,19 +143,25 @@ def _check_step(step: Mapping[str, Any], path: str, ids: set[str], types: TypeLo
     if known is None:
         problems.append(Problem(f"{path}.type", f"unknown step type '{step_type}' (known: {', '.join(types.names())})"))
         return problems
-    config_key = "approvalConfig" if step_type == "human-approval" and "approvalConfig" in step else "config"
-    config = step.get(config_key, {})
+    return problems + _check_config(step, path, ids, known.spec, types)
+
+
+def _check_config(step: Mapping[str, Any], path: str, ids: set[str], spec: KindSpec,
+                  types: TypeLookup) -> list[Problem]:
+    field = spec.config_field(step)
+    config, config_path = step.get(field, {}), f"{path}.{field}"
     if not isinstance(config, Mapping):
-        return [*problems, Problem(f"{path}.{config_key}", "must be a mapping (object)")]
-    config_path = f"{path}.{config_key}"
-    problems += known.check_config(config, config_path, types)
-    problems += template_problems(dict(config), config_path)
-    problems += _check_references(config, config_path, ids)
-    problems += _check_branch_targets(step, config, config_path, ids)
-    return problems
+        return [Problem(config_path, "must be a mapping (object)")]
+    step_id = step.get("id")
+    return [
+        *spec.check_config(config, config_path, types),
+        *template_problems(dict(config), config_path),
+        *_check_references(config, config_path, ids),
+        *spec.check_steps(config, config_path, step_id if isinstance(step_id, str) else None, ids),
+    ]
 
 
-def _check_common(step: Mapping[str, Any], path: str, ids: set[str]) -> list[Problem]:
+def _check_common(step: Mapping[str, Any], path: str, ids: set[str], aliases: tuple[str, ...]) -> list[Problem]:
     problems: list[Problem] = []
     depends = step.get("dependsOn")
     if depends is not None:
@@ -151,8 +176,8 @@ def _check_common(step: Mapping[str, Any], path: str, ids: set[str]) -> list[Pro
     for key in ("name", "description"):
         if key in step and not isinstance(step[key], str):
             problems.append(Problem(f"{path}.{key}", "must be a string"))
-    if "approvalConfig" in step and not isinstance(step["approvalConfig"], Mapping):
-        problems.append(Problem(f"{path}.approvalConfig", "must be a mapping (object)"))
+    problems += [Problem(f"{path}.{key}", "must be a mapping (object)") for key in aliases
+                 if key in step and not isinstance(step[key], Mapping)]
     if "continueOnError" in step and not isinstance(step["continueOnError"], bool):
         problems.append(Problem(f"{path}.continueOnError", "must be true or false"))
     if "retryPolicy" in step:
@@ -176,48 +201,16 @@ def _check_references(config: Mapping[str, Any], path: str, ids: set[str]) -> li
     return problems
 
 
-def _check_branch_targets(step: Mapping[str, Any], config: Mapping[str, Any], path: str, ids: set[str]) -> list[Problem]:
-    if step.get("type") != "conditional":
-        return []
-    problems = []
-    for key in ("trueBranch", "falseBranch"):
-        for target in branch_list(config.get(key)):
-            if target not in ids:
-                problems.append(Problem(f"{path}.{key}", f"branch target '{target}' is not a step"))
-            elif target == step.get("id"):
-                problems.append(Problem(f"{path}.{key}", "a conditional cannot branch to itself"))
-    return problems
-
-
-def branch_list(value: Any) -> list[str]:
-    """A branch is a step id or a list of them."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list):
-        return [v for v in value if isinstance(v, str)]
-    return []
-
-
-def effective_dependencies(steps: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
-    """The dependencies of every step after the defaults (the step before; a branch target
-    depends on its conditional)."""
-    branch_owner: dict[str, str] = {}
-    for step in steps:
-        if step.get("type") == "conditional":
-            config = step.get("config")
-            if not isinstance(config, Mapping):
-                continue
-            for key in ("trueBranch", "falseBranch"):
-                for target in branch_list(config.get(key)):
-                    branch_owner.setdefault(target, step["id"])
+def effective_dependencies(steps: Sequence[Mapping[str, Any]], types: TypeLookup) -> dict[str, list[str]]:
+    """The dependencies of every step after the defaults: the step before; a step another
+    decides (a branch target) depends on the step that decides it."""
+    deciders = _deciders(steps, types)
     deps: dict[str, list[str]] = {}
     for index, step in enumerate(steps):
         explicit = step.get("dependsOn")
-        owner = branch_owner.get(step["id"])
+        owner = deciders.get(step["id"])
         if explicit is not None:
-            # a branch target always waits for the conditional that decides it
+            # a decided step always waits for the step that decides it
             deps[step["id"]] = list(explicit) + ([owner] if owner and owner not in explicit else [])
         elif owner is not None:
             deps[step["id"]] = [owner]
@@ -226,9 +219,21 @@ def effective_dependencies(steps: Sequence[Mapping[str, Any]]) -> dict[str, list
     return deps
 
 
-def _check_cycles(steps: Sequence[Mapping[str, Any]], ids: set[str]) -> list[Problem]:
+def _deciders(steps: Sequence[Mapping[str, Any]], types: TypeLookup) -> dict[str, str]:
+    """Each step that another decides -> the first step that decides it."""
+    deciders: dict[str, str] = {}
+    for step in steps:
+        spec = _spec(types, step.get("type"))
+        config = step.get(spec.config_field(step)) if spec is not None else None
+        if spec is not None and isinstance(config, Mapping):
+            for target in spec.decides(config):
+                deciders.setdefault(target, step["id"])
+    return deciders
+
+
+def _check_cycles(steps: Sequence[Mapping[str, Any]], ids: set[str], types: TypeLookup) -> list[Problem]:
     clean = [{**s, "dependsOn": _known(s.get("dependsOn"), ids)} if "dependsOn" in s else s for s in steps]
-    deps = effective_dependencies(clean)
+    deps = effective_dependencies(clean, types)
     state: dict[str, int] = {}
     stack: list[str] = []
     cycles: list[list[str]] = []
@@ -259,30 +264,23 @@ def build_runbook(doc: Mapping[str, Any], types: TypeLookup, default_retries: in
     problems = validate_document(doc, types)
     if problems:
         raise ValidationError(problems, title="invalid runbook")
-    deps = effective_dependencies(doc["steps"])
-    steps = tuple(_build_step(raw, tuple(deps[raw["id"]]), default_retries) for raw in doc["steps"])
+    deps = effective_dependencies(doc["steps"], types)
+    steps = tuple(_build_step(raw, tuple(deps[raw["id"]]), default_retries, types) for raw in doc["steps"])
     fields = {k: v for k, v in doc.items() if k not in ("steps", "version", "tags", "metadata")}
     header = from_json({**fields, "steps": []}, Runbook)
-    import attrs
-
     return attrs.evolve(header, steps=steps, document=dict(doc))
 
 
-def _build_step(raw: Mapping[str, Any], deps: tuple[str, ...], default_retries: int) -> Step:
+def _build_step(raw: Mapping[str, Any], deps: tuple[str, ...], default_retries: int, types: TypeLookup) -> Step:
     policy = RetryPolicy(max_retries=default_retries)
     if "retryPolicy" in raw:
-        policy = from_json({**_policy_json(policy), **raw["retryPolicy"]}, RetryPolicy)
-    config = raw.get("approvalConfig") if raw["type"] == "human-approval" and "approvalConfig" in raw else raw.get("config")
+        policy = from_json({**to_json(policy), **raw["retryPolicy"]}, RetryPolicy)
+    spec = _spec(types, raw["type"])
+    assert spec is not None  # validated
+    config = raw.get(spec.config_field(raw))
     return Step(
         id=raw["id"], type=raw["type"], config=dict(config or {}), depends_on=deps,
         when=raw.get("when"), retry_policy=policy, timeout_ms=raw.get("timeoutMs"),
         continue_on_error=raw.get("continueOnError", False), name=raw.get("name"),
         description=raw.get("description"),
     )
-
-
-def _policy_json(policy: RetryPolicy) -> dict[str, Any]:
-    from runtime.model.wire import to_json
-
-    result: dict[str, Any] = to_json(policy)
-    return result

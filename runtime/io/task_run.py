@@ -1,8 +1,8 @@
 """What the execution actor hands a task step's runner, and a step type with its runner.
 
 A ``TaskRun`` is one run of a task step (its attempts until an outcome); a ``Runner`` is
-the Trio coroutine that takes it. A ``StepType`` is a name, a ``kind`` (its behaviour in
-the execution core), its config check, and for task kinds the runner (and, for types that
+the Trio coroutine that takes it. A ``StepType`` is a name, its ``spec`` (its kind and its
+config rules, ``runtime.kinds.spec``), and for task kinds the runner (and, for types that
 run one executor per attempt, that executor).
 """
 
@@ -13,10 +13,9 @@ from typing import Any, Protocol
 
 import attrs
 
-from runtime.core.kinds import StepKind
 from runtime.core.messages import Message
 from runtime.io.context import Executor, Services, StepContext
-from runtime.kinds.base import ConfigCheck
+from runtime.kinds.spec import KindSpec
 from runtime.model import RetryPolicy, Step
 
 
@@ -57,8 +56,7 @@ Runner = Callable[[TaskRun], Awaitable[None]]
 @attrs.frozen
 class StepType:
     name: str
-    kind: StepKind
-    check_config: ConfigCheck
+    spec: KindSpec
     runner: Runner | None = None  # for kinds that run a task
     executor: Executor | None = None  # for task types that run one executor per attempt
     builtin: bool = True

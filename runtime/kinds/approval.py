@@ -19,6 +19,7 @@ from typing import Any
 from runtime.core.kinds import StepOps
 from runtime.core.messages import DecideApproval, NotificationSent, StepMessage
 from runtime.kinds.base import KindDefaults
+from runtime.kinds.spec import KindSpec, ignoring_types
 from runtime.language.templates import TemplateError, render
 from runtime.model import Approval, Evidence, Step, StepError, StepState, StepStatus
 from runtime.model.errors import Conflict, Forbidden, Problem, ValidationError
@@ -148,8 +149,6 @@ def output(approvals: Sequence[Approval], *, approved: bool, auto: bool = False)
 
 
 class ApprovalKind(KindDefaults):
-    name = "approval"
-
     def begin(self, ops: StepOps, step: Step) -> None:
         config = self.rendered(ops, step)
         if config is None:
@@ -246,3 +245,4 @@ def _reject(ops: StepOps, step_id: str, approvals: Sequence[Approval], why: str)
 
 
 APPROVAL = ApprovalKind()
+SPEC = KindSpec(APPROVAL, ignoring_types(check_config), config_aliases=("approvalConfig",))

@@ -1,17 +1,16 @@
 """What every kind shares, and what the kinds import without importing each other.
 
-``TypeLookup`` is how validation sees the step types a runtime knows (``KnownType``: a
-name, a ``kind``, a config check); the registry that puts each kind beside its executor is
-``runtime.shell.step_types``. ``KindDefaults`` gives a kind the answers every kind shares (a decision for a step that is
-not an approval is a conflict; an event for a step that does not wait is not taken).
+``KindDefaults`` gives a kind the answers every kind shares (a decision for a step that is
+not an approval is a conflict; an event for a step that does not wait is not taken), and
+the checks below are the pieces the config checks share (unknown fields, a retry policy).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
-from runtime.core.kinds import StepKind, StepOps
+from runtime.core.kinds import StepOps
 from runtime.core.messages import DecideApproval, DeliverEvent, StepMessage
 from runtime.language.templates import TemplateError, render
 from runtime.model import Step, StepError, StepState, StepStatus
@@ -19,39 +18,10 @@ from runtime.model.errors import Conflict, Problem
 from runtime.model.limits import MAX_RETRIES, count_problem, duration_problem, multiplier_problem
 
 
-class KnownType(Protocol):
-    """A step type as validation sees it: its name, its kind, its config check, and whether it
-    runs one executor per attempt (only such a type may be a loop's body)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def kind(self) -> StepKind: ...
-
-    @property
-    def check_config(self) -> ConfigCheck: ...
-
-    @property
-    def executor(self) -> Any: ...
-
-
-class TypeLookup(Protocol):
-    """The step types a runtime knows, by name."""
-
-    def get(self, name: str) -> KnownType | None: ...
-
-    def names(self) -> list[str]: ...
-
-
-ConfigCheck = Callable[[Mapping[str, Any], str, TypeLookup], list[Problem]]
-
-
 class KindDefaults:
     """The hooks every kind shares unless it says otherwise."""
 
     uses_slot = False
-    runs_task = False
 
     def resume(self, ops: StepOps, step: Step, state: StepState) -> None:
         pass  # nothing held in memory for this kind: its committed state says it all

@@ -13,10 +13,12 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from runtime.kinds import grpc_config
+from runtime.kinds.spec import KindSpec, ignoring_types
+from runtime.kinds.task import TASK
 from runtime.model.errors import Problem
 from runtime.model.limits import duration_problem
 
-__all__ = ["DEFAULT_TIMEOUT_MS", "check_config", "problems"]
+__all__ = ["DEFAULT_TIMEOUT_MS", "SPEC", "check_config", "problems"]
 
 METHODS: Final = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 DEFAULT_TIMEOUT_MS: Final = 30_000
@@ -134,3 +136,6 @@ _CHECKS: Final = {
     "idempotencyKey": _check_idempotency_key,
     "protocol": _check_protocol,
 }
+
+
+SPEC = KindSpec(TASK, ignoring_types(check_config))  # its executor is runtime.io.http

@@ -13,7 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from runtime.kinds.base import TypeLookup, check_retry_policy, positive_int, unknown_fields
+from runtime.kinds.base import check_retry_policy, positive_int, unknown_fields
+from runtime.kinds.spec import KindSpec, TypeLookup
+from runtime.kinds.task import TASK
 from runtime.language.conditions import condition_problems
 from runtime.model.errors import Problem
 from runtime.model.limits import MAX_CONCURRENCY, count_problem, duration_problem
@@ -57,9 +59,12 @@ def _body_problems(body: Mapping[str, Any], path: str, types: TypeLookup) -> lis
     elif not isinstance(body.get("config", {}), Mapping):
         problems.append(Problem(f"{path}.config", "must be a mapping (object)"))
     else:
-        problems += body_type.check_config(body.get("config", {}), f"{path}.config", types)
+        problems += body_type.spec.check_config(body.get("config", {}), f"{path}.config", types)
     if "retryPolicy" in body:
         problems += check_retry_policy(body["retryPolicy"], f"{path}.retryPolicy")
     if "timeoutMs" in body and (problem := duration_problem(body["timeoutMs"])):
         problems.append(Problem(f"{path}.timeoutMs", problem))
     return problems
+
+
+SPEC = KindSpec(TASK, check_config)

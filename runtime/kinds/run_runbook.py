@@ -26,6 +26,7 @@ from typing import Any
 from runtime.core.kinds import StepOps
 from runtime.core.messages import ChildFinished, StepMessage
 from runtime.kinds.base import KindDefaults, positive_int, unknown_fields
+from runtime.kinds.spec import KindSpec, ignoring_types
 from runtime.language.templates import TemplateError, render, secret_names
 from runtime.model import Step, StepError, StepState, StepStatus
 from runtime.model.errors import Problem
@@ -62,8 +63,6 @@ def child_error(message: ChildFinished) -> StepError:
 
 
 class RunRunbookKind(KindDefaults):
-    name = "run-runbook"
-
     def begin(self, ops: StepOps, step: Step) -> None:
         state = ops.step_state(step.id)
         child = child_id(ops.execution.id, step.id, state.attempts + 1)
@@ -125,3 +124,4 @@ class RunRunbookKind(KindDefaults):
 
 
 RUN_RUNBOOK = RunRunbookKind()
+SPEC = KindSpec(RUN_RUNBOOK, ignoring_types(check_config))

@@ -18,13 +18,12 @@ from runtime.core.messages import (
     StepProgressed,
 )
 from runtime.kinds.base import KindDefaults
+from runtime.kinds.spec import KindSpec
 from runtime.model import Step, StepState, StepStatus
 
 
 class TaskKind(KindDefaults):
-    name = "task"
     uses_slot = True
-    runs_task = True
 
     def begin(self, ops: StepOps, step: Step) -> None:
         ops.mark_started(step, StepStatus.RUNNING)
@@ -67,3 +66,4 @@ class TaskKind(KindDefaults):
 
 
 TASK = TaskKind()
+SPEC = KindSpec(TASK)  # a custom type: its config is the program's own business

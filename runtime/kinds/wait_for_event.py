@@ -11,6 +11,7 @@ from typing import Any
 from runtime.core.kinds import StepOps
 from runtime.core.messages import DeliverEvent, StepMessage
 from runtime.kinds.base import KindDefaults
+from runtime.kinds.spec import KindSpec, ignoring_types
 from runtime.language.conditions import condition_problems, evaluate
 from runtime.language.templates import TemplateError, render
 from runtime.model import Event, Step, StepError, StepState, StepStatus
@@ -54,8 +55,6 @@ def timeout_ms(step: Step) -> int:
 
 
 class EventKind(KindDefaults):
-    name = "event"
-
     def begin(self, ops: StepOps, step: Step) -> None:
         config = self.rendered(ops, step)
         if config is None:
@@ -107,3 +106,4 @@ class EventKind(KindDefaults):
 
 
 EVENT = EventKind()
+SPEC = KindSpec(EVENT, ignoring_types(check_config))

@@ -1,14 +1,14 @@
 """The step types a runtime knows: the six built-in ones and the embedding program's own.
 
-Each entry is a ``StepType`` (``runtime.io.task_run``): its kind (how the execution core runs
-it), its config check, and for task types its runner. A custom type registered with
-``register`` is a task with the program's executor.
+Each entry is a ``StepType`` (``runtime.io.task_run``): the spec of its kind from
+``runtime.kinds`` (how the execution core runs it, its config rules) and, for task types,
+its runner from ``runtime.io``. A custom type registered with ``register`` is a task with
+the program's executor.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
 from typing import Any
 
 from runtime.core.kinds import StepKind
@@ -17,28 +17,26 @@ from runtime.io import loop as loop_runner
 from runtime.io.attempts import executor_runner
 from runtime.io.context import Executor
 from runtime.io.task_run import StepType
-from runtime.kinds import approval, call_service, conditional, loop, run_runbook, wait_for_event
-from runtime.kinds.base import TypeLookup
-from runtime.kinds.task import TASK
-from runtime.model.errors import Problem
-
-
-def _no_check(config: Mapping[str, Any], path: str, types: TypeLookup) -> list[Problem]:
-    return []
+from runtime.kinds import (
+    approval,
+    call_service,
+    conditional,
+    loop,
+    run_runbook,
+    task,
+    wait_for_event,
+)
 
 
 def _builtin() -> dict[str, StepType]:
-    def only(check: Any) -> Any:
-        return lambda config, path, types: check(config, path)
-
     return {
-        "call-service": StepType("call-service", TASK, only(call_service.check_config),
-                                 executor_runner(http.call_service), http.call_service),
-        "wait-for-event": StepType("wait-for-event", wait_for_event.EVENT, only(wait_for_event.check_config)),
-        "human-approval": StepType("human-approval", approval.APPROVAL, only(approval.check_config)),
-        "conditional": StepType("conditional", conditional.CONDITIONAL, only(conditional.check_config)),
-        "loop": StepType("loop", TASK, loop.check_config, loop_runner.run_loop),
-        "run-runbook": StepType("run-runbook", run_runbook.RUN_RUNBOOK, only(run_runbook.check_config)),
+        "call-service": StepType("call-service", call_service.SPEC, executor_runner(http.call_service),
+                                 http.call_service),
+        "wait-for-event": StepType("wait-for-event", wait_for_event.SPEC),
+        "human-approval": StepType("human-approval", approval.SPEC),
+        "conditional": StepType("conditional", conditional.SPEC),
+        "loop": StepType("loop", loop.SPEC, loop_runner.run_loop),
+        "run-runbook": StepType("run-runbook", run_runbook.SPEC),
     }
 
 
@@ -53,14 +51,14 @@ class StepTypes:
         if existing is not None and existing.builtin and existing.executor is None:
             raise ValueError(f"step type '{name}' is built in and cannot be replaced")
         function = as_executor(name, executor)
-        self._types[name] = StepType(name, TASK, _no_check, executor_runner(function), function, builtin=False)
+        self._types[name] = StepType(name, task.SPEC, executor_runner(function), function, builtin=False)
 
     def get(self, name: str) -> StepType | None:
         return self._types.get(name)
 
     def kind_of(self, name: str) -> StepKind | None:
         found = self._types.get(name)
-        return found.kind if found is not None else None
+        return found.spec.kind if found is not None else None
 
     def __getitem__(self, name: str) -> StepType:
         return self._types[name]
