@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 import httpx
@@ -120,10 +120,6 @@ class StepContext:
         )
         self.evidence.append(item)
         return item
-
-
-class ExecutorObject(Protocol):
-    async def execute(self, ctx: StepContext) -> Any: ...
 
 
 Executor = Callable[[StepContext], Awaitable[Any]]
