@@ -9,6 +9,13 @@ loop (``tests/test_core_*.py``). ``runtime.shell.execution`` is the actor shell 
 
 Step kinds bring their own behaviour through ``runtime.core.kinds.StepKind`` (``begin``,
 ``resume``, ``message``, ``timeout``, ``cancel``): the core calls them and knows no kind.
+
+The modules, by concern: ``machine`` (``apply``, and the records of a new or crashed
+execution), ``control`` (what each message does to the execution as a whole), ``schedule``
+(which steps start, the execution's status, the timer), ``transition`` (a transition in
+progress: a step's fate and the execution's end), ``draft`` (the execution being changed and
+the records to commit), ``tasks`` and ``waits`` (the runs of task steps, the parked steps),
+``effects`` and ``messages`` (what goes out and comes in), ``plan``, ``state``, ``scope``.
 """
 
 from runtime.core.effects import (

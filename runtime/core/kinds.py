@@ -15,6 +15,13 @@ progress (``ops``) and the step:
 and ``decides(step)``: the steps whose fate this step decides (a conditional's branch
 targets), which wait for it and are skipped when it does not take their branch.
 
+``ops`` (the ``Transition``, ``runtime.core.transition``) offers: reading (``now``,
+``execution``, ``step_state``, ``scope``); a step's fate (``mark_started``, ``set_step``,
+``succeed``, ``fail``, ``skip``); records (``log``, ``audit``, ``add_records``,
+``consume_event``); ``emit`` for an effect the kind builds itself (a child to start, a
+notification, an answer); and two facets, ``ops.tasks`` (the runs of task steps) and
+``ops.waits`` (parked steps: deadlines and event subscriptions).
+
 Hooks are pure like the core: they read ``ops`` and call it, nothing else.
 """
 
@@ -24,8 +31,37 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
+from runtime.core.effects import Effect
 from runtime.core.messages import StepMessage
 from runtime.model import Evidence, Execution, LogEntry, Step, StepError, StepState, StepStatus
+
+
+class TaskOps(Protocol):
+    """The runs of task steps (``runtime.core.tasks``)."""
+
+    def spawn(self, step: Step) -> None:
+        """Run the step's executor (attempt ``attempts`` of its state) once this commits."""
+
+    def current(self, step_id: str) -> str | None:
+        """The attempt id of the step's run, if it runs."""
+
+    def over(self, step_id: str) -> None:
+        """The step's run has ended (its outcome is being recorded): free its slot."""
+
+    def cancel(self, step_id: str) -> None: ...
+
+
+class WaitOps(Protocol):
+    """Parked steps: deadlines and event subscriptions (``runtime.core.waits``)."""
+
+    def park(self, step_id: str, deadline: datetime | None) -> None: ...
+
+    def unpark(self, step_id: str) -> None: ...
+
+    def subscribe(self, step_id: str, event_type: str, key: str, filter: Mapping[str, Any] | None) -> None: ...
+
+    def unsubscribe(self, step_id: str) -> None:
+        """Stop the step's subscription, if it has one."""
 
 
 class StepOps(Protocol):
@@ -36,6 +72,12 @@ class StepOps(Protocol):
 
     @property
     def execution(self) -> Execution: ...
+
+    @property
+    def tasks(self) -> TaskOps: ...
+
+    @property
+    def waits(self) -> WaitOps: ...
 
     def step_state(self, step_id: str) -> StepState: ...
 
@@ -61,44 +103,10 @@ class StepOps(Protocol):
 
     def consume_event(self, event_id: str) -> None: ...
 
-    # -- tasks
-    def spawn(self, step: Step) -> None:
-        """Run the step's executor (attempt ``attempts`` of its state) once this commits."""
-
-    def current_attempt(self, step_id: str) -> str | None: ...
-
-    def attempt_over(self, step_id: str) -> None:
-        """The step's attempt has ended (its outcome is being recorded): free its slot."""
-
-    def cancel_attempt(self, step_id: str) -> None: ...
-
-    # -- parked steps
-    def park(self, step_id: str, deadline: datetime | None) -> None: ...
-
-    def unpark(self, step_id: str) -> None: ...
-
-    def subscribe(self, step_id: str, event_type: str, key: str, filter: Mapping[str, Any] | None) -> None: ...
-
-    def unsubscribe(self, step_id: str) -> None:
-        """Stop the step's subscription, if it has one."""
-
-    # -- child executions (run-runbook) and notifications (human-approval)
-    def start_child(self, step: Step, child_id: str, runbook_id: str, version: int | None, input: Any,
-                    context: Mapping[str, Any]) -> None:
-        """Start the step's child execution once this commits (again: it finds the same one)."""
-
-    def cancel_child(self, child_id: str, reason: str) -> None: ...
-
-    def notify(self, step: Step, config: Mapping[str, Any], payload: Mapping[str, Any]) -> None:
-        """Send the step's notification once this commits (the shell renders ``config``)."""
-
-    # -- answers
-    def answer_state(self, reply: Any) -> None: ...
-
-    def answer(self, reply: Any, value: Any) -> None: ...
-
-    def note(self, text: str) -> None:
-        """Something the operator's log should say (not an execution record)."""
+    def emit(self, effect: Effect) -> None:
+        """An effect for the shell (a child to start, a notification, an answer, a note), at
+        once or once this commits as its ``after_commit`` says; an answer to a message that
+        carried no reply goes nowhere."""
 
 
 class StepKind(Protocol):

@@ -16,6 +16,7 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
+from runtime.core import effects as fx
 from runtime.core.kinds import StepOps
 from runtime.core.messages import DecideApproval, NotificationSent, StepMessage
 from runtime.kinds.base import KindDefaults
@@ -156,24 +157,26 @@ class ApprovalKind(KindDefaults):
         timeout = step.config.get("timeoutMs", step.timeout_ms)
         deadline = ops.now + timedelta(milliseconds=timeout) if timeout else None
         ops.mark_started(step, StepStatus.AWAITING_APPROVAL, deadline_at=deadline, approvals=())
-        ops.park(step.id, deadline)
+        ops.waits.park(step.id, deadline)
         ops.log("info", "approval requested", step.id, approvers=config.get("approvers"),
                 message=config.get("message"))
         if "notify" in step.config:
-            ops.notify(step, step.config["notify"], notification(ops, step, config))
+            _notify(ops, step, config)
 
     def resume(self, ops: StepOps, step: Step, state: StepState) -> None:
-        ops.park(step.id, state.deadline_at)
+        ops.waits.park(step.id, state.deadline_at)
         if "notify" in step.config and state.notified is None:  # its outcome was never recorded
-            ops.notify(step, step.config["notify"], notification(ops, step, _config(ops, step)))
+            _notify(ops, step, _config(ops, step))
 
     def message(self, ops: StepOps, step: Step, message: StepMessage) -> None:
         if isinstance(message, NotificationSent):
             self._notified(ops, step, message)
-            return
-        if not isinstance(message, DecideApproval):
+        elif isinstance(message, DecideApproval):
+            self._decide(ops, step, message)
+        else:
             super().message(ops, step, message)
-            return
+
+    def _decide(self, ops: StepOps, step: Step, message: DecideApproval) -> None:
         state = ops.step_state(step.id)
         if state.status is not StepStatus.AWAITING_APPROVAL:
             raise Conflict(f"step '{step.id}' is not awaiting approval (it is {state.status.value})")
@@ -182,23 +185,15 @@ class ApprovalKind(KindDefaults):
         decision = Approval(message.approver, message.decision, message.comment, ops.now)
         approvals = (*state.approvals, decision)
         ops.set_step(step.id, approvals=approvals)
-        execution_id = ops.execution.id
-        data = {"approver": decision.approver, "decision": decision.decision, "comment": decision.comment}
-        evidence_id = sha256_hex(["approval", execution_id, step.id, state.attempts, decision.approver,
-                                  decision.at.isoformat()])[:32]
-        ops.add_records(evidence=(Evidence(evidence_id, execution_id, step.id, "approval_decision",
-                                           sha256_hex(data), data, decision.at),))
-        ops.log("info", f"approval decision: {decision.decision}", step.id, approver=decision.approver)
-        ops.audit("approval.decided", decision.approver, step.id, reason=message.comment,
-                  decision=decision.decision)
+        _record_decision(ops, step.id, state.attempts, decision)
         result = outcome(config, approvals)
         if result is not None:
-            ops.unpark(step.id)
+            ops.waits.unpark(step.id)
             if result == "approved":
                 ops.succeed(step.id, output(approvals, approved=True))
             else:
                 _reject(ops, step.id, approvals, f"rejected by {decision.approver}")
-        ops.answer_state(message.reply)
+        ops.emit(fx.AnswerState(message.reply))
 
     def _notified(self, ops: StepOps, step: Step, message: NotificationSent) -> None:
         ops.add_records(message.logs, message.evidence)
@@ -214,7 +209,7 @@ class ApprovalKind(KindDefaults):
                       code=message.error.code)
 
     def timeout(self, ops: StepOps, step: Step) -> None:
-        ops.unpark(step.id)
+        ops.waits.unpark(step.id)
         config = _config(ops, step)
         action = config.get("timeoutAction", "fail")
         approvals = ops.step_state(step.id).approvals
@@ -227,7 +222,7 @@ class ApprovalKind(KindDefaults):
             ops.fail(step.id, StepError("timeout", f"no decision within {config.get('timeoutMs')} ms", False))
 
     def cancel(self, ops: StepOps, step: Step) -> None:
-        ops.unpark(step.id)
+        ops.waits.unpark(step.id)
 
 
 def _config(ops: StepOps, step: Step) -> Mapping[str, Any]:
@@ -237,6 +232,25 @@ def _config(ops: StepOps, step: Step) -> Mapping[str, Any]:
     except TemplateError:
         return step.config
     return rendered
+
+
+def _record_decision(ops: StepOps, step_id: str, attempt: int, decision: Approval) -> None:
+    """The decision's evidence (hashed), log line and audit entry."""
+    execution_id = ops.execution.id
+    data = {"approver": decision.approver, "decision": decision.decision, "comment": decision.comment}
+    evidence_id = sha256_hex(["approval", execution_id, step_id, attempt, decision.approver,
+                              decision.at.isoformat()])[:32]
+    ops.add_records(evidence=(Evidence(evidence_id, execution_id, step_id, "approval_decision",
+                                       sha256_hex(data), data, decision.at),))
+    ops.log("info", f"approval decision: {decision.decision}", step_id, approver=decision.approver)
+    ops.audit("approval.decided", decision.approver, step_id, reason=decision.comment, decision=decision.decision)
+
+
+def _notify(ops: StepOps, step: Step, config: Mapping[str, Any]) -> None:
+    """Send the notification once this commits: ``notify`` as written (the shell renders it
+    with the secrets), the body rendered here."""
+    ops.emit(fx.Notify(step.id, ops.step_state(step.id).attempts, dict(step.config["notify"]),
+                       ops.scope(step.id), notification(ops, step, config), step.retry_policy))
 
 
 def _reject(ops: StepOps, step_id: str, approvals: Sequence[Approval], why: str) -> None:

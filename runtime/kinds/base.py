@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from runtime.core import effects as fx
 from runtime.core.kinds import StepOps
 from runtime.core.messages import DecideApproval, DeliverEvent, StepMessage
 from runtime.language.templates import TemplateError, render
@@ -31,7 +32,7 @@ class KindDefaults:
             state = ops.step_state(step.id)
             raise Conflict(f"step '{step.id}' is not awaiting approval (it is {state.status.value})")
         if isinstance(message, DeliverEvent):
-            ops.answer(message.reply, False)
+            ops.emit(fx.Answer(message.reply, False))
 
     def timeout(self, ops: StepOps, step: Step) -> None:
         pass  # a kind without deadlines of its own

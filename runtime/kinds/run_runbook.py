@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
+from runtime.core import effects as fx
 from runtime.core.kinds import StepOps
 from runtime.core.messages import ChildFinished, StepMessage
 from runtime.kinds.base import KindDefaults, positive_int, unknown_fields
@@ -72,11 +73,11 @@ class RunRunbookKind(KindDefaults):
             ops.fail(step.id, StepError("depth_limit", f"runbooks nested deeper than {MAX_DEPTH} levels", False))
             return
         if self._start(ops, step, child):
-            ops.park(step.id, deadline)
+            ops.waits.park(step.id, deadline)
             ops.log("info", "child execution started", step.id, childExecutionId=child)
 
     def resume(self, ops: StepOps, step: Step, state: StepState) -> None:
-        ops.park(step.id, state.deadline_at)
+        ops.waits.park(step.id, state.deadline_at)
         if state.child_execution_id is not None:  # it may have ended while nobody listened: ask again
             self._start(ops, step, state.child_execution_id)
 
@@ -90,8 +91,9 @@ class RunRunbookKind(KindDefaults):
         context = {k: parent[k] for k in _INHERITED if k in parent}
         context.update(config.get("context") or {})
         context["tenantId"] = ops.execution.tenant_id  # always the parent's tenant
-        ops.start_child(step, child, str(config["runbookId"]), config.get("version"), config.get("input", {}),
-                        context)
+        attempt = ops.step_state(step.id).attempts
+        ops.emit(fx.StartChild(step.id, attempt, child, str(config["runbookId"]), config.get("version"),
+                               config.get("input", {}), context, ops.execution.depth + 1))
         return True
 
     def message(self, ops: StepOps, step: Step, message: StepMessage) -> None:
@@ -100,27 +102,27 @@ class RunRunbookKind(KindDefaults):
             return
         state = ops.step_state(step.id)
         if state.status is not StepStatus.RUNNING or state.child_execution_id != message.child_id:
-            ops.note(f"execution {ops.execution.id}: dropped the end of child {message.child_id} "
-                     f"(step '{step.id}' no longer waits for it)")
+            ops.emit(fx.Note(f"execution {ops.execution.id}: dropped the end of child {message.child_id} "
+                             f"(step '{step.id}' no longer waits for it)"))
             return
-        ops.unpark(step.id)
+        ops.waits.unpark(step.id)
         if message.status == "completed":
             ops.succeed(step.id, message.output)
         else:
             ops.fail(step.id, child_error(message))
 
     def timeout(self, ops: StepOps, step: Step) -> None:
-        ops.unpark(step.id)
+        ops.waits.unpark(step.id)
         child = ops.step_state(step.id).child_execution_id
         if child is not None:
-            ops.cancel_child(child, f"step '{step.id}' of execution {ops.execution.id} timed out")
+            ops.emit(fx.CancelChild(child, f"step '{step.id}' of execution {ops.execution.id} timed out"))
         ops.fail(step.id, StepError("timeout", f"the child did not finish within {step.timeout_ms} ms", False))
 
     def cancel(self, ops: StepOps, step: Step) -> None:
-        ops.unpark(step.id)
+        ops.waits.unpark(step.id)
         child = ops.step_state(step.id).child_execution_id
         if child is not None:
-            ops.cancel_child(child, f"parent execution {ops.execution.id} ended")
+            ops.emit(fx.CancelChild(child, f"parent execution {ops.execution.id} ended"))
 
 
 RUN_RUNBOOK = RunRunbookKind()

@@ -9,6 +9,7 @@ runs again from its next attempt, with the same idempotency key.
 
 from __future__ import annotations
 
+from runtime.core import effects as fx
 from runtime.core.kinds import StepOps
 from runtime.core.messages import (
     AttemptRetrying,
@@ -27,7 +28,7 @@ class TaskKind(KindDefaults):
 
     def begin(self, ops: StepOps, step: Step) -> None:
         ops.mark_started(step, StepStatus.RUNNING)
-        ops.spawn(step)
+        ops.tasks.spawn(step)
 
     def resume(self, ops: StepOps, step: Step, state: StepState) -> None:
         ops.log("warning", "step restarted after recovery", step.id)
@@ -37,32 +38,40 @@ class TaskKind(KindDefaults):
         if not isinstance(message, StepFinished | AttemptRetrying | AttemptStarted | StepProgressed):
             super().message(ops, step, message)
             return
-        if ops.current_attempt(step.id) != message.attempt_id:
-            ops.note(f"execution {ops.execution.id}: dropped a report of attempt {message.attempt_id} "
-                     f"of step '{step.id}' (not its current attempt)")
+        if ops.tasks.current(step.id) != message.attempt_id:
+            ops.emit(fx.Note(f"execution {ops.execution.id}: dropped a report of attempt {message.attempt_id} "
+                             f"of step '{step.id}' (not its current attempt)"))
             return
         if isinstance(message, StepFinished):
-            ops.attempt_over(step.id)
-            ops.add_records(message.logs, message.evidence)
-            if message.error is None:
-                ops.succeed(step.id, message.output)
-                return
-            if message.output is not None:
-                ops.set_step(step.id, output=message.output)
-            ops.fail(step.id, message.error)
+            _finished(ops, step.id, message)
         elif isinstance(message, AttemptRetrying):
-            ops.add_records(message.logs, message.evidence)
-            ops.set_step(step.id, status=StepStatus.RETRYING, error=message.error)
-            ops.log("warning", f"step retrying in {message.delay_s:.3f} s: {message.error.message}",
-                    step.id, attempt=message.attempt, code=message.error.code)
-            ops.audit("step.retrying", step_id=step.id, attempt=message.attempt)
+            _retrying(ops, step.id, message)
         elif isinstance(message, AttemptStarted):
             ops.set_step(step.id, status=StepStatus.RUNNING, attempts=message.attempt)
         else:
             ops.set_step(step.id, progress=message.progress)
 
     def cancel(self, ops: StepOps, step: Step) -> None:
-        ops.cancel_attempt(step.id)
+        ops.tasks.cancel(step.id)
+
+
+def _finished(ops: StepOps, step_id: str, message: StepFinished) -> None:
+    ops.tasks.over(step_id)
+    ops.add_records(message.logs, message.evidence)
+    if message.error is None:
+        ops.succeed(step_id, message.output)
+        return
+    if message.output is not None:  # what a failing step still reports (a response's body, say)
+        ops.set_step(step_id, output=message.output)
+    ops.fail(step_id, message.error)
+
+
+def _retrying(ops: StepOps, step_id: str, message: AttemptRetrying) -> None:
+    ops.add_records(message.logs, message.evidence)
+    ops.set_step(step_id, status=StepStatus.RETRYING, error=message.error)
+    ops.log("warning", f"step retrying in {message.delay_s:.3f} s: {message.error.message}",
+            step_id, attempt=message.attempt, code=message.error.code)
+    ops.audit("step.retrying", step_id=step_id, attempt=message.attempt)
 
 
 TASK = TaskKind()

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
+from runtime.core import effects as fx
 from runtime.core.kinds import StepOps
 from runtime.core.messages import DeliverEvent, StepMessage
 from runtime.kinds.base import KindDefaults
@@ -72,37 +73,37 @@ class EventKind(KindDefaults):
         self._wait(ops, step, config, state.deadline_at)
 
     def _wait(self, ops: StepOps, step: Step, config: Mapping[str, Any], deadline: Any) -> None:
-        ops.park(step.id, deadline)
-        ops.subscribe(step.id, config["eventType"], str(config["correlationKey"]), config.get("filter"))
+        ops.waits.park(step.id, deadline)
+        ops.waits.subscribe(step.id, config["eventType"], str(config["correlationKey"]), config.get("filter"))
 
     def message(self, ops: StepOps, step: Step, message: StepMessage) -> None:
         if not isinstance(message, DeliverEvent):
             super().message(ops, step, message)
             return
         if ops.step_state(step.id).status is not StepStatus.WAITING:
-            ops.answer(message.reply, False)
+            ops.emit(fx.Answer(message.reply, False))
             return
         event = message.event
         if not matches(render(step.config, ops.scope(step.id)), event):
-            ops.answer(message.reply, False)
+            ops.emit(fx.Answer(message.reply, False))
             return
-        ops.unpark(step.id)
-        ops.unsubscribe(step.id)
+        ops.waits.unpark(step.id)
+        ops.waits.unsubscribe(step.id)
         ops.succeed(step.id, output(event))
         ops.audit("event.received", step_id=step.id, type=event.type, correlationKey=event.correlation_key)
         if message.reply is None:  # a retained event, handed over as the step subscribed
             ops.consume_event(event.id)
         else:
-            ops.answer(message.reply, True)
+            ops.emit(fx.Answer(message.reply, True))
 
     def timeout(self, ops: StepOps, step: Step) -> None:
-        ops.unpark(step.id)
-        ops.unsubscribe(step.id)
+        ops.waits.unpark(step.id)
+        ops.waits.unsubscribe(step.id)
         ops.fail(step.id, StepError("timeout", f"no event within {timeout_ms(step)} ms", False))
 
     def cancel(self, ops: StepOps, step: Step) -> None:
-        ops.unpark(step.id)
-        ops.unsubscribe(step.id)
+        ops.waits.unpark(step.id)
+        ops.waits.unsubscribe(step.id)
 
 
 EVENT = EventKind()

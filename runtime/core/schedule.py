@@ -1,0 +1,139 @@
+"""After the messages of a transition: which steps start, the execution's status, the timer.
+
+``schedule`` starts (or skips, decides, parks) every pending step that can start, again
+while steps end within the pass; then the execution's status follows from its steps.
+``arm_timer`` asks for a ``Tick`` at the next deadline (the execution's own, unless it is
+paused, or a parked step's).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from runtime.core import effects as fx
+from runtime.core.transition import ACTIVE, FAILED, Transition
+from runtime.language import templates
+from runtime.language.conditions import evaluate
+from runtime.model import ExecutionStatus, Step, StepError, StepStatus
+
+ES = ExecutionStatus
+SS = StepStatus
+_DONE = (SS.SUCCEEDED, SS.SKIPPED)
+
+
+def schedule(t: Transition) -> None:
+    """Start every pending step that can; again while steps end within the pass, since that
+    can make others ready. A step whose dependency was last seen not done costs one look
+    until that dependency is done."""
+    s = t.state
+    progressed = True
+    while progressed and not t.execution.status.finished:
+        progressed = False
+        steps = t.execution.steps
+        s.pending = [p for p in s.pending if steps[p.id].status is SS.PENDING]
+        for step in s.pending:
+            if t.execution.steps[step.id].status is not SS.PENDING or _blocked(t, step):
+                continue  # (decided meanwhile in this pass: a branch not taken)
+            if _try_start(t, step) and t.execution.steps[step.id].status.finished:
+                progressed = True
+            if t.execution.status.finished:
+                return
+    _update_status(t)
+
+
+def _done(t: Transition, dep_id: str) -> bool:
+    status = t.execution.steps[dep_id].status
+    return status in _DONE or (status in FAILED and t.plan.by_id[dep_id].continue_on_error)
+
+
+def _blocked(t: Transition, step: Step) -> bool:
+    seen = t.state.blocked_on.get(step.id)
+    if seen is not None and not _done(t, seen):
+        return True
+    for dep in step.depends_on or ():
+        if not _done(t, dep):
+            t.state.blocked_on[step.id] = dep
+            return True
+    return False
+
+
+def _try_start(t: Transition, step: Step) -> bool:
+    """Start, skip or decide the step if it may; whether it did."""
+    steps = t.execution.steps
+    deps = step.depends_on or ()
+    undecided = [o for o in t.plan.branch_owners.get(step.id, ()) if steps[o].status is not SS.SUCCEEDED]
+    if undecided:  # the step that decides it was skipped (or failed): it is not taken
+        t.skip(step.id, f"branch of '{undecided[0]}' not taken")
+        return True
+    if deps and all(steps[d].status is SS.SKIPPED for d in deps):
+        t.skip(step.id, "every dependency was skipped")
+        return True
+    if t.execution.status not in ACTIVE:
+        return False
+    if step.when is not None and not evaluate(step.when, t.scope(step.id)):
+        t.skip(step.id, "'when' condition is false")
+        return True
+    kind = t.plan.kinds[step.id]
+    if kind.uses_slot and t.tasks.running >= t.plan.max_running:
+        return False
+    kind.begin(t, step)
+    return True
+
+
+def _update_status(t: Transition) -> None:
+    """Paused once nothing runs any more; otherwise the status its steps make."""
+    status = t.execution.status
+    if status is ES.PAUSING and not t.tasks.running:
+        t.draft.set(status=ES.PAUSED)
+        t.log("info", "execution paused")
+        t.audit("execution.paused")
+    elif status in ACTIVE:
+        _follow_steps(t)
+
+
+def _follow_steps(t: Transition) -> None:
+    """Completed once every step finished; awaiting approval while every step in progress
+    is an approval waiting for decisions; running otherwise."""
+    unfinished = [state.status for state in t.execution.steps.values() if not state.status.finished]
+    if not unfinished:
+        _complete(t)
+        return
+    in_progress = [status for status in unfinished if status.in_progress]
+    approvals_only = bool(in_progress) and all(status is SS.AWAITING_APPROVAL for status in in_progress)
+    status = ES.AWAITING_APPROVAL if approvals_only else ES.RUNNING
+    if status is not t.execution.status:
+        t.draft.set(status=status)
+        t.audit(f"execution.{status.value}")
+
+
+def _complete(t: Transition) -> None:
+    try:
+        output = _output(t)
+    except templates.TemplateError as exc:
+        t.end(ES.FAILED, StepError("template", f"execution output: {exc}"))
+        return
+    t.draft.set(output=output)
+    t.end(ES.COMPLETED, None)
+
+
+def _output(t: Transition) -> Any:
+    """The runbook's ``output`` rendered, else the output of the last step that succeeded."""
+    if t.plan.runbook.output is not None:
+        return templates.render(t.plan.runbook.output, t.scope())
+    for step in reversed(t.plan.steps):
+        state = t.execution.steps[step.id]
+        if state.status is SS.SUCCEEDED:
+            return state.output
+    return None
+
+
+def arm_timer(t: Transition) -> None:
+    s, ex = t.state, t.execution
+    wake: datetime | None = None
+    if not ex.status.finished:
+        own = [ex.deadline_at] if ex.deadline_at is not None and ex.paused_at is None else []
+        wake = min([*own, *t.waits.deadlines()], default=None)
+    if not s.armed or wake != s.wake_at:
+        s.wake_at, s.armed = wake, True
+        t.emit(fx.ArmTimer(wake))
