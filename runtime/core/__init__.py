@@ -13,9 +13,10 @@ Step kinds bring their own behaviour through ``runtime.core.kinds.StepKind`` (``
 The modules, by concern: ``machine`` (``apply``, and the records of a new or crashed
 execution), ``control`` (what each message does to the execution as a whole), ``schedule``
 (which steps start, the execution's status, the timer), ``transition`` (a transition in
-progress: a step's fate and the execution's end), ``draft`` (the execution being changed and
-the records to commit), ``tasks`` and ``waits`` (the runs of task steps, the parked steps),
-``effects`` and ``messages`` (what goes out and comes in), ``plan``, ``state``, ``scope``.
+progress: a step's fate, the execution's end, the effects, and the kinds' views of task
+runs and parked steps), ``draft`` (the execution being changed and the records to commit),
+``effects`` and ``messages`` (what goes out and comes in), ``kinds`` (the seam to the step
+kinds), ``plan``, ``state``, ``scope``.
 """
 
 from runtime.core.effects import (

@@ -51,7 +51,7 @@ def _to_step(t: Transition, message: Any) -> None:
         if isinstance(message, DeliverEvent):
             t.emit(fx.Answer(message.reply, False))
             return
-        raise NotFound(f"execution {t.execution.id} has no step '{message.step_id}'")
+        raise NotFound(f"execution {t.ex.id} has no step '{message.step_id}'")
     t.plan.kinds[step.id].message(t, step, message)
 
 
@@ -59,48 +59,48 @@ def _begin(t: Transition, message: Begin) -> None:
     t.tasks.restart(message.incarnation)
     t.waits.clear()
     t.state.armed = False
-    if t.execution.status is ES.PENDING:
-        t.draft.set(status=ES.RUNNING, started_at=t.now, deadline_at=_deadline(t))
+    if t.ex.status is ES.PENDING:
+        t.set_execution(status=ES.RUNNING, started_at=t.now, deadline_at=_deadline(t))
         t.log("info", "execution started")
         t.audit("execution.running")
-    if t.execution.status.finished:
+    if t.ex.status.finished:
         return
     for step in t.plan.steps:
-        state = t.step_state(step.id)
+        state = t.ex.steps[step.id]
         if state.status.in_progress:
             t.plan.kinds[step.id].resume(t, step, state)
 
 
 def _tick(t: Transition, message: Tick) -> None:
-    if t.execution.status.finished:
+    if t.ex.status.finished:
         return
     at = max(t.now, message.at)  # everything due at the armed time fires
-    deadline = t.execution.deadline_at
-    if deadline is not None and t.execution.paused_at is None and at >= deadline:
+    deadline = t.ex.deadline_at
+    if deadline is not None and t.ex.paused_at is None and at >= deadline:
         timeout = t.plan.runbook.timeout_ms
         t.end(ES.TIMED_OUT, StepError("timeout", f"execution timed out after {timeout} ms", False))
         return
     for step_id in t.waits.due(at):
-        if t.execution.status.finished:
+        if t.ex.status.finished:
             return
         t.plan.kinds[step_id].timeout(t, t.plan.by_id[step_id])
 
 
 def _pause(t: Transition, message: Pause) -> None:
-    if t.execution.status not in ACTIVE:
-        raise Conflict(f"cannot pause an execution that is {t.execution.status.value}")
-    t.draft.set(status=ES.PAUSING if t.tasks.running else ES.PAUSED, paused_at=t.now)
-    t.log("info", f"execution {t.execution.status.value}", reason=message.reason)
+    if t.ex.status not in ACTIVE:
+        raise Conflict(f"cannot pause an execution that is {t.ex.status.value}")
+    t.set_execution(status=ES.PAUSING if t.state.attempts else ES.PAUSED, paused_at=t.now)
+    t.log("info", f"execution {t.ex.status.value}", reason=message.reason)
     t.audit("execution.pause", message.actor, reason=message.reason)
     t.emit(fx.AnswerState(message.reply))
 
 
 def _resume(t: Transition, message: Resume) -> None:
-    ex = t.execution
+    ex = t.ex
     if ex.status not in (ES.PAUSED, ES.PAUSING):
         raise Conflict(f"cannot resume an execution that is {ex.status.value}")
     paused = t.now - (ex.paused_at or t.now)
-    t.draft.set(status=ES.RUNNING, paused_at=None,
+    t.set_execution(status=ES.RUNNING, paused_at=None,
                 deadline_at=ex.deadline_at + paused if ex.deadline_at else None,
                 paused_duration_ms=ex.paused_duration_ms + int(paused.total_seconds() * 1000))
     t.log("info", "execution resumed", reason=message.reason)
@@ -109,21 +109,21 @@ def _resume(t: Transition, message: Resume) -> None:
 
 
 def _cancel(t: Transition, message: Cancel) -> None:
-    if t.execution.status.finished:
-        raise Conflict(f"cannot cancel an execution that is {t.execution.status.value}")
+    if t.ex.status.finished:
+        raise Conflict(f"cannot cancel an execution that is {t.ex.status.value}")
     t.end(ES.CANCELLED, StepError("cancelled", message.reason, False), message.actor, message.reason)
     t.emit(fx.AnswerState(message.reply))
 
 
 def _retry(t: Transition, message: RetryStep) -> None:
-    ex, step_id = t.execution, message.step_id
+    ex, step_id = t.ex, message.step_id
     _check_retry(ex, step_id)
     reset = sorted(steps_to_retry(t.plan, ex, step_id))
     for sid in reset:
-        old = t.step_state(sid)
-        t.draft.replace_step(sid, StepState(SS.PENDING, old.type, attempts=old.attempts))
-    t.draft.set(status=ES.RUNNING, error=None, completed_at=None, output=None, deadline_at=_deadline(t))
-    t.draft.audits.append(AuditEntry(ex.id, t.now, message.actor, "step.retry", step_id,
+        old = t.ex.steps[sid]
+        t.replace_step(sid, StepState(SS.PENDING, old.type, attempts=old.attempts))
+    t.set_execution(status=ES.RUNNING, error=None, completed_at=None, output=None, deadline_at=_deadline(t))
+    t.audits.append(AuditEntry(ex.id, t.now, message.actor, "step.retry", step_id,
                                      ex.context.get("legalBasis"), message.reason, {"reset": reset}))
     t.log("info", "step retry requested", step_id, reset=reset)
     t.state.pending = list(t.plan.steps)

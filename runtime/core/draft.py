@@ -39,6 +39,8 @@ def error_json(error: StepError | None) -> dict[str, Any] | None:
 
 
 class Draft:
+    __slots__ = ("_header", "_own", "_scope", "audits", "changed", "consumed", "evidence", "ex", "logs", "now")
+
     def __init__(self, execution: Execution, now: datetime) -> None:
         self.ex = execution
         self.now = now
@@ -77,7 +79,7 @@ class Draft:
         self._scope = None
         self.changed[step_id] = None
 
-    def set(self, **changes: Any) -> None:
+    def set_execution(self, **changes: Any) -> None:
         """Change fields of the execution itself (its header)."""
         self._mine()
         self.ex = attrs.evolve(self.ex, **changes)  # shares this draft's steps dict

@@ -3,13 +3,12 @@
 The shell performs them in list order, with one rule: effects whose ``after_commit`` is
 true wait until the ``Commit`` of the same transition is durable (an answer, a step that
 starts because an outcome was recorded). The others (subscriptions, cancelling an attempt,
-the timer) happen at once. There is at most one ``Commit`` per transition. ``Outbox``
-collects a transition's effects in that order.
+the timer) happen at once. There is at most one ``Commit`` per transition.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, ClassVar, TypeAlias
 
@@ -157,29 +156,3 @@ Effect: TypeAlias = (
     Commit | SpawnAttempt | CancelAttempt | Subscribe | Unsubscribe | ArmTimer | AnswerState | Answer | Refuse
     | Continue | Note | StartChild | CancelChild | Notify
 )
-
-
-class Outbox:
-    """The effects of one transition: those that happen at once, in the order emitted, then
-    the ``Commit``, then those that wait for it."""
-
-    def __init__(self) -> None:
-        self._at_once: list[Effect] = []
-        self._after: list[Effect] = []
-
-    def emit(self, effect: Effect) -> None:
-        """Add ``effect``; an answer to a message that carried no reply goes nowhere."""
-        if isinstance(effect, Answer | AnswerState | Refuse) and effect.reply is None:
-            return
-        (self._after if effect.after_commit else self._at_once).append(effect)
-
-    def withdraw(self, match: Callable[[Effect], bool]) -> bool:
-        """Drop the first effect still waiting for the commit that ``match``es; whether one did."""
-        for index, effect in enumerate(self._after):
-            if match(effect):
-                del self._after[index]
-                return True
-        return False
-
-    def drain(self, commit: Commit | None) -> list[Effect]:
-        return [*self._at_once, *([commit] if commit is not None else []), *self._after]

@@ -37,7 +37,7 @@ from runtime.model import Evidence, Execution, LogEntry, Step, StepError, StepSt
 
 
 class TaskOps(Protocol):
-    """The runs of task steps (``runtime.core.tasks``)."""
+    """The runs of task steps (``runtime.core.transition.TaskRuns``)."""
 
     def spawn(self, step: Step) -> None:
         """Run the step's executor (attempt ``attempts`` of its state) once this commits."""
@@ -52,7 +52,7 @@ class TaskOps(Protocol):
 
 
 class WaitOps(Protocol):
-    """Parked steps: deadlines and event subscriptions (``runtime.core.waits``)."""
+    """Parked steps: deadlines and event subscriptions (``runtime.core.transition.Waits``)."""
 
     def park(self, step_id: str, deadline: datetime | None) -> None: ...
 

@@ -20,6 +20,7 @@ from runtime.model import ExecutionStatus, Step, StepError, StepStatus
 ES = ExecutionStatus
 SS = StepStatus
 _DONE = (SS.SUCCEEDED, SS.SKIPPED)
+_FINISHED = tuple(status for status in SS if status.finished)  # (a tuple: ``in`` without hashing)
 
 
 def schedule(t: Transition) -> None:
@@ -28,28 +29,25 @@ def schedule(t: Transition) -> None:
     until that dependency is done."""
     s = t.state
     progressed = True
-    while progressed and not t.execution.status.finished:
+    while progressed and not t.ex.status.finished:
         progressed = False
-        steps = t.execution.steps
+        steps = t.ex.steps
         s.pending = [p for p in s.pending if steps[p.id].status is SS.PENDING]
         for step in s.pending:
-            if t.execution.steps[step.id].status is not SS.PENDING or _blocked(t, step):
+            if t.ex.steps[step.id].status is not SS.PENDING or _blocked(t, step):
                 continue  # (decided meanwhile in this pass: a branch not taken)
-            if _try_start(t, step) and t.execution.steps[step.id].status.finished:
+            if _try_start(t, step) and t.ex.steps[step.id].status.finished:
                 progressed = True
-            if t.execution.status.finished:
+            if t.ex.status.finished:
                 return
     _update_status(t)
 
 
-def _done(t: Transition, dep_id: str) -> bool:
-    status = t.execution.steps[dep_id].status
-    return status in _DONE or (status in FAILED and t.plan.by_id[dep_id].continue_on_error)
-
-
 def _blocked(t: Transition, step: Step) -> bool:
+    """Whether a dependency of the step is not done yet. The one found is remembered: while it
+    has not finished, the step costs one look per pass (this runs for every pending step)."""
     seen = t.state.blocked_on.get(step.id)
-    if seen is not None and not _done(t, seen):
+    if seen is not None and t.ex.steps[seen].status not in _FINISHED:
         return True
     for dep in step.depends_on or ():
         if not _done(t, dep):
@@ -58,9 +56,14 @@ def _blocked(t: Transition, step: Step) -> bool:
     return False
 
 
+def _done(t: Transition, step_id: str) -> bool:
+    status = t.ex.steps[step_id].status
+    return status in _DONE or (status in FAILED and t.plan.by_id[step_id].continue_on_error)
+
+
 def _try_start(t: Transition, step: Step) -> bool:
     """Start, skip or decide the step if it may; whether it did."""
-    steps = t.execution.steps
+    steps = t.ex.steps
     deps = step.depends_on or ()
     undecided = [o for o in t.plan.branch_owners.get(step.id, ()) if steps[o].status is not SS.SUCCEEDED]
     if undecided:  # the step that decides it was skipped (or failed): it is not taken
@@ -69,13 +72,13 @@ def _try_start(t: Transition, step: Step) -> bool:
     if deps and all(steps[d].status is SS.SKIPPED for d in deps):
         t.skip(step.id, "every dependency was skipped")
         return True
-    if t.execution.status not in ACTIVE:
+    if t.ex.status not in ACTIVE:
         return False
     if step.when is not None and not evaluate(step.when, t.scope(step.id)):
         t.skip(step.id, "'when' condition is false")
         return True
     kind = t.plan.kinds[step.id]
-    if kind.uses_slot and t.tasks.running >= t.plan.max_running:
+    if kind.uses_slot and len(t.state.attempts) >= t.plan.max_running:
         return False
     kind.begin(t, step)
     return True
@@ -83,9 +86,9 @@ def _try_start(t: Transition, step: Step) -> bool:
 
 def _update_status(t: Transition) -> None:
     """Paused once nothing runs any more; otherwise the status its steps make."""
-    status = t.execution.status
-    if status is ES.PAUSING and not t.tasks.running:
-        t.draft.set(status=ES.PAUSED)
+    status = t.ex.status
+    if status is ES.PAUSING and not t.state.attempts:
+        t.set_execution(status=ES.PAUSED)
         t.log("info", "execution paused")
         t.audit("execution.paused")
     elif status in ACTIVE:
@@ -95,15 +98,21 @@ def _update_status(t: Transition) -> None:
 def _follow_steps(t: Transition) -> None:
     """Completed once every step finished; awaiting approval while every step in progress
     is an approval waiting for decisions; running otherwise."""
-    unfinished = [state.status for state in t.execution.steps.values() if not state.status.finished]
-    if not unfinished:
+    finished, in_progress, approvals_only = True, False, True
+    for state in t.ex.steps.values():
+        step_status = state.status
+        if step_status.finished:
+            continue
+        finished = False
+        if step_status.in_progress:
+            in_progress = True
+            approvals_only = approvals_only and step_status is SS.AWAITING_APPROVAL
+    if finished:
         _complete(t)
         return
-    in_progress = [status for status in unfinished if status.in_progress]
-    approvals_only = bool(in_progress) and all(status is SS.AWAITING_APPROVAL for status in in_progress)
-    status = ES.AWAITING_APPROVAL if approvals_only else ES.RUNNING
-    if status is not t.execution.status:
-        t.draft.set(status=status)
+    status = ES.AWAITING_APPROVAL if in_progress and approvals_only else ES.RUNNING
+    if status is not t.ex.status:
+        t.set_execution(status=status)
         t.audit(f"execution.{status.value}")
 
 
@@ -113,7 +122,7 @@ def _complete(t: Transition) -> None:
     except templates.TemplateError as exc:
         t.end(ES.FAILED, StepError("template", f"execution output: {exc}"))
         return
-    t.draft.set(output=output)
+    t.set_execution(output=output)
     t.end(ES.COMPLETED, None)
 
 
@@ -122,18 +131,21 @@ def _output(t: Transition) -> Any:
     if t.plan.runbook.output is not None:
         return templates.render(t.plan.runbook.output, t.scope())
     for step in reversed(t.plan.steps):
-        state = t.execution.steps[step.id]
+        state = t.ex.steps[step.id]
         if state.status is SS.SUCCEEDED:
             return state.output
     return None
 
 
 def arm_timer(t: Transition) -> None:
-    s, ex = t.state, t.execution
+    s, ex = t.state, t.ex
     wake: datetime | None = None
     if not ex.status.finished:
-        own = [ex.deadline_at] if ex.deadline_at is not None and ex.paused_at is None else []
-        wake = min([*own, *t.waits.deadlines()], default=None)
+        if ex.deadline_at is not None and ex.paused_at is None:
+            wake = ex.deadline_at
+        for due in s.parked.values():
+            if due is not None and (wake is None or due < wake):
+                wake = due
     if not s.armed or wake != s.wake_at:
         s.wake_at, s.armed = wake, True
         t.emit(fx.ArmTimer(wake))

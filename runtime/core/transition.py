@@ -1,17 +1,21 @@
 """``Transition``: one transition in progress, the ``StepOps`` the kinds are handed.
 
-It puts together what one call of ``apply_all`` builds: the ``Draft`` (the execution being
-changed and the records written), the ``Outbox`` (the effects), and the two facets over the
-state the actor keeps beside the execution, ``tasks`` (``TaskRuns``) and ``waits``
-(``Waits``). Itself it owns a step's fate (started, succeeded, failed, skipped, cancelled)
-and the end of the execution, since a step that fails without ``continueOnError`` ends it.
+A transition is the ``Draft`` of the execution's next version (``runtime.core.draft``: the
+changes and the records to commit) with the effects around it, kept in the order the shell
+performs them (at once, then the ``Commit``, then what waits for it). It owns a step's fate
+(started, succeeded, failed, skipped, cancelled) and the end of the execution, since a step
+that fails without ``continueOnError`` ends it. Two views over the state the actor keeps
+beside the execution are handed to the kinds with it: ``tasks`` (``TaskRuns``, the runs of
+task steps) and ``waits`` (``Waits``, the parked steps). A view is made for each use, so that
+nothing the transition holds points back at it.
+
 The execution-level messages are ``runtime.core.control``; what starts next,
 ``runtime.core.schedule``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -20,13 +24,9 @@ import attrs
 from runtime.core import effects as fx
 from runtime.core.draft import SYSTEM, Draft, error_json
 from runtime.core.state import ExecutionState
-from runtime.core.tasks import TaskRuns
-from runtime.core.waits import Waits
 from runtime.model import (
-    Evidence,
     Execution,
     ExecutionStatus,
-    LogEntry,
     Step,
     StepError,
     StepState,
@@ -36,52 +36,54 @@ from runtime.model import (
 SS = StepStatus
 ACTIVE = (ExecutionStatus.RUNNING, ExecutionStatus.AWAITING_APPROVAL)  # steps may start
 FAILED = (SS.FAILED, SS.REJECTED)
+_ANSWERS = (fx.Answer, fx.AnswerState, fx.Refuse)
 
 
-class Transition:
+class Transition(Draft):
+    __slots__ = ("_after", "_at_once", "hold", "plan", "state")
+
     def __init__(self, state: ExecutionState, now: datetime) -> None:
+        Draft.__init__(self, state.execution, now)
         self.state = state
         self.plan = state.plan
-        self.now = now
-        self.draft = Draft(state.execution, now)
-        self.outbox = fx.Outbox()
-        self.tasks = TaskRuns(state, self.draft, self.outbox)
-        self.waits = Waits(state, self.draft, self.outbox)
+        self._at_once: list[fx.Effect] = []
+        self._after: list[fx.Effect] = []  # once the commit is durable
         self.hold = False  # commit and answer this transition before scheduling (a retry)
 
     @property
     def execution(self) -> Execution:
-        return self.draft.ex
+        return self.ex
+
+    @property
+    def tasks(self) -> TaskRuns:
+        return TaskRuns(self)
+
+    @property
+    def waits(self) -> Waits:
+        return Waits(self)
 
     def step_state(self, step_id: str) -> StepState:
-        return self.draft.ex.steps[step_id]
+        return self.ex.steps[step_id]
 
-    def scope(self, step_id: str | None = None) -> dict[str, Any]:
-        return self.draft.scope(step_id)
-
-    # ------------------------------------------------------------------ records and effects
-    def log(self, level: str, text: str, step_id: str | None = None, /, **data: Any) -> None:
-        self.draft.log(level, text, step_id, **data)
-
-    def audit(self, action: str, actor: str = SYSTEM, step_id: str | None = None,
-              reason: str | None = None, **data: Any) -> None:
-        self.draft.audit(action, actor, step_id, reason, **data)
-
-    def add_records(self, logs: Sequence[LogEntry] = (), evidence: Sequence[Evidence] = ()) -> None:
-        self.draft.add_records(logs, evidence)
-
-    def consume_event(self, event_id: str) -> None:
-        self.draft.consume_event(event_id)
-
+    # ------------------------------------------------------------------ effects
     def emit(self, effect: fx.Effect) -> None:
-        self.outbox.emit(effect)
+        """Add ``effect``: at once or once this commits, as its ``after_commit`` says; an
+        answer to a message that carried no reply goes nowhere."""
+        if isinstance(effect, _ANSWERS) and effect.reply is None:
+            return
+        (self._after if effect.after_commit else self._at_once).append(effect)
+
+    def withdraw(self, match: Callable[[fx.Effect], bool]) -> bool:
+        """Drop the first effect still waiting for the commit that ``match``es; whether one did."""
+        for index, effect in enumerate(self._after):
+            if match(effect):
+                del self._after[index]
+                return True
+        return False
 
     # ------------------------------------------------------------------ a step's fate
-    def set_step(self, step_id: str, **changes: Any) -> StepState:
-        return self.draft.set_step(step_id, **changes)
-
     def mark_started(self, step: Step, status: StepStatus, **extra: Any) -> None:
-        state = self.draft.ex.steps[step.id]
+        state = self.ex.steps[step.id]
         attempt = state.attempts + 1
         started = state.started_at if state.status.in_progress and state.started_at else self.now
         self.set_step(step.id, status=status, attempts=attempt, started_at=started, completed_at=None,
@@ -98,7 +100,7 @@ class Transition:
         self.set_step(step_id, status=status, error=error, completed_at=self.now)
         self.log("error", f"step {status.value}: {error.message}", step_id, code=error.code)
         self.audit(f"step.{status.value}", step_id=step_id, error=error_json(error))
-        if not self.plan.by_id[step_id].continue_on_error and not self.execution.status.finished:
+        if not self.plan.by_id[step_id].continue_on_error and not self.ex.status.finished:
             self.end(ExecutionStatus.FAILED, attrs.evolve(error, step_id=step_id))
 
     def skip(self, step_id: str, why: str) -> None:
@@ -113,7 +115,7 @@ class Transition:
         why = "execution " + status.value
         for step_id in [*self.state.attempts, *self.state.parked]:
             self._cancel_step(step_id, why)
-        self.draft.set(status=status, error=error, completed_at=self.now)
+        self.set_execution(status=status, error=error, completed_at=self.now)
         self.log("error" if error else "info", f"execution {status.value}", data=error_json(error))
         self.audit(f"execution.{status.value}", actor, reason=reason, error=error_json(error))
 
@@ -126,7 +128,95 @@ class Transition:
         self.audit("step.cancelled", step_id=step_id)
 
     def effects(self) -> list[fx.Effect]:
-        """The transition is over: its state is the one to use next; these are its effects."""
-        change = self.draft.change(self.plan.positions)
-        self.state.execution = self.draft.ex
-        return self.outbox.drain(fx.Commit(change) if change is not None else None)
+        """The transition is over: its state is the one to use next; these are its effects in
+        the order the shell performs them (at once, then the ``Commit``, then the rest)."""
+        change = self.change(self.plan.positions)
+        self.state.execution = self.ex
+        effects = self._at_once
+        if change is not None:
+            effects.append(fx.Commit(change))
+        effects += self._after
+        return effects
+
+
+class TaskRuns:
+    """The runs of task steps (``ops.tasks``). A task step runs in the shell (``SpawnAttempt``),
+    and every report of the run carries the attempt id it was spawned with: ``incarnation.n``,
+    unique per start of the actor, so a report from a run spawned before a crash or a restart
+    never matches one spawned after it. A running task step has one current attempt id, and
+    holds a slot of ``maxConcurrentSteps`` until its run is over."""
+
+    __slots__ = ("_t",)
+
+    def __init__(self, transition: Transition) -> None:
+        self._t = transition
+
+    def restart(self, incarnation: int) -> None:
+        """A new incarnation: every run of the previous one is gone."""
+        s = self._t.state
+        s.incarnation, s.issued = incarnation, 0
+        s.attempts.clear()
+
+    def spawn(self, step: Step) -> None:
+        """Run the step's executor (attempt ``attempts`` of its state) once this commits."""
+        t = self._t
+        s = t.state
+        s.issued += 1
+        attempt_id = s.attempts[step.id] = f"{s.incarnation}.{s.issued}"
+        t.emit(fx.SpawnAttempt(step.id, attempt_id, t.ex.steps[step.id].attempts, t.scope(step.id)))
+
+    def current(self, step_id: str) -> str | None:
+        """The attempt id of the step's run, if it runs."""
+        return self._t.state.attempts.get(step_id)
+
+    def over(self, step_id: str) -> None:
+        """The step's run has ended (its outcome is being recorded): free its slot."""
+        self._t.state.attempts.pop(step_id, None)
+
+    def cancel(self, step_id: str) -> None:
+        """Stop the step's run, if it has one (one spawned in this very transition never starts)."""
+        attempt_id = self._t.state.attempts.pop(step_id, None)
+        if attempt_id is None:
+            return
+        if not self._t.withdraw(lambda e: isinstance(e, fx.SpawnAttempt) and e.attempt_id == attempt_id):
+            self._t.emit(fx.CancelAttempt(step_id, attempt_id))
+
+
+class Waits:
+    """Parked steps (``ops.waits``): an approval waiting for decisions, a step waiting for an
+    event, a run-runbook step waiting for its child. A parked step holds no task and no slot;
+    it may have a deadline (its kind's ``timeout`` fires when it passes, by ``due``), and a
+    step waiting for an event holds a subscription until it stops waiting."""
+
+    __slots__ = ("_t",)
+
+    def __init__(self, transition: Transition) -> None:
+        self._t = transition
+
+    def clear(self) -> None:
+        """A new incarnation: nothing is parked or subscribed until the kinds resume."""
+        self._t.state.parked.clear()
+        self._t.state.subscriptions.clear()
+
+    def park(self, step_id: str, deadline: datetime | None) -> None:
+        self._t.state.parked[step_id] = deadline
+
+    def unpark(self, step_id: str) -> None:
+        self._t.state.parked.pop(step_id, None)
+
+    def subscribe(self, step_id: str, event_type: str, key: str, filter: Mapping[str, Any] | None) -> None:
+        self._t.state.subscriptions[step_id] = (event_type, key)
+        self._t.emit(fx.Subscribe(step_id, self._t.ex.tenant_id, event_type, key, filter))
+
+    def unsubscribe(self, step_id: str) -> None:
+        """Stop the step's subscription, if it has one."""
+        found = self._t.state.subscriptions.pop(step_id, None)
+        if found is not None:
+            self._t.emit(fx.Unsubscribe(step_id, self._t.ex.tenant_id, *found))
+
+    def due(self, at: datetime) -> Iterator[str]:
+        """The steps whose deadline is ``at`` or earlier, each while it is still parked."""
+        parked = self._t.state.parked
+        for step_id, deadline in list(parked.items()):
+            if deadline is not None and at >= deadline and step_id in parked:
+                yield step_id
