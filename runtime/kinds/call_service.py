@@ -1,4 +1,5 @@
-"""The config of a ``call-service`` step, checked without I/O.
+"""The config of a ``call-service`` step, checked without I/O, and its ``SPEC``: in the
+execution core it is a task step (``runtime.kinds.task``); its executor is ``runtime.io.http``.
 
 ``check_config`` validates a step's config at document validation and lists every problem;
 a config with ``protocol: grpc`` is checked by ``runtime.kinds.grpc_config``. A value that
@@ -138,4 +139,4 @@ _CHECKS: Final = {
 }
 
 
-SPEC = KindSpec(TASK, ignoring_types(check_config))  # its executor is runtime.io.http
+SPEC = KindSpec(TASK, ignoring_types(check_config))

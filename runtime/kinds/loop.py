@@ -1,4 +1,5 @@
-"""loop: the config checks (its runner, which runs the iterations, is ``runtime.io.loop``).
+"""loop: the config checks and its ``SPEC`` (its runner, which runs the iterations, is
+``runtime.io.loop``).
 
 A loop runs its body once per item (``items``) or while a condition holds (``while``, with
 ``index`` and ``previous`` in scope). Each iteration is its own supervised child: it runs
