@@ -193,10 +193,9 @@ class Cluster:
     def hand(self, queued: Iterable[QueuedCommand]) -> None:
         """Commands just committed by this process (a publish's events): those for
         executions run here go to their actors at once, without reading them back."""
-        for command_id, execution_id, kind, body in queued:
+        for command_id, execution_id, kind, body in queued:  # (another process's: its owner hears the NOTIFY)
             if command_id not in self._delivered and self._directory.knows(execution_id):
                 self._directory.post(execution_id, self._received(command_id, kind, body))
-            # (another process's execution: its owner hears the NOTIFY)
 
     async def deliver(self, execution_id: str) -> None:
         """Hand the execution's new commands to its actor here, each once."""
