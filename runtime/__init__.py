@@ -1,7 +1,8 @@
 """The runbook engine: documents, validation, scheduling, step types, persistence and the
 embedded Trio API (``open_runtime``)."""
 
-from runtime.api.runtime import Page, Runtime, StartResult, open_runtime
+from runtime.api.assembly import open_runtime
+from runtime.api.runtime import Page, Runtime, StartResult
 from runtime.io.context import StepContext
 from runtime.kinds.approval_inbox import ApprovalPage, PendingApproval
 from runtime.model import (

@@ -140,8 +140,8 @@ async def test_publishing_while_a_step_starts_waiting_loses_nothing_and_delivers
         with psycopg.connect(DSN, autocommit=True) as conn:
             conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
             assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)  # none left unclaimed
-            events = conn.execute("SELECT count(*) FROM commands WHERE kind = 'event'").fetchone()
-            taken = conn.execute("SELECT count(*) FROM commands WHERE kind = 'event' "
+            events = conn.execute("SELECT count(*) FROM commands WHERE kind = 'DeliverEvent'").fetchone()
+            taken = conn.execute("SELECT count(*) FROM commands WHERE kind = 'DeliverEvent' "
                                  "AND outcome->>'value' = 'true'").fetchone()
         assert events == taken == (40,)  # one event for each step, and each taken
 

@@ -6,9 +6,10 @@ is alive while ``expires_at`` is ahead. *Ownership*: an unfinished execution's r
 is guarded by ``WHERE epoch = <its epoch>`` (``FENCE``), so a process that lost an execution
 (stalled, partitioned, or replaced by a new process with its id) can never overwrite the new
 owner's state. *Commands*: a control operation, decision, retry or event for an execution that
-another process owns is a row of ``commands``, announced with NOTIFY; the owner applies it and
-records the outcome on the row in the same transaction as the state it produced. *Waits*: the
-event subscriptions of waiting steps, so an event published on any process reaches them.
+another process owns is a row of ``commands`` (the core message: its class name in ``kind``,
+its fields in ``body``), announced with NOTIFY; the owner applies it and records the outcome
+on the row in the same transaction as the state it produced. *Waits*: the event
+subscriptions of waiting steps, so an event published on any process reaches them.
 
 The same notification channel (one per schema) carries every announcement, as
 ``kind:argument`` payloads: ``cmd:<execution>:<command>`` (``...:<process nonce>`` when the
@@ -54,6 +55,16 @@ MIGRATION = (
         PRIMARY KEY (execution_id, step_id)
     )""",
     "CREATE INDEX waits_by_key ON waits (tenant_id, type, correlation_key)",
+)
+
+# A command's ``kind`` is the class name of its core message and ``body`` that message's
+# fields (``runtime.core.messages.command_row``); the commands queued under the names used
+# before keep their bodies, which have the same fields.
+COMMAND_TAGS = (
+    """UPDATE commands SET kind = CASE kind
+        WHEN 'pause' THEN 'Pause' WHEN 'resume' THEN 'Resume' WHEN 'cancel' THEN 'Cancel'
+        WHEN 'approve' THEN 'DecideApproval' WHEN 'retry' THEN 'RetryStep' WHEN 'event' THEN 'DeliverEvent'
+        WHEN 'child_finished' THEN 'ChildFinished' ELSE kind END""",
 )
 
 # -- instances

@@ -25,11 +25,12 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
+from runtime.core.messages import Command, DeliverEvent, command_row
 from runtime.language.conditions import event_passes
 from runtime.model import LOG_LEVELS, AuditEntry, Event, Evidence, Execution, LogEntry, Runbook
 from runtime.model.errors import Fenced, StoreUnavailable, retained_events_full
 from runtime.model.records import Change, ChangeResult, QueuedCommand
-from runtime.model.wire import dumps, to_json
+from runtime.model.wire import dumps
 from runtime.store import pg_cluster as cluster
 from runtime.store.schema import (
     NOT_DEDUPED_SQL,
@@ -171,6 +172,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX batches_by_time ON batches (committed_at)",
     ),
+    cluster.COMMAND_TAGS,  # 7: a command's kind is its message's class name
 )
 
 _MARK_BATCH = "INSERT INTO batches (id) VALUES (%s)"
@@ -712,7 +714,7 @@ class _Writer:
                                                      wait.key, json.dumps(wait.filter)))
                 continue
             cursor.execute(_DELETE_EVENT, (taken.id,))  # the step takes it, as a command to its execution
-            self._command(wait.execution_id, "event", {"stepId": wait.step_id, "event": to_json(taken)}, handed=False)
+            self._command(wait.execution_id, DeliverEvent(wait.step_id, taken), handed=False)
         if change.publish is None:
             return ChangeResult()
         return self._publish(change.publish, change.retain_cap)
@@ -740,7 +742,7 @@ class _Writer:
         self._queued = []
         for execution_id, step_id, condition in waiters:
             if event_passes(condition, event.payload, event.type):
-                self._command(execution_id, "event", {"stepId": step_id, "event": to_json(event)}, handed=True)
+                self._command(execution_id, DeliverEvent(step_id, event), handed=True)
         if self._queued or not cap:
             return ChangeResult(delivered=len(self._queued), commands=tuple(self._queued))
         held = cursor.execute(cluster.RETAINED_COUNT, (event.tenant_id,)).fetchone()
@@ -752,10 +754,11 @@ class _Writer:
     def _lock(self, tenant_id: str, event_type: str, key: str) -> None:
         self._cursor.execute(cluster.LOCK_KEY, (json.dumps([tenant_id, event_type, key]),))
 
-    def _command(self, execution_id: str, kind: str, body: Any, *, handed: bool) -> None:
+    def _command(self, execution_id: str, command: Command, *, handed: bool) -> None:
         """A command row; ``handed``: the caller hands it to the actor here if the execution
         runs here (``Cluster.hand``), so this process's listener may skip its announcement."""
         command_id = uuid.uuid4().hex
+        kind, body = command_row(command)
         self._cursor.execute(cluster.INSERT_COMMAND, (command_id, execution_id, kind, dumps(body), None))
         self._notices.append(f"cmd:{execution_id}:{command_id}:{self._nonce}" if handed
                              else f"cmd:{execution_id}:{command_id}")
