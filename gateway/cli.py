@@ -19,7 +19,6 @@ from gateway.cli_client import add_client_commands, add_connection_options, run_
 from gateway.cli_run import UsageError, run_file, run_options, validate_files
 from gateway.serve import add_serve_arguments, serve_from_args
 
-
 BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command that SIGPIPE ended
 
 

@@ -109,8 +109,8 @@ class ApiClient:
         failures = 0
         while True:
             try:
-                for last_id, state in self._one_stream(execution_id, last_id):
-                    failures = 0
+                for event_id, state in self._one_stream(execution_id, last_id):
+                    last_id, failures = event_id, 0
                     yield state
                     if state["status"] in FINISHED:
                         return

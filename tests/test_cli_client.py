@@ -399,6 +399,6 @@ async def test_a_command_queued_for_a_stopped_owner_is_one_line_and_exit_0(schem
         assert (code, err) == (0, "") and json.loads(out)["status"] == "queued" and json.loads(out)["commandId"]
         owner.go_on()
         with trio.fail_after(15):
-            while [(await client.get(f"{other.url}/api/v1/executions/{execution_id}")).json()["status"]
-                   for execution_id in ids] != ["completed", "cancelled"]:
+            while [(await client.get(f"{other.url}/api/v1/executions/{execution_id}")).json()[  # noqa: ASYNC110
+                    "status"] for execution_id in ids] != ["completed", "cancelled"]:
                 await trio.sleep(0.05)
