@@ -72,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--base-url", default=None, help="base of relative call-service URLs (default CALL_SERVICE_BASE_URL)")
     run.add_argument("--secrets", default=None, help="secrets file for the runtime (RUNBOOKS_SECRETS_FILE)")
     run.add_argument("--no-prompt", action="store_true", help="never ask at the terminal: wait for timeouts")
+    run.add_argument("--with", dest="with_files", action="append", default=[], metavar="FILE",
+                     help="register this runbook first (a sub-runbook the file runs); repeatable")
+    run.add_argument("--trigger", default=None, metavar="ID",
+                     help="start as this trigger of the runbook would now: its input and context, context.trigger")
+    run.add_argument("--event", default=None, help="with --trigger of an event rule: {correlationKey, payload}")
     validate = commands.add_parser("validate", help="report every problem of every file")
     validate.add_argument("files", nargs="+")
     add_client_commands(commands)
