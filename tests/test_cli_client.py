@@ -27,7 +27,7 @@ from gateway.cli_client import run_client_command
 from gateway.client import ApiClient, Identity
 from runtime import open_runtime
 from tests.cluster_nodes import nodes
-from tests.gateway_fixtures import free_port
+from tests.gateway_fixtures import free_port, wait_until_ready
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 APPROVAL = {"id": "approve-me", "steps": [
@@ -55,15 +55,7 @@ def served(directory: pathlib.Path, port: int | None = None) -> Iterator[str]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "runbooks serve did not start"
-            time.sleep(0.05)
+        wait_until_ready(url, process)
         yield url
     finally:
         process.terminate()

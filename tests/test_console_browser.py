@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,7 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.gateway_fixtures import free_port
+from tests.gateway_fixtures import free_port, wait_until_ready
 
 CHROMIUM = "/usr/bin/chromium"
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -58,15 +57,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert gateway.poll() is None and time.monotonic() < deadline, "runbooks serve did not start"
-            time.sleep(0.05)
+        wait_until_ready(url, gateway)
         yield url
     finally:
         for process in (gateway, demo):

@@ -10,13 +10,11 @@ import pathlib
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
-from tests.gateway_fixtures import free_port
+from tests.gateway_fixtures import free_port, wait_until_ready
 
 pytestmark = pytest.mark.slow
 
@@ -42,15 +40,7 @@ def make_run(tmp_path: pathlib.Path) -> Iterator[int]:
         process = subprocess.Popen([sys.executable, "examples/serve_with_demo.py", "--runbooks-dir", "examples"],
                                    cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "make-run.log").read_text()
-            time.sleep(0.05)
+        wait_until_ready(f"http://127.0.0.1:{port}", process, why=(tmp_path / "make-run.log").read_text)
         yield port
     finally:
         process.terminate()
