@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 from quart import request
 
-from gateway.problems import ApiProblem
+from gateway.problems import ApiProblem, problems_detail
 from runtime import Problem
 from runtime.api.arguments import text_problem
 from runtime.model import LOG_LEVELS, ExecutionStatus
@@ -59,10 +59,7 @@ class Problems:
         if not self.items:
             return
         status = 400 if self.unreadable else 422
-        count = len(self.items)
-        detail = f"{count} problem{'s' if count != 1 else ''} with the request: " + "; ".join(
-            f"{p.path}: {p.message}" for p in self.items[:3])
-        raise ApiProblem(status, detail, self.items)
+        raise ApiProblem(status, problems_detail(" with the request", self.items), self.items)
 
 
 # ---------------------------------------------------------------------------- JSON bodies

@@ -155,13 +155,24 @@ def _retry_after(error: LimitExceeded) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(error.retry_after_s)))}
 
 
+SHOWN_IN_DETAIL = 3
+
+
+def problems_detail(about: str, problems: Sequence[Problem]) -> str:
+    """``4 problems{about}: a; b; c; and 1 more``: the count, the first few, and how many are
+    not shown (``errors`` lists them all)."""
+    count = len(problems)
+    shown = [f"{p.path}: {p.message}" for p in problems[:SHOWN_IN_DETAIL]]
+    if count > SHOWN_IN_DETAIL:
+        shown.append(f"and {count - SHOWN_IN_DETAIL} more")
+    return f"{count} problem{'s' if count != 1 else ''}{about}: " + "; ".join(shown)
+
+
 def _validation_problem(error: ValidationError, redact: Redact | None) -> Response:
     if getattr(error, "code", None) == "tooLarge":
         detail = error.problems[0].message if error.problems else "the document is larger than 1 MiB"
         return problem_response(413, detail, error.problems, title="document too large", redact=redact)
-    count = len(error.problems)
-    detail = f"{count} problem{'s' if count != 1 else ''}: " + "; ".join(
-        f"{p.path}: {p.message}" for p in error.problems[:3]) if count else error.title
+    detail = problems_detail("", error.problems) if error.problems else error.title
     return problem_response(422, detail, error.problems, title=error.title, redact=redact)
 
 

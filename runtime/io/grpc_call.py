@@ -6,8 +6,9 @@
 A call needs no generated code: the request and response types come from the target's
 reflection service, or from ``protoset`` (runtime/io/grpc_descriptors.py). ``message``
 is read with protobuf's JSON mapping (``json_format.ParseDict``: proto field names and
-lowerCamelCase names both work); the output is the response as JSON with the proto field
-names as written in the .proto file, and every field present, defaults included (a
+lowerCamelCase names both work); the output is the response in the canonical protobuf JSON
+mapping, as grpcurl prints it: keys are the fields' ``json_name`` (lowerCamelCase,
+``host_name`` becomes ``hostName``), and every field is present, defaults included (a
 ``false`` or ``0`` is there to compare, not missing). 64-bit integers are strings and enums
 their names, as the JSON mapping has them.
 
@@ -205,5 +206,5 @@ def _output(types: MethodTypes, answer: bytes, target: str) -> Any:
     except DecodeError as exc:
         raise StepFailed(f"{types.path[1:]} at {target} answered OK with a message that is not a "
                          f"{types.response.DESCRIPTOR.full_name}: {exc}", code="executor") from exc
-    return json_format.MessageToDict(response, preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=True, descriptor_pool=types.pool)
+    return json_format.MessageToDict(response, always_print_fields_with_no_presence=True,
+                                     descriptor_pool=types.pool)
