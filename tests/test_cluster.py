@@ -153,7 +153,7 @@ async def test_a_stale_owner_is_fenced_and_its_watchers_follow_the_new_owner(sch
         execution = await a.start("gate")
         current = await until(a, execution.id, lambda e: e.status == "awaiting_approval")
         # b takes the execution as if a had gone quiet: the epoch moves on
-        assert await trio.to_thread.run_sync(b.store.claim, execution.id, "b", current.epoch) is not None
+        assert await trio.to_thread.run_sync(b.store.ledger.claim, execution.id, "b", current.epoch) is not None
         b.directory.start(execution.id)
         with caplog.at_level(logging.WARNING):
             decided = await a.submit_approval(execution.id, "ok", approver="boss", decision="approve")
@@ -299,7 +299,7 @@ def test_publishes_committed_in_one_batch_are_decided_in_order(schema: str) -> N
         assert [(r.delivered, r.retained) for r in results] == [(1, False), (0, True), (1, False), (0, True)]
         assert [command[1] for r in results for command in r.commands] == ["e1", "e1"]
         assert [e.id for e in store.retained_events(now)] == [second.id, fourth.id]
-        assert [body["event"]["id"] for _, _, body in store.pending_commands("e1")] == [first.id, third.id]
+        assert [body["event"]["id"] for _, _, body in store.ledger.pending_commands("e1")] == [first.id, third.id]
 
         with pytest.raises(LimitExceeded):  # the cap counts what the same batch retained before
             store.commit([Change(publish=event(f"x{i}"), retain_cap=3) for i in range(2)])

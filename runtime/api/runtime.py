@@ -53,7 +53,6 @@ from runtime.shell.timers import Timers
 from runtime.shell.watch import Observer, WatchHub
 from runtime.store import open_store_from_url
 from runtime.store.base import Store
-from runtime.store.postgres import PostgresStore
 from runtime.triggers.scheduler import Scheduler, TriggerInfo, audit_key
 
 T = TypeVar("T")
@@ -95,8 +94,8 @@ class Runtime:
                                   commit=self._commit, ask=directory.ask,
                                   max_retained_per_tenant=settings.max_retained_events_per_tenant)
         self.cluster: Cluster | None = None
-        if isinstance(store, PostgresStore):  # several processes may share it
-            self.cluster = Cluster(store, self._read, directory, self.catalog, self.hub,
+        if store.ledger is not None:  # several processes may share it
+            self.cluster = Cluster(store.ledger, self._read, directory, self.catalog, self.hub,
                                    instance_id=settings.instance_id or default_instance_id(),
                                    ttl_ms=settings.lease_ttl_ms, forward_wait_ms=settings.forward_wait_ms)
             self.catalog.cache_latest = self.cluster.caches_latest
