@@ -34,7 +34,7 @@ from runtime.store import pg_cluster as cluster
 from runtime.store.dialect import Dialect
 from runtime.store.pg_ledger import PostgresLedger
 from runtime.store.pg_writer import PostgresWriter
-from runtime.store.schema import NOT_DEDUPED_SQL, Execute, Row, apply_batch, execution_from, migrate
+from runtime.store.schema import INDEXES, Execute, Row, apply_batch, execution_from, migrate
 from runtime.store.sql import SqlStore
 from runtime.store.trigger_states import TRIGGER_STATES_TABLE
 
@@ -75,13 +75,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             created_at timestamptz NOT NULL,
             header json NOT NULL
         )""",
-        f"""CREATE UNIQUE INDEX executions_active_hash
-            ON executions (tenant_id, runbook_id, runbook_version, input_hash)
-            WHERE deduplicated AND status NOT IN {NOT_DEDUPED_SQL}""",
-        """CREATE UNIQUE INDEX executions_idempotency_key ON executions (tenant_id, idempotency_key)
-            WHERE idempotency_key IS NOT NULL""",
-        "CREATE INDEX executions_listing ON executions (tenant_id, runbook_id, status, seq DESC)",
-        "CREATE INDEX executions_status ON executions (status)",
         """CREATE TABLE steps (
             execution_id text NOT NULL REFERENCES executions (id) ON DELETE CASCADE,
             step_id text NOT NULL,
@@ -98,7 +91,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             message text NOT NULL,
             data json NOT NULL
         )""",
-        "CREATE INDEX logs_by_step ON logs (execution_id, step_id, seq)",
         """CREATE TABLE audit (
             seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             execution_id text NOT NULL,
@@ -110,7 +102,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             reason text,
             data json NOT NULL
         )""",
-        "CREATE INDEX audit_by_execution ON audit (execution_id, seq)",
         """CREATE TABLE evidence (
             seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             id text NOT NULL UNIQUE,
@@ -121,7 +112,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             data json NOT NULL,
             created_at timestamptz NOT NULL
         )""",
-        "CREATE INDEX evidence_by_execution ON evidence (execution_id, seq)",
         """CREATE TABLE events (
             seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             id text NOT NULL UNIQUE,
@@ -132,7 +122,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             received_at timestamptz NOT NULL,
             expires_at timestamptz
         )""",
-        "CREATE INDEX events_match ON events (tenant_id, type, correlation_key)",
+        *INDEXES,
     ),
     (  # 2: leases, so several processes can share one database
         """CREATE TABLE leases (

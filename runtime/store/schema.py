@@ -347,6 +347,21 @@ def latest_runbooks(rows: Iterable[Row]) -> list[Runbook]:
 
 # -- migrations
 
+#: the indexes of the first migration, the same SQL in both dialects (after its tables)
+INDEXES = (
+    f"""CREATE UNIQUE INDEX executions_active_hash
+        ON executions (tenant_id, runbook_id, runbook_version, input_hash)
+        WHERE deduplicated AND status NOT IN {NOT_DEDUPED_SQL}""",
+    """CREATE UNIQUE INDEX executions_idempotency_key ON executions (tenant_id, idempotency_key)
+        WHERE idempotency_key IS NOT NULL""",
+    "CREATE INDEX executions_listing ON executions (tenant_id, runbook_id, status, seq DESC)",
+    "CREATE INDEX executions_status ON executions (status)",
+    "CREATE INDEX logs_by_step ON logs (execution_id, step_id, seq)",
+    "CREATE INDEX audit_by_execution ON audit (execution_id, seq)",
+    "CREATE INDEX evidence_by_execution ON evidence (execution_id, seq)",
+    "CREATE INDEX events_match ON events (tenant_id, type, correlation_key)",
+)
+
 Execute = Callable[[str], list[Row]]
 
 

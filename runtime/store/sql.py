@@ -21,7 +21,6 @@ from runtime.store.base import parse_cursor
 from runtime.store.dialect import Dialect, marks
 from runtime.store.ledger import ClusterLedger
 from runtime.store.schema import (
-    NOT_DEDUPED_SQL,
     UNFINISHED_SQL,
     ParsedRunbooks,
     Row,
@@ -33,6 +32,7 @@ from runtime.store.schema import (
     owners,
     runbook_from,
 )
+from runtime.store.sql_writer import ACTIVE
 from runtime.store.trigger_states import TriggerQueries
 
 #: the latest version of each runbook (its document as text: parsed once, by ``ParsedRunbooks``)
@@ -111,9 +111,7 @@ class SqlStore(TriggerQueries, abc.ABC):
         return self._one("WHERE id = ?", (execution_id,))
 
     def find_active(self, tenant_id: str, runbook_id: str, version: int, input_hash: str) -> Execution | None:
-        where = ("WHERE tenant_id = ? AND runbook_id = ? AND runbook_version = ? AND input_hash = ? "
-                 f"AND deduplicated AND status NOT IN {NOT_DEDUPED_SQL} ORDER BY seq LIMIT 1")
-        return self._one(where, (tenant_id, runbook_id, version, input_hash))
+        return self._one(ACTIVE, (tenant_id, runbook_id, version, input_hash))
 
     def find_by_idempotency_key(self, tenant_id: str, key: str) -> Execution | None:
         return self._one("WHERE tenant_id = ? AND idempotency_key = ?", (tenant_id, key))

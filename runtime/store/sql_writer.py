@@ -96,11 +96,12 @@ ON CONFLICT DO NOTHING
 RETURNING version"""
 
 ID_BY_KEY = "SELECT id FROM executions WHERE tenant_id = ? AND idempotency_key = ?"
-ID_BY_HASH = f"""
-SELECT id FROM executions
+#: the execution that holds the active-hash index of (tenant, runbook, version, input hash)
+ACTIVE = f"""
 WHERE tenant_id = ? AND runbook_id = ? AND runbook_version = ? AND input_hash = ?
   AND deduplicated AND status NOT IN {NOT_DEDUPED_SQL}
 ORDER BY seq LIMIT 1"""
+ID_BY_HASH = f"SELECT id FROM executions {ACTIVE}"
 ID = "SELECT id FROM executions WHERE id = ?"
 
 ATTEMPTS = 10  # inserts that lost a race with another store's transaction

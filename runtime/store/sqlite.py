@@ -29,7 +29,7 @@ from runtime.model.records import Change, ChangeResult
 from runtime.model.wire import format_time, parse_time
 from runtime.store.diagnose import unwritable_because
 from runtime.store.dialect import Dialect
-from runtime.store.schema import NOT_DEDUPED_SQL, Execute, Row, apply_batch, execution_from, migrate
+from runtime.store.schema import INDEXES, Execute, Row, apply_batch, execution_from, migrate
 from runtime.store.sql import SqlStore
 from runtime.store.sql_writer import SqlWriter
 from runtime.store.trigger_states import TRIGGER_STATES_TABLE
@@ -76,13 +76,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             created_at TEXT NOT NULL,
             header TEXT NOT NULL
         )""",
-        f"""CREATE UNIQUE INDEX executions_active_hash
-            ON executions (tenant_id, runbook_id, runbook_version, input_hash)
-            WHERE deduplicated AND status NOT IN {NOT_DEDUPED_SQL}""",
-        """CREATE UNIQUE INDEX executions_idempotency_key ON executions (tenant_id, idempotency_key)
-            WHERE idempotency_key IS NOT NULL""",
-        "CREATE INDEX executions_listing ON executions (tenant_id, runbook_id, status, seq DESC)",
-        "CREATE INDEX executions_status ON executions (status)",
         """CREATE TABLE steps (
             execution_id TEXT NOT NULL REFERENCES executions (id) ON DELETE CASCADE,
             step_id TEXT NOT NULL,
@@ -99,7 +92,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             message TEXT NOT NULL,
             data TEXT NOT NULL
         )""",
-        "CREATE INDEX logs_by_step ON logs (execution_id, step_id, seq)",
         """CREATE TABLE audit (
             seq INTEGER PRIMARY KEY,
             execution_id TEXT NOT NULL,
@@ -111,7 +103,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             reason TEXT,
             data TEXT NOT NULL
         )""",
-        "CREATE INDEX audit_by_execution ON audit (execution_id, seq)",
         """CREATE TABLE evidence (
             seq INTEGER PRIMARY KEY,
             id TEXT NOT NULL UNIQUE,
@@ -122,7 +113,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             data TEXT NOT NULL,
             created_at TEXT NOT NULL
         )""",
-        "CREATE INDEX evidence_by_execution ON evidence (execution_id, seq)",
         """CREATE TABLE events (
             seq INTEGER PRIMARY KEY,
             id TEXT NOT NULL UNIQUE,
@@ -133,7 +123,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             received_at TEXT NOT NULL,
             expires_at TEXT
         )""",
-        "CREATE INDEX events_match ON events (tenant_id, type, correlation_key)",
+        *INDEXES,
     ),
     (  # 2: the version of each execution, bumped by every committed change
         "ALTER TABLE executions ADD COLUMN version INTEGER NOT NULL DEFAULT 0",
