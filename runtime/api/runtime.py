@@ -25,6 +25,7 @@ import trio
 
 from actors import ActorGone, Address, Reply, open_mailbox, open_supervisor
 from runtime.api import arguments
+from runtime.api.stores import store_for
 from runtime.cluster.node import Cluster, default_instance_id
 from runtime.core import Tick, created
 from runtime.documents.validate import validate_document
@@ -51,7 +52,6 @@ from runtime.shell.settings import Settings
 from runtime.shell.step_types import StepTypes
 from runtime.shell.timers import Timers
 from runtime.shell.watch import Observer, WatchHub
-from runtime.store import open_store_from_url
 from runtime.store.base import Store
 from runtime.triggers.scheduler import Scheduler, TriggerInfo, audit_key
 
@@ -524,13 +524,14 @@ def _check_start(runbook: Runbook, input: Any, context: Mapping[str, Any]) -> No
 @asynccontextmanager
 async def open_runtime(store: str | Store = "memory", *, settings: Settings | None = None,
                        http: httpx.AsyncClient | None = None, batch_observer: BatchObserver | None = None,
-                       executors: Mapping[str, Any] | None = None) -> AsyncIterator[Runtime]:
-    """Open the engine on a store (``"memory"``, ``"sqlite:///file.db"``, ``"postgresql://..."``).
+                       executors: Mapping[str, Any] | None = None, pool_max: int = 20) -> AsyncIterator[Runtime]:
+    """Open the engine on a store (``"memory"``, ``"sqlite:///file.db"``, ``"postgresql://..."``,
+    or a ``Store`` object). ``pool_max``: the most connections a PostgreSQL URL's read pool holds.
 
     ``executors`` registers custom step types before recovery starts.
     """
     settings = settings or Settings()
-    the_store = open_store_from_url(store) if isinstance(store, str) else store
+    the_store = store_for(store, pool_max=pool_max)
     if the_store.threaded:
         await trio.to_thread.run_sync(the_store.open)
     else:
