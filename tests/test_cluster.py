@@ -52,6 +52,15 @@ async def node(schema: str, instance: str, *, types: bool = True, **settings: An
         yield rt
 
 
+async def test_a_runtime_on_a_shared_store_joins_the_cluster_with_the_pool_it_was_given(schema: str,
+                                                                                       tmp_path: Any) -> None:
+    async with open_runtime(f"{DSN}?schema={schema}", pool_max=3, settings=Settings(instance_id="a")) as rt:
+        assert rt.cluster is not None and rt.cluster.instance_id == "a"
+        assert rt.store.pool_max == 3  # type: ignore[attr-defined]
+    async with open_runtime(f"sqlite:///{tmp_path}/one.db") as alone:
+        assert alone.cluster is None  # a SQLite file belongs to one process: no ledger
+
+
 async def until(rt: Runtime, execution_id: str, predicate: Any, within_s: float = 10) -> Any:
     with trio.fail_after(within_s):
         async for execution in rt.watch(execution_id):
