@@ -3,10 +3,11 @@
 It holds every read of the ``Store`` protocol (runbooks, executions and their pages, logs,
 evidence, audit, retained events; trigger state in ``trigger_states.py``); the writes of a
 batch are ``SqlWriter``'s (``sql_writer.py``). A backend (``sqlite.py``, ``postgres.py``)
-brings its dialect and connections and fills in four hooks: ``_rows`` (one statement on a
-read connection), ``_write_one`` (one statement in a transaction of its own),
+brings its dialect, its connections (``open``, ``close``, ``ping``) and its way of
+committing a batch (``commit``), and fills in three hooks: ``_rows`` (one statement on a
+read connection), ``_write_one`` (one statement in a transaction of its own) and
 ``_executions`` (executions with their steps, read from one snapshot: PostgreSQL does it in
-one statement, SQLite in two within one read transaction), and ``commit``.
+one statement, SQLite in two within one read transaction).
 """
 
 from __future__ import annotations
@@ -35,12 +36,13 @@ from runtime.store.schema import (
 from runtime.store.sql_writer import ACTIVE
 from runtime.store.trigger_states import TriggerQueries
 
-#: the latest version of each runbook (its document as text: parsed once, by ``ParsedRunbooks``)
+#: (owner, version, document text) of the latest version of each runbook
 LATEST = """
 SELECT owner, version, CAST(document AS TEXT) FROM runbooks AS r
 WHERE version = (SELECT MAX(version) FROM runbooks AS m WHERE m.owner = r.owner AND m.id = r.id)"""
 
-# per owner: the version asked for and the latest one (the first owner that has any wins)
+# per owner: the version asked for and the latest one (the first owner that has any wins);
+# the document as text, so that ``ParsedRunbooks`` parses each version once
 RUNBOOK = """
 SELECT owner, version, CAST(document AS TEXT) FROM runbooks AS r
 WHERE id = ? AND owner IN ({owners}) AND (version = ? OR version =
