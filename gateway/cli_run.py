@@ -40,13 +40,13 @@ from runtime import (
     Settings,
     StepStatus,
     ValidationError,
+    check_store_url,
     open_runtime,
 )
 from runtime.documents.triggers import rfc3339, triggers_of
 from runtime.kinds.approval_inbox import awaiting_steps, rendered_config
 from runtime.model.wire import load_document, to_json
 from runtime.security.secrets import SecretsFileError, load_secrets_file
-from runtime.store import open_store_from_url
 
 WAITS = (StepStatus.AWAITING_APPROVAL, StepStatus.WAITING)
 MOVING = (StepStatus.RUNNING, StepStatus.RETRYING)
@@ -92,7 +92,7 @@ def run_options(args: Any, *, terminal: bool, env: dict[str, str] | os._Environ[
     if base_url is not None and not base_url.startswith(("http://", "https://")):
         raise UsageError(f"--base-url: must be an absolute http(s) URL, got {base_url!r}")
     try:
-        open_store_from_url(args.store)  # builds the store object only: nothing is opened
+        check_store_url(args.store)  # nothing is opened
     except ValueError as exc:
         raise UsageError(f"--store: {exc}") from None
     if args.secrets is not None:

@@ -3,6 +3,7 @@ embedded Trio API (``open_runtime``)."""
 
 from runtime.api.assembly import open_runtime
 from runtime.api.runtime import Page, Runtime, StartResult
+from runtime.api.stores import check_store_url
 from runtime.io.context import StepContext
 from runtime.kinds.approval_inbox import ApprovalPage, PendingApproval
 from runtime.model import (
@@ -71,5 +72,6 @@ __all__ = [
     "StoreInUse",
     "StoreUnavailable",
     "ValidationError",
+    "check_store_url",
     "open_runtime",
 ]

@@ -74,7 +74,7 @@ async def two_twins(database: pathlib.Path) -> None:
     async with open_runtime(f"sqlite:///{database}") as rt:
         await rt.register_runbook(TWINS)
         for twin in TWIN_IDS:
-            await rt.start_execution("twins", {}, {"userId": "alice"}, force=True, execution_id=twin)
+            await rt.starter.start("twins", {}, {"userId": "alice"}, force=True, execution_id=twin)
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from runtime.api.access import CommitChange, Read, committer, reader
 from runtime.api.routing import Routing
 from runtime.api.runtime import Runtime
 from runtime.api.starting import Starter
+from runtime.api.stores import store_for
 from runtime.cluster.node import Cluster, default_instance_id
 from runtime.core import Tick
 from runtime.core.messages import Cancel
@@ -51,22 +52,21 @@ from runtime.shell.settings import Settings
 from runtime.shell.step_types import StepTypes
 from runtime.shell.timers import Timers
 from runtime.shell.watch import WatchHub
-from runtime.store import open_store_from_url
 from runtime.store.base import Store
-from runtime.store.postgres import PostgresStore
 from runtime.triggers.scheduler import Scheduler, SchedulerHost
 
 
 @asynccontextmanager
 async def open_runtime(store: str | Store = "memory", *, settings: Settings | None = None,
                        http: httpx.AsyncClient | None = None, batch_observer: BatchObserver | None = None,
-                       executors: Mapping[str, Any] | None = None) -> AsyncIterator[Runtime]:
-    """Open the engine on a store (``"memory"``, ``"sqlite:///file.db"``, ``"postgresql://..."``).
+                       executors: Mapping[str, Any] | None = None, pool_max: int = 20) -> AsyncIterator[Runtime]:
+    """Open the engine on a store (``"memory"``, ``"sqlite:///file.db"``, ``"postgresql://..."``,
+    or a ``Store`` object). ``pool_max``: the most connections a PostgreSQL URL's read pool holds.
 
     ``executors`` registers custom step types before recovery starts.
     """
     settings = settings or Settings()
-    the_store = open_store_from_url(store) if isinstance(store, str) else store
+    the_store = store_for(store, pool_max=pool_max)
     if the_store.threaded:
         await trio.to_thread.run_sync(the_store.open)
     else:
@@ -154,9 +154,9 @@ def _assemble(store: Store, settings: Settings, http: httpx.AsyncClient, persist
 def _cluster(store: Store, read: Read, directory: Directory, catalog: Catalog, hub: WatchHub,
              settings: Settings) -> Cluster | None:
     """This process among the others sharing the store, if several may."""
-    if not isinstance(store, PostgresStore):
+    if store.ledger is None:  # one process per store
         return None
-    cluster = Cluster(store, read, directory, catalog, hub, instance_id=settings.instance_id or default_instance_id(),
+    cluster = Cluster(store.ledger, read, directory, catalog, hub, instance_id=settings.instance_id or default_instance_id(),
                       ttl_ms=settings.lease_ttl_ms, forward_wait_ms=settings.forward_wait_ms)
     catalog.cache_latest = cluster.caches_latest
     return cluster

@@ -1,4 +1,5 @@
-"""``Cluster``: this process among several sharing one PostgreSQL database.
+"""``Cluster``: this process among several sharing one store (PostgreSQL), through its
+``ClusterLedger`` (``runtime/store/ledger.py``).
 
 It owns what only matters with several processes:
 
@@ -18,7 +19,7 @@ It owns what only matters with several processes:
   executions owned here are read back as the same messages and handed to their actors
   (``deliver``), in order, each once. Whether a request goes here or there is decided by
   ``runtime.api.routing``.
-- **Notifications.** One listener connection (``runtime.store.pg_listener``) brings the
+- **Notifications.** The ledger's notifications (one LISTEN connection) bring the
   announcements: commands, outcomes, committed states of executions run elsewhere (fed to
   this process's watchers), released executions, registered runbooks.
 """
@@ -43,8 +44,7 @@ from runtime.shell import commands
 from runtime.shell.catalog import Catalog
 from runtime.shell.directory import Directory
 from runtime.shell.watch import WatchHub
-from runtime.store.pg_listener import Listener
-from runtime.store.postgres import PostgresStore
+from runtime.store.ledger import ClusterLedger
 
 logger = logging.getLogger("runbooks.cluster")
 Read = Callable[..., Awaitable[Any]]
@@ -57,7 +57,7 @@ def default_instance_id() -> str:
 
 
 class Cluster:
-    def __init__(self, store: PostgresStore, read: Read, directory: Directory, catalog: Catalog, hub: WatchHub,
+    def __init__(self, store: ClusterLedger, read: Read, directory: Directory, catalog: Catalog, hub: WatchHub,
                  *, instance_id: str, ttl_ms: int, forward_wait_ms: int) -> None:
         self.store = store
         self._read = read
@@ -73,7 +73,7 @@ class Cluster:
         self._outcomes: dict[str, trio.Event] = {}  # command id -> set when its outcome is recorded
         self._delivered: set[str] = set()  # commands handed to actors here, outcome not seen yet
         self._nursery: trio.Nursery | None = None
-        self._listener = Listener(store.connect_listener, store.channel, self._on_notice, self._on_connected)
+        self._listener = store.notifications(self._on_notice, self._on_connected)
 
     # ------------------------------------------------------------------ life
     async def start(self, nursery: trio.Nursery) -> list[str]:

@@ -1,4 +1,5 @@
-"""What several processes sharing one PostgreSQL database need of it, in SQL.
+"""The SQL of ``PostgresLedger`` and of ``PostgresWriter``: what several processes sharing
+one PostgreSQL database need of it.
 
 *Instances*: each process (``RUNBOOKS_INSTANCE_ID``) has a row it renews every heartbeat; it
 is alive while ``expires_at`` is ahead. *Ownership*: an unfinished execution's row names its
@@ -19,7 +20,7 @@ process that committed it hands it over itself), ``done:<command>``,
 
 from __future__ import annotations
 
-UNFINISHED = "('pending', 'running', 'awaiting_approval', 'pausing', 'paused')"
+from runtime.store.schema import UNFINISHED_SQL as UNFINISHED
 
 MIGRATION = (
     """CREATE TABLE instances (
@@ -111,8 +112,6 @@ CLAIM_FINISHED = f"""
 UPDATE executions SET owner = %(id)s, epoch = epoch + 1
 WHERE id = %(execution)s AND status NOT IN {UNFINISHED}
 RETURNING epoch"""
-
-OWNER = "SELECT owner, epoch FROM executions WHERE id = %s"
 
 RELEASE = f"UPDATE executions SET owner = NULL WHERE owner = %(id)s AND status IN {UNFINISHED} RETURNING id"
 
