@@ -23,6 +23,7 @@ import yaml
 from gateway.roles import DEFAULT_TOKEN_ROLES
 from runtime import Settings
 from runtime.io import tracing
+from runtime.kinds.approval import ANY_ROLE
 from runtime.model.limits import MAX_CONCURRENCY, MAX_DURATION_MS, MAX_RETRIES
 from runtime.security.outbound import HostAllowlist
 from runtime.security.secrets import SecretsFileError, load_secrets_file
@@ -335,6 +336,9 @@ def _token_entries(data: Any, problems: list[str]) -> tuple[TokenEntry, ...]:
         if not isinstance(roles, list) or not all(_role_name(role) for role in roles):
             problems.append(f"{path}.roles: must be a list of role names (printable, at most 200 characters)")
             roles = []
+        if ANY_ROLE in roles:  # it would satisfy every role:NAME approver entry
+            problems.append(f"{path}.roles: '{ANY_ROLE}' (every role) exists in development mode only; "
+                            "name the roles this token holds")
         if fields[0] in seen:
             problems.append(f"{path}.token: the same token appears twice")
         if all(fields):

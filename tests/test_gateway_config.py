@@ -139,6 +139,9 @@ def test_tokens_file_json_and_yaml(tmp_path: pathlib.Path) -> None:
     ("tokens: [{token: a, user: u, tenant: t}, {token: a, user: v, tenant: t}]",
      "tokens[1].token: the same token appears twice"),
     ("tokens: [{token: a", "cannot be read as JSON or YAML"),
+    ('tokens: [{token: a, user: u, tenant: t, roles: ["*"]}]',
+     "tokens[0].roles: '*' (every role) exists in development mode only"),
+    ('tokens: [{token: a, user: u, tenant: t, roles: [viewer, "*"]}]', "tokens[0].roles: '*' (every role)"),
 ])
 def test_a_bad_tokens_file_names_the_variable(tmp_path: pathlib.Path, content: str, problem: str) -> None:
     path = tmp_path / "tokens.yaml"
