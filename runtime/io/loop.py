@@ -20,7 +20,7 @@ from runtime.io.attempts import Outcome, run_attempts
 from runtime.io.context import Executor, StepContext
 from runtime.io.task_run import TaskRun
 from runtime.kinds.loop import MAX_ITERATIONS
-from runtime.language.conditions import evaluate
+from runtime.language.conditions import PatternError, evaluate
 from runtime.language.templates import TemplateError, render
 from runtime.model import LogEntry, RetryPolicy, StepError
 from runtime.model.wire import from_json, to_json
@@ -115,8 +115,11 @@ class LoopRun:
         previous: Any = None
         for index in range(self.limit + 1):
             extra = {"index": index, "previous": previous}
-            if not evaluate(self.config["while"], {**self.run_.scope, **extra}):
-                return Outcome(output=results)
+            try:
+                if not evaluate(self.config["while"], {**self.run_.scope, **extra}):
+                    return Outcome(output=results)
+            except PatternError as exc:
+                return Outcome(error=StepError(exc.code, f"while: {exc}", False))
             if index == self.limit:
                 break
             outcome = await self._iterate(index, extra)

@@ -22,7 +22,7 @@ from typing import Any
 
 import trio
 
-from runtime.language.conditions import evaluate
+from runtime.language.conditions import event_passes
 from runtime.model import Event
 from runtime.model.errors import retained_events_full
 from runtime.model.records import Change
@@ -37,7 +37,7 @@ SWEEP_MAX_S = 60.0
 
 def passes(condition: Filter, event: Event) -> bool:
     """Whether ``event`` passes a wait's ``filter`` (paths ``payload.<...>`` and ``type``)."""
-    return condition is None or evaluate(condition, {"payload": event.payload, "type": event.type})
+    return event_passes(condition, event.payload, event.type)
 
 
 def sweep_interval_s(retention_ms: int) -> float:
