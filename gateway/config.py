@@ -83,6 +83,7 @@ class Config:
     secrets_file: str | None = None
     public_url: str | None = None
     call_service_allowed_hosts: HostAllowlist | None = None
+    grpc_protoset_dir: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -120,6 +121,7 @@ class Config:
             secrets_file=read.parsed("RUNBOOKS_SECRETS_FILE", None, _secrets_file),
             public_url=read.parsed("PUBLIC_URL", None, _public_url),
             call_service_allowed_hosts=read.parsed("CALL_SERVICE_ALLOWED_HOSTS", None, _allowlist),
+            grpc_protoset_dir=read.parsed("GRPC_PROTOSET_DIR", None, _directory),
         )
         if not config.instance_id:  # the default names the host and the port it serves on
             config = attrs.evolve(config, instance_id=f"{socket.gethostname()}:{config.port}")
@@ -164,6 +166,7 @@ class Config:
             max_retained_events_per_tenant=self.max_retained_events_per_tenant,
             shutdown_timeout_ms=self.shutdown_timeout_ms,
             call_service_allowed_hosts=self.call_service_allowed_hosts,
+            grpc_protoset_dir=self.grpc_protoset_dir,
         )
 
     def check_can_serve(self) -> None:

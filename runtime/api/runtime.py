@@ -30,6 +30,7 @@ from runtime.core import Tick, created
 from runtime.documents.validate import validate_document
 from runtime.io.children import Children
 from runtime.io.context import Services
+from runtime.io.grpc_descriptors import Descriptors
 from runtime.io.notify import Notifier
 from runtime.kinds.approval import check_approver
 from runtime.kinds.approval_inbox import ApprovalPage, pending_for, rendered_config
@@ -88,7 +89,8 @@ class Runtime:
         self.directory = directory
         self.secrets = Secrets(settings.secrets_file, settings.secrets_env)
         self.services = Services(http=http, now=self.clock.now, call_service_base_url=settings.call_service_base_url,
-                                 secrets=self.secrets, allowed_hosts=settings.call_service_allowed_hosts)
+                                 secrets=self.secrets, allowed_hosts=settings.call_service_allowed_hosts,
+                                 grpc_descriptors=Descriptors(settings.grpc_protoset_dir))
         self.hub = WatchHub(settings.finished_cache_size)
         self.catalog = Catalog(store, self._read, self._commit, StepTypes(), settings, self.clock)
         self.router = EventRouter(now=self.clock.now, retention_ms=settings.event_retention_ms,

@@ -19,7 +19,8 @@ Outcomes, as step error codes::
 
     grpc_status   UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED   retryable
     grpc_status   any other status but OK (named in the message)                not retryable
-    config        the config, the service, the method or the protoset is unusable
+    config        the config, the service or the method is unusable
+    bad_protoset  the protoset cannot be used (runtime/io/grpc_descriptors.py)          not retryable
     forbidden_target  CALL_SERVICE_ALLOWED_HOSTS refuses the host (checked after DNS
                   resolution; the channel then connects to a checked address)   not retryable
     connection    the host name does not resolve (with an allowlist)            retryable
@@ -134,7 +135,7 @@ async def _service(ctx: StepContext, channel: grpc.Channel, target: str, timeout
     service = str(ctx.config["service"])
     protoset = ctx.config.get("protoset")
     if protoset:
-        return await ctx.services.grpc_descriptors.from_protoset(str(protoset), service)
+        return await ctx.services.grpc_descriptors.from_protoset(str(protoset), service, timeout_s)
     try:
         return await ctx.services.grpc_descriptors.from_reflection(channel, target, service, timeout_s)
     except grpc.RpcError as exc:
