@@ -22,7 +22,9 @@ Outcomes, as step error codes::
     config        the config, the service or the method is unusable
     bad_protoset  the protoset cannot be used (runtime/io/grpc_descriptors.py)          not retryable
     forbidden_target  CALL_SERVICE_ALLOWED_HOSTS refuses the host (checked after DNS
-                  resolution; the channel then connects to a checked address)   not retryable
+                  resolution, or before it when every pattern is a name pattern; the channel
+                  then connects to a checked address), or the host holds a secret value
+                  (it would go out through DNS)                                   not retryable
     connection    the host name does not resolve (with an allowlist)            retryable
 
 Every status received (OK or not) is a ``grpc_response`` evidence item: target, service,
@@ -72,6 +74,9 @@ async def call_grpc(ctx: StepContext, idempotency_key: str) -> Any:
         detail = "; ".join(f"{p.path}: {p.message}" for p in problems)
         raise StepFailed(f"invalid gRPC call-service config: {detail}", code="config")
     target = str(config["target"]).strip()
+    if ctx.services.secrets.holds(parse_target(target)[0]):
+        raise StepFailed(f"gRPC {target}: the host holds a secret value; a secret is never put in a host name "
+                         "(resolving it would send the secret out through DNS)", code="forbidden_target")
     deadline = trio.current_time() + int(config.get("timeoutMs", DEFAULT_TIMEOUT_MS)) / 1000
     channel = await _channel(ctx.services, target, bool(config.get("tls", False)), deadline)
     types = await _method_types(ctx, channel, target, deadline)

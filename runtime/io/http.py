@@ -16,7 +16,13 @@ Failures are ``StepFailed`` errors with a step error code::
     http_status   any other status outside expectStatus      not retryable
     config        the config cannot make a request           not retryable
     forbidden_target  CALL_SERVICE_ALLOWED_HOSTS refuses the host (after DNS resolution, at
-                  every connection, so after every redirect)      not retryable
+                  every connection, so after every redirect; before it when every
+                  pattern is a name pattern), or the host holds a secret value (it
+                  would go out through DNS)                    not retryable
+
+A request that cannot be built or sent as HTTP/1.1 (a header value with a line break, a
+secret that ends in a newline) fails with ``config`` naming the header, never quoting the
+exception: its text holds the value (h11's ``Illegal header value b'Bearer ...\\n'``).
 
 Whenever a response arrives, an ``http_response`` evidence item records the method, URL,
 status, request id and the SHA-256 of the body (never the body itself). Trio cancellation
@@ -31,11 +37,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import httpx
@@ -48,6 +55,8 @@ from runtime.model.errors import StepFailed
 from runtime.security.outbound import ForbiddenTarget, HostAllowlist, check_url, checks_connections
 
 __all__ = ["call_service", "idempotency_key", "retry_after_s"]
+
+_BAD_VALUE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # h11 refuses these in a field value
 
 
 async def call_service(ctx: StepContext) -> Any:
@@ -63,6 +72,7 @@ async def call_service(ctx: StepContext) -> Any:
     url = _resolve_url(config["url"], ctx.services.call_service_base_url)
     request_id = uuid.uuid4().hex
     request = _build_request(ctx, method, url, request_id)
+    _refuse_secret_host(ctx, request, method, url)
     ctx.log.info("calling service", method=method, url=url)
     started = trio.current_time()
     response = await _send(ctx.services.http, request, method, url, _timeout_s(config), ctx.services.allowed_hosts)
@@ -112,8 +122,35 @@ def _build_request(ctx: StepContext, method: str, url: str, request_id: str) -> 
             method, url, headers=_headers(ctx, request_id), params=config.get("query") or None,
             json=config.get("body"), timeout=httpx.Timeout(_timeout_s(config)),
         )
-    except (httpx.InvalidURL, UnicodeEncodeError) as exc:
-        raise StepFailed(f"{method} {url}: cannot build the request: {exc}", code="config") from exc
+    except httpx.InvalidURL:
+        raise StepFailed(f"{method} {url}: cannot build the request: the URL is not valid", code="config") from None
+    except UnicodeEncodeError:
+        raise StepFailed(f"{method} {url}: cannot build the request: {_not_ascii(config)}", code="config") from None
+
+
+def _not_ascii(config: Mapping[str, Any]) -> str:
+    """Which header cannot be sent, without its value (the exception's text quotes it)."""
+    names = [str(name) for name, value in (config.get("headers") or {}).items()
+             if not (str(name) + str(value)).isascii()]
+    return f"header {', '.join(names)} is not ASCII" if names else "a header is not ASCII"
+
+
+def _not_http(request: httpx.Request, exc: Exception) -> str:
+    """Which header HTTP/1.1 does not allow, without its value (h11's message quotes it)."""
+    names = [name.decode("ascii", "replace") for name, value in request.headers.raw
+             if _BAD_VALUE.search(value) or value[:1] in (b" ", b"\t") or value[-1:] in (b" ", b"\t")]
+    if names:
+        return (f"header {', '.join(names)} has a value HTTP/1.1 does not allow (a control character such as "
+                "a line break, or a space at either end)")
+    return f"the request is not valid HTTP/1.1 ({type(exc).__name__})"
+
+
+def _refuse_secret_host(ctx: StepContext, request: httpx.Request, method: str, url: str) -> None:
+    """A secret in a host name would leave by DNS before any allowlist could refuse the name."""
+    hosts = (request.url.host, urlsplit(url).hostname or "")
+    if any(ctx.services.secrets.holds(host) for host in hosts):
+        raise StepFailed(f"{method} {url}: the host holds a secret value; a secret is never put in a host "
+                         "name (resolving it would send the secret out through DNS)", code="forbidden_target")
 
 
 def _headers(ctx: StepContext, request_id: str) -> httpx.Headers:
@@ -148,8 +185,11 @@ async def _send(
             raise StepFailed(f"{method} {url}: {exc}", code="forbidden_target") from exc
         except httpx.TimeoutException as exc:
             raise _timed_out(method, url, timeout_s) from exc
-        except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
+        except httpx.UnsupportedProtocol as exc:
             raise StepFailed(f"{method} {url}: cannot send the request: {exc}", code="config") from exc
+        except httpx.LocalProtocolError as exc:
+            raise StepFailed(f"{method} {url}: cannot send the request: {_not_http(request, exc)}",
+                             code="config") from None
         except httpx.TransportError as exc:
             raise StepFailed(
                 f"{method} {url} could not be reached: {_describe(exc)}", retryable=True, code="connection"
