@@ -20,6 +20,7 @@ from urllib.parse import quote, urlsplit
 import attrs
 import yaml
 
+from gateway.bodies import MAX_BODY_BYTES
 from gateway.roles import DEFAULT_TOKEN_ROLES
 from runtime import Settings
 from runtime.io import tracing
@@ -84,6 +85,9 @@ class Config:
     public_url: str | None = None
     call_service_allowed_hosts: HostAllowlist | None = None
     grpc_protoset_dir: str | None = None
+    max_output_bytes: int = 1024 * 1024
+    max_event_bytes: int = 256 * 1024
+    max_retained_event_bytes_per_tenant: int = 64 * 1024 * 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -122,6 +126,10 @@ class Config:
             public_url=read.parsed("PUBLIC_URL", None, _public_url),
             call_service_allowed_hosts=read.parsed("CALL_SERVICE_ALLOWED_HOSTS", None, _allowlist),
             grpc_protoset_dir=read.parsed("GRPC_PROTOSET_DIR", None, _directory),
+            max_output_bytes=read.integer("MAX_OUTPUT_BYTES", 1024 * 1024, 1024, 1 << 30),
+            max_event_bytes=read.integer("MAX_EVENT_BYTES", 256 * 1024, 1024, MAX_BODY_BYTES),
+            max_retained_event_bytes_per_tenant=read.integer("MAX_RETAINED_EVENT_BYTES_PER_TENANT",
+                                                             64 * 1024 * 1024, 0, 1 << 40),
         )
         if not config.instance_id:  # the default names the host and the port it serves on
             config = attrs.evolve(config, instance_id=f"{socket.gethostname()}:{config.port}")
@@ -167,6 +175,9 @@ class Config:
             shutdown_timeout_ms=self.shutdown_timeout_ms,
             call_service_allowed_hosts=self.call_service_allowed_hosts,
             grpc_protoset_dir=self.grpc_protoset_dir,
+            max_output_bytes=self.max_output_bytes,
+            max_event_bytes=self.max_event_bytes,
+            max_retained_event_bytes_per_tenant=self.max_retained_event_bytes_per_tenant,
         )
 
     def check_can_serve(self) -> None:

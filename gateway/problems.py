@@ -1,7 +1,8 @@
 """Errors as ``application/problem+json`` (RFC 9457): ``{type, title, status, detail, errors?}``.
 
 Every failure leaves the gateway through ``problem_for``: the engine's errors
-(``ValidationError`` 422, or 413 for a document over 1 MiB; ``NotFound`` 404; ``Conflict``
+(``ValidationError`` 422, or 413 for a document over 1 MiB or an event payload over
+``MAX_EVENT_BYTES``; ``NotFound`` 404; ``Conflict``
 409; ``Forbidden`` 403; ``LimitExceeded`` 429 with ``Retry-After`` when room is expected;
 ``StoreUnavailable`` 503), the gateway's own ``ApiProblem`` (bad bodies and parameters: 400
 when the request cannot be read into the declared types, 422 when it can but a value is
@@ -158,7 +159,7 @@ def _retry_after(error: LimitExceeded) -> dict[str, str]:
 def _validation_problem(error: ValidationError, redact: Redact | None) -> Response:
     if getattr(error, "code", None) == "tooLarge":
         detail = error.problems[0].message if error.problems else "the document is larger than 1 MiB"
-        return problem_response(413, detail, error.problems, title="document too large", redact=redact)
+        return problem_response(413, detail, error.problems, title=error.title, redact=redact)
     count = len(error.problems)
     detail = f"{count} problem{'s' if count != 1 else ''}: " + "; ".join(
         f"{p.path}: {p.message}" for p in error.problems[:3]) if count else error.title

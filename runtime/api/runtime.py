@@ -36,7 +36,8 @@ from runtime.kinds.approval import check_approver
 from runtime.kinds.approval_inbox import ApprovalPage, pending_for, rendered_config
 from runtime.language.input_schema import input_problems
 from runtime.model import AuditEntry, Evidence, Execution, ExecutionStatus, LogEntry, Runbook
-from runtime.model.errors import Conflict, NotFound, Problem, StoreUnavailable, ValidationError
+from runtime.model.errors import Conflict, NotFound, Problem, StoreUnavailable, ValidationError, too_large
+from runtime.model.jsonsafe import json_size
 from runtime.model.records import Change, ChangeResult
 from runtime.model.wire import load_document, sha256_hex
 from runtime.security.outbound import HostAllowlist, checked_client
@@ -90,12 +91,14 @@ class Runtime:
         self.secrets = Secrets(settings.secrets_file, settings.secrets_env)
         self.services = Services(http=http, now=self.clock.now, call_service_base_url=settings.call_service_base_url,
                                  secrets=self.secrets, allowed_hosts=settings.call_service_allowed_hosts,
-                                 grpc_descriptors=Descriptors(settings.grpc_protoset_dir))
+                                 grpc_descriptors=Descriptors(settings.grpc_protoset_dir),
+                                 max_output_bytes=settings.max_output_bytes)
         self.hub = WatchHub(settings.finished_cache_size)
         self.catalog = Catalog(store, self._read, self._commit, StepTypes(), settings, self.clock)
         self.router = EventRouter(now=self.clock.now, retention_ms=settings.event_retention_ms,
                                   commit=self._commit, ask=directory.ask,
-                                  max_retained_per_tenant=settings.max_retained_events_per_tenant)
+                                  max_retained_per_tenant=settings.max_retained_events_per_tenant,
+                                  max_retained_bytes_per_tenant=settings.max_retained_event_bytes_per_tenant)
         self.cluster: Cluster | None = None
         if isinstance(store, PostgresStore):  # several processes may share it
             self.cluster = Cluster(store, self._read, directory, self.catalog, self.hub,
@@ -454,6 +457,8 @@ class Runtime:
                             tenant_id: str = "default") -> PublishResult:
         """Hand an event to every step waiting on it, or retain it for a later waiter."""
         arguments.check_event(event_type, correlation_key, payload, tenant_id)
+        if (size := json_size(payload)) > self.settings.max_event_bytes:
+            raise too_large("payload", "event payload", size, self.settings.max_event_bytes, "MAX_EVENT_BYTES")
         if self.cluster is None:
             return await self.router.publish(tenant_id, event_type, str(correlation_key), payload,
                                              rules=self.scheduler.on_event)
@@ -463,7 +468,8 @@ class Runtime:
         if started or not self.settings.event_retention_ms:
             cap = 0  # taken by a rule, or nothing is retained: a waiter or nothing
         with trio.CancelScope(shield=True):  # once sent, its commands are handed over here, not read back
-            result = await self._commit(Change(publish=event, retain_cap=cap))  # every process's waiters, at once
+            result = await self._commit(Change(publish=event, retain_cap=cap,  # every process's waiters, at once
+                                               retain_bytes_cap=self.settings.max_retained_event_bytes_per_tenant))
             self.cluster.hand(result.commands)
         delivered = started + result.delivered
         return PublishResult(delivered, result.retained and not started, event.id)

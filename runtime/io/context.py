@@ -39,10 +39,11 @@ class Services:
     grpc_channels: Channels = attrs.field(factory=Channels)
     grpc_descriptors: Descriptors = attrs.field(factory=Descriptors)
     secrets: Secrets = attrs.field(factory=Secrets)
+    allowed_hosts: HostAllowlist | None = None  # None: any host (runtime.security.outbound)
+    max_output_bytes: int = 1024 * 1024  # MAX_OUTPUT_BYTES: a step output, a response body
 
     def close(self) -> None:
         self.grpc_channels.close()
-    allowed_hosts: HostAllowlist | None = None  # None: any host (runtime.security.outbound)
 
 
 class StepLog:

@@ -75,17 +75,18 @@ async def call_service(ctx: StepContext) -> Any:
     _refuse_secret_host(ctx, request, method, url)
     ctx.log.info("calling service", method=method, url=url)
     started = trio.current_time()
-    response = await _send(ctx.services.http, request, method, url, _timeout_s(config), ctx.services.allowed_hosts)
+    response, body = await _send(ctx.services.http, request, method, url, _timeout_s(config),
+                                 ctx.services.allowed_hosts, ctx.services.max_output_bytes)
     ctx.log.info(
         "service answered", status=response.status_code,
         elapsedMs=round((trio.current_time() - started) * 1000),
     )
     ctx.add_evidence("http_response", {
         "method": method, "url": url, "status": response.status_code,
-        "bodySha256": hashlib.sha256(response.content).hexdigest(), "requestId": request_id,
+        "bodySha256": hashlib.sha256(body).hexdigest(), "requestId": request_id,
     })
     _check_status(ctx, response, method, url)
-    return _output(response, method, url)
+    return _output(response, body, method, url)
 
 
 def idempotency_key(ctx: StepContext) -> str:
@@ -172,15 +173,19 @@ def _timeout_s(config: Mapping[str, Any]) -> float:
 
 async def _send(
     client: httpx.AsyncClient, request: httpx.Request, method: str, url: str, timeout_s: float,
-    allowed: HostAllowlist | None = None,
-) -> httpx.Response:
+    allowed: HostAllowlist | None, max_bytes: int,
+) -> tuple[httpx.Response, bytes]:
     # httpx applies the timeout to each phase (connect, each read, ...); the trio deadline
     # bounds the whole exchange, so a server trickling bytes cannot stretch it.
     with trio.move_on_after(timeout_s) as deadline:
         try:
             if allowed is not None and not checks_connections(client):  # a client of the embedding program
                 await check_url(allowed, url)
-            return await client.send(request)
+            response = await client.send(request, stream=True)
+            try:
+                return response, await _body(response, method, url, max_bytes)
+            finally:
+                await response.aclose()
         except ForbiddenTarget as exc:
             raise StepFailed(f"{method} {url}: {exc}", code="forbidden_target") from exc
         except httpx.TimeoutException as exc:
@@ -200,6 +205,20 @@ async def _send(
             ) from exc
     assert deadline.cancelled_caught
     raise _timed_out(method, url, timeout_s)
+
+
+async def _body(response: httpx.Response, method: str, url: str, max_bytes: int) -> bytes:
+    """The body (decoded), read as it streams in and refused past ``max_bytes``: a large
+    answer is never held whole."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > max_bytes:
+            raise StepFailed(f"{method} {url} answered {response.status_code} with a body over the cap of "
+                             f"{max_bytes} bytes (MAX_OUTPUT_BYTES); it was not read further", code="output_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _timed_out(method: str, url: str, timeout_s: float) -> StepFailed:
@@ -240,13 +259,13 @@ def retry_after_s(value: str | None, now: datetime) -> float | None:
     return max(0.0, (when - now).total_seconds())
 
 
-def _output(response: httpx.Response, method: str, url: str) -> Any:
+def _output(response: httpx.Response, body: bytes, method: str, url: str) -> Any:
     if not _is_json_type(response.headers.get("Content-Type", "")):
-        return response.text
-    if not response.content.strip():
+        return body.decode(response.encoding or "utf-8", errors="replace")
+    if not body.strip():
         return None  # HEAD, 204, or an empty JSON answer
     try:
-        return json.loads(response.content)
+        return json.loads(body)
     except ValueError as exc:
         raise StepFailed(
             f"{method} {url} answered {response.status_code} with a JSON content type "

@@ -91,6 +91,24 @@ class LimitExceeded(RunbookError):
         self.retry_after_s = retry_after_s
 
 
+def too_large(path: str, what: str, size: int, cap: int, setting: str) -> ValidationError:
+    """The refusal of a value over a size cap (the gateway answers 413)."""
+    error = ValidationError([Problem(path, f"{what} is {size} bytes as JSON, over the cap of {cap} ({setting})")],
+                            title=f"{what} too large")
+    error.code = "tooLarge"
+    return error
+
+
+def retained_bytes_full(tenant_id: str, cap: int, retry_after_s: float | None) -> LimitExceeded:
+    """The refusal of an event that found no waiter and would take its tenant's retained events
+    past ``cap`` bytes."""
+    setting = "MAX_RETAINED_EVENT_BYTES_PER_TENANT"
+    return LimitExceeded(
+        f"tenant '{tenant_id}' would hold more than {cap} bytes of retained events that no step has "
+        f"taken (the cap, {setting}); this event was neither delivered nor retained",
+        limit=cap, setting=setting, retry_after_s=retry_after_s)
+
+
 def retained_events_full(tenant_id: str, cap: int, retry_after_s: float | None) -> LimitExceeded:
     """The refusal of an event that found no waiter while its tenant holds ``cap`` retained events."""
     setting = "MAX_RETAINED_EVENTS_PER_TENANT"

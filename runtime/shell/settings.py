@@ -34,6 +34,9 @@ class Settings:
     shutdown_timeout_ms: int = 5_000  # leaving open_runtime: flush + leases, while the store is down
     call_service_allowed_hosts: HostAllowlist | None = None
     grpc_protoset_dir: str | None = None
+    max_output_bytes: int = 1024 * 1024  # a step output (and a response body read) as JSON
+    max_event_bytes: int = 256 * 1024  # an event's payload as JSON
+    max_retained_event_bytes_per_tenant: int = 64 * 1024 * 1024  # payloads of retained events
 
     @property
     def default_retry_policy(self) -> RetryPolicy:

@@ -27,7 +27,8 @@ from psycopg_pool import ConnectionPool
 
 from runtime.language.conditions import event_passes
 from runtime.model import LOG_LEVELS, AuditEntry, Event, Evidence, Execution, LogEntry, Runbook
-from runtime.model.errors import Fenced, StoreUnavailable, retained_events_full
+from runtime.model.errors import Fenced, StoreUnavailable, retained_bytes_full, retained_events_full
+from runtime.model.jsonsafe import json_size
 from runtime.model.records import Change, ChangeResult, QueuedCommand
 from runtime.model.wire import dumps, to_json
 from runtime.store import pg_cluster as cluster
@@ -715,7 +716,7 @@ class _Writer:
             self._command(wait.execution_id, "event", {"stepId": wait.step_id, "event": to_json(taken)}, handed=False)
         if change.publish is None:
             return ChangeResult()
-        return self._publish(change.publish, change.retain_cap)
+        return self._publish(change.publish, change.retain_cap, change.retain_bytes_cap)
 
     def publishes(self, changes: Sequence[Change]) -> list[ChangeResult]:
         """Each publish's lock and waiter lookup are sent first, all in one round trip; then
@@ -724,18 +725,19 @@ class _Writer:
         lookups = []
         for change in changes:
             assert change.publish is not None
-            lookups.append((change.publish, change.retain_cap, self._waiters(change.publish, conn.cursor())))
-        return [self._deliver(event, cap, lookup.fetchall()) for event, cap, lookup in lookups]
+            lookups.append((change.publish, change.retain_cap, change.retain_bytes_cap,
+                            self._waiters(change.publish, conn.cursor())))
+        return [self._deliver(event, cap, lookup.fetchall(), size_cap) for event, cap, size_cap, lookup in lookups]
 
     def _waiters(self, event: Event, cursor: psycopg.Cursor[tuple[Any, ...]]) -> psycopg.Cursor[tuple[Any, ...]]:
         """Take the event key's lock and ask for its waiters (the answer is read later)."""
         self._lock(event.tenant_id, event.type, event.correlation_key)
         return cursor.execute(cluster.WAITERS, (event.tenant_id, event.type, event.correlation_key))
 
-    def _publish(self, event: Event, cap: int) -> ChangeResult:
-        return self._deliver(event, cap, self._waiters(event, self._cursor).fetchall())
+    def _publish(self, event: Event, cap: int, size_cap: int) -> ChangeResult:
+        return self._deliver(event, cap, self._waiters(event, self._cursor).fetchall(), size_cap)
 
-    def _deliver(self, event: Event, cap: int, waiters: list[tuple[Any, ...]]) -> ChangeResult:
+    def _deliver(self, event: Event, cap: int, waiters: list[tuple[Any, ...]], size_cap: int) -> ChangeResult:
         cursor = self._cursor
         self._queued = []
         for execution_id, step_id, condition in waiters:
@@ -744,8 +746,11 @@ class _Writer:
         if self._queued or not cap:
             return ChangeResult(delivered=len(self._queued), commands=tuple(self._queued))
         held = cursor.execute(cluster.RETAINED_COUNT, (event.tenant_id,)).fetchone()
+        retry = None if held is None or held[1] is None else max(held[1], 0.0)
         if held is not None and held[0] >= cap:
-            raise retained_events_full(event.tenant_id, cap, None if held[1] is None else max(held[1], 0.0))
+            raise retained_events_full(event.tenant_id, cap, retry)
+        if held is not None and held[2] + json_size(event.payload) > size_cap:
+            raise retained_bytes_full(event.tenant_id, size_cap, retry)
         cursor.execute(_UPSERT_EVENT, event_row(event, _as_is))
         return ChangeResult(retained=True)
 
