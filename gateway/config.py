@@ -88,6 +88,7 @@ class Config:
     max_output_bytes: int = 1024 * 1024
     max_event_bytes: int = 256 * 1024
     max_retained_event_bytes_per_tenant: int = 64 * 1024 * 1024
+    max_hops: int = 8
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -130,6 +131,7 @@ class Config:
             max_event_bytes=read.integer("MAX_EVENT_BYTES", 256 * 1024, 1024, MAX_BODY_BYTES),
             max_retained_event_bytes_per_tenant=read.integer("MAX_RETAINED_EVENT_BYTES_PER_TENANT",
                                                              64 * 1024 * 1024, 0, 1 << 40),
+            max_hops=read.integer("MAX_HOPS", 8, 1, 1000),
         )
         if not config.instance_id:  # the default names the host and the port it serves on
             config = attrs.evolve(config, instance_id=f"{socket.gethostname()}:{config.port}")
@@ -178,6 +180,7 @@ class Config:
             max_output_bytes=self.max_output_bytes,
             max_event_bytes=self.max_event_bytes,
             max_retained_event_bytes_per_tenant=self.max_retained_event_bytes_per_tenant,
+            max_hops=self.max_hops,
         )
 
     def check_can_serve(self) -> None:

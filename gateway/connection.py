@@ -30,10 +30,9 @@ is read from that connection.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
-
-import json
 
 import trio
 

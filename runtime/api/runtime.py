@@ -36,7 +36,15 @@ from runtime.kinds.approval import check_approver
 from runtime.kinds.approval_inbox import ApprovalPage, pending_for, rendered_config
 from runtime.language.input_schema import input_problems
 from runtime.model import AuditEntry, Evidence, Execution, ExecutionStatus, LogEntry, Runbook
-from runtime.model.errors import Conflict, NotFound, Problem, StoreUnavailable, ValidationError, too_large
+from runtime.model.errors import (
+    Conflict,
+    LoopDetected,
+    NotFound,
+    Problem,
+    StoreUnavailable,
+    ValidationError,
+    too_large,
+)
 from runtime.model.jsonsafe import json_size
 from runtime.model.records import Change, ChangeResult
 from runtime.model.wire import load_document, sha256_hex
@@ -239,11 +247,17 @@ class Runtime:
                               idempotency_key: str | None = None, force: bool = False,
                               replay_of: str | None = None, actor: str | None = None,
                               reason: str | None = None, parent: tuple[str, str, int] | None = None,
-                              execution_id: str | None = None) -> StartResult:
+                              execution_id: str | None = None, hop: int = 0) -> StartResult:
+        """``hop``: how many runbooks calling the engine led to this start (``X-Runbooks-Hop``);
+        kept as ``context.hop``, refused past ``Settings.max_hops`` (``LoopDetected``)."""
         arguments.check_start(runbook_id, input, context, version, idempotency_key, force, actor, reason)
         ctx = dict(context or {})
         tenant = str(ctx.get("tenantId") or "default")
         ctx["tenantId"] = tenant
+        hop = hop or context_hop(ctx)
+        self._check_hop(hop)
+        if hop:
+            ctx["hop"] = hop
         runbook = await self.catalog.get(runbook_id, version, tenant_id=tenant)
         _check_start(runbook, input, ctx)
         input_hash = sha256_hex(input)
@@ -268,6 +282,10 @@ class Runtime:
         self.directory.start(execution.id, execution)
         self.hub.notify("execution.started", execution)
         return StartResult(execution, True)
+
+    def _check_hop(self, hop: int) -> None:
+        if hop > self.settings.max_hops:
+            raise LoopDetected(hop, self.settings.max_hops)
 
     async def replay(self, execution_id: str, *, actor: str | None = None, reason: str | None = None,
                      tenant_id: str | None = None) -> Execution:
@@ -454,16 +472,18 @@ class Runtime:
         return execution
 
     async def publish_event(self, event_type: str, correlation_key: str, payload: Any = None, *,
-                            tenant_id: str = "default") -> PublishResult:
-        """Hand an event to every step waiting on it, or retain it for a later waiter."""
+                            tenant_id: str = "default", hop: int = 0) -> PublishResult:
+        """Hand an event to every step waiting on it, or retain it for a later waiter. ``hop``:
+        as for ``start_execution``; the executions event rules start carry it."""
         arguments.check_event(event_type, correlation_key, payload, tenant_id)
+        self._check_hop(hop)
         if (size := json_size(payload)) > self.settings.max_event_bytes:
             raise too_large("payload", "event payload", size, self.settings.max_event_bytes, "MAX_EVENT_BYTES")
         if self.cluster is None:
             return await self.router.publish(tenant_id, event_type, str(correlation_key), payload,
-                                             rules=self.scheduler.on_event)
+                                             rules=partial(self.scheduler.on_event, hop=hop))
         event = self.router.new_event(tenant_id, event_type, str(correlation_key), payload)
-        started = await self.scheduler.on_event(event)  # the executions event rules start count too
+        started = await self.scheduler.on_event(event, hop=hop)  # the executions event rules start count too
         cap = self.settings.max_retained_events_per_tenant
         if started or not self.settings.event_retention_ms:
             cap = 0  # taken by a rule, or nothing is retained: a waiter or nothing
@@ -505,6 +525,12 @@ class Runtime:
             for execution in await self._read(self.store.load_unfinished):
                 self.directory.start(execution.id, execution)
             self.router.load_retained(await self._read(self.store.retained_events, self.clock.now()))
+
+
+def context_hop(context: Mapping[str, Any]) -> int:
+    """The hop an execution's context records (0: none, or not a count)."""
+    hop = context.get("hop")
+    return hop if isinstance(hop, int) and not isinstance(hop, bool) and hop > 0 else 0
 
 
 def _visible(execution: Execution | None, execution_id: str, tenant_id: str | None) -> Execution:

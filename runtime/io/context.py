@@ -94,6 +94,13 @@ class StepContext:
         self.logs: list[LogEntry] = []
         self.evidence: list[Evidence] = []
 
+    @property
+    def hop(self) -> int:
+        """How many runbooks calling the engine led to this execution (its ``context.hop``)."""
+        context = self.scope.get("context")
+        hop = context.get("hop") if isinstance(context, Mapping) else None
+        return hop if isinstance(hop, int) and not isinstance(hop, bool) and hop > 0 else 0
+
     def record_log(self, level: str, message: str, data: Mapping[str, Any]) -> None:
         """A log entry; data JSON cannot hold is kept as its (cleaned) ``repr`` with the reason,
         so a diagnostic never fails a step or reaches the store in a form it refuses."""

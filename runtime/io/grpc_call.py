@@ -171,6 +171,7 @@ def _metadata(ctx: StepContext, request_id: str, idempotency_key: str) -> list[t
         metadata[key] = value
     if "idempotencyKey" in ctx.config or "idempotency-key" not in metadata:
         metadata["idempotency-key"] = idempotency_key
+    metadata["x-runbooks-hop"] = str(ctx.hop + 1)
     tracing.inject(metadata)
     return list(metadata.items())
 

@@ -4,9 +4,13 @@
 ``httpx.AsyncClient`` (``ctx.services.http``) and returns the response body, parsed JSON
 when the response says it is JSON, else text.
 
-Every request carries ``X-Tenant-Id``, ``X-Execution-Id``, a fresh ``X-Request-Id`` and an
+Every request carries ``X-Tenant-Id``, ``X-Execution-Id``, a fresh ``X-Request-Id``, an
 ``Idempotency-Key``: the config's ``idempotencyKey``, else ``{executionId}:{stepId}`` (plus
-``:{iteration}`` inside a loop). That key is the same on every attempt and after a restart.
+``:{iteration}`` inside a loop), the same on every attempt and after a restart; and
+``X-Runbooks-Hop``: the execution's hop plus one. An engine that receives a start or an
+event with a hop above its ``MAX_HOPS`` refuses it (422, problem type ``loop-detected``),
+and such an answer fails the step with code ``loop_detected``: runbooks that call the
+engine's own API in a loop stop after ``MAX_HOPS`` rounds.
 
 Failures are ``StepFailed`` errors with a step error code::
 
@@ -54,8 +58,10 @@ from runtime.kinds.call_service import DEFAULT_TIMEOUT_MS, problems
 from runtime.model.errors import StepFailed
 from runtime.security.outbound import ForbiddenTarget, HostAllowlist, check_url, checks_connections
 
-__all__ = ["call_service", "idempotency_key", "retry_after_s"]
+__all__ = ["HOP_HEADER", "call_service", "idempotency_key", "retry_after_s"]
 
+HOP_HEADER: Final = "X-Runbooks-Hop"
+LOOP_DETECTED: Final = "urn:runbooks:problem:loop-detected"  # the problem type of the engine's refusal
 _BAD_VALUE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # h11 refuses these in a field value
 
 
@@ -85,7 +91,7 @@ async def call_service(ctx: StepContext) -> Any:
         "method": method, "url": url, "status": response.status_code,
         "bodySha256": hashlib.sha256(body).hexdigest(), "requestId": request_id,
     })
-    _check_status(ctx, response, method, url)
+    _check_status(ctx, response, body, method, url)
     return _output(response, body, method, url)
 
 
@@ -161,6 +167,7 @@ def _headers(ctx: StepContext, request_id: str) -> httpx.Headers:
     headers["X-Tenant-Id"] = ctx.tenant_id
     headers["X-Execution-Id"] = ctx.execution_id
     headers["X-Request-Id"] = request_id
+    headers[HOP_HEADER] = str(ctx.hop + 1)
     if "idempotencyKey" in ctx.config or "Idempotency-Key" not in headers:
         headers["Idempotency-Key"] = idempotency_key(ctx)
     tracing.inject(headers)
@@ -230,17 +237,31 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _check_status(ctx: StepContext, response: httpx.Response, method: str, url: str) -> None:
+def _check_status(ctx: StepContext, response: httpx.Response, body: bytes, method: str, url: str) -> None:
     status = response.status_code
     expected = ctx.config.get("expectStatus")
     if (200 <= status <= 299) if expected is None else (status in expected):
         return
     message = f"{method} {url} answered {status}"
+    if status == 422 and _loop_detected(response, body):
+        raise StepFailed(f"{message}: the engine refused hop {ctx.hop + 1} (MAX_HOPS): runbooks call the "
+                         "engine in a loop", code="loop_detected", data={"status": status})
     if status == 429 or status >= 500:
         retry_after = retry_after_s(response.headers.get("Retry-After"), ctx.services.now())
         raise StepFailed(message, retryable=True, code="http_status", retry_after_s=retry_after,
                          data={"status": status})
     raise StepFailed(message, code="http_status", data={"status": status})
+
+
+def _loop_detected(response: httpx.Response, body: bytes) -> bool:
+    """Whether the answer is an engine's refusal of a start or an event as a loop."""
+    if response.headers.get("Content-Type", "").split(";")[0].strip() != "application/problem+json":
+        return False
+    try:
+        problem = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(problem, dict) and problem.get("type") == LOOP_DETECTED
 
 
 def retry_after_s(value: str | None, now: datetime) -> float | None:

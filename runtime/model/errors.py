@@ -10,7 +10,8 @@
     ├── StoreInUse        another process uses this SQLite file
     ├── Fenced            this process no longer owns the execution it tried to write
     ├── CommandQueued     forwarded to the owner, which did not answer in time: applied later
-    └── LimitExceeded     a per-tenant limit is reached (retained events); nothing changed
+    ├── LimitExceeded     a per-tenant limit is reached (retained events); nothing changed
+    └── LoopDetected      a start or an event came through more engine hops than MAX_HOPS
 
 The gateway maps ``code`` to an HTTP status; the Python API raises these as they are.
 """
@@ -170,3 +171,17 @@ class CommandQueued(RunbookError):
         super().__init__(f"command {command_id} for execution {execution_id} is queued")
         self.command_id = command_id
         self.execution_id = execution_id
+
+
+class LoopDetected(RunbookError):
+    """A start or an event arrived with a hop count above ``MAX_HOPS``: runbooks calling the
+    engine's own API (an event rule whose runbook publishes the event again) form a loop.
+    Nothing was started or published."""
+
+    code = "loop_detected"
+
+    def __init__(self, hop: int, max_hops: int) -> None:
+        super().__init__(f"this request is hop {hop} of a chain of runbooks calling the engine (X-Runbooks-Hop), "
+                         f"above MAX_HOPS ({max_hops}): a loop; nothing was started or published")
+        self.hop = hop
+        self.max_hops = max_hops
