@@ -12,7 +12,8 @@ names as written in the .proto file, and every field present, defaults included 
 their names, as the JSON mapping has them.
 
 Metadata: the config's ``metadata`` plus ``x-tenant-id``, ``x-execution-id``, a fresh
-``x-request-id``, ``idempotency-key`` (the same on every attempt and after a restart) and the
+``x-request-id``, ``idempotency-key`` (the same on every attempt and after a restart),
+``x-runbooks-hop`` (the execution's hop plus one, as HTTP's ``X-Runbooks-Hop``) and the
 W3C ``traceparent`` when tracing is on. The engine's keys replace same-named config keys.
 
 Outcomes, as step error codes::
