@@ -132,9 +132,6 @@ FORCE = Param("force", "query", {"type": "boolean"},
 IDEMPOTENCY_KEY = Param("Idempotency-Key", "header",
                         {"type": "string", "minLength": 1, "maxLength": 255, "pattern": f"^{KEY_PATTERN.pattern}$"},
                         "Returns the execution started with this key; the same key with another input is 422.")
-HOP = Param("X-Runbooks-Hop", "header", {"type": "integer", "minimum": 0, "maximum": 999_999_999},
-            "How many runbooks calling the engine led to this request (call-service sends it); "
-            "above MAX_HOPS the request is refused as a loop: 422, problem type loop-detected.")
 LOG_PARAMS = (
     Param("stepId", "query", {"type": "string", "maxLength": 128, "pattern": TEXT_PATTERN}, "Only entries of this step."),
     Param("level", "query", {"type": "string", "enum": list(LOG_LEVELS)}, "Minimum level."),
@@ -181,7 +178,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/v1/executions", ex.start_execution, "startExecution", "Start an execution", "executions",
           {201: _EXECUTION_CREATED, 200: Answer("An identical execution (or one with this Idempotency-Key) "
                                                 "already exists: that one.", "Execution")},
-          params=(FORCE, IDEMPOTENCY_KEY, HOP), body="StartExecution", problems=(404, 422), role=OPERATOR),
+          params=(FORCE, IDEMPOTENCY_KEY), body="StartExecution", problems=(404, 422), role=OPERATOR),
     Route("GET", "/api/v1/executions", ex.list_executions, "listExecutions", "Executions, newest first",
           "executions", {200: Answer("A page of executions.", "ExecutionPage")},
           params=(RUNBOOK_FILTER, STATUS, LIMIT, CURSOR), problems=(422,)),
@@ -224,7 +221,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/v1/events", ex.publish_event, "publishEvent",
           "Publish an event to the steps of the caller's tenant waiting on it (or retain it)", "events",
           {202: Answer("Delivered to n waiting steps, or retained for a later one.", "PublishResult")},
-          params=(HOP,), body="EventRequest", problems=(422, 429), role=OPERATOR),
+          body="EventRequest", problems=(422, 429), role=OPERATOR),
     # ------------------------------------------------------------------ triggers
     Route("GET", "/api/v1/triggers", triggers.list_triggers, "listTriggers",
           "The triggers (schedules, event rules) of the latest version of every runbook the tenant sees",
