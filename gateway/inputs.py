@@ -341,6 +341,18 @@ def start_flags() -> tuple[bool, str | None]:
     return force, key
 
 
+def hop_header() -> int:
+    """``X-Runbooks-Hop``: how many runbooks calling the engine led to this request (0 without)."""
+    raw = request.headers.get("X-Runbooks-Hop")
+    if raw is None:
+        return 0
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9):
+        problems = Problems()
+        problems.type_error("X-Runbooks-Hop", "must be a whole number of hops, 0 to 999999999")
+        problems.raise_if_any()
+    return int(raw)
+
+
 def _integral(raw: str) -> Decimal | None:
     """The value of a query number if it is an integer (``7``, ``7.0``, ``7e2``), else None."""
     if len(raw) > 64 or not _NUMBER.fullmatch(raw):

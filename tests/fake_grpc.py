@@ -155,12 +155,7 @@ class FakeGrpc:
 
     def write_protoset(self, path: pathlib.Path, *, include_imports: bool = True) -> pathlib.Path:
         """A serialized FileDescriptorSet of the service (``protoc --descriptor_set_out``)."""
-        common, main = _files()
-        files = [common, main]
-        if include_imports:
-            files.insert(0, descriptor_pb2.FileDescriptorProto.FromString(timestamp_pb2.DESCRIPTOR.serialized_pb))
-        path.write_bytes(descriptor_pb2.FileDescriptorSet(file=files).SerializeToString())
-        return path
+        return write_protoset(path, include_imports=include_imports)
 
     # ---- server side (grpcio's threads) ----
     def _record(self, call: Call) -> None:
@@ -247,3 +242,13 @@ async def fake_grpc(*, reflection: str | None = "v1alpha") -> AsyncIterator[Fake
     finally:
         stopped = server.stop(grace=0)
         await trio.to_thread.run_sync(stopped.wait, 5)
+
+
+def write_protoset(path: pathlib.Path, *, include_imports: bool = True) -> pathlib.Path:
+    """A serialized FileDescriptorSet of the fake's service (``protoc --descriptor_set_out``)."""
+    common, main = _files()
+    files = [common, main]
+    if include_imports:
+        files.insert(0, descriptor_pb2.FileDescriptorProto.FromString(timestamp_pb2.DESCRIPTOR.serialized_pb))
+    path.write_bytes(descriptor_pb2.FileDescriptorSet(file=files).SerializeToString())
+    return path

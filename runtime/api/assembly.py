@@ -36,6 +36,7 @@ from runtime.core import Tick
 from runtime.core.messages import Cancel
 from runtime.io.children import Children, ChildrenHost
 from runtime.io.context import Services
+from runtime.io.grpc_descriptors import Descriptors
 from runtime.io.notify import Notifier, NotifierHost
 from runtime.model import Execution
 from runtime.model.records import Change
@@ -129,14 +130,17 @@ def _assemble(store: Store, settings: Settings, http: httpx.AsyncClient, persist
     hub = WatchHub(settings.finished_cache_size)
     catalog = Catalog(store, read, commit, StepTypes(), settings, clock)
     router = EventRouter(now=clock.now, retention_ms=settings.event_retention_ms, commit=commit, ask=directory.ask,
-                         max_retained_per_tenant=settings.max_retained_events_per_tenant)
+                         max_retained_per_tenant=settings.max_retained_events_per_tenant,
+                         max_retained_bytes_per_tenant=settings.max_retained_event_bytes_per_tenant)
     cluster = _cluster(store, read, directory, catalog, hub, settings)
     routing = Routing(store, read, commit, settings, directory, hub, catalog, router, cluster)
-    starter = Starter(store, read, commit, clock, catalog, directory, hub, routing.fetch,
+    starter = Starter(store, read, commit, clock, catalog, directory, hub, routing.fetch, max_hops=settings.max_hops,
                       owner=cluster.instance_id if cluster is not None else None)
     secrets = Secrets(settings.secrets_file, settings.secrets_env)
     executors = Services(http=http, now=clock.now, call_service_base_url=settings.call_service_base_url,
-                         secrets=secrets, allowed_hosts=settings.call_service_allowed_hosts)
+                         secrets=secrets, allowed_hosts=settings.call_service_allowed_hosts,
+                         grpc_descriptors=Descriptors(settings.grpc_protoset_dir),
+                         max_output_bytes=settings.max_output_bytes)
     children = Children(ChildrenHost(start=starter.start, cancel=partial(_cancel_child, routing), tell=routing.tell),
                         background)
     notifier = Notifier(NotifierHost(executors, secrets, settings.public_url, settings.default_retry_policy,

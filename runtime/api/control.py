@@ -9,13 +9,16 @@ is the execution as committed once the request was applied.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from functools import partial
 from typing import Any
 
 from runtime.api import arguments
 from runtime.api.parts import Parts
+from runtime.api.starting import check_hop
 from runtime.core.messages import Cancel, DecideApproval, Pause, Resume, RetryStep
 from runtime.model import Execution
-from runtime.model.errors import Problem, ValidationError
+from runtime.model.errors import Problem, ValidationError, too_large
+from runtime.model.jsonsafe import json_size
 from runtime.model.types import StartResult
 from runtime.shell.events import PublishResult
 
@@ -33,11 +36,13 @@ class ExecutionControl(Parts):
                               context: Mapping[str, Any] | None = None, *, version: int | None = None,
                               idempotency_key: str | None = None, force: bool = False,
                               replay_of: str | None = None, actor: str | None = None,
-                              reason: str | None = None) -> StartResult:
-        """``start``, also saying whether this call created the execution."""
+                              reason: str | None = None, hop: int = 0) -> StartResult:
+        """``start``, also saying whether this call created the execution. ``hop``: how many
+        runbooks calling the engine led to this start (``X-Runbooks-Hop``); kept as
+        ``context.hop``, refused past ``Settings.max_hops`` (``LoopDetected``)."""
         return await self.starter.start(runbook_id, input, context, version=version,
                                         idempotency_key=idempotency_key, force=force, replay_of=replay_of,
-                                        actor=actor, reason=reason)
+                                        actor=actor, reason=reason, hop=hop)
 
     async def replay(self, execution_id: str, *, actor: str | None = None, reason: str | None = None,
                      tenant_id: str | None = None) -> Execution:
@@ -86,8 +91,12 @@ class ExecutionControl(Parts):
         return execution
 
     async def publish_event(self, event_type: str, correlation_key: str, payload: Any = None, *,
-                            tenant_id: str = "default") -> PublishResult:
-        """Hand an event to every step waiting on it, or retain it for a later waiter."""
+                            tenant_id: str = "default", hop: int = 0) -> PublishResult:
+        """Hand an event to every step waiting on it, or retain it for a later waiter. ``hop``:
+        as for ``start_execution``; the executions event rules start carry it."""
         arguments.check_event(event_type, correlation_key, payload, tenant_id)
+        check_hop(hop, self.settings.max_hops)
+        if (size := json_size(payload)) > self.settings.max_event_bytes:
+            raise too_large("payload", "event payload", size, self.settings.max_event_bytes, "MAX_EVENT_BYTES")
         return await self.routing.publish(tenant_id, event_type, str(correlation_key), payload,
-                                          rules=self.scheduler.on_event)
+                                          rules=partial(self.scheduler.on_event, hop=hop))

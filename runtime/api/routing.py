@@ -147,7 +147,8 @@ class Routing:
         if started or not self.settings.event_retention_ms:
             cap = 0  # taken by a rule, or nothing is retained: a waiter or nothing
         with trio.CancelScope(shield=True):  # once sent, its commands are handed over here, not read back
-            result = await self.commit(Change(publish=event, retain_cap=cap))  # every process's waiters, at once
+            result = await self.commit(Change(publish=event, retain_cap=cap,  # every process's waiters, at once
+                                              retain_bytes_cap=self.settings.max_retained_event_bytes_per_tenant))
             self.cluster.hand(result.commands)
         return PublishResult(started + result.delivered, result.retained and not started, event.id)
 

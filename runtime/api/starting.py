@@ -21,7 +21,7 @@ from runtime.api.access import CommitChange, Read
 from runtime.core import created
 from runtime.language.input_schema import input_problems
 from runtime.model import Execution, Runbook
-from runtime.model.errors import Problem, ValidationError
+from runtime.model.errors import LoopDetected, Problem, ValidationError
 from runtime.model.records import Change
 from runtime.model.types import StartResult
 from runtime.model.wire import sha256_hex
@@ -44,17 +44,25 @@ class Starter:
     directory: Directory
     hub: WatchHub
     fetch: Fetch  # the latest state of an execution (the one a duplicate start answers)
+    max_hops: int = 8  # a start past this many engine-to-engine hops is a loop (LoopDetected)
     owner: str | None = None  # this process's instance id, when several share the store
 
     async def start(self, runbook_id: str, input: Any = None, context: Mapping[str, Any] | None = None, *,
                     version: int | None = None, idempotency_key: str | None = None, force: bool = False,
                     replay_of: str | None = None, actor: str | None = None, reason: str | None = None,
-                    parent: tuple[str, str, int] | None = None, execution_id: str | None = None) -> StartResult:
+                    parent: tuple[str, str, int] | None = None, execution_id: str | None = None,
+                    hop: int = 0) -> StartResult:
         """Start an execution, or answer the one an identical start already made.
-        ``parent``: (execution id, step id, depth) of a run-runbook step's child."""
+        ``parent``: (execution id, step id, depth) of a run-runbook step's child. ``hop``: how
+        many runbooks calling the engine led to this start (``X-Runbooks-Hop``), kept as
+        ``context.hop`` and refused past ``max_hops`` (``LoopDetected``)."""
         arguments.check_start(runbook_id, input, context, version, idempotency_key, force, actor, reason)
         ctx = dict(context or {})
         tenant = ctx["tenantId"] = str(ctx.get("tenantId") or "default")
+        hop = hop or context_hop(ctx)
+        check_hop(hop, self.max_hops)
+        if hop:
+            ctx["hop"] = hop
         runbook = await self.catalog.get(runbook_id, version, tenant_id=tenant)
         _check_input(runbook, input, ctx)
         input_hash = sha256_hex(input)
@@ -100,3 +108,14 @@ def _check_input(runbook: Runbook, input: Any, context: Mapping[str, Any]) -> No
         problems += input_problems(runbook.input_schema, input)
     if problems:
         raise ValidationError(problems, title="input refused")
+
+
+def context_hop(context: Mapping[str, Any]) -> int:
+    """The hop an execution's context records (0: none, or not a count)."""
+    hop = context.get("hop")
+    return hop if isinstance(hop, int) and not isinstance(hop, bool) and hop > 0 else 0
+
+
+def check_hop(hop: int, max_hops: int) -> None:
+    if hop > max_hops:
+        raise LoopDetected(hop, max_hops)

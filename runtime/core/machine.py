@@ -44,7 +44,7 @@ from runtime.core.plan import Plan
 from runtime.core.scope import build_scope
 from runtime.core.state import ExecutionState
 from runtime.language import templates
-from runtime.language.conditions import evaluate
+from runtime.language.conditions import PatternError, evaluate
 from runtime.model import (
     AuditEntry,
     Evidence,
@@ -465,8 +465,12 @@ class _Turn:
             return True
         if self.ex.status not in _ACTIVE:
             return False
-        if step.when is not None and not evaluate(step.when, self.scope(step.id)):
-            self.skip(step.id, "'when' condition is false")
+        try:
+            if step.when is not None and not evaluate(step.when, self.scope(step.id)):
+                self.skip(step.id, "'when' condition is false")
+                return True
+        except PatternError as exc:
+            self.fail(step.id, StepError(exc.code, f"'when': {exc}", False))
             return True
         kind = self.plan.kinds[step.id]
         if kind.uses_slot and len(self.s.attempts) >= self.plan.max_running:

@@ -206,6 +206,6 @@ def _check_expansion(value: Any) -> None:
 
 
 def _too_large(message: str = "document is larger than 1 MiB") -> ValidationError:
-    error = ValidationError([Problem("$", message)], title="too large")
+    error = ValidationError([Problem("$", message)], title="document too large")
     error.code = "tooLarge"
     return error

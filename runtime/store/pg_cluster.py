@@ -162,5 +162,6 @@ ORDER BY seq"""
 
 # how many a tenant holds, and in how many seconds the first of them expires (room again)
 RETAINED_COUNT = """
-SELECT count(*), extract(epoch FROM min(expires_at) - now())::float8 FROM events
+SELECT count(*), extract(epoch FROM min(expires_at) - now())::float8,
+       coalesce(sum(octet_length(payload::text)), 0) FROM events
 WHERE tenant_id = %s AND (expires_at IS NULL OR expires_at > now())"""

@@ -20,7 +20,8 @@ import psycopg
 from runtime.core.messages import Command, DeliverEvent, command_row
 from runtime.language.conditions import event_passes
 from runtime.model import Event, Runbook
-from runtime.model.errors import Fenced, retained_events_full
+from runtime.model.errors import Fenced, retained_bytes_full, retained_events_full
+from runtime.model.jsonsafe import json_size
 from runtime.model.records import Change, ChangeResult, QueuedCommand
 from runtime.model.wire import dumps
 from runtime.store import pg_cluster as cluster
@@ -121,7 +122,7 @@ class PostgresWriter(SqlWriter):
             self._command(wait.execution_id, DeliverEvent(wait.step_id, taken), handed=False)
         if change.publish is None:
             return ChangeResult()
-        return self._deliver(change.publish, change.retain_cap, self._waiters(change.publish, cursor).fetchall())
+        return self._deliver(change, self._waiters(change.publish, cursor).fetchall())
 
     def publishes(self, changes: Sequence[Change]) -> list[ChangeResult]:
         """Each publish's lock and waiter lookup are sent first, all in one round trip; then
@@ -130,15 +131,18 @@ class PostgresWriter(SqlWriter):
         lookups = []
         for change in changes:
             assert change.publish is not None
-            lookups.append((change.publish, change.retain_cap, self._waiters(change.publish, conn.cursor())))
-        return [self._deliver(event, cap, lookup.fetchall()) for event, cap, lookup in lookups]
+            lookups.append((change, self._waiters(change.publish, conn.cursor())))
+        return [self._deliver(change, lookup.fetchall()) for change, lookup in lookups]
 
     def _waiters(self, event: Event, cursor: Cursor) -> Cursor:
         """Take the event key's lock and ask for its waiters (the answer is read later)."""
         self._lock(event.tenant_id, event.type, event.correlation_key)
         return cursor.execute(cluster.WAITERS, (event.tenant_id, event.type, event.correlation_key))
 
-    def _deliver(self, event: Event, cap: int, waiters: list[tuple[Any, ...]]) -> ChangeResult:
+    def _deliver(self, change: Change, waiters: list[tuple[Any, ...]]) -> ChangeResult:
+        """The commands of a publish's waiters, else the event retained within its tenant's caps."""
+        event, cap = change.publish, change.retain_cap
+        assert event is not None
         cursor = self._cursor
         self._queued = []
         for execution_id, step_id, condition in waiters:
@@ -147,8 +151,11 @@ class PostgresWriter(SqlWriter):
         if self._queued or not cap:
             return ChangeResult(delivered=len(self._queued), commands=tuple(self._queued))
         held = cursor.execute(cluster.RETAINED_COUNT, (event.tenant_id,)).fetchone()
+        retry = None if held is None or held[1] is None else max(held[1], 0.0)
         if held is not None and held[0] >= cap:
-            raise retained_events_full(event.tenant_id, cap, None if held[1] is None else max(held[1], 0.0))
+            raise retained_events_full(event.tenant_id, cap, retry)
+        if held is not None and held[2] + json_size(event.payload) > change.retain_bytes_cap:
+            raise retained_bytes_full(event.tenant_id, change.retain_bytes_cap, retry)
         cursor.execute(self._sql(UPSERT_EVENT), event_row(event, self._dialect.stamp))
         return ChangeResult(retained=True)
 

@@ -180,8 +180,8 @@ class Scheduler:
         return latest if same_owner and latest.version > runbook.version else runbook
 
     # ------------------------------------------------------------------ events
-    async def on_event(self, event: Event) -> int:
-        """Start the executions of every rule the event fires; how many started."""
+    async def on_event(self, event: Event, hop: int = 0) -> int:
+        """Start the executions of every rule the event fires (with the event's ``hop``); how many started."""
         started = 0
         for runbook, trigger in list(self._rules.values()):
             if trigger.event_type != event.type or not passes(trigger.filter, event):
@@ -194,7 +194,8 @@ class Scheduler:
             except TemplateError as exc:
                 logger.warning("event rule %s of runbook %s: %s", trigger.id, runbook.id, exc)
                 continue
-            if await self._start(runbook, trigger, event.tenant_id, input, event.received_at, f"event:{event.id}"):
+            if await self._start(runbook, trigger, event.tenant_id, input, event.received_at, f"event:{event.id}",
+                                 hop=hop):
                 started += 1
         return started
 
@@ -208,7 +209,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ starting
     async def _start(self, runbook: Runbook, trigger: Trigger, tenant: str, input: Any, at: datetime,
-                     name: str | None = None) -> bool:
+                     name: str | None = None, hop: int = 0) -> bool:
         if not await self.enabled(runbook.tenant_id, runbook.id, trigger.id):
             return False
         when = rfc3339(at)
@@ -217,7 +218,7 @@ class Scheduler:
         key = f"trigger:{runbook.id}:{trigger.id}:{name or when}"
         try:
             result = await self._host.start(runbook.id, input, context, version=runbook.version,
-                                           idempotency_key=key, force=True, actor=f"trigger:{trigger.id}")
+                                           idempotency_key=key, force=True, actor=f"trigger:{trigger.id}", hop=hop)
         except RunbookError as exc:
             logger.warning("trigger %s of runbook %s could not start an execution: %s", trigger.id, runbook.id, exc)
             return False
