@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) examples/serve_with_demo.py --runbooks-dir examples
 
+# `lint` also checks the layering (.importlinter): gateway -> runtime -> actors, and inside
+# runtime/ each folder imports only the ones below it.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check actors runtime gateway tests benchmarks examples
+	$(VENV)/bin/lint-imports
 
 test: lint
 	$(VENV)/bin/pytest

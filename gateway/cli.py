@@ -2,24 +2,45 @@
 the client commands of a running server (``gateway.cli_client``).
 
 Exit status: 0 done, 1 refused or failed, 2 usage (argparse's own, or a bad option value:
-one line on stderr).
+one line on stderr), 141 when whoever reads the output has gone (``runbooks list | head -1``),
+as for a command that SIGPIPE ends: no traceback, nothing more is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import sys
 
 import trio
 
-from gateway.cli_client import add_client_commands, run_client_command
+from gateway.cli_client import add_client_commands, add_connection_options, run_client_command
 from gateway.cli_run import UsageError, run_file, run_options, validate_files
 from gateway.serve import add_serve_arguments, serve_from_args
 
+BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command that SIGPIPE ended
+
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # the reader went away (`| head -1`): point stdout at /dev/null so that the
+        # interpreter's last flush at exit does not fail again, and say nothing
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return BROKEN_PIPE
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
+    if not hasattr(args, "client_command"):
+        given = [f"--{name}" for name in ("server", "token", "user", "tenant") if getattr(args, name) is not None]
+        if given:
+            print(f"runbooks {args.command}: {', '.join(given)}: only for the client commands (start, list, status...)",
+                  file=sys.stderr)
+            return 2
     if args.command == "serve":
         return serve_from_args(args)
     if args.command == "validate":
@@ -37,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runbooks", description="Run, validate and serve runbooks; "
                                      "drive a running server.")
+    add_connection_options(parser)  # a client command's --server etc. may also come before it
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="serve the REST API and the web console",
                                 description="Serve the REST API and the web console (flags win over the environment).")
@@ -50,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--base-url", default=None, help="base of relative call-service URLs (default CALL_SERVICE_BASE_URL)")
     run.add_argument("--secrets", default=None, help="secrets file for the runtime (RUNBOOKS_SECRETS_FILE)")
     run.add_argument("--no-prompt", action="store_true", help="never ask at the terminal: wait for timeouts")
+    run.add_argument("--with", dest="with_files", action="append", default=[], metavar="FILE",
+                     help="register this runbook first (a sub-runbook the file runs); repeatable")
+    run.add_argument("--trigger", default=None, metavar="ID",
+                     help="start as this trigger of the runbook would now: its input and context, context.trigger")
+    run.add_argument("--event", default=None, help="with --trigger of an event rule: {correlationKey, payload}")
     validate = commands.add_parser("validate", help="report every problem of every file")
     validate.add_argument("files", nargs="+")
     add_client_commands(commands)

@@ -2,13 +2,21 @@
 cancel, retry, replay, logs, publish and approvals, against a running server.
 
 Every command takes ``--server URL`` (default ``RUNBOOKS_SERVER``, else
-``http://127.0.0.1:3000``), ``--token`` (default ``RUNBOOKS_TOKEN``), in development mode
-``--user``/``--tenant``, and ``--json`` (print the API's JSON instead of text). Exit status:
-0 done, 1 refused or failed (the problem's ``detail`` on stderr, one line), 2 usage.
-``watch`` shows the live display of ``runbooks run`` and exits 0 only if the execution
-completed. ``logs --follow`` prints the entries written so far, then follows the execution's
-event stream and reads the entries after the last one seen each time its state changes
-(entries are committed with the state changes they belong to), until it has finished.
+``http://127.0.0.1:3000``; ``host:port`` alone means http), ``--token`` (default
+``RUNBOOKS_TOKEN``), in development mode ``--user``/``--tenant``, and ``--json`` (print the
+API's JSON instead of text); the identity options and ``--server`` may also come before the
+command. An execution is named by its id or by a unique prefix of at least 8 characters
+(what the console shows), looked up among the tenant's newest executions. Exit status: 0
+done, 1 refused or failed (the problem's ``detail`` on stderr, one line), 2 usage.
+
+A command the server queued (``202``: the process that runs the execution did not answer
+in time) prints the command's id; the execution's next owner applies it. ``cancel`` of an
+execution that is already cancelled says so and exits 0. ``watch`` shows the live display
+of ``runbooks run`` and exits 0 only if the execution completed. ``logs --follow`` prints
+the entries written so far, then follows the execution's event stream and reads the entries
+after the last one seen each time its state changes (entries are committed with the state
+changes they belong to), until it has finished. Both reconnect (with ``Last-Event-ID``) when
+the server restarts, saying so on stderr.
 """
 
 from __future__ import annotations
@@ -16,30 +24,46 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
+from urllib.parse import quote
 
 from gateway.cli_run import UsageError, json_argument
-from gateway.client import FINISHED, ApiClient, ApiError, Identity
-from gateway.display import Progress, output_text, summary
+from gateway.client import FINISHED, ApiClient, ApiError, Identity, Queued
+from gateway.display import Progress, output_text, summary, table
 
 DEFAULT_SERVER = "http://127.0.0.1:3000"
+ID_LENGTH = 32  # an execution id: 32 hexadecimal digits
+MIN_PREFIX = 8
+SCAN_PAGES = 10  # a prefix is looked up among the tenant's 10,000 newest executions
 Command = Callable[[ApiClient, argparse.Namespace, TextIO], int]
+
+
+def add_connection_options(parser: argparse.ArgumentParser, *, default: Any = None) -> None:
+    """``--server``, ``--token``, ``--user``, ``--tenant``: on the ``runbooks`` parser (before the
+    command) with ``default=None``, and on each client command with ``default=SUPPRESS``, so
+    that a value given before the command is not reset by the command's parser."""
+    parser.add_argument("--server", default=default, help=f"the gateway (RUNBOOKS_SERVER, else {DEFAULT_SERVER})")
+    parser.add_argument("--token", default=default, help="bearer token (RUNBOOKS_TOKEN)")
+    parser.add_argument("--user", default=default, help="development mode: the user (X-User-Id)")
+    parser.add_argument("--tenant", default=default, help="development mode: the tenant (X-Tenant-Id)")
 
 
 def add_client_commands(commands: Any) -> None:
     """Add every client command to the ``runbooks`` sub-parsers."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--server", default=None, help=f"the gateway (RUNBOOKS_SERVER, else {DEFAULT_SERVER})")
-    common.add_argument("--token", default=None, help="bearer token (RUNBOOKS_TOKEN)")
-    common.add_argument("--user", default=None, help="development mode: the user (X-User-Id)")
-    common.add_argument("--tenant", default=None, help="development mode: the tenant (X-Tenant-Id)")
+    add_connection_options(common, default=argparse.SUPPRESS)
     common.add_argument("--json", action="store_true", help="print the API's JSON")
 
     def command(name: str, run: Command, help: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = commands.add_parser(name, parents=[common], help=help, description=help)
         parser.set_defaults(client_command=run)
+        return parser
+
+    def execution(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser.add_argument("id", help=f"execution id, or a unique prefix of at least {MIN_PREFIX} characters")
         return parser
 
     start = command("start", _start, "start an execution of a runbook")
@@ -52,26 +76,22 @@ def add_client_commands(commands: Any) -> None:
     listing.add_argument("--status")
     listing.add_argument("--runbook")
     listing.add_argument("--limit", type=int, default=50)
-    command("status", _status, "show one execution and its steps").add_argument("id")
-    command("watch", _watch, "follow an execution live until it ends").add_argument("id")
-    approve = command("approve", _approve, "approve (or --reject) an approval step as the calling user")
-    approve.add_argument("id")
+    execution(command("status", _status, "show one execution and its steps"))
+    execution(command("watch", _watch, "follow an execution live until it ends"))
+    approve = execution(command("approve", _approve, "approve (or --reject) an approval step as the calling user"))
     approve.add_argument("step")
     approve.add_argument("--reject", action="store_true")
     approve.add_argument("--comment")
     for name in ("pause", "resume", "cancel"):
-        control = command(name, _control(name), f"{name} an execution")
-        control.add_argument("id")
+        control = execution(command(name, _control(name), f"{name} an execution"))
         control.add_argument("--reason", required=name == "cancel")
-    retry = command("retry", _retry, "retry a failed step of a failed execution")
-    retry.add_argument("id")
+    retry = execution(command("retry", _retry, "retry a failed step of a failed execution"))
     retry.add_argument("step")
     retry.add_argument("--reason")
-    replay = command("replay", _replay, "start a new execution with the same runbook version, input and context")
-    replay.add_argument("id")
+    replay = execution(command("replay", _replay, "start a new execution with the same runbook version, input "
+                                                  "and context"))
     replay.add_argument("--reason")
-    logs = command("logs", _logs, "print an execution's log entries")
-    logs.add_argument("id")
+    logs = execution(command("logs", _logs, "print an execution's log entries"))
     logs.add_argument("--follow", action="store_true", help="keep printing until the execution ends")
     logs.add_argument("--step", help="only this step's entries")
     logs.add_argument("--level", help="minimum level")
@@ -84,10 +104,17 @@ def add_client_commands(commands: Any) -> None:
 
 def run_client_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
-    identity = Identity(args.token or os.environ.get("RUNBOOKS_TOKEN") or None, args.user, args.tenant)
-    server = args.server or os.environ.get("RUNBOOKS_SERVER") or DEFAULT_SERVER
+    identity = Identity(getattr(args, "token", None) or os.environ.get("RUNBOOKS_TOKEN") or None,
+                        getattr(args, "user", None), getattr(args, "tenant", None))
+    server = getattr(args, "server", None) or os.environ.get("RUNBOOKS_SERVER") or DEFAULT_SERVER
+
+    def notice(text: str) -> None:
+        print(f"runbooks {args.command}: {text}", file=err, flush=True)
+
     try:
-        with ApiClient(server, identity) as client:
+        with ApiClient(server, identity, notice=notice) as client:
+            if getattr(args, "id", None) is not None:
+                args.id = resolve_execution(client, args.id)
             code: int = args.client_command(client, args, out)
             return code
     except UsageError as exc:
@@ -96,6 +123,40 @@ def run_client_command(args: argparse.Namespace, out: TextIO | None = None, err:
     except ApiError as exc:
         print(f"runbooks {args.command}: {exc.detail}", file=err)
         return 1
+
+
+def resolve_execution(client: ApiClient, given: str) -> str:
+    """The id of the execution that ``given`` names: the whole id, or a unique prefix of at least
+    ``MIN_PREFIX`` characters among the tenant's newest executions."""
+    if len(given) >= ID_LENGTH:
+        return given
+    try:
+        return str(client.get(f"/api/v1/executions/{quote(given, safe='')}")["id"])
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        if len(given) < MIN_PREFIX:
+            raise ApiError(404, f"{exc.detail} (a prefix of an id needs at least {MIN_PREFIX} characters)") from None
+    found = _starting_with(client, given)
+    if len(found) == 1:
+        return str(found[0]["id"])
+    if not found:
+        raise ApiError(404, f"no execution starts with '{given}' (among the {SCAN_PAGES * 1000:,} newest "
+                            "executions of the tenant)")
+    listed = ", ".join(f"{ex['id']} ({ex['runbookId']}, {ex['status']})" for ex in found)
+    raise UsageError(f"'{given}' is the start of {len(found)} executions: {listed}; give more characters")
+
+
+def _starting_with(client: ApiClient, prefix: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    cursor = None
+    for _ in range(SCAN_PAGES):
+        page = client.get("/api/v1/executions", {"limit": 1000, "cursor": cursor})
+        found += [ex for ex in page["items"] if str(ex["id"]).startswith(prefix)]
+        cursor = page["nextCursor"]
+        if cursor is None:
+            break
+    return found
 
 
 def _print_json(value: Any, out: TextIO) -> None:
@@ -123,11 +184,21 @@ def _list(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         _print_json(page, out)
         return 0
-    for ex in page["items"]:
-        print(f"{ex['id']}  {ex['status']:<17} {ex['runbookId']} v{ex['runbookVersion']}  {ex['createdAt']}", file=out)
+    if not page["items"]:
+        print(f"no executions{_filters(args)}", file=out)
+        return 0
+    rows = [[ex["id"], ex["status"], ex["runbookId"], f"v{ex['runbookVersion']}", ex["createdAt"]]
+            for ex in page["items"]]
+    for line in table(["EXECUTION", "STATUS", "RUNBOOK", "VERSION", "CREATED"], rows):
+        print(line, file=out)
     if page["nextCursor"]:
         print("(more: raise --limit, at most 1000)", file=out)
     return 0
+
+
+def _filters(args: argparse.Namespace) -> str:
+    said = [f"with status {args.status}" if args.status else "", f"of runbook {args.runbook}" if args.runbook else ""]
+    return "".join(f" {text}" for text in said if text)
 
 
 def _status(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
@@ -164,22 +235,34 @@ def _watch(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
 
 def _approve(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
     decision = {"decision": "reject" if args.reject else "approve", "comment": args.comment}
-    execution = client.post(f"/api/v1/executions/{args.id}/steps/{args.step}/approvals", decision)
-    return _show_execution(execution, args, out, f"{args.step}: {execution['steps'][args.step]['status']}; ")
+    answer = client.control(f"/api/v1/executions/{args.id}/steps/{args.step}/approvals", decision)
+    prefix = "" if isinstance(answer, Queued) else f"{args.step}: {answer['steps'][args.step]['status']}; "
+    return _show_execution(answer, args, out, prefix, action=f"{decision['decision']} of {args.step}")
 
 
 def _control(action: str) -> Command:
     def control(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
         body = {"reason": args.reason} if args.reason else None
-        return _show_execution(client.post(f"/api/v1/executions/{args.id}/{action}", body), args, out)
+        try:
+            answer = client.control(f"/api/v1/executions/{args.id}/{action}", body)
+        except ApiError as exc:
+            if exc.status == 409 and action == "cancel" and _status_of(client, args.id) == "cancelled":
+                print(f"execution {args.id} was already cancelled", file=out)
+                return 0
+            raise
+        return _show_execution(answer, args, out, action=action)
 
     return control
 
 
+def _status_of(client: ApiClient, execution_id: str) -> str:
+    return str(client.get(f"/api/v1/executions/{execution_id}")["status"])
+
+
 def _retry(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
     body = {"reason": args.reason} if args.reason else None
-    execution = client.post(f"/api/v1/executions/{args.id}/steps/{args.step}/retry", body)
-    return _show_execution(execution, args, out, f"{args.step}: retried; ")
+    answer = client.control(f"/api/v1/executions/{args.id}/steps/{args.step}/retry", body)
+    return _show_execution(answer, args, out, f"{args.step}: retried; ", action=f"retry of {args.step}")
 
 
 def _replay(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
@@ -188,11 +271,15 @@ def _replay(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
     return _show_execution(execution, args, out, f"replay of {args.id}: ")
 
 
-def _show_execution(execution: dict[str, Any], args: argparse.Namespace, out: TextIO, prefix: str = "") -> int:
+def _show_execution(answer: dict[str, Any] | Queued, args: argparse.Namespace, out: TextIO, prefix: str = "",
+                    action: str = "") -> int:
     if args.json:
-        _print_json(execution, out)
+        _print_json(answer.body if isinstance(answer, Queued) else answer, out)
+    elif isinstance(answer, Queued):
+        print(f"execution {args.id}: {action} queued as command {answer.command_id}; the next owner applies it",
+              file=out)
     else:
-        print(f"{prefix}execution {execution['id']} is {execution['status']}", file=out)
+        print(f"{prefix}execution {answer['id']} is {answer['status']}", file=out)
     return 0
 
 
@@ -231,8 +318,10 @@ def _publish(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
         _print_json(result, out)
     elif result["delivered"]:
         print(f"delivered to {result['delivered']} waiting step(s)", file=out)
-    else:
-        print("no step waits for it: retained for the first step that will", file=out)
+    else:  # the API does not say whether a step waits whose filter refused the event
+        kept = "retained for the first step that will" if result["retained"] else "not retained"
+        print(f"no waiting step took it (none waits for it, or the filter of each that waits refused it): {kept}",
+              file=out)
     return 0
 
 
@@ -250,9 +339,12 @@ def _approvals(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
         return 0
     if not items:
         print("nothing waits for your decision", file=out)
+    as_who = "".join(f" --{name} {shlex.quote(value)}" for name in ("server", "user", "tenant")
+                     if (value := getattr(args, name, None)))
     for item in items:
         print(f"{item['executionId']} {item['stepId']} ({item['runbookId']}): {item['approvalsNeeded']} more "
-              f"approval(s) needed; approve with `runbooks approve {item['executionId']} {item['stepId']}`", file=out)
+              f"approval(s) needed; approve with `runbooks approve {item['executionId']} {item['stepId']}{as_who}`",
+              file=out)
         if item["message"]:
             print(f"    {item['message']}", file=out)
     return 0

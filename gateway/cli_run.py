@@ -13,6 +13,10 @@ completed. What happens when a step waits for a person depends on where it runs:
   still in progress waits for a person or an event) it stops with exit status 1. With a
   persistent ``--store`` the execution is kept there: ``runbooks serve --store`` on the
   same store resumes it, and ``runbooks approve`` / ``runbooks publish`` answer it.
+
+``--with FILE`` registers other runbooks first (the sub-runbooks a ``run-runbook`` step
+starts); ``--trigger ID`` starts the execution as one of the runbook's triggers would now
+(``gateway.run_trigger``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import attrs
 import trio
 
 from gateway.display import Progress, output_text, summary
+from gateway.run_trigger import TriggerRunError, trigger_hint, trigger_start
 from runtime import (
     Execution,
     RunbookError,
@@ -35,13 +40,13 @@ from runtime import (
     Settings,
     StepStatus,
     ValidationError,
+    check_store_url,
     open_runtime,
 )
 from runtime.documents.triggers import rfc3339, triggers_of
 from runtime.kinds.approval_inbox import awaiting_steps, rendered_config
 from runtime.model.wire import load_document, to_json
 from runtime.security.secrets import SecretsFileError, load_secrets_file
-from runtime.store import open_store_from_url
 
 WAITS = (StepStatus.AWAITING_APPROVAL, StepStatus.WAITING)
 MOVING = (StepStatus.RUNNING, StepStatus.RETRYING)
@@ -58,6 +63,10 @@ class RunOptions:
     store: str = "memory"
     base_url: str | None = None
     mode: str = "wait"  # "ask" (a terminal), "wait" (--no-prompt) or "hint" (no terminal)
+    with_files: tuple[str, ...] = ()  # registered before the file (its sub-runbooks)
+    trigger: str | None = None  # start as this trigger would: its input (unless --input) and context
+    event: dict[str, Any] | None = None  # the event an event rule's trigger is given
+    input_given: bool = False  # --input given: it replaces the input of --trigger
 
 
 def json_argument(name: str, text: str | None, *, default: Any = None, mapping: bool = False) -> Any:
@@ -83,7 +92,7 @@ def run_options(args: Any, *, terminal: bool, env: dict[str, str] | os._Environ[
     if base_url is not None and not base_url.startswith(("http://", "https://")):
         raise UsageError(f"--base-url: must be an absolute http(s) URL, got {base_url!r}")
     try:
-        open_store_from_url(args.store)  # builds the store object only: nothing is opened
+        check_store_url(args.store)  # nothing is opened
     except ValueError as exc:
         raise UsageError(f"--store: {exc}") from None
     if args.secrets is not None:
@@ -95,9 +104,15 @@ def run_options(args: Any, *, terminal: bool, env: dict[str, str] | os._Environ[
             raise UsageError(f"--secrets: {exc}") from None
         os.environ["RUNBOOKS_SECRETS_FILE"] = str(pathlib.Path(args.secrets).resolve())
     mode = "wait" if args.no_prompt else ("ask" if terminal else "hint")
+    for other in args.with_files:
+        if not pathlib.Path(other).is_file():
+            raise UsageError(f"--with: no such file: {other}")
+    if args.event is not None and args.trigger is None:
+        raise UsageError("--event: only with --trigger (an event rule of the runbook)")
     return RunOptions(json_argument("--input", args.input, default={}),
                       json_argument("--context", args.context, default={}, mapping=True),
-                      args.store, base_url, mode)
+                      args.store, base_url, mode, tuple(args.with_files), args.trigger,
+                      json_argument("--event", args.event, mapping=True), args.input is not None)
 
 
 def validate_files(files: list[str], out: TextIO) -> int:
@@ -147,18 +162,23 @@ async def run_file(path: pathlib.Path, options: RunOptions, out: TextIO = sys.st
         settings = Settings(call_service_base_url=options.base_url,
                             secrets_file=os.environ.get("RUNBOOKS_SECRETS_FILE") or None)
         async with open_runtime(options.store, settings=settings) as rt:
+            for other in options.with_files:
+                await rt.register_runbook(pathlib.Path(other))
             runbook = await rt.register_runbook(path)
-            context = {"userId": "cli", **options.context}
-            execution = await rt.start(runbook.id, options.input, context, force=True)
+            input, context = _start_values(runbook.document, options)
+            execution = await rt.start(runbook.id, input, {"userId": "cli", **context}, force=True)
             print(f"execution {execution.id} of {runbook.id} v{runbook.version}", file=out, flush=True)
             final = await _Follow(rt, options, out, err).run(execution.id)
+    except TriggerRunError as exc:
+        print(f"runbooks run: {exc}", file=err)
+        return 2
     except RunbookError as exc:
         for line in _error_lines(exc):
             print(line, file=out)
         return 1
     if final is None:
         return 1
-    print(_with_hint(summary(to_json(final)), final), file=out)
+    print(_with_hint(summary(to_json(final)), final, runbook.triggers), file=out)
     text = output_text(to_json(final))
     if text is not None:
         print(text, file=out)
@@ -171,10 +191,20 @@ def _error_lines(exc: RunbookError) -> list[str]:
     return [str(exc)]
 
 
-def _with_hint(line: str, final: Execution) -> str:
+def _start_values(document: dict[str, Any], options: RunOptions) -> tuple[Any, dict[str, Any]]:
+    """The input and context to start with: the options', or those of ``--trigger``."""
+    if options.trigger is None:
+        return options.input, options.context
+    input, context = trigger_start(document, options.trigger, options.event, datetime.now(UTC))
+    return (options.input if options.input_given else input), {**context, **options.context}
+
+
+def _with_hint(line: str, final: Execution, triggers: tuple[dict[str, Any], ...]) -> str:
     error = final.error
     if error is not None and error.code == "config" and "is relative" in error.message:
         return f"{line} (pass --base-url URL, or set CALL_SERVICE_BASE_URL, for relative call-service URLs)"
+    if error is not None and error.code == "template" and "trigger" not in final.context:
+        return line + trigger_hint(list(triggers))
     return line
 
 

@@ -20,9 +20,11 @@ from urllib.parse import quote, urlsplit
 import attrs
 import yaml
 
+from gateway.bodies import MAX_BODY_BYTES
 from gateway.roles import DEFAULT_TOKEN_ROLES
 from runtime import Settings
 from runtime.io import tracing
+from runtime.kinds.approval import ANY_ROLE
 from runtime.model.limits import MAX_CONCURRENCY, MAX_DURATION_MS, MAX_RETRIES
 from runtime.security.outbound import HostAllowlist
 from runtime.security.secrets import SecretsFileError, load_secrets_file
@@ -82,6 +84,11 @@ class Config:
     secrets_file: str | None = None
     public_url: str | None = None
     call_service_allowed_hosts: HostAllowlist | None = None
+    grpc_protoset_dir: str | None = None
+    max_output_bytes: int = 1024 * 1024
+    max_event_bytes: int = 256 * 1024
+    max_retained_event_bytes_per_tenant: int = 64 * 1024 * 1024
+    max_hops: int = 8
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -119,6 +126,12 @@ class Config:
             secrets_file=read.parsed("RUNBOOKS_SECRETS_FILE", None, _secrets_file),
             public_url=read.parsed("PUBLIC_URL", None, _public_url),
             call_service_allowed_hosts=read.parsed("CALL_SERVICE_ALLOWED_HOSTS", None, _allowlist),
+            grpc_protoset_dir=read.parsed("GRPC_PROTOSET_DIR", None, _directory),
+            max_output_bytes=read.integer("MAX_OUTPUT_BYTES", 1024 * 1024, 1024, 1 << 30),
+            max_event_bytes=read.integer("MAX_EVENT_BYTES", 256 * 1024, 1024, MAX_BODY_BYTES),
+            max_retained_event_bytes_per_tenant=read.integer("MAX_RETAINED_EVENT_BYTES_PER_TENANT",
+                                                             64 * 1024 * 1024, 0, 1 << 40),
+            max_hops=read.integer("MAX_HOPS", 8, 1, 1000),
         )
         if not config.instance_id:  # the default names the host and the port it serves on
             config = attrs.evolve(config, instance_id=f"{socket.gethostname()}:{config.port}")
@@ -163,6 +176,11 @@ class Config:
             max_retained_events_per_tenant=self.max_retained_events_per_tenant,
             shutdown_timeout_ms=self.shutdown_timeout_ms,
             call_service_allowed_hosts=self.call_service_allowed_hosts,
+            grpc_protoset_dir=self.grpc_protoset_dir,
+            max_output_bytes=self.max_output_bytes,
+            max_event_bytes=self.max_event_bytes,
+            max_retained_event_bytes_per_tenant=self.max_retained_event_bytes_per_tenant,
+            max_hops=self.max_hops,
         )
 
     def check_can_serve(self) -> None:
@@ -335,6 +353,9 @@ def _token_entries(data: Any, problems: list[str]) -> tuple[TokenEntry, ...]:
         if not isinstance(roles, list) or not all(_role_name(role) for role in roles):
             problems.append(f"{path}.roles: must be a list of role names (printable, at most 200 characters)")
             roles = []
+        if ANY_ROLE in roles:  # it would satisfy every role:NAME approver entry
+            problems.append(f"{path}.roles: '{ANY_ROLE}' (every role) exists in development mode only; "
+                            "name the roles this token holds")
         if fields[0] in seen:
             problems.append(f"{path}.token: the same token appears twice")
         if all(fields):

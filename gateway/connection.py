@@ -20,16 +20,24 @@ one on the connection) gets no answer at all.
 - the last message of every response is sent shielded from cancellation (bounded by
   ``CLOSE_S``), so whatever hypercorn does at the end of an exchange (recycle the connection
   for the next request, or close it) runs to its end.
+
+It also refuses, before the app sees it, a request that carries both ``Content-Length`` and
+``Transfer-Encoding`` (RFC 9112 section 6.3): where its body ends depends on which header
+is believed, so a proxy in front and the gateway could cut the stream into different
+requests (request smuggling). The answer is 400 with ``Connection: close``, and nothing more
+is read from that connection.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
 import trio
 
 from gateway.bodies import MAX_BODY_BYTES
+from gateway.problems import PROBLEM_JSON, ProblemBody
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -50,8 +58,40 @@ class CompleteExchange:
         if scope.get("type") != "http":
             await self.app(scope, receive, send)
             return
-        exchange = _Exchange(scope.get("headers", ()))
+        headers = scope.get("headers", ())
+        if _ambiguous_length(headers):
+            await _refuse_ambiguous(receive, send)
+            return
+        exchange = _Exchange(headers)
         await self.app(scope, exchange.receiver(receive), exchange.sender(send))
+
+
+def _ambiguous_length(headers: Any) -> bool:
+    names = {bytes(name).lower() for name, _ in headers}
+    return b"content-length" in names and b"transfer-encoding" in names
+
+
+async def _refuse_ambiguous(receive: Receive, send: Send) -> None:
+    await _drain(receive)  # answering mid-body would race hypercorn's own error answer
+    body = ProblemBody(400, "bad request", "a request may not carry both Content-Length and "
+                                           "Transfer-Encoding; the connection is closed").to_json()
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": 400, "headers": [
+        (b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(data)).encode()),
+        (b"connection", b"close")]})
+    with trio.move_on_after(CLOSE_S, shield=True):
+        await send({"type": "http.response.body", "body": data})
+
+
+async def _drain(receive: Receive) -> None:
+    """Read what the server took as the body, within ``BODY_WAIT_S`` and ``MAX_BODY_BYTES``."""
+    received = 0
+    with trio.move_on_after(BODY_WAIT_S):
+        while received <= MAX_BODY_BYTES:
+            message = await receive()
+            received += len(message.get("body", b""))
+            if message.get("type") != "http.request" or not message.get("more_body", False):
+                return
 
 
 class _Exchange:

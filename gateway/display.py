@@ -4,7 +4,8 @@ Both feed it the execution's states as the API's JSON (camelCase, ``steps`` keye
 id in document order): ``run`` converts the runtime's own states, ``watch`` reads them from
 the server's event stream. It prints one line per step whose status changed, with the time
 since the display started and, for a finished step, how long it took; a failed step also
-gets its error. ``summary`` is the closing line (the final status, and the error).
+gets its error. ``summary`` is the closing line (the final status, and the error); ``table``
+lays out rows under a header in aligned columns (``runbooks list``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ def summary(execution: dict[str, Any]) -> str:
     """``completed``, or ``failed: <message>`` (the execution's error)."""
     error = execution.get("error")
     return execution["status"] + (f": {error['message']}" if error else "")
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """The header and the rows as lines, each column as wide as its widest cell."""
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            for row in [header, *rows]]
 
 
 def output_text(execution: dict[str, Any]) -> str | None:

@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 from quart import request
 
-from gateway.problems import ApiProblem
+from gateway.problems import ApiProblem, problems_detail
 from runtime import Problem
 from runtime.api.arguments import text_problem
 from runtime.model import LOG_LEVELS, ExecutionStatus
@@ -59,10 +59,7 @@ class Problems:
         if not self.items:
             return
         status = 400 if self.unreadable else 422
-        count = len(self.items)
-        detail = f"{count} problem{'s' if count != 1 else ''} with the request: " + "; ".join(
-            f"{p.path}: {p.message}" for p in self.items[:3])
-        raise ApiProblem(status, detail, self.items)
+        raise ApiProblem(status, problems_detail(" with the request", self.items), self.items)
 
 
 # ---------------------------------------------------------------------------- JSON bodies
@@ -342,6 +339,18 @@ def start_flags() -> tuple[bool, str | None]:
         key = None
     problems.raise_if_any()
     return force, key
+
+
+def hop_header() -> int:
+    """``X-Runbooks-Hop``: how many runbooks calling the engine led to this request (0 without)."""
+    raw = request.headers.get("X-Runbooks-Hop")
+    if raw is None:
+        return 0
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9):
+        problems = Problems()
+        problems.type_error("X-Runbooks-Hop", "must be a whole number of hops, 0 to 999999999")
+        problems.raise_if_any()
+    return int(raw)
 
 
 def _integral(raw: str) -> Decimal | None:

@@ -1,8 +1,10 @@
 """Errors as ``application/problem+json`` (RFC 9457): ``{type, title, status, detail, errors?}``.
 
 Every failure leaves the gateway through ``problem_for``: the engine's errors
-(``ValidationError`` 422, or 413 for a document over 1 MiB; ``NotFound`` 404; ``Conflict``
+(``ValidationError`` 422, or 413 for a document over 1 MiB or an event payload over
+``MAX_EVENT_BYTES``; ``NotFound`` 404; ``Conflict``
 409; ``Forbidden`` 403; ``LimitExceeded`` 429 with ``Retry-After`` when room is expected;
+``LoopDetected`` 422 of type ``loop-detected``;
 ``StoreUnavailable`` 503), the gateway's own ``ApiProblem`` (bad bodies and parameters: 400
 when the request cannot be read into the declared types, 422 when it can but a value is
 refused), werkzeug's ``HTTPException`` (unknown route, method not allowed, body too large)
@@ -26,6 +28,7 @@ from runtime import (
     Conflict,
     Forbidden,
     LimitExceeded,
+    LoopDetected,
     NotFound,
     Problem,
     RunbookError,
@@ -87,10 +90,11 @@ class ProblemBody:
     title: str
     detail: str
     errors: tuple[Problem, ...] | None = None
+    slug: str | None = None  # the type's last part, when the status alone does not say it
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "type": TYPE_PREFIX + _SLUGS.get(self.status, str(self.status)),
+            "type": TYPE_PREFIX + (self.slug or _SLUGS.get(self.status, str(self.status))),
             "title": self.title,
             "status": self.status,
             "detail": self.detail,
@@ -105,12 +109,12 @@ Redact = Callable[[str], str]
 
 def problem_response(status: int, detail: str, errors: Iterable[Problem] | None = None, *,
                      title: str | None = None, headers: dict[str, str] | None = None,
-                     redact: Redact | None = None) -> Response:
+                     redact: Redact | None = None, slug: str | None = None) -> Response:
     if redact is not None:  # no secret value leaves in a problem (the runtime's redactor)
         detail = redact(detail)
         errors = None if errors is None else [Problem(p.path, redact(p.message)) for p in errors]
     body = ProblemBody(status, title or _TITLES.get(status, "error"), detail,
-                       tuple(errors) if errors is not None else None)
+                       tuple(errors) if errors is not None else None, slug)
     response = Response(json.dumps(body.to_json(), ensure_ascii=False), status=status, content_type=PROBLEM_JSON)
     response.headers.update(headers or {})
     return response
@@ -133,6 +137,9 @@ def problem_for(error: BaseException, redact: Redact | None = None) -> Response:
             return problem_response(403, str(error) or "forbidden", redact=redact)
         case LimitExceeded():
             return problem_response(429, str(error), headers=_retry_after(error), redact=redact)
+        case LoopDetected():
+            return problem_response(422, str(error), [Problem("X-Runbooks-Hop", f"{error.hop} is above {error.max_hops}")],
+                                    title="loop detected", slug="loop-detected", redact=redact)
         case StoreUnavailable():
             return problem_response(503, "the store is unavailable; try again later")
         case CommandQueued():  # not a problem: accepted, and applied by whoever runs the execution
@@ -155,13 +162,24 @@ def _retry_after(error: LimitExceeded) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(error.retry_after_s)))}
 
 
+SHOWN_IN_DETAIL = 3
+
+
+def problems_detail(about: str, problems: Sequence[Problem]) -> str:
+    """``4 problems{about}: a; b; c; and 1 more``: the count, the first few, and how many are
+    not shown (``errors`` lists them all)."""
+    count = len(problems)
+    shown = [f"{p.path}: {p.message}" for p in problems[:SHOWN_IN_DETAIL]]
+    if count > SHOWN_IN_DETAIL:
+        shown.append(f"and {count - SHOWN_IN_DETAIL} more")
+    return f"{count} problem{'s' if count != 1 else ''}{about}: " + "; ".join(shown)
+
+
 def _validation_problem(error: ValidationError, redact: Redact | None) -> Response:
     if getattr(error, "code", None) == "tooLarge":
         detail = error.problems[0].message if error.problems else "the document is larger than 1 MiB"
-        return problem_response(413, detail, error.problems, title="document too large", redact=redact)
-    count = len(error.problems)
-    detail = f"{count} problem{'s' if count != 1 else ''}: " + "; ".join(
-        f"{p.path}: {p.message}" for p in error.problems[:3]) if count else error.title
+        return problem_response(413, detail, error.problems, title=error.title, redact=redact)
+    detail = problems_detail("", error.problems) if error.problems else error.title
     return problem_response(422, detail, error.problems, title=error.title, redact=redact)
 
 

@@ -37,7 +37,8 @@ async def start_execution() -> Response:
     identity = current_identity()
     context = {**start.context, "tenantId": identity.tenant, "userId": identity.user}
     result = await state().runtime.start_execution(start.runbook_id, start.input, context, version=start.version,
-                                                   idempotency_key=idempotency_key, force=force)
+                                                   idempotency_key=idempotency_key, force=force,
+                                                   hop=inputs.hop_header())
     return _execution(result.execution, 201 if result.created else 200)
 
 
@@ -106,7 +107,7 @@ async def submit_approval(execution_id: str, step_id: str) -> Response:
 async def publish_event() -> Response:
     event = inputs.event_request(await bodies.json_body())
     result = await state().runtime.publish_event(event.type, event.correlation_key, event.payload,
-                                                 tenant_id=current_identity().tenant)
+                                                 tenant_id=current_identity().tenant, hop=inputs.hop_header())
     return json_response(publish_json(result), 202)
 
 

@@ -40,12 +40,11 @@ from runtime import (
     StoreInUse,
     StoreUnavailable,
     ValidationError,
+    check_store_url,
     open_runtime,
 )
 from runtime.io import tracing
 from runtime.model.wire import load_document
-from runtime.store import open_store_from_url, postgres_store
-from runtime.store.base import Store
 
 logger = logging.getLogger("runbooks.gateway")
 
@@ -97,7 +96,7 @@ class _Shutdown:
 
 async def _serve(config: Config, prepare: Callable[[Runtime], None] | None, shutdown: _Shutdown,
                  task_status: trio.TaskStatus[list[str]]) -> None:
-    store = _store(config)
+    store = _store_url(config)
     metrics, batch_observer = create_metrics()
     stop_tracing = tracing.configure_otlp(config.instance_id) if config.otel_exporter_otlp_endpoint else None
     try:
@@ -109,10 +108,11 @@ async def _serve(config: Config, prepare: Callable[[Runtime], None] | None, shut
 
 
 async def _serve_runtime(config: Config, prepare: Callable[[Runtime], None] | None, shutdown: _Shutdown,
-                         task_status: trio.TaskStatus[list[str]], store: Store, metrics: Any,
+                         task_status: trio.TaskStatus[list[str]], store: str, metrics: Any,
                          batch_observer: Any) -> None:
     try:
-        async with open_runtime(store, settings=config.settings(), batch_observer=batch_observer) as runtime:
+        async with open_runtime(store, pool_max=config.db_pool_max, settings=config.settings(),
+                                batch_observer=batch_observer) as runtime:
             if prepare is not None:
                 prepare(runtime)
             await load_runbooks_dir(runtime, config.runbooks_dir)
@@ -149,11 +149,11 @@ def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
     return found
 
 
-def _store(config: Config) -> Store:
+def _store_url(config: Config) -> str:
+    """The store's URL, checked before anything starts (DB_POOL_MAX goes to ``open_runtime`` beside it)."""
     try:
-        if config.storage_backend == "postgres":  # DB_POOL_MAX is not part of a store URL
-            return postgres_store(config.store_url(), pool_max=config.db_pool_max)
-        return open_store_from_url(config.store_url())
+        check_store_url(config.store_url())
+        return config.store_url()
     except ValueError as exc:
         raise ConfigError(f"STORAGE_BACKEND: the {config.storage_backend} store is not available: {exc}") from None
 

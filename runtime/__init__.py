@@ -1,7 +1,9 @@
 """The runbook engine: documents, validation, scheduling, step types, persistence and the
 embedded Trio API (``open_runtime``)."""
 
-from runtime.api.runtime import Page, Runtime, StartResult, open_runtime
+from runtime.api.assembly import open_runtime
+from runtime.api.runtime import Page, Runtime, StartResult
+from runtime.api.stores import check_store_url
 from runtime.io.context import StepContext
 from runtime.kinds.approval_inbox import ApprovalPage, PendingApproval
 from runtime.model import (
@@ -25,6 +27,7 @@ from runtime.model.errors import (
     Fenced,
     Forbidden,
     LimitExceeded,
+    LoopDetected,
     NotFound,
     Problem,
     RunbookError,
@@ -50,6 +53,7 @@ __all__ = [
     "Forbidden",
     "LimitExceeded",
     "LogEntry",
+    "LoopDetected",
     "NotFound",
     "Page",
     "PendingApproval",
@@ -70,5 +74,6 @@ __all__ = [
     "StoreInUse",
     "StoreUnavailable",
     "ValidationError",
+    "check_store_url",
     "open_runtime",
 ]

@@ -51,10 +51,13 @@ COMMON = "demo/common.proto"
 _TYPES = {"string": 9, "bool": 8, "int32": 5, "int64": 3, "message": 11, "enum": 14}
 
 
-def _field(message: Any, name: str, number: int, kind: str, type_name: str = "", repeated: bool = False) -> None:
+def _field(message: Any, name: str, number: int, kind: str, type_name: str = "", repeated: bool = False,
+           json_name: str = "") -> None:
     field = message.field.add(name=name, number=number, type=_TYPES[kind], label=3 if repeated else 1)
     if type_name:
         field.type_name = type_name
+    if json_name:
+        field.json_name = json_name
 
 
 def _files() -> tuple[descriptor_pb2.FileDescriptorProto, descriptor_pb2.FileDescriptorProto]:
@@ -75,7 +78,7 @@ def _files() -> tuple[descriptor_pb2.FileDescriptorProto, descriptor_pb2.FileDes
     _field(reply, "healthy", 4, "bool")
     _field(reply, "health", 5, "enum", f".{PACKAGE}.Health")
     _field(reply, "checks", 6, "int64")
-    _field(reply, "seen_at", 7, "message", ".google.protobuf.Timestamp")
+    _field(reply, "seen_at", 7, "message", ".google.protobuf.Timestamp", json_name="lastSeen")  # [json_name = ...]
     service = main.service.add(name="Inventory")
     service.method.add(name="Lookup", input_type=f".{PACKAGE}.HostRequest", output_type=f".{PACKAGE}.HostReply")
     service.method.add(name="Watch", input_type=f".{PACKAGE}.HostRequest", output_type=f".{PACKAGE}.HostReply",
@@ -152,12 +155,7 @@ class FakeGrpc:
 
     def write_protoset(self, path: pathlib.Path, *, include_imports: bool = True) -> pathlib.Path:
         """A serialized FileDescriptorSet of the service (``protoc --descriptor_set_out``)."""
-        common, main = _files()
-        files = [common, main]
-        if include_imports:
-            files.insert(0, descriptor_pb2.FileDescriptorProto.FromString(timestamp_pb2.DESCRIPTOR.serialized_pb))
-        path.write_bytes(descriptor_pb2.FileDescriptorSet(file=files).SerializeToString())
-        return path
+        return write_protoset(path, include_imports=include_imports)
 
     # ---- server side (grpcio's threads) ----
     def _record(self, call: Call) -> None:
@@ -244,3 +242,13 @@ async def fake_grpc(*, reflection: str | None = "v1alpha") -> AsyncIterator[Fake
     finally:
         stopped = server.stop(grace=0)
         await trio.to_thread.run_sync(stopped.wait, 5)
+
+
+def write_protoset(path: pathlib.Path, *, include_imports: bool = True) -> pathlib.Path:
+    """A serialized FileDescriptorSet of the fake's service (``protoc --descriptor_set_out``)."""
+    common, main = _files()
+    files = [common, main]
+    if include_imports:
+        files.insert(0, descriptor_pb2.FileDescriptorProto.FromString(timestamp_pb2.DESCRIPTOR.serialized_pb))
+    path.write_bytes(descriptor_pb2.FileDescriptorSet(file=files).SerializeToString())
+    return path

@@ -15,7 +15,9 @@ Step types registered on the runtime:
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Mapping
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -163,6 +165,21 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def wait_until_ready(url: str, process: subprocess.Popen[Any], *, within_s: float = 30,
+                     why: Callable[[], str] = lambda: "runbooks serve did not start") -> None:
+    """Wait (real time: another process) until ``url/health/ready`` answers 200; fail if the
+    process exits first or it takes longer than ``within_s`` (``why()``: what to show then)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None and time.monotonic() < deadline, why()
+        time.sleep(0.05)
 
 
 def sqlite_available() -> bool:

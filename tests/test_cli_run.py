@@ -53,9 +53,10 @@ def run_line(example: str) -> list[str]:
 class Terminal:
     """A process on a pseudo-terminal: read what it shows, type answers."""
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         self.fd, child = pty.openpty()
-        self.process = subprocess.Popen(argv, stdin=child, stdout=child, stderr=child, cwd=REPO, close_fds=True)
+        self.process = subprocess.Popen(argv, stdin=child, stdout=child, stderr=child, cwd=REPO, close_fds=True,
+                                        env={**os.environ, **(env or {})})
         os.close(child)
         self.screen = ""
 
@@ -86,17 +87,49 @@ class Terminal:
 
 
 def as_command(words: list[str], demo_url: str) -> list[str]:
+    words = words[len(line_env(words)):]
     assert words[0] == "runbooks" and DEMO_URL in words
     return [sys.executable, "-m", "gateway.cli", *[demo_url if word == DEMO_URL else word for word in words[1:]]]
 
 
+def line_env(words: list[str]) -> dict[str, str]:
+    """The ``NAME=value`` words before the command, as the shell reads them."""
+    env = {}
+    for word in words:
+        if not re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", word):
+            break
+        name, _, value = word.partition("=")
+        env[name] = value
+    return env
+
+
+# the examples the test below runs as their headers say, and what each shows, in order;
+# every example is one of these or of the two run (answering prompts) by the tests after it
+RUN_BY_THEIR_HEADER = {
+    "risk-assessment.yaml": [r"auto-close\s+succeeded", r"escalate\s+skipped|record-decision\s+succeeded",
+                             r"\ncompleted"],
+    "nightly-health-report.yaml": [r"check-health\s+succeeded", r"post-report\s+succeeded", r"\ncompleted"],
+    "siem-alert-rule.yaml": [r"assess\s+succeeded", r"record\s+succeeded", r"\ncompleted",
+                             r'"/alerts/ALR-20931/assessment"'],
+}
+WITH_PROMPTS = ("deploy-approval.yaml", "phishing-triage.yaml")  # the two tests after this one
+
+
+def test_every_example_has_a_run_line_that_a_test_runs() -> None:
+    examples = {path.name for path in (REPO / "examples").glob("*.yaml")}
+    assert examples == set(RUN_BY_THEIR_HEADER) | set(WITH_PROMPTS)
+    for example in examples:
+        assert "runbooks" in run_line(example), example
+
+
 @pytest.mark.slow
-def test_risk_assessment_runs_as_its_header_says(demo_url: str) -> None:
-    terminal = Terminal(as_command(run_line("risk-assessment.yaml"), demo_url))
+@pytest.mark.parametrize("example", sorted(RUN_BY_THEIR_HEADER))
+def test_an_example_without_prompts_runs_as_its_header_says(example: str, demo_url: str) -> None:
+    words = run_line(example)
+    terminal = Terminal(as_command(words, demo_url), line_env(words))
     try:
-        terminal.expect(r"auto-close\s+succeeded")
-        terminal.expect(r"escalate\s+skipped|record-decision\s+succeeded")
-        terminal.expect(r"completed")
+        for shown in RUN_BY_THEIR_HEADER[example]:
+            terminal.expect(shown)
         assert terminal.exit_status() == 0
     finally:
         terminal.close()
@@ -186,8 +219,8 @@ async def test_a_relative_url_without_base_url_names_the_option(tmp_path: pathli
 
 class Args:
     def __init__(self, **values: object) -> None:
-        self.input = self.context = self.base_url = self.secrets = None
-        self.store, self.no_prompt = "memory", False
+        self.input = self.context = self.base_url = self.secrets = self.trigger = self.event = None
+        self.store, self.no_prompt, self.with_files = "memory", False, []
         self.__dict__.update(values)
 
 
@@ -225,3 +258,46 @@ def test_bad_options_are_one_line_and_exit_2(tmp_path: pathlib.Path, capsys: pyt
         assert main(["run", doc, *argv]) == 2
         err = capsys.readouterr().err
         assert err.startswith(expected) and err.count("\n") == 1, err
+
+
+TRIGGERED = """id: triggered
+triggers:
+  - {id: daily, schedule: "0 6 * * *", input: {env: prod}, context: {reason: nightly}}
+  - id: on-alert
+    event: {type: alert, filter: {field: payload.severity, operator: gte, value: 7}}
+    input: {env: "${event.payload.env}"}
+    context: {reason: alert}
+output: {env: "${input.env}", kind: "${context.trigger.kind}", id: "${context.trigger.id}", reason: "${context.reason}"}
+steps:
+  - {id: c, type: conditional, config: {condition: {field: input.env, operator: exists}}}
+"""
+
+
+async def test_a_triggered_runbook_runs_by_hand_as_its_trigger_would(tmp_path: pathlib.Path) -> None:
+    doc = write(tmp_path, "triggered.yaml", TRIGGERED)
+    out, err = io.StringIO(), io.StringIO()
+    assert await run_file(doc, RunOptions(), out, err) == 1  # without: the input the trigger gives is missing
+    assert "(this runbook is started by its triggers: `--trigger daily` or `--trigger on-alert` runs it as the " \
+           "trigger would now)" in out.getvalue()
+
+    out = io.StringIO()
+    assert await run_file(doc, RunOptions(trigger="daily"), out, err) == 0
+    assert '"env": "prod"' in out.getvalue() and '"kind": "schedule"' in out.getvalue()
+    assert '"reason": "nightly"' in out.getvalue()
+    out = io.StringIO()
+    options = RunOptions(trigger="on-alert", event={"correlationKey": "A-1", "payload": {"severity": 9, "env": "dev"}})
+    assert await run_file(doc, options, out, err) == 0 and '"env": "dev"' in out.getvalue()
+    out = io.StringIO()
+    options = RunOptions(input={"env": "mine"}, input_given=True, context={"reason": "by hand"}, trigger="daily")
+    assert await run_file(doc, options, out, err) == 0
+    assert '"env": "mine"' in out.getvalue() and '"reason": "by hand"' in out.getvalue()
+
+    for options, said in [
+        (RunOptions(trigger="nope"), "--trigger: the runbook has no trigger 'nope' (its triggers: daily, on-alert)"),
+        (RunOptions(trigger="daily", event={}), "--event: trigger daily is a schedule, not an event rule"),
+        (RunOptions(trigger="on-alert"), "--trigger on-alert is an event rule: give the event with --event"),
+        (RunOptions(trigger="on-alert", event={"payload": {"severity": 3}}),
+         "--event: the event does not pass the filter of trigger on-alert: it would start nothing")]:
+        err = io.StringIO()
+        assert await run_file(doc, options, io.StringIO(), err) == 2
+        assert err.getvalue().startswith(f"runbooks run: {said}"), err.getvalue()

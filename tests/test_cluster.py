@@ -52,6 +52,15 @@ async def node(schema: str, instance: str, *, types: bool = True, **settings: An
         yield rt
 
 
+async def test_a_runtime_on_a_shared_store_joins_the_cluster_with_the_pool_it_was_given(schema: str,
+                                                                                       tmp_path: Any) -> None:
+    async with open_runtime(f"{DSN}?schema={schema}", pool_max=3, settings=Settings(instance_id="a")) as rt:
+        assert rt.cluster is not None and rt.cluster.instance_id == "a"
+        assert rt.store.pool_max == 3  # type: ignore[attr-defined]
+    async with open_runtime(f"sqlite:///{tmp_path}/one.db") as alone:
+        assert alone.cluster is None  # a SQLite file belongs to one process: no ledger
+
+
 async def until(rt: Runtime, execution_id: str, predicate: Any, within_s: float = 10) -> Any:
     with trio.fail_after(within_s):
         async for execution in rt.watch(execution_id):
@@ -140,8 +149,8 @@ async def test_publishing_while_a_step_starts_waiting_loses_nothing_and_delivers
         with psycopg.connect(DSN, autocommit=True) as conn:
             conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
             assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)  # none left unclaimed
-            events = conn.execute("SELECT count(*) FROM commands WHERE kind = 'event'").fetchone()
-            taken = conn.execute("SELECT count(*) FROM commands WHERE kind = 'event' "
+            events = conn.execute("SELECT count(*) FROM commands WHERE kind = 'DeliverEvent'").fetchone()
+            taken = conn.execute("SELECT count(*) FROM commands WHERE kind = 'DeliverEvent' "
                                  "AND outcome->>'value' = 'true'").fetchone()
         assert events == taken == (40,)  # one event for each step, and each taken
 
@@ -153,7 +162,7 @@ async def test_a_stale_owner_is_fenced_and_its_watchers_follow_the_new_owner(sch
         execution = await a.start("gate")
         current = await until(a, execution.id, lambda e: e.status == "awaiting_approval")
         # b takes the execution as if a had gone quiet: the epoch moves on
-        assert await trio.to_thread.run_sync(b.store.claim, execution.id, "b", current.epoch) is not None
+        assert await trio.to_thread.run_sync(b.store.ledger.claim, execution.id, "b", current.epoch) is not None
         b.directory.start(execution.id)
         with caplog.at_level(logging.WARNING):
             decided = await a.submit_approval(execution.id, "ok", approver="boss", decision="approve")
@@ -299,7 +308,7 @@ def test_publishes_committed_in_one_batch_are_decided_in_order(schema: str) -> N
         assert [(r.delivered, r.retained) for r in results] == [(1, False), (0, True), (1, False), (0, True)]
         assert [command[1] for r in results for command in r.commands] == ["e1", "e1"]
         assert [e.id for e in store.retained_events(now)] == [second.id, fourth.id]
-        assert [body["event"]["id"] for _, _, body in store.pending_commands("e1")] == [first.id, third.id]
+        assert [body["event"]["id"] for _, _, body in store.ledger.pending_commands("e1")] == [first.id, third.id]
 
         with pytest.raises(LimitExceeded):  # the cap counts what the same batch retained before
             store.commit([Change(publish=event(f"x{i}"), retain_cap=3) for i in range(2)])

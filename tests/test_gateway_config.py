@@ -35,7 +35,7 @@ def test_every_variable_is_read(tmp_path: pathlib.Path) -> None:
         "CORS_ORIGINS": "https://a.example.com/, http://b.example.com:8080", "RUNBOOKS_DIR": str(tmp_path),
         "CALL_SERVICE_BASE_URL": "http://svc.internal:9000/api", "EVENT_RETENTION_MS": "60000",
         "LEASE_TTL_MS": "30000", "DB_POOL_MAX": "7", "FORWARD_WAIT_MS": "1500", "RUNBOOKS_INSTANCE_ID": "pod-0",
-        "MAX_RETAINED_EVENTS_PER_TENANT": "50", "SHUTDOWN_TIMEOUT_MS": "2500",
+        "MAX_RETAINED_EVENTS_PER_TENANT": "50", "SHUTDOWN_TIMEOUT_MS": "2500", "GRPC_PROTOSET_DIR": str(tmp_path),
     })
     assert (config.port, config.host, config.storage_backend) == (8080, "::1", "memory")
     assert config.store_url() == "memory"
@@ -44,7 +44,8 @@ def test_every_variable_is_read(tmp_path: pathlib.Path) -> None:
     assert config.settings() == Settings(max_concurrent_steps=9, default_max_retries=0, event_retention_ms=60000,
                                          call_service_base_url="http://svc.internal:9000/api", lease_ttl_ms=30000,
                                          forward_wait_ms=1500, instance_id="pod-0",
-                                         max_retained_events_per_tenant=50, shutdown_timeout_ms=2500)
+                                         max_retained_events_per_tenant=50, shutdown_timeout_ms=2500,
+                                         grpc_protoset_dir=str(tmp_path))
     assert (config.lease_ttl_ms, config.db_pool_max) == (30000, 7)
     config.check_can_serve()  # ::1 is loopback
 
@@ -86,6 +87,7 @@ def test_postgres_urls() -> None:
     ({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"},
      "OTEL_EXPORTER_OTLP_ENDPOINT: must be an absolute http(s) URL, got 'collector:4318'"),
     ({"RUNBOOKS_DIR": "/no/such/dir"}, "RUNBOOKS_DIR: not a directory: '/no/such/dir'"),
+    ({"GRPC_PROTOSET_DIR": "/no/such/dir"}, "GRPC_PROTOSET_DIR: not a directory: '/no/such/dir'"),
     ({"SQLITE_PATH": "/no/such/dir/x.db"}, "SQLITE_PATH: directory '/no/such/dir' does not exist"),
     ({"STORAGE_BACKEND": "postgres"}, "DATABASE_URL: required with STORAGE_BACKEND=postgres (or set DB_HOST)"),
     ({"STORAGE_BACKEND": "postgres", "DATABASE_URL": "mysql://x"},
@@ -139,6 +141,9 @@ def test_tokens_file_json_and_yaml(tmp_path: pathlib.Path) -> None:
     ("tokens: [{token: a, user: u, tenant: t}, {token: a, user: v, tenant: t}]",
      "tokens[1].token: the same token appears twice"),
     ("tokens: [{token: a", "cannot be read as JSON or YAML"),
+    ('tokens: [{token: a, user: u, tenant: t, roles: ["*"]}]',
+     "tokens[0].roles: '*' (every role) exists in development mode only"),
+    ('tokens: [{token: a, user: u, tenant: t, roles: [viewer, "*"]}]', "tokens[0].roles: '*' (every role)"),
 ])
 def test_a_bad_tokens_file_names_the_variable(tmp_path: pathlib.Path, content: str, problem: str) -> None:
     path = tmp_path / "tokens.yaml"

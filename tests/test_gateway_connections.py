@@ -210,3 +210,26 @@ async def test_a_fuzzing_burst_over_concurrent_keep_alive_connections_is_answere
                 for seed in range(6):
                     nursery.start_soon(connection, seed)
     assert len(answered) == sum(len(_burst(seed, 60)) for seed in range(6))
+
+
+async def test_content_length_with_transfer_encoding_is_400_and_the_connection_closed() -> None:
+    """RFC 9112 section 6.3: a request with both cannot be framed safely (a proxy in front may
+    read it by its length, the gateway by its chunks), so it is refused and the connection
+    closed; what follows on the connection is never read as another request."""
+    async with gateway() as (host, port):
+        stream = await trio.open_tcp_stream(host, port)
+        smuggled = (b"GET /api/v1/runbooks HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            await stream.send_all(
+                b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"2\r\n{}\r\n0\r\n\r\n" + smuggled)
+            received = b""
+            with trio.fail_after(ANSWER_WITHIN_S):
+                while chunk := await stream.receive_some(65536):  # until the server closes
+                    received += chunk
+        finally:
+            await stream.aclose()
+    assert received.startswith(b"HTTP/1.1 400"), received[:200]
+    assert b"\r\nconnection: close\r\n" in received.lower()
+    assert received.count(b"HTTP/1.1 ") == 1  # the smuggled request got no answer

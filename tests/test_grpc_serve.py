@@ -71,7 +71,7 @@ async def test_runbooks_serve_runs_a_grpc_step_and_exports_its_trace() -> None:
                 process.kill()
                 await process.wait()
     assert execution["status"] == "completed", execution["error"]
-    assert execution["output"] == {"host_name": "db1", "owner": "dba", "tags": [], "healthy": True,
+    assert execution["output"] == {"hostName": "db1", "owner": "dba", "tags": [], "healthy": True,
                                    "health": "HEALTH_UNKNOWN", "checks": "0"}
     assert [(e["kind"], e["data"]["status"]) for e in evidence] == [("grpc_response", "OK")]
     (call,) = grpc_svc.calls

@@ -1,64 +1,65 @@
-"""The README's curl session, over real HTTP: examples/ loaded from RUNBOOKS_DIR, the demo
-services of `make run` as CALL_SERVICE_BASE_URL, start deploy-approval, approve, watch it finish."""
+"""The README's curl session, run as written: the ``sh`` block under "A curl session" is read
+from README.md and run by bash (with curl and jq) against what ``make run`` starts
+(``examples/serve_with_demo.py``: the gateway with examples/ and the demo services), twice in
+a row, as a reader trying it again would. Only the port differs from the README's 3000."""
 
 from __future__ import annotations
 
-import json
-import runpy
-from functools import partial
-from pathlib import Path
-from typing import Any
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
 
-import trio
-from hypercorn.config import Config as HyperConfig
-from hypercorn.trio import serve
+import pytest
 
-from gateway.serve import load_runbooks_dir
-from tests.gateway_fixtures import running_gateway
+from tests.gateway_fixtures import free_port, wait_until_ready
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+pytestmark = pytest.mark.slow
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+COMPLETED = ('{"status":"completed","steps":{"build":"succeeded","environment-health":"succeeded",'
+             '"approve":"succeeded","deploy":"succeeded"}}')
 
 
-async def test_the_readme_session_works_as_written(nursery: trio.Nursery) -> None:
-    demo = runpy.run_path(str(EXAMPLES / "demo_services.py"))["app"]
-    config = HyperConfig()
-    config.bind = ["127.0.0.1:0"]
-    stop = trio.Event()
-    [demo_url] = await nursery.start(partial(serve, demo, config, shutdown_trigger=stop.wait))
-    async with running_gateway({"CALL_SERVICE_BASE_URL": demo_url}) as gw:
-        await load_runbooks_dir(gw.runtime, str(EXAMPLES))
-        listed = (await gw.client.get("/api/v1/runbooks")).json()
-        assert {r["id"] for r in listed["items"]} >= {"deploy-approval", "risk-assessment", "phishing-triage"}
-        started = await gw.client.post("/api/v1/executions", headers={"X-User-Id": "alice"}, json={
-            "runbookId": "deploy-approval",
-            "input": {"service": "checkout", "version": "2.14.0", "environment": "staging",
-                      "changeTicket": "CHG-1042"},
-            "context": {"legalBasis": "change CHG-1042", "reason": "weekly release"}})
-        assert started.status_code == 201, started.text
-        execution_id = started.json()["id"]
-        states: list[Any] = []
-        awaiting = trio.Event()
+def readme_session() -> str:
+    text = (REPO / "README.md").read_text()
+    section = text.split("### A curl session", 1)[1]
+    return section.split("```sh\n", 1)[1].split("```", 1)[0]
 
-        async def watch() -> None:
-            async with gw.client.stream("GET", f"/api/v1/executions/{execution_id}/stream") as response:
-                async for line in response.aiter_lines():
-                    if line.startswith("data:"):
-                        states.append(json.loads(line[5:]))
-                        if states[-1]["status"] == "awaiting_approval":
-                            awaiting.set()
 
-        async with trio.open_nursery() as watchers:
-            watchers.start_soon(watch)
-            with trio.fail_after(20):
-                await awaiting.wait()
-            approved = await gw.client.post(f"/api/v1/executions/{execution_id}/steps/approve/approvals",
-                                            headers={"X-User-Id": "rm.jane"},
-                                            json={"decision": "approve", "comment": "go"})
-            assert approved.status_code == 200, approved.text
-        assert states[-1]["status"] == "completed"  # the stream ended with the finished state
-        final = (await gw.client.get(f"/api/v1/executions/{execution_id}")).json()
-        assert final["output"]["status"] == "rolling-out"
-        audit = (await gw.client.get(f"/api/v1/executions/{execution_id}/audit")).json()["items"]
-        assert audit[0]["actor"] == "alice"
-        assert any(a["actor"] == "rm.jane" and a["action"] == "approval.decided" for a in audit)
-    stop.set()
+@pytest.fixture
+def make_run(tmp_path: pathlib.Path) -> Iterator[int]:
+    """What `make run` starts, on a free port and the memory store."""
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "STORAGE_BACKEND": "memory"}
+    env.pop("CALL_SERVICE_BASE_URL", None)
+    env.pop("RUNBOOKS_TOKENS_FILE", None)
+    with (tmp_path / "make-run.log").open("w") as log:
+        process = subprocess.Popen([sys.executable, "examples/serve_with_demo.py", "--runbooks-dir", "examples"],
+                                   cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until_ready(f"http://127.0.0.1:{port}", process, why=(tmp_path / "make-run.log").read_text)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.mark.skipif(not (shutil.which("curl") and shutil.which("jq")), reason="the session needs curl and jq")
+def test_the_readme_session_works_as_written_twice_in_a_row(make_run: int) -> None:
+    session = readme_session().replace("localhost:3000", f"localhost:{make_run}")
+    assert session.count(f"localhost:{make_run}") >= 6  # every request goes to the server under test
+    for _ in range(2):
+        run = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", session], capture_output=True, text=True,
+                             timeout=90, check=False)
+        assert run.returncode == 0, run.stdout + run.stderr
+        lines = run.stdout.splitlines()
+        assert '"deploy-approval"' in lines[0]
+        assert COMPLETED in lines
+        audit = [line.split("\t") for line in lines if line.count("\t") == 2]
+        assert audit[0][1] == "alice"
+        assert ["rm.jane", "approval.decided"] in [entry[1:] for entry in audit]
+        # the approval was accepted (a 409 problem's `.status` would print 409): the deploy step was next
+        assert '"running"' in lines or '"completed"' in lines, run.stdout

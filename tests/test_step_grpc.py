@@ -48,13 +48,17 @@ async def run(rt: Runtime, doc: dict[str, Any], *, limit_s: float = 10, host: st
 
 
 async def test_a_unary_call_through_reflection_returns_the_reply_as_json(rt: Runtime, svc: FakeGrpc) -> None:
-    svc.script("Lookup", Reply({"host_name": "db1", "owner": "sre", "tags": ["pci"], "checks": "12"}))
+    svc.script("Lookup", Reply({"host_name": "db1", "owner": "sre", "tags": ["pci"], "checks": "12",
+                                "seen_at": "2024-05-01T09:00:00Z"}))
     doc = lookup(svc.target, message={"host_name": "${input.host}", "limit": 3, "since": "2024-05-01T10:00:00Z"})
     final = await run(rt, doc)
     assert final.status == "completed", final.error
-    # proto field names, every field without presence (false, the zero enum), int64 as a string
-    assert final.steps["call"].output == {"host_name": "db1", "owner": "sre", "tags": ["pci"], "healthy": False,
-                                          "health": "HEALTH_UNKNOWN", "checks": "12"}
+    # the canonical JSON mapping, as grpcurl prints it: each field's json_name (lowerCamelCase, or
+    # the .proto's own json_name option), every field without presence (false, the zero enum),
+    # int64 as a string
+    assert final.steps["call"].output == {"hostName": "db1", "owner": "sre", "tags": ["pci"], "healthy": False,
+                                          "health": "HEALTH_UNKNOWN", "checks": "12",
+                                          "lastSeen": "2024-05-01T09:00:00Z"}
     (call,) = svc.calls_to("Lookup")
     assert call.request == {"host_name": "db1", "limit": 3, "since": "2024-05-01T10:00:00Z"}
 
@@ -62,7 +66,7 @@ async def test_a_unary_call_through_reflection_returns_the_reply_as_json(rt: Run
 async def test_the_message_takes_json_names_too_and_the_output_is_the_execution_output(
         rt: Runtime, svc: FakeGrpc) -> None:
     final = await run(rt, lookup(svc.target, message={"hostName": "web7"}))
-    assert final.output == {"host_name": "web7", "owner": "nobody", "tags": [], "healthy": False,
+    assert final.output == {"hostName": "web7", "owner": "nobody", "tags": [], "healthy": False,
                             "health": "HEALTH_UNKNOWN", "checks": "0"}
 
 
@@ -123,9 +127,9 @@ async def test_a_protoset_that_is_not_one_fails_without_retry(rt: Runtime, svc: 
     junk.write_bytes(b"\xff\xff\xff not a descriptor set")
     missing = await run(rt, lookup(svc.target, "missing", retries=2, protoset=str(tmp_path / "absent")))
     broken = await run(rt, lookup(svc.target, "broken", retries=2, protoset=str(junk)))
-    for final, text in ((missing, "cannot be read"), (broken, "not a serialized FileDescriptorSet")):
-        assert (final.steps["call"].error.code, final.steps["call"].attempts) == ("config", 1)
-        assert text in final.steps["call"].error.message
+    for final in (missing, broken):  # alike: the message never tells whether a path exists
+        assert (final.steps["call"].error.code, final.steps["call"].attempts) == ("bad_protoset", 1)
+        assert "a protoset is a regular file of at most 8 MiB" in final.steps["call"].error.message
     assert svc.count("Lookup") == 0
 
 
@@ -262,7 +266,7 @@ async def test_an_explicit_idempotency_key_and_one_key_per_loop_iteration(rt: Ru
         "items": ["a", "b"], "step": {"type": "call-service", "config": body["config"]}}}]}
     final = await run(rt, doc)
     assert final.status == "completed"
-    assert [o["host_name"] for o in final.steps["scan"].output] == ["a", "b"]
+    assert [o["hostName"] for o in final.steps["scan"].output] == ["a", "b"]
     keys = {c.request["host_name"]: c.metadata["idempotency-key"] for c in svc.calls[1:]}
     assert keys == {"a": f"{final.id}:scan:0", "b": f"{final.id}:scan:1"}
 

@@ -728,6 +728,7 @@ def test_open_store_from_url() -> None:
         postgres = open_store_from_url(url)
         assert isinstance(postgres, PostgresStore)
         assert (postgres.dsn, postgres.pool_max) == (url, 20)
+    assert open_store_from_url("postgresql://u@db/runbooks?schema=s1", pool_max=7).pool_max == 7
     for bad in ("mysql://db/x", "", "runbooks.sqlite", "sqlite://rel.db", "sqlite:///", "sqlite:///:memory:"):
         with pytest.raises(ValueError, match="store URL"):
             open_store_from_url(bad)

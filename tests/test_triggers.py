@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from runtime import Conflict, NotFound, Runtime, open_runtime
-from runtime.api import runtime as runtime_system
+from runtime.api import assembly
 from runtime.documents.triggers import Trigger, check_triggers
 from runtime.shell.clock import Clock
 from runtime.store import MemoryStore
@@ -32,7 +32,7 @@ def scheduled(schedule: str = "0 * * * *", **trigger: Any) -> dict[str, Any]:
 def start_at(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[datetime]]:
     """Set the wall-clock time the next runtime opens at (``start_at.append(when)``)."""
     starts: list[datetime] = []
-    monkeypatch.setattr(runtime_system, "Clock", lambda: Clock(starts.pop(0) if starts else None))
+    monkeypatch.setattr(assembly, "Clock", lambda: Clock(starts.pop(0) if starts else None))
     yield starts
 
 

@@ -12,9 +12,10 @@ calls one function here first, and the gateway relies on the same rules.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
+from runtime.kinds.approval import DECISIONS
 from runtime.model.errors import Problem, ValidationError
 from runtime.model.jsonsafe import first_problem
 from runtime.model.limits import MAX_SEQ, MAX_VERSION, is_int
@@ -66,6 +67,11 @@ class _Problems:
     def integer(self, path: str, value: Any, low: int, high: int) -> None:
         if value is not None and (not is_int(value) or not low <= value <= high):
             self.items.append(Problem(path, f"must be an integer from {low} to {high}"))
+
+    def choice(self, path: str, value: Any, allowed: Sequence[str]) -> None:
+        """``value`` (required) is one of ``allowed``."""
+        if not isinstance(value, str) or value not in allowed:
+            self.items.append(Problem(path, f"must be {' or '.join(repr(a) for a in allowed)}"))
 
     def flag(self, path: str, value: Any) -> None:
         if not isinstance(value, bool):
@@ -148,11 +154,13 @@ def check_control(execution_id: Any, reason: Any, actor: Any, tenant_id: Any, *,
 
 def check_approval(execution_id: Any, step_id: Any, approver: Any, decision: Any, comment: Any,
                    tenant_id: Any, roles: Any) -> None:
+    """submit_approval: the decision's own fields (who may decide, and when, is the
+    execution's rule: ``runtime.kinds.approval.check_decision``)."""
     problems = _Problems()
     problems.text("execution_id", execution_id, optional=False, max_length=MAX_ID)
     problems.text("step_id", step_id, optional=False, max_length=MAX_ID)
     problems.text("approver", approver, optional=False, max_length=MAX_NAME)
-    problems.text("decision", decision, optional=False, max_length=MAX_NAME)
+    problems.choice("decision", decision, DECISIONS)
     problems.text("comment", comment)
     problems.text("tenant_id", tenant_id, max_length=MAX_NAME)
     _roles(problems, roles)

@@ -1,4 +1,5 @@
-"""``Cluster``: this process among several sharing one PostgreSQL database.
+"""``Cluster``: this process among several sharing one store (PostgreSQL), through its
+``ClusterLedger`` (``runtime/store/ledger.py``).
 
 It owns what only matters with several processes:
 
@@ -11,11 +12,14 @@ It owns what only matters with several processes:
   or whose heartbeat ran out) are claimed one by one (compare-and-set on the epoch), each
   only if this process has every step type its runbook needs; the others are left to a
   process that has them and counted in ``waiting_for_owner``.
-- **Forwarding.** A request for an execution another process owns becomes a command row
-  (``forward``); the caller waits for the owner's outcome up to ``FORWARD_WAIT_MS``, else it
-  gets ``CommandQueued``. Commands for executions owned here are handed to their actors as
-  messages (``deliver``), in order, each once.
-- **Notifications.** One listener connection (``runtime.store.pg_listener``) brings the
+- **Forwarding.** A command (a core message, ``runtime.core.messages.Command``) for an
+  execution another process owns becomes a row of the commands table: its class name and
+  its fields as JSON (``forward``; ``send`` when nobody waits). The caller waits for the
+  owner's outcome up to ``FORWARD_WAIT_MS``, else it gets ``CommandQueued``. Commands for
+  executions owned here are read back as the same messages and handed to their actors
+  (``deliver``), in order, each once. Whether a request goes here or there is decided by
+  ``runtime.api.routing``.
+- **Notifications.** The ledger's notifications (one LISTEN connection) bring the
   announcements: commands, outcomes, committed states of executions run elsewhere (fed to
   this process's watchers), released executions, registered runbooks.
 """
@@ -31,7 +35,7 @@ from typing import Any
 
 import trio
 
-from runtime.core.messages import Message
+from runtime.core.messages import Command, Message, command_of, command_row
 from runtime.core.plan import UnknownStepType
 from runtime.model import Execution
 from runtime.model.errors import CommandQueued, NotFound
@@ -40,8 +44,7 @@ from runtime.shell import commands
 from runtime.shell.catalog import Catalog
 from runtime.shell.directory import Directory
 from runtime.shell.watch import WatchHub
-from runtime.store.pg_listener import Listener
-from runtime.store.postgres import PostgresStore
+from runtime.store.ledger import ClusterLedger
 
 logger = logging.getLogger("runbooks.cluster")
 Read = Callable[..., Awaitable[Any]]
@@ -54,7 +57,7 @@ def default_instance_id() -> str:
 
 
 class Cluster:
-    def __init__(self, store: PostgresStore, read: Read, directory: Directory, catalog: Catalog, hub: WatchHub,
+    def __init__(self, store: ClusterLedger, read: Read, directory: Directory, catalog: Catalog, hub: WatchHub,
                  *, instance_id: str, ttl_ms: int, forward_wait_ms: int) -> None:
         self.store = store
         self._read = read
@@ -70,7 +73,7 @@ class Cluster:
         self._outcomes: dict[str, trio.Event] = {}  # command id -> set when its outcome is recorded
         self._delivered: set[str] = set()  # commands handed to actors here, outcome not seen yet
         self._nursery: trio.Nursery | None = None
-        self._listener = Listener(store.connect_listener, store.channel, self._on_notice, self._on_connected)
+        self._listener = store.notifications(self._on_notice, self._on_connected)
 
     # ------------------------------------------------------------------ life
     async def start(self, nursery: trio.Nursery) -> list[str]:
@@ -158,12 +161,13 @@ class Cluster:
         return await self._read(self.store.claim_finished, execution_id, self.instance_id) is not None
 
     # ------------------------------------------------------------------ commands
-    async def forward(self, execution_id: str, kind: str, body: dict[str, Any]) -> Any:
+    async def forward(self, execution_id: str, command: Command) -> Any:
         """Hand a command to the execution's owner and return its answer (or raise it)."""
         command_id = uuid.uuid4().hex
         done = self._outcomes[command_id] = trio.Event()
         try:
-            await self._read(self.store.insert_command, command_id, execution_id, kind, body, self.instance_id)
+            await self._read(self.store.insert_command, command_id, execution_id, *command_row(command),
+                             self.instance_id)
             with trio.move_on_after(self.forward_wait_s):
                 await done.wait()
             found = await self._read(self.store.command_outcome, command_id)
@@ -173,38 +177,36 @@ class Cluster:
             raise CommandQueued(command_id, execution_id)
         return commands.decoded(found[1])
 
-    async def send(self, execution_id: str, kind: str, body: dict[str, Any]) -> None:
+    async def send(self, execution_id: str, command: Command) -> None:
         """Queue a command for the execution's owner without waiting for its outcome."""
         try:
-            await self._read(self.store.insert_command, uuid.uuid4().hex, execution_id, kind, body, self.instance_id)
+            await self._read(self.store.insert_command, uuid.uuid4().hex, execution_id, *command_row(command),
+                             self.instance_id)
         except Exception as exc:
-            logger.error("could not queue %s for execution %s: %s", kind, execution_id, exc)
+            logger.error("could not queue %s for execution %s: %s", type(command).__name__, execution_id, exc)
 
     async def pending(self, execution_id: str) -> list[Message]:
         """The execution's queued commands, as messages (an actor applies them first)."""
         found = await self._read(self.store.pending_commands, execution_id)
-        messages = []
-        for command_id, kind, body in found:
-            self._delivered.add(command_id)
-            messages.append(commands.message(kind, body, commands.CommandReply(command_id)))
-        return messages
+        return [self._received(command_id, kind, body) for command_id, kind, body in found]
 
     def hand(self, queued: Iterable[QueuedCommand]) -> None:
         """Commands just committed by this process (a publish's events): those for
         executions run here go to their actors at once, without reading them back."""
-        for command_id, execution_id, kind, body in queued:
-            if command_id in self._delivered or not self._directory.knows(execution_id):
-                continue  # (another process's execution: its owner hears the NOTIFY)
-            self._delivered.add(command_id)
-            self._directory.post(execution_id, commands.message(kind, body, commands.CommandReply(command_id)))
+        for command_id, execution_id, kind, body in queued:  # (another process's: its owner hears the NOTIFY)
+            if command_id not in self._delivered and self._directory.knows(execution_id):
+                self._directory.post(execution_id, self._received(command_id, kind, body))
 
     async def deliver(self, execution_id: str) -> None:
         """Hand the execution's new commands to its actor here, each once."""
         for command_id, kind, body in await self._read(self.store.pending_commands, execution_id):
-            if command_id in self._delivered or not self._directory.knows(execution_id):
-                continue
-            self._delivered.add(command_id)
-            self._directory.post(execution_id, commands.message(kind, body, commands.CommandReply(command_id)))
+            if command_id not in self._delivered and self._directory.knows(execution_id):
+                self._directory.post(execution_id, self._received(command_id, kind, body))
+
+    def _received(self, command_id: str, tag: str, body: Any) -> Message:
+        """The command of a row, answered by recording its outcome (once handed to an actor)."""
+        self._delivered.add(command_id)
+        return command_of(tag, body, commands.CommandReply(command_id))
 
     # ------------------------------------------------------------------ notifications
     def _on_notice(self, payload: str) -> None:

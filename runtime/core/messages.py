@@ -4,17 +4,23 @@ A message that expects an answer carries ``reply``: an opaque token the core han
 an ``Answer``/``AnswerState``/``Refuse`` effect, exactly once. A step's reports carry the
 ``attempt_id`` the core gave the attempt when it spawned it; a report of an attempt that is
 not the step's current one is dropped.
+
+A ``Command`` is a message that may come from another process (a control operation, a
+decision, a step retry, an event, a child's end): it crosses as a row of the commands table,
+``command_row`` (its class name, its fields as JSON through the one converter; the reply
+token stays behind) and ``command_of`` on the process that owns the execution.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import attrs
 
 from runtime.model import Event, Evidence, LogEntry, StepError
+from runtime.model.wire import LOCAL, from_tagged, tagged
 
 # -- to the execution as a whole
 
@@ -46,21 +52,21 @@ class Continue:
 class Pause:
     actor: str
     reason: str | None
-    reply: Any = None
+    reply: Any = attrs.field(default=None, metadata=LOCAL)  # stays in this process
 
 
 @attrs.frozen
 class Resume:
     actor: str
     reason: str | None
-    reply: Any = None
+    reply: Any = attrs.field(default=None, metadata=LOCAL)  # stays in this process
 
 
 @attrs.frozen
 class Cancel:
     actor: str
     reason: str
-    reply: Any = None
+    reply: Any = attrs.field(default=None, metadata=LOCAL)  # stays in this process
 
 
 @attrs.frozen
@@ -70,7 +76,7 @@ class RetryStep:
     step_id: str
     actor: str
     reason: str | None
-    reply: Any = None
+    reply: Any = attrs.field(default=None, metadata=LOCAL)  # stays in this process
 
 
 # -- to one step (``step_id``); its kind decides what they do
@@ -121,7 +127,7 @@ class DecideApproval:
     approver: str
     decision: str
     comment: str | None
-    reply: Any = None
+    reply: Any = attrs.field(default=None, metadata=LOCAL)  # stays in this process
     roles: frozenset[str] = frozenset()
 
 
@@ -132,7 +138,7 @@ class DeliverEvent:
 
     step_id: str
     event: Event
-    reply: Any = None
+    reply: Any = attrs.field(default=None, metadata=LOCAL)  # stays in this process
 
 
 @attrs.frozen
@@ -163,3 +169,21 @@ StepMessage: TypeAlias = (
     | ChildFinished | NotificationSent
 )
 Message: TypeAlias = Begin | Tick | Continue | Pause | Resume | Cancel | RetryStep | StepMessage
+
+Command: TypeAlias = Pause | Resume | Cancel | RetryStep | DecideApproval | DeliverEvent | ChildFinished
+_COMMANDS: Final[dict[str, type[Command]]] = {
+    cls.__name__: cls for cls in (Pause, Resume, Cancel, RetryStep, DecideApproval, DeliverEvent, ChildFinished)
+}
+
+
+def command_row(command: Command) -> tuple[str, Any]:
+    """A command as the commands table holds it: (its class name, its fields as JSON)."""
+    return tagged(command)
+
+
+def command_of(tag: str, body: Any, reply: Any = None) -> Command:
+    """The command of a row of the commands table, answered through ``reply``."""
+    command = from_tagged(tag, body, _COMMANDS)
+    if reply is None or isinstance(command, ChildFinished):  # nothing waits for a child's end
+        return command
+    return attrs.evolve(command, reply=reply)

@@ -14,7 +14,7 @@ from typing import Any
 from runtime.core import effects as fx
 from runtime.core.transition import ACTIVE, FAILED, Transition
 from runtime.language import templates
-from runtime.language.conditions import evaluate
+from runtime.language.conditions import PatternError, evaluate
 from runtime.model import ExecutionStatus, Step, StepError, StepStatus
 
 ES = ExecutionStatus
@@ -74,8 +74,12 @@ def _try_start(t: Transition, step: Step) -> bool:
         return True
     if t.ex.status not in ACTIVE:
         return False
-    if step.when is not None and not evaluate(step.when, t.scope(step.id)):
-        t.skip(step.id, "'when' condition is false")
+    try:
+        if step.when is not None and not evaluate(step.when, t.scope(step.id)):
+            t.skip(step.id, "'when' condition is false")
+            return True
+    except PatternError as exc:
+        t.fail(step.id, StepError(exc.code, f"'when': {exc}", False))
         return True
     kind = t.plan.kinds[step.id]
     if kind.uses_slot and len(t.state.attempts) >= t.plan.max_running:

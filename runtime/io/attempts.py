@@ -24,7 +24,7 @@ from runtime.io.task_run import TaskRun
 from runtime.language.templates import TemplateError, render
 from runtime.model import RetryPolicy, StepError
 from runtime.model.errors import StepFailed
-from runtime.model.jsonsafe import clean_text, first_problem
+from runtime.model.jsonsafe import clean_text, first_problem, json_size
 
 MakeContext = Callable[[int], StepContext]
 
@@ -69,10 +69,11 @@ async def run_attempt(executor: Executor, ctx: StepContext, timeout_ms: int | No
 
 async def _attempt(executor: Executor, ctx: StepContext, timeout_ms: int | None) -> tuple[Outcome, float | None]:
     try:
+        cap = ctx.services.max_output_bytes
         if not timeout_ms:  # no deadline: no cancel scope to enter and leave (the hot path)
-            return json_outcome(await executor(ctx)), None
+            return json_outcome(await executor(ctx), cap), None
         with trio.fail_after(timeout_ms / 1000):
-            return json_outcome(await executor(ctx)), None
+            return json_outcome(await executor(ctx), cap), None
     except trio.TooSlowError:
         return Outcome(error=StepError("timeout", f"attempt {ctx.attempt} timed out after {timeout_ms} ms", True)), None
     except StepFailed as exc:
@@ -84,14 +85,22 @@ async def _attempt(executor: Executor, ctx: StepContext, timeout_ms: int | None)
         return Outcome(error=StepError("executor", clean_text(f"{type(exc).__name__}: {exc}"), True)), None
 
 
-def json_outcome(output: Any) -> Outcome:
+def json_outcome(output: Any, max_bytes: int | None = None) -> Outcome:
     """An executor's return value as the outcome: a value JSON cannot hold (a set, a datetime,
-    NaN, a lone surrogate...) fails the step, not retried, before it reaches the store."""
+    NaN, a lone surrogate...) fails the step, not retried, before it reaches the store, and so
+    does one over ``max_bytes`` as JSON (MAX_OUTPUT_BYTES: ``output_too_large``)."""
     problem = first_problem(output, "output")
-    if problem is None:
-        return Outcome(output=output)
-    return Outcome(error=StepError("output_not_json", f"the step's output cannot be stored as JSON: "
-                                                      f"{problem.path}: {problem.message}", False))
+    if problem is not None:
+        return Outcome(error=StepError("output_not_json", f"the step's output cannot be stored as JSON: "
+                                                          f"{problem.path}: {problem.message}", False))
+    if max_bytes is not None and (size := json_size(output)) > max_bytes:
+        return Outcome(error=output_too_large(size, max_bytes))
+    return Outcome(output=output)
+
+
+def output_too_large(size: int, cap: int) -> StepError:
+    return StepError("output_too_large", f"the step's output is {size} bytes as JSON, over the cap of {cap} "
+                                         "(MAX_OUTPUT_BYTES)", False)
 
 
 async def run_attempts(executor: Executor, make_context: MakeContext, policy: RetryPolicy,

@@ -8,31 +8,36 @@ the child it already has (and, if that child has already ended, hears of its end
 
 ``finished`` is the one place where the end of a child becomes a message to its parent
 (``ChildFinished``): the runtime calls it for every committed finished state of an
-execution that has a parent. Nothing polls.
+execution that has a parent. Nothing polls. ``ChildrenHost`` is all it reaches of the
+runtime: the one start of an execution, cancel, and ``tell``, which hands a message to an
+execution wherever it runs (this process, or the one that owns it).
 """
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+import attrs
 import trio
 
 from runtime.core.effects import CancelChild, StartChild
 from runtime.core.messages import ChildFinished
 from runtime.model import Execution, StepError
 from runtime.model.errors import Conflict, NotFound, RunbookError
-from runtime.model.wire import to_json
+from runtime.model.types import StartResult
 
-if TYPE_CHECKING:
-    from runtime.api.runtime import Runtime
 
-logger = logging.getLogger("runbooks.runtime")
+@attrs.frozen
+class ChildrenHost:
+    start: Callable[..., Awaitable[StartResult]]  # the start of an execution, as the API starts one
+    cancel: Callable[[str, str, str], Awaitable[Any]]  # (execution id, reason, actor)
+    tell: Callable[[str, ChildFinished], None]  # to an execution, wherever it runs
 
 
 class Children:
-    def __init__(self, runtime: Runtime, nursery: trio.Nursery) -> None:
-        self._runtime = runtime
+    def __init__(self, host: ChildrenHost, nursery: trio.Nursery) -> None:
+        self._host = host
         self._nursery = nursery
 
     def start(self, parent_id: str, effect: StartChild) -> None:
@@ -41,13 +46,13 @@ class Children:
     async def _start(self, parent_id: str, effect: StartChild) -> None:
         key = f"child:{parent_id}:{effect.step_id}:{effect.attempt}"
         try:
-            result = await self._runtime.start_execution(
+            result = await self._host.start(
                 effect.runbook_id, effect.input, effect.context, version=effect.version, idempotency_key=key,
                 force=True, actor=f"execution:{parent_id}", parent=(parent_id, effect.step_id, effect.depth),
                 execution_id=effect.child_id)
         except RunbookError as exc:
             error = StepError("child_failed", f"the child runbook '{effect.runbook_id}' could not start: {exc}")
-            self._tell(parent_id, ChildFinished(effect.step_id, effect.child_id, "not started", error=error))
+            self._host.tell(parent_id, ChildFinished(effect.step_id, effect.child_id, "not started", error=error))
             return
         if result.execution.status.finished:  # it ended before this parent heard of it
             self.finished(result.execution)
@@ -57,7 +62,7 @@ class Children:
 
     async def _cancel(self, parent_id: str, effect: CancelChild) -> None:
         try:
-            await self._runtime.cancel(effect.child_id, effect.reason, actor=f"execution:{parent_id}")
+            await self._host.cancel(effect.child_id, effect.reason, f"execution:{parent_id}")
         except (Conflict, NotFound):
             pass  # it has ended already, or never started
 
@@ -66,15 +71,4 @@ class Children:
         parent_id, step_id = child.parent_execution_id, child.parent_step_id
         if parent_id is None or step_id is None:
             return
-        self._tell(parent_id, ChildFinished(step_id, child.id, child.status.value, child.output, child.error))
-
-    def _tell(self, parent_id: str, message: ChildFinished) -> None:
-        runtime = self._runtime
-        if runtime.cluster is not None and not runtime.owns(parent_id):
-            # Another process runs the parent (or nobody now): a command it applies, durably queued
-            body = {"stepId": message.step_id, "childId": message.child_id, "status": message.status,
-                    "output": message.output, "error": to_json(message.error)}
-            self._nursery.start_soon(runtime.cluster.send, parent_id, "child_finished", body,
-                                     name=f"child {message.child_id} ended")
-            return
-        runtime.directory.post(parent_id, message)
+        self._host.tell(parent_id, ChildFinished(step_id, child.id, child.status.value, child.output, child.error))

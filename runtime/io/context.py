@@ -39,10 +39,11 @@ class Services:
     grpc_channels: Channels = attrs.field(factory=Channels)
     grpc_descriptors: Descriptors = attrs.field(factory=Descriptors)
     secrets: Secrets = attrs.field(factory=Secrets)
+    allowed_hosts: HostAllowlist | None = None  # None: any host (runtime.security.outbound)
+    max_output_bytes: int = 1024 * 1024  # MAX_OUTPUT_BYTES: a step output, a response body
 
     def close(self) -> None:
         self.grpc_channels.close()
-    allowed_hosts: HostAllowlist | None = None  # None: any host (runtime.security.outbound)
 
 
 class StepLog:
@@ -92,6 +93,13 @@ class StepContext:
         self.log = StepLog(self)
         self.logs: list[LogEntry] = []
         self.evidence: list[Evidence] = []
+
+    @property
+    def hop(self) -> int:
+        """How many runbooks calling the engine led to this execution (its ``context.hop``)."""
+        context = self.scope.get("context")
+        hop = context.get("hop") if isinstance(context, Mapping) else None
+        return hop if isinstance(hop, int) and not isinstance(hop, bool) and hop > 0 else 0
 
     def record_log(self, level: str, message: str, data: Mapping[str, Any]) -> None:
         """A log entry; data JSON cannot hold is kept as its (cleaned) ``repr`` with the reason,

@@ -6,22 +6,27 @@
 A call needs no generated code: the request and response types come from the target's
 reflection service, or from ``protoset`` (runtime/io/grpc_descriptors.py). ``message``
 is read with protobuf's JSON mapping (``json_format.ParseDict``: proto field names and
-lowerCamelCase names both work); the output is the response as JSON with the proto field
-names as written in the .proto file, and every field present, defaults included (a
+lowerCamelCase names both work); the output is the response in the canonical protobuf JSON
+mapping, as grpcurl prints it: keys are the fields' ``json_name`` (lowerCamelCase,
+``host_name`` becomes ``hostName``), and every field is present, defaults included (a
 ``false`` or ``0`` is there to compare, not missing). 64-bit integers are strings and enums
 their names, as the JSON mapping has them.
 
 Metadata: the config's ``metadata`` plus ``x-tenant-id``, ``x-execution-id``, a fresh
-``x-request-id``, ``idempotency-key`` (the same on every attempt and after a restart) and the
+``x-request-id``, ``idempotency-key`` (the same on every attempt and after a restart),
+``x-runbooks-hop`` (the execution's hop plus one, as HTTP's ``X-Runbooks-Hop``) and the
 W3C ``traceparent`` when tracing is on. The engine's keys replace same-named config keys.
 
 Outcomes, as step error codes::
 
     grpc_status   UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED   retryable
     grpc_status   any other status but OK (named in the message)                not retryable
-    config        the config, the service, the method or the protoset is unusable
+    config        the config, the service or the method is unusable
+    bad_protoset  the protoset cannot be used (runtime/io/grpc_descriptors.py)          not retryable
     forbidden_target  CALL_SERVICE_ALLOWED_HOSTS refuses the host (checked after DNS
-                  resolution; the channel then connects to a checked address)   not retryable
+                  resolution, or before it when every pattern is a name pattern; the channel
+                  then connects to a checked address), or the host holds a secret value
+                  (it would go out through DNS)                                   not retryable
     connection    the host name does not resolve (with an allowlist)            retryable
 
 Every status received (OK or not) is a ``grpc_response`` evidence item: target, service,
@@ -71,6 +76,9 @@ async def call_grpc(ctx: StepContext, idempotency_key: str) -> Any:
         detail = "; ".join(f"{p.path}: {p.message}" for p in problems)
         raise StepFailed(f"invalid gRPC call-service config: {detail}", code="config")
     target = str(config["target"]).strip()
+    if ctx.services.secrets.holds(parse_target(target)[0]):
+        raise StepFailed(f"gRPC {target}: the host holds a secret value; a secret is never put in a host name "
+                         "(resolving it would send the secret out through DNS)", code="forbidden_target")
     deadline = trio.current_time() + int(config.get("timeoutMs", DEFAULT_TIMEOUT_MS)) / 1000
     channel = await _channel(ctx.services, target, bool(config.get("tls", False)), deadline)
     types = await _method_types(ctx, channel, target, deadline)
@@ -134,7 +142,7 @@ async def _service(ctx: StepContext, channel: grpc.Channel, target: str, timeout
     service = str(ctx.config["service"])
     protoset = ctx.config.get("protoset")
     if protoset:
-        return await ctx.services.grpc_descriptors.from_protoset(str(protoset), service)
+        return await ctx.services.grpc_descriptors.from_protoset(str(protoset), service, timeout_s)
     try:
         return await ctx.services.grpc_descriptors.from_reflection(channel, target, service, timeout_s)
     except grpc.RpcError as exc:
@@ -165,6 +173,7 @@ def _metadata(ctx: StepContext, request_id: str, idempotency_key: str) -> list[t
         metadata[key] = value
     if "idempotencyKey" in ctx.config or "idempotency-key" not in metadata:
         metadata["idempotency-key"] = idempotency_key
+    metadata["x-runbooks-hop"] = str(ctx.hop + 1)
     tracing.inject(metadata)
     return list(metadata.items())
 
@@ -205,5 +214,5 @@ def _output(types: MethodTypes, answer: bytes, target: str) -> Any:
     except DecodeError as exc:
         raise StepFailed(f"{types.path[1:]} at {target} answered OK with a message that is not a "
                          f"{types.response.DESCRIPTOR.full_name}: {exc}", code="executor") from exc
-    return json_format.MessageToDict(response, preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=True, descriptor_pool=types.pool)
+    return json_format.MessageToDict(response, always_print_fields_with_no_presence=True,
+                                     descriptor_pool=types.pool)

@@ -16,11 +16,11 @@ from typing import Any
 import trio
 
 from runtime.core.messages import StepFinished, StepProgressed
-from runtime.io.attempts import Outcome, run_attempts
+from runtime.io.attempts import Outcome, json_outcome, run_attempts
 from runtime.io.context import Executor, StepContext
 from runtime.io.task_run import TaskRun
 from runtime.kinds.loop import MAX_ITERATIONS
-from runtime.language.conditions import evaluate
+from runtime.language.conditions import PatternError, evaluate
 from runtime.language.templates import TemplateError, render
 from runtime.model import LogEntry, RetryPolicy, StepError
 from runtime.model.wire import from_json, to_json
@@ -30,6 +30,8 @@ async def run_loop(run: TaskRun) -> None:
     """The loop step's runner: its iterations, progress reports, then one StepFinished."""
     loop = LoopRun(run)
     outcome = await loop.run()
+    if outcome.error is None:  # each iteration's output is within the cap; all of them may not be
+        outcome = json_outcome(outcome.output, run.services.max_output_bytes)
     await run.report(StepFinished(run.step.id, run.attempt_id, outcome.output, outcome.error,
                                   tuple(loop.logs), tuple(loop.evidence)))
 
@@ -115,8 +117,11 @@ class LoopRun:
         previous: Any = None
         for index in range(self.limit + 1):
             extra = {"index": index, "previous": previous}
-            if not evaluate(self.config["while"], {**self.run_.scope, **extra}):
-                return Outcome(output=results)
+            try:
+                if not evaluate(self.config["while"], {**self.run_.scope, **extra}):
+                    return Outcome(output=results)
+            except PatternError as exc:
+                return Outcome(error=StepError(exc.code, f"while: {exc}", False))
             if index == self.limit:
                 break
             outcome = await self._iterate(index, extra)

@@ -14,27 +14,27 @@ message (redacted), whose actor records it: logged and audited, and remembered o
 so a restart does not send it again. A notification that finally fails leaves the step
 waiting. This process sends one notification per (execution, step, attempt): a resume
 that comes before the outcome is recorded (the outcome's own message wakes the execution)
-does not send it again.
+does not send it again. ``NotifierHost`` is all it reaches of the runtime.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
+import attrs
 import trio
 
 from runtime.core.effects import Notify
 from runtime.core.messages import NotificationSent
 from runtime.io.attempts import run_attempts
-from runtime.io.context import StepContext
+from runtime.io.context import Services, StepContext
 from runtime.io.http import call_service
 from runtime.language.templates import TemplateError, render
 from runtime.model import Evidence, LogEntry, RetryPolicy, StepError
-
-if TYPE_CHECKING:
-    from runtime.api.runtime import Runtime
+from runtime.security.secrets import Secrets
 
 logger = logging.getLogger("runbooks.notify")
 REMEMBERED = 100_000  # notifications this process remembers having sent
@@ -53,9 +53,18 @@ def text_of(payload: dict[str, Any]) -> str:
     return " ".join(line.split())
 
 
+@attrs.frozen
+class NotifierHost:
+    services: Services  # the HTTP client and outbound checks of call-service
+    secrets: Secrets  # the tenants' secrets the config renders with; what to redact
+    public_url: str | None  # the console's address, for the link
+    default_policy: RetryPolicy  # for a step without a retryPolicy of its own
+    post: Callable[[str, NotificationSent], None]  # the outcome, to the execution
+
+
 class Notifier:
-    def __init__(self, runtime: Runtime, nursery: trio.Nursery) -> None:
-        self._runtime = runtime
+    def __init__(self, host: NotifierHost, nursery: trio.Nursery) -> None:
+        self._host = host
         self._nursery = nursery
         self._sent: OrderedDict[tuple[str, str, int], None] = OrderedDict()  # in flight or done here
 
@@ -73,20 +82,20 @@ class Notifier:
         error, logs, evidence = await self._post(execution_id, effect)
         if error is not None:
             logger.warning("notification of step '%s' of execution %s failed: %s", effect.step_id, execution_id,
-                           self._runtime.secrets.redact_text(error.message))
+                           self._host.secrets.redact_text(error.message))
         message = NotificationSent(effect.step_id, effect.attempt, error, tuple(logs), tuple(evidence))
-        self._runtime.directory.post(execution_id, self._runtime.secrets.redact_report(message))
+        self._host.post(execution_id, self._host.secrets.redact_report(message))
 
     async def _post(self, execution_id: str, effect: Notify) -> tuple[StepError | None, list[LogEntry], list[Evidence]]:
-        runtime = self._runtime
+        host = self._host
         tenant = str(effect.scope.get("tenantId"))
         try:
-            notify = render(effect.config, effect.scope, runtime.secrets.lookup(tenant))
+            notify = render(effect.config, effect.scope, host.secrets.lookup(tenant))
         except TemplateError as exc:
             return StepError("template", f"notify: {exc}", False), [], []
         payload = dict(effect.payload)
-        if runtime.settings.public_url:
-            payload["link"] = f"{runtime.settings.public_url}/executions/{execution_id}"
+        if host.public_url:
+            payload["link"] = f"{host.public_url}/executions/{execution_id}"
         payload["text"] = text_of(payload)
         config = {"url": notify.get("url"), "method": "POST", "headers": notify.get("headers") or {},
                   "body": payload, "idempotencyKey": f"notify:{execution_id}:{effect.step_id}:{effect.attempt}"}
@@ -95,7 +104,7 @@ class Notifier:
 
         def context(attempt: int) -> StepContext:
             return StepContext(config=config, scope=effect.scope, execution_id=execution_id, step_id=effect.step_id,
-                               tenant_id=tenant, attempt=attempt, services=runtime.services, step_type="notify")
+                               tenant_id=tenant, attempt=attempt, services=host.services, step_type="notify")
 
         class Kept:
             """Keep the records of the attempts that failed before the last one."""
@@ -107,7 +116,7 @@ class Notifier:
             async def attempt_started(self, attempt: int) -> None:
                 pass
 
-        policy = effect.policy if isinstance(effect.policy, RetryPolicy) else runtime.settings.default_retry_policy
+        policy = effect.policy if isinstance(effect.policy, RetryPolicy) else host.default_policy
         # call-service's executor: the one call site of outbound HTTP (and its host checks)
         outcome, last = await run_attempts(call_service, context, policy, None, 1, Kept())
         return outcome.error, [*logs, *last.logs], [*evidence, *last.evidence]

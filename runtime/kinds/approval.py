@@ -23,7 +23,7 @@ from runtime.kinds.base import KindDefaults
 from runtime.kinds.spec import KindSpec, ignoring_types
 from runtime.language.templates import TemplateError, render
 from runtime.model import Approval, Evidence, Step, StepError, StepState, StepStatus
-from runtime.model.errors import Conflict, Forbidden, Problem, ValidationError
+from runtime.model.errors import Conflict, Forbidden, Problem
 from runtime.model.limits import MAX_APPROVALS, count_problem, duration_problem
 from runtime.model.wire import format_time, sha256_hex
 
@@ -85,20 +85,22 @@ def notification(ops: StepOps, step: Step, config: Mapping[str, Any]) -> dict[st
     }
 
 
-def check_decision(config: Mapping[str, Any], approvals: Sequence[Approval], approver: str, decision: str,
-                   roles: Collection[str] = ()) -> None:
-    """Raise if this decision may not be taken; ``config`` is the rendered config, ``roles``
-    those of the approver."""
-    if decision not in DECISIONS:
-        raise ValidationError([{"path": "decision", "message": "must be 'approve' or 'reject'"}])
-    check_approver(config, approver, roles)
-    if any(a.approver == approver for a in approvals):
-        raise Conflict(f"'{approver}' has already decided on this step")
+def check_decision(config: Mapping[str, Any], step_id: str, state: StepState, decision: DecideApproval) -> None:
+    """The rule on a decision, applied by the execution: raise unless the step awaits approval
+    and ``decision.approver`` (holding ``decision.roles``) is one of its approvers
+    (``check_approver``; ``config``: the rendered config) who has not decided in this round.
+    Whether ``decision.decision`` is one of ``DECISIONS`` is the caller's argument check."""
+    if state.status is not StepStatus.AWAITING_APPROVAL:
+        raise Conflict(f"step '{step_id}' is not awaiting approval (it is {state.status.value})")
+    check_approver(config, decision.approver, decision.roles)
+    if any(a.approver == decision.approver for a in state.approvals):
+        raise Conflict(f"'{decision.approver}' has already decided on this step")
 
 
 def check_approver(config: Mapping[str, Any], approver: str, roles: Collection[str] = ()) -> None:
     """Raise ``Forbidden`` unless ``approver`` (holding ``roles``) is admitted by the step's
-    (rendered) approvers."""
+    (rendered) approvers: the one authorization of a decision. A process that does not own
+    the execution applies it too, to refuse without asking the owner."""
     if not may_approve(config, approver, roles):
         raise Forbidden(f"'{approver}' is not an approver of this step")
 
@@ -178,10 +180,8 @@ class ApprovalKind(KindDefaults):
 
     def _decide(self, ops: StepOps, step: Step, message: DecideApproval) -> None:
         state = ops.step_state(step.id)
-        if state.status is not StepStatus.AWAITING_APPROVAL:
-            raise Conflict(f"step '{step.id}' is not awaiting approval (it is {state.status.value})")
         config = _config(ops, step)
-        check_decision(config, state.approvals, message.approver, message.decision, message.roles)
+        check_decision(config, step.id, state, message)
         decision = Approval(message.approver, message.decision, message.comment, ops.now)
         approvals = (*state.approvals, decision)
         ops.set_step(step.id, approvals=approvals)

@@ -51,6 +51,8 @@ def problems(config: Mapping[str, Any], path: str, *, templates: bool) -> list[P
         problems.append(Problem(f"{path}.url", "required: an absolute URL or a path"))
     elif not isinstance(url, str) or not url.strip():
         problems.append(Problem(f"{path}.url", "must be a non-empty string"))
+    elif templates and grpc_config.secret_in_host(url, scheme=True):
+        problems.append(Problem(f"{path}.url", grpc_config.SECRET_IN_HOST))
     for key, check in _CHECKS.items():
         if key in config and not (templates and _is_template(config[key])):
             problems += [Problem(f"{path}.{key}{where}", message) for where, message in check(config[key])]

@@ -13,8 +13,8 @@ from typing import Any
 from runtime.core.kinds import StepOps
 from runtime.kinds.base import KindDefaults
 from runtime.kinds.spec import KindSpec, ignoring_types
-from runtime.language.conditions import condition_problems, evaluate
-from runtime.model import Step, StepStatus
+from runtime.language.conditions import PatternError, condition_problems, evaluate
+from runtime.model import Step, StepError, StepStatus
 from runtime.model.errors import Problem
 
 _FIELDS = {"condition", "trueBranch", "falseBranch"}
@@ -77,7 +77,11 @@ def decide(config: Mapping[str, Any], scope: Mapping[str, Any]) -> tuple[bool, l
 class ConditionalKind(KindDefaults):
     def begin(self, ops: StepOps, step: Step) -> None:
         ops.mark_started(step, StepStatus.RUNNING)
-        result, taken, not_taken = decide(step.config, ops.scope(step.id))
+        try:
+            result, taken, not_taken = decide(step.config, ops.scope(step.id))
+        except PatternError as exc:
+            ops.fail(step.id, StepError(exc.code, f"condition: {exc}", False))
+            return
         ops.succeed(step.id, {"result": result, "branch": taken})
         for target in not_taken:
             if target not in taken and ops.step_state(target).status is StepStatus.PENDING:

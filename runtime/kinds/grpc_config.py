@@ -37,7 +37,27 @@ def check_config(config: Mapping[str, Any], path: str, *, templates: bool = True
     for key, check in _CHECKS.items():
         if key in config and config[key] is not None and not (templates and _is_template(config[key])):
             problems += [Problem(f"{path}.{key}{where}", message) for where, message in check(config[key])]
+    target = config.get("target")
+    if templates and isinstance(target, str) and secret_in_host(target, scheme=False):
+        problems.append(Problem(f"{path}.target", SECRET_IN_HOST))
     return problems
+
+
+_SECRET_REFERENCE: Final = re.compile(r"\$\{\s*secret\.")
+SECRET_IN_HOST: Final = ("a ${secret.NAME} in the host is refused: resolving the host would send the secret "
+                         "out through DNS")
+
+
+def secret_in_host(template: str, *, scheme: bool) -> bool:
+    """Whether the host part of a URL template (``scheme``) or of a ``host:port`` template refers
+    to a secret. A template whose scheme or authority is itself a template cannot be told."""
+    text = template
+    if scheme:
+        head, sep, text = template.partition("://")
+        if not sep or "${" in head:
+            return False
+    host = re.split(r"[/?#]", text, maxsplit=1)[0].rpartition("@")[2]  # after any user:password@
+    return _SECRET_REFERENCE.search(host) is not None
 
 
 _REQUIRED: Final = {"target": "host:port", "service": "the full service name, e.g. pkg.Service",

@@ -13,7 +13,7 @@ from runtime.core.kinds import StepOps
 from runtime.core.messages import DeliverEvent, StepMessage
 from runtime.kinds.base import KindDefaults
 from runtime.kinds.spec import KindSpec, ignoring_types
-from runtime.language.conditions import condition_problems, evaluate
+from runtime.language.conditions import condition_problems, event_passes
 from runtime.language.templates import TemplateError, render
 from runtime.model import Event, Step, StepError, StepState, StepStatus
 from runtime.model.errors import Problem
@@ -37,8 +37,7 @@ def check_config(config: Mapping[str, Any], path: str) -> list[Problem]:
 
 
 def matches(config: Mapping[str, Any], event: Event) -> bool:
-    condition = config.get("filter")
-    return condition is None or evaluate(condition, {"payload": event.payload, "type": event.type})
+    return event_passes(config.get("filter"), event.payload, event.type)
 
 
 def output(event: Event) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Conditions: the language of ``when``, ``condition``, ``while`` and ``filter``.
 
 This module owns evaluating a condition against a scope and the static condition checks
-that validation runs. It is pure: no I/O; its only state is a cache of compiled regexes.
+that validation runs. It is pure: no I/O; its only state is a cache of compiled patterns.
 
 A comparison is ``{field, operator, value}``; ``field`` is a path resolved with
 :func:`runtime.language.templates.resolve`. Combinators are ``{all: [...]}`` (``all([])`` is
@@ -20,8 +20,16 @@ true), ``{any: [...]}`` (``any([])`` is false) and ``{not: condition}``.
 * ``contains``: a list field has the value as an element, a string field has it as a
   substring, a dict field has it as a key.
 * ``exists``: the path resolves, even to ``null``.
-* ``matches``: ``re.search`` of the value (a regex) in a string field; a value that is
-  not a string or not a valid regex makes it false.
+* ``matches``: a search of the value (a regular expression) in a string field (a field
+  of another type: false). Patterns run on RE2 (``google-re2``), whose matching time is
+  linear in the text whatever the pattern: no pattern, written by an author or rendered
+  from an input or an event, can stall the process by backtracking. RE2 has no
+  backreferences or look-around, and its ``\\w``, ``\\d``, ``\\s``, ``\\b`` are ASCII
+  (``\\pL``, ``\\pN`` are the Unicode classes). Validation refuses a pattern RE2 cannot
+  run; at run time such a pattern (or a value that renders to something other than a
+  string) raises ``PatternError``, code ``bad_pattern``: the step whose ``when``,
+  ``condition`` or ``while`` it is fails with that code, and an event ``filter`` does
+  not pass (``event_passes``).
 
 An unknown operator or a malformed condition raises ``ValueError`` at evaluation time:
 validation (:func:`condition_problems`) should have rejected it.
@@ -31,9 +39,10 @@ from __future__ import annotations
 
 import functools
 import operator as op
-import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final
+
+import re2
 
 from runtime.language.templates import (
     MISSING,
@@ -46,18 +55,26 @@ from runtime.language.templates import (
 )
 from runtime.model.errors import Problem
 
-__all__ = ["COMBINATORS", "OPERATORS", "condition_problems", "evaluate"]
+__all__ = ["COMBINATORS", "OPERATORS", "PatternError", "condition_problems", "evaluate", "event_passes"]
 
 Test = Callable[[Any, Any], bool]
 
 OPERATORS: Final = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "contains", "exists", "matches")
 COMBINATORS: Final = ("all", "any", "not")
 _ALLOWED: Final = ", ".join(OPERATORS)
-_REGEX_ERRORS: Final = (re.error, OverflowError, RecursionError)
+_PATTERN_SHOWN: Final = 200  # characters of a pattern quoted in a message
+_RE2_OPTIONS: Final = re2.Options()
+_RE2_OPTIONS.log_errors = False  # refusals are ours to report, not RE2's to print on stderr
 _SHAPE: Final = (
     "a condition needs either field and operator (with value), or exactly one of all, any, not"
 )
 _FIELD_HINT: Final = " (field is a plain path such as input.x, not a ${...} template)"
+
+
+class PatternError(ValueError):
+    """A ``matches`` pattern that cannot run (RE2 refuses it, or it is not a string)."""
+
+    code = "bad_pattern"
 
 
 # --- evaluation -----------------------------------------------------------------------
@@ -152,26 +169,27 @@ def _exists(actual: Any, expected: Any) -> bool:
 
 
 def _matches(actual: Any, expected: Any) -> bool:
-    if not (isinstance(actual, str) and isinstance(expected, str)):
-        return False
+    if not isinstance(expected, str):
+        raise PatternError(f"'matches' needs a regular expression string, got {type(expected).__name__}")
     regex = _compiled(expected)
-    return regex is not None and regex.search(actual) is not None
+    return isinstance(actual, str) and regex.search(actual) is not None
 
 
 @functools.lru_cache(maxsize=512)
-def _compiled(pattern: str) -> re.Pattern[str] | None:
+def _compiled(pattern: str) -> Any:
+    """The compiled pattern; ``PatternError`` if RE2 cannot run it (a refusal is not cached)."""
     try:
-        return re.compile(pattern)
-    except _REGEX_ERRORS:
-        return None
+        return re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as error:
+        reason = error.args[0] if error.args else b"refused"
+        text = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
+    except (TypeError, ValueError) as error:  # e.g. a lone surrogate cannot be encoded
+        text = str(error) or type(error).__name__
+    raise PatternError(f"bad regular expression {_shown(pattern)}: {text}")
 
 
-def _regex_error(pattern: str) -> str | None:
-    try:
-        re.compile(pattern)
-    except _REGEX_ERRORS as error:
-        return str(error) or type(error).__name__
-    return None
+def _shown(pattern: str) -> str:
+    return repr(pattern) if len(pattern) <= _PATTERN_SHOWN else repr(pattern[:_PATTERN_SHOWN]) + "..."
 
 
 _TESTS: Final[dict[str, Test]] = {
@@ -267,13 +285,17 @@ def _regex_problems(value: Any, path: str) -> list[Problem]:
         return [Problem(path, f"operator 'matches' needs a regular expression string, got {kind}")]
     if "${" in value:
         return []
-    error = _regex_error(value)
-    if error is None:
-        return []
-    return [Problem(path, f"bad regular expression '{value}': {error}")]
+    try:
+        _compiled(value)
+    except PatternError as error:
+        return [Problem(path, str(error))]
+    return []
 
 
 def event_passes(condition: Any, payload: Any, event_type: str) -> bool:
-    """Whether an event passes a wait's ``filter``: a condition on ``payload.<...>`` and ``type``
-    (no filter: every event passes)."""
-    return condition is None or evaluate(condition, {"payload": payload, "type": event_type})
+    """Whether an event passes a wait's or a rule's ``filter``: a condition on ``payload.<...>``
+    and ``type`` (no filter: every event passes; a pattern that cannot run: it does not)."""
+    try:
+        return condition is None or evaluate(condition, {"payload": payload, "type": event_type})
+    except PatternError:
+        return False

@@ -10,7 +10,8 @@
     ├── StoreInUse        another process uses this SQLite file
     ├── Fenced            this process no longer owns the execution it tried to write
     ├── CommandQueued     forwarded to the owner, which did not answer in time: applied later
-    └── LimitExceeded     a per-tenant limit is reached (retained events); nothing changed
+    ├── LimitExceeded     a per-tenant limit is reached (retained events); nothing changed
+    └── LoopDetected      a start or an event came through more engine hops than MAX_HOPS
 
 The gateway maps ``code`` to an HTTP status; the Python API raises these as they are.
 """
@@ -91,6 +92,24 @@ class LimitExceeded(RunbookError):
         self.retry_after_s = retry_after_s
 
 
+def too_large(path: str, what: str, size: int, cap: int, setting: str) -> ValidationError:
+    """The refusal of a value over a size cap (the gateway answers 413)."""
+    error = ValidationError([Problem(path, f"{what} is {size} bytes as JSON, over the cap of {cap} ({setting})")],
+                            title=f"{what} too large")
+    error.code = "tooLarge"
+    return error
+
+
+def retained_bytes_full(tenant_id: str, cap: int, retry_after_s: float | None) -> LimitExceeded:
+    """The refusal of an event that found no waiter and would take its tenant's retained events
+    past ``cap`` bytes."""
+    setting = "MAX_RETAINED_EVENT_BYTES_PER_TENANT"
+    return LimitExceeded(
+        f"tenant '{tenant_id}' would hold more than {cap} bytes of retained events that no step has "
+        f"taken (the cap, {setting}); this event was neither delivered nor retained",
+        limit=cap, setting=setting, retry_after_s=retry_after_s)
+
+
 def retained_events_full(tenant_id: str, cap: int, retry_after_s: float | None) -> LimitExceeded:
     """The refusal of an event that found no waiter while its tenant holds ``cap`` retained events."""
     setting = "MAX_RETAINED_EVENTS_PER_TENANT"
@@ -152,3 +171,17 @@ class CommandQueued(RunbookError):
         super().__init__(f"command {command_id} for execution {execution_id} is queued")
         self.command_id = command_id
         self.execution_id = execution_id
+
+
+class LoopDetected(RunbookError):
+    """A start or an event arrived with a hop count above ``MAX_HOPS``: runbooks calling the
+    engine's own API (an event rule whose runbook publishes the event again) form a loop.
+    Nothing was started or published."""
+
+    code = "loop_detected"
+
+    def __init__(self, hop: int, max_hops: int) -> None:
+        super().__init__(f"this request is hop {hop} of a chain of runbooks calling the engine (X-Runbooks-Hop), "
+                         f"above MAX_HOPS ({max_hops}): a loop; nothing was started or published")
+        self.hop = hop
+        self.max_hops = max_hops

@@ -22,11 +22,13 @@ embedded API and the gateway all use the same rules.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from typing import Any, Final
 
-__all__ = ["MAX_DEPTH", "MAX_INT_BITS", "MAX_VALUES", "JsonProblem", "clean_text", "first_problem", "is_json"]
+__all__ = ["MAX_DEPTH", "MAX_INT_BITS", "MAX_VALUES", "JsonProblem", "clean_text", "first_problem", "is_json",
+           "json_size"]
 
 MAX_DEPTH: Final = 64
 MAX_INT_BITS: Final = 13_000  # ~3900 decimal digits; Python converts at most 4300 to text
@@ -46,6 +48,11 @@ class JsonProblem(tuple[str, str]):
     @property
     def message(self) -> str:
         return self[1]
+
+
+def json_size(value: Any) -> int:
+    """The size in bytes of ``value`` as compact UTF-8 JSON: what the size caps count."""
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8", "replace"))
 
 
 def is_json(value: Any, *, max_depth: int = MAX_DEPTH) -> bool:

@@ -55,6 +55,7 @@ class Change:
     unwaits: tuple[tuple[str, str], ...] = ()  # (execution id, step id) that stop waiting
     publish: Event | None = None  # an event to hand to every waiter, or to retain
     retain_cap: int = 0  # with publish: retained only below this many for the tenant (0: never)
+    retain_bytes_cap: int = 2**62  # with publish: retained only if the tenant's payloads stay within it
     outcomes: tuple[tuple[str, Any], ...] = ()  # (command id, outcome) of commands applied
 
     @property

@@ -237,3 +237,12 @@ class Event:
     payload: Any
     received_at: datetime
     expires_at: datetime | None = None
+
+
+@attrs.frozen
+class StartResult:
+    """What a start answers: the execution, and whether this start created it (False: an
+    identical start, or one with the same idempotency key, made it before)."""
+
+    execution: Execution
+    created: bool

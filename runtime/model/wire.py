@@ -1,8 +1,12 @@
 """The one cattrs converter (camelCase JSON <-> snake_case attrs) and document loading.
 
 ``converter`` turns model values into JSON-ready dicts and back: keys in camelCase, times as
-RFC 3339 UTC strings, enums as their values, tuples as lists. The store writes exactly this
-shape, and the gateway answers with it, so there is one JSON form of every value.
+RFC 3339 UTC strings, enums as their values, tuples as lists, sets as sorted lists. The store
+writes exactly this shape, and the gateway answers with it, so there is one JSON form of
+every value. A field marked ``LOCAL`` (a reply token) never leaves the process: it is left
+out of the JSON and read back as its default. ``tagged``/``from_tagged`` carry a value of a
+union with its class name as the tag (the commands table: the tag in one column, the value
+in another).
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ import functools
 import hashlib
 import json
 import pathlib
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar, get_origin
 
 import attrs
 import cattrs
@@ -25,6 +30,8 @@ from runtime.model.errors import Problem, ValidationError
 T = TypeVar("T")
 
 MAX_DOCUMENT_BYTES = 1024 * 1024
+LOCAL: Final = {"wire.local": True}
+"""``attrs.field(metadata=LOCAL)``: a field that never leaves the process (a reply token)."""
 
 
 def camel(name: str) -> str:
@@ -33,7 +40,12 @@ def camel(name: str) -> str:
 
 
 def _renames(cls: type) -> dict[str, Any]:
-    return {a.name: override(rename=camel(a.name)) for a in attrs.fields(cls)}
+    return {a.name: override(omit=True) if a.metadata.get("wire.local") else override(rename=camel(a.name))
+            for a in attrs.fields(cls)}
+
+
+def _is_set(cls: Any) -> bool:
+    return cls in (set, frozenset) or get_origin(cls) in (set, frozenset)
 
 
 @functools.lru_cache(maxsize=1024)  # the records of one turn share one time: formatted once
@@ -55,6 +67,7 @@ def _make_converter() -> cattrs.Converter:
     conv.register_unstructure_hook_func(
         lambda cls: isinstance(cls, type) and issubclass(cls, enum.Enum), lambda value: value.value
     )
+    conv.register_unstructure_hook_func(_is_set, sorted)  # one JSON text per set, whatever its order
     conv.register_structure_hook(datetime, parse_time)
     conv.register_unstructure_hook_factory(
         attrs.has, lambda cls: make_dict_unstructure_fn(cls, conv, **_renames(cls))
@@ -75,6 +88,19 @@ def to_json(value: Any) -> Any:
 
 
 def from_json(data: Any, cls: type[T]) -> T:
+    return converter.structure(data, cls)
+
+
+def tagged(value: Any) -> tuple[str, Any]:
+    """A value of a union as (tag, JSON): the tag is its class name."""
+    return type(value).__name__, to_json(value)
+
+
+def from_tagged(tag: str, data: Any, classes: Mapping[str, type[T]]) -> T:
+    """The value ``tagged`` gave (``classes``: the union's classes by name)."""
+    cls = classes.get(tag)
+    if cls is None:
+        raise ValueError(f"unknown tag {tag!r} (expected one of {', '.join(sorted(classes))})")
     return converter.structure(data, cls)
 
 
@@ -180,6 +206,6 @@ def _check_expansion(value: Any) -> None:
 
 
 def _too_large(message: str = "document is larger than 1 MiB") -> ValidationError:
-    error = ValidationError([Problem("$", message)], title="too large")
+    error = ValidationError([Problem("$", message)], title="document too large")
     error.code = "tooLarge"
     return error

@@ -15,7 +15,11 @@ directly or through a name or a redirect that leads there. ``HostAllowlist`` is 
   address pattern that names them. So ``*`` alone keeps a runbook off localhost and the
   metadata service, and ``*.corp.example`` cannot be used to reach 127.0.0.1 through a DNS
   record that points there;
-- an IP literal in a URL is judged by the address patterns alone.
+- an IP literal in a URL is judged by the address patterns alone;
+- when every pattern is a name pattern, a name none of them admits is refused before it is
+  resolved: nothing about it reaches DNS (a runbook could otherwise send data out in the
+  labels of a name, ``<data>.attacker.example``). With an address pattern among them, a name
+  must be resolved to be judged.
 
 The check is made where the connection is made, after DNS resolution: ``CheckedBackend`` is
 an httpcore network backend that resolves the host itself, checks every address, and
@@ -90,6 +94,11 @@ class HostAllowlist:
             else:
                 names.add(_name(pattern, pattern))
         return cls(frozenset(names), tuple(suffixes), any_name, tuple(networks), ", ".join(patterns))
+
+    @property
+    def names_only(self) -> bool:
+        """Every pattern is a name pattern: a name none admits needs no resolution to be refused."""
+        return not self.networks
 
     def admits_name(self, host: str) -> bool:
         """Whether a name pattern covers ``host`` (an IP literal never is a name)."""
@@ -186,6 +195,9 @@ async def system_resolver(host: str, port: int) -> list[str]:
 async def checked_addresses(allowlist: HostAllowlist, host: str, port: int) -> list[str]:
     """Resolve ``host`` and check every address; the addresses to connect to (in order)."""
     literal = _literal(host)
+    if literal is None and allowlist.names_only and not allowlist.admits_name(host):
+        raise ForbiddenTarget(f"host '{host}' is not allowed by CALL_SERVICE_ALLOWED_HOSTS ({allowlist.text}); "
+                              "it was not resolved")
     addresses = [str(literal)] if literal is not None else await allowlist.resolve(host, port)
     allowlist.check(host, addresses)
     return addresses

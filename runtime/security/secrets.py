@@ -11,10 +11,12 @@ A value is resolved only where a config is rendered for the request that needs i
 executor, an approval's notification). Everything that comes back from there passes
 ``Secrets.redact`` before the execution core sees it, so no state, record, answer or stream
 holds a value: every known value (those of the file and of the environment, and every value
-ever resolved in this process) is replaced by ``***`` in strings, and an evidence item whose
-data changed gets the SHA-256 of its redacted data. The process's own logging goes through
-the same redactor (``install_log_redaction``: every log record, of any logger, is redacted
-as it is made).
+ever resolved in this process) is replaced by ``***`` in strings, in every form the engine
+produces (as it is, escaped, JSON-escaped, percent-encoded, in another case, base64:
+``runtime.security.encodings``), and an evidence item whose data changed gets the SHA-256
+of its redacted data. The process's own logging goes through the same redactor
+(``install_log_redaction``: every log record, of any logger, is redacted as it is made:
+its message with its arguments, its traceback and its stack).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import yaml
 from runtime.language.templates import TemplateError
 from runtime.model import Evidence, LogEntry, StepError
 from runtime.model.wire import sha256_hex
+from runtime.security.encodings import Forms
 
 logger = logging.getLogger("runbooks.secrets")
 
@@ -101,7 +104,7 @@ class Secrets:
         self._stamp: tuple[int, int] | None = None
         self._warned: tuple[int, int] | None = None
         self._known: set[str] = set()  # every value to hide: grows, never shrinks
-        self._pattern: re.Pattern[str] | None = None
+        self._forms: Forms | None = None
         self._lock = threading.Lock()  # log records are made on worker threads too
         self.refresh()
 
@@ -158,25 +161,29 @@ class Secrets:
             return
         with self._lock:
             self._known |= new
-            ordered = sorted(self._known, key=len, reverse=True)  # the longest first: no partial leftovers
-            self._pattern = re.compile("|".join(re.escape(v) for v in ordered))
+            self._forms = Forms(self._known)
 
     @property
     def active(self) -> bool:
         """Whether there is any value to hide."""
-        return self._pattern is not None
+        return self._forms is not None
+
+    def holds(self, text: str) -> bool:
+        """Whether ``text`` holds a known value, in any form the redactor finds."""
+        return self.redact_text(text) is not text
 
     # ------------------------------------------------------------------ redaction
     def redact_text(self, text: str) -> str:
-        pattern = self._pattern
-        if pattern is None or not text:
+        forms = self._forms
+        if forms is None or not text:
             return text
-        return pattern.sub(MASK, text)
+        masked = forms.mask(text, MASK)
+        return text if masked == text else masked
 
     def redact(self, value: Any) -> Any:
         """``value`` with every known secret value in its strings (keys too) replaced by ``***``.
         The same object comes back when nothing had to change."""
-        if self._pattern is None:
+        if self._forms is None:
             return value
         return self._redact(value)
 
@@ -196,7 +203,7 @@ class Secrets:
         return value
 
     def redact_error(self, error: StepError | None) -> StepError | None:
-        if error is None or self._pattern is None:
+        if error is None or self._forms is None:
             return error
         message = self.redact_text(error.message)
         return error if message is error.message else attrs.evolve(error, message=message)
@@ -215,7 +222,7 @@ class Secrets:
     def redact_report(self, message: Any) -> Any:
         """A step's report (any attrs message with ``output``/``error``/``logs``/``evidence``/
         ``progress`` fields) as it may reach the execution core."""
-        if self._pattern is None:
+        if self._forms is None:
             return message
         changes: dict[str, Any] = {}
         for name, redact in (("output", self.redact), ("progress", self.redact), ("error", self.redact_error),
@@ -269,14 +276,17 @@ def _redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         text = record.getMessage()
     except Exception:  # a bad format string is logging's own problem, left as it is
         return record
-    redacted = text
-    for secrets in active:
-        redacted = secrets.redact_text(redacted)
+    redacted = _redacted(active, text)
     if redacted != text:
         record.msg, record.args = redacted, None
     if record.exc_info:
-        trace = _formatter.formatException(record.exc_info)
-        for secrets in active:
-            trace = secrets.redact_text(trace)
-        record.exc_text = trace
+        record.exc_text = _redacted(active, _formatter.formatException(record.exc_info))
+    if record.stack_info:
+        record.stack_info = _redacted(active, record.stack_info)
     return record
+
+
+def _redacted(active: list[Secrets], text: str) -> str:
+    for secrets in active:
+        text = secrets.redact_text(text)
+    return text

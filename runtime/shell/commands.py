@@ -1,11 +1,12 @@
-"""Commands: a request to an execution as data, so it can cross to the process that owns it.
+"""The answers to commands that crossed processes.
 
-A control operation, decision, step retry or event for an execution is a ``(kind, body)``
-pair (JSON); ``message`` turns it into the core message its execution applies. The outcome
-(the execution as committed, a value, or the refusal) is ``outcome`` -> JSON -> ``decoded``:
-the caller on another process gets exactly what the owner answered, the same exception
-class included. ``CommandReply`` is the reply token of a command that came through the
-database: the execution actor records its outcome in the same commit as the state.
+A command (``runtime.core.messages.Command``: a control operation, decision, step retry,
+event or child's end) crosses to the process that owns its execution as a row of the
+commands table and is applied there as the core message it is. ``CommandReply`` is its
+reply token: the execution actor records the outcome (the execution as committed, a value,
+or the refusal) in the same commit as the state, as ``outcome_of_*`` JSON, and ``decoded``
+gives the caller on the other process exactly what the owner answered, the same exception
+class included.
 """
 
 from __future__ import annotations
@@ -14,17 +15,7 @@ from typing import Any
 
 import attrs
 
-from runtime.core.messages import (
-    Cancel,
-    ChildFinished,
-    DecideApproval,
-    DeliverEvent,
-    Message,
-    Pause,
-    Resume,
-    RetryStep,
-)
-from runtime.model import Event, Execution, StepError
+from runtime.model import Execution
 from runtime.model.errors import (
     Conflict,
     Forbidden,
@@ -41,27 +32,6 @@ class CommandReply:
     """The reply token of a command from the commands table: answered by recording its outcome."""
 
     command_id: str
-
-
-def message(kind: str, body: dict[str, Any], reply: Any) -> Message:
-    """The core message of a command."""
-    if kind == "pause":
-        return Pause(body["actor"], body.get("reason"), reply)
-    if kind == "resume":
-        return Resume(body["actor"], body.get("reason"), reply)
-    if kind == "cancel":
-        return Cancel(body["actor"], body["reason"], reply)
-    if kind == "approve":
-        return DecideApproval(body["stepId"], body["approver"], body["decision"], body.get("comment"), reply,
-                              frozenset(body.get("roles") or ()))
-    if kind == "retry":
-        return RetryStep(body["stepId"], body["actor"], body.get("reason"), reply)
-    if kind == "event":
-        return DeliverEvent(body["stepId"], from_json(body["event"], Event), reply)
-    if kind == "child_finished":
-        error = from_json(body["error"], StepError) if body.get("error") else None
-        return ChildFinished(body["stepId"], body["childId"], body["status"], body.get("output"), error)
-    raise ValueError(f"unknown command kind {kind!r}")
 
 
 def outcome_of_state(execution: Execution) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from actors import ActorGone, Reply
 from runtime.core.messages import DeliverEvent
 from runtime.model import Event
 from runtime.model.errors import RunbookError
+from runtime.model.jsonsafe import json_size
 from runtime.model.records import Change
 from runtime.shell.retained import Filter, RetainedEvents, passes
 
@@ -44,13 +45,14 @@ __all__ = ["EventRouter", "PublishResult", "passes"]
 
 class EventRouter:
     def __init__(self, *, now: Callable[[], datetime], retention_ms: int,
-                 commit: Callable[[Change], Awaitable[Any]], ask: Ask, max_retained_per_tenant: int) -> None:
+                 commit: Callable[[Change], Awaitable[Any]], ask: Ask, max_retained_per_tenant: int,
+                 max_retained_bytes_per_tenant: int = 64 * 1024 * 1024) -> None:
         self._now = now
         self._retention = timedelta(milliseconds=retention_ms)
         self._commit = commit
         self._ask = ask
         self._waiters: dict[_Key, dict[tuple[str, str], Filter]] = {}  # -> (execution, step) -> filter
-        self.retained = RetainedEvents(max_retained_per_tenant)
+        self.retained = RetainedEvents(max_retained_per_tenant, max_retained_bytes_per_tenant)
 
     def load_retained(self, events: list[Event]) -> None:
         for event in events:
@@ -95,7 +97,7 @@ class EventRouter:
                 delivered += 1
         if delivered or not self._retention:  # EVENT_RETENTION_MS=0: nothing is retained
             return PublishResult(delivered, False, event.id)
-        self.retained.check_room(tenant_id, now)  # LimitExceeded past the tenant's cap
+        self.retained.check_room(tenant_id, now, json_size(payload))  # LimitExceeded past the tenant's caps
         self.retained.add(event)
         await self._commit(Change(retain_events=(event,)))
         return PublishResult(0, True, event.id)

@@ -1,10 +1,11 @@
-"""Retained events in memory: bounded in time and in number.
+"""Retained events in memory: bounded in time, in number and in bytes.
 
 An event that no waiter took is kept for ``EVENT_RETENTION_MS``, for the first step that
 later waits on its (tenant, type, correlationKey). ``RetainedEvents`` holds them by key
-with a count per tenant: a tenant holds at most ``max_per_tenant`` of them (past that,
-``LimitExceeded`` refuses the event, naming the cap and when the oldest one expires), and
-``expire`` drops every event whose time is up.
+with a count and a size per tenant: a tenant holds at most ``max_per_tenant`` of them, and
+at most ``max_bytes_per_tenant`` bytes of payloads as JSON (past either, ``LimitExceeded``
+refuses the event, naming the cap and when the oldest one expires), and ``expire`` drops
+every event whose time is up.
 
 ``sweep`` is the task that runs ``expire`` and deletes the same events from the store (one
 ``Change(expire_events_at=now)``), at most every ``sweep_interval_s(retention)``: the cost
@@ -22,9 +23,10 @@ from typing import Any
 
 import trio
 
-from runtime.language.conditions import evaluate
+from runtime.language.conditions import event_passes
 from runtime.model import Event
-from runtime.model.errors import retained_events_full
+from runtime.model.errors import retained_bytes_full, retained_events_full
+from runtime.model.jsonsafe import json_size
 from runtime.model.records import Change
 
 logger = logging.getLogger("runbooks.events")
@@ -37,7 +39,7 @@ SWEEP_MAX_S = 60.0
 
 def passes(condition: Filter, event: Event) -> bool:
     """Whether ``event`` passes a wait's ``filter`` (paths ``payload.<...>`` and ``type``)."""
-    return condition is None or evaluate(condition, {"payload": event.payload, "type": event.type})
+    return event_passes(condition, event.payload, event.type)
 
 
 def sweep_interval_s(retention_ms: int) -> float:
@@ -46,10 +48,13 @@ def sweep_interval_s(retention_ms: int) -> float:
 
 
 class RetainedEvents:
-    def __init__(self, max_per_tenant: int) -> None:
+    def __init__(self, max_per_tenant: int, max_bytes_per_tenant: int = 64 * 1024 * 1024) -> None:
         self.max_per_tenant = max_per_tenant
+        self.max_bytes_per_tenant = max_bytes_per_tenant
         self._by_key: dict[Key, list[Event]] = {}
         self._per_tenant: dict[str, int] = {}
+        self._bytes: dict[str, int] = {}  # per tenant: the payloads' sizes as JSON
+        self._sizes: dict[str, int] = {}  # per event id
         self.added = trio.Event()  # set (and replaced) whenever an event is retained
 
     def __len__(self) -> int:
@@ -58,16 +63,19 @@ class RetainedEvents:
     def count(self, tenant_id: str) -> int:
         return self._per_tenant.get(tenant_id, 0)
 
-    def check_room(self, tenant_id: str, now: datetime) -> None:
-        """Raise ``LimitExceeded`` if the tenant already holds its cap of retained events."""
-        if self.count(tenant_id) < self.max_per_tenant:
-            return
-        retry = self._first_expiry(tenant_id, now)
-        raise retained_events_full(tenant_id, self.max_per_tenant, retry)
+    def check_room(self, tenant_id: str, now: datetime, size: int = 0) -> None:
+        """Raise ``LimitExceeded`` if the tenant already holds its cap of retained events, or
+        an event of ``size`` bytes would take it past its cap of bytes."""
+        if self.count(tenant_id) >= self.max_per_tenant:
+            raise retained_events_full(tenant_id, self.max_per_tenant, self._first_expiry(tenant_id, now))
+        if self._bytes.get(tenant_id, 0) + size > self.max_bytes_per_tenant:
+            raise retained_bytes_full(tenant_id, self.max_bytes_per_tenant, self._first_expiry(tenant_id, now))
 
     def add(self, event: Event) -> None:
         self._by_key.setdefault((event.tenant_id, event.type, event.correlation_key), []).append(event)
         self._per_tenant[event.tenant_id] = self.count(event.tenant_id) + 1
+        size = self._sizes[event.id] = json_size(event.payload)
+        self._bytes[event.tenant_id] = self._bytes.get(event.tenant_id, 0) + size
         self.added.set()
         self.added = trio.Event()
 
@@ -98,21 +106,30 @@ class RetainedEvents:
             if len(alive) < len(events):
                 dropped += len(events) - len(alive)
                 self._per_tenant[key[0]] -= len(events) - len(alive)
+                for event in events:
+                    if not _alive(event, now):
+                        self._forget_size(event)
                 if alive:
                     self._by_key[key] = alive
                 else:
                     del self._by_key[key]
         for tenant in [t for t, n in self._per_tenant.items() if n == 0]:
             del self._per_tenant[tenant]
+            self._bytes.pop(tenant, None)
         return dropped
 
+    def _forget_size(self, event: Event) -> None:
+        self._bytes[event.tenant_id] = self._bytes.get(event.tenant_id, 0) - self._sizes.pop(event.id, 0)
+
     def _remove(self, key: Key, events: list[Event], index: int) -> None:
+        self._forget_size(events[index])
         del events[index]
         if not events:
             del self._by_key[key]
         self._per_tenant[key[0]] -= 1
         if not self._per_tenant[key[0]]:
             del self._per_tenant[key[0]]
+            self._bytes.pop(key[0], None)
 
     def _first_expiry(self, tenant_id: str, now: datetime) -> float | None:
         """Seconds until the tenant's first retained event expires (only when refusing: a scan)."""

@@ -2,6 +2,8 @@
 
 ``call_service_allowed_hosts`` (``CALL_SERVICE_ALLOWED_HOSTS``, parsed once with
 ``HostAllowlist.parse``): None allows any host; see ``runtime.security.outbound``.
+``grpc_protoset_dir`` (``GRPC_PROTOSET_DIR``): where gRPC protosets may be read from (None:
+any path); see ``runtime.io.grpc_descriptors``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ class Settings:
     max_retained_events_per_tenant: int = 10_000  # events no step took yet, kept for a later waiter
     shutdown_timeout_ms: int = 5_000  # leaving open_runtime: flush + leases, while the store is down
     call_service_allowed_hosts: HostAllowlist | None = None
+    grpc_protoset_dir: str | None = None
+    max_output_bytes: int = 1024 * 1024  # a step output (and a response body read) as JSON
+    max_event_bytes: int = 256 * 1024  # an event's payload as JSON
+    max_retained_event_bytes_per_tenant: int = 64 * 1024 * 1024  # payloads of retained events
+    max_hops: int = 8  # X-Runbooks-Hop: a start or an event past it is refused (LoopDetected)
 
     @property
     def default_retry_policy(self) -> RetryPolicy:

@@ -1,4 +1,6 @@
-"""The stores behind one protocol (``base.Store``): memory, SQLite and PostgreSQL."""
+"""The stores behind one protocol (``base.Store``): memory, and SQLite and PostgreSQL, two
+dialects of one SQL store (``sql.SqlStore``); the PostgreSQL one is shared by several
+processes through its ``ClusterLedger``. ``open_store_from_url`` makes the store a URL names."""
 
 from __future__ import annotations
 
@@ -6,11 +8,12 @@ import re
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from runtime.store.base import Store
+from runtime.store.ledger import ClusterLedger
 from runtime.store.memory import MemoryStore
 from runtime.store.postgres import PostgresStore
 from runtime.store.sqlite import SqliteStore
 
-__all__ = ["MemoryStore", "PostgresStore", "SqliteStore", "Store", "open_store_from_url", "postgres_store"]
+__all__ = ["ClusterLedger", "MemoryStore", "PostgresStore", "SqliteStore", "Store", "open_store_from_url", "postgres_store"]
 
 _SCHEMA = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -32,17 +35,18 @@ def postgres_store(url: str, pool_max: int = 20) -> PostgresStore:
                          schema=schemas[0] if schemas else None)
 
 
-def open_store_from_url(url: str) -> Store:
+def open_store_from_url(url: str, *, pool_max: int = 20) -> Store:
     """The store a URL names (not yet opened: the runtime calls ``open()``).
 
     ``memory``; ``sqlite:///rel.db``, ``sqlite:////abs.db`` or a bare path ending in ``.db``;
-    ``postgresql://...`` or ``postgres://...`` (a libpq URI; it may carry ``sslmode``).
+    ``postgresql://...`` or ``postgres://...`` (a libpq URI; it may carry ``sslmode``), whose
+    read pool holds at most ``pool_max`` connections. ``ValueError`` for any other URL.
     """
     text = url.strip()
     if text == "memory":
         return MemoryStore()
     if text.startswith(("postgresql://", "postgres://")):
-        return postgres_store(text)
+        return postgres_store(text, pool_max)
     if text.startswith("sqlite:"):
         if not text.startswith("sqlite:///") or len(text) == len("sqlite:///"):
             raise ValueError(f"store URL {url!r}: a SQLite URL is sqlite:///relative.db or sqlite:////absolute.db")

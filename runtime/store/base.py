@@ -1,5 +1,9 @@
 """The store protocol: one synchronous interface for the memory, SQLite and PostgreSQL stores.
 
+A store that several processes share has a ``ledger`` (``ledger.ClusterLedger``): the
+runtime joins a cluster exactly when its store has one. The memory and SQLite stores
+belong to one process (None).
+
 Methods are synchronous. A store with ``threaded = True`` is only ever called from a worker
 thread (``trio.to_thread.run_sync``): writes by the PersistenceActor, one batch at a time,
 reads through ``Runtime`` helpers. ``commit`` applies a batch of Changes in ONE transaction
@@ -15,11 +19,16 @@ from typing import Protocol
 
 from runtime.model import AuditEntry, Event, Evidence, Execution, LogEntry, Runbook, TriggerState
 from runtime.model.records import Change, ChangeResult
+from runtime.store.ledger import ClusterLedger
 
 
 class Store(Protocol):
     threaded: bool
     name: str
+
+    @property
+    def ledger(self) -> ClusterLedger | None:
+        """What several processes sharing this store need of it; None for a store of one process."""
 
     def open(self) -> None:
         """Connect, create or migrate the schema."""

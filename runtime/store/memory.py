@@ -54,6 +54,7 @@ class _TriggerStates:
 class MemoryStore(_TriggerStates):
     threaded = False
     name = "memory"
+    ledger = None  # (one process's)
 
     def __init__(self) -> None:
         self._seq = itertools.count(1)

@@ -1,4 +1,5 @@
-"""What several processes sharing one PostgreSQL database need of it, in SQL.
+"""The SQL of ``PostgresLedger`` and of ``PostgresWriter``: what several processes sharing
+one PostgreSQL database need of it.
 
 *Instances*: each process (``RUNBOOKS_INSTANCE_ID``) has a row it renews every heartbeat; it
 is alive while ``expires_at`` is ahead. *Ownership*: an unfinished execution's row names its
@@ -6,9 +7,10 @@ is alive while ``expires_at`` is ahead. *Ownership*: an unfinished execution's r
 is guarded by ``WHERE epoch = <its epoch>`` (``FENCE``), so a process that lost an execution
 (stalled, partitioned, or replaced by a new process with its id) can never overwrite the new
 owner's state. *Commands*: a control operation, decision, retry or event for an execution that
-another process owns is a row of ``commands``, announced with NOTIFY; the owner applies it and
-records the outcome on the row in the same transaction as the state it produced. *Waits*: the
-event subscriptions of waiting steps, so an event published on any process reaches them.
+another process owns is a row of ``commands`` (the core message: its class name in ``kind``,
+its fields in ``body``), announced with NOTIFY; the owner applies it and records the outcome
+on the row in the same transaction as the state it produced. *Waits*: the event
+subscriptions of waiting steps, so an event published on any process reaches them.
 
 The same notification channel (one per schema) carries every announcement, as
 ``kind:argument`` payloads: ``cmd:<execution>:<command>`` (``...:<process nonce>`` when the
@@ -18,7 +20,7 @@ process that committed it hands it over itself), ``done:<command>``,
 
 from __future__ import annotations
 
-UNFINISHED = "('pending', 'running', 'awaiting_approval', 'pausing', 'paused')"
+from runtime.store.schema import UNFINISHED_SQL as UNFINISHED
 
 MIGRATION = (
     """CREATE TABLE instances (
@@ -54,6 +56,16 @@ MIGRATION = (
         PRIMARY KEY (execution_id, step_id)
     )""",
     "CREATE INDEX waits_by_key ON waits (tenant_id, type, correlation_key)",
+)
+
+# A command's ``kind`` is the class name of its core message and ``body`` that message's
+# fields (``runtime.core.messages.command_row``); the commands queued under the names used
+# before keep their bodies, which have the same fields.
+COMMAND_TAGS = (
+    """UPDATE commands SET kind = CASE kind
+        WHEN 'pause' THEN 'Pause' WHEN 'resume' THEN 'Resume' WHEN 'cancel' THEN 'Cancel'
+        WHEN 'approve' THEN 'DecideApproval' WHEN 'retry' THEN 'RetryStep' WHEN 'event' THEN 'DeliverEvent'
+        WHEN 'child_finished' THEN 'ChildFinished' ELSE kind END""",
 )
 
 # -- instances
@@ -100,8 +112,6 @@ CLAIM_FINISHED = f"""
 UPDATE executions SET owner = %(id)s, epoch = epoch + 1
 WHERE id = %(execution)s AND status NOT IN {UNFINISHED}
 RETURNING epoch"""
-
-OWNER = "SELECT owner, epoch FROM executions WHERE id = %s"
 
 RELEASE = f"UPDATE executions SET owner = NULL WHERE owner = %(id)s AND status IN {UNFINISHED} RETURNING id"
 
@@ -152,5 +162,6 @@ ORDER BY seq"""
 
 # how many a tenant holds, and in how many seconds the first of them expires (room again)
 RETAINED_COUNT = """
-SELECT count(*), extract(epoch FROM min(expires_at) - now())::float8 FROM events
+SELECT count(*), extract(epoch FROM min(expires_at) - now())::float8,
+       coalesce(sum(octet_length(payload::text)), 0) FROM events
 WHERE tenant_id = %s AND (expires_at IS NULL OR expires_at > now())"""

@@ -1,5 +1,6 @@
-"""What the SQL stores share: the plan of a ``commit`` batch, row <-> model mapping and the
-migration runner. The SQL itself lives with each backend (``sqlite.py``, ``postgres.py``).
+"""What the SQL stores share below their SQL: the plan of a ``commit`` batch, row <-> model
+mapping and the migration runner. The statements are in ``sql.py`` and ``sql_writer.py``
+(written once over a ``Dialect``); each backend keeps its migrations.
 
 A batch is applied Change by Change, in order, but without one round trip per row: a new
 execution and a runbook registration are written at once (their results decide the rest of
@@ -10,19 +11,17 @@ execution, so the last write of a batch wins, as it does in the memory store.
 
 from __future__ import annotations
 
-import abc
 import json
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 import attrs
 
 from runtime.model import AuditEntry, Event, Evidence, Execution, LogEntry, Runbook, StepState
 from runtime.model.records import Change, ChangeResult
 from runtime.model.wire import dumps, dumps_data, from_json, to_json
-from runtime.store.base import parse_cursor
 
 #: ``model.NOT_DEDUPED`` as SQL: these executions leave the idempotent-start index
 NOT_DEDUPED_SQL = "('failed', 'cancelled', 'timed_out')"
@@ -348,6 +347,21 @@ def latest_runbooks(rows: Iterable[Row]) -> list[Runbook]:
 
 # -- migrations
 
+#: the indexes of the first migration, the same SQL in both dialects (after its tables)
+INDEXES = (
+    f"""CREATE UNIQUE INDEX executions_active_hash
+        ON executions (tenant_id, runbook_id, runbook_version, input_hash)
+        WHERE deduplicated AND status NOT IN {NOT_DEDUPED_SQL}""",
+    """CREATE UNIQUE INDEX executions_idempotency_key ON executions (tenant_id, idempotency_key)
+        WHERE idempotency_key IS NOT NULL""",
+    "CREATE INDEX executions_listing ON executions (tenant_id, runbook_id, status, seq DESC)",
+    "CREATE INDEX executions_status ON executions (status)",
+    "CREATE INDEX logs_by_step ON logs (execution_id, step_id, seq)",
+    "CREATE INDEX audit_by_execution ON audit (execution_id, seq)",
+    "CREATE INDEX evidence_by_execution ON evidence (execution_id, seq)",
+    "CREATE INDEX events_match ON events (tenant_id, type, correlation_key)",
+)
+
 Execute = Callable[[str], list[Row]]
 
 
@@ -372,77 +386,3 @@ def migrate(transaction: Callable[[], AbstractContextManager[Execute]], migratio
                 execute(statement)
             execute(f"INSERT INTO schema_version (version) VALUES ({number:d})")
     return latest
-
-
-class ExecutionQueries(abc.ABC):
-    """The execution reads of both SQL stores: the same SQL but for the placeholder (``MARK``)
-    and the statement that selects ``(seq, execution)`` rows (``SELECT``, in ``_executions``)."""
-
-    MARK: ClassVar[str]
-    SELECT: ClassVar[str]
-    STEP_STATUS: ClassVar[str]  # the ``status`` of a ``steps.state`` JSON value, as SQL
-
-    @abc.abstractmethod
-    def _executions(self, query: str, params: Sequence[Any]) -> list[tuple[int, Execution]]:
-        """(seq, execution) of what ``query`` selects, each with its steps."""
-
-    def _one(self, where: str, params: Sequence[Any]) -> Execution | None:
-        found = self._executions(f"{self.SELECT} {where}", params)
-        return found[0][1] if found else None
-
-    def get_execution(self, execution_id: str) -> Execution | None:
-        return self._one(f"WHERE id = {self.MARK}", (execution_id,))
-
-    def find_active(self, tenant_id: str, runbook_id: str, version: int, input_hash: str) -> Execution | None:
-        m = self.MARK
-        where = (f"WHERE tenant_id = {m} AND runbook_id = {m} AND runbook_version = {m} AND input_hash = {m} "
-                 f"AND deduplicated AND status NOT IN {NOT_DEDUPED_SQL} ORDER BY seq LIMIT 1")
-        return self._one(where, (tenant_id, runbook_id, version, input_hash))
-
-    def find_by_idempotency_key(self, tenant_id: str, key: str) -> Execution | None:
-        return self._one(f"WHERE tenant_id = {self.MARK} AND idempotency_key = {self.MARK}", (tenant_id, key))
-
-    def list_executions(
-        self,
-        tenant_id: str | None,
-        *,
-        runbook_id: str | None = None,
-        status: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> tuple[list[Execution], str | None]:
-        before = parse_cursor(cursor)
-        where: list[str] = []
-        params: list[Any] = []
-        for column, value in (("tenant_id", tenant_id), ("runbook_id", runbook_id), ("status", status),
-                              ("seq <", before)):
-            if value is not None:
-                where.append(f"{column} {'' if column.endswith('<') else '='} {self.MARK}")
-                params.append(value)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        page = self._executions(f"{self.SELECT} {clause} ORDER BY seq DESC LIMIT {self.MARK}",
-                                (*params, max(limit + 1, 0)))
-        more = len(page) > limit
-        page = page[: max(limit, 0)]
-        next_cursor = str(page[-1][0]) if more and page else None
-        return [execution for _, execution in page], next_cursor
-
-    def load_unfinished(self) -> list[Execution]:
-        found = self._executions(f"{self.SELECT} WHERE status IN {UNFINISHED_SQL} ORDER BY seq", ())
-        return [execution for _, execution in found]
-
-    def awaiting_approval(self, tenant_id: str | None, *, limit: int = 50,
-                          cursor: str | None = None) -> tuple[list[Execution], str | None]:
-        m, before = self.MARK, parse_cursor(cursor)
-        where = [f"status IN {UNFINISHED_SQL}",
-                 f"id IN (SELECT execution_id FROM steps WHERE {self.STEP_STATUS} = 'awaiting_approval')"]
-        params: list[Any] = []
-        for condition, value in ((f"tenant_id = {m}", tenant_id), (f"seq < {m}", before)):
-            if value is not None:
-                where.append(condition)
-                params.append(value)
-        page = self._executions(f"{self.SELECT} WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT {m}",
-                                (*params, max(limit + 1, 0)))
-        more = len(page) > limit
-        page = page[: max(limit, 0)]
-        return [execution for _, execution in page], str(page[-1][0]) if more and page else None

@@ -10,13 +10,13 @@ run is recorded only if it is newer than the one stored.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any
 
-from runtime.model import Runbook, TriggerState
-from runtime.model.wire import parse_time
-from runtime.store.schema import SHARED, owner_of, runbook_from
+from runtime.model import TriggerState
+from runtime.store.dialect import Dialect
+from runtime.store.schema import SHARED, Row, owner_of
 
 #: the migration that creates the table (the same SQL in both dialects)
 TRIGGER_STATES_TABLE = """CREATE TABLE trigger_states (
@@ -29,45 +29,41 @@ TRIGGER_STATES_TABLE = """CREATE TABLE trigger_states (
     PRIMARY KEY (owner, runbook_id, trigger_id)
 )"""
 
+STATES = "SELECT owner, runbook_id, trigger_id, enabled, last_run_at, last_execution_id FROM trigger_states"
+
+SET_ENABLED = """
+INSERT INTO trigger_states (owner, runbook_id, trigger_id, enabled) VALUES (?, ?, ?, ?)
+ON CONFLICT (owner, runbook_id, trigger_id) DO UPDATE SET enabled = excluded.enabled"""
+
+RECORD_RUN = """
+INSERT INTO trigger_states (owner, runbook_id, trigger_id, enabled, last_run_at, last_execution_id)
+VALUES (?, ?, ?, TRUE, ?, ?)
+ON CONFLICT (owner, runbook_id, trigger_id) DO UPDATE SET
+    last_run_at = excluded.last_run_at, last_execution_id = excluded.last_execution_id
+WHERE trigger_states.last_run_at IS NULL OR trigger_states.last_run_at <= excluded.last_run_at"""
+
 
 class TriggerQueries(abc.ABC):
-    """The trigger reads and writes of a SQL store (``MARK`` is its placeholder)."""
+    """The trigger reads and writes of a SQL store."""
 
-    MARK: ClassVar[str]
-    ALL_LATEST: ClassVar[str]  # (owner, version, document) of the latest version of every runbook
-    trigger_stamp: Callable[[datetime], Any]
+    dialect: Dialect
 
     @abc.abstractmethod
-    def _trigger_rows(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]: ...
+    def _query(self, template: str, params: Sequence[Any] = ()) -> list[Row]: ...
 
     @abc.abstractmethod
-    def _trigger_write(self, query: str, params: Sequence[Any]) -> None: ...
+    def _write_one(self, query: str, params: Sequence[Any]) -> None:
+        """One statement (rendered already) in a transaction of its own."""
 
     def trigger_states(self) -> list[TriggerState]:
-        rows = self._trigger_rows(
-            "SELECT owner, runbook_id, trigger_id, enabled, last_run_at, last_execution_id FROM trigger_states", ())
         return [TriggerState(None if owner == SHARED else owner, runbook_id, trigger_id, bool(enabled),
-                             parse_time(last) if last is not None else None, execution_id)
-                for owner, runbook_id, trigger_id, enabled, last, execution_id in rows]
+                             self.dialect.time(last) if last is not None else None, execution_id)
+                for owner, runbook_id, trigger_id, enabled, last, execution_id in self._query(STATES)]
 
     def set_trigger_enabled(self, tenant_id: str | None, runbook_id: str, trigger_id: str, enabled: bool) -> None:
-        m = self.MARK
-        self._trigger_write(
-            f"""INSERT INTO trigger_states (owner, runbook_id, trigger_id, enabled) VALUES ({m}, {m}, {m}, {m})
-                ON CONFLICT (owner, runbook_id, trigger_id) DO UPDATE SET enabled = excluded.enabled""",
-            (owner_of(tenant_id), runbook_id, trigger_id, enabled))
+        self._write_one(self.dialect.sql(SET_ENABLED), (owner_of(tenant_id), runbook_id, trigger_id, enabled))
 
     def record_trigger_run(self, tenant_id: str | None, runbook_id: str, trigger_id: str, at: datetime,
                            execution_id: str) -> None:
-        m = self.MARK
-        self._trigger_write(
-            f"""INSERT INTO trigger_states (owner, runbook_id, trigger_id, enabled, last_run_at, last_execution_id)
-                VALUES ({m}, {m}, {m}, TRUE, {m}, {m})
-                ON CONFLICT (owner, runbook_id, trigger_id) DO UPDATE SET
-                    last_run_at = excluded.last_run_at, last_execution_id = excluded.last_execution_id
-                WHERE trigger_states.last_run_at IS NULL OR trigger_states.last_run_at <= excluded.last_run_at""",
-            (owner_of(tenant_id), runbook_id, trigger_id, type(self).trigger_stamp(at), execution_id))
-
-    def all_latest_runbooks(self) -> list[Runbook]:
-        """The latest version of every runbook of every owner (the ones whose triggers are live)."""
-        return [runbook_from(document, version) for _, version, document in self._trigger_rows(self.ALL_LATEST, ())]
+        self._write_one(self.dialect.sql(RECORD_RUN), (owner_of(tenant_id), runbook_id, trigger_id,
+                                                       self.dialect.stamp(at), execution_id))

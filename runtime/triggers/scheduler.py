@@ -22,14 +22,18 @@ An execution started by a trigger has ``context.trigger = {kind, id, at}`` and t
 actor ``trigger:<id>``. Switching a trigger on or off is audited in the audit log under the
 key ``trigger:<owner>:<runbookId>:<triggerId>`` (``audit_key``; owner '' for a shared
 runbook), read with ``Runtime.trigger_audit``.
+
+``SchedulerHost`` is all the scheduler reaches of the runtime: the clock, the runbooks, the
+one start of an execution, the stored trigger states, and the commit of its audit entries.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import trio
@@ -38,11 +42,10 @@ from runtime.documents.triggers import EVENT, SCHEDULE, Trigger, rfc3339, trigge
 from runtime.language.templates import TemplateError, render
 from runtime.model import AuditEntry, Event, Runbook, TriggerState
 from runtime.model.errors import Conflict, NotFound, RunbookError
-from runtime.model.records import Change
+from runtime.model.records import Change, ChangeResult
+from runtime.model.types import StartResult
+from runtime.shell.clock import Clock
 from runtime.shell.events import passes
-
-if TYPE_CHECKING:
-    from runtime.api.runtime import Runtime
 
 logger = logging.getLogger("runbooks.triggers")
 Key = tuple[str | None, str, str]  # (owner, runbook id, trigger id)
@@ -76,9 +79,22 @@ def audit_key(tenant_id: str | None, runbook_id: str, trigger_id: str) -> str:
     return f"trigger:{tenant_id or ''}:{runbook_id}:{trigger_id}"
 
 
+@attrs.frozen
+class SchedulerHost:
+    clock: Clock
+    runbook: Callable[..., Awaitable[Runbook]]  # (id, tenant_id=): the latest version the tenant sees
+    runbooks: Callable[[str | None], Awaitable[list[Runbook]]]  # those a tenant sees
+    latest_runbooks: Callable[[], Awaitable[list[Runbook]]]  # the latest version of every runbook
+    start: Callable[..., Awaitable[StartResult]]  # the start of an execution, as the API starts one
+    states: Callable[[], Awaitable[list[TriggerState]]]
+    record_run: Callable[[str | None, str, str, datetime, str], Awaitable[None]]  # (owner, runbook, trigger, at, execution)
+    set_enabled: Callable[[str | None, str, str, bool], Awaitable[None]]  # (owner, runbook, trigger, enabled)
+    commit: Callable[[Change], Awaitable[ChangeResult]]  # the audit entry of a switch
+
+
 class Scheduler:
-    def __init__(self, runtime: Runtime) -> None:
-        self._rt = runtime
+    def __init__(self, host: SchedulerHost) -> None:
+        self._host = host
         self._schedules: dict[Key, _Armed] = {}
         self._rules: dict[Key, tuple[Runbook, Trigger]] = {}
         self._sleep: trio.CancelScope | None = None
@@ -86,9 +102,8 @@ class Scheduler:
     # ------------------------------------------------------------------ which triggers are live
     async def load(self) -> None:
         """Every runbook's latest triggers, and the catch-up of schedules missed while down."""
-        store = self._rt.store
-        runbooks: list[Runbook] = await self._rt._read(store.all_latest_runbooks)
-        states = {(s.tenant_id, s.runbook_id, s.trigger_id): s for s in await self._rt._read(store.trigger_states)}
+        runbooks = await self._host.latest_runbooks()
+        states = await self._states()
         for runbook in runbooks:
             self._install(runbook, states)
 
@@ -101,7 +116,7 @@ class Scheduler:
         for table in (self._schedules, self._rules):
             for key in [k for k in table if k[:2] == owner]:
                 del table[key]
-        now = self._rt.clock.now()
+        now = self._host.clock.now()
         for trigger in triggers_of(runbook.document):
             key = (*owner, trigger.id)
             if trigger.kind == EVENT:
@@ -121,7 +136,7 @@ class Scheduler:
     # ------------------------------------------------------------------ the one timer
     async def run(self) -> None:
         """Start what is due, as it comes due, until cancelled."""
-        clock = self._rt.clock
+        clock = self._host.clock
         while True:
             earliest = min((a.next_due for a in self._schedules.values()), default=None)
             with trio.CancelScope(deadline=clock.trio_time(earliest) if earliest else math.inf) as sleep:
@@ -133,7 +148,7 @@ class Scheduler:
                     await self._due(key, armed)
 
     async def _due(self, key: Key, armed: _Armed) -> None:
-        now = max(self._rt.clock.now(), armed.next_due)
+        now = max(self._host.clock.now(), armed.next_due)
         due = armed.next_due
         latest = armed.trigger.last_due(now)
         armed.next_due = armed.trigger.next_due(now)
@@ -158,15 +173,15 @@ class Scheduler:
 
     async def _latest(self, runbook: Runbook) -> Runbook:
         try:
-            latest = await self._rt.catalog.get(runbook.id, tenant_id=runbook.tenant_id)
+            latest = await self._host.runbook(runbook.id, tenant_id=runbook.tenant_id)
         except NotFound:
             return runbook
         same_owner = latest.tenant_id == runbook.tenant_id
         return latest if same_owner and latest.version > runbook.version else runbook
 
     # ------------------------------------------------------------------ events
-    async def on_event(self, event: Event) -> int:
-        """Start the executions of every rule the event fires; how many started."""
+    async def on_event(self, event: Event, hop: int = 0) -> int:
+        """Start the executions of every rule the event fires (with the event's ``hop``); how many started."""
         started = 0
         for runbook, trigger in list(self._rules.values()):
             if trigger.event_type != event.type or not passes(trigger.filter, event):
@@ -179,21 +194,22 @@ class Scheduler:
             except TemplateError as exc:
                 logger.warning("event rule %s of runbook %s: %s", trigger.id, runbook.id, exc)
                 continue
-            if await self._start(runbook, trigger, event.tenant_id, input, event.received_at, f"event:{event.id}"):
+            if await self._start(runbook, trigger, event.tenant_id, input, event.received_at, f"event:{event.id}",
+                                 hop=hop):
                 started += 1
         return started
 
     async def _visible(self, runbook: Runbook, tenant_id: str) -> bool:
         """Whether the tenant sees this version (a tenant's own runbook hides a shared one)."""
         try:
-            seen = await self._rt.catalog.get(runbook.id, tenant_id=tenant_id)
+            seen = await self._host.runbook(runbook.id, tenant_id=tenant_id)
         except NotFound:
             return False
         return seen.tenant_id == runbook.tenant_id and seen.version == runbook.version
 
     # ------------------------------------------------------------------ starting
     async def _start(self, runbook: Runbook, trigger: Trigger, tenant: str, input: Any, at: datetime,
-                     name: str | None = None) -> bool:
+                     name: str | None = None, hop: int = 0) -> bool:
         if not await self.enabled(runbook.tenant_id, runbook.id, trigger.id):
             return False
         when = rfc3339(at)
@@ -201,13 +217,12 @@ class Scheduler:
                    "trigger": {"kind": trigger.kind, "id": trigger.id, "at": when}}
         key = f"trigger:{runbook.id}:{trigger.id}:{name or when}"
         try:
-            result = await self._rt.start_execution(runbook.id, input, context, version=runbook.version,
-                                                    idempotency_key=key, force=True, actor=f"trigger:{trigger.id}")
+            result = await self._host.start(runbook.id, input, context, version=runbook.version,
+                                           idempotency_key=key, force=True, actor=f"trigger:{trigger.id}", hop=hop)
         except RunbookError as exc:
             logger.warning("trigger %s of runbook %s could not start an execution: %s", trigger.id, runbook.id, exc)
             return False
-        await self._rt._read(self._rt.store.record_trigger_run, runbook.tenant_id, runbook.id, trigger.id, at,
-                             result.execution.id)
+        await self._host.record_run(runbook.tenant_id, runbook.id, trigger.id, at, result.execution.id)
         if result.created:
             logger.info("trigger %s of runbook %s started execution %s (%s)", trigger.id, runbook.id,
                         result.execution.id, when)
@@ -215,8 +230,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ state
     async def _states(self) -> dict[Key, TriggerState]:
-        found: list[TriggerState] = await self._rt._read(self._rt.store.trigger_states)
-        return {(s.tenant_id, s.runbook_id, s.trigger_id): s for s in found}
+        return {(s.tenant_id, s.runbook_id, s.trigger_id): s for s in await self._host.states()}
 
     async def enabled(self, tenant_id: str | None, runbook_id: str, trigger_id: str) -> bool:
         state = (await self._states()).get((tenant_id, runbook_id, trigger_id))
@@ -226,7 +240,7 @@ class Scheduler:
         """The triggers of the latest version of every runbook the tenant sees."""
         states = await self._states()
         infos = []
-        for runbook in await self._rt.catalog.list(tenant_id):
+        for runbook in await self._host.runbooks(tenant_id):
             for trigger in triggers_of(runbook.document):
                 key = (runbook.tenant_id, runbook.id, trigger.id)
                 infos.append(self._info(runbook, trigger, states.get(key) or TriggerState(*key)))
@@ -236,7 +250,7 @@ class Scheduler:
         next_run = None
         if trigger.kind == SCHEDULE and state.enabled:
             armed = self._schedules.get((runbook.tenant_id, runbook.id, trigger.id))
-            next_run = armed.next_due if armed is not None else trigger.next_due(self._rt.clock.now())
+            next_run = armed.next_due if armed is not None else trigger.next_due(self._host.clock.now())
         return TriggerInfo(runbook.id, trigger.id, trigger.kind, trigger.schedule,
                            trigger.timezone if trigger.kind == SCHEDULE else None, trigger.event_type,
                            state.enabled, next_run, state.last_run_at, state.last_execution_id,
@@ -245,7 +259,7 @@ class Scheduler:
     async def switch(self, runbook_id: str, trigger_id: str, enabled: bool, *, tenant_id: str, actor: str,
                      reason: str | None) -> TriggerInfo:
         """Enable or disable a trigger of a runbook the tenant sees; audited."""
-        runbook = await self._rt.catalog.get(runbook_id, tenant_id=tenant_id)
+        runbook = await self._host.runbook(runbook_id, tenant_id=tenant_id)
         found = [t for t in triggers_of(runbook.document) if t.id == trigger_id]
         if not found:
             raise NotFound(f"runbook '{runbook_id}' has no trigger '{trigger_id}'")
@@ -254,10 +268,10 @@ class Scheduler:
         if state.enabled == enabled:
             raise Conflict(f"trigger '{trigger_id}' of runbook '{runbook_id}' is already "
                            f"{'enabled' if enabled else 'disabled'}")
-        await self._rt._read(self._rt.store.set_trigger_enabled, *key, enabled)
+        await self._host.set_enabled(*key, enabled)
         action = "trigger.enabled" if enabled else "trigger.disabled"
-        entry = AuditEntry(audit_key(*key), self._rt.clock.now(), actor, action, None, None, reason,
+        entry = AuditEntry(audit_key(*key), self._host.clock.now(), actor, action, None, None, reason,
                            {"runbookId": runbook_id, "triggerId": trigger_id, "tenantId": tenant_id})
-        await self._rt._commit(Change(audit=(entry,)))
+        await self._host.commit(Change(audit=(entry,)))
         logger.info("%s: %s of runbook %s by %s", action, trigger_id, runbook_id, actor)
         return self._info(runbook, found[0], attrs.evolve(state, enabled=enabled))

@@ -1,11 +1,16 @@
-// One execution: its runbook as a live SVG graph, the selected step's details (attempts,
-// timings, output, error; approve/reject or retry where the state allows), the controls,
-// and tabs for logs, evidence (with SHA-256) and audit. Live through the stream.
+// One execution: its runbook as a live SVG graph, the execution's output, the selected
+// step's details (attempts, timings, output, error; approve/reject or retry where the state
+// allows), the controls, and tabs for logs, evidence (with SHA-256) and audit. Live through
+// the stream. Until the user picks a step, the page follows the step that needs attention
+// (one waiting for a decision first); a step waiting for a decision shows its message and
+// who may decide, as the engine rendered them when it asked (its "approval requested" log
+// entry, which every reader of the execution may read).
 import { api, follow, FINISHED } from "../api.js";
 import { el, badge, when, took, json, attempt, confirmAction } from "../ui.js";
 import { drawGraph } from "../graph.js";
 import { navigate } from "../app.js";
 
+const ATTENTION = ["awaiting_approval", "waiting", "failed", "rejected", "running", "retrying"];
 const CONTROLS = {
   Pause: { path: "pause", allowed: (s) => ["pending", "running", "awaiting_approval"].includes(s), reason: true },
   Resume: { path: "resume", allowed: (s) => ["paused", "pausing"].includes(s), reason: true },
@@ -21,12 +26,14 @@ export function executionPage(view, id) {
     summary: el("div", { class: "row", "aria-live": "polite" }),
     controls: el("div", { class: "row", role: "group", "aria-label": "Control" }),
     graph: el("div", { class: "graph" }),
+    output: el("section", { class: "panel", "aria-label": "Output of the execution", hidden: true }),
     detail: el("section", { class: "panel", "aria-label": "Step details" }),
     tabs: el("div", { role: "tablist", "aria-label": "Records" }),
     tab: el("div", { role: "tabpanel", id: "records", tabindex: "0" }),
   };
-  view.append(ui.title, ui.summary, ui.controls, ui.graph, ui.detail, ui.tabs, ui.tab);
-  let execution = null, selected = null, update = () => {}, current = "Logs";
+  view.append(ui.title, ui.summary, ui.controls, ui.graph, ui.output, ui.detail, ui.tabs, ui.tab);
+  let execution = null, selected = null, picked = false, update = () => {}, current = "Logs", runbookDoc = null;
+  const asked = new Map();  // "step#attempt" -> {message, approvers}, from the step's "approval requested" entry
 
   for (const [name, { path, allowed, reason, required }] of Object.entries(CONTROLS)) {
     const button = el("button", { type: "button", "data-action": name, class: name === "Cancel" ? "danger" : null }, name);
@@ -56,11 +63,14 @@ export function executionPage(view, id) {
       state.replayOf ? el("a", { href: `/executions/${state.replayOf}`, text: "replay of an earlier execution" }) : null,
       state.error ? el("span", { class: "problems", text: `${state.error.code}: ${state.error.message}` }) : null].filter(Boolean));
     for (const button of ui.controls.querySelectorAll("button")) button.disabled = !CONTROLS[button.dataset.action].allowed(state.status);
+    ui.output.hidden = state.output === null || state.output === undefined;
+    if (!ui.output.hidden) ui.output.replaceChildren(el("h2", { text: "Output" }), el("pre", { text: json(state.output) }));
+    if (!picked) selected = attention(state) || selected || Object.keys(state.steps)[0];
     update(state, selected);
     if (selected) stepDetail(selected);
   }
 
-  function select(stepId) { selected = stepId; update(execution, selected); stepDetail(stepId); }
+  function select(stepId) { picked = true; selected = stepId; update(execution, selected); stepDetail(stepId); }
 
   function stepDetail(stepId) {
     const step = execution.steps[stepId];
@@ -71,7 +81,7 @@ export function executionPage(view, id) {
     if (step.error) parts.push(el("p", { class: "problems", text: `Error ${step.error.code}: ${step.error.message}${step.error.retryable ? " (retryable)" : ""}` }));
     if (step.approvals && step.approvals.length) parts.push(el("p", { text: `Decisions: ${step.approvals.map((a) => `${a.approver} ${a.decision}${a.comment ? ` (“${a.comment}”)` : ""}`).join(", ")}` }));
     if (step.output !== null && step.output !== undefined) parts.push(el("h2", { text: "Output" }), el("pre", { text: json(step.output) }));
-    if (step.status === "awaiting_approval") parts.push(decision(stepId));
+    if (step.status === "awaiting_approval") parts.push(waitingFor(stepId, step), decision(stepId));
     if (execution.status === "failed" && ["failed", "rejected"].includes(step.status)) {
       parts.push(el("div", { class: "row" }, el("button", { type: "button", class: "primary", onclick: async () => {
         if (await confirmAction(`Retry ${stepId}?`, "Re-runs this step, the steps its failure cancelled and what depends on them.") === null) return;
@@ -80,6 +90,29 @@ export function executionPage(view, id) {
       } }, "Retry")));
     }
     ui.detail.replaceChildren(...parts);
+  }
+
+  // The rendered message and approvers; fetched once per attempt, shown when known.
+  function waitingFor(stepId, step) {
+    const key = `${stepId}#${step.attempts}`;
+    const box = el("section", { class: "waiting", "aria-label": "Waiting for a decision" }, el("h2", { text: "Waiting for a decision" }));
+    const fill = (ask) => {
+      const config = ((runbookDoc && runbookDoc.steps) || []).find((s) => s.id === stepId)?.config || {};
+      const approved = new Set(step.approvals.filter((a) => a.decision === "approve").map((a) => a.approver));
+      const needed = Math.max((config.minApprovals || 1) - approved.size, 0);
+      box.append(ask.message ? el("p", { class: "message", text: ask.message }) : null,
+        el("p", {}, el("strong", { text: "May decide: " }), (ask.approvers || config.approvers || []).join(", "),
+          ` · ${needed} more approval${needed === 1 ? "" : "s"} needed`));
+    };
+    if (asked.has(key)) fill(asked.get(key));
+    else {
+      api(`${base}/logs?stepId=${encodeURIComponent(stepId)}&limit=1000`).then((page) => {
+        const entry = page.items.filter((e) => e.message === "approval requested").pop();
+        asked.set(key, entry ? entry.data || {} : {});
+        if (box.isConnected) fill(asked.get(key));
+      }).catch(() => {});
+    }
+    return box;
   }
 
   function decision(stepId) {
@@ -122,14 +155,22 @@ export function executionPage(view, id) {
     const first = await attempt(() => api(base));
     if (!first) return;
     const runbook = await attempt(() => api(`/api/v1/runbooks/${encodeURIComponent(first.runbookId)}?version=${first.runbookVersion}`));
-    if (runbook) update = drawGraph(ui.graph, runbook.document, select);
+    if (runbook) { runbookDoc = runbook.document; update = drawGraph(ui.graph, runbookDoc, select); }
     show(first);
-    select(Object.keys(first.steps).find((s) => !["pending", "succeeded", "skipped"].includes(first.steps[s].status)) || Object.keys(first.steps)[0]);
     records();
     await follow(id, (state) => { show(state); records(); }, controller.signal).catch((error) => attempt(() => { throw error; }));
     if (!controller.signal.aborted) records();
   })();
   return () => controller.abort();
+}
+
+// The step that needs attention first: one waiting for a decision, then an event, a failure, a run.
+function attention(state) {
+  for (const status of ATTENTION) {
+    const found = Object.keys(state.steps).find((id) => state.steps[id].status === status);
+    if (found) return found;
+  }
+  return null;
 }
 
 function table(headers, rows) {

@@ -91,6 +91,20 @@ async function startForm(box, id, latest) {
   form.querySelector("input, select, textarea").focus();
 }
 
+// A schema's `pattern` is an ECMA-262 regular expression that may match anywhere in the
+// value; an HTML `pattern` attribute is anchored and compiled with the `v` flag, under which
+// ordinary schema patterns such as `[a-z0-9-]` do not compile (the browser then logs an error
+// and checks nothing). So the field checks the schema's own meaning itself, through the
+// browser's constraint validation: the form is not sent while a value does not match.
+function checkPattern(control, pattern) {
+  let expression;
+  try { expression = new RegExp(pattern, "u"); } catch { return; }  // the server's check still applies
+  const check = () => control.setCustomValidity(control.value && !expression.test(control.value) ? `Must match ${pattern}` : "");
+  control.title = `Must match ${pattern}`;
+  control.addEventListener("input", check);
+  check();
+}
+
 // Fields for a flat object schema; else one JSON box. Returns a function reading the input.
 function inputForm(box, schema) {
   const props = schema && schema.type === "object" && schema.properties;
@@ -106,7 +120,8 @@ function inputForm(box, schema) {
     let control;
     if (p.enum) control = el("select", { id: fid }, required.has(name) ? null : el("option", { value: "", text: "—" }), p.enum.map((v) => el("option", { value: v, text: String(v) })));
     else if (p.type === "boolean") control = el("input", { id: fid, type: "checkbox" });
-    else control = el("input", { id: fid, type: ["integer", "number"].includes(p.type) ? "number" : "text", step: p.type === "integer" ? "1" : "any", pattern: p.pattern, required: required.has(name) });
+    else control = el("input", { id: fid, type: ["integer", "number"].includes(p.type) ? "number" : "text", step: p.type === "integer" ? "1" : "any", required: required.has(name) });
+    if (p.pattern && control.tagName === "INPUT") checkPattern(control, p.pattern);
     const hint = p.type === "array" ? " (comma-separated)" : "";
     box.append();
     return { name, p, control, node: el("div", { class: "field" }, el("label", { for: fid, text: `${name}${required.has(name) ? " *" : ""}${hint}` }), control,

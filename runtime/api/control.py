@@ -1,0 +1,102 @@
+"""The embedded API's changes to executions: starts, control, decisions, retries and events.
+
+Each method checks its arguments (``arguments``) and hands the request over: a start to the
+``Starter``, everything else as the core message the execution applies (``Pause``,
+``DecideApproval``...) to ``Routing``, which applies it where the execution runs. The answer
+is the execution as committed once the request was applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from functools import partial
+from typing import Any
+
+from runtime.api import arguments
+from runtime.api.parts import Parts
+from runtime.api.starting import check_hop
+from runtime.core.messages import Cancel, DecideApproval, Pause, Resume, RetryStep
+from runtime.model import Execution
+from runtime.model.errors import Problem, ValidationError, too_large
+from runtime.model.jsonsafe import json_size
+from runtime.model.types import StartResult
+from runtime.shell.events import PublishResult
+
+
+class ExecutionControl(Parts):
+    async def start(self, runbook_id: str, input: Any = None, context: Mapping[str, Any] | None = None, *,
+                    version: int | None = None, idempotency_key: str | None = None,
+                    force: bool = False) -> Execution:
+        """Start an execution (or return the one an identical start already made)."""
+        result = await self.starter.start(runbook_id, input, context, version=version,
+                                          idempotency_key=idempotency_key, force=force)
+        return result.execution
+
+    async def start_execution(self, runbook_id: str, input: Any = None,
+                              context: Mapping[str, Any] | None = None, *, version: int | None = None,
+                              idempotency_key: str | None = None, force: bool = False,
+                              replay_of: str | None = None, actor: str | None = None,
+                              reason: str | None = None, hop: int = 0) -> StartResult:
+        """``start``, also saying whether this call created the execution. ``hop``: how many
+        runbooks calling the engine led to this start (``X-Runbooks-Hop``); kept as
+        ``context.hop``, refused past ``Settings.max_hops`` (``LoopDetected``)."""
+        return await self.starter.start(runbook_id, input, context, version=version,
+                                        idempotency_key=idempotency_key, force=force, replay_of=replay_of,
+                                        actor=actor, reason=reason, hop=hop)
+
+    async def replay(self, execution_id: str, *, actor: str | None = None, reason: str | None = None,
+                     tenant_id: str | None = None) -> Execution:
+        """A new execution of the same runbook version with the same input and context.
+
+        ``actor`` and ``reason`` (the caller) are recorded in the new execution's audit log.
+        """
+        arguments.check_control(execution_id, reason, actor, tenant_id)
+        old = await self.routing.fetch(execution_id, tenant_id)
+        result = await self.starter.start(old.runbook_id, old.input, old.context, version=old.runbook_version,
+                                          force=True, replay_of=old.id, actor=actor, reason=reason)
+        return result.execution
+
+    async def pause(self, execution_id: str, reason: str | None = None, *, actor: str = "system",
+                    tenant_id: str | None = None) -> Execution:
+        arguments.check_control(execution_id, reason, actor, tenant_id)
+        return await self.routing.apply(execution_id, tenant_id, Pause(actor, reason))
+
+    async def resume(self, execution_id: str, reason: str | None = None, *, actor: str = "system",
+                     tenant_id: str | None = None) -> Execution:
+        arguments.check_control(execution_id, reason, actor, tenant_id)
+        return await self.routing.apply(execution_id, tenant_id, Resume(actor, reason))
+
+    async def cancel(self, execution_id: str, reason: str, *, actor: str = "system",
+                     tenant_id: str | None = None) -> Execution:
+        arguments.check_control(execution_id, reason, actor, tenant_id)
+        if not reason:
+            raise ValidationError([Problem("reason", "required: why the execution is cancelled")])
+        return await self.routing.apply(execution_id, tenant_id, Cancel(actor, reason))
+
+    async def submit_approval(self, execution_id: str, step_id: str, *, approver: str, decision: str,
+                              comment: str | None = None, tenant_id: str | None = None,
+                              roles: Iterable[str] = ()) -> Execution:
+        """Record ``approve`` or ``reject`` from ``approver`` on an approval step; ``roles`` (the
+        approver's) let an approver entry ``role:NAME`` admit them."""
+        arguments.check_approval(execution_id, step_id, approver, decision, comment, tenant_id, roles)
+        request = DecideApproval(step_id, approver, decision, comment, roles=frozenset(roles))
+        return await self.routing.apply(execution_id, tenant_id, request)
+
+    async def retry_step(self, execution_id: str, step_id: str, *, actor: str = "system",
+                         reason: str | None = None, tenant_id: str | None = None) -> Execution:
+        """Re-run a failed/rejected step of a failed execution, and what its failure stopped."""
+        arguments.check_control(execution_id, reason, actor, tenant_id, step_id=step_id)
+        execution = await self.routing.apply(execution_id, tenant_id, RetryStep(step_id, actor, reason))
+        self.hub.notify("execution.retried", execution)
+        return execution
+
+    async def publish_event(self, event_type: str, correlation_key: str, payload: Any = None, *,
+                            tenant_id: str = "default", hop: int = 0) -> PublishResult:
+        """Hand an event to every step waiting on it, or retain it for a later waiter. ``hop``:
+        as for ``start_execution``; the executions event rules start carry it."""
+        arguments.check_event(event_type, correlation_key, payload, tenant_id)
+        check_hop(hop, self.settings.max_hops)
+        if (size := json_size(payload)) > self.settings.max_event_bytes:
+            raise too_large("payload", "event payload", size, self.settings.max_event_bytes, "MAX_EVENT_BYTES")
+        return await self.routing.publish(tenant_id, event_type, str(correlation_key), payload,
+                                          rules=partial(self.scheduler.on_event, hop=hop))

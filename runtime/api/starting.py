@@ -1,0 +1,121 @@
+"""``Starter``: the start of an execution, the one path every start takes.
+
+The API's starts and replays, a run-runbook step's child and a trigger's run all come here:
+the arguments are checked, the runbook's input rules applied (``inputSchema``,
+``requireLegalBasis``), an idempotency key already used answers the execution it started
+(refused if the input differs), and the new execution is committed (with several
+processes: owned by this one from its first commit) before its actor starts here. A start
+that duplicates an unfinished one with the same input answers that one, unless ``force``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import attrs
+
+from runtime.api import arguments
+from runtime.api.access import CommitChange, Read
+from runtime.core import created
+from runtime.language.input_schema import input_problems
+from runtime.model import Execution, Runbook
+from runtime.model.errors import LoopDetected, Problem, ValidationError
+from runtime.model.records import Change
+from runtime.model.types import StartResult
+from runtime.model.wire import sha256_hex
+from runtime.shell.catalog import Catalog
+from runtime.shell.clock import Clock
+from runtime.shell.directory import Directory
+from runtime.shell.watch import WatchHub
+from runtime.store.base import Store
+
+Fetch = Callable[[str], Awaitable[Execution]]
+
+
+@attrs.frozen
+class Starter:
+    store: Store
+    read: Read
+    commit: CommitChange
+    clock: Clock
+    catalog: Catalog
+    directory: Directory
+    hub: WatchHub
+    fetch: Fetch  # the latest state of an execution (the one a duplicate start answers)
+    max_hops: int = 8  # a start past this many engine-to-engine hops is a loop (LoopDetected)
+    owner: str | None = None  # this process's instance id, when several share the store
+
+    async def start(self, runbook_id: str, input: Any = None, context: Mapping[str, Any] | None = None, *,
+                    version: int | None = None, idempotency_key: str | None = None, force: bool = False,
+                    replay_of: str | None = None, actor: str | None = None, reason: str | None = None,
+                    parent: tuple[str, str, int] | None = None, execution_id: str | None = None,
+                    hop: int = 0) -> StartResult:
+        """Start an execution, or answer the one an identical start already made.
+        ``parent``: (execution id, step id, depth) of a run-runbook step's child. ``hop``: how
+        many runbooks calling the engine led to this start (``X-Runbooks-Hop``), kept as
+        ``context.hop`` and refused past ``max_hops`` (``LoopDetected``)."""
+        arguments.check_start(runbook_id, input, context, version, idempotency_key, force, actor, reason)
+        ctx = dict(context or {})
+        tenant = ctx["tenantId"] = str(ctx.get("tenantId") or "default")
+        hop = hop or context_hop(ctx)
+        check_hop(hop, self.max_hops)
+        if hop:
+            ctx["hop"] = hop
+        runbook = await self.catalog.get(runbook_id, version, tenant_id=tenant)
+        _check_input(runbook, input, ctx)
+        input_hash = sha256_hex(input)
+        if idempotency_key is not None:
+            existing = await self.read(self.store.find_by_idempotency_key, tenant, idempotency_key)
+            if existing is not None:
+                return StartResult(_same_input(existing, input_hash), False)
+        change = created(runbook, execution_id=execution_id or uuid.uuid4().hex, input=input, context=ctx,
+                         input_hash=input_hash, idempotency_key=idempotency_key, dedup=not force,
+                         replay_of=replay_of, now=self.clock.now(), actor=actor, reason=reason, parent=parent)
+        return await self._commit(change, input_hash if idempotency_key else None)
+
+    async def _commit(self, change: Change, keyed_hash: str | None) -> StartResult:
+        """Commit the new execution and start its actor; or answer the one it duplicates
+        (``keyed_hash``: a start with an idempotency key, whose input must be the same)."""
+        assert change.new_execution is not None
+        if self.owner is not None:  # owned from its first commit: this process runs it
+            change = attrs.evolve(change, owner=self.owner, new_execution=attrs.evolve(change.new_execution, epoch=1))
+        result = await self.commit(change)
+        if result.existing_id is not None:
+            existing = await self.fetch(result.existing_id)
+            return StartResult(_same_input(existing, keyed_hash) if keyed_hash else existing, False)
+        execution = change.new_execution
+        assert execution is not None
+        self.hub.published(execution)
+        self.directory.start(execution.id, execution)
+        self.hub.notify("execution.started", execution)
+        return StartResult(execution, True)
+
+
+def _same_input(existing: Execution, input_hash: str) -> Execution:
+    if existing.input_hash != input_hash:
+        raise ValidationError([Problem("Idempotency-Key", "this key was already used with a different input")],
+                              title="idempotency key reused")
+    return existing
+
+
+def _check_input(runbook: Runbook, input: Any, context: Mapping[str, Any]) -> None:
+    problems: list[Problem] = []
+    if runbook.require_legal_basis and not context.get("legalBasis"):
+        problems.append(Problem("context.legalBasis", "required by this runbook (requireLegalBasis)"))
+    if runbook.input_schema is not None:
+        problems += input_problems(runbook.input_schema, input)
+    if problems:
+        raise ValidationError(problems, title="input refused")
+
+
+def context_hop(context: Mapping[str, Any]) -> int:
+    """The hop an execution's context records (0: none, or not a count)."""
+    hop = context.get("hop")
+    return hop if isinstance(hop, int) and not isinstance(hop, bool) and hop > 0 else 0
+
+
+def check_hop(hop: int, max_hops: int) -> None:
+    if hop > max_hops:
+        raise LoopDetected(hop, max_hops)

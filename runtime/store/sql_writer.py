@@ -1,0 +1,227 @@
+"""``SqlWriter``: the writes of one batch in either SQL dialect, inside the batch's transaction.
+
+``schema.apply_batch`` drives it: starts are inserted at once (their unique indexes decide
+whether each is new), a runbook registration takes the next version, and everything else of
+the batch is written by ``flush`` with one ``executemany`` per table. The statements are
+written once, with ``?`` and ``?json`` for ``Dialect.sql``; the writer runs them on the
+backend's connection or cursor (``Database``), so SQLite's ``BEGIN IMMEDIATE`` transaction
+and PostgreSQL's pipeline stay each backend's own. The PostgreSQL writer
+(``pg_writer.py``) adds what only a database shared by several processes needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Protocol
+
+from runtime.model import Execution, Runbook
+from runtime.model.errors import StoreUnavailable
+from runtime.model.records import Change, ChangeResult
+from runtime.store.dialect import Dialect, marks
+from runtime.store.schema import (
+    NOT_DEDUPED_SQL,
+    Pending,
+    Row,
+    audit_row,
+    event_row,
+    evidence_row,
+    header_row,
+    log_row,
+    runbook_row,
+    step_rows,
+)
+
+HEADER_COLUMNS = ("id, tenant_id, runbook_id, runbook_version, status, input_hash, idempotency_key, created_at, "
+                  "header, version")
+HEADER_MARKS = f"{marks(8)}, ?json, ?"  # (``header_row``)
+
+# A header upsert never breaks the active-hash index: an execution that becomes active again
+# (a retried failure) while another one with its input hash is active leaves the index.
+UPSERT_HEADER = f"""
+INSERT INTO executions ({HEADER_COLUMNS}, deduplicated) VALUES ({HEADER_MARKS}, FALSE)
+ON CONFLICT (id) DO UPDATE SET
+    version = excluded.version,
+    tenant_id = excluded.tenant_id,
+    runbook_id = excluded.runbook_id,
+    runbook_version = excluded.runbook_version,
+    status = excluded.status,
+    input_hash = excluded.input_hash,
+    idempotency_key = excluded.idempotency_key,
+    created_at = excluded.created_at,
+    header = excluded.header,
+    deduplicated = CASE
+        WHEN NOT executions.deduplicated THEN FALSE
+        WHEN excluded.status IN {NOT_DEDUPED_SQL} OR executions.status NOT IN {NOT_DEDUPED_SQL} THEN TRUE
+        ELSE NOT EXISTS (
+            SELECT 1 FROM executions AS other
+            WHERE other.tenant_id = excluded.tenant_id AND other.runbook_id = excluded.runbook_id
+              AND other.runbook_version = excluded.runbook_version
+              AND other.input_hash = excluded.input_hash
+              AND other.deduplicated AND other.status NOT IN {NOT_DEDUPED_SQL})
+    END"""
+
+SET_VERSION = "UPDATE executions SET version = ? WHERE id = ?"
+
+UPSERT_STEP = """
+INSERT INTO steps (execution_id, step_id, position, state) VALUES (?, ?, ?, ?json)
+ON CONFLICT (execution_id, step_id) DO UPDATE SET position = excluded.position, state = excluded.state"""
+
+INSERT_LOG = "INSERT INTO logs (execution_id, step_id, level, at, message, data) VALUES (?, ?, ?, ?, ?, ?json)"
+
+INSERT_AUDIT = """
+INSERT INTO audit (execution_id, at, actor, action, step_id, legal_basis, reason, data)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?json)"""
+
+INSERT_EVIDENCE = """
+INSERT INTO evidence (id, execution_id, step_id, kind, sha256, data, created_at) VALUES (?, ?, ?, ?, ?, ?json, ?)
+ON CONFLICT (id) DO NOTHING"""
+
+UPSERT_EVENT = """
+INSERT INTO events (id, tenant_id, type, correlation_key, payload, received_at, expires_at)
+VALUES (?, ?, ?, ?, ?json, ?, ?)
+ON CONFLICT (id) DO UPDATE SET
+    tenant_id = excluded.tenant_id, type = excluded.type, correlation_key = excluded.correlation_key,
+    payload = excluded.payload, received_at = excluded.received_at, expires_at = excluded.expires_at"""
+
+DELETE_EVENT = "DELETE FROM events WHERE id = ?"
+DELETE_EXPIRED = "DELETE FROM events WHERE expires_at <= ?"
+
+# Two stores registering the same runbook at once: the second insert conflicts and is retried.
+INSERT_RUNBOOK = """
+INSERT INTO runbooks (owner, id, version, document, created_at)
+SELECT ?, ?, COALESCE(MAX(version), 0) + 1, ?json, ?
+FROM runbooks WHERE owner = ? AND id = ?
+ON CONFLICT DO NOTHING
+RETURNING version"""
+
+ID_BY_KEY = "SELECT id FROM executions WHERE tenant_id = ? AND idempotency_key = ?"
+#: the execution that holds the active-hash index of (tenant, runbook, version, input hash)
+ACTIVE = f"""
+WHERE tenant_id = ? AND runbook_id = ? AND runbook_version = ? AND input_hash = ?
+  AND deduplicated AND status NOT IN {NOT_DEDUPED_SQL}
+ORDER BY seq LIMIT 1"""
+ID_BY_HASH = f"SELECT id FROM executions {ACTIVE}"
+ID = "SELECT id FROM executions WHERE id = ?"
+
+ATTEMPTS = 10  # inserts that lost a race with another store's transaction
+
+
+def insert_execution(extra: Sequence[str] = ()) -> str:
+    """A start's insert: its header, ``deduplicated`` and the ``extra`` columns; nothing is
+    inserted while a unique index holds another execution."""
+    columns = ", ".join((HEADER_COLUMNS, "deduplicated", *extra))
+    return f"""
+INSERT INTO executions ({columns}) VALUES ({HEADER_MARKS}, {marks(1 + len(extra))})
+ON CONFLICT DO NOTHING"""
+
+
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Database(Protocol):
+    """What a writer runs statements on: a ``sqlite3.Connection`` or a psycopg cursor."""
+
+    def execute(self, query: str, params: Any = ..., /) -> Cursor: ...
+
+    def executemany(self, query: str, params: Any, /) -> object: ...
+
+
+class SqlWriter:
+    """The writes of one batch, inside its transaction."""
+
+    INSERT_EXECUTION: ClassVar[str] = insert_execution()
+
+    def __init__(self, db: Database, dialect: Dialect) -> None:
+        self._db = db
+        self._dialect = dialect
+        self._sql = dialect.sql
+
+    # -- starts
+    def insert_executions(self, starts: Sequence[Change]) -> list[str | None]:
+        counts = self._insert_all([self._start_row(change) for change in starts])
+        return [None if count == 1 else self._resolve(change) for change, count in zip(starts, counts, strict=True)]
+
+    def _start_row(self, change: Change) -> Row:
+        assert change.new_execution is not None
+        return (*header_row(change.new_execution, self._dialect.stamp), change.dedup)
+
+    def _insert_all(self, rows: list[Row]) -> list[int]:
+        """Insert each start; how many rows each insert wrote (0: a unique index holds another)."""
+        statement = self._sql(self.INSERT_EXECUTION)
+        return [self._db.execute(statement, row).rowcount for row in rows]
+
+    def _resolve(self, change: Change) -> str | None:
+        """A start whose insert found its unique key taken: the execution that holds it."""
+        execution = change.new_execution
+        assert execution is not None
+        for _ in range(ATTEMPTS):
+            found, existing = self._existing(execution, change.dedup)
+            if found:
+                return existing
+            # it left the index meanwhile (another store's commit): again
+            if self._db.execute(self._sql(self.INSERT_EXECUTION), self._start_row(change)).rowcount == 1:
+                return None
+        # the execution holding the index kept changing under us: let the batch be retried
+        raise StoreUnavailable(f"execution {execution.id} was neither inserted nor found; retry")
+
+    def _existing(self, execution: Execution, dedup: bool) -> tuple[bool, str | None]:
+        """The execution that holds a unique index (None: this very one, a replayed batch).
+        Not found: it left the index after our insert had seen it (another store's commit)."""
+        lookups: list[tuple[str, tuple[Any, ...]]] = []
+        if execution.idempotency_key is not None:
+            lookups.append((ID_BY_KEY, (execution.tenant_id, execution.idempotency_key)))
+        if dedup:
+            lookups.append((ID_BY_HASH, (execution.tenant_id, execution.runbook_id, execution.runbook_version,
+                                         execution.input_hash)))
+        lookups.append((ID, (execution.id,)))
+        for query, params in lookups:
+            row = self._db.execute(self._sql(query), params).fetchone()
+            if row is not None:
+                return True, (None if row[0] == execution.id else str(row[0]))
+        return False, None
+
+    # -- runbooks, events
+    def add_runbook(self, runbook: Runbook) -> int:
+        owner, id_, document, created_at = runbook_row(runbook, datetime.now(UTC), self._dialect.stamp)
+        for _ in range(ATTEMPTS):
+            row = self._db.execute(self._sql(INSERT_RUNBOOK), (owner, id_, document, created_at, owner, id_)).fetchone()
+            if row is not None:
+                return int(row[0])
+        raise StoreUnavailable(f"runbook {runbook.id}: no version could be assigned; retry")
+
+    def events(self, change: Change) -> ChangeResult:
+        raise NotImplementedError(f"a {self._dialect.name} store is one process's: its events go through the "
+                                  "runtime's router")
+
+    def publishes(self, changes: Sequence[Change]) -> list[ChangeResult]:
+        return [self.events(change) for change in changes]
+
+    # -- the rest, one executemany per table
+    def flush(self, pending: Pending) -> None:
+        db, sql, stamp = self._db, self._sql, self._dialect.stamp
+        if pending.headers:
+            db.executemany(sql(UPSERT_HEADER), pending.header_rows(stamp))
+        versions = pending.version_rows()
+        if versions:
+            db.executemany(sql(SET_VERSION), versions)
+        if pending.steps:
+            db.executemany(sql(UPSERT_STEP), step_rows(pending))
+        if pending.logs:
+            db.executemany(sql(INSERT_LOG), [log_row(entry, stamp) for entry in pending.logs])
+        if pending.audit:
+            db.executemany(sql(INSERT_AUDIT), [audit_row(entry, stamp) for entry in pending.audit])
+        if pending.evidence:
+            db.executemany(sql(INSERT_EVIDENCE), [evidence_row(item, stamp) for item in pending.evidence])
+        if pending.consumed:
+            db.executemany(sql(DELETE_EVENT), [(event_id,) for event_id in pending.consumed])
+        if pending.expired_at is not None:
+            db.execute(sql(DELETE_EXPIRED), (stamp(pending.expired_at),))
+        if pending.events:
+            db.executemany(sql(UPSERT_EVENT), [event_row(event, stamp) for event in pending.events.values()])
