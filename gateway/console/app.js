@@ -1,6 +1,7 @@
 // The console's shell: identity (asked first), navigation and the router of deep links.
 import { identity, setIdentity, clearIdentity, serverMode } from "./identity.js";
 import { el, clearError } from "./ui.js";
+import { navigate, NAVIGATED } from "./navigation.js";
 import { executionsPage } from "./pages/executions.js";
 import { executionPage } from "./pages/execution.js";
 import { approvalsPage } from "./pages/approvals.js";
@@ -18,11 +19,6 @@ function route() {
   if (path.startsWith("/runbooks")) return { nav: "runbooks", render: runbooksPage };
   if (path.startsWith("/triggers")) return { nav: "triggers", render: triggersPage };
   return { nav: "executions", render: executionsPage };
-}
-
-export function navigate(path) {
-  history.pushState({}, "", path);
-  show();
 }
 
 function show() {
@@ -85,6 +81,7 @@ document.addEventListener("click", (event) => {
   navigate(link.getAttribute("href"));
 });
 window.addEventListener("popstate", show);
+window.addEventListener(NAVIGATED, show);
 
 async function start() {
   mode = await serverMode().catch(() => "development");

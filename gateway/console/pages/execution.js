@@ -8,7 +8,7 @@
 import { api, follow, FINISHED } from "../api.js";
 import { el, badge, when, took, json, attempt, confirmAction } from "../ui.js";
 import { drawGraph } from "../graph.js";
-import { navigate } from "../app.js";
+import { navigate } from "../navigation.js";
 
 const ATTENTION = ["awaiting_approval", "waiting", "failed", "rejected", "running", "retrying"];
 const CONTROLS = {

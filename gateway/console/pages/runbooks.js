@@ -3,7 +3,7 @@
 // when there is none or it is not a flat object).
 import { api } from "../api.js";
 import { el, when, attempt, showError } from "../ui.js";
-import { navigate } from "../app.js";
+import { navigate } from "../navigation.js";
 
 export function runbooksPage(view) {
   const body = el("tbody");
