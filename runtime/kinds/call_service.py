@@ -23,6 +23,10 @@ __all__ = ["DEFAULT_TIMEOUT_MS", "SPEC", "check_config", "problems"]
 
 METHODS: Final = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 DEFAULT_TIMEOUT_MS: Final = 30_000
+#: a Host header would send the request to another virtual host at an address the allowlist
+#: admits for a different name, so the engine always sends the URL's own host
+HOST_HEADER: Final = ("a Host header cannot be set: the request goes to the URL's host (another name at the "
+                      "same address would pass the allowlist under the URL's name)")
 _FIELDS: Final = frozenset(
     {"url", "method", "headers", "query", "body", "timeoutMs", "expectStatus",
      "idempotencyKey", "protocol"}
@@ -72,7 +76,13 @@ def _check_method(value: Any) -> list[tuple[str, str]]:
 def _check_headers(value: Any) -> list[tuple[str, str]]:
     if not isinstance(value, Mapping):
         return [("", "must be a mapping (object) of header names to strings")]
-    return [(f".{name}", "must be a string") for name, item in value.items() if not isinstance(item, str)]
+    problems = [(f".{name}", HOST_HEADER) for name in value if is_host_header(name)]
+    return problems + [(f".{name}", "must be a string") for name, item in value.items() if not isinstance(item, str)]
+
+
+def is_host_header(name: Any) -> bool:
+    """Whether a header name is ``Host`` (in any case, with any white space around it)."""
+    return str(name).strip().lower() == "host"
 
 
 def _check_query(value: Any) -> list[tuple[str, str]]:

@@ -114,6 +114,8 @@ def _check_metadata(value: Any) -> list[tuple[str, str]]:
             problems.append((f".{key}", "a metadata key is lower-case letters, digits, '-', '_' and '.'"))
         elif key.endswith("-bin") or key.startswith("grpc-"):
             problems.append((f".{key}", "binary (-bin) and grpc- keys cannot be set here"))
+        elif key == "host":
+            problems.append((f".{key}", "a host key cannot be set: the call goes to the target's host"))
         if not isinstance(item, str):
             problems.append((f".{key}", "must be a string"))
         elif not _is_template(item) and not all(" " <= ch <= "~" for ch in item):
