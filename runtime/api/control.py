@@ -15,6 +15,7 @@ from typing import Any
 from runtime.api import arguments
 from runtime.api.parts import Parts
 from runtime.api.starting import check_hop
+from runtime.core.draft import SYSTEM
 from runtime.core.messages import Cancel, DecideApproval, Pause, Resume, RetryStep
 from runtime.model import Execution
 from runtime.model.errors import Problem, ValidationError, too_large
@@ -46,13 +47,15 @@ class ExecutionControl(Parts):
 
     async def replay(self, execution_id: str, *, actor: str | None = None, reason: str | None = None,
                      tenant_id: str | None = None) -> Execution:
-        """A new execution of the same runbook version with the same input and context.
-
-        ``actor`` and ``reason`` (the caller) are recorded in the new execution's audit log.
+        """A new execution of the same runbook version with the same input and context, except
+        ``context.userId``: the replayer (``actor``; ``system`` when none is named), not the user
+        who started the original (``replayOf`` names it). ``actor`` and ``reason`` are recorded
+        in the new execution's audit log.
         """
         arguments.check_control(execution_id, reason, actor, tenant_id)
         old = await self.routing.fetch(execution_id, tenant_id)
-        result = await self.starter.start(old.runbook_id, old.input, old.context, version=old.runbook_version,
+        context = {**old.context, "userId": actor or SYSTEM}
+        result = await self.starter.start(old.runbook_id, old.input, context, version=old.runbook_version,
                                           force=True, replay_of=old.id, actor=actor, reason=reason)
         return result.execution
 
