@@ -89,6 +89,9 @@ class Config:
     max_event_bytes: int = 256 * 1024
     max_retained_event_bytes_per_tenant: int = 64 * 1024 * 1024
     max_hops: int = 8
+    max_triggers_per_runbook: int = 20
+    min_schedule_interval_ms: int = 1000
+    max_triggers_per_tenant: int = 100
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -132,6 +135,9 @@ class Config:
             max_retained_event_bytes_per_tenant=read.integer("MAX_RETAINED_EVENT_BYTES_PER_TENANT",
                                                              64 * 1024 * 1024, 0, 1 << 40),
             max_hops=read.integer("MAX_HOPS", 8, 1, 1000),
+            max_triggers_per_runbook=read.integer("MAX_TRIGGERS_PER_RUNBOOK", 20, 0, 10_000),
+            min_schedule_interval_ms=read.integer("MIN_SCHEDULE_INTERVAL_MS", 1000, 0, MAX_DURATION_MS),
+            max_triggers_per_tenant=read.integer("MAX_TRIGGERS_PER_TENANT", 100, 0, 10**6),
         )
         if not config.instance_id:  # the default names the host and the port it serves on
             config = attrs.evolve(config, instance_id=f"{socket.gethostname()}:{config.port}")
@@ -181,6 +187,9 @@ class Config:
             max_event_bytes=self.max_event_bytes,
             max_retained_event_bytes_per_tenant=self.max_retained_event_bytes_per_tenant,
             max_hops=self.max_hops,
+            max_triggers_per_runbook=self.max_triggers_per_runbook,
+            min_schedule_interval_ms=self.min_schedule_interval_ms,
+            max_triggers_per_tenant=self.max_triggers_per_tenant,
         )
 
     def check_can_serve(self) -> None:

@@ -86,7 +86,7 @@ class Runtime(ExecutionControl, ExecutionReads):
             doc = load_document(document)
         except ValidationError as exc:
             return exc.problems
-        return validate_document(doc, self.types)
+        return validate_document(doc, self.types, self.settings.trigger_limits)
 
     async def register_runbook(self, document: Any, *, tenant_id: str | None = None) -> Runbook:
         """Validate and register a new version; ``tenant_id`` None: shared by every tenant."""

@@ -12,18 +12,24 @@ Two kinds, each with an ``id`` unique in the runbook:
   starts an execution; ``input`` is templated with ``event.type``, ``event.correlationKey``
   and ``event.payload``.
 
+Bounds (``TriggerLimits``, from the settings): at most ``MAX_TRIGGERS_PER_RUNBOOK`` triggers
+in a runbook, and no schedule whose due times come closer than ``MIN_SCHEDULE_INTERVAL_MS``
+(looked for among its first ``GAP_SAMPLES`` due times after a fixed instant, so the answer
+does not depend on when a document is validated).
+
 This module is pure (no I/O, no clock): ``runtime.triggers.scheduler`` runs the triggers.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import attrs
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from runtime.language.conditions import condition_problems
 from runtime.language.templates import template_paths, template_problems
@@ -34,6 +40,16 @@ CATCH_UP = ("latest", "none")
 _ID_CHARS = "[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _SCHEDULE_FIELDS = {"id", "schedule", "timezone", "input", "context", "catchUp", "description"}
 _EVENT_FIELDS = {"id", "event", "input", "context", "description"}
+GAP_SAMPLES = 64  # due times looked at for the shortest interval of a schedule
+_GAP_FROM = datetime(2024, 1, 1, tzinfo=UTC)  # a Monday at midnight: where that look starts
+
+
+@attrs.frozen
+class TriggerLimits:
+    """The bounds a runbook's triggers must keep (``Settings``)."""
+
+    per_runbook: int = 20  # MAX_TRIGGERS_PER_RUNBOOK
+    min_interval_ms: int = 1000  # MIN_SCHEDULE_INTERVAL_MS
 
 
 @attrs.frozen
@@ -107,11 +123,14 @@ def triggers_of(document: Mapping[str, Any]) -> list[Trigger]:
 # ---------------------------------------------------------------------- validation
 
 
-def check_triggers(value: Any, path: str = "triggers") -> list[Problem]:
+def check_triggers(value: Any, path: str = "triggers", limits: TriggerLimits = TriggerLimits()) -> list[Problem]:
     """Every problem of a ``triggers`` list, each with its path."""
     if not isinstance(value, list):
         return [Problem(path, "must be a list of triggers")]
     problems: list[Problem] = []
+    if len(value) > limits.per_runbook:
+        problems.append(Problem(path, f"at most {limits.per_runbook} triggers in a runbook "
+                                      f"(MAX_TRIGGERS_PER_RUNBOOK); found {len(value)}"))
     seen: set[str] = set()
     for index, item in enumerate(value):
         where = f"{path}[{index}]"
@@ -122,7 +141,7 @@ def check_triggers(value: Any, path: str = "triggers") -> list[Problem]:
         if ("schedule" in item) == ("event" in item):
             problems.append(Problem(where, "a trigger has either 'schedule' or 'event'"))
             continue
-        problems += _check_schedule(item, where) if "schedule" in item else _check_event(item, where)
+        problems += _check_schedule(item, where, limits) if "schedule" in item else _check_event(item, where)
         if "context" in item and not isinstance(item["context"], Mapping):
             problems.append(Problem(f"{where}.context", "must be a mapping (object)"))
     return problems
@@ -139,21 +158,44 @@ def _check_id(trigger_id: Any, where: str, seen: set[str]) -> list[Problem]:
     return []
 
 
-def _check_schedule(item: Mapping[str, Any], where: str) -> list[Problem]:
+def _check_schedule(item: Mapping[str, Any], where: str, limits: TriggerLimits) -> list[Problem]:
     problems = [Problem(f"{where}.{k}", f"unknown field '{k}'") for k in item if k not in _SCHEDULE_FIELDS]
     expression = item["schedule"]
+    zone = item.get("timezone", "UTC")
+    valid_zone = isinstance(zone, str) and _zone_exists(zone)
     if not isinstance(expression, str) or len(expression.split()) not in (5, 6):
         problems.append(Problem(f"{where}.schedule", "must be a cron expression of 5 fields, or 6 with seconds first"))
     elif not croniter.is_valid(expression, second_at_beginning=_has_seconds(expression)):
         problems.append(Problem(f"{where}.schedule", f"not a valid cron expression: '{expression}'"))
-    zone = item.get("timezone", "UTC")
-    if not isinstance(zone, str) or not _zone_exists(zone):
+    elif valid_zone:
+        problems += _check_interval(expression, str(zone), f"{where}.schedule", limits)
+    if not valid_zone:
         problems.append(Problem(f"{where}.timezone", f"unknown time zone {zone!r} (an IANA name: Europe/Berlin)"))
     if item.get("catchUp", "latest") not in CATCH_UP:
         problems.append(Problem(f"{where}.catchUp", "must be 'latest' or 'none'"))
     if template_paths(item.get("input")):
         problems.append(Problem(f"{where}.input", "a schedule's input is not templated"))
     return problems
+
+
+def _check_interval(expression: str, zone: str, path: str, limits: TriggerLimits) -> list[Problem]:
+    try:
+        gap = shortest_gap_ms(expression, zone)
+    except CroniterBadDateError:
+        return [Problem(path, f"'{expression}' is never due (no such date)")]
+    if gap >= limits.min_interval_ms:
+        return []
+    return [Problem(path, f"due times only {gap} ms apart; a schedule's due times are at least "
+                          f"{limits.min_interval_ms} ms apart (MIN_SCHEDULE_INTERVAL_MS)")]
+
+
+def shortest_gap_ms(expression: str, zone: str) -> int:
+    """The shortest time between two consecutive due times among the schedule's first
+    ``GAP_SAMPLES`` after a fixed instant, in milliseconds (``CroniterBadDateError``: it is
+    never due, as on February 30)."""
+    it = croniter(expression, _GAP_FROM.astimezone(ZoneInfo(zone)), second_at_beginning=_has_seconds(expression))
+    times = [it.get_next(float) for _ in range(GAP_SAMPLES)]
+    return min(round((later - earlier) * 1000) for earlier, later in itertools.pairwise(times))
 
 
 def _zone_exists(name: str) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from runtime.documents.triggers import check_triggers
+from runtime.documents.triggers import TriggerLimits, check_triggers
 from runtime.kinds.base import check_retry_policy
 from runtime.kinds.spec import KindSpec, TypeLookup
 from runtime.language.conditions import condition_problems
@@ -50,8 +50,8 @@ _STEP_FIELDS = frozenset({
 })  # and the fields a type may write its config under instead of ``config`` (``config_aliases``)
 
 
-def validate_document(doc: Any, types: TypeLookup) -> list[Problem]:
-    """Every problem of the document, in document order."""
+def validate_document(doc: Any, types: TypeLookup, triggers: TriggerLimits = TriggerLimits()) -> list[Problem]:
+    """Every problem of the document, in document order (``triggers``: the bounds of its triggers)."""
     if not isinstance(doc, Mapping):
         return [Problem("$", "a runbook document must be a mapping (object)")]
     not_json = first_problem(dict(doc), "")
@@ -60,7 +60,7 @@ def validate_document(doc: Any, types: TypeLookup) -> list[Problem]:
     problems: list[Problem] = []
     if len(canonical_json(doc).encode()) > MAX_DOCUMENT_BYTES:
         problems.append(Problem("$", "document is larger than 1 MiB"))
-    problems += _check_header(doc)
+    problems += _check_header(doc, triggers)
     steps = doc.get("steps")
     if not isinstance(steps, list) or not steps:
         problems.append(Problem("steps", "required: a list of 1 to 500 steps"))
@@ -88,7 +88,7 @@ def _spec(types: TypeLookup, name: Any) -> KindSpec | None:
     return known.spec if known is not None else None
 
 
-def _check_header(doc: Mapping[str, Any]) -> list[Problem]:
+def _check_header(doc: Mapping[str, Any], triggers: TriggerLimits) -> list[Problem]:
     problems = [Problem(key, f"unknown field '{key}'") for key in doc if key not in _RUNBOOK_FIELDS]
     runbook_id = doc.get("id")
     if not isinstance(runbook_id, str) or not ID_PATTERN.fullmatch(runbook_id):
@@ -107,7 +107,7 @@ def _check_header(doc: Mapping[str, Any]) -> list[Problem]:
     if "output" in doc:
         problems += template_problems(doc["output"], "output")
     if "triggers" in doc:
-        problems += check_triggers(doc["triggers"])
+        problems += check_triggers(doc["triggers"], limits=triggers)
     return problems
 
 
@@ -259,9 +259,10 @@ def _known(depends: Any, ids: set[str]) -> list[str]:
     return [d for d in depends if isinstance(d, str) and d in ids] if isinstance(depends, list) else []
 
 
-def build_runbook(doc: Mapping[str, Any], types: TypeLookup, default_retries: int) -> Runbook:
+def build_runbook(doc: Mapping[str, Any], types: TypeLookup, default_retries: int,
+                  triggers: TriggerLimits = TriggerLimits()) -> Runbook:
     """Validate ``doc`` and build its Runbook (version 0: the store assigns versions)."""
-    problems = validate_document(doc, types)
+    problems = validate_document(doc, types, triggers)
     if problems:
         raise ValidationError(problems, title="invalid runbook")
     deps = effective_dependencies(doc["steps"], types)

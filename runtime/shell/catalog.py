@@ -20,7 +20,7 @@ import trio
 from runtime.core.plan import Plan, UnknownStepType
 from runtime.documents.validate import build_runbook
 from runtime.model import Execution, Runbook
-from runtime.model.errors import NotFound
+from runtime.model.errors import NotFound, Problem, ValidationError
 from runtime.model.records import Change, ChangeResult
 from runtime.model.wire import load_document
 from runtime.shell.clock import Clock
@@ -58,14 +58,29 @@ class Catalog:
     # ------------------------------------------------------------------ runbooks
     async def register(self, document: Any, tenant_id: str | None) -> Runbook:
         doc = load_document(document)
-        runbook = build_runbook(doc, self.types, self._settings.default_max_retries)
+        runbook = build_runbook(doc, self.types, self._settings.default_max_retries, self._settings.trigger_limits)
         runbook = attrs.evolve(runbook, tenant_id=tenant_id, created_at=self._clock.now())
+        await self._check_tenant_triggers(runbook)
         result = await self._commit(Change(runbook=runbook))
         assert result.runbook_version is not None
         runbook = attrs.evolve(runbook, version=result.runbook_version)
         self._versions[(tenant_id, runbook.id, runbook.version)] = runbook
         self.forget_latest(runbook.id)
         return runbook
+
+    async def _check_tenant_triggers(self, runbook: Runbook) -> None:
+        """A tenant's own runbooks have at most ``max_triggers_per_tenant`` live triggers (those
+        of their latest versions); a new version that adds none to its runbook always passes."""
+        tenant, adding = runbook.tenant_id, _trigger_count(runbook)
+        if tenant is None or not adding:
+            return
+        own = [r for r in await self.list(tenant) if r.tenant_id == tenant]
+        current = sum(_trigger_count(r) for r in own if r.id == runbook.id)
+        total = sum(_trigger_count(r) for r in own if r.id != runbook.id) + adding
+        cap = self._settings.max_triggers_per_tenant
+        if total > cap and adding > current:
+            raise ValidationError([Problem("triggers", f"tenant '{tenant}' would have {total} live triggers; at most "
+                                                       f"{cap} (MAX_TRIGGERS_PER_TENANT)")], title="too many triggers")
 
     def forget_latest(self, runbook_id: str | None) -> None:
         """A new version was registered (``None``: maybe any): read the latest again next time."""
@@ -128,3 +143,7 @@ class Catalog:
                     continue
         finally:
             self.waiting_for_types -= 1
+
+
+def _trigger_count(runbook: Runbook) -> int:
+    return len(runbook.document.get("triggers") or ())

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import attrs
 
+from runtime.documents.triggers import TriggerLimits
 from runtime.model import RetryPolicy
 from runtime.security.outbound import HostAllowlist
 
@@ -38,6 +39,13 @@ class Settings:
     max_event_bytes: int = 256 * 1024  # an event's payload as JSON
     max_retained_event_bytes_per_tenant: int = 64 * 1024 * 1024  # payloads of retained events
     max_hops: int = 8  # X-Runbooks-Hop: a start or an event past it is refused (LoopDetected)
+    max_triggers_per_runbook: int = 20  # at registration (and validation)
+    min_schedule_interval_ms: int = 1000  # a schedule whose due times come closer is refused
+    max_triggers_per_tenant: int = 100  # the triggers of the latest versions of a tenant's own runbooks
+
+    @property
+    def trigger_limits(self) -> TriggerLimits:
+        return TriggerLimits(self.max_triggers_per_runbook, self.min_schedule_interval_ms)
 
     @property
     def default_retry_policy(self) -> RetryPolicy:
