@@ -52,6 +52,9 @@ class TriggerLimits:
     min_interval_ms: int = 1000  # MIN_SCHEDULE_INTERVAL_MS
 
 
+TRIGGER_DEFAULTS = TriggerLimits()
+
+
 @attrs.frozen
 class Trigger:
     id: str
@@ -123,7 +126,7 @@ def triggers_of(document: Mapping[str, Any]) -> list[Trigger]:
 # ---------------------------------------------------------------------- validation
 
 
-def check_triggers(value: Any, path: str = "triggers", limits: TriggerLimits = TriggerLimits()) -> list[Problem]:
+def check_triggers(value: Any, path: str = "triggers", limits: TriggerLimits = TRIGGER_DEFAULTS) -> list[Problem]:
     """Every problem of a ``triggers`` list, each with its path."""
     if not isinstance(value, list):
         return [Problem(path, "must be a list of triggers")]

@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from runtime.documents.triggers import TriggerLimits, check_triggers
+from runtime.documents.triggers import TRIGGER_DEFAULTS, TriggerLimits, check_triggers
 from runtime.kinds.base import check_retry_policy
 from runtime.kinds.spec import KindSpec, TypeLookup
 from runtime.language.conditions import condition_problems
@@ -50,7 +50,7 @@ _STEP_FIELDS = frozenset({
 })  # and the fields a type may write its config under instead of ``config`` (``config_aliases``)
 
 
-def validate_document(doc: Any, types: TypeLookup, triggers: TriggerLimits = TriggerLimits()) -> list[Problem]:
+def validate_document(doc: Any, types: TypeLookup, triggers: TriggerLimits = TRIGGER_DEFAULTS) -> list[Problem]:
     """Every problem of the document, in document order (``triggers``: the bounds of its triggers)."""
     if not isinstance(doc, Mapping):
         return [Problem("$", "a runbook document must be a mapping (object)")]
@@ -260,7 +260,7 @@ def _known(depends: Any, ids: set[str]) -> list[str]:
 
 
 def build_runbook(doc: Mapping[str, Any], types: TypeLookup, default_retries: int,
-                  triggers: TriggerLimits = TriggerLimits()) -> Runbook:
+                  triggers: TriggerLimits = TRIGGER_DEFAULTS) -> Runbook:
     """Validate ``doc`` and build its Runbook (version 0: the store assigns versions)."""
     problems = validate_document(doc, types, triggers)
     if problems:
