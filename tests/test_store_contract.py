@@ -219,18 +219,20 @@ def test_all_latest_runbooks_of_every_owner(store: Store) -> None:
     assert found[0].triggers == triggers
 
 
-def test_trigger_state_switches_and_keeps_the_newest_run(store: Store) -> None:
+def test_trigger_state_switches_and_keeps_the_newest_run_per_tenant(store: Store) -> None:
     assert store.trigger_states() == []
-    store.set_trigger_enabled(None, "rb", "cron", False)
-    store.record_trigger_run(None, "rb", "cron", at(60), "e2")
-    store.record_trigger_run(None, "rb", "cron", at(30), "e1")  # older: kept out
-    store.record_trigger_run("t1", "rb", "cron", at(10), "e3")  # another owner's trigger of that name
-    store.set_trigger_enabled("t1", "rb", "cron", True)
-    states = sorted(store.trigger_states(), key=lambda s: str(s.tenant_id))
-    assert states == [TriggerState(None, "rb", "cron", False, at(60), "e2"),
-                      TriggerState("t1", "rb", "cron", True, at(10), "e3")]
-    store.set_trigger_enabled(None, "rb", "cron", True)  # switching keeps the last run
-    assert TriggerState(None, "rb", "cron", True, at(60), "e2") in store.trigger_states()
+    store.set_trigger_enabled("t1", None, "rb", "cron", False)
+    store.record_trigger_run("t1", None, "rb", "cron", at(60), "e2")
+    store.record_trigger_run("t1", None, "rb", "cron", at(30), "e1")  # older: kept out
+    store.record_trigger_run("t2", None, "rb", "cron", at(20), "e4")  # the same shared trigger in another tenant
+    store.record_trigger_run("t1", "t1", "rb", "cron", at(10), "e3")  # the tenant's own runbook of that name
+    store.set_trigger_enabled("t1", "t1", "rb", "cron", True)
+    states = sorted(store.trigger_states(), key=lambda s: (s.tenant_id, str(s.owner)))
+    assert states == [TriggerState("t1", None, "rb", "cron", False, at(60), "e2"),
+                      TriggerState("t1", "t1", "rb", "cron", True, at(10), "e3"),
+                      TriggerState("t2", None, "rb", "cron", True, at(20), "e4")]
+    store.set_trigger_enabled("t1", None, "rb", "cron", True)  # switching keeps the last run
+    assert TriggerState("t1", None, "rb", "cron", True, at(60), "e2") in store.trigger_states()
 
 
 # ---------------------------------------------------------------- executions

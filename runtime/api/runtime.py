@@ -123,4 +123,4 @@ class Runtime(ExecutionControl, ExecutionReads):
     async def trigger_audit(self, runbook_id: str, trigger_id: str, *, tenant_id: str = "default") -> list[AuditEntry]:
         """Who switched the trigger on or off, and when (oldest first)."""
         runbook = await self.catalog.get(runbook_id, tenant_id=tenant_id)
-        return await self.read(self.store.audit, audit_key(runbook.tenant_id, runbook_id, trigger_id))
+        return await self.read(self.store.audit, audit_key(tenant_id, runbook.tenant_id, runbook_id, trigger_id))

@@ -217,10 +217,12 @@ class Evidence:
 
 @attrs.frozen
 class TriggerState:
-    """What is stored of a runbook's trigger: switched on or off, and its last run.
-    ``tenant_id`` is the runbook's owner (None: a shared runbook)."""
+    """What is stored of a runbook's trigger in one tenant: switched on or off there, and its
+    last run there. ``owner`` is the runbook's owner (None: a shared runbook, whose triggers
+    each tenant switches for itself); ``tenant_id`` the tenant (the owner, for its own runbook)."""
 
-    tenant_id: str | None
+    tenant_id: str
+    owner: str | None
     runbook_id: str
     trigger_id: str
     enabled: bool = True

@@ -97,13 +97,16 @@ class Store(Protocol):
     def all_latest_runbooks(self) -> list[Runbook]:
         """The latest version of every runbook of every owner."""
 
-    def trigger_states(self) -> list[TriggerState]: ...
+    def trigger_states(self) -> list[TriggerState]:
+        """The stored state of every trigger in every tenant (one never switched nor run has none)."""
 
-    def set_trigger_enabled(self, tenant_id: str | None, runbook_id: str, trigger_id: str, enabled: bool) -> None: ...
+    def set_trigger_enabled(self, tenant_id: str, owner: str | None, runbook_id: str, trigger_id: str,
+                            enabled: bool) -> None:
+        """Switch the trigger of ``owner``'s runbook (None: shared) for ``tenant_id``."""
 
-    def record_trigger_run(self, tenant_id: str | None, runbook_id: str, trigger_id: str, at: datetime,
+    def record_trigger_run(self, tenant_id: str, owner: str | None, runbook_id: str, trigger_id: str, at: datetime,
                            execution_id: str) -> None:
-        """Record a run unless a later one is already recorded."""
+        """Record a run in ``tenant_id`` unless a later one is already recorded there."""
 
 
 def level_at_least(level: str, minimum: str | None) -> bool:

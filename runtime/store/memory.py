@@ -25,24 +25,26 @@ from runtime.model.records import Change, ChangeResult
 from runtime.store.base import level_at_least, parse_cursor
 
 _DedupKey = tuple[str, str, int, str]
+_TriggerKey = tuple[str, str | None, str, str]  # (tenant, owner, runbook id, trigger id)
 
 
 class _TriggerStates:
     """Trigger state, kept like the SQL stores keep it (``runtime.store.trigger_states``)."""
 
-    _triggers: dict[tuple[str | None, str, str], TriggerState]
+    _triggers: dict[_TriggerKey, TriggerState]
     _runbooks: dict[tuple[str | None, str], list[Runbook]]
 
     def trigger_states(self) -> list[TriggerState]:
         return list(self._triggers.values())
 
-    def set_trigger_enabled(self, tenant_id: str | None, runbook_id: str, trigger_id: str, enabled: bool) -> None:
-        key = (tenant_id, runbook_id, trigger_id)
+    def set_trigger_enabled(self, tenant_id: str, owner: str | None, runbook_id: str, trigger_id: str,
+                            enabled: bool) -> None:
+        key = (tenant_id, owner, runbook_id, trigger_id)
         self._triggers[key] = attrs.evolve(self._triggers.get(key, TriggerState(*key)), enabled=enabled)
 
-    def record_trigger_run(self, tenant_id: str | None, runbook_id: str, trigger_id: str, at: datetime,
+    def record_trigger_run(self, tenant_id: str, owner: str | None, runbook_id: str, trigger_id: str, at: datetime,
                            execution_id: str) -> None:
-        key = (tenant_id, runbook_id, trigger_id)
+        key = (tenant_id, owner, runbook_id, trigger_id)
         state = self._triggers.get(key, TriggerState(*key))
         if state.last_run_at is None or state.last_run_at <= at:
             self._triggers[key] = attrs.evolve(state, last_run_at=at, last_execution_id=execution_id)
@@ -68,7 +70,7 @@ class MemoryStore(_TriggerStates):
         self._evidence: dict[str, list[Evidence]] = {}
         self._events: dict[str, Event] = {}
         self._versions: dict[str, int] = {}
-        self._triggers: dict[tuple[str | None, str, str], TriggerState] = {}
+        self._triggers: dict[_TriggerKey, TriggerState] = {}
 
     def open(self) -> None:
         pass

@@ -36,7 +36,7 @@ from runtime.store.pg_ledger import PostgresLedger
 from runtime.store.pg_writer import PostgresWriter
 from runtime.store.schema import INDEXES, Execute, Row, apply_batch, execution_from, migrate
 from runtime.store.sql import SqlStore
-from runtime.store.trigger_states import TRIGGER_STATES_TABLE
+from runtime.store.trigger_states import TRIGGER_STATES_TABLE, per_tenant_migration
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
@@ -147,6 +147,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX batches_by_time ON batches (committed_at)",
     ),
     cluster.COMMAND_TAGS,  # 7: a command's kind is its message's class name
+    # 8: trigger state per tenant: each tenant switches (and runs) a shared runbook's triggers for itself
+    per_tenant_migration("timestamptz", "a.data->>'tenantId'"),
 )
 
 _MARK_BATCH = "INSERT INTO batches (id) VALUES (%s)"

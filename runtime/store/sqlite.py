@@ -32,7 +32,7 @@ from runtime.store.dialect import Dialect
 from runtime.store.schema import INDEXES, Execute, Row, apply_batch, execution_from, migrate
 from runtime.store.sql import SqlStore
 from runtime.store.sql_writer import SqlWriter
-from runtime.store.trigger_states import TRIGGER_STATES_TABLE
+from runtime.store.trigger_states import TRIGGER_STATES_TABLE, per_tenant_migration
 
 SQLITE = Dialect("sqlite", mark="?", json_mark="?", stamp=format_time, time=parse_time,
                  step_status="json_extract(state, '$.status')")
@@ -131,6 +131,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # 3: runbook triggers: enabled, last run
         TRIGGER_STATES_TABLE.format(time="TEXT"),
     ),
+    # 4: trigger state per tenant: each tenant switches (and runs) a shared runbook's triggers for itself
+    per_tenant_migration("TEXT", "json_extract(a.data, '$.tenantId')"),
 )
 
 _HEADERS = "SELECT seq, id, header, version FROM executions"

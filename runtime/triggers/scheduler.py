@@ -18,10 +18,17 @@ Event rules: ``on_event`` runs for every published event before it is delivered 
 steps; each rule of that type whose filter passes, of a runbook the event's tenant sees,
 starts an execution in that tenant (key ``trigger:<runbookId>:<triggerId>:event:<event id>``).
 
+Tenants: a trigger is switched, and its runs recorded, per tenant. A tenant's own runbook
+has its triggers in that tenant alone. A shared runbook (``RUNBOOKS_DIR``) is seen by every
+tenant, and each tenant switches its triggers for itself (``on_by_default``): an event rule
+is on in every tenant until that tenant switches it off (the tenant's own events fire it);
+a schedule runs in the ``default`` tenant until switched off there, and in any other tenant
+once that tenant switches it on, each due time starting one execution in each tenant where
+it is on.
+
 An execution started by a trigger has ``context.trigger = {kind, id, at}`` and the audit
 actor ``trigger:<id>``. Switching a trigger on or off is audited in the audit log under the
-key ``trigger:<owner>:<runbookId>:<triggerId>`` (``audit_key``; owner '' for a shared
-runbook), read with ``Runtime.trigger_audit``.
+tenant's key for it (``audit_key``), read with ``Runtime.trigger_audit``.
 
 ``SchedulerHost`` is all the scheduler reaches of the runtime: the clock, the runbooks, the
 one start of an execution, the stored trigger states, and the commit of its audit entries.
@@ -48,7 +55,10 @@ from runtime.shell.clock import Clock
 from runtime.shell.events import passes
 
 logger = logging.getLogger("runbooks.triggers")
-Key = tuple[str | None, str, str]  # (owner, runbook id, trigger id)
+Key = tuple[str | None, str, str]  # (owner, runbook id, trigger id): one armed schedule or rule per trigger
+StateKey = tuple[str, str | None, str, str]  # (tenant, owner, runbook id, trigger id): its state in a tenant
+States = dict[StateKey, TriggerState]
+DEFAULT_TENANT = "default"  # where a shared runbook's schedules run unless switched off there
 
 
 @attrs.define
@@ -75,8 +85,33 @@ class TriggerInfo:
     shared: bool
 
 
-def audit_key(tenant_id: str | None, runbook_id: str, trigger_id: str) -> str:
-    return f"trigger:{tenant_id or ''}:{runbook_id}:{trigger_id}"
+def audit_key(tenant_id: str, owner: str | None, runbook_id: str, trigger_id: str) -> str:
+    """Where the switches of a trigger in a tenant are audited: ``trigger:<tenant>:<runbook>:<trigger>``
+    for the tenant's own runbook, ``trigger::<runbook>:<trigger>@<tenant>`` for a shared one
+    (ids hold neither ``:`` nor ``@``, so no two triggers share a key)."""
+    if owner is None:
+        return f"trigger::{runbook_id}:{trigger_id}@{tenant_id}"
+    return f"trigger:{owner}:{runbook_id}:{trigger_id}"
+
+
+def on_by_default(trigger: Trigger, owner: str | None, tenant_id: str) -> bool:
+    """Whether a trigger never switched in this tenant is on there: everything but a shared
+    runbook's schedule in a tenant other than ``default`` (which that tenant switches on)."""
+    return not (owner is None and trigger.kind == SCHEDULE and tenant_id != DEFAULT_TENANT)
+
+
+def is_on(states: States, runbook: Runbook, trigger: Trigger, tenant_id: str) -> bool:
+    state = states.get((tenant_id, runbook.tenant_id, runbook.id, trigger.id))
+    return state.enabled if state is not None else on_by_default(trigger, runbook.tenant_id, tenant_id)
+
+
+def schedule_tenants(states: States, runbook: Runbook, trigger: Trigger) -> list[str]:
+    """The tenants a schedule runs in: its owner's, or for a shared runbook ``default`` and
+    every tenant that switched it on."""
+    if runbook.tenant_id is not None:
+        return [runbook.tenant_id] if is_on(states, runbook, trigger, runbook.tenant_id) else []
+    switched = {key[0] for key in states if key[1:] == (None, runbook.id, trigger.id)}
+    return [tenant for tenant in sorted(switched | {DEFAULT_TENANT}) if is_on(states, runbook, trigger, tenant)]
 
 
 @attrs.frozen
@@ -87,8 +122,8 @@ class SchedulerHost:
     latest_runbooks: Callable[[], Awaitable[list[Runbook]]]  # the latest version of every runbook
     start: Callable[..., Awaitable[StartResult]]  # the start of an execution, as the API starts one
     states: Callable[[], Awaitable[list[TriggerState]]]
-    record_run: Callable[[str | None, str, str, datetime, str], Awaitable[None]]  # (owner, runbook, trigger, at, execution)
-    set_enabled: Callable[[str | None, str, str, bool], Awaitable[None]]  # (owner, runbook, trigger, enabled)
+    record_run: Callable[[str, str | None, str, str, datetime, str], Awaitable[None]]  # (*StateKey, at, execution)
+    set_enabled: Callable[[str, str | None, str, str, bool], Awaitable[None]]  # (*StateKey, enabled)
     commit: Callable[[Change], Awaitable[ChangeResult]]  # the audit entry of a switch
 
 
@@ -111,7 +146,7 @@ class Scheduler:
         """A new version of ``runbook`` was registered: its triggers replace the old ones."""
         self._install(runbook, None)
 
-    def _install(self, runbook: Runbook, states: dict[Key, TriggerState] | None) -> None:
+    def _install(self, runbook: Runbook, states: States | None) -> None:
         owner = (runbook.tenant_id, runbook.id)
         for table in (self._schedules, self._rules):
             for key in [k for k in table if k[:2] == owner]:
@@ -124,8 +159,7 @@ class Scheduler:
                 continue
             due = trigger.next_due(now)
             if states is not None and trigger.catch_up == "latest":
-                state = states.get(key)
-                since = state.last_run_at if state is not None and state.last_run_at else runbook.created_at
+                since = _last_run_everywhere(states, runbook, trigger) or runbook.created_at
                 missed = trigger.last_due(now)
                 if since is not None and missed > since:
                     due = missed  # fires at once: the one catch-up
@@ -169,7 +203,8 @@ class Scheduler:
             if replaced is None:
                 return
             armed = replaced
-        await self._start(runbook, armed.trigger, runbook.tenant_id or "default", armed.trigger.input, due)
+        for tenant in schedule_tenants(await self._states(), runbook, armed.trigger):
+            await self._start(runbook, armed.trigger, tenant, armed.trigger.input, due)
 
     async def _latest(self, runbook: Runbook) -> Runbook:
         try:
@@ -183,10 +218,14 @@ class Scheduler:
     async def on_event(self, event: Event, hop: int = 0) -> int:
         """Start the executions of every rule the event fires (with the event's ``hop``); how many started."""
         started = 0
+        states: States | None = None
         for runbook, trigger in list(self._rules.values()):
             if trigger.event_type != event.type or not passes(trigger.filter, event):
                 continue
             if runbook.tenant_id not in (None, event.tenant_id) or not await self._visible(runbook, event.tenant_id):
+                continue
+            states = states if states is not None else await self._states()
+            if not is_on(states, runbook, trigger, event.tenant_id):
                 continue
             scope = {"event": {"type": event.type, "correlationKey": event.correlation_key, "payload": event.payload}}
             try:
@@ -210,8 +249,7 @@ class Scheduler:
     # ------------------------------------------------------------------ starting
     async def _start(self, runbook: Runbook, trigger: Trigger, tenant: str, input: Any, at: datetime,
                      name: str | None = None, hop: int = 0) -> bool:
-        if not await self.enabled(runbook.tenant_id, runbook.id, trigger.id):
-            return False
+        """Start the trigger's execution in ``tenant`` (where the caller found it on)."""
         when = rfc3339(at)
         context = {**trigger.context, "tenantId": tenant, "userId": f"trigger:{trigger.id}",
                    "trigger": {"kind": trigger.kind, "id": trigger.id, "at": when}}
@@ -222,28 +260,23 @@ class Scheduler:
         except RunbookError as exc:
             logger.warning("trigger %s of runbook %s could not start an execution: %s", trigger.id, runbook.id, exc)
             return False
-        await self._host.record_run(runbook.tenant_id, runbook.id, trigger.id, at, result.execution.id)
+        await self._host.record_run(tenant, runbook.tenant_id, runbook.id, trigger.id, at, result.execution.id)
         if result.created:
-            logger.info("trigger %s of runbook %s started execution %s (%s)", trigger.id, runbook.id,
-                        result.execution.id, when)
+            logger.info("trigger %s of runbook %s started execution %s in tenant %s (%s)", trigger.id, runbook.id,
+                        result.execution.id, tenant, when)
         return True
 
     # ------------------------------------------------------------------ state
-    async def _states(self) -> dict[Key, TriggerState]:
-        return {(s.tenant_id, s.runbook_id, s.trigger_id): s for s in await self._host.states()}
-
-    async def enabled(self, tenant_id: str | None, runbook_id: str, trigger_id: str) -> bool:
-        state = (await self._states()).get((tenant_id, runbook_id, trigger_id))
-        return state is None or state.enabled
+    async def _states(self) -> States:
+        return {(s.tenant_id, s.owner, s.runbook_id, s.trigger_id): s for s in await self._host.states()}
 
     async def list(self, tenant_id: str) -> list[TriggerInfo]:
-        """The triggers of the latest version of every runbook the tenant sees."""
+        """The triggers of the latest version of every runbook the tenant sees, as in that tenant."""
         states = await self._states()
         infos = []
         for runbook in await self._host.runbooks(tenant_id):
             for trigger in triggers_of(runbook.document):
-                key = (runbook.tenant_id, runbook.id, trigger.id)
-                infos.append(self._info(runbook, trigger, states.get(key) or TriggerState(*key)))
+                infos.append(self._info(runbook, trigger, _state(states, runbook, trigger, tenant_id)))
         return infos
 
     def _info(self, runbook: Runbook, trigger: Trigger, state: TriggerState) -> TriggerInfo:
@@ -263,11 +296,11 @@ class Scheduler:
         found = [t for t in triggers_of(runbook.document) if t.id == trigger_id]
         if not found:
             raise NotFound(f"runbook '{runbook_id}' has no trigger '{trigger_id}'")
-        key = (runbook.tenant_id, runbook.id, trigger_id)
-        state = (await self._states()).get(key) or TriggerState(*key)
+        state = _state(await self._states(), runbook, found[0], tenant_id)
         if state.enabled == enabled:
             raise Conflict(f"trigger '{trigger_id}' of runbook '{runbook_id}' is already "
                            f"{'enabled' if enabled else 'disabled'}")
+        key = (tenant_id, runbook.tenant_id, runbook.id, trigger_id)
         await self._host.set_enabled(*key, enabled)
         action = "trigger.enabled" if enabled else "trigger.disabled"
         entry = AuditEntry(audit_key(*key), self._host.clock.now(), actor, action, None, None, reason,
@@ -275,3 +308,16 @@ class Scheduler:
         await self._host.commit(Change(audit=(entry,)))
         logger.info("%s: %s of runbook %s by %s", action, trigger_id, runbook_id, actor)
         return self._info(runbook, found[0], attrs.evolve(state, enabled=enabled))
+
+
+def _state(states: States, runbook: Runbook, trigger: Trigger, tenant_id: str) -> TriggerState:
+    """The trigger's state in the tenant (never switched nor run there: its default)."""
+    key = (tenant_id, runbook.tenant_id, runbook.id, trigger.id)
+    return states.get(key) or TriggerState(*key, enabled=on_by_default(trigger, runbook.tenant_id, tenant_id))
+
+
+def _last_run_everywhere(states: States, runbook: Runbook, trigger: Trigger) -> datetime | None:
+    """The earliest last run among the tenants a schedule runs in (None: one has never run it)."""
+    runs = [_state(states, runbook, trigger, tenant).last_run_at for tenant in schedule_tenants(states, runbook, trigger)]
+    known = [run for run in runs if run is not None]
+    return min(known) if known and len(known) == len(runs) else None
