@@ -92,6 +92,8 @@ class Config:
     max_triggers_per_runbook: int = 20
     min_schedule_interval_ms: int = 1000
     max_triggers_per_tenant: int = 100
+    max_descendants: int = 1000
+    max_active_descendants_per_tenant: int = 10_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -138,6 +140,8 @@ class Config:
             max_triggers_per_runbook=read.integer("MAX_TRIGGERS_PER_RUNBOOK", 20, 0, 10_000),
             min_schedule_interval_ms=read.integer("MIN_SCHEDULE_INTERVAL_MS", 1000, 0, MAX_DURATION_MS),
             max_triggers_per_tenant=read.integer("MAX_TRIGGERS_PER_TENANT", 100, 0, 10**6),
+            max_descendants=read.integer("MAX_DESCENDANTS", 1000, 0, 10**9),
+            max_active_descendants_per_tenant=read.integer("MAX_ACTIVE_DESCENDANTS_PER_TENANT", 10_000, 0, 10**9),
         )
         if not config.instance_id:  # the default names the host and the port it serves on
             config = attrs.evolve(config, instance_id=f"{socket.gethostname()}:{config.port}")
@@ -190,6 +194,8 @@ class Config:
             max_triggers_per_runbook=self.max_triggers_per_runbook,
             min_schedule_interval_ms=self.min_schedule_interval_ms,
             max_triggers_per_tenant=self.max_triggers_per_tenant,
+            max_descendants=self.max_descendants,
+            max_active_descendants_per_tenant=self.max_active_descendants_per_tenant,
         )
 
     def check_can_serve(self) -> None:

@@ -135,7 +135,9 @@ def _assemble(store: Store, settings: Settings, http: httpx.AsyncClient, persist
     cluster = _cluster(store, read, directory, catalog, hub, settings)
     routing = Routing(store, read, commit, settings, directory, hub, catalog, router, cluster)
     starter = Starter(store, read, commit, clock, catalog, directory, hub, routing.fetch, max_hops=settings.max_hops,
-                      owner=cluster.instance_id if cluster is not None else None)
+                      owner=cluster.instance_id if cluster is not None else None,
+                      max_descendants=settings.max_descendants,
+                      max_active_descendants=settings.max_active_descendants_per_tenant)
     secrets = Secrets(settings.secrets_file, settings.secrets_env)
     executors = Services(http=http, now=clock.now, call_service_base_url=settings.call_service_base_url,
                          secrets=secrets, allowed_hosts=settings.call_service_allowed_hosts,

@@ -6,6 +6,12 @@ the arguments are checked, the runbook's input rules applied (``inputSchema``,
 (refused if the input differs), and the new execution is committed (with several
 processes: owned by this one from its first commit) before its actor starts here. A start
 that duplicates an unfinished one with the same input answers that one, unless ``force``.
+
+A child's start is admitted by the store in the transaction that writes it (``FanoutCaps``),
+so several processes sharing the store count the same executions and cannot both take the
+last place: its root and its parent must still run (once a cancel of either is committed,
+nothing new starts under it), the root must have fewer than ``max_descendants`` executions
+under it, and the tenant fewer than ``max_active_descendants`` unfinished children.
 """
 
 from __future__ import annotations
@@ -20,9 +26,16 @@ from runtime.api import arguments
 from runtime.api.access import CommitChange, Read
 from runtime.core import created
 from runtime.language.input_schema import input_problems
-from runtime.model import Execution, Runbook
-from runtime.model.errors import LoopDetected, Problem, ValidationError
-from runtime.model.records import Change
+from runtime.model import Execution, Lineage, Runbook
+from runtime.model.errors import (
+    Conflict,
+    FanoutLimit,
+    LoopDetected,
+    Problem,
+    RunbookError,
+    ValidationError,
+)
+from runtime.model.records import ROOT_FULL, TENANT_FULL, Change, FanoutCaps
 from runtime.model.types import StartResult
 from runtime.model.wire import sha256_hex
 from runtime.shell.catalog import Catalog
@@ -46,14 +59,17 @@ class Starter:
     fetch: Fetch  # the latest state of an execution (the one a duplicate start answers)
     max_hops: int = 8  # a start past this many engine-to-engine hops is a loop (LoopDetected)
     owner: str | None = None  # this process's instance id, when several share the store
+    max_descendants: int = 1000  # executions started under one root (FanoutLimit)
+    max_active_descendants: int = 10_000  # unfinished child executions of one tenant (FanoutLimit)
 
     async def start(self, runbook_id: str, input: Any = None, context: Mapping[str, Any] | None = None, *,
                     version: int | None = None, idempotency_key: str | None = None, force: bool = False,
                     replay_of: str | None = None, actor: str | None = None, reason: str | None = None,
-                    parent: tuple[str, str, int] | None = None, execution_id: str | None = None,
+                    parent: Lineage | None = None, execution_id: str | None = None,
                     hop: int = 0) -> StartResult:
         """Start an execution, or answer the one an identical start already made.
-        ``parent``: (execution id, step id, depth) of a run-runbook step's child. ``hop``: how
+        ``parent``: where a run-runbook step's child sits (``FanoutLimit``, or ``Conflict``
+        once its root or parent has ended, when the store does not admit it). ``hop``: how
         many runbooks calling the engine led to this start (``X-Runbooks-Hop``), kept as
         ``context.hop`` and refused past ``max_hops`` (``LoopDetected``)."""
         arguments.check_start(runbook_id, input, context, version, idempotency_key, force, actor, reason)
@@ -73,24 +89,44 @@ class Starter:
         change = created(runbook, execution_id=execution_id or uuid.uuid4().hex, input=input, context=ctx,
                          input_hash=input_hash, idempotency_key=idempotency_key, dedup=not force,
                          replay_of=replay_of, now=self.clock.now(), actor=actor, reason=reason, parent=parent)
+        if parent is not None:
+            change = attrs.evolve(change, fanout=FanoutCaps(self.max_descendants, self.max_active_descendants))
         return await self._commit(change, input_hash if idempotency_key else None)
 
     async def _commit(self, change: Change, keyed_hash: str | None) -> StartResult:
         """Commit the new execution and start its actor; or answer the one it duplicates
         (``keyed_hash``: a start with an idempotency key, whose input must be the same)."""
-        assert change.new_execution is not None
+        execution = change.new_execution
+        assert execution is not None
         if self.owner is not None:  # owned from its first commit: this process runs it
-            change = attrs.evolve(change, owner=self.owner, new_execution=attrs.evolve(change.new_execution, epoch=1))
+            execution = attrs.evolve(execution, epoch=1)
+            change = attrs.evolve(change, owner=self.owner, new_execution=execution)
         result = await self.commit(change)
+        if result.refused is not None:
+            raise self._refusal(result.refused, execution)
         if result.existing_id is not None:
             existing = await self.fetch(result.existing_id)
             return StartResult(_same_input(existing, keyed_hash) if keyed_hash else existing, False)
-        execution = change.new_execution
-        assert execution is not None
         self.hub.published(execution)
         self.directory.start(execution.id, execution)
         self.hub.notify("execution.started", execution)
         return StartResult(execution, True)
+
+
+    def _refusal(self, why: str, child: Execution) -> RunbookError:
+        """Why a child's start was not admitted, as the error its step fails with."""
+        not_started = f"child execution {child.id} was not started"
+        if why == ROOT_FULL:
+            return FanoutLimit(f"execution {child.root_execution_id} already has {self.max_descendants} executions "
+                               f"under it (MAX_DESCENDANTS); {not_started}", limit=self.max_descendants,
+                               setting="MAX_DESCENDANTS")
+        if why == TENANT_FULL:
+            setting = "MAX_ACTIVE_DESCENDANTS_PER_TENANT"
+            return FanoutLimit(f"tenant '{child.tenant_id}' already has {self.max_active_descendants} unfinished "
+                               f"child executions ({setting}); {not_started}", limit=self.max_active_descendants,
+                               setting=setting)
+        return Conflict(f"{not_started}: its root execution {child.root_execution_id} or its parent "
+                        f"{child.parent_execution_id} has ended")
 
 
 def _same_input(existing: Execution, input_hash: str) -> Execution:

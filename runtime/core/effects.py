@@ -120,6 +120,7 @@ class StartChild:
     input: Any
     context: Mapping[str, Any]
     depth: int
+    root_id: str  # the execution at the top of the parent's tree
     after_commit: ClassVar[bool] = True
 
 

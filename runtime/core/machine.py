@@ -41,6 +41,7 @@ from runtime.model import (
     AuditEntry,
     Execution,
     ExecutionStatus,
+    Lineage,
     LogEntry,
     Runbook,
     StepError,
@@ -79,9 +80,9 @@ def apply_all(state: ExecutionState, messages: Iterable[Message],
 
 def created(runbook: Runbook, *, execution_id: str, input: Any, context: dict[str, Any], input_hash: str,
             idempotency_key: str | None, dedup: bool, replay_of: str | None, now: datetime,
-            actor: str | None, reason: str | None, parent: tuple[str, str, int] | None = None) -> Change:
+            actor: str | None, reason: str | None, parent: Lineage | None = None) -> Change:
     """The records of a new execution (``pending``; its ``Begin`` starts it once committed).
-    ``parent``: (execution id, step id, depth) of a child started by a run-runbook step."""
+    ``parent``: where a child started by a run-runbook step sits."""
     execution = Execution(
         id=execution_id, runbook_id=runbook.id, runbook_version=runbook.version,
         tenant_id=context["tenantId"], status=ES.PENDING, created_at=now,
@@ -90,10 +91,11 @@ def created(runbook: Runbook, *, execution_id: str, input: Any, context: dict[st
         deduplicated=dedup, replay_of=replay_of, version=1,
     )
     if parent is not None:
-        execution = attrs.evolve(execution, parent_execution_id=parent[0], parent_step_id=parent[1], depth=parent[2])
+        execution = attrs.evolve(execution, parent_execution_id=parent.parent_id, parent_step_id=parent.step_id,
+                                 depth=parent.depth, root_execution_id=parent.root_id)
     ids: dict[str, Any] = {"runbookId": runbook.id, "runbookVersion": runbook.version}
     if parent is not None:
-        ids |= {"parentExecutionId": parent[0], "parentStepId": parent[1]}
+        ids |= {"parentExecutionId": parent.parent_id, "parentStepId": parent.step_id}
     audit = AuditEntry(execution_id, now, actor or str(context.get("userId") or SYSTEM), "execution.started",
                        None, context.get("legalBasis"), reason or context.get("reason"),
                        {**ids, "replayOf": replay_of})

@@ -6,6 +6,10 @@ parent that parks meanwhile. A start is idempotent: the child's id and idempoten
 from the parent, the step and its attempt, so a parent that asks again after a restart finds
 the child it already has (and, if that child has already ended, hears of its end again).
 
+A child the store does not admit (``FanoutLimit``: too many under its root or in its
+tenant) fails its parent's step ``fanout_limit``; one that cannot start for another reason
+(an unknown runbook, its root or parent ended meanwhile) ``child_failed``.
+
 ``finished`` is the one place where the end of a child becomes a message to its parent
 (``ChildFinished``): the runtime calls it for every committed finished state of an
 execution that has a parent. Nothing polls. ``ChildrenHost`` is all it reaches of the
@@ -23,8 +27,9 @@ import trio
 
 from runtime.core.effects import CancelChild, StartChild
 from runtime.core.messages import ChildFinished
-from runtime.model import Execution, StepError
-from runtime.model.errors import Conflict, NotFound, RunbookError
+from runtime.kinds.run_runbook import NOT_STARTED
+from runtime.model import Execution, Lineage, StepError
+from runtime.model.errors import Conflict, FanoutLimit, NotFound, RunbookError
 from runtime.model.types import StartResult
 
 
@@ -45,17 +50,23 @@ class Children:
 
     async def _start(self, parent_id: str, effect: StartChild) -> None:
         key = f"child:{parent_id}:{effect.step_id}:{effect.attempt}"
+        lineage = Lineage(parent_id, effect.step_id, effect.depth, effect.root_id)
         try:
             result = await self._host.start(
                 effect.runbook_id, effect.input, effect.context, version=effect.version, idempotency_key=key,
-                force=True, actor=f"execution:{parent_id}", parent=(parent_id, effect.step_id, effect.depth),
-                execution_id=effect.child_id)
+                force=True, actor=f"execution:{parent_id}", parent=lineage, execution_id=effect.child_id)
+        except FanoutLimit as exc:
+            self._not_started(parent_id, effect, StepError("fanout_limit", str(exc)))
+            return
         except RunbookError as exc:
             error = StepError("child_failed", f"the child runbook '{effect.runbook_id}' could not start: {exc}")
-            self._host.tell(parent_id, ChildFinished(effect.step_id, effect.child_id, "not started", error=error))
+            self._not_started(parent_id, effect, error)
             return
         if result.execution.status.finished:  # it ended before this parent heard of it
             self.finished(result.execution)
+
+    def _not_started(self, parent_id: str, effect: StartChild, error: StepError) -> None:
+        self._host.tell(parent_id, ChildFinished(effect.step_id, effect.child_id, NOT_STARTED, error=error))
 
     def cancel(self, parent_id: str, effect: CancelChild) -> None:
         self._nursery.start_soon(self._cancel, parent_id, effect, name=f"cancel child {effect.child_id}")

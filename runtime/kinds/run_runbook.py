@@ -9,8 +9,9 @@ finishes), and succeeds with the child's output when the child completed; a chil
 failed, was cancelled or timed out fails the step (``child_failed``, the child's error in the
 message). A parent that ends (cancelled, failed, timed out) cancels its child; a paused
 parent does not pause it. More than ``MAX_DEPTH`` nested children fail the step
-(``depth_limit``). The step's ``timeoutMs`` bounds the wait (``timeout``; the child is
-cancelled).
+(``depth_limit``); a child the store does not admit (``MAX_DESCENDANTS`` under its root, or
+its tenant's cap; see ``runtime.api.starting``) fails it ``fanout_limit``. The step's
+``timeoutMs`` bounds the wait (``timeout``; the child is cancelled).
 
 Config: ``runbookId`` (templated), ``version``, ``input`` (templated; a secret cannot be
 passed: the child uses ``${secret.NAME}`` itself), ``context`` (added to the parent's
@@ -34,6 +35,7 @@ from runtime.model.errors import Problem
 from runtime.model.wire import sha256_hex
 
 MAX_DEPTH = 10
+NOT_STARTED = "not started"  # the status of a ChildFinished for a child that could not start
 _FIELDS = frozenset({"runbookId", "version", "input", "context"})
 _INHERITED = ("userId", "legalBasis", "reason")
 
@@ -59,6 +61,8 @@ def child_id(parent_id: str, step_id: str, attempt: int) -> str:
 
 
 def child_error(message: ChildFinished) -> StepError:
+    if message.status == NOT_STARTED and message.error is not None:
+        return message.error  # why it could not start (``fanout_limit``, ``child_failed``)
     why = f": {message.error.message}" if message.error is not None else ""
     return StepError("child_failed", f"child execution {message.child_id} {message.status}{why}", False)
 
@@ -92,8 +96,9 @@ class RunRunbookKind(KindDefaults):
         context.update(config.get("context") or {})
         context["tenantId"] = ops.execution.tenant_id  # always the parent's tenant
         attempt = ops.step_state(step.id).attempts
+        root = ops.execution.root_execution_id or ops.execution.id
         ops.emit(fx.StartChild(step.id, attempt, child, str(config["runbookId"]), config.get("version"),
-                               config.get("input", {}), context, ops.execution.depth + 1))
+                               config.get("input", {}), context, ops.execution.depth + 1, root))
         return True
 
     def message(self, ops: StepOps, step: Step, message: StepMessage) -> None:

@@ -11,6 +11,7 @@
     ├── Fenced            this process no longer owns the execution it tried to write
     ├── CommandQueued     forwarded to the owner, which did not answer in time: applied later
     ├── LimitExceeded     a per-tenant limit is reached (retained events); nothing changed
+    │   └── FanoutLimit   a child execution would pass MAX_DESCENDANTS or its tenant's cap
     └── LoopDetected      a start or an event came through more engine hops than MAX_HOPS
 
 The gateway maps ``code`` to an HTTP status; the Python API raises these as they are.
@@ -90,6 +91,14 @@ class LimitExceeded(RunbookError):
         self.limit = limit
         self.setting = setting
         self.retry_after_s = retry_after_s
+
+
+class FanoutLimit(LimitExceeded):
+    """A child execution was not started: its root has ``MAX_DESCENDANTS`` executions under
+    it already, or its tenant ``MAX_ACTIVE_DESCENDANTS_PER_TENANT`` unfinished children (the
+    run-runbook step fails ``fanout_limit``)."""
+
+    code = "fanoutLimit"
 
 
 def too_large(path: str, what: str, size: int, cap: int, setting: str) -> ValidationError:

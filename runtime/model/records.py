@@ -28,6 +28,22 @@ class Wait:
 
 
 @attrs.frozen
+class FanoutCaps:
+    """What a store checks in the transaction of a child's start (a ``new_execution`` with a
+    ``root_execution_id``) before it admits the child: its root and its parent still run,
+    fewer than ``per_root`` executions were started under the root, and its tenant has fewer
+    than ``per_tenant`` unfinished children. Otherwise nothing of the Change is written and
+    ``ChangeResult.refused`` says why."""
+
+    per_root: int
+    per_tenant: int
+
+
+#: why a store refused a child's start (``ChangeResult.refused``)
+ENDED, ROOT_FULL, TENANT_FULL = "ended", "root_full", "tenant_full"
+
+
+@attrs.frozen
 class Change:
     """State changes that commit together, in this order.
 
@@ -38,6 +54,7 @@ class Change:
 
     new_execution: Execution | None = None
     dedup: bool = True
+    fanout: FanoutCaps | None = None  # with the new_execution of a child: what admits it
     runbook: Runbook | None = None
     execution: Execution | None = None  # header upsert (its steps are written via `steps`)
     steps: tuple[tuple[str, str, int, StepState], ...] = ()  # (execution_id, step_id, position, state)
@@ -79,6 +96,7 @@ class ChangeResult:
     delivered: int = 0  # a publish: the waiters it was handed to
     retained: bool = False  # a publish: kept for a later waiter
     commands: tuple[QueuedCommand, ...] = ()  # a shared store's publish: the command each waiter got
+    refused: str | None = None  # a child's start not admitted (``FanoutCaps``): ENDED, ROOT_FULL or TENANT_FULL
 
 
 def merged(first: Change, second: Change) -> Change:

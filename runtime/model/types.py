@@ -179,6 +179,19 @@ class Execution:
     parent_execution_id: str | None = None  # started by a run-runbook step of that execution
     parent_step_id: str | None = None
     depth: int = 0  # how many parents it has
+    root_execution_id: str | None = None  # a child's: the execution at the top of its tree (no parent)
+
+
+@attrs.frozen
+class Lineage:
+    """Where a child execution sits: the run-runbook step of ``parent_id`` that starts it, its
+    ``depth`` (its parent's plus one) and the ``root_id`` of the tree (the parent's root, or
+    the parent itself)."""
+
+    parent_id: str
+    step_id: str
+    depth: int
+    root_id: str
 
 
 @attrs.frozen

@@ -42,6 +42,8 @@ class Settings:
     max_triggers_per_runbook: int = 20  # at registration (and validation)
     min_schedule_interval_ms: int = 1000  # a schedule whose due times come closer is refused
     max_triggers_per_tenant: int = 100  # the triggers of the latest versions of a tenant's own runbooks
+    max_descendants: int = 1000  # executions started under one root by run-runbook steps
+    max_active_descendants_per_tenant: int = 10_000  # a tenant's unfinished child executions
 
     @property
     def trigger_limits(self) -> TriggerLimits:

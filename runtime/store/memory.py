@@ -4,7 +4,7 @@ the process). Used by tests and by embedded programs that need no durability."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import attrs
@@ -15,13 +15,14 @@ from runtime.model import (
     Event,
     Evidence,
     Execution,
+    ExecutionStatus,
     LogEntry,
     Runbook,
     StepState,
     StepStatus,
     TriggerState,
 )
-from runtime.model.records import Change, ChangeResult
+from runtime.model.records import ENDED, ROOT_FULL, TENANT_FULL, Change, ChangeResult, FanoutCaps
 from runtime.store.base import level_at_least, parse_cursor
 
 _DedupKey = tuple[str, str, int, str]
@@ -53,6 +54,32 @@ class _TriggerStates:
         return [versions[-1] for versions in self._runbooks.values() if versions]
 
 
+class _Fanout:
+    """The admission of child executions (``FanoutCaps``), as the SQL stores decide it."""
+
+    def __init__(self) -> None:
+        self._under_root: dict[str, int] = {}  # root id -> executions started under it
+        self._children: dict[str, set[str]] = {}  # tenant -> its children not known to have finished
+
+    def refusal(self, child: Execution, caps: FanoutCaps | None,
+                status: Callable[[str | None], ExecutionStatus | None]) -> str | None:
+        if caps is None or child.root_execution_id is None:
+            return None
+        root = child.root_execution_id
+        running = {root, child.parent_execution_id}
+        if any(s is None or s.finished for s in map(status, running)):
+            return ENDED
+        if self._under_root.get(root, 0) >= caps.per_root:
+            return ROOT_FULL
+        children = self._children.setdefault(child.tenant_id, set())
+        children -= {c for c in children if (s := status(c)) is not None and s.finished}
+        if len(children) >= caps.per_tenant:
+            return TENANT_FULL
+        self._under_root[root] = self._under_root.get(root, 0) + 1
+        children.add(child.id)
+        return None
+
+
 class MemoryStore(_TriggerStates):
     threaded = False
     name = "memory"
@@ -71,6 +98,7 @@ class MemoryStore(_TriggerStates):
         self._events: dict[str, Event] = {}
         self._versions: dict[str, int] = {}
         self._triggers: dict[_TriggerKey, TriggerState] = {}
+        self._fanout = _Fanout()
 
     def open(self) -> None:
         pass
@@ -91,6 +119,9 @@ class MemoryStore(_TriggerStates):
             existing = self._duplicate_of(change.new_execution, change.dedup)
             if existing is not None:
                 return ChangeResult(existing_id=existing)
+            refused = self._fanout.refusal(change.new_execution, change.fanout, self._status)
+            if refused is not None:
+                return ChangeResult(refused=refused)
             self._insert(change.new_execution, change.dedup)
         if change.runbook is not None:
             version = self._add_runbook(change.runbook)
@@ -115,6 +146,10 @@ class MemoryStore(_TriggerStates):
         if change.version is not None:
             self._versions[change.version[0]] = change.version[1]
         return ChangeResult(runbook_version=version)
+
+    def _status(self, execution_id: str | None) -> ExecutionStatus | None:
+        found = self._headers.get(execution_id or "")
+        return found[1].status if found else None
 
     def _duplicate_of(self, execution: Execution, dedup: bool) -> str | None:
         if execution.idempotency_key is not None:

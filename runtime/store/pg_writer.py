@@ -1,6 +1,7 @@
 """``PostgresWriter``: the writes of a batch that only a database shared by several processes needs.
 
-On top of ``SqlWriter``: starts are inserted in one pipeline with their owner; the owners'
+On top of ``SqlWriter``: starts are inserted in one pipeline with their owner; a child's
+admission holds its tenant's advisory lock and a share lock on its parent's row; the owners'
 epochs are checked (``check_fences``: a stale epoch rolls the whole batch back); waits and
 publishes go through the ``waits`` and ``events`` tables under one advisory lock per
 (tenant, type, key), so an event published by any process reaches every waiter; an event
@@ -27,7 +28,13 @@ from runtime.model.wire import dumps
 from runtime.store import pg_cluster as cluster
 from runtime.store.dialect import Dialect
 from runtime.store.schema import Pending, Row, event_from, event_row
-from runtime.store.sql_writer import DELETE_EVENT, UPSERT_EVENT, SqlWriter, insert_execution
+from runtime.store.sql_writer import (
+    DELETE_EVENT,
+    RUNNING,
+    UPSERT_EVENT,
+    SqlWriter,
+    insert_execution,
+)
 
 Cursor = psycopg.Cursor[tuple[Any, ...]]
 
@@ -36,6 +43,7 @@ class PostgresWriter(SqlWriter):
     """The writes of one batch, inside its transaction, on the batch's cursor."""
 
     INSERT_EXECUTION: ClassVar[str] = insert_execution(("owner", "epoch"))
+    RUNNING: ClassVar[str] = f"{RUNNING} FOR SHARE"  # its cancel, committed elsewhere, waits for this start
 
     def __init__(self, cursor: Cursor, dialect: Dialect, channel: str, nonce: str) -> None:
         super().__init__(cursor, dialect)
@@ -60,6 +68,11 @@ class PostgresWriter(SqlWriter):
                 cursor.execute(statement, row)
                 cursors.append(cursor)
         return [cursor.rowcount for cursor in cursors]
+
+    def _lock_children(self, tenant_id: str) -> None:
+        """One child start of the tenant at a time, across processes, until this transaction
+        ends: the count of its unfinished children is the one every process sees."""
+        self._cursor.execute(cluster.LOCK_KEY, (json.dumps(["children", tenant_id]),))
 
     def add_runbook(self, runbook: Runbook) -> int:
         self._notices.append(f"runbook:{runbook.id}")  # the others drop the latest version they cached

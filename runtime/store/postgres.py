@@ -34,7 +34,15 @@ from runtime.store import pg_cluster as cluster
 from runtime.store.dialect import Dialect
 from runtime.store.pg_ledger import PostgresLedger
 from runtime.store.pg_writer import PostgresWriter
-from runtime.store.schema import INDEXES, Execute, Row, apply_batch, execution_from, migrate
+from runtime.store.schema import (
+    FANOUT_MIGRATION,
+    INDEXES,
+    Execute,
+    Row,
+    apply_batch,
+    execution_from,
+    migrate,
+)
 from runtime.store.sql import SqlStore
 from runtime.store.trigger_states import TRIGGER_STATES_TABLE, per_tenant_migration
 
@@ -149,6 +157,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     cluster.COMMAND_TAGS,  # 7: a command's kind is its message's class name
     # 8: trigger state per tenant: each tenant switches (and runs) a shared runbook's triggers for itself
     per_tenant_migration("timestamptz", "a.data->>'tenantId'"),
+    FANOUT_MIGRATION,  # 9: executions under each root, and each tenant's unfinished children
 )
 
 _MARK_BATCH = "INSERT INTO batches (id) VALUES (%s)"

@@ -27,6 +27,8 @@ from runtime.model.wire import dumps, dumps_data, from_json, to_json
 NOT_DEDUPED_SQL = "('failed', 'cancelled', 'timed_out')"
 #: the statuses that are not ``finished`` (what ``load_unfinished`` loads), as SQL
 UNFINISHED_SQL = "('pending', 'running', 'awaiting_approval', 'pausing', 'paused')"
+#: the statuses that are ``finished``, as SQL
+FINISHED_SQL = "('completed', 'failed', 'cancelled', 'timed_out')"
 #: the ``owner`` of a shared runbook (NULL would not take part in the unique key)
 SHARED = ""
 
@@ -53,6 +55,10 @@ class BatchWriter(Protocol):
     def insert_executions(self, starts: Sequence[Change]) -> list[str | None]:
         """Insert each start's ``new_execution`` unless a unique index already holds one (then
         the id of that existing execution), and the lease a start asks for with it."""
+
+    def admit(self, change: Change) -> str | None:
+        """Admit a child just inserted (``change.fanout``), or take it out again and say why not
+        (``records.ENDED``, ``ROOT_FULL``, ``TENANT_FULL``)."""
 
     def add_runbook(self, runbook: Runbook) -> int:
         """Store the next version of the runbook; its version."""
@@ -152,6 +158,10 @@ def apply_batch(changes: Sequence[Change], writer: BatchWriter) -> list[ChangeRe
             for change, existing in zip(starts, writer.insert_executions(starts), strict=True):
                 if existing is not None:
                     results.append(ChangeResult(existing_id=existing))
+                    continue
+                refused = writer.admit(change) if change.fanout is not None else None
+                if refused is not None:
+                    results.append(ChangeResult(refused=refused))
                     continue
                 assert change.new_execution is not None
                 pending.add_new(change.new_execution)
@@ -360,6 +370,16 @@ INDEXES = (
     "CREATE INDEX audit_by_execution ON audit (execution_id, seq)",
     "CREATE INDEX evidence_by_execution ON evidence (execution_id, seq)",
     "CREATE INDEX events_match ON events (tenant_id, type, correlation_key)",
+)
+
+#: the migration that lets a store admit child executions (``FanoutCaps``), the same SQL in
+#: both dialects: each execution's root (a child's; NULL for a root), how many executions
+#: were started under it (a root's), and an index of each tenant's unfinished children
+FANOUT_MIGRATION = (
+    "ALTER TABLE executions ADD COLUMN root_id TEXT",
+    "ALTER TABLE executions ADD COLUMN descendants INTEGER NOT NULL DEFAULT 0",
+    f"""CREATE INDEX executions_active_children ON executions (tenant_id)
+        WHERE root_id IS NOT NULL AND status NOT IN {FINISHED_SQL}""",
 )
 
 Execute = Callable[[str], list[Row]]

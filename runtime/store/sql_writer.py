@@ -1,8 +1,9 @@
 """``SqlWriter``: the writes of one batch in either SQL dialect, inside the batch's transaction.
 
 ``schema.apply_batch`` drives it: starts are inserted at once (their unique indexes decide
-whether each is new), a runbook registration takes the next version, and everything else of
-the batch is written by ``flush`` with one ``executemany`` per table. The statements are
+whether each is new; a child is then admitted by ``admit`` or taken out again), a runbook
+registration takes the next version, and everything else of the batch is written by
+``flush`` with one ``executemany`` per table. The statements are
 written once, with ``?`` and ``?json`` for ``Dialect.sql``; the writer runs them on the
 backend's connection or cursor (``Database``), so SQLite's ``BEGIN IMMEDIATE`` transaction
 and PostgreSQL's pipeline stay each backend's own. The PostgreSQL writer
@@ -17,9 +18,10 @@ from typing import Any, ClassVar, Protocol
 
 from runtime.model import Execution, Runbook
 from runtime.model.errors import StoreUnavailable
-from runtime.model.records import Change, ChangeResult
+from runtime.model.records import ENDED, ROOT_FULL, TENANT_FULL, Change, ChangeResult, FanoutCaps
 from runtime.store.dialect import Dialect, marks
 from runtime.store.schema import (
+    FINISHED_SQL,
     NOT_DEDUPED_SQL,
     Pending,
     Row,
@@ -106,13 +108,26 @@ ID = "SELECT id FROM executions WHERE id = ?"
 
 ATTEMPTS = 10  # inserts that lost a race with another store's transaction
 
+# The admission of a child (``FanoutCaps``). The root's row holds the count of executions
+# started under it: the UPDATE that raises it checks the cap and that the root still runs, and
+# its row lock makes two transactions that want the last place take turns (the second then
+# sees the count, or the root's cancel, the first one committed).
+ADMIT_UNDER_ROOT = f"""
+UPDATE executions SET descendants = descendants + 1
+WHERE id = ? AND descendants < ? AND status NOT IN {FINISHED_SQL}
+RETURNING descendants"""
+RUNNING = f"SELECT id FROM executions WHERE id = ? AND status NOT IN {FINISHED_SQL}"
+ACTIVE_CHILDREN = f"""
+SELECT COUNT(*) FROM executions WHERE tenant_id = ? AND root_id IS NOT NULL AND status NOT IN {FINISHED_SQL}"""
+DELETE_START = "DELETE FROM executions WHERE id = ?"
+
 
 def insert_execution(extra: Sequence[str] = ()) -> str:
-    """A start's insert: its header, ``deduplicated`` and the ``extra`` columns; nothing is
-    inserted while a unique index holds another execution."""
-    columns = ", ".join((HEADER_COLUMNS, "deduplicated", *extra))
+    """A start's insert: its header, ``deduplicated``, ``root_id`` and the ``extra`` columns;
+    nothing is inserted while a unique index holds another execution."""
+    columns = ", ".join((HEADER_COLUMNS, "deduplicated", "root_id", *extra))
     return f"""
-INSERT INTO executions ({columns}) VALUES ({HEADER_MARKS}, {marks(1 + len(extra))})
+INSERT INTO executions ({columns}) VALUES ({HEADER_MARKS}, {marks(2 + len(extra))})
 ON CONFLICT DO NOTHING"""
 
 
@@ -137,6 +152,7 @@ class SqlWriter:
     """The writes of one batch, inside its transaction."""
 
     INSERT_EXECUTION: ClassVar[str] = insert_execution()
+    RUNNING: ClassVar[str] = RUNNING  # (PostgreSQL's holds a share lock on the row it finds)
 
     def __init__(self, db: Database, dialect: Dialect) -> None:
         self._db = db
@@ -149,8 +165,34 @@ class SqlWriter:
         return [None if count == 1 else self._resolve(change) for change, count in zip(starts, counts, strict=True)]
 
     def _start_row(self, change: Change) -> Row:
-        assert change.new_execution is not None
-        return (*header_row(change.new_execution, self._dialect.stamp), change.dedup)
+        execution = change.new_execution
+        assert execution is not None
+        return (*header_row(execution, self._dialect.stamp), change.dedup, execution.root_execution_id)
+
+    def admit(self, change: Change) -> str | None:
+        child, caps = change.new_execution, change.fanout
+        assert child is not None and caps is not None
+        refused = self._refusal(child, caps)
+        if refused is not None:
+            self._db.execute(self._sql(DELETE_START), (child.id,))
+        return refused
+
+    def _refusal(self, child: Execution, caps: FanoutCaps) -> str | None:
+        """Why the child (inserted already, so counted among its tenant's) cannot stay."""
+        self._lock_children(child.tenant_id)
+        [(active,)] = self._db.execute(self._sql(ACTIVE_CHILDREN), (child.tenant_id,)).fetchall()
+        if active > caps.per_tenant:
+            return TENANT_FULL
+        root, parent = child.root_execution_id, child.parent_execution_id
+        if parent != root and not self._db.execute(self._sql(self.RUNNING), (parent,)).fetchall():
+            return ENDED
+        if self._db.execute(self._sql(ADMIT_UNDER_ROOT), (root, caps.per_root)).fetchall():
+            return None
+        return ROOT_FULL if self._db.execute(self._sql(self.RUNNING), (root,)).fetchall() else ENDED
+
+    def _lock_children(self, tenant_id: str) -> None:
+        """Hold the tenant's children count until the transaction ends (one process's store:
+        its write transaction holds the whole database already)."""
 
     def _insert_all(self, rows: list[Row]) -> list[int]:
         """Insert each start; how many rows each insert wrote (0: a unique index holds another)."""

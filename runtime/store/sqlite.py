@@ -29,7 +29,15 @@ from runtime.model.records import Change, ChangeResult
 from runtime.model.wire import format_time, parse_time
 from runtime.store.diagnose import unwritable_because
 from runtime.store.dialect import Dialect
-from runtime.store.schema import INDEXES, Execute, Row, apply_batch, execution_from, migrate
+from runtime.store.schema import (
+    FANOUT_MIGRATION,
+    INDEXES,
+    Execute,
+    Row,
+    apply_batch,
+    execution_from,
+    migrate,
+)
 from runtime.store.sql import SqlStore
 from runtime.store.sql_writer import SqlWriter
 from runtime.store.trigger_states import TRIGGER_STATES_TABLE, per_tenant_migration
@@ -133,6 +141,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 4: trigger state per tenant: each tenant switches (and runs) a shared runbook's triggers for itself
     per_tenant_migration("TEXT", "json_extract(a.data, '$.tenantId')"),
+    FANOUT_MIGRATION,  # 5: executions under each root, and each tenant's unfinished children
 )
 
 _HEADERS = "SELECT seq, id, header, version FROM executions"
