@@ -90,6 +90,7 @@ _EXECUTION = obj({
     "deadlineAt": TIME_OR_NULL,
     "parentExecutionId": {**TEXT_OR_NULL, "description": "Started by a run-runbook step of this execution."},
     "parentStepId": TEXT_OR_NULL,
+    "rootExecutionId": {**TEXT_OR_NULL, "description": "A child's: the execution at the top of its tree."},
     "steps": {"type": "object", "additionalProperties": ref("StepState"),
               "description": "Keyed by step id, in document order."},
 }, ("id", "runbookId", "runbookVersion", "tenantId", "status", "input", "output", "context", "error",

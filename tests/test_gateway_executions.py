@@ -21,7 +21,7 @@ STEP_KEYS = {"status", "type", "attempts", "startedAt", "completedAt", "output",
              "progress", "deadlineAt", "childExecutionId"}
 EXECUTION_KEYS = {"id", "runbookId", "runbookVersion", "tenantId", "status", "input", "output", "context",
                   "error", "createdAt", "startedAt", "completedAt", "pausedDurationMs", "replayOf", "inputHash",
-                  "deadlineAt", "parentExecutionId", "parentStepId", "steps"}
+                  "deadlineAt", "parentExecutionId", "parentStepId", "rootExecutionId", "steps"}
 
 
 # ---------------------------------------------------------------------------- start
