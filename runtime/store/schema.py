@@ -390,17 +390,19 @@ def migrate(transaction: Callable[[], AbstractContextManager[Execute]], migratio
 
     ``transaction()`` opens a transaction that holds the backend's migration lock and in
     which the ``schema_version`` table exists; it yields a function running one statement.
+    A migration is applied unless its own version is recorded (not merely a later one).
     """
     latest = len(migrations)
     for number, statements in enumerate(migrations, start=1):
         with transaction() as execute:
-            current = int(execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")[0][0])
+            applied = {int(row[0]) for row in execute("SELECT version FROM schema_version")}
+            current = max(applied, default=0)
             if current > latest:
                 raise RuntimeError(
                     f"the store's schema version {current} is newer than this program knows ({latest}); "
                     "upgrade the program"
                 )
-            if current >= number:
+            if number in applied:
                 continue
             for statement in statements:
                 execute(statement)
