@@ -156,14 +156,21 @@ class Directory:
             return await reply.wait()
 
     def post(self, execution_id: str, message: ActorMessage) -> None:
-        """Send ``message`` without waiting (a deadline's tick)."""
+        """Send ``message`` without waiting (a deadline's tick). An actor found gone twice is
+        one the runtime is closing (or one given up after crashes, whose execution is failed
+        meanwhile): the message is dropped, as the runtime would drop it a moment later."""
         address = self.start(execution_id)
         try:
             address.send_nowait(message)
         except trio.WouldBlock:
             self._nursery.start_soon(self._send_later, execution_id, message)
         except ActorGone:
-            self.start(execution_id).send_nowait(message)
+            try:
+                self.start(execution_id).send_nowait(message)
+            except trio.WouldBlock:
+                self._nursery.start_soon(self._send_later, execution_id, message)
+            except ActorGone:
+                logger.info("execution %s: its actor is closing; %s dropped", execution_id, type(message).__name__)
 
     async def _send_later(self, execution_id: str, message: ActorMessage) -> None:
         while True:
