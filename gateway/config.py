@@ -24,7 +24,7 @@ from gateway.bodies import MAX_BODY_BYTES
 from gateway.roles import DEFAULT_TOKEN_ROLES
 from runtime import Settings
 from runtime.io import tracing
-from runtime.kinds.approval import ANY_ROLE
+from runtime.kinds.approval_rules import ANY_ROLE
 from runtime.model.limits import MAX_CONCURRENCY, MAX_DURATION_MS, MAX_RETRIES
 from runtime.security.outbound import HostAllowlist
 from runtime.security.secrets import SecretsFileError, load_secrets_file

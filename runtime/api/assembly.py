@@ -128,7 +128,7 @@ def _assemble(store: Store, settings: Settings, http: httpx.AsyncClient, persist
     """Every part, each given what it reaches; the runtime's timers and sweep started."""
     clock, read, commit = Clock(), reader(store), committer(store, persistence, address)
     hub = WatchHub(settings.finished_cache_size)
-    catalog = Catalog(store, read, commit, StepTypes(), settings, clock)
+    catalog = Catalog(store, read, commit, StepTypes(settings.require_separation_of_duties), settings, clock)
     router = EventRouter(now=clock.now, retention_ms=settings.event_retention_ms, commit=commit, ask=directory.ask,
                          max_retained_per_tenant=settings.max_retained_events_per_tenant,
                          max_retained_bytes_per_tenant=settings.max_retained_event_bytes_per_tenant)
