@@ -28,6 +28,7 @@ from gateway.openapi import build_openapi
 from gateway.problems import ApiProblem, as_single_error, problem_for
 from gateway.routes import CONVERTERS, ROUTES, Route, View
 from gateway.routes_console import register_console
+from gateway.routes_links import register_links
 from gateway.sse import Streams
 from gateway.state import EXTENSION, GatewayState
 from runtime import Runtime
@@ -50,6 +51,7 @@ def create_app(runtime: Runtime, config: Config, *, metrics: GatewayMetrics | No
     for route in ROUTES:
         _register(app, route)
     register_console(app)
+    register_links(app)
     _install_edge(app, gateway)
     app.asgi_app = CompleteExchange(app.asgi_app)  # type: ignore[method-assign]
     return app

@@ -2,6 +2,7 @@
 embedded Trio API (``open_runtime``)."""
 
 from runtime.api.assembly import open_runtime
+from runtime.api.links import DecisionLink
 from runtime.api.runtime import Page, Runtime, StartResult
 from runtime.api.stores import check_store_url
 from runtime.io.context import StepContext
@@ -40,6 +41,7 @@ from runtime.model.errors import (
     StoreUnavailable,
     ValidationError,
 )
+from runtime.security.links import LinkRefused
 from runtime.shell.events import PublishResult
 from runtime.shell.settings import Settings
 
@@ -50,6 +52,7 @@ __all__ = [
     "AuditEntry",
     "CommandQueued",
     "Conflict",
+    "DecisionLink",
     "Delegation",
     "Event",
     "Evidence",
@@ -58,6 +61,7 @@ __all__ = [
     "Fenced",
     "Forbidden",
     "LimitExceeded",
+    "LinkRefused",
     "LogEntry",
     "LoopDetected",
     "NotFound",

@@ -144,7 +144,7 @@ def _assemble(store: Store, settings: Settings, http: httpx.AsyncClient, persist
     children = Children(ChildrenHost(start=starter.start, cancel=partial(_cancel_child, routing), tell=routing.tell),
                         background)
     notifier = Notifier(NotifierHost(executors, secrets, settings.public_url, settings.default_retry_policy,
-                                     directory.post), background)
+                                     directory.post, clock.now), background)
     runtime = Runtime(store=store, read=read, settings=settings, clock=clock, persistence=persistence,
                       directory=directory, hub=hub, catalog=catalog, router=router, routing=routing,
                       starter=starter, scheduler=Scheduler(_scheduler_host(store, read, commit, clock, catalog, starter)),

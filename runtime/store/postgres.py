@@ -31,6 +31,7 @@ from runtime.model import Execution
 from runtime.model.errors import StoreUnavailable
 from runtime.model.records import Change, ChangeResult
 from runtime.store import pg_cluster as cluster
+from runtime.store.decision_links import DECISION_LINKS_TABLE
 from runtime.store.dialect import Dialect
 from runtime.store.pg_ledger import PostgresLedger
 from runtime.store.pg_writer import PostgresWriter
@@ -147,6 +148,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX batches_by_time ON batches (committed_at)",
     ),
     cluster.COMMAND_TAGS,  # 7: a command's kind is its message's class name
+    (  # 8: decision links used
+        DECISION_LINKS_TABLE.format(time="timestamptz"),
+    ),
 )
 
 _MARK_BATCH = "INSERT INTO batches (id) VALUES (%s)"

@@ -27,6 +27,7 @@ from runtime.model import Execution
 from runtime.model.errors import StoreInUse, StoreUnavailable
 from runtime.model.records import Change, ChangeResult
 from runtime.model.wire import format_time, parse_time
+from runtime.store.decision_links import DECISION_LINKS_TABLE
 from runtime.store.diagnose import unwritable_because
 from runtime.store.dialect import Dialect
 from runtime.store.schema import INDEXES, Execute, Row, apply_batch, execution_from, migrate
@@ -130,6 +131,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     (  # 3: runbook triggers: enabled, last run
         TRIGGER_STATES_TABLE.format(time="TEXT"),
+    ),
+    (  # 4: decision links used
+        DECISION_LINKS_TABLE.format(time="TEXT"),
     ),
 )
 
