@@ -89,6 +89,7 @@ class Config:
     max_event_bytes: int = 256 * 1024
     max_retained_event_bytes_per_tenant: int = 64 * 1024 * 1024
     max_hops: int = 8
+    require_separation_of_duties: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -132,6 +133,7 @@ class Config:
             max_retained_event_bytes_per_tenant=read.integer("MAX_RETAINED_EVENT_BYTES_PER_TENANT",
                                                              64 * 1024 * 1024, 0, 1 << 40),
             max_hops=read.integer("MAX_HOPS", 8, 1, 1000),
+            require_separation_of_duties=read.boolean("REQUIRE_SEPARATION_OF_DUTIES", False),
         )
         if not config.instance_id:  # the default names the host and the port it serves on
             config = attrs.evolve(config, instance_id=f"{socket.gethostname()}:{config.port}")
@@ -181,6 +183,7 @@ class Config:
             max_event_bytes=self.max_event_bytes,
             max_retained_event_bytes_per_tenant=self.max_retained_event_bytes_per_tenant,
             max_hops=self.max_hops,
+            require_separation_of_duties=self.require_separation_of_duties,
         )
 
     def check_can_serve(self) -> None:
