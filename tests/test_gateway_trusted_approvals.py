@@ -12,6 +12,8 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+import trio
+
 from runtime.security.links import LinkClaims, issue
 from tests.fake_service import fake_service
 from tests.gateway_fixtures import RunningGateway, running_gateway
@@ -101,8 +103,8 @@ def local(gw: RunningGateway, url: str) -> str:
 
 
 async def notification(svc: Any, count: int) -> dict[str, Any]:
-    while svc.count("/hook") < count:
-        await svc.wait_for("/hook")
+    with trio.fail_after(10):
+        await svc.wait_for("/hook", count)
     body: dict[str, Any] = svc.requests_to("/hook")[count - 1].json
     return body
 
