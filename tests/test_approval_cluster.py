@@ -22,6 +22,7 @@ from runtime.store.postgres import PostgresStore
 from tests.cluster_nodes import nodes
 from tests.conftest import DSN
 from tests.fake_service import fake_service
+from tests.test_cluster import until
 
 pytestmark = [pytest.mark.postgres]
 
@@ -36,14 +37,6 @@ async def node(schema: str, instance: str) -> AsyncIterator[Runtime]:
     settings = Settings(lease_ttl_ms=TTL_MS, instance_id=instance, forward_wait_ms=3000)
     async with open_runtime(store, settings=settings) as rt:
         yield rt
-
-
-async def until(rt: Runtime, execution_id: str, predicate: Any, within_s: float = 10) -> Any:
-    with trio.fail_after(within_s):
-        async for execution in rt.watch(execution_id):
-            if predicate(execution):
-                return execution
-    raise AssertionError("finished before the condition held")
 
 
 async def test_decisions_and_delegation_through_a_process_that_does_not_own_the_execution(schema: str) -> None:

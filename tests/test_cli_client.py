@@ -290,7 +290,8 @@ def test_short_ids_server_anywhere_and_problems_beyond_three(server: str, capsys
     assert main(["--server", host_port, "--user", "boss", "status", execution_id[:12]]) == 0
     assert capsys.readouterr().out.startswith(f"execution {execution_id} of approve-me v1: awaiting_approval")
     code, out, _ = cli(server, capsys, "approve", execution_id[:8], "approve", user="boss")
-    assert (code, out) == (0, f"approve: succeeded; execution {execution_id} is completed\n")
+    assert code == 0 and out.startswith("approve: Ship 7?\ndeciding on digest ")
+    assert out.endswith(f"approve: succeeded; execution {execution_id} is completed\n")
 
     code, out, err = cli(server, capsys, "status", "feedface")
     assert (code, out) == (2, "") and err.count("\n") == 1
@@ -392,7 +393,8 @@ async def test_a_command_queued_for_a_stopped_owner_is_one_line_and_exit_0(schem
         code, out, err = await trio.to_thread.run_sync(
             run_cli, "approve", ids[0], "approve", "--server", other.url, "--user", "boss")
         assert (code, err) == (0, "")
-        assert re.fullmatch(rf"execution {ids[0]}: approve of approve queued as command \w+; "
+        assert re.fullmatch(rf"approve: Ship 1\?\ndeciding on digest [0-9a-f]{{64}}\n"
+                            rf"execution {ids[0]}: approve of approve queued as command \w+; "
                             r"the next owner applies it\n", out)
         code, out, err = await trio.to_thread.run_sync(
             run_cli, "cancel", ids[1], "--reason", "not now", "--server", other.url, "--json")

@@ -194,17 +194,16 @@ def _stage_due(state: StepState, config: Mapping[str, Any]) -> bool:
 def _escalate(ops: StepOps, step: Step, state: StepState, config: Mapping[str, Any]) -> None:
     """Reach the next stage, and every later one already due (after a downtime)."""
     stages = rules.stages(config)
-    reached = state.escalations
     while True:
-        stage = stages[reached]
-        reached += 1
-        state = ops.set_step(step.id, escalations=reached)
+        stage = stages[state.escalations]
+        state = ops.set_step(step.id, escalations=state.escalations + 1)
         added = rules.approver_ids(stage)
-        ops.log("info", f"approval escalated (stage {reached})", step.id, approvers=added)
-        ops.audit("approval.escalated", step_id=step.id, stage=reached, approvers=added, afterMs=stage.get("afterMs"))
-        _notify(ops, step, config, reached)
-        due = _next_stage_at(state, config)
-        if not _stage_due(state, config) or due is None or due > ops.now:
+        ops.log("info", f"approval escalated (stage {state.escalations})", step.id, approvers=added)
+        ops.audit("approval.escalated", step_id=step.id, stage=state.escalations, approvers=added,
+                  afterMs=stage.get("afterMs"))
+        _notify(ops, step, config, state.escalations)
+        next_at = _next_stage_at(state, config)
+        if not _stage_due(state, config) or next_at is None or next_at > ops.now:
             break
     ops.waits.park(step.id, wake(state, config))
 
