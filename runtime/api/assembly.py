@@ -27,6 +27,7 @@ import trio
 
 from actors import Address, open_mailbox, open_supervisor
 from runtime.api.access import CommitChange, Read, committer, reader
+from runtime.api.receipts import OncePublisher
 from runtime.api.routing import Routing
 from runtime.api.runtime import Runtime
 from runtime.api.starting import Starter
@@ -145,8 +146,9 @@ def _assemble(store: Store, settings: Settings, http: httpx.AsyncClient, persist
                         background)
     notifier = Notifier(NotifierHost(executors, secrets, settings.public_url, settings.default_retry_policy,
                                      directory.post), background)
-    runtime = Runtime(store=store, read=read, settings=settings, clock=clock, persistence=persistence,
-                      directory=directory, hub=hub, catalog=catalog, router=router, routing=routing,
+    once = OncePublisher(store, read, commit, clock, settings, router, routing)
+    runtime = Runtime(store=store, read=read, commit=commit, settings=settings, clock=clock, persistence=persistence,
+                      directory=directory, hub=hub, catalog=catalog, router=router, routing=routing, once=once,
                       starter=starter, scheduler=Scheduler(_scheduler_host(store, read, commit, clock, catalog, starter)),
                       children=children, notifier=notifier, secrets=secrets, services=executors, cluster=cluster)
     timers = Timers(clock)
@@ -218,6 +220,7 @@ def _start_sweeps(runtime: Runtime, timers: Timers, commit: CommitChange, servic
     services.start_soon(partial(retained.sweep, runtime.router.retained, runtime.clock.now, commit,
                                 retained.sweep_interval_s(runtime.settings.event_retention_ms),
                                 periodic=runtime.cluster is not None), name="retained events sweep")
+    services.start_soon(runtime.once.sweep, name="receipts sweep")
 
 
 async def _recover(runtime: Runtime, nursery: trio.Nursery) -> None:
@@ -231,6 +234,7 @@ async def _recover(runtime: Runtime, nursery: trio.Nursery) -> None:
         for execution in await read(store.load_unfinished):
             directory.start(execution.id, execution)
         runtime.router.load_retained(await read(store.retained_events, runtime.clock.now()))
+        nursery.start_soon(runtime.once.resume, name="pending receipts")
 
 
 # ---------------------------------------------------------------------- helpers

@@ -36,6 +36,7 @@ from runtime.store.pg_ledger import PostgresLedger
 from runtime.store.pg_writer import PostgresWriter
 from runtime.store.schema import INDEXES, Execute, Row, apply_batch, execution_from, migrate
 from runtime.store.sql import SqlStore
+from runtime.store.receipts import RECEIPTS_INDEX, RECEIPTS_TABLE
 from runtime.store.trigger_states import TRIGGER_STATES_TABLE
 
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -147,6 +148,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX batches_by_time ON batches (committed_at)",
     ),
     cluster.COMMAND_TAGS,  # 7: a command's kind is its message's class name
+    (  # 8: receipts of event sources: which messages were taken, by any process
+        RECEIPTS_TABLE.format(time="timestamptz", json="json"),
+        RECEIPTS_INDEX,
+    ),
 )
 
 _MARK_BATCH = "INSERT INTO batches (id) VALUES (%s)"

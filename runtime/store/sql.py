@@ -34,6 +34,7 @@ from runtime.store.schema import (
     runbook_from,
 )
 from runtime.store.sql_writer import ACTIVE
+from runtime.store.receipts import ReceiptQueries
 from runtime.store.trigger_states import TriggerQueries
 
 #: (owner, version, document text) of the latest version of each runbook
@@ -59,7 +60,7 @@ SELECT id, tenant_id, type, correlation_key, payload, received_at, expires_at FR
 WHERE expires_at IS NULL OR expires_at > ? ORDER BY seq"""
 
 
-class SqlStore(TriggerQueries, abc.ABC):
+class SqlStore(TriggerQueries, ReceiptQueries, abc.ABC):
     threaded = True
     ledger: ClusterLedger | None = None  # only a store several processes share has one
     #: the statement selecting ``(seq, ...)`` of executions, completed by a WHERE clause

@@ -32,6 +32,7 @@ from runtime.store.dialect import Dialect
 from runtime.store.schema import INDEXES, Execute, Row, apply_batch, execution_from, migrate
 from runtime.store.sql import SqlStore
 from runtime.store.sql_writer import SqlWriter
+from runtime.store.receipts import RECEIPTS_INDEX, RECEIPTS_TABLE
 from runtime.store.trigger_states import TRIGGER_STATES_TABLE
 
 SQLITE = Dialect("sqlite", mark="?", json_mark="?", stamp=format_time, time=parse_time,
@@ -130,6 +131,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     (  # 3: runbook triggers: enabled, last run
         TRIGGER_STATES_TABLE.format(time="TEXT"),
+    ),
+    (  # 4: receipts of event sources: which messages were taken
+        RECEIPTS_TABLE.format(time="TEXT", json="TEXT"),
+        RECEIPTS_INDEX,
     ),
 )
 
