@@ -18,8 +18,8 @@ from runtime.api.starting import check_hop
 from runtime.core.messages import Cancel, DecideApproval, Pause, Resume, RetryStep
 from runtime.model import Execution
 from runtime.model.errors import Problem, ValidationError, too_large
-from runtime.model.records import Delivery
 from runtime.model.jsonsafe import json_size
+from runtime.model.records import Delivery
 from runtime.model.types import StartResult
 from runtime.shell.events import PublishResult
 

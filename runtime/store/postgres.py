@@ -34,9 +34,9 @@ from runtime.store import pg_cluster as cluster
 from runtime.store.dialect import Dialect
 from runtime.store.pg_ledger import PostgresLedger
 from runtime.store.pg_writer import PostgresWriter
+from runtime.store.receipts import RECEIPTS_INDEX, RECEIPTS_TABLE
 from runtime.store.schema import INDEXES, Execute, Row, apply_batch, execution_from, migrate
 from runtime.store.sql import SqlStore
-from runtime.store.receipts import RECEIPTS_INDEX, RECEIPTS_TABLE
 from runtime.store.trigger_states import TRIGGER_STATES_TABLE
 
 Connection = psycopg.Connection[tuple[Any, ...]]

@@ -21,6 +21,7 @@ from runtime.model import LOG_LEVELS, AuditEntry, Event, Evidence, Execution, Lo
 from runtime.store.base import parse_cursor
 from runtime.store.dialect import Dialect, marks
 from runtime.store.ledger import ClusterLedger
+from runtime.store.receipts import ReceiptQueries
 from runtime.store.schema import (
     UNFINISHED_SQL,
     ParsedRunbooks,
@@ -34,7 +35,6 @@ from runtime.store.schema import (
     runbook_from,
 )
 from runtime.store.sql_writer import ACTIVE
-from runtime.store.receipts import ReceiptQueries
 from runtime.store.trigger_states import TriggerQueries
 
 #: (owner, version, document text) of the latest version of each runbook

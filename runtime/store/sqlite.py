@@ -29,10 +29,10 @@ from runtime.model.records import Change, ChangeResult
 from runtime.model.wire import format_time, parse_time
 from runtime.store.diagnose import unwritable_because
 from runtime.store.dialect import Dialect
+from runtime.store.receipts import RECEIPTS_INDEX, RECEIPTS_TABLE
 from runtime.store.schema import INDEXES, Execute, Row, apply_batch, execution_from, migrate
 from runtime.store.sql import SqlStore
 from runtime.store.sql_writer import SqlWriter
-from runtime.store.receipts import RECEIPTS_INDEX, RECEIPTS_TABLE
 from runtime.store.trigger_states import TRIGGER_STATES_TABLE
 
 SQLITE = Dialect("sqlite", mark="?", json_mark="?", stamp=format_time, time=parse_time,
