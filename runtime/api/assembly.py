@@ -49,6 +49,7 @@ from runtime.shell.clock import Clock
 from runtime.shell.directory import Directory
 from runtime.shell.events import EventRouter
 from runtime.shell.host import ExecutionHost
+from runtime.shell.lifecycle import lifecycle_of
 from runtime.shell.persistence import BatchObserver, PersistenceActor, PersistenceMessage
 from runtime.shell.settings import Settings
 from runtime.shell.step_types import StepTypes
@@ -127,7 +128,12 @@ def _assemble(store: Store, settings: Settings, http: httpx.AsyncClient, persist
               address: Address[PersistenceMessage], directory: Directory, services: trio.Nursery,
               background: trio.Nursery) -> Runtime:
     """Every part, each given what it reaches; the runtime's timers and sweep started."""
-    clock, read, commit = Clock(), reader(store), committer(store, persistence, address)
+    clock, read = Clock(), reader(store)
+    outbox = None
+    if settings.lifecycle_outbox:
+        origin = settings.instance_id or ""
+        outbox = lambda change: lifecycle_of(change, origin, clock.now())  # noqa: E731
+    commit = committer(store, persistence, address, outbox)
     hub = WatchHub(settings.finished_cache_size)
     catalog = Catalog(store, read, commit, StepTypes(), settings, clock)
     router = EventRouter(now=clock.now, retention_ms=settings.event_retention_ms, commit=commit, ask=directory.ask,

@@ -58,6 +58,23 @@ class Receipt:
 
 
 @attrs.frozen
+class Lifecycle:
+    """A lifecycle event of an execution, committed with the change it reports (the outbox
+    that sinks publish from). ``key``: ``<execution id>:<version>:<n>``, the same however
+    often it is published. ``origin``: the process that committed it."""
+
+    key: str
+    execution_id: str
+    tenant_id: str
+    version: int
+    kind: str  # execution.started, step.finished, step.awaiting_approval, execution.finished
+    status: str
+    at: datetime
+    step_id: str | None = None
+    origin: str = ""
+
+
+@attrs.frozen
 class Change:
     """State changes that commit together, in this order.
 
@@ -92,6 +109,8 @@ class Change:
     receipt: Receipt | None = None
     settle: tuple[tuple[str, str], ...] = ()  # (source id, delivery id) whose pending delivery is done
     expire_receipts_at: datetime | None = None  # delete every settled receipt expired at this time
+    lifecycle: tuple[Lifecycle, ...] = ()  # the outbox: lifecycle events of this change
+    lifecycle_done: tuple[str, int] | None = None  # (origin, seq): outbox rows up to seq are published
 
     @property
     def empty(self) -> bool:
@@ -99,7 +118,8 @@ class Change:
             self.new_execution or self.runbook or self.execution or self.steps or self.logs
             or self.audit or self.evidence or self.retain_events or self.consume_events or self.version
             or self.waits or self.unwaits or self.publish or self.outcomes or self.expire_events_at
-            or self.receipt or self.settle or self.expire_receipts_at
+            or self.receipt or self.settle or self.expire_receipts_at or self.lifecycle
+            or self.lifecycle_done
         )
 
 
@@ -137,4 +157,5 @@ def merged(first: Change, second: Change) -> Change:
         waits=first.waits + second.waits,
         unwaits=first.unwaits + second.unwaits,
         outcomes=first.outcomes + second.outcomes,
+        lifecycle=first.lifecycle + second.lifecycle,
     )

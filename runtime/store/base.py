@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Protocol
 
 from runtime.model import AuditEntry, Event, Evidence, Execution, LogEntry, Runbook, TriggerState
-from runtime.model.records import Change, ChangeResult, Receipt
+from runtime.model.records import Change, ChangeResult, Lifecycle, Receipt
 from runtime.store.ledger import ClusterLedger
 
 
@@ -99,6 +99,9 @@ class Store(Protocol):
 
     def pending_receipts(self) -> list[Receipt]:
         """Receipts whose event was not yet handed to every step it was for (one-process stores)."""
+
+    def lifecycle_after(self, origin: str, seq: int, limit: int) -> list[tuple[int, Lifecycle]]:
+        """(seq, event) of the outbox committed by ``origin`` after ``seq``, in commit order."""
 
     # -- triggers (runtime/store/trigger_states.py)
     def all_latest_runbooks(self) -> list[Runbook]:

@@ -21,7 +21,7 @@ from runtime.model import (
     StepStatus,
     TriggerState,
 )
-from runtime.model.records import Change, ChangeResult, Receipt
+from runtime.model.records import Change, ChangeResult, Lifecycle, Receipt
 from runtime.store.base import level_at_least, parse_cursor
 
 _DedupKey = tuple[str, str, int, str]
@@ -70,6 +70,7 @@ class MemoryStore(_TriggerStates):
         self._versions: dict[str, int] = {}
         self._triggers: dict[tuple[str | None, str, str], TriggerState] = {}
         self._receipts: dict[tuple[str, str], Receipt] = {}
+        self._outbox: list[tuple[int, Lifecycle]] = []
 
     def open(self) -> None:
         pass
@@ -128,6 +129,10 @@ class MemoryStore(_TriggerStates):
         if (expired := change.expire_receipts_at) is not None:
             self._receipts = {key: r for key, r in self._receipts.items()
                               if r.pending is not None or r.expires_at > expired}
+        self._outbox.extend((next(self._seq), event) for event in change.lifecycle)
+        if change.lifecycle_done is not None:
+            origin, seq = change.lifecycle_done
+            self._outbox = [(n, e) for n, e in self._outbox if e.origin != origin or n > seq]
 
     def _duplicate_of(self, execution: Execution, dedup: bool) -> str | None:
         if execution.idempotency_key is not None:
@@ -281,6 +286,9 @@ class MemoryStore(_TriggerStates):
 
     def pending_receipts(self) -> list[Receipt]:
         return [r for r in self._receipts.values() if r.pending is not None]
+
+    def lifecycle_after(self, origin: str, seq: int, limit: int) -> list[tuple[int, Lifecycle]]:
+        return [(n, e) for n, e in self._outbox if e.origin == origin and n > seq][:limit]
 
 
 def _owners(tenant_id: str | None) -> list[str | None]:

@@ -34,7 +34,7 @@ from runtime.store import pg_cluster as cluster
 from runtime.store.dialect import Dialect
 from runtime.store.pg_ledger import PostgresLedger
 from runtime.store.pg_writer import PostgresWriter
-from runtime.store.receipts import RECEIPTS_INDEX, RECEIPTS_TABLE
+from runtime.store.receipts import OUTBOX_INDEX, OUTBOX_TABLE, RECEIPTS_INDEX, RECEIPTS_TABLE
 from runtime.store.schema import INDEXES, Execute, Row, apply_batch, execution_from, migrate
 from runtime.store.sql import SqlStore
 from runtime.store.trigger_states import TRIGGER_STATES_TABLE
@@ -151,6 +151,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # 8: receipts of event sources: which messages were taken, by any process
         RECEIPTS_TABLE.format(time="timestamptz", json="json"),
         RECEIPTS_INDEX,
+        OUTBOX_TABLE.format(serial="bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY", json="json"),
+        OUTBOX_INDEX,
     ),
 )
 

@@ -1,4 +1,4 @@
-"""Receipts of event sources in the SQL stores: which messages were taken, for a while.
+"""Receipts of event sources, and the lifecycle outbox of sinks, in the SQL stores.
 
 A receipt is named by its source and the message's delivery id (a webhook's delivery
 header, a JetStream message id or stream sequence, a Redis entry id). It is inserted in the
@@ -7,6 +7,10 @@ message is a repeat and nothing else of that Change is written, whichever proces
 row first (the primary key settles a race). ``pending`` holds, until the delivery is
 settled, the event and the steps it is being handed to (one-process stores); settled rows
 are deleted once expired (``Change.expire_receipts_at``).
+
+The outbox holds lifecycle events committed with their changes (``Change.lifecycle``), in
+commit order (``seq``), until the process that committed them (``origin``) has published
+them to its sinks (``Change.lifecycle_done``).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from runtime.model import Event
-from runtime.model.records import Receipt
+from runtime.model.records import Lifecycle, Receipt
 from runtime.model.wire import dumps, from_json, to_json
 from runtime.store.dialect import Dialect
 from runtime.store.schema import Row, loads
@@ -33,6 +37,16 @@ RECEIPTS_TABLE = """CREATE TABLE receipts (
     PRIMARY KEY (source_id, delivery_id)
 )"""
 RECEIPTS_INDEX = "CREATE INDEX receipts_by_expiry ON receipts (expires_at)"
+
+OUTBOX_TABLE = """CREATE TABLE outbox (
+    seq {serial},
+    origin TEXT NOT NULL,
+    event {json} NOT NULL
+)"""
+OUTBOX_INDEX = "CREATE INDEX outbox_by_origin ON outbox (origin, seq)"
+INSERT_LIFECYCLE = "INSERT INTO outbox (origin, event) VALUES (?, ?json)"
+LIFECYCLE_DONE = "DELETE FROM outbox WHERE origin = ? AND seq <= ?"
+LIFECYCLE_AFTER = "SELECT seq, event FROM outbox WHERE origin = ? AND seq > ? ORDER BY seq LIMIT ?"
 
 INSERT = """
 INSERT INTO receipts (source_id, delivery_id, tenant_id, event_id, received_at, expires_at, pending)
@@ -80,3 +94,12 @@ class ReceiptQueries(abc.ABC):
 
     def pending_receipts(self) -> list[Receipt]:
         return [receipt_from(row, self.dialect) for row in self._query(PENDING)]
+
+    def lifecycle_after(self, origin: str, seq: int, limit: int) -> list[tuple[int, Lifecycle]]:
+        return [(int(row[0]), from_json(loads(row[1]), Lifecycle))
+                for row in self._query(LIFECYCLE_AFTER, (origin, seq, limit))]
+
+
+def lifecycle_rows(events: Sequence[Lifecycle]) -> list[Row]:
+    """(origin, event)"""
+    return [(event.origin, dumps(to_json(event))) for event in events]

@@ -88,6 +88,8 @@ class Pending:
     start_keys: set[tuple[object, ...]] = attrs.Factory(set)  # unique keys the headers touch
     settled: dict[tuple[str, str], None] = attrs.Factory(dict)  # receipts whose pending delivery is done
     receipts_expired_at: datetime | None = None  # settled receipts expired at this time are deleted
+    lifecycle: list[Any] = attrs.Factory(list)  # outbox entries (``Lifecycle``), in commit order
+    lifecycle_done: dict[str, int] = attrs.Factory(dict)  # origin -> outbox rows up to this seq are published
 
     def add(self, change: Change) -> None:
         if change.execution is not None:
@@ -114,6 +116,10 @@ class Pending:
         if change.expire_events_at is not None:
             self.expired_at = max(change.expire_events_at, self.expired_at or change.expire_events_at)
         self.settled.update(dict.fromkeys(change.settle))
+        self.lifecycle.extend(change.lifecycle)
+        if change.lifecycle_done is not None:
+            origin, seq = change.lifecycle_done
+            self.lifecycle_done[origin] = max(seq, self.lifecycle_done.get(origin, 0))
         if (expired := change.expire_receipts_at) is not None:
             self.receipts_expired_at = max(expired, self.receipts_expired_at or expired)
 
@@ -121,7 +127,7 @@ class Pending:
     def empty(self) -> bool:
         return not (self.headers or self.steps or self.logs or self.audit or self.evidence
                     or self.events or self.consumed or self.versions or self.outcomes or self.expired_at
-                    or self.settled or self.receipts_expired_at)
+                    or self.settled or self.receipts_expired_at or self.lifecycle or self.lifecycle_done)
 
     def header_rows(self, stamp: Stamp) -> list[Row]:
         """The headers to write, each with the newest version of its execution."""

@@ -234,3 +234,7 @@ class SqlWriter:
             db.executemany(sql(receipts.SETTLE), list(pending.settled))
         if pending.receipts_expired_at is not None:
             db.execute(sql(receipts.EXPIRE), (stamp(pending.receipts_expired_at),))
+        if pending.lifecycle:
+            db.executemany(sql(receipts.INSERT_LIFECYCLE), receipts.lifecycle_rows(pending.lifecycle))
+        if pending.lifecycle_done:
+            db.executemany(sql(receipts.LIFECYCLE_DONE), list(pending.lifecycle_done.items()))

@@ -29,7 +29,7 @@ from runtime.model.records import Change, ChangeResult
 from runtime.model.wire import format_time, parse_time
 from runtime.store.diagnose import unwritable_because
 from runtime.store.dialect import Dialect
-from runtime.store.receipts import RECEIPTS_INDEX, RECEIPTS_TABLE
+from runtime.store.receipts import OUTBOX_INDEX, OUTBOX_TABLE, RECEIPTS_INDEX, RECEIPTS_TABLE
 from runtime.store.schema import INDEXES, Execute, Row, apply_batch, execution_from, migrate
 from runtime.store.sql import SqlStore
 from runtime.store.sql_writer import SqlWriter
@@ -135,6 +135,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # 4: receipts of event sources: which messages were taken
         RECEIPTS_TABLE.format(time="TEXT", json="TEXT"),
         RECEIPTS_INDEX,
+        OUTBOX_TABLE.format(serial="INTEGER PRIMARY KEY", json="TEXT"),
+        OUTBOX_INDEX,
     ),
 )
 
