@@ -68,15 +68,12 @@ class RedisStream:
 
     async def open(self) -> None:
         import coredis
-        from coredis.exceptions import ResponseError
+        from coredis.exceptions import StreamDuplicateConsumerGroupError
 
         self._client = coredis.Redis.from_url(self._url, decode_responses=True)
         await self._client.__aenter__()
-        try:
+        with contextlib.suppress(StreamDuplicateConsumerGroupError):  # (another process, or an earlier run, made it)
             await self._client.xgroup_create(self._source.stream, self._source.group, identifier="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
         self._own_pending = True
 
     async def fetch(self, most: int) -> list[Message]:
