@@ -64,7 +64,7 @@ class OncePublisher:
         """Publish the event of ``delivery`` unless its message was taken before."""
         event = self.router.new_event(tenant_id, event_type, key, payload, event_id_of(delivery))
         ident = (delivery.source_id, delivery.delivery_id)
-        if ident in self._in_flight or await self.read(self.store.receipt_known, *ident):
+        if ident in self._in_flight:  # (the same message twice at once here: the first one decides)
             return PublishResult(0, False, event.id, duplicate=True)
         receipt = Receipt(delivery.source_id, delivery.delivery_id, tenant_id, event.id, event.received_at,
                           event.received_at + timedelta(milliseconds=delivery.keep_ms))
@@ -83,14 +83,17 @@ class OncePublisher:
         targets = tuple(self.router.waiting_on(event))
         if targets:
             pending = attrs.evolve(receipt, pending=targets, event=event)
-            await self.commit(Change(receipt=pending))
+            if (await self.commit(Change(receipt=pending))).duplicate:
+                return PublishResult(0, False, event.id, duplicate=True)
             delivered = await self._hand(pending, retain=not started)
             return PublishResult(started + delivered, False, event.id)
         keep = not started and self.router.retains
         if keep:
             self.router.retained.check_room(event.tenant_id, event.received_at, json_size(event.payload))
         with trio.CancelScope(shield=True):  # once committed, the retained event is the router's too
-            await self.commit(Change(receipt=receipt, retain_events=(event,) if keep else ()))
+            result = await self.commit(Change(receipt=receipt, retain_events=(event,) if keep else ()))
+            if result.duplicate:
+                return PublishResult(0, False, event.id, duplicate=True)
             if keep:
                 self.router.retained.add(event)
         return PublishResult(started, keep, event.id)
