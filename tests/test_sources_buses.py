@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 import trio
@@ -25,20 +24,20 @@ EVENT = {"type": "${body.type}", "key": "${body.key}"}
 async def started_waiting(rt: Runtime, event_type: str, key: str) -> str:
     execution = await rt.start("wait", {"type": event_type, "key": key}, force=True)
     with trio.fail_after(5):
-        while (await rt.fetch(execution.id)).steps["ev"].status.value != "waiting":
+        while (await rt.fetch(execution.id)).steps["ev"].status.value != "waiting":  # noqa: ASYNC110 (polls another process or server)
             await trio.sleep(0.01)
     return execution.id
 
 
 async def until_status(sources: Sources, source_id: str, status: str) -> None:
     with trio.fail_after(10):
-        while sources.status.get(source_id) != status:
+        while sources.status.get(source_id) != status:  # noqa: ASYNC110 (polls another process or server)
             await trio.sleep(0.02)
 
 
 async def until_counted(sources: Sources, source_id: str, **expected: int) -> None:
     with trio.fail_after(10):
-        while {k: sources.intake.count(source_id).as_json()[k] for k in expected} != expected:
+        while {k: sources.intake.count(source_id).as_json()[k] for k in expected} != expected:  # noqa: ASYNC110 (polls another process or server)
             await trio.sleep(0.02)
 
 
@@ -69,7 +68,7 @@ async def test_a_redis_entry_releases_a_waiting_step_once_and_is_acknowledged(
         assert finished.steps["ev"].output["payload"] == {"type": "alert.fired", "key": "db-1", "n": 1}
         await until_counted(sources, "alerts", received=2, refused=1)
         with trio.fail_after(10):
-            while (await redis.xpending(stream, "runbooks")).pending:
+            while (await redis.xpending(stream, "runbooks")).pending:  # noqa: ASYNC110 (polls another process or server)
                 await trio.sleep(0.05)
         audit = await rt.source_audit("default", "alerts")
         assert audit[0].data["kind"] == "unmappable"
@@ -100,7 +99,7 @@ async def test_a_jetstream_message_releases_a_waiting_step_once_even_when_sent_t
             await trio.sleep(0.2)
             assert (await rt.fetch(second)).steps["ev"].status.value == "waiting"
             with trio.fail_after(10):
-                while (await js.pending("runbooks")) != 0:
+                while (await js.pending("runbooks")) != 0:  # noqa: ASYNC110 (polls another process or server)
                     await trio.sleep(0.05)
 
 

@@ -115,7 +115,7 @@ async def test_redis_kill_9_between_commit_and_ack_releases_the_step_once(tmp_pa
             assert (await redis.xpending(stream, "runbooks")).pending == 1  # committed, never acknowledged
             node = await group.start("one", node.port)  # the same consumer reads its own pending entry
             with trio.fail_after(20):
-                while (await redis.xpending(stream, "runbooks")).pending:
+                while (await redis.xpending(stream, "runbooks")).pending:  # noqa: ASYNC110 (polls another process or server)
                     await trio.sleep(0.05)
             assert await source_counters(client, node) == {"received": 1, "refused": 0, "duplicate": 1}
             await released_once(client, node, execution_id, "k1")
@@ -143,7 +143,7 @@ async def test_jetstream_kill_9_between_commit_and_ack_releases_the_step_once(tm
             assert await js.pending("runbooks") == 1
             node = await group.start("one", node.port)  # redelivered once the ack wait is over
             with trio.fail_after(20):
-                while await js.pending("runbooks"):
+                while await js.pending("runbooks"):  # noqa: ASYNC110 (polls another process or server)
                     await trio.sleep(0.05)
             assert await source_counters(client, node) == {"received": 1, "refused": 0, "duplicate": 1}
             await released_once(client, node, execution_id, "k1")
@@ -178,7 +178,7 @@ async def test_two_processes_share_a_redis_group_and_one_killed_after_commit_is_
             b = await group.start("b")
             # b claims the dead consumer's entry once it has been idle claimIdleMs: a duplicate, acknowledged
             with trio.fail_after(20):
-                while (await redis.xpending(stream, "runbooks")).pending:
+                while (await redis.xpending(stream, "runbooks")).pending:  # noqa: ASYNC110 (polls another process or server)
                     await trio.sleep(0.05)
             assert (await source_counters(client, b))["duplicate"] == 1
             # a is back: both read the group now, and each new message becomes one event

@@ -29,7 +29,7 @@ async def run_flow(rt: Runtime) -> str:
     await rt.register_runbook(FLOW)
     execution = await rt.start("flow", {})
     with trio.fail_after(5):
-        while (await rt.fetch(execution.id)).steps["ask"].status.value != "awaiting_approval":
+        while (await rt.fetch(execution.id)).steps["ask"].status.value != "awaiting_approval":  # noqa: ASYNC110 (polls another process or server)
             await trio.sleep(0.01)
     await rt.submit_approval(execution.id, "ask", approver="boss", decision="approve")
     await rt.publish_event("go", "k", {"n": 1})
@@ -56,7 +56,7 @@ async def test_a_redis_sink_receives_the_lifecycle_of_an_execution_in_order() ->
             open_sources(rt, None, config=config), coredis.Redis.from_url(REDIS_URL, decode_responses=True) as redis:
         execution_id = await run_flow(rt)
         with trio.fail_after(10):
-            while len(entries := await redis.xrange(stream)) < len(EXPECTED):
+            while len(entries := await redis.xrange(stream)) < len(EXPECTED):  # noqa: ASYNC110 (polls another process or server)
                 await trio.sleep(0.05)
         events = [json.loads(entry.field_values["event"]) for entry in entries]
         assert lifecycle(events, execution_id) == EXPECTED

@@ -14,13 +14,24 @@ import trio
 
 from gateway.config import Config, ConfigError
 from runtime.sources.config import SourcesFileError, parse_sources
-from tests.sources_helpers import RULE, SOURCES, WAIT, Hooks, generic, github, running_hooks, slack, standard, stripe
+from tests.sources_helpers import (
+    RULE,
+    SOURCES,
+    WAIT,
+    Hooks,
+    generic,
+    github,
+    running_hooks,
+    slack,
+    standard,
+    stripe,
+)
 
 
 async def waiting(hooks: Hooks, event_type: str, key: str) -> str:
     execution = await hooks.runtime.start("wait", {"type": event_type, "key": key}, force=True)
     with trio.fail_after(5):
-        while (await hooks.runtime.fetch(execution.id)).steps["ev"].status.value != "waiting":
+        while (await hooks.runtime.fetch(execution.id)).steps["ev"].status.value != "waiting":  # noqa: ASYNC110 (polls another process or server)
             await trio.sleep(0.01)
     return execution.id
 
@@ -73,7 +84,7 @@ async def test_a_bad_github_signature_is_401_publishes_nothing_and_is_audited(ho
     assert answer.headers["content-type"].startswith("application/problem+json")
     assert (await hooks.runtime.list_executions(runbook_id="on-push")).items == []
     with trio.fail_after(5):
-        while not (audit := (await hooks.client.get("/api/v1/sources/gh/audit")).json()["items"]):
+        while not (audit := (await hooks.client.get("/api/v1/sources/gh/audit")).json()["items"]):  # noqa: ASYNC110 (polls another process or server)
             await trio.sleep(0.01)
     assert audit[0]["action"] == "source.refused" and audit[0]["data"]["deliveryId"] == "guid-bad"
     assert (await hooks.client.get("/api/v1/sources")).json()["items"][0]["counters"]["refused"] == 1

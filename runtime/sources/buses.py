@@ -63,7 +63,7 @@ class RedisStream:
     def __init__(self, source: Source, consumer: str, url: str) -> None:
         self._source, self._consumer, self._url = source, consumer, url
         self._client: Any = None
-        self._own_pending = True  # read what this consumer held before, first
+        self._own_pending: str | None = "0"  # read what this consumer held before first, from this id on
         self._next_claim = 0.0
 
     async def open(self) -> None:
@@ -74,13 +74,13 @@ class RedisStream:
         await self._client.__aenter__()
         with contextlib.suppress(StreamDuplicateConsumerGroupError):  # (another process, or an earlier run, made it)
             await self._client.xgroup_create(self._source.stream, self._source.group, identifier="0", mkstream=True)
-        self._own_pending = True
+        self._own_pending = "0"
 
     async def fetch(self, most: int) -> list[Message]:
         source, client = self._source, self._client
-        if self._own_pending:
-            entries = await self._read("0", most, block=None)
-            self._own_pending = bool(entries)
+        if self._own_pending is not None:
+            entries = await self._read(self._own_pending, most, block=None)
+            self._own_pending = entries[-1].delivery_id if entries else None
             if entries:
                 return entries
         if trio.current_time() >= self._next_claim:
@@ -109,7 +109,8 @@ class RedisStream:
             await self._client.xack(self._source.stream, self._source.group, [m.delivery_id for m in messages])
 
     async def retry(self, messages: list[Message]) -> None:
-        self._own_pending = self._own_pending or bool(messages)  # (they stay pending: read again)
+        if messages:  # they stay pending in the group: read them again
+            self._own_pending = "0"
 
     async def close(self) -> None:
         if self._client is not None:

@@ -1,7 +1,8 @@
-"""One bus source's loop: fetch a bounded batch, publish each message's event, then ack.
+"""One bus source's loop: fetch what there is room for, publish each message's event, then ack.
 
-At most ``maxInFlight`` messages of a source are between fetch and ack at once (the batch
-is that big, and the next fetch waits for it). Each message's event is published once
+At most ``maxInFlight`` messages of a source are between fetch and ack at once (a fetch
+asks for as many as there is room for; finished messages are acknowledged together, in one
+round trip, while the others go on). Each message's event is published once
 (``Intake.publish``: its receipt commits with the event) and only then acknowledged; a
 message published before (a redelivery after a crash) is acknowledged without a second
 event. A message that maps to no event is refused (audited) and acknowledged: the same
@@ -53,18 +54,38 @@ async def consume(source: Source, bus: Bus, intake: Intake, status: MutableMappi
 
 async def _consume(source: Source, bus: Bus, intake: Intake, status: MutableMapping[str, str],
                    healthy: Callable[[], str | None]) -> None:
+    """Keep up to ``maxInFlight`` messages in flight: fetch what there is room for, publish
+    each as it comes, ack those done in groups (one round trip for many)."""
+    room = trio.Semaphore(source.max_in_flight)
+    done: list[tuple[Message, str]] = []
+    bell = [trio.Event()]  # rung when a message is done
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_settle, bus, done, bell)
+        while True:
+            await _store_ready(source, status, healthy)
+            await room.acquire()  # at least one free place before fetching
+            free = 1
+            while free < source.max_in_flight and room.value:
+                room.acquire_nowait()
+                free += 1
+            batch = await bus.fetch(free)
+            for _ in range(free - len(batch)):
+                room.release()
+            for message in batch:
+                nursery.start_soon(_one, source, message, intake, done, room, bell)
+
+
+async def _settle(bus: Bus, done: list[tuple[Message, str]], bell: list[trio.Event]) -> None:
+    """Ack (or give back) the messages finished since the last round trip, until cancelled."""
     while True:
-        await _store_ready(source, status, healthy)
-        batch = await bus.fetch(source.max_in_flight)
-        if not batch:
-            continue
-        outcomes: list[str] = [RETRY] * len(batch)
-        async with trio.open_nursery() as nursery:
-            for index, message in enumerate(batch):
-                nursery.start_soon(_one, source, message, intake, outcomes, index)
+        while not done:
+            await bell[0].wait()
+            bell[0] = trio.Event()
+        batch = done[:]
+        done.clear()
         with trio.CancelScope(shield=True):  # committed: the ack goes out even while stopping
-            await bus.ack([m for m, outcome in zip(batch, outcomes, strict=True) if outcome == ACK])
-        await bus.retry([m for m, outcome in zip(batch, outcomes, strict=True) if outcome == RETRY])
+            await bus.ack([m for m, outcome in batch if outcome == ACK])
+        await bus.retry([m for m, outcome in batch if outcome == RETRY])
 
 
 async def _store_ready(source: Source, status: MutableMapping[str, str], healthy: Callable[[], str | None]) -> None:
@@ -79,7 +100,18 @@ async def _store_ready(source: Source, status: MutableMapping[str, str], healthy
     status[source.id] = "running"
 
 
-async def _one(source: Source, message: Message, intake: Intake, outcomes: list[str], index: int) -> None:
+async def _one(source: Source, message: Message, intake: Intake, done: list[tuple[Message, str]],
+               room: trio.Semaphore, bell: list[trio.Event]) -> None:
+    outcome = RETRY
+    try:
+        outcome = await _publish(source, message, intake)
+    finally:
+        done.append((message, outcome))
+        bell[0].set()
+        room.release()
+
+
+async def _publish(source: Source, message: Message, intake: Intake) -> str:
     intake.arrived(source)
     try:
         body = parse_body(message.body, message.headers.get("content-type", "application/json"))
@@ -88,9 +120,9 @@ async def _one(source: Source, message: Message, intake: Intake, outcomes: list[
         intake.refuse(source, "unmappable", str(exc), {"messageId": message.delivery_id})
     except LimitExceeded as exc:
         logger.warning("source %s: message %s waits: %s", source.id, message.delivery_id, exc)
-        return
+        return RETRY
     except Exception as exc:  # the store, a bug: the message comes back later
         logger.warning("source %s: message %s not published, it will come again: %s", source.id,
                        message.delivery_id, exc)
-        return
-    outcomes[index] = ACK
+        return RETRY
+    return ACK
