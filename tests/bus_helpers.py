@@ -3,6 +3,7 @@ a JetStream stream of the test's own (deleted after), and reading what a consume
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -20,6 +21,10 @@ DUPLICATE_WINDOW_S = 0.1  # the test streams forget a Nats-Msg-Id this fast (the
 
 
 def _listening(port: int) -> bool:
+    """Whether a server listens (under CI=true always yes: .ci/run starts them, so a test
+    that cannot reach one fails instead of being skipped)."""
+    if os.environ.get("CI") == "true":
+        return True
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
             return True

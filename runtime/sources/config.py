@@ -23,6 +23,7 @@ whole body. Nothing here connects to anything.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -43,6 +44,8 @@ MAX_HOOK_BYTES: Final = 1024 * 1024
 MAX_FILE_BYTES: Final = 1024 * 1024
 _ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _SECRET_REF: Final = re.compile(r"\$\{\s*secret\.([A-Za-z0-9_.-]+)\s*\}")
+#: the client library each bus needs (the ``sources`` extra: pip install 'runbooks[sources]')
+CLIENTS: Final = {NATS: "nats", "nats": "nats", REDIS: "coredis"}
 #: a preset's delivery id when the scheme's headers carry none
 PRESET_DELIVERY_IDS: Final = {"stripe": "${body.id}", "slack": "${body.event_id}"}
 
@@ -192,6 +195,11 @@ class _Reader:
             self.problem(f"{path}.{key}", f"must be one of {', '.join(choices)}")
         return value
 
+    def client(self, kind: str, path: str) -> None:
+        module = CLIENTS.get(kind)
+        if module is not None and importlib.util.find_spec(module) is None:
+            self.problem(f"{path}.kind", f"{kind} needs the {module} package: pip install 'runbooks[sources]'")
+
     def fields(self, item: Mapping[str, Any], path: str, known: tuple[str, ...]) -> None:
         for key in item:
             if key not in known:
@@ -203,6 +211,7 @@ class _Reader:
             self.problem(path, "must be a mapping")
             return None
         kind = self.choice(item, "kind", path, SOURCE_KINDS)
+        self.client(kind, path)
         common: dict[str, Any] = {"id": self.ident(item, "id", path), "tenant": self.ident(item, "tenant", path, "default"),
                   "kind": kind, "event": self.event(item, path), "keep_ms": self.number(item, "keepMs", path, DAY_MS,
                                                                                          60_000, 30 * DAY_MS),
@@ -226,7 +235,7 @@ class _Reader:
         self.fields(item, path, (*known, "signature", "secrets", "maxBytes", "deliveryId"))
         scheme = self.scheme(item.get("signature"), f"{path}.signature")
         return {"scheme": scheme, "secrets": self.secrets(item.get("secrets"), f"{path}.secrets"),
-                "max_bytes": self.number(item, "maxBytes", path, MAX_HOOK_BYTES, 1, 16 * MAX_HOOK_BYTES)}
+                "max_bytes": self.number(item, "maxBytes", path, MAX_HOOK_BYTES, 1, MAX_HOOK_BYTES)}
 
     def scheme(self, value: Any, path: str) -> Scheme | None:
         if not isinstance(value, Mapping):
@@ -288,6 +297,7 @@ class _Reader:
             return None
         self.fields(item, path, ("id", "kind", "url", "subject", "stream", "maxLength", "tenant"))
         kind = self.choice(item, "kind", path, SINK_KINDS)
+        self.client(kind, path)
         sink = Sink(self.ident(item, "id", path), kind, self.text(item, "url", path))
         tenant = self.ident(item, "tenant", path) if "tenant" in item else None
         if kind == "nats":
