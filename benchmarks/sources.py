@@ -9,7 +9,8 @@ the bridge to asyncio that the NATS client needs. PostgreSQL by default.
   the same way, 64 callers).
 - ``sources.webhook_p99``: GitHub-signed webhooks at 200 requests/s over real HTTP
   (hypercorn on 127.0.0.1), each releasing a waiting step; the 99th percentile of the time
-  to the answer (which comes after the commit).
+  to the answer (which comes after the commit). ``sources.events_p99``: the same with
+  ``POST /api/v1/events`` (no signature, no receipt), for comparison.
 - ``sources.bridge``: one crossing from Trio to the asyncio thread and back, with nothing to
   do on the other side.
 
@@ -92,9 +93,10 @@ async def measure_redis(report: Report, store: str, count: int) -> None:
     async with bench_runtime(store) as rt, coredis.Redis.from_url(REDIS_URL, decode_responses=True) as redis:
         await rt.register_runbook(RUNBOOK)
         await park(rt, 0, count)
-        async with redis.pipeline(transaction=False) as pipe:
-            for i in range(count):
-                pipe.xadd(stream, {"body": json.dumps({"key": f"k{i}"})})
+        for first in range(0, count, 200):  # (pipelines of 200: one round trip each)
+            async with redis.pipeline(transaction=False) as pipe:
+                for i in range(first, min(first + 200, count)):
+                    pipe.xadd(stream, {"body": json.dumps({"key": f"k{i}"})})
         seconds = await released(rt, count, {"id": "r", "kind": "redis-stream", "url": REDIS_URL, "stream": stream,
                                              "group": "bench", "maxInFlight": 256, "event": EVENT})
         await redis.delete([stream])
@@ -143,22 +145,36 @@ async def measure_webhook(report: Report, store: str, seconds: float) -> None:
         async with trio.open_nursery() as nursery:
             stop = trio.Event()
             binds = await nursery.start(partial(serve, app, hyper, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
-            latencies = await _paced(binds[0], count)
+            hooks = await _paced(binds[0], count, _hook)
+            await park(rt, count, count)
+            events = await _paced(binds[0], count, partial(_event, count))
             stop.set()
-        report.add("sources.webhook_p99", percentile(latencies, 99) * 1000, "ms",
-                   {"requests": count, "rate_per_s": RATE, "p50_ms": round(percentile(latencies, 50) * 1000, 2),
-                    "max_ms": round(max(latencies) * 1000, 2)}, store)
+        for name, latencies in (("sources.webhook_p99", hooks), ("sources.events_p99", events)):
+            report.add(name, percentile(latencies, 99) * 1000, "ms",
+                       {"requests": count, "rate_per_s": RATE, "p50_ms": round(percentile(latencies, 50) * 1000, 2),
+                        "max_ms": round(max(latencies) * 1000, 2)}, store)
 
 
-async def _paced(url: str, count: int) -> list[float]:
+def _hook(i: int) -> tuple[str, bytes, dict[str, str]]:
+    body = json.dumps({"key": f"k{i}"}).encode()
+    return "/api/v1/hooks/gh", body, {
+        "X-Hub-Signature-256": "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest(),
+        "X-GitHub-Delivery": f"d-{i}", "Content-Type": "application/json"}
+
+
+def _event(offset: int, i: int) -> tuple[str, bytes, dict[str, str]]:
+    body = json.dumps({"type": "bench.go", "correlationKey": f"k{offset + i}", "payload": {}}).encode()
+    return "/api/v1/events", body, {"Content-Type": "application/json"}
+
+
+async def _paced(url: str, count: int, request: Any) -> list[float]:
+    """``count`` requests at ``RATE`` a second, whatever the answers' pace; each one's latency."""
     latencies: list[float] = []
-    async with httpx.AsyncClient(base_url=url, timeout=10, limits=httpx.Limits(max_connections=64)) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=256)) as client:
         async def one(i: int) -> None:
-            body = json.dumps({"key": f"k{i}"}).encode()
-            headers = {"X-Hub-Signature-256": "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest(),
-                       "X-GitHub-Delivery": f"d-{i}", "Content-Type": "application/json"}
+            path, body, headers = request(i)
             started = time.perf_counter()
-            answer = await client.post("/api/v1/hooks/gh", content=body, headers=headers)
+            answer = await client.post(path, content=body, headers=headers)
             latencies.append(time.perf_counter() - started)
             assert answer.status_code == 202, answer.text
 

@@ -83,9 +83,12 @@ async def _settle(bus: Bus, done: list[tuple[Message, str]], bell: list[trio.Eve
             bell[0] = trio.Event()
         batch = done[:]
         done.clear()
-        with trio.CancelScope(shield=True):  # committed: the ack goes out even while stopping
-            await bus.ack([m for m, outcome in batch if outcome == ACK])
-        await bus.retry([m for m, outcome in batch if outcome == RETRY])
+        try:
+            with trio.CancelScope(shield=True):  # committed: the ack goes out even while stopping
+                await bus.ack([m for m, outcome in batch if outcome == ACK])
+            await bus.retry([m for m, outcome in batch if outcome == RETRY])
+        except Exception as exc:  # the bus went away: they come again and are recognised (the fetch reconnects)
+            logger.warning("%d messages not acknowledged, they will come again: %s", len(batch), exc)
 
 
 async def _store_ready(source: Source, status: MutableMapping[str, str], healthy: Callable[[], str | None]) -> None:
