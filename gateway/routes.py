@@ -85,6 +85,7 @@ class Route:
     yaml_body: bool = False
     problems: tuple[int, ...] = ()
     role: str | None = VIEWER  # the role the caller needs (gateway.roles); None: anyone who may call
+    bearer: bool = True  # False: no bearer token, the request authenticates itself (a signed webhook)
 
     @property
     def api(self) -> bool:
@@ -230,7 +231,7 @@ ROUTES: tuple[Route, ...] = (
           {202: Answer("Published: delivered to n waiting steps, or retained.", "HookResult"),
            200: Answer("A delivery seen before ({duplicate: true}), or Slack's URL verification answered.",
                        "HookResult")},
-          problems=(401, 413, 422, 429, 503), role=None),
+          problems=(401, 413, 422, 429, 503), role=None, bearer=False),
     Route("GET", "/api/v1/sources", sources.list_sources, "listSources",
           "The event sources of the caller's tenant, with their counters", "sources",
           {200: Answer("Every source of the tenant.", "SourcePage")}),
