@@ -57,25 +57,26 @@ class OncePublisher:
     settings: Settings
     router: EventRouter
     routing: Routing
-    _in_flight: set[tuple[str, str]] = attrs.field(factory=set, init=False)
+    _in_flight: dict[tuple[str, str], trio.Event] = attrs.field(factory=dict, init=False)
 
     async def publish(self, event_type: str, key: str, payload: object, tenant_id: str, delivery: Delivery,
                       rules: Rules) -> PublishResult:
         """Publish the event of ``delivery`` unless its message was taken before."""
         event = self.router.new_event(tenant_id, event_type, key, payload, event_id_of(delivery))
         ident = (delivery.source_id, delivery.delivery_id)
-        if ident in self._in_flight:  # (the same message twice at once here: the first one decides)
-            return PublishResult(0, False, event.id, duplicate=True)
         receipt = Receipt(delivery.source_id, delivery.delivery_id, tenant_id, event.id, event.received_at,
                           event.received_at + timedelta(milliseconds=delivery.keep_ms))
         if self.routing.cluster is not None:
             return await self.routing.publish(tenant_id, event_type, key, payload, rules=rules, event=event,
                                               receipt=receipt)
-        self._in_flight.add(ident)
+        while (first := self._in_flight.get(ident)) is not None:  # the same message twice at once here:
+            await first.wait()  # the second waits for the first's commit, which then decides
+        done = self._in_flight[ident] = trio.Event()
         try:
             return await self._publish_here(event, receipt, rules)
         finally:
-            self._in_flight.discard(ident)
+            del self._in_flight[ident]
+            done.set()
 
     async def _publish_here(self, event: Event, receipt: Receipt, rules: Rules) -> PublishResult:
         """One process: the receipt with the steps the event is for (or the event retained)."""
