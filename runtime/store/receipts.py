@@ -26,7 +26,7 @@ from runtime.store.dialect import Dialect
 from runtime.store.schema import Row, loads
 
 #: the migration that creates the table (the same SQL in both dialects)
-RECEIPTS_TABLE = """CREATE TABLE receipts (
+RECEIPTS_TABLE = """CREATE TABLE IF NOT EXISTS receipts (
     source_id TEXT NOT NULL,
     delivery_id TEXT NOT NULL,
     tenant_id TEXT NOT NULL,
@@ -36,14 +36,14 @@ RECEIPTS_TABLE = """CREATE TABLE receipts (
     pending {json},
     PRIMARY KEY (source_id, delivery_id)
 )"""
-RECEIPTS_INDEX = "CREATE INDEX receipts_by_expiry ON receipts (expires_at)"
+RECEIPTS_INDEX = "CREATE INDEX IF NOT EXISTS receipts_by_expiry ON receipts (expires_at)"
 
-OUTBOX_TABLE = """CREATE TABLE outbox (
+OUTBOX_TABLE = """CREATE TABLE IF NOT EXISTS outbox (
     seq {serial},
     origin TEXT NOT NULL,
     event {json} NOT NULL
 )"""
-OUTBOX_INDEX = "CREATE INDEX outbox_by_origin ON outbox (origin, seq)"
+OUTBOX_INDEX = "CREATE INDEX IF NOT EXISTS outbox_by_origin ON outbox (origin, seq)"
 INSERT_LIFECYCLE = "INSERT INTO outbox (origin, event) VALUES (?, ?json)"
 LIFECYCLE_DONE = "DELETE FROM outbox WHERE origin = ? AND seq <= ?"
 LIFECYCLE_AFTER = "SELECT seq, event FROM outbox WHERE origin = ? AND seq > ? ORDER BY seq LIMIT ?"
