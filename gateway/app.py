@@ -32,19 +32,25 @@ from gateway.routes_links import register_links
 from gateway.sse import Streams
 from gateway.state import EXTENSION, GatewayState
 from runtime import Runtime
+from runtime.sources.manager import Sources
 
 logger = logging.getLogger("runbooks.gateway")
+HOOKS = "/api/v1/hooks/"
 
 
-def create_app(runtime: Runtime, config: Config, *, metrics: GatewayMetrics | None = None) -> QuartTrio:
+def create_app(runtime: Runtime, config: Config, *, metrics: GatewayMetrics | None = None,
+               sources: Sources | None = None) -> QuartTrio:
     """The gateway app on ``runtime``; ``metrics`` should be the object whose batch observer
-    was given to ``open_runtime`` (a fresh one is made otherwise)."""
+    was given to ``open_runtime`` (a fresh one is made otherwise); ``sources``: the event
+    sources it receives webhooks for and lists."""
     app = QuartTrio("runbooks-gateway", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["BODY_TIMEOUT"] = 60
     metrics = metrics or GatewayMetrics()
     metrics.attach(runtime)
-    gateway = GatewayState(runtime, config, Authenticator(config.tokens), metrics, Streams())
+    gateway = GatewayState(runtime, config, Authenticator(config.tokens), metrics, Streams(), sources)
+    if sources is not None:
+        metrics.attach_sources(sources.intake)
     app.extensions[EXTENSION] = gateway
     app.extensions["runbooks.openapi"] = build_openapi(ROUTES, development_mode=config.development_mode)
     app.url_map.converters.update(CONVERTERS)
@@ -97,7 +103,8 @@ def _install_edge(app: QuartTrio, gateway: GatewayState) -> None:
         g.request_id = _request_id(request.headers.get("X-Request-Id"))
         if cors is not None and cors.is_preflight(request.method, request.headers):
             return cors.preflight(request.headers)
-        if request.path.startswith("/api/v1/") and request.method != "OPTIONS":
+        if request.path.startswith("/api/v1/") and request.method != "OPTIONS" \
+                and not request.path.startswith(HOOKS):  # a webhook is authenticated by its signature
             g.identity = gateway.auth.identify(request.headers)
         return None
 

@@ -28,6 +28,7 @@ from runtime.kinds.approval_rules import ANY_ROLE
 from runtime.model.limits import MAX_CONCURRENCY, MAX_DURATION_MS, MAX_RETRIES
 from runtime.security.outbound import HostAllowlist
 from runtime.security.secrets import SecretsFileError, load_secrets_file
+from runtime.sources.config import SourcesConfig, SourcesFileError, load_sources
 
 T = TypeVar("T")
 
@@ -89,6 +90,8 @@ class Config:
     max_event_bytes: int = 256 * 1024
     max_retained_event_bytes_per_tenant: int = 64 * 1024 * 1024
     max_hops: int = 8
+    sources_file: str | None = None
+    sources: SourcesConfig = attrs.Factory(SourcesConfig)
     require_separation_of_duties: bool = False
 
     @classmethod
@@ -133,6 +136,8 @@ class Config:
             max_retained_event_bytes_per_tenant=read.integer("MAX_RETAINED_EVENT_BYTES_PER_TENANT",
                                                              64 * 1024 * 1024, 0, 1 << 40),
             max_hops=read.integer("MAX_HOPS", 8, 1, 1000),
+            sources_file=read.optional("RUNBOOKS_SOURCES_FILE"),
+            sources=read.parsed("RUNBOOKS_SOURCES_FILE", SourcesConfig(), _sources_file),
             require_separation_of_duties=read.boolean("REQUIRE_SEPARATION_OF_DUTIES", False),
         )
         if not config.instance_id:  # the default names the host and the port it serves on
@@ -183,6 +188,7 @@ class Config:
             max_event_bytes=self.max_event_bytes,
             max_retained_event_bytes_per_tenant=self.max_retained_event_bytes_per_tenant,
             max_hops=self.max_hops,
+            lifecycle_outbox=bool(self.sources.sinks),
             require_separation_of_duties=self.require_separation_of_duties,
         )
 
@@ -311,6 +317,15 @@ def _secrets_file(value: str) -> str:
     except SecretsFileError as exc:
         raise ConfigError(str(exc)) from None
     return value
+
+
+def _sources_file(value: str) -> SourcesConfig:
+    """Read and checked once here: a problem stops start-up, each on a line of its own."""
+    try:
+        return load_sources(value)
+    except SourcesFileError as exc:
+        raise ConfigError(f"{value} has {len(exc.problems)} problem(s):\n" + "\n".join(
+            f"RUNBOOKS_SOURCES_FILE: {value}: {p.path}: {p.message}" for p in exc.problems)) from None
 
 
 def _public_url(value: str) -> str:

@@ -275,4 +275,17 @@ SCHEMAS: dict[str, Schema] = {
         "shared": {"type": "boolean", "description": "The runbook is shared by every tenant (RUNBOOKS_DIR)."},
     }, ("runbookId", "triggerId", "kind", "enabled", "nextRunAt", "lastRunAt", "lastExecutionId", "shared")),
     "TriggerPage": page("Trigger"),
+    "HookResult": obj({"delivered": {"type": "integer", "minimum": 0}, "retained": {"type": "boolean"},
+                       "eventId": {"type": "string"}, "duplicate": {"type": "boolean"},
+                       "challenge": {"type": "string", "description": "Slack's URL verification, answered."}}),
+    "Source": obj({
+        "id": {"type": "string"}, "tenant": {"type": "string"},
+        "kind": {"type": "string", "enum": ["webhook", "nats-jetstream", "redis-stream"]},
+        "counters": obj({"received": {"type": "integer"}, "refused": {"type": "integer"},
+                         "duplicate": {"type": "integer"}}, ("received", "refused", "duplicate")),
+        "path": {"type": "string", "description": "A webhook's URL path."},
+        "signature": {"type": "string", "description": "A webhook's preset, or generic."},
+        "status": {"type": "string", "description": "A bus source: running, paused (and why), connecting..."},
+    }, ("id", "tenant", "kind", "counters")),
+    "SourcePage": page("Source"),
 }

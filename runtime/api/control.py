@@ -19,6 +19,7 @@ from runtime.core.messages import Cancel, DecideApproval, DelegateApproval, Paus
 from runtime.model import Execution
 from runtime.model.errors import Problem, ValidationError, too_large
 from runtime.model.jsonsafe import json_size
+from runtime.model.records import Delivery
 from runtime.model.types import StartResult
 from runtime.shell.events import PublishResult
 
@@ -103,12 +104,18 @@ class ExecutionControl(Parts):
         return execution
 
     async def publish_event(self, event_type: str, correlation_key: str, payload: Any = None, *,
-                            tenant_id: str = "default", hop: int = 0) -> PublishResult:
+                            tenant_id: str = "default", hop: int = 0,
+                            delivery: Delivery | None = None) -> PublishResult:
         """Hand an event to every step waiting on it, or retain it for a later waiter. ``hop``:
-        as for ``start_execution``; the executions event rules start carry it."""
+        as for ``start_execution``; the executions event rules start carry it. ``delivery``:
+        the source and id of the message the event comes from; a message published before
+        (within ``delivery.keep_ms``) publishes nothing and answers ``duplicate=True``."""
         arguments.check_event(event_type, correlation_key, payload, tenant_id)
         check_hop(hop, self.settings.max_hops)
         if (size := json_size(payload)) > self.settings.max_event_bytes:
             raise too_large("payload", "event payload", size, self.settings.max_event_bytes, "MAX_EVENT_BYTES")
-        return await self.routing.publish(tenant_id, event_type, str(correlation_key), payload,
-                                          rules=partial(self.scheduler.on_event, hop=hop))
+        rules = partial(self.scheduler.on_event, hop=hop)
+        if delivery is not None:
+            arguments.check_ids(source_id=delivery.source_id, delivery_id=delivery.delivery_id)
+            return await self.once.publish(event_type, str(correlation_key), payload, tenant_id, delivery, rules)
+        return await self.routing.publish(tenant_id, event_type, str(correlation_key), payload, rules=rules)

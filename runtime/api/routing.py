@@ -38,7 +38,7 @@ from runtime.kinds.approval_inbox import rendered_config
 from runtime.kinds.approval_rules import check_approver
 from runtime.model import Event, Execution
 from runtime.model.errors import Conflict, NotFound
-from runtime.model.records import Change
+from runtime.model.records import Change, Receipt
 from runtime.shell.catalog import Catalog
 from runtime.shell.directory import Directory
 from runtime.shell.events import EventRouter, PublishResult
@@ -147,20 +147,23 @@ class Routing:
 
     # ------------------------------------------------------------------ events
     async def publish(self, tenant_id: str, event_type: str, key: str, payload: object,
-                      rules: Rules) -> PublishResult:
+                      rules: Rules, event: Event | None = None, receipt: Receipt | None = None) -> PublishResult:
         """Hand an event to every step waiting on it (after the event rules of triggers), or
-        retain it for a later waiter."""
+        retain it for a later waiter. ``receipt`` (several processes): a source's message,
+        published in the same transaction as its receipt, or not at all if that is held."""
         if self.cluster is None:
             return await self.router.publish(tenant_id, event_type, key, payload, rules=rules)
-        event = self.router.new_event(tenant_id, event_type, key, payload)
+        event = event or self.router.new_event(tenant_id, event_type, key, payload)
         started = await rules(event)  # the executions event rules start count too
         cap = self.settings.max_retained_events_per_tenant
         if started or not self.settings.event_retention_ms:
             cap = 0  # taken by a rule, or nothing is retained: a waiter or nothing
         with trio.CancelScope(shield=True):  # once sent, its commands are handed over here, not read back
-            result = await self.commit(Change(publish=event, retain_cap=cap,  # every process's waiters, at once
+            result = await self.commit(Change(publish=event, retain_cap=cap, receipt=receipt,  # every process's
                                               retain_bytes_cap=self.settings.max_retained_event_bytes_per_tenant))
             self.cluster.hand(result.commands)
+        if result.duplicate:
+            return PublishResult(0, False, event.id, duplicate=True)
         return PublishResult(started + result.delivered, result.retained and not started, event.id)
 
 

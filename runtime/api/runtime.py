@@ -20,13 +20,19 @@ from runtime.api.reading import ExecutionReads, Page
 from runtime.documents.validate import validate_document
 from runtime.model import AuditEntry, Runbook
 from runtime.model.errors import Problem, StoreUnavailable, ValidationError
+from runtime.model.records import Change
 from runtime.model.types import StartResult
 from runtime.model.wire import load_document
 from runtime.shell.step_types import StepTypes
 from runtime.shell.watch import Observer
 from runtime.triggers.scheduler import TriggerInfo, audit_key
 
-__all__ = ["Page", "Runtime", "StartResult"]
+__all__ = ["Page", "Runtime", "StartResult", "source_audit_key"]
+
+
+def source_audit_key(tenant_id: str, source_id: str) -> str:
+    """Where the audit entries of a tenant's event source are kept."""
+    return f"source:{tenant_id}:{source_id}"
 
 
 class Runtime(ExecutionControl, ExecutionReads, DecisionLinks):
@@ -106,6 +112,17 @@ class Runtime(ExecutionControl, ExecutionReads, DecisionLinks):
     async def list_runbooks(self, *, tenant_id: str | None = None) -> list[Runbook]:
         arguments.check_tenant(tenant_id)
         return await self.catalog.list(tenant_id)
+
+    # ------------------------------------------------------------------ event sources
+    async def record_source_audit(self, tenant_id: str, source_id: str, action: str, data: Any = None) -> None:
+        """An entry in the audit log of an event source of the tenant (a refused delivery, say)."""
+        entry = AuditEntry(source_audit_key(tenant_id, source_id), self.now(), f"source:{source_id}", action,
+                           data=data)
+        await self.commit(Change(audit=(entry,)))
+
+    async def source_audit(self, tenant_id: str, source_id: str) -> list[AuditEntry]:
+        """The audit log of an event source of the tenant, oldest first."""
+        return await self.read(self.store.audit, source_audit_key(tenant_id, source_id))
 
     # ------------------------------------------------------------------ triggers
     async def list_triggers(self, *, tenant_id: str = "default") -> list[TriggerInfo]:

@@ -38,6 +38,7 @@ class Settings:
     max_event_bytes: int = 256 * 1024  # an event's payload as JSON
     max_retained_event_bytes_per_tenant: int = 64 * 1024 * 1024  # payloads of retained events
     max_hops: int = 8  # X-Runbooks-Hop: a start or an event past it is refused (LoopDetected)
+    lifecycle_outbox: bool = False  # record lifecycle events with each commit, for sinks to publish
     require_separation_of_duties: bool = False  # REQUIRE_SEPARATION_OF_DUTIES: four eyes on every approval
 
     @property

@@ -17,7 +17,7 @@ from runtime.store.dialect import Dialect
 from runtime.store.schema import Row
 
 #: the migration that creates the table (the same SQL in both dialects)
-DECISION_LINKS_TABLE = """CREATE TABLE decision_links (
+DECISION_LINKS_TABLE = """CREATE TABLE IF NOT EXISTS decision_links (
     id TEXT PRIMARY KEY,
     claimant TEXT NOT NULL,
     execution_id TEXT NOT NULL,

@@ -35,6 +35,7 @@ from runtime.store.decision_links import DECISION_LINKS_TABLE
 from runtime.store.dialect import Dialect
 from runtime.store.pg_ledger import PostgresLedger
 from runtime.store.pg_writer import PostgresWriter
+from runtime.store.receipts import OUTBOX_INDEX, OUTBOX_TABLE, RECEIPTS_INDEX, RECEIPTS_TABLE
 from runtime.store.schema import INDEXES, Execute, Row, apply_batch, execution_from, migrate
 from runtime.store.sql import SqlStore
 from runtime.store.trigger_states import TRIGGER_STATES_TABLE
@@ -148,7 +149,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX batches_by_time ON batches (committed_at)",
     ),
     cluster.COMMAND_TAGS,  # 7: a command's kind is its message's class name
-    (  # 8: decision links used
+    (  # 8: receipts of event sources: which messages were taken, by any process
+        RECEIPTS_TABLE.format(time="timestamptz", json="json"),
+        RECEIPTS_INDEX,
+        OUTBOX_TABLE.format(serial="bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY", json="json"),
+        OUTBOX_INDEX,
+    ),
+    (  # 9: decision links used
         DECISION_LINKS_TABLE.format(time="timestamptz"),
     ),
 )

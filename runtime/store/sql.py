@@ -23,6 +23,7 @@ from runtime.store.base import parse_cursor
 from runtime.store.decision_links import LinkQueries
 from runtime.store.dialect import Dialect, marks
 from runtime.store.ledger import ClusterLedger
+from runtime.store.receipts import ReceiptQueries
 from runtime.store.schema import (
     UNFINISHED_SQL,
     ParsedRunbooks,
@@ -61,7 +62,7 @@ SELECT id, tenant_id, type, correlation_key, payload, received_at, expires_at FR
 WHERE expires_at IS NULL OR expires_at > ? ORDER BY seq"""
 
 
-class SqlStore(TriggerQueries, LinkQueries, abc.ABC):
+class SqlStore(TriggerQueries, ReceiptQueries, LinkQueries, abc.ABC):
     threaded = True
     ledger: ClusterLedger | None = None  # only a store several processes share has one
     #: the statement selecting ``(seq, ...)`` of executions, completed by a WHERE clause

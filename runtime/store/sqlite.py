@@ -30,6 +30,7 @@ from runtime.model.wire import format_time, parse_time
 from runtime.store.decision_links import DECISION_LINKS_TABLE
 from runtime.store.diagnose import unwritable_because
 from runtime.store.dialect import Dialect
+from runtime.store.receipts import OUTBOX_INDEX, OUTBOX_TABLE, RECEIPTS_INDEX, RECEIPTS_TABLE
 from runtime.store.schema import INDEXES, Execute, Row, apply_batch, execution_from, migrate
 from runtime.store.sql import SqlStore
 from runtime.store.sql_writer import SqlWriter
@@ -132,7 +133,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # 3: runbook triggers: enabled, last run
         TRIGGER_STATES_TABLE.format(time="TEXT"),
     ),
-    (  # 4: decision links used
+    (  # 4: receipts of event sources: which messages were taken
+        RECEIPTS_TABLE.format(time="TEXT", json="TEXT"),
+        RECEIPTS_INDEX,
+        OUTBOX_TABLE.format(serial="INTEGER PRIMARY KEY", json="TEXT"),
+        OUTBOX_INDEX,
+    ),
+    (  # 5: decision links used
         DECISION_LINKS_TABLE.format(time="TEXT"),
     ),
 )
