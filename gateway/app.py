@@ -138,12 +138,17 @@ def _account(metrics: GatewayMetrics, response: Response, detailed: bool) -> Non
                               "ms": round(seconds * 1000, 1)}
     if detailed:
         identity = g.get("identity")
-        fields |= {"path": request.path, "query": request.query_string.decode("latin-1") or None,
+        fields |= {"path": _loggable(request.path), "query": request.query_string.decode("latin-1") or None,
                    "tenant": identity.tenant if identity else None, "user": identity.user if identity else None,
                    "bytes_in": request.content_length, "request_id": g.get("request_id")}
     level = logging.ERROR if response.status_code >= 500 else logging.INFO
     logger.log(level, "request %s", " ".join(f"{key}={_logfmt(value)}" for key, value in fields.items()),
                extra={"request": fields})
+
+
+def _loggable(path: str) -> str:
+    """The path as logged: a decision link's token is a credential, and stays out of the log."""
+    return "/decide/***" if path.startswith("/decide/") else path
 
 
 def _logfmt(value: Any) -> str:

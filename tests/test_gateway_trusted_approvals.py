@@ -7,11 +7,13 @@ expired or stale link."""
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 import trio
 
 from runtime.security.links import LinkClaims, issue
@@ -109,8 +111,11 @@ async def notification(svc: Any, count: int) -> dict[str, Any]:
     return body
 
 
-async def test_a_link_shows_what_it_decides_then_decides_once(tmp_path: pathlib.Path) -> None:
-    async with fake_service() as svc, running_gateway(env_with_key(tmp_path)) as gw:
+async def test_a_link_shows_what_it_decides_then_decides_once(tmp_path: pathlib.Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "runbooks.gateway")
+    env = env_with_key(tmp_path) | {"DETAILED_LOGGING": "true"}
+    async with fake_service() as svc, running_gateway(env) as gw:
         await gw.register(linked(f"{svc.url}/hook", show=[]))
         started = await gw.start("release", {"v": "2.4"})
         body = await notification(svc, 1)
@@ -141,6 +146,8 @@ async def test_a_link_shows_what_it_decides_then_decides_once(tmp_path: pathlib.
         # used: both of its URLs are spent, to show and to decide
         for again in (await gw.client.get(reject), await gw.client.post(reject, data={"decision": "reject"})):
             assert again.status_code == 409 and 'data-reason="used"' in again.text and "already used" in again.text
+    token = approve.split("/decide/")[1].split("?")[0]
+    assert "path=/decide/***" in caplog.text and token not in caplog.text  # a credential: never logged
 
 
 async def test_a_tampered_expired_or_stale_link_is_refused_with_a_page_that_says_why(tmp_path: pathlib.Path) -> None:
