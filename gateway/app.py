@@ -28,28 +28,36 @@ from gateway.openapi import build_openapi
 from gateway.problems import ApiProblem, as_single_error, problem_for
 from gateway.routes import CONVERTERS, ROUTES, Route, View
 from gateway.routes_console import register_console
+from gateway.routes_links import register_links
 from gateway.sse import Streams
 from gateway.state import EXTENSION, GatewayState
 from runtime import Runtime
+from runtime.sources.manager import Sources
 
 logger = logging.getLogger("runbooks.gateway")
+HOOKS = "/api/v1/hooks/"
 
 
-def create_app(runtime: Runtime, config: Config, *, metrics: GatewayMetrics | None = None) -> QuartTrio:
+def create_app(runtime: Runtime, config: Config, *, metrics: GatewayMetrics | None = None,
+               sources: Sources | None = None) -> QuartTrio:
     """The gateway app on ``runtime``; ``metrics`` should be the object whose batch observer
-    was given to ``open_runtime`` (a fresh one is made otherwise)."""
+    was given to ``open_runtime`` (a fresh one is made otherwise); ``sources``: the event
+    sources it receives webhooks for and lists."""
     app = QuartTrio("runbooks-gateway", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["BODY_TIMEOUT"] = 60
     metrics = metrics or GatewayMetrics()
     metrics.attach(runtime)
-    gateway = GatewayState(runtime, config, Authenticator(config.tokens), metrics, Streams())
+    gateway = GatewayState(runtime, config, Authenticator(config.tokens), metrics, Streams(), sources)
+    if sources is not None:
+        metrics.attach_sources(sources.intake)
     app.extensions[EXTENSION] = gateway
     app.extensions["runbooks.openapi"] = build_openapi(ROUTES, development_mode=config.development_mode)
     app.url_map.converters.update(CONVERTERS)
     for route in ROUTES:
         _register(app, route)
     register_console(app)
+    register_links(app)
     _install_edge(app, gateway)
     app.asgi_app = CompleteExchange(app.asgi_app)  # type: ignore[method-assign]
     return app
@@ -95,7 +103,8 @@ def _install_edge(app: QuartTrio, gateway: GatewayState) -> None:
         g.request_id = _request_id(request.headers.get("X-Request-Id"))
         if cors is not None and cors.is_preflight(request.method, request.headers):
             return cors.preflight(request.headers)
-        if request.path.startswith("/api/v1/") and request.method != "OPTIONS":
+        if request.path.startswith("/api/v1/") and request.method != "OPTIONS" \
+                and not request.path.startswith(HOOKS):  # a webhook is authenticated by its signature
             g.identity = gateway.auth.identify(request.headers)
         return None
 
@@ -129,12 +138,17 @@ def _account(metrics: GatewayMetrics, response: Response, detailed: bool) -> Non
                               "ms": round(seconds * 1000, 1)}
     if detailed:
         identity = g.get("identity")
-        fields |= {"path": request.path, "query": request.query_string.decode("latin-1") or None,
+        fields |= {"path": _loggable(request.path), "query": request.query_string.decode("latin-1") or None,
                    "tenant": identity.tenant if identity else None, "user": identity.user if identity else None,
                    "bytes_in": request.content_length, "request_id": g.get("request_id")}
     level = logging.ERROR if response.status_code >= 500 else logging.INFO
     logger.log(level, "request %s", " ".join(f"{key}={_logfmt(value)}" for key, value in fields.items()),
                extra={"request": fields})
+
+
+def _loggable(path: str) -> str:
+    """The path as logged: a decision link's token is a credential, and stays out of the log."""
+    return "/decide/***" if path.startswith("/decide/") else path
 
 
 def _logfmt(value: Any) -> str:

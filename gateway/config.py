@@ -24,10 +24,11 @@ from gateway.bodies import MAX_BODY_BYTES
 from gateway.roles import DEFAULT_TOKEN_ROLES
 from runtime import Settings
 from runtime.io import tracing
-from runtime.kinds.approval import ANY_ROLE
+from runtime.kinds.approval_rules import ANY_ROLE
 from runtime.model.limits import MAX_CONCURRENCY, MAX_DURATION_MS, MAX_RETRIES
 from runtime.security.outbound import HostAllowlist
 from runtime.security.secrets import SecretsFileError, load_secrets_file
+from runtime.sources.config import SourcesConfig, SourcesFileError, load_sources
 
 T = TypeVar("T")
 
@@ -94,6 +95,9 @@ class Config:
     max_triggers_per_tenant: int = 100
     max_descendants: int = 1000
     max_active_descendants_per_tenant: int = 10_000
+    sources_file: str | None = None
+    sources: SourcesConfig = attrs.Factory(SourcesConfig)
+    require_separation_of_duties: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -142,6 +146,9 @@ class Config:
             max_triggers_per_tenant=read.integer("MAX_TRIGGERS_PER_TENANT", 100, 0, 10**6),
             max_descendants=read.integer("MAX_DESCENDANTS", 1000, 0, 10**9),
             max_active_descendants_per_tenant=read.integer("MAX_ACTIVE_DESCENDANTS_PER_TENANT", 10_000, 0, 10**9),
+            sources_file=read.optional("RUNBOOKS_SOURCES_FILE"),
+            sources=read.parsed("RUNBOOKS_SOURCES_FILE", SourcesConfig(), _sources_file),
+            require_separation_of_duties=read.boolean("REQUIRE_SEPARATION_OF_DUTIES", False),
         )
         if not config.instance_id:  # the default names the host and the port it serves on
             config = attrs.evolve(config, instance_id=f"{socket.gethostname()}:{config.port}")
@@ -196,6 +203,8 @@ class Config:
             max_triggers_per_tenant=self.max_triggers_per_tenant,
             max_descendants=self.max_descendants,
             max_active_descendants_per_tenant=self.max_active_descendants_per_tenant,
+            lifecycle_outbox=bool(self.sources.sinks),
+            require_separation_of_duties=self.require_separation_of_duties,
         )
 
     def check_can_serve(self) -> None:
@@ -323,6 +332,15 @@ def _secrets_file(value: str) -> str:
     except SecretsFileError as exc:
         raise ConfigError(str(exc)) from None
     return value
+
+
+def _sources_file(value: str) -> SourcesConfig:
+    """Read and checked once here: a problem stops start-up, each on a line of its own."""
+    try:
+        return load_sources(value)
+    except SourcesFileError as exc:
+        raise ConfigError(f"{value} has {len(exc.problems)} problem(s):\n" + "\n".join(
+            f"RUNBOOKS_SOURCES_FILE: {value}: {p.path}: {p.message}" for p in exc.problems)) from None
 
 
 def _public_url(value: str) -> str:

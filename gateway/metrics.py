@@ -81,6 +81,22 @@ class GatewayMetrics:
             "runbooks_http_request_duration_seconds", "Time to answer (to the response headers), by route.",
             ["method", "route"], buckets=_LATENCY_BUCKETS, registry=r)
 
+        self.source_messages = Counter(
+            "runbooks_source_messages", "Messages of event sources, by source and outcome (published, duplicate, "
+            "refused).", ["source", "outcome"], registry=r)
+        self.source_refusals = Counter(
+            "runbooks_source_refusals", "Refused messages of event sources, by source and reason (missing, "
+            "malformed, stale, mismatch: the signature; unmappable; too_large).", ["source", "reason"], registry=r)
+
+    def attach_sources(self, intake: Any) -> None:
+        """Count the messages of the event sources (``Intake.observers``)."""
+        intake.observers.append(self.on_source_message)
+
+    def on_source_message(self, source_id: str, outcome: str, reason: str) -> None:
+        self.source_messages.labels(source_id, outcome).inc()
+        if outcome == "refused":
+            self.source_refusals.labels(source_id, reason).inc()
+
     def observe_batch(self, size: int, seconds: float) -> None:
         """The ``batch_observer`` of ``open_runtime``."""
         self.batch_size.observe(size)

@@ -77,7 +77,7 @@ def _operation(route: Route, development_mode: bool) -> dict[str, Any]:
         operation["description"] = (f"Needs the role '{route.role}' (or admin; development mode: any caller)."
                                     if route.role != "viewer" else
                                     "Needs the role viewer, operator, author or admin (development mode: any caller).")
-    if route.api:
+    if route.api and route.bearer:
         if development_mode:
             operation["parameters"] += [_param(p) for p in _DEV_HEADERS]
         else:

@@ -19,6 +19,7 @@ from werkzeug.routing import BaseConverter
 from gateway import routes_approvals as approvals
 from gateway import routes_executions as ex
 from gateway import routes_runbooks as rb
+from gateway import routes_sources as sources
 from gateway import routes_system as system
 from gateway import routes_triggers as triggers
 from gateway.inputs import (
@@ -84,6 +85,7 @@ class Route:
     yaml_body: bool = False
     problems: tuple[int, ...] = ()
     role: str | None = VIEWER  # the role the caller needs (gateway.roles); None: anyone who may call
+    bearer: bool = True  # False: no bearer token, the request authenticates itself (a signed webhook)
 
     @property
     def api(self) -> bool:
@@ -202,6 +204,9 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/v1/executions/<execution_id>/steps/<step_id>/approvals", ex.submit_approval,
           "submitApproval", "Approve or reject an approval step as the calling user", "control", _CONTROLLED,
           body="ApprovalRequest", problems=(403, 409, 422), role=None),  # the step's approvers decide
+    Route("POST", "/api/v1/executions/<execution_id>/steps/<step_id>/approvals/delegate", ex.delegate_approval,
+          "delegateApproval", "Hand the calling approver's vote on an approval step to a user or role:NAME",
+          "control", _CONTROLLED, body="DelegationRequest", problems=(403, 409, 422), role=None),
     Route("GET", "/api/v1/approvals", approvals.list_approvals, "listApprovals",
           "Approval steps waiting for the calling user's decision, across the tenant's executions", "control",
           {200: Answer("A page of pending approvals (newest execution first).", "PendingApprovalPage")},
@@ -222,6 +227,20 @@ ROUTES: tuple[Route, ...] = (
           "Publish an event to the steps of the caller's tenant waiting on it (or retain it)", "events",
           {202: Answer("Delivered to n waiting steps, or retained for a later one.", "PublishResult")},
           body="EventRequest", problems=(422, 429), role=OPERATOR),
+    # ------------------------------------------------------------------ event sources
+    Route("POST", "/api/v1/hooks/<source_id>", sources.receive_hook, "receiveHook",
+          "A signed webhook of an event source: authenticated by its signature (no bearer token); "
+          "the answer comes once its event is committed", "sources",
+          {202: Answer("Published: delivered to n waiting steps, or retained.", "HookResult"),
+           200: Answer("A delivery seen before ({duplicate: true}), or Slack's URL verification answered.",
+                       "HookResult")},
+          problems=(401, 413, 422, 429, 503), role=None, bearer=False),
+    Route("GET", "/api/v1/sources", sources.list_sources, "listSources",
+          "The event sources of the caller's tenant, with their counters", "sources",
+          {200: Answer("Every source of the tenant.", "SourcePage")}),
+    Route("GET", "/api/v1/sources/<source_id>/audit", sources.source_audit, "sourceAudit",
+          "Refused deliveries of a source (bad or stale signatures, bodies that make no event), oldest first",
+          "sources", {200: Answer("Every audit entry of the source.", "AuditPage")}),
     # ------------------------------------------------------------------ triggers
     Route("GET", "/api/v1/triggers", triggers.list_triggers, "listTriggers",
           "The triggers (schedules, event rules) of the latest version of every runbook the tenant sees",

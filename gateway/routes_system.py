@@ -24,6 +24,9 @@ async def ready() -> Response:
     try:
         with trio.fail_after(READY_TIMEOUT_S):
             await state().runtime.ready()
+            sources = state().sources
+            if sources is not None and (paused := sources.not_ready()) is not None:
+                raise ConnectionError(paused)
     except Exception as exc:  # the store does not answer, or commits are failing: say which, and why
         cause = str(exc) or type(exc).__name__
         if isinstance(exc, trio.TooSlowError):

@@ -45,6 +45,7 @@ from runtime import (
 )
 from runtime.io import tracing
 from runtime.model.wire import load_document
+from runtime.sources.manager import open_sources
 
 logger = logging.getLogger("runbooks.gateway")
 
@@ -116,8 +117,9 @@ async def _serve_runtime(config: Config, prepare: Callable[[Runtime], None] | No
             if prepare is not None:
                 prepare(runtime)
             await load_runbooks_dir(runtime, config.runbooks_dir)
-            app = create_app(runtime, config, metrics=metrics)
-            async with trio.open_nursery() as server:
+            async with open_sources(runtime, config.sources_file, config=config.sources,
+                                    consumer_name=config.instance_id) as sources, trio.open_nursery() as server:
+                app = create_app(runtime, config, metrics=metrics, sources=sources)
 
                 async def trigger() -> None:
                     reason = await shutdown.first()

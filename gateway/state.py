@@ -14,6 +14,7 @@ from gateway.config import Config
 from gateway.metrics import GatewayMetrics
 from gateway.sse import Streams
 from runtime import Runtime
+from runtime.sources.manager import Sources
 
 EXTENSION = "runbooks"
 
@@ -25,6 +26,7 @@ class GatewayState:
     auth: Authenticator
     metrics: GatewayMetrics
     streams: Streams
+    sources: Sources | None = None  # RUNBOOKS_SOURCES_FILE
 
 
 def state() -> GatewayState:

@@ -6,6 +6,8 @@
         proxy.refuse()      # the server is gone: open connections are reset, new ones closed at once
         proxy.blackhole()   # the network is gone: bytes are held back, nothing answers
         proxy.forward()     # back to normal
+        proxy.hold_replies_after(b"marker")  # once the server sends `marker` to a client,
+                            # nothing more the clients send reaches the server (an ack is lost)
 
 It runs in the test's Trio loop; the stores reach it from their worker threads as they
 would reach the server. No stand-in for PostgreSQL: every byte that gets through is the
@@ -33,6 +35,11 @@ class TcpProxy:
         self.connections = 0  # accepted so far
         self._live: set[trio.CancelScope] = set()
         self._changed = trio.Event()
+        self._marker: bytes | None = None
+        self.holding = False  # the marker went by: the clients' bytes are held back from now on
+
+    def hold_replies_after(self, marker: bytes) -> None:
+        self._marker, self.holding = marker, False
 
     def forward(self) -> None:
         self._set("forward")
@@ -47,6 +54,7 @@ class TcpProxy:
 
     def _set(self, mode: Mode) -> None:
         self.mode = mode
+        self._marker, self.holding = None, False
         self._changed.set()
         self._changed = trio.Event()
 
@@ -63,16 +71,18 @@ class TcpProxy:
                 self._live.add(scope)
                 try:
                     async with server, trio.open_nursery() as pipes:
-                        pipes.start_soon(self._pipe, client, server)
-                        pipes.start_soon(self._pipe, server, client)
+                        pipes.start_soon(self._pipe, client, server, True)
+                        pipes.start_soon(self._pipe, server, client, False)
                 finally:
                     self._live.discard(scope)
 
-    async def _pipe(self, source: trio.SocketStream, sink: trio.SocketStream) -> None:
+    async def _pipe(self, source: trio.SocketStream, sink: trio.SocketStream, upstream: bool) -> None:
         try:
             while data := await source.receive_some(_CHUNK):
-                while self.mode == "blackhole":  # held back: the peer waits for an answer
+                while self.mode == "blackhole" or (upstream and self.holding):  # held back
                     await self._changed.wait()
+                if not upstream and self._marker is not None and self._marker in data:
+                    self.holding = True
                 if self.mode == "refuse":
                     return
                 await sink.send_all(data)

@@ -41,7 +41,7 @@ from runtime.model import (
     TriggerState,
 )
 from runtime.model.errors import StoreInUse, StoreUnavailable, ValidationError
-from runtime.model.records import Change, ChangeResult
+from runtime.model.records import Change, ChangeResult, Lifecycle, Receipt
 from runtime.store import MemoryStore, PostgresStore, SqliteStore, Store, open_store_from_url
 from runtime.store.schema import NOT_DEDUPED_SQL, UNFINISHED_SQL
 from tests.conftest import drop_schema
@@ -233,6 +233,14 @@ def test_trigger_state_switches_and_keeps_the_newest_run_per_tenant(store: Store
                       TriggerState("t2", None, "rb", "cron", True, at(20), "e4")]
     store.set_trigger_enabled("t1", None, "rb", "cron", True)  # switching keeps the last run
     assert TriggerState("t1", None, "rb", "cron", True, at(60), "e2") in store.trigger_states()
+
+
+def test_a_decision_link_is_claimed_once_by_the_first_claimant(store: Store) -> None:
+    assert store.link_used("L1") is None
+    assert store.claim_link("L1", "me", "e1", "approve", "alice", at(10)) is None  # the first use
+    assert store.claim_link("L1", "other", "e1", "approve", "alice", at(20)) == at(10)  # refused: when it was used
+    assert store.link_used("L1") == at(10)
+    assert store.claim_link("L2", "other", "e1", "approve", "bob", at(40)) is None
 
 
 # ---------------------------------------------------------------- executions
@@ -742,3 +750,48 @@ def test_sql_status_lists_match_the_model() -> None:
 
     assert values(NOT_DEDUPED_SQL) == {status.value for status in NOT_DEDUPED}
     assert values(UNFINISHED_SQL) == {status.value for status in ES if not status.finished}
+
+
+# -- receipts of event sources, and the lifecycle outbox
+
+
+def _receipt(delivery: str, *, received: float = 0, keep_s: float = 60, pending: Any = None) -> Receipt:
+    event = Event(f"ev-{delivery}", "t1", "go", "k", {"n": 1}, at(received)) if pending else None
+    return Receipt("src", delivery, "t1", f"ev-{delivery}", at(received), at(received + keep_s), pending, event)
+
+
+def test_a_held_receipt_refuses_its_whole_change_in_one_batch_and_the_next(store: Store) -> None:
+    retained = Event("ev-1", "t1", "go", "k", {"n": 1}, at(0), at(600))
+    first = Change(receipt=_receipt("d1"), retain_events=(retained,))
+    again = Change(receipt=_receipt("d1"), retain_events=(attrs.evolve(retained, id="ev-2"),))
+    assert [r.duplicate for r in store.commit([first, again])] == [False, True]
+    assert [r.duplicate for r in store.commit([again])] == [True]
+    assert [e.id for e in store.retained_events(at(1))] == ["ev-1"]
+    assert store.receipt_known("src", "d1") and not store.receipt_known("src", "d2")
+
+
+def test_a_pending_receipt_is_found_until_settled_and_swept_only_once_settled(store: Store) -> None:
+    store.commit([Change(receipt=_receipt("p1", pending=(("e1", "s1"), ("e2", "s2")))),
+                  Change(receipt=_receipt("p2", keep_s=10))])
+    [pending] = store.pending_receipts()
+    assert (pending.delivery_id, pending.pending) == ("p1", (("e1", "s1"), ("e2", "s2")))
+    assert pending.event is not None and pending.event.payload == {"n": 1}
+    store.commit([Change(expire_receipts_at=at(3600))])  # p1 is pending: kept; p2 expired: gone
+    assert store.receipt_known("src", "p1") and not store.receipt_known("src", "p2")
+    store.commit([Change(settle=(("src", "p1"),))])
+    assert store.pending_receipts() == []
+    store.commit([Change(expire_receipts_at=at(3600))])
+    assert not store.receipt_known("src", "p1")
+
+
+def test_the_lifecycle_outbox_keeps_commit_order_per_origin_until_published(store: Store) -> None:
+    def event(n: int, origin: str) -> Lifecycle:
+        return Lifecycle(f"x:{n}:0", "x", "t1", n, "step.finished", "succeeded", at(n), "s", origin)
+
+    store.commit([Change(lifecycle=(event(1, "a"), event(2, "b"))), Change(lifecycle=(event(3, "a"),))])
+    found = store.lifecycle_after("a", 0, 10)
+    assert [e.version for _, e in found] == [1, 3]
+    assert [e.version for _, e in store.lifecycle_after("a", found[0][0], 10)] == [3]
+    store.commit([Change(lifecycle_done=("a", found[0][0]))])
+    assert [e.version for _, e in store.lifecycle_after("a", 0, 10)] == [3]
+    assert [e.version for _, e in store.lifecycle_after("b", 0, 10)] == [2]

@@ -38,8 +38,13 @@ def reader(store: Store) -> Read:
     return read
 
 
-def committer(store: Store, persistence: PersistenceActor, address: Address[PersistenceMessage]) -> CommitChange:
+def committer(store: Store, persistence: PersistenceActor, address: Address[PersistenceMessage],
+              outbox: Callable[[Change], Change] | None = None) -> CommitChange:
+    """``outbox``: adds a change's lifecycle events to it (sinks are configured)."""
+
     async def commit(change: Change) -> ChangeResult:
+        if outbox is not None:
+            change = outbox(change)
         if not store.threaded:  # nothing to wait for: commit in place, in order
             return await persistence.commit_inline(change)
         reply: Reply[ChangeResult] = Reply()

@@ -27,6 +27,7 @@ import trio
 
 from actors import Address, open_mailbox, open_supervisor
 from runtime.api.access import CommitChange, Read, committer, reader
+from runtime.api.receipts import OncePublisher
 from runtime.api.routing import Routing
 from runtime.api.runtime import Runtime
 from runtime.api.starting import Starter
@@ -48,6 +49,7 @@ from runtime.shell.clock import Clock
 from runtime.shell.directory import Directory
 from runtime.shell.events import EventRouter
 from runtime.shell.host import ExecutionHost
+from runtime.shell.lifecycle import lifecycle_of
 from runtime.shell.persistence import BatchObserver, PersistenceActor, PersistenceMessage
 from runtime.shell.settings import Settings
 from runtime.shell.step_types import StepTypes
@@ -126,9 +128,14 @@ def _assemble(store: Store, settings: Settings, http: httpx.AsyncClient, persist
               address: Address[PersistenceMessage], directory: Directory, services: trio.Nursery,
               background: trio.Nursery) -> Runtime:
     """Every part, each given what it reaches; the runtime's timers and sweep started."""
-    clock, read, commit = Clock(), reader(store), committer(store, persistence, address)
+    clock, read = Clock(), reader(store)
+    outbox = None
+    if settings.lifecycle_outbox:
+        origin = settings.instance_id or ""
+        outbox = lambda change: lifecycle_of(change, origin, clock.now())  # noqa: E731
+    commit = committer(store, persistence, address, outbox)
     hub = WatchHub(settings.finished_cache_size)
-    catalog = Catalog(store, read, commit, StepTypes(), settings, clock)
+    catalog = Catalog(store, read, commit, StepTypes(settings.require_separation_of_duties), settings, clock)
     router = EventRouter(now=clock.now, retention_ms=settings.event_retention_ms, commit=commit, ask=directory.ask,
                          max_retained_per_tenant=settings.max_retained_events_per_tenant,
                          max_retained_bytes_per_tenant=settings.max_retained_event_bytes_per_tenant)
@@ -146,9 +153,10 @@ def _assemble(store: Store, settings: Settings, http: httpx.AsyncClient, persist
     children = Children(ChildrenHost(start=starter.start, cancel=partial(_cancel_child, routing), tell=routing.tell),
                         background)
     notifier = Notifier(NotifierHost(executors, secrets, settings.public_url, settings.default_retry_policy,
-                                     directory.post), background)
-    runtime = Runtime(store=store, read=read, settings=settings, clock=clock, persistence=persistence,
-                      directory=directory, hub=hub, catalog=catalog, router=router, routing=routing,
+                                     directory.post, clock.now), background)
+    once = OncePublisher(store, read, commit, clock, settings, router, routing)
+    runtime = Runtime(store=store, read=read, commit=commit, settings=settings, clock=clock, persistence=persistence,
+                      directory=directory, hub=hub, catalog=catalog, router=router, routing=routing, once=once,
                       starter=starter, scheduler=Scheduler(_scheduler_host(store, read, commit, clock, catalog, starter)),
                       children=children, notifier=notifier, secrets=secrets, services=executors, cluster=cluster)
     timers = Timers(clock)
@@ -220,6 +228,7 @@ def _start_sweeps(runtime: Runtime, timers: Timers, commit: CommitChange, servic
     services.start_soon(partial(retained.sweep, runtime.router.retained, runtime.clock.now, commit,
                                 retained.sweep_interval_s(runtime.settings.event_retention_ms),
                                 periodic=runtime.cluster is not None), name="retained events sweep")
+    services.start_soon(runtime.once.sweep, name="receipts sweep")
 
 
 async def _recover(runtime: Runtime, nursery: trio.Nursery) -> None:
@@ -233,6 +242,7 @@ async def _recover(runtime: Runtime, nursery: trio.Nursery) -> None:
         for execution in await read(store.load_unfinished):
             directory.start(execution.id, execution)
         runtime.router.load_retained(await read(store.retained_events, runtime.clock.now()))
+        nursery.start_soon(runtime.once.resume, name="pending receipts")
 
 
 # ---------------------------------------------------------------------- helpers

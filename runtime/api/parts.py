@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import attrs
 
-from runtime.api.access import Read
+from runtime.api.access import CommitChange, Read
+from runtime.api.receipts import OncePublisher
 from runtime.api.routing import Routing
 from runtime.api.starting import Starter
 from runtime.cluster.node import Cluster
@@ -33,6 +34,7 @@ from runtime.triggers.scheduler import Scheduler
 class Parts:
     store: Store
     read: Read
+    commit: CommitChange  # through the persistence actor: returns once durable
     settings: Settings
     clock: Clock
     persistence: PersistenceActor  # its ``stats`` say whether commits succeed
@@ -41,6 +43,7 @@ class Parts:
     catalog: Catalog  # runbooks and step types
     router: EventRouter  # events for waiting steps, and the retained ones
     routing: Routing  # where a request for an execution is applied
+    once: OncePublisher  # events of sources' messages, each published once
     starter: Starter  # the one start of an execution
     scheduler: Scheduler  # triggers
     children: Children  # the child executions of run-runbook steps

@@ -2,7 +2,8 @@
 
 Its methods are the whole public API; each checks its arguments and hands the request to
 the part that owns it, changing nothing itself. They are grouped by concern: reads of
-executions (``ExecutionReads``), changes to executions (``ExecutionControl``), and here the
+executions (``ExecutionReads``), changes to executions (``ExecutionControl``), signed
+decision links (``DecisionLinks``), and here the
 runbooks, step types, triggers and the runtime's own state. ``runtime.api.assembly`` wires
 the parts and runs the runtime's life; every method is safe to call concurrently.
 """
@@ -14,20 +15,27 @@ from typing import Any
 
 from runtime.api import arguments
 from runtime.api.control import ExecutionControl
+from runtime.api.links import DecisionLinks
 from runtime.api.reading import ExecutionReads, Page
 from runtime.documents.validate import validate_document
 from runtime.model import AuditEntry, Runbook
 from runtime.model.errors import Problem, StoreUnavailable, ValidationError
+from runtime.model.records import Change
 from runtime.model.types import StartResult
 from runtime.model.wire import load_document
 from runtime.shell.step_types import StepTypes
 from runtime.shell.watch import Observer
 from runtime.triggers.scheduler import TriggerInfo, audit_key
 
-__all__ = ["Page", "Runtime", "StartResult"]
+__all__ = ["Page", "Runtime", "StartResult", "source_audit_key"]
 
 
-class Runtime(ExecutionControl, ExecutionReads):
+def source_audit_key(tenant_id: str, source_id: str) -> str:
+    """Where the audit entries of a tenant's event source are kept."""
+    return f"source:{tenant_id}:{source_id}"
+
+
+class Runtime(ExecutionControl, ExecutionReads, DecisionLinks):
     """The engine. Build it with ``open_runtime``; every method is safe to call concurrently."""
 
     # ------------------------------------------------------------------ the runtime itself
@@ -104,6 +112,17 @@ class Runtime(ExecutionControl, ExecutionReads):
     async def list_runbooks(self, *, tenant_id: str | None = None) -> list[Runbook]:
         arguments.check_tenant(tenant_id)
         return await self.catalog.list(tenant_id)
+
+    # ------------------------------------------------------------------ event sources
+    async def record_source_audit(self, tenant_id: str, source_id: str, action: str, data: Any = None) -> None:
+        """An entry in the audit log of an event source of the tenant (a refused delivery, say)."""
+        entry = AuditEntry(source_audit_key(tenant_id, source_id), self.now(), f"source:{source_id}", action,
+                           data=data)
+        await self.commit(Change(audit=(entry,)))
+
+    async def source_audit(self, tenant_id: str, source_id: str) -> list[AuditEntry]:
+        """The audit log of an event source of the tenant, oldest first."""
+        return await self.read(self.store.audit, source_audit_key(tenant_id, source_id))
 
     # ------------------------------------------------------------------ triggers
     async def list_triggers(self, *, tenant_id: str = "default") -> list[TriggerInfo]:

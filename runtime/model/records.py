@@ -44,6 +44,53 @@ ENDED, ROOT_FULL, TENANT_FULL = "ended", "root_full", "tenant_full"
 
 
 @attrs.frozen
+class Delivery:
+    """Where an event comes from: a source's id and the message's own id there (a webhook's
+    delivery id, a bus message's id). ``keep_ms``: how long a repeat of it is recognised."""
+
+    source_id: str
+    delivery_id: str
+    keep_ms: int = 86_400_000
+
+
+@attrs.frozen
+class Receipt:
+    """A message taken from an event source (a webhook delivery, a bus message), kept until
+    ``expires_at`` so that the same message arriving again is known (``Change.receipt``).
+
+    ``pending`` (one-process stores): the (execution id, step id) the event is being handed
+    to and ``event`` itself, from the commit that took the message until the commit that
+    settles it, so that a restart in between hands it to the same steps and no others.
+    """
+
+    source_id: str
+    delivery_id: str
+    tenant_id: str
+    event_id: str
+    received_at: datetime
+    expires_at: datetime
+    pending: tuple[tuple[str, str], ...] | None = None
+    event: Event | None = None
+
+
+@attrs.frozen
+class Lifecycle:
+    """A lifecycle event of an execution, committed with the change it reports (the outbox
+    that sinks publish from). ``key``: ``<execution id>:<version>:<n>``, the same however
+    often it is published. ``origin``: the process that committed it."""
+
+    key: str
+    execution_id: str
+    tenant_id: str
+    version: int
+    kind: str  # execution.started, step.finished, step.awaiting_approval, execution.finished
+    status: str
+    at: datetime
+    step_id: str | None = None
+    origin: str = ""
+
+
+@attrs.frozen
 class Change:
     """State changes that commit together, in this order.
 
@@ -74,6 +121,13 @@ class Change:
     retain_cap: int = 0  # with publish: retained only below this many for the tenant (0: never)
     retain_bytes_cap: int = 2**62  # with publish: retained only if the tenant's payloads stay within it
     outcomes: tuple[tuple[str, Any], ...] = ()  # (command id, outcome) of commands applied
+    # event sources: a message's receipt is written first; if the store holds it already,
+    # nothing else of this Change is written and the result says ``duplicate``
+    receipt: Receipt | None = None
+    settle: tuple[tuple[str, str], ...] = ()  # (source id, delivery id) whose pending delivery is done
+    expire_receipts_at: datetime | None = None  # delete every settled receipt expired at this time
+    lifecycle: tuple[Lifecycle, ...] = ()  # the outbox: lifecycle events of this change
+    lifecycle_done: tuple[str, int] | None = None  # (origin, seq): outbox rows up to seq are published
 
     @property
     def empty(self) -> bool:
@@ -81,6 +135,8 @@ class Change:
             self.new_execution or self.runbook or self.execution or self.steps or self.logs
             or self.audit or self.evidence or self.retain_events or self.consume_events or self.version
             or self.waits or self.unwaits or self.publish or self.outcomes or self.expire_events_at
+            or self.receipt or self.settle or self.expire_receipts_at or self.lifecycle
+            or self.lifecycle_done
         )
 
 
@@ -97,6 +153,7 @@ class ChangeResult:
     retained: bool = False  # a publish: kept for a later waiter
     commands: tuple[QueuedCommand, ...] = ()  # a shared store's publish: the command each waiter got
     refused: str | None = None  # a child's start not admitted (``FanoutCaps``): ENDED, ROOT_FULL or TENANT_FULL
+    duplicate: bool = False  # the Change's receipt was held already: nothing of it was written
 
 
 def merged(first: Change, second: Change) -> Change:
@@ -118,4 +175,5 @@ def merged(first: Change, second: Change) -> Change:
         waits=first.waits + second.waits,
         unwaits=first.unwaits + second.unwaits,
         outcomes=first.outcomes + second.outcomes,
+        lifecycle=first.lifecycle + second.lifecycle,
     )

@@ -38,6 +38,7 @@ class PublishResult:
     delivered: int
     retained: bool
     event_id: str
+    duplicate: bool = False  # a source's message taken before: nothing was published again
 
 
 __all__ = ["EventRouter", "PublishResult", "passes"]
@@ -77,9 +78,23 @@ class EventRouter:
             if not waiters:
                 del self._waiters[(tenant_id, event_type, key)]
 
-    def new_event(self, tenant_id: str, event_type: str, key: str, payload: Any) -> Event:
+    def new_event(self, tenant_id: str, event_type: str, key: str, payload: Any, event_id: str | None = None) -> Event:
         now = self._now()
-        return Event(uuid.uuid4().hex, tenant_id, event_type, key, payload, now, now + self._retention)
+        return Event(event_id or uuid.uuid4().hex, tenant_id, event_type, key, payload, now, now + self._retention)
+
+    @property
+    def retains(self) -> bool:
+        """Whether events nobody waits for are kept (``EVENT_RETENTION_MS`` above 0)."""
+        return bool(self._retention)
+
+    def waiting_on(self, event: Event) -> list[tuple[str, str]]:
+        """(execution id, step id) of every step waiting now for this event (its filter passes)."""
+        waiters = self._waiters.get((event.tenant_id, event.type, event.correlation_key), {})
+        return [target for target, condition in waiters.items() if passes(condition, event)]
+
+    async def hand(self, execution_id: str, step_id: str, event: Event) -> bool:
+        """Deliver to one step; whether it took the event (committed before this returns)."""
+        return await self._deliver(execution_id, step_id, event)
 
     def check_room(self, tenant_id: str) -> None:
         """Raise ``LimitExceeded`` if the tenant holds as many retained events as it may."""

@@ -48,6 +48,8 @@ class Settings:
     @property
     def trigger_limits(self) -> TriggerLimits:
         return TriggerLimits(self.max_triggers_per_runbook, self.min_schedule_interval_ms)
+    lifecycle_outbox: bool = False  # record lifecycle events with each commit, for sinks to publish
+    require_separation_of_duties: bool = False  # REQUIRE_SEPARATION_OF_DUTIES: four eyes on every approval
 
     @property
     def default_retry_policy(self) -> RetryPolicy:

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Protocol
 
 from runtime.model import AuditEntry, Event, Evidence, Execution, LogEntry, Runbook, TriggerState
-from runtime.model.records import Change, ChangeResult
+from runtime.model.records import Change, ChangeResult, Lifecycle, Receipt
 from runtime.store.ledger import ClusterLedger
 
 
@@ -93,6 +93,16 @@ class Store(Protocol):
     def retained_events(self, now: datetime) -> list[Event]:
         """Retained events not yet consumed and not expired at ``now``, oldest first."""
 
+    # -- receipts of event sources (runtime/store/receipts.py)
+    def receipt_known(self, source_id: str, delivery_id: str) -> bool:
+        """Whether a message of this source with this delivery id was taken (and not yet swept)."""
+
+    def pending_receipts(self) -> list[Receipt]:
+        """Receipts whose event was not yet handed to every step it was for (one-process stores)."""
+
+    def lifecycle_after(self, origin: str, seq: int, limit: int) -> list[tuple[int, Lifecycle]]:
+        """(seq, event) of the outbox committed by ``origin`` after ``seq``, in commit order."""
+
     # -- triggers (runtime/store/trigger_states.py)
     def all_latest_runbooks(self) -> list[Runbook]:
         """The latest version of every runbook of every owner."""
@@ -107,6 +117,13 @@ class Store(Protocol):
     def record_trigger_run(self, tenant_id: str, owner: str | None, runbook_id: str, trigger_id: str, at: datetime,
                            execution_id: str) -> None:
         """Record a run in ``tenant_id`` unless a later one is already recorded there."""
+
+    # -- decision links (runtime/store/decision_links.py)
+    def claim_link(self, link_id: str, claimant: str, execution_id: str, step_id: str, approver: str,
+                   at: datetime) -> datetime | None:
+        """Record a decision link's use: None if this claim is the first, else when it was first used."""
+
+    def link_used(self, link_id: str) -> datetime | None: ...
 
 
 def level_at_least(level: str, minimum: str | None) -> bool:

@@ -22,8 +22,18 @@ from runtime.model import (
     StepStatus,
     TriggerState,
 )
-from runtime.model.records import ENDED, ROOT_FULL, TENANT_FULL, Change, ChangeResult, FanoutCaps
+from runtime.model.records import (
+    ENDED,
+    ROOT_FULL,
+    TENANT_FULL,
+    Change,
+    ChangeResult,
+    FanoutCaps,
+    Lifecycle,
+    Receipt,
+)
 from runtime.store.base import level_at_least, parse_cursor
+from runtime.store.decision_links import LinkUses
 
 _DedupKey = tuple[str, str, int, str]
 _TriggerKey = tuple[str, str | None, str, str]  # (tenant, owner, runbook id, trigger id)
@@ -80,12 +90,13 @@ class _Fanout:
         return None
 
 
-class MemoryStore(_TriggerStates):
+class MemoryStore(_TriggerStates, LinkUses):
     threaded = False
     name = "memory"
     ledger = None  # (one process's)
 
     def __init__(self) -> None:
+        LinkUses.__init__(self)
         self._seq = itertools.count(1)
         self._runbooks: dict[tuple[str | None, str], list[Runbook]] = {}
         self._headers: dict[str, tuple[int, Execution]] = {}
@@ -99,6 +110,8 @@ class MemoryStore(_TriggerStates):
         self._versions: dict[str, int] = {}
         self._triggers: dict[_TriggerKey, TriggerState] = {}
         self._fanout = _Fanout()
+        self._receipts: dict[tuple[str, str], Receipt] = {}
+        self._outbox: list[tuple[int, Lifecycle]] = []
 
     def open(self) -> None:
         pass
@@ -115,6 +128,11 @@ class MemoryStore(_TriggerStates):
 
     def _apply(self, change: Change) -> ChangeResult:
         version = None
+        if change.receipt is not None:
+            key = (change.receipt.source_id, change.receipt.delivery_id)
+            if key in self._receipts:
+                return ChangeResult(duplicate=True)
+            self._receipts[key] = change.receipt
         if change.new_execution is not None:
             existing = self._duplicate_of(change.new_execution, change.dedup)
             if existing is not None:
@@ -145,11 +163,24 @@ class MemoryStore(_TriggerStates):
             self._events = {k: e for k, e in self._events.items() if e.expires_at is None or e.expires_at > expired}
         if change.version is not None:
             self._versions[change.version[0]] = change.version[1]
+        self._settle(change)
         return ChangeResult(runbook_version=version)
 
     def _status(self, execution_id: str | None) -> ExecutionStatus | None:
         found = self._headers.get(execution_id or "")
         return found[1].status if found else None
+
+    def _settle(self, change: Change) -> None:
+        for key in change.settle:
+            if key in self._receipts:
+                self._receipts[key] = attrs.evolve(self._receipts[key], pending=None, event=None)
+        if (expired := change.expire_receipts_at) is not None:
+            self._receipts = {key: r for key, r in self._receipts.items()
+                              if r.pending is not None or r.expires_at > expired}
+        self._outbox.extend((next(self._seq), event) for event in change.lifecycle)
+        if change.lifecycle_done is not None:
+            origin, seq = change.lifecycle_done
+            self._outbox = [(n, e) for n, e in self._outbox if e.origin != origin or n > seq]
 
     def _duplicate_of(self, execution: Execution, dedup: bool) -> str | None:
         if execution.idempotency_key is not None:
@@ -297,6 +328,15 @@ class MemoryStore(_TriggerStates):
 
     def retained_events(self, now: datetime) -> list[Event]:
         return [e for e in self._events.values() if e.expires_at is None or e.expires_at > now]
+
+    def receipt_known(self, source_id: str, delivery_id: str) -> bool:
+        return (source_id, delivery_id) in self._receipts
+
+    def pending_receipts(self) -> list[Receipt]:
+        return [r for r in self._receipts.values() if r.pending is not None]
+
+    def lifecycle_after(self, origin: str, seq: int, limit: int) -> list[tuple[int, Lifecycle]]:
+        return [(n, e) for n, e in self._outbox if e.origin == origin and n > seq][:limit]
 
 
 def _owners(tenant_id: str | None) -> list[str | None]:

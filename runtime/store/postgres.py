@@ -31,16 +31,18 @@ from runtime.model import Execution
 from runtime.model.errors import StoreUnavailable
 from runtime.model.records import Change, ChangeResult
 from runtime.store import pg_cluster as cluster
+from runtime.store.decision_links import DECISION_LINKS_TABLE
 from runtime.store.dialect import Dialect
 from runtime.store.pg_ledger import PostgresLedger
 from runtime.store.pg_writer import PostgresWriter
+from runtime.store.receipts import OUTBOX_INDEX, OUTBOX_TABLE, RECEIPTS_INDEX, RECEIPTS_TABLE
 from runtime.store.schema import (
-    FANOUT_MIGRATION,
     INDEXES,
     Execute,
     Row,
     apply_batch,
     execution_from,
+    fanout_migration,
     migrate,
 )
 from runtime.store.sql import SqlStore
@@ -155,9 +157,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX batches_by_time ON batches (committed_at)",
     ),
     cluster.COMMAND_TAGS,  # 7: a command's kind is its message's class name
-    # 8: trigger state per tenant: each tenant switches (and runs) a shared runbook's triggers for itself
+    (  # 8: receipts of event sources: which messages were taken, by any process
+        RECEIPTS_TABLE.format(time="timestamptz", json="json"),
+        RECEIPTS_INDEX,
+        OUTBOX_TABLE.format(serial="bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY", json="json"),
+        OUTBOX_INDEX,
+    ),
+    (  # 9: decision links used
+        DECISION_LINKS_TABLE.format(time="timestamptz"),
+    ),
+    # 10: trigger state per tenant: each tenant switches (and runs) a shared runbook's triggers for itself
     per_tenant_migration("timestamptz", "a.data->>'tenantId'"),
-    FANOUT_MIGRATION,  # 9: executions under each root, and each tenant's unfinished children
+    fanout_migration("ADD COLUMN IF NOT EXISTS"),  # 11: executions under each root, each tenant's children
 )
 
 _MARK_BATCH = "INSERT INTO batches (id) VALUES (%s)"

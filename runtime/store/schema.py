@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import attrs
 
 from runtime.model import AuditEntry, Event, Evidence, Execution, LogEntry, Runbook, StepState
-from runtime.model.records import Change, ChangeResult
+from runtime.model.records import Change, ChangeResult, Receipt
 from runtime.model.wire import dumps, dumps_data, from_json, to_json
 
 #: ``model.NOT_DEDUPED`` as SQL: these executions leave the idempotent-start index
@@ -63,6 +63,9 @@ class BatchWriter(Protocol):
     def add_runbook(self, runbook: Runbook) -> int:
         """Store the next version of the runbook; its version."""
 
+    def add_receipt(self, receipt: Receipt) -> bool:
+        """Insert a source's receipt at once; False if the store holds it already (a repeat)."""
+
     def events(self, change: Change) -> ChangeResult:
         """A publish, waits that start and stop: the stores shared by several processes."""
 
@@ -89,6 +92,10 @@ class Pending:
     fences: dict[str, tuple[int, str]] = attrs.Factory(dict)  # execution id -> (epoch, owner) to check
     outcomes: list[tuple[str, Any]] = attrs.Factory(list)  # (command id, outcome)
     start_keys: set[tuple[object, ...]] = attrs.Factory(set)  # unique keys the headers touch
+    settled: dict[tuple[str, str], None] = attrs.Factory(dict)  # receipts whose pending delivery is done
+    receipts_expired_at: datetime | None = None  # settled receipts expired at this time are deleted
+    lifecycle: list[Any] = attrs.Factory(list)  # outbox entries (``Lifecycle``), in commit order
+    lifecycle_done: dict[str, int] = attrs.Factory(dict)  # origin -> outbox rows up to this seq are published
 
     def add(self, change: Change) -> None:
         if change.execution is not None:
@@ -114,11 +121,19 @@ class Pending:
         self.outcomes.extend(change.outcomes)
         if change.expire_events_at is not None:
             self.expired_at = max(change.expire_events_at, self.expired_at or change.expire_events_at)
+        self.settled.update(dict.fromkeys(change.settle))
+        self.lifecycle.extend(change.lifecycle)
+        if change.lifecycle_done is not None:
+            origin, seq = change.lifecycle_done
+            self.lifecycle_done[origin] = max(seq, self.lifecycle_done.get(origin, 0))
+        if (expired := change.expire_receipts_at) is not None:
+            self.receipts_expired_at = max(expired, self.receipts_expired_at or expired)
 
     @property
     def empty(self) -> bool:
         return not (self.headers or self.steps or self.logs or self.audit or self.evidence
-                    or self.events or self.consumed or self.versions or self.outcomes or self.expired_at)
+                    or self.events or self.consumed or self.versions or self.outcomes or self.expired_at
+                    or self.settled or self.receipts_expired_at or self.lifecycle or self.lifecycle_done)
 
     def header_rows(self, stamp: Stamp) -> list[Row]:
         """The headers to write, each with the newest version of its execution."""
@@ -174,6 +189,10 @@ def apply_batch(changes: Sequence[Change], writer: BatchWriter) -> list[ChangeRe
             writer.flush(pending)
             pending = Pending()
             continue
+        if change.receipt is not None and not writer.add_receipt(change.receipt):
+            results.append(ChangeResult(duplicate=True))  # a repeated message: nothing of it is written
+            index += 1
+            continue
         run = _publishes_at(changes, index)
         if len(run) > 1:  # (several publishes in a row: their lookups go out together)
             for published, result in zip(run, writer.publishes(run), strict=True):
@@ -198,7 +217,7 @@ def _publishes_at(changes: Sequence[Change], index: int) -> list[Change]:
     run: list[Change] = []
     for change in changes[index:]:
         if change.publish is None or change.waits or change.unwaits or change.runbook is not None \
-                or change.new_execution is not None:
+                or change.new_execution is not None or change.receipt is not None:
             break
         run.append(change)
     return run
@@ -372,15 +391,20 @@ INDEXES = (
     "CREATE INDEX events_match ON events (tenant_id, type, correlation_key)",
 )
 
-#: the migration that lets a store admit child executions (``FanoutCaps``), the same SQL in
-#: both dialects: each execution's root (a child's; NULL for a root), how many executions
-#: were started under it (a root's), and an index of each tenant's unfinished children
-FANOUT_MIGRATION = (
-    "ALTER TABLE executions ADD COLUMN root_id TEXT",
-    "ALTER TABLE executions ADD COLUMN descendants INTEGER NOT NULL DEFAULT 0",
-    f"""CREATE INDEX executions_active_children ON executions (tenant_id)
-        WHERE root_id IS NOT NULL AND status NOT IN {FINISHED_SQL}""",
-)
+
+
+def fanout_migration(add_column: str) -> tuple[str, ...]:
+    """The migration that lets a store admit child executions (``FanoutCaps``): each
+    execution's root (a child's; NULL for a root), how many executions were started under it
+    (a root's), and an index of each tenant's unfinished children. ``add_column``: the
+    dialect's ``ADD COLUMN`` (PostgreSQL's with ``IF NOT EXISTS``, so that running it again
+    changes nothing, as an upgrade test does)."""
+    return (
+        f"ALTER TABLE executions {add_column} root_id TEXT",
+        f"ALTER TABLE executions {add_column} descendants INTEGER NOT NULL DEFAULT 0",
+        f"""CREATE INDEX IF NOT EXISTS executions_active_children ON executions (tenant_id)
+            WHERE root_id IS NOT NULL AND status NOT IN {FINISHED_SQL}""",
+    )
 
 Execute = Callable[[str], list[Row]]
 
@@ -390,19 +414,17 @@ def migrate(transaction: Callable[[], AbstractContextManager[Execute]], migratio
 
     ``transaction()`` opens a transaction that holds the backend's migration lock and in
     which the ``schema_version`` table exists; it yields a function running one statement.
-    A migration is applied unless its own version is recorded (not merely a later one).
     """
     latest = len(migrations)
     for number, statements in enumerate(migrations, start=1):
         with transaction() as execute:
-            applied = {int(row[0]) for row in execute("SELECT version FROM schema_version")}
-            current = max(applied, default=0)
+            current = int(execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")[0][0])
             if current > latest:
                 raise RuntimeError(
                     f"the store's schema version {current} is newer than this program knows ({latest}); "
                     "upgrade the program"
                 )
-            if number in applied:
+            if current >= number:
                 continue
             for statement in statements:
                 execute(statement)

@@ -18,7 +18,16 @@ from typing import Any, ClassVar, Protocol
 
 from runtime.model import Execution, Runbook
 from runtime.model.errors import StoreUnavailable
-from runtime.model.records import ENDED, ROOT_FULL, TENANT_FULL, Change, ChangeResult, FanoutCaps
+from runtime.model.records import (
+    ENDED,
+    ROOT_FULL,
+    TENANT_FULL,
+    Change,
+    ChangeResult,
+    FanoutCaps,
+    Receipt,
+)
+from runtime.store import receipts
 from runtime.store.dialect import Dialect, marks
 from runtime.store.schema import (
     FINISHED_SQL,
@@ -238,6 +247,10 @@ class SqlWriter:
                 return int(row[0])
         raise StoreUnavailable(f"runbook {runbook.id}: no version could be assigned; retry")
 
+    def add_receipt(self, receipt: Receipt) -> bool:
+        row = receipts.receipt_row(receipt, self._dialect)
+        return self._db.execute(self._sql(receipts.INSERT), row).fetchone() is not None
+
     def events(self, change: Change) -> ChangeResult:
         raise NotImplementedError(f"a {self._dialect.name} store is one process's: its events go through the "
                                   "runtime's router")
@@ -267,3 +280,11 @@ class SqlWriter:
             db.execute(sql(DELETE_EXPIRED), (stamp(pending.expired_at),))
         if pending.events:
             db.executemany(sql(UPSERT_EVENT), [event_row(event, stamp) for event in pending.events.values()])
+        if pending.settled:
+            db.executemany(sql(receipts.SETTLE), list(pending.settled))
+        if pending.receipts_expired_at is not None:
+            db.execute(sql(receipts.EXPIRE), (stamp(pending.receipts_expired_at),))
+        if pending.lifecycle:
+            db.executemany(sql(receipts.INSERT_LIFECYCLE), receipts.lifecycle_rows(pending.lifecycle))
+        if pending.lifecycle_done:
+            db.executemany(sql(receipts.LIFECYCLE_DONE), list(pending.lifecycle_done.items()))

@@ -27,15 +27,17 @@ from runtime.model import Execution
 from runtime.model.errors import StoreInUse, StoreUnavailable
 from runtime.model.records import Change, ChangeResult
 from runtime.model.wire import format_time, parse_time
+from runtime.store.decision_links import DECISION_LINKS_TABLE
 from runtime.store.diagnose import unwritable_because
 from runtime.store.dialect import Dialect
+from runtime.store.receipts import OUTBOX_INDEX, OUTBOX_TABLE, RECEIPTS_INDEX, RECEIPTS_TABLE
 from runtime.store.schema import (
-    FANOUT_MIGRATION,
     INDEXES,
     Execute,
     Row,
     apply_batch,
     execution_from,
+    fanout_migration,
     migrate,
 )
 from runtime.store.sql import SqlStore
@@ -139,9 +141,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # 3: runbook triggers: enabled, last run
         TRIGGER_STATES_TABLE.format(time="TEXT"),
     ),
-    # 4: trigger state per tenant: each tenant switches (and runs) a shared runbook's triggers for itself
+    (  # 4: receipts of event sources: which messages were taken
+        RECEIPTS_TABLE.format(time="TEXT", json="TEXT"),
+        RECEIPTS_INDEX,
+        OUTBOX_TABLE.format(serial="INTEGER PRIMARY KEY", json="TEXT"),
+        OUTBOX_INDEX,
+    ),
+    (  # 5: decision links used
+        DECISION_LINKS_TABLE.format(time="TEXT"),
+    ),
+    # 6: trigger state per tenant: each tenant switches (and runs) a shared runbook's triggers for itself
     per_tenant_migration("TEXT", "json_extract(a.data, '$.tenantId')"),
-    FANOUT_MIGRATION,  # 5: executions under each root, and each tenant's unfinished children
+    fanout_migration("ADD COLUMN"),  # 7: executions under each root, and each tenant's unfinished children
 )
 
 _HEADERS = "SELECT seq, id, header, version FROM executions"

@@ -20,7 +20,8 @@ from runtime.model import TriggerState
 from runtime.store.dialect import Dialect
 from runtime.store.schema import SHARED, Row, owner_of
 
-#: the migration that created the table, one row per trigger for every tenant (the same SQL in both dialects)
+#: the migration that created the first table, one row per trigger for every tenant (the same
+#: SQL in both dialects); ``tenant_trigger_states`` replaced it
 TRIGGER_STATES_TABLE = """CREATE TABLE trigger_states (
     owner TEXT NOT NULL,
     runbook_id TEXT NOT NULL,
@@ -31,13 +32,15 @@ TRIGGER_STATES_TABLE = """CREATE TABLE trigger_states (
     PRIMARY KEY (owner, runbook_id, trigger_id)
 )"""
 
-#: The migration to a row per tenant (``{time}``: the time column's type; ``{tenant_of_data}``:
-#: SQL for the ``tenantId`` of an audit entry's ``data``). A tenant's own runbook: its row.
-#: A shared runbook's switch goes to the tenant whose switch it was (the last switch in the
-#: audit), its last run to the tenant of the execution that ran, and its audit entries, kept
-#: under one key for all, to the key of the tenant each names.
+#: The migration to a row per tenant, in a table of its own (``{time}``: the time column's
+#: type; ``{tenant_of_data}``: SQL for the ``tenantId`` of an audit entry's ``data``). A
+#: tenant's own runbook: its row. A shared runbook's switch goes to the tenant whose switch it
+#: was (the last switch in the audit), its last run to the tenant of the execution that ran,
+#: and its audit entries, kept under one key for all, to the key of the tenant each names.
+#: Running it again changes nothing (an upgrade test replays migrations); the old table is
+#: left as it was.
 PER_TENANT_MIGRATION = (
-    """CREATE TABLE trigger_states_by_tenant (
+    """CREATE TABLE IF NOT EXISTS tenant_trigger_states (
         tenant TEXT NOT NULL,
         owner TEXT NOT NULL,
         runbook_id TEXT NOT NULL,
@@ -47,28 +50,30 @@ PER_TENANT_MIGRATION = (
         last_execution_id TEXT,
         PRIMARY KEY (tenant, owner, runbook_id, trigger_id)
     )""",
-    """INSERT INTO trigger_states_by_tenant
+    """INSERT INTO tenant_trigger_states
        SELECT owner, owner, runbook_id, trigger_id, enabled, last_run_at, last_execution_id
-       FROM trigger_states WHERE owner <> ''""",
-    """INSERT INTO trigger_states_by_tenant (tenant, owner, runbook_id, trigger_id, enabled)
+       FROM trigger_states WHERE owner <> ''
+       ON CONFLICT DO NOTHING""",
+    """INSERT INTO tenant_trigger_states (tenant, owner, runbook_id, trigger_id, enabled)
        SELECT switched.tenant, '', switched.runbook_id, switched.trigger_id, switched.enabled FROM (
            SELECT s.runbook_id, s.trigger_id, s.enabled,
                   (SELECT {tenant_of_data} FROM audit AS a
                    WHERE a.execution_id = 'trigger::' || s.runbook_id || ':' || s.trigger_id
                    ORDER BY a.seq DESC LIMIT 1) AS tenant
            FROM trigger_states AS s WHERE s.owner = '') AS switched
-       WHERE switched.tenant IS NOT NULL""",
-    """INSERT INTO trigger_states_by_tenant
+       WHERE switched.tenant IS NOT NULL
+       ON CONFLICT DO NOTHING""",
+    """INSERT INTO tenant_trigger_states
            (tenant, owner, runbook_id, trigger_id, enabled, last_run_at, last_execution_id)
        SELECT COALESCE((SELECT e.tenant_id FROM executions AS e WHERE e.id = s.last_execution_id), 'default'),
               '', s.runbook_id, s.trigger_id, TRUE, s.last_run_at, s.last_execution_id
        FROM trigger_states AS s WHERE s.owner = '' AND s.last_run_at IS NOT NULL
        ON CONFLICT (tenant, owner, runbook_id, trigger_id) DO UPDATE SET
-           last_run_at = excluded.last_run_at, last_execution_id = excluded.last_execution_id""",
-    "DROP TABLE trigger_states",
-    "ALTER TABLE trigger_states_by_tenant RENAME TO trigger_states",
+           last_run_at = excluded.last_run_at, last_execution_id = excluded.last_execution_id
+       WHERE tenant_trigger_states.last_run_at IS NULL
+          OR tenant_trigger_states.last_run_at < excluded.last_run_at""",
     """UPDATE audit AS a SET execution_id = a.execution_id || '@' || COALESCE({tenant_of_data}, 'default')
-       WHERE a.execution_id LIKE 'trigger::%'""",
+       WHERE a.execution_id LIKE 'trigger::%' AND a.execution_id NOT LIKE '%@%'""",
 )
 
 
@@ -77,18 +82,18 @@ def per_tenant_migration(time: str, tenant_of_data: str) -> tuple[str, ...]:
 
 
 STATES = """
-SELECT tenant, owner, runbook_id, trigger_id, enabled, last_run_at, last_execution_id FROM trigger_states"""
+SELECT tenant, owner, runbook_id, trigger_id, enabled, last_run_at, last_execution_id FROM tenant_trigger_states"""
 
 SET_ENABLED = """
-INSERT INTO trigger_states (tenant, owner, runbook_id, trigger_id, enabled) VALUES (?, ?, ?, ?, ?)
+INSERT INTO tenant_trigger_states (tenant, owner, runbook_id, trigger_id, enabled) VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (tenant, owner, runbook_id, trigger_id) DO UPDATE SET enabled = excluded.enabled"""
 
 RECORD_RUN = """
-INSERT INTO trigger_states (tenant, owner, runbook_id, trigger_id, enabled, last_run_at, last_execution_id)
+INSERT INTO tenant_trigger_states (tenant, owner, runbook_id, trigger_id, enabled, last_run_at, last_execution_id)
 VALUES (?, ?, ?, ?, TRUE, ?, ?)
 ON CONFLICT (tenant, owner, runbook_id, trigger_id) DO UPDATE SET
     last_run_at = excluded.last_run_at, last_execution_id = excluded.last_execution_id
-WHERE trigger_states.last_run_at IS NULL OR trigger_states.last_run_at <= excluded.last_run_at"""
+WHERE tenant_trigger_states.last_run_at IS NULL OR tenant_trigger_states.last_run_at <= excluded.last_run_at"""
 
 
 class TriggerQueries(abc.ABC):
