@@ -47,7 +47,7 @@ def moment_text(moment: Moment) -> str:
 def duration_text(ms: int) -> str:
     """``0 s``, ``1.5 s``, ``4 min 10 s``, ``4 h``, ``7 d 2 h``: the two largest units."""
     if ms < 60_000:
-        return f"{ms / 1000:g} s"
+        return f"{round(ms / 1000, 1):g} s"
     units = (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1000))
     parts = []
     for name, size in units:

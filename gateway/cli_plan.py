@@ -25,7 +25,7 @@ from gateway.cli_test import quiet_engine
 from runtime.kinds.approval_inbox import rendered_config
 from runtime.model import Execution, Runbook, StepState, StepStatus
 from runtime.testing import Moment, Outcome, load_plan, run_case
-from runtime.testing.canned import describe
+from runtime.testing.canned import NO_REPLY, describe
 
 WORDS: Final = {"succeeded": "succeeds", "failed": "fails", "skipped": "is skipped", "rejected": "is rejected",
                 "cancelled": "is cancelled", "waiting": "would wait", "awaiting_approval": "would wait",
@@ -60,14 +60,17 @@ def plan_lines(outcome: Outcome) -> list[str]:
     if execution is None:
         return ["the start would be refused:", *(f"  {reason}" for reason in outcome.refused)]
     why = reasons(execution, outcome.runbook)
+    width = max(len(step_id) for step_id in execution.steps)
     lines: list[str] = []
     number = 0
     for entry in _order(execution, outcome.timeline):
         if isinstance(entry, Moment):
-            lines.append(f"     {duration_text(entry.at_ms):>9}  {entry.what}")
+            lines.append(f"{'':4}{'+' + duration_text(entry.at_ms):>10}  {entry.what}")
             continue
-        number += 1
-        lines += _step_lines(number, entry, execution, outcome, why.get(entry, []))
+        runs = execution.steps[entry].status not in (StepStatus.PENDING, StepStatus.SKIPPED)
+        number += runs
+        marker = f"{number:>3}." if runs else "   -"
+        lines += _step_lines(marker, entry, width, execution, outcome, why.get(entry, []))
     return [*lines, _ending(execution, outcome)]
 
 
@@ -89,22 +92,29 @@ def _order(execution: Execution, timeline: tuple[Moment, ...]) -> list[str | Mom
     return entries + [step_id for step_id in execution.steps if step_id not in entries]
 
 
-def _step_lines(number: int, step_id: str, execution: Execution, outcome: Outcome, why: list[str]) -> list[str]:
+def _step_lines(marker: str, step_id: str, width: int, execution: Execution, outcome: Outcome,
+                why: list[str]) -> list[str]:
     state = execution.steps[step_id]
     start = next((m.at_ms for m in outcome.timeline if m.step == step_id), None)
     at = f"+{duration_text(start)}" if start is not None else ""
-    head = f"{number:>3}. {at:>9}  {step_id}  ({state.type}) {WORDS.get(state.status.value, state.status.value)}"
+    error = state.error
+    words = "would call" if error is not None and error.code == NO_REPLY else WORDS.get(state.status.value)
+    head = f"{marker} {at:>9}  {step_id:<{width}}  {state.type:<14} {words or state.status.value}"
     details = [*_calls(step_id, outcome), *_what(step_id, state, execution, outcome.runbook), *why]
-    return [head, *(f"{'':16}{line}" for line in details)]
+    return [head, *(f"{'':{18 + width}}{line}" for line in details)]
 
 
 def _calls(step_id: str, outcome: Outcome) -> list[str]:
-    lines: list[str] = []
+    """One line per request, with the answers it got in turn (a retried call: ``503, 200``)."""
+    grouped: list[tuple[str, list[str]]] = []
     for call in (c for c in outcome.calls if c.key == step_id):
-        what = "notifies: " if call.notification else "calls "
+        what = ("notifies " if call.notification else "") + describe(call.kind, call.request)
         answer = call.answer if call.answer is not None else "no reply given: the plan cannot tell what comes after"
-        lines.append(f"{what}{describe(call.kind, call.request)} -> {answer}")
-    return lines
+        if grouped and grouped[-1][0] == what:
+            grouped[-1][1].append(answer)
+        else:
+            grouped.append((what, [answer]))
+    return [f"{what} -> {', '.join(answers)}" for what, answers in grouped]
 
 
 def _what(step_id: str, state: StepState, execution: Execution, runbook: Runbook) -> list[str]:
@@ -114,7 +124,7 @@ def _what(step_id: str, state: StepState, execution: Execution, runbook: Runbook
     if state.type == "conditional" and isinstance(state.output, Mapping):
         branch = ", ".join(state.output.get("branch") or []) or "no branch"
         return [f"{'true' if state.output.get('result') else 'false'} -> {branch}"]
-    if state.error is not None and state.error.code != "no_canned_reply":
+    if state.error is not None and state.error.code != NO_REPLY:
         return [f"{state.error.code}: {state.error.message}"]
     return []
 
@@ -139,7 +149,7 @@ def _ending(execution: Execution, outcome: Outcome) -> str:
     if outcome.stopped == "until":
         return f"still {execution.status.value} after {took}"
     error = execution.error
-    if error is not None and error.code == "no_canned_reply":
+    if error is not None and error.code == NO_REPLY:
         return f"stops after {took} at step '{error.step_id}': a call with no reply (give one with --replies)"
     failure = f": step '{error.step_id}' {error.code}: {error.message}" if error is not None else ""
     return f"ends {execution.status.value} after {took}{failure}"

@@ -7,7 +7,13 @@ memory store under ``MockClock``, with ``CannedReplies`` from ``canned`` as the 
 the network) and judges it (``verdict``, with ``match``).
 """
 
-from runtime.testing.discover import find_test_files, is_test_file, load_plan, load_suite, step_infos
+from runtime.testing.discover import (
+    find_test_files,
+    is_test_file,
+    load_plan,
+    load_suite,
+    step_infos,
+)
 from runtime.testing.drive import Moment, Outcome, run_case
 from runtime.testing.results import CaseResult, run_suite
 from runtime.testing.spec import Case, FileProblem, Suite

@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 import attrs
 
 
-
 class Said(str):
     """Words standing where a value would be (``(absent)``, ``2 call(s)``): shown as they are."""
 

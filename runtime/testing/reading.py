@@ -88,7 +88,8 @@ class Reader:
         if not isinstance(raw, list) or not raw:
             self._fail("cases", "must be a non-empty list of cases")
             return ()
-        cases, names = [], {}
+        cases: list[Case] = []
+        names: dict[str, int] = {}
         for index, item in enumerate(raw):
             case = self._case(item, f"cases[{index}]")
             if case.name in names:

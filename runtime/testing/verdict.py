@@ -115,7 +115,7 @@ def _audit(expected: Sequence[Mapping[str, str]], entries: Sequence[AuditEntry])
         fits = [i for i in range(position, len(actual)) if not differences(dict(want), actual[i])]
         if not fits:
             after = f" after audit[{index - 1}]" if index else ""
-            listed = ", ".join(a["action"] for a in actual[position:]) or "none"
+            listed = ", ".join(str(a["action"]) for a in actual[position:]) or "none"
             return [Mismatch(f"audit[{index}]", dict(want), Said(f"not found{after}"), f"the entries left: {listed}")]
         position = fits[0] + 1
     return []
