@@ -26,6 +26,8 @@ def test_paths(paths: Sequence[str], out: TextIO, junit: str | None = None) -> i
     """Run every case the paths name; the exit status."""
     started = time.perf_counter()
     tests, given, problems = find_test_files(paths)
+    for problem in problems:
+        print(f"ERROR {problem}", file=out, flush=True)
     results: list[CaseResult] = []
     with quiet_engine():
         for test in tests:

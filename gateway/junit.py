@@ -37,7 +37,8 @@ def junit_xml(results: Sequence[CaseResult], problems: Sequence[FileProblem]) ->
         error = ET.SubElement(case, "error", message=lines[0], type="bad file")
         error.text = "\n".join(lines)
     _counts(root)
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    text: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return text
 
 
 def _suite(root: ET.Element, name: str, tests: int, failures: int, errors: int, seconds: float) -> ET.Element:

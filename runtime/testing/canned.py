@@ -112,7 +112,7 @@ class CannedReplies:
         if reply is None:
             message = self._no_reply(key, kind, request)
             self.missing.append(message)
-            raise StepFailed(message, code=NO_REPLY)
+            raise StepFailed(f"no canned reply: {message}", code=NO_REPLY)
         if reply.delay_ms:
             await trio.sleep(reply.delay_ms / 1000)
         return reply
@@ -136,10 +136,11 @@ class CannedReplies:
         if replies is None:
             why = f"the case has no replies for '{key}'"
         elif len(self._used.get(key, ())) == len(replies.entries):
-            why = f"its {len(replies.entries)} replies answered the calls before (a list answers one call each)"
+            count = len(replies.entries)
+            why = f"its list of {count} {'reply' if count == 1 else 'replies'} is used up (one call per reply)"
         else:
             why = "no reply left has a match this request fits"
-        return f"step '{key}' call {number}: no canned reply ({why}): {describe(kind, request)}"
+        return f"step '{key}' call {number} ({why}): {describe(kind, request)}"
 
 
 def _answer_text(reply: Reply) -> str:

@@ -126,7 +126,11 @@ class Follow:
             with trio.move_on_at(self.t0 + self.case.until_ms / 1000):
                 stopped = await self._settle()
             nursery.cancel_scope.cancel()
-        return self.rt.get(self.execution_id), stopped
+        final = self.rt.get(self.execution_id)
+        for item in self.case.deliveries[len(self.case.deliveries) - self._pending:]:
+            self.problems.append((item.where, f"at {item.at_ms} ms: not handed over, the execution was "
+                                              f"{final.status.value} by then ({self.now_ms()} ms)"))
+        return final, stopped
 
     def now_ms(self) -> int:
         return round((trio.current_time() - self.t0) * 1000)

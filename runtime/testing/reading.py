@@ -116,20 +116,20 @@ class Reader:
         name = raw.get("name")
         if not isinstance(name, str) or not name.strip():
             self._fail(f"{path}.name", "must be a non-empty string")
+        setup = self._setup(raw, path)
         return Case(name=str(name) if isinstance(name, str) else path, input=raw.get("input", {}),
                     expect=self._expect(raw.get("expect"), f"{path}.expect"),
-                    until_ms=self._ms(raw.get("untilMs", DEFAULT_UNTIL_MS), f"{path}.untilMs", 1),
-                    **self._setup(raw, path))
+                    until_ms=self._ms(raw.get("untilMs", DEFAULT_UNTIL_MS), f"{path}.untilMs", 1), **setup)
 
     def _setup(self, raw: Mapping[str, Any], path: str) -> dict[str, Any]:
         """What a case gives the run: its context, replies, events and approvals."""
         context = raw.get("context", {})
         if not isinstance(context, Mapping):
             self._fail(_join(path, "context"), "must be a mapping")
+        replies = self._replies(raw.get("replies", {}), _join(path, "replies"))
         deliveries: list[Delivery] = [*self._events(raw.get("events", []), _join(path, "events")),
                                       *self._approvals(raw.get("approvals", []), _join(path, "approvals"))]
-        return {"context": dict(context) if isinstance(context, Mapping) else {},
-                "replies": self._replies(raw.get("replies", {}), _join(path, "replies")),
+        return {"context": dict(context) if isinstance(context, Mapping) else {}, "replies": replies,
                 "deliveries": tuple(sorted(deliveries, key=lambda d: d.at_ms))}
 
     def _replies(self, raw: Any, path: str) -> dict[str, StepReplies]:
@@ -186,8 +186,8 @@ class Reader:
             where = f"{path}[{index}]"
             event = self._mapping(item, where)
             self._fields(event, ("atMs", "type", "key", "payload"), where, required=("type", "key"))
-            kind = self._string(event.get("type"), f"{where}.type")
-            key = event.get("key")
+            kind = self._given_string(event, "type", where)
+            key = event.get("key", "")
             if not isinstance(key, (str, int)) or isinstance(key, bool):
                 self._fail(f"{where}.key", "must be a string (the correlation key)")
             at = self._ms(event.get("atMs", 0), f"{where}.atMs", 0)
@@ -201,16 +201,16 @@ class Reader:
             approval = self._mapping(item, where)
             self._fields(approval, ("atMs", "stepId", "approver", "decision", "comment"), where,
                          required=("stepId", "approver", "decision"))
-            step = self._string(approval.get("stepId"), f"{where}.stepId")
+            step = self._given_string(approval, "stepId", where)
             info = self.steps.get(step)
             if step and (info is None or info.type != "human-approval"):
                 self._fail(f"{where}.stepId", f"'{step}' is not a human-approval step of the runbook")
             decision = approval.get("decision")
-            if decision not in ("approve", "reject"):
+            if "decision" in approval and decision not in ("approve", "reject"):
                 self._fail(f"{where}.decision", "must be approve or reject")
             comment = approval.get("comment")
             approvals.append(ApprovalAt(self._ms(approval.get("atMs", 0), f"{where}.atMs", 0), step,
-                                        self._string(approval.get("approver"), f"{where}.approver"),
+                                        self._given_string(approval, "approver", where),
                                         str(decision), None if comment is None else str(comment), where))
         return approvals
 
@@ -272,6 +272,7 @@ class Reader:
             where = f"{path}[{index}]"
             entry = {"action": item} if isinstance(item, str) else self._mapping(item, where)
             self._fields(entry, ("action", "actor", "stepId"), where, required=("action",))
+            entry = {k: v for k, v in entry.items() if k in ("action", "actor", "stepId")}
             found.append({k: self._string(v, f"{where}.{k}") for k, v in entry.items()})
         return tuple(found)
 
@@ -318,6 +319,10 @@ class Reader:
             return value
         self._fail(path, "must be a non-empty string")
         return ""
+
+    def _given_string(self, value: Mapping[str, Any], field: str, path: str) -> str:
+        """A required string field (its absence is reported by ``_fields``)."""
+        return self._string(value[field], f"{path}.{field}") if field in value else ""
 
     def _string_map(self, value: Any, path: str) -> dict[str, str]:
         found = {}
