@@ -14,8 +14,8 @@ from typing import Any
 import attrs
 
 from runtime.language.templates import MISSING, resolve
-from runtime.model import AuditEntry, StepState
-from runtime.testing.canned import Call, describe
+from runtime.model import AuditEntry, StepError, StepState
+from runtime.testing.canned import NO_REPLY, Call, describe
 from runtime.testing.drive import Outcome
 from runtime.testing.match import ABSENT, Said, differences, request_differences, same
 from runtime.testing.spec import REFUSED, Case, StepExpect
@@ -53,8 +53,7 @@ def _status(expected: str | None, outcome: Outcome) -> list[Mismatch]:
         note = "; ".join(outcome.refused)
     elif execution.error is not None:
         error = execution.error
-        note = f"step '{error.step_id}': {error.code}: {error.message}" if error.step_id else \
-            f"{error.code}: {error.message}"
+        note = f"step '{error.step_id}': {_error_note(error)}" if error.step_id else _error_note(error)
     else:
         note = _waits(outcome)
     if outcome.stopped == "until":
@@ -73,7 +72,7 @@ def _step(key: str, want: StepExpect, state: StepState | None) -> list[Mismatch]
     if state is None:
         return [Mismatch(path, want.status, Said("(never started)"))]
     error = state.error
-    note = f"{error.code}: {error.message}" if error is not None else ""
+    note = _error_note(error) if error is not None else ""
     found = []
     if want.status is not None and want.status != state.status.value:
         found.append(Mismatch(path, want.status, state.status.value, note))
@@ -83,6 +82,12 @@ def _step(key: str, want: StepExpect, state: StepState | None) -> list[Mismatch]
     if want.error is not None and want.error != actual_code:
         found.append(Mismatch(f"{path}.error", want.error, actual_code, note))
     return found
+
+
+def _error_note(error: StepError) -> str:
+    if error.code == NO_REPLY:  # the call itself is listed among the problems
+        return f"{error.code}: a call with no canned reply"
+    return f"{error.code}: {error.message}"
 
 
 def _outputs(expected: Mapping[str, Any], scope: Mapping[str, Any]) -> list[Mismatch]:
