@@ -433,3 +433,13 @@ def test_plan_shows_what_a_waiting_step_would_wait_for(tmp_path: pathlib.Path,
     status, out, _ = run(capsys, "plan", str(REPO / "examples" / "deploy-approval.yaml"), "--input", "{}")
     assert status == 1
     assert "the start would be refused:" in out
+
+
+async def test_runbooks_dir_skips_the_test_files_beside_the_runbooks() -> None:
+    from gateway.serve import load_runbooks_dir
+    from runtime import open_runtime
+
+    async with open_runtime("memory") as rt:
+        registered = await load_runbooks_dir(rt, str(REPO / "examples"))
+    assert sorted(r.id for r in registered) == ["deploy-approval", "nightly-health-report", "phishing-triage",
+                                                "risk-assessment", "siem-alert-rule"]
