@@ -55,6 +55,18 @@ FETCH = """\
 """
 
 
+def fetch_cases(directory: pathlib.Path, cases: str) -> pathlib.Path:
+    """FETCH and its test file: a case that passes, then ``cases`` (indented as list items)."""
+    write(directory, "fetch-and-store.yaml", FETCH)
+    return write(directory, "fetch-and-store.test.yaml", """\
+        cases:
+          - name: passes
+            input: {id: T-1}
+            replies: {fetch: {body: {name: widget}}, store: {status: 204}}
+            expect: {status: completed}
+""" + cases)
+
+
 # ---------------------------------------------------------------------- the examples
 def test_the_examples_own_test_files_pass(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, _ = run(capsys, "test", str(REPO / "examples"))
@@ -128,13 +140,7 @@ def test_an_approval_timeout_of_four_hours_then_the_timeout_action(tmp_path: pat
 # ---------------------------------------------------------------------- failures, readable
 def test_a_failing_case_shows_expected_against_actual(tmp_path: pathlib.Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    write(tmp_path, "fetch-and-store.yaml", FETCH)
-    test_file = write(tmp_path, "fetch-and-store.test.yaml", """\
-        cases:
-          - name: passes
-            input: {id: T-1}
-            replies: {fetch: {body: {name: widget}}, store: {status: 204}}
-            expect: {status: completed}
+    test_file = fetch_cases(tmp_path, """\
           - name: expects what did not happen
             input: {id: T-2}
             replies:
@@ -192,13 +198,7 @@ def test_a_call_with_no_canned_reply_fails_the_case_naming_the_step_and_the_requ
 
 
 def test_junit_xml_for_ci(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
-    write(tmp_path, "fetch-and-store.yaml", FETCH)
-    good = write(tmp_path, "fetch-and-store.test.yaml", """\
-        cases:
-          - name: fine
-            input: {id: T-1}
-            replies: {fetch: {body: {name: widget}}, store: {status: 204}}
-            expect: {status: completed}
+    good = fetch_cases(tmp_path, """\
           - name: wrong
             input: {id: T-1}
             replies: {fetch: {body: {name: widget}}, store: {status: 204}}
@@ -213,7 +213,7 @@ def test_junit_xml_for_ci(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[
     suite, broken = root.findall("testsuite")
     assert (suite.get("name"), suite.get("tests"), suite.get("failures")) == (str(good), "2", "1")
     fine, wrong = suite.findall("testcase")
-    assert (fine.get("name"), fine.get("classname"), fine.find("failure")) == ("fine", "fetch-and-store", None)
+    assert (fine.get("name"), fine.get("classname"), fine.find("failure")) == ("passes", "fetch-and-store", None)
     assert fine.find("properties/property").attrib == {"name": "virtualMs", "value": "0"}
     failure = wrong.find("failure")
     assert failure.get("message") == 'outputs.execution.output: expected "gadget", got "widget"'
