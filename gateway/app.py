@@ -28,6 +28,7 @@ from gateway.openapi import build_openapi
 from gateway.problems import ApiProblem, as_single_error, problem_for
 from gateway.routes import CONVERTERS, ROUTES, Route, View
 from gateway.routes_console import register_console
+from gateway.routes_links import register_links
 from gateway.sse import Streams
 from gateway.state import EXTENSION, GatewayState
 from runtime import Runtime
@@ -56,6 +57,7 @@ def create_app(runtime: Runtime, config: Config, *, metrics: GatewayMetrics | No
     for route in ROUTES:
         _register(app, route)
     register_console(app)
+    register_links(app)
     _install_edge(app, gateway)
     app.asgi_app = CompleteExchange(app.asgi_app)  # type: ignore[method-assign]
     return app
@@ -136,12 +138,17 @@ def _account(metrics: GatewayMetrics, response: Response, detailed: bool) -> Non
                               "ms": round(seconds * 1000, 1)}
     if detailed:
         identity = g.get("identity")
-        fields |= {"path": request.path, "query": request.query_string.decode("latin-1") or None,
+        fields |= {"path": _loggable(request.path), "query": request.query_string.decode("latin-1") or None,
                    "tenant": identity.tenant if identity else None, "user": identity.user if identity else None,
                    "bytes_in": request.content_length, "request_id": g.get("request_id")}
     level = logging.ERROR if response.status_code >= 500 else logging.INFO
     logger.log(level, "request %s", " ".join(f"{key}={_logfmt(value)}" for key, value in fields.items()),
                extra={"request": fields})
+
+
+def _loggable(path: str) -> str:
+    """The path as logged: a decision link's token is a credential, and stays out of the log."""
+    return "/decide/***" if path.startswith("/decide/") else path
 
 
 def _logfmt(value: Any) -> str:

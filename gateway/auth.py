@@ -22,7 +22,7 @@ from gateway.config import TokenEntry
 from gateway.problems import ApiProblem
 from gateway.roles import grants
 from runtime import Problem
-from runtime.kinds.approval import ANY_ROLE
+from runtime.kinds.approval_rules import ANY_ROLE
 
 DEFAULT_USER = "anonymous"
 DEFAULT_TENANT = "default"

@@ -1,5 +1,5 @@
-"""The client commands of ``runbooks``: start, list, status, watch, approve, pause, resume,
-cancel, retry, replay, logs, publish and approvals, against a running server.
+"""The client commands of ``runbooks``: start, list, status, watch, approve, delegate, pause,
+resume, cancel, retry, replay, logs, publish and approvals, against a running server.
 
 Every command takes ``--server URL`` (default ``RUNBOOKS_SERVER``, else
 ``http://127.0.0.1:3000``; ``host:port`` alone means http), ``--token`` (default
@@ -17,6 +17,11 @@ the entries written so far, then follows the execution's event stream and reads 
 after the last one seen each time its state changes (entries are committed with the state
 changes they belong to), until it has finished. Both reconnect (with ``Last-Event-ID``) when
 the server restarts, saying so on stderr.
+
+``approve`` binds the decision to what the approver was shown: it prints the step's message
+and the digest of what the step shows, and sends that digest with the decision (or the one
+given with ``--digest``, as ``status`` and ``approvals`` print it), so a decision on
+something that changed meanwhile is refused rather than counted.
 """
 
 from __future__ import annotations
@@ -82,6 +87,11 @@ def add_client_commands(commands: Any) -> None:
     approve.add_argument("step")
     approve.add_argument("--reject", action="store_true")
     approve.add_argument("--comment")
+    approve.add_argument("--digest", help="the digest you reviewed (default: the one shown now, printed first)")
+    delegate = execution(command("delegate", _delegate, "hand your vote on an approval step to a user or role:NAME"))
+    delegate.add_argument("step")
+    delegate.add_argument("--to", required=True, help="a user id, or role:NAME")
+    delegate.add_argument("--reason", required=True)
     for name in ("pause", "resume", "cancel"):
         control = execution(command(name, _control(name), f"{name} an execution"))
         control.add_argument("--reason", required=name == "cancel")
@@ -211,6 +221,8 @@ def _status(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
     for step_id, step in execution["steps"].items():
         error = f"  {step['error']['code']}: {step['error']['message']}" if step.get("error") else ""
         print(f"  {step_id:<24} {step['status']:<17} attempts {step['attempts']}{error}", file=out)
+        if step["status"] == "awaiting_approval" and step.get("approvalRequest"):
+            print(f"  {'':<24} digest {step['approvalRequest']['digest']}", file=out)
     text = output_text(execution)
     if text is not None:
         print(f"output: {text}", file=out)
@@ -234,10 +246,31 @@ def _watch(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _approve(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
-    decision = {"decision": "reject" if args.reject else "approve", "comment": args.comment}
+    decision = {"decision": "reject" if args.reject else "approve", "comment": args.comment,
+                "digest": args.digest or _shown_digest(client, args, out)}
     answer = client.control(f"/api/v1/executions/{args.id}/steps/{args.step}/approvals", decision)
     prefix = "" if isinstance(answer, Queued) else f"{args.step}: {answer['steps'][args.step]['status']}; "
     return _show_execution(answer, args, out, prefix, action=f"{decision['decision']} of {args.step}")
+
+
+def _shown_digest(client: ApiClient, args: argparse.Namespace, out: TextIO) -> str | None:
+    """The digest of what the step shows now, after printing it (on stderr with ``--json``)."""
+    step = client.get(f"/api/v1/executions/{args.id}")["steps"].get(args.step) or {}
+    request = step.get("approvalRequest")
+    if not request:
+        return None  # (not an approval waiting: the server says why)
+    where = sys.stderr if args.json else out
+    message = request["shown"].get("message")
+    print(f"{args.step}: {message or 'a decision is waiting'}", file=where)
+    print(f"deciding on digest {request['digest']}", file=where)
+    return str(request["digest"])
+
+
+def _delegate(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
+    body = {"to": args.to, "reason": args.reason}
+    answer = client.control(f"/api/v1/executions/{args.id}/steps/{args.step}/approvals/delegate", body)
+    return _show_execution(answer, args, out, f"{args.step}: vote handed to {args.to}; ",
+                           action=f"delegation of {args.step}")
 
 
 def _control(action: str) -> Command:
@@ -347,4 +380,6 @@ def _approvals(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
               file=out)
         if item["message"]:
             print(f"    {item['message']}", file=out)
+        if item.get("digest"):
+            print(f"    digest {item['digest']}", file=out)
     return 0

@@ -271,14 +271,14 @@ class _Follow:
             if item.message:
                 print(f"{step_id}: {item.message}", file=self.out)
             print(f"{step_id}: approvers {', '.join(item.approvers)}; {item.approvals_needed} more "
-                  f"approval(s) needed", file=self.out, flush=True)
+                  f"approval(s) needed; digest {item.digest}", file=self.out, flush=True)
             answer = (await self._ask(f"{step_id}: approve <user> [comment] | reject <user> [comment]: ")).split(None, 2)
             if len(answer) < 2 or answer[0] not in ("approve", "reject"):
                 print(f"  answer 'approve <user>' or 'reject <user>' (users: {', '.join(item.approvers)})", file=self.out)
                 continue
             try:
                 await self.rt.submit_approval(execution.id, step_id, approver=answer[1], decision=answer[0],
-                                              comment=answer[2] if len(answer) > 2 else None)
+                                              comment=answer[2] if len(answer) > 2 else None, digest=item.digest)
             except RunbookError as exc:
                 print(f"  refused: {exc}", file=self.out)
 

@@ -24,7 +24,7 @@ from gateway.bodies import MAX_BODY_BYTES
 from gateway.roles import DEFAULT_TOKEN_ROLES
 from runtime import Settings
 from runtime.io import tracing
-from runtime.kinds.approval import ANY_ROLE
+from runtime.kinds.approval_rules import ANY_ROLE
 from runtime.model.limits import MAX_CONCURRENCY, MAX_DURATION_MS, MAX_RETRIES
 from runtime.security.outbound import HostAllowlist
 from runtime.security.secrets import SecretsFileError, load_secrets_file
@@ -92,6 +92,7 @@ class Config:
     max_hops: int = 8
     sources_file: str | None = None
     sources: SourcesConfig = attrs.Factory(SourcesConfig)
+    require_separation_of_duties: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -137,6 +138,7 @@ class Config:
             max_hops=read.integer("MAX_HOPS", 8, 1, 1000),
             sources_file=read.optional("RUNBOOKS_SOURCES_FILE"),
             sources=read.parsed("RUNBOOKS_SOURCES_FILE", SourcesConfig(), _sources_file),
+            require_separation_of_duties=read.boolean("REQUIRE_SEPARATION_OF_DUTIES", False),
         )
         if not config.instance_id:  # the default names the host and the port it serves on
             config = attrs.evolve(config, instance_id=f"{socket.gethostname()}:{config.port}")
@@ -187,6 +189,7 @@ class Config:
             max_retained_event_bytes_per_tenant=self.max_retained_event_bytes_per_tenant,
             max_hops=self.max_hops,
             lifecycle_outbox=bool(self.sources.sinks),
+            require_separation_of_duties=self.require_separation_of_duties,
         )
 
     def check_can_serve(self) -> None:

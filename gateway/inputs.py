@@ -19,7 +19,7 @@ from quart import request
 
 from gateway.problems import ApiProblem, problems_detail
 from runtime import Problem
-from runtime.api.arguments import text_problem
+from runtime.api.arguments import DIGEST, text_problem
 from runtime.model import LOG_LEVELS, ExecutionStatus
 from runtime.model.limits import MAX_SEQ, MAX_VERSION
 
@@ -174,16 +174,36 @@ def control_request(body: Any, *, reason_required: bool = False) -> ControlReque
 class ApprovalRequest:
     decision: str
     comment: str | None
+    digest: str | None  # of the approval request the approver was shown
 
 
 def approval_request(body: Any) -> ApprovalRequest:
     problems = Problems()
-    fields = Fields(body, problems, ("decision", "comment"))
+    fields = Fields(body, problems, ("decision", "comment", "digest"))
     decision = fields.choice("decision", DECISIONS, required=True)
     comment = fields.text("comment")
+    digest = fields.text("digest")
+    if digest is not None and not DIGEST.fullmatch(digest):
+        problems.invalid("digest", "must be a SHA-256 digest: 64 lowercase hex digits")
     problems.raise_if_any()
     assert decision is not None
-    return ApprovalRequest(decision, comment)
+    return ApprovalRequest(decision, comment, digest)
+
+
+@attrs.frozen
+class DelegationRequest:
+    to: str
+    reason: str
+
+
+def delegation_request(body: Any) -> DelegationRequest:
+    problems = Problems()
+    fields = Fields(body, problems, ("to", "reason"))
+    to = fields.text("to", required=True, max_length=200)
+    reason = fields.text("reason", required=True)
+    problems.raise_if_any()
+    assert to is not None and reason is not None
+    return DelegationRequest(to, reason)
 
 
 @attrs.frozen

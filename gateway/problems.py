@@ -3,7 +3,8 @@
 Every failure leaves the gateway through ``problem_for``: the engine's errors
 (``ValidationError`` 422, or 413 for a document over 1 MiB or an event payload over
 ``MAX_EVENT_BYTES``; ``NotFound`` 404; ``Conflict``
-409; ``Forbidden`` 403; ``LimitExceeded`` 429 with ``Retry-After`` when room is expected;
+409 (``StaleDigest``: of type ``stale-digest``, with ``currentDigest``); ``Forbidden`` 403
+(``SeparationOfDuties``: of type ``separation-of-duties``); ``LimitExceeded`` 429 with ``Retry-After`` when room is expected;
 ``LoopDetected`` 422 of type ``loop-detected``;
 ``StoreUnavailable`` 503), the gateway's own ``ApiProblem`` (bad bodies and parameters: 400
 when the request cannot be read into the declared types, 422 when it can but a value is
@@ -32,6 +33,8 @@ from runtime import (
     NotFound,
     Problem,
     RunbookError,
+    SeparationOfDuties,
+    StaleDigest,
     StoreUnavailable,
     ValidationError,
 )
@@ -91,6 +94,7 @@ class ProblemBody:
     detail: str
     errors: tuple[Problem, ...] | None = None
     slug: str | None = None  # the type's last part, when the status alone does not say it
+    extra: dict[str, Any] | None = None  # members of this type of problem beside the usual ones
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -101,7 +105,7 @@ class ProblemBody:
         }
         if self.errors is not None:
             body["errors"] = [problem.to_json() for problem in self.errors]
-        return body
+        return body | (self.extra or {})
 
 
 Redact = Callable[[str], str]
@@ -109,12 +113,13 @@ Redact = Callable[[str], str]
 
 def problem_response(status: int, detail: str, errors: Iterable[Problem] | None = None, *,
                      title: str | None = None, headers: dict[str, str] | None = None,
-                     redact: Redact | None = None, slug: str | None = None) -> Response:
+                     redact: Redact | None = None, slug: str | None = None,
+                     extra: dict[str, Any] | None = None) -> Response:
     if redact is not None:  # no secret value leaves in a problem (the runtime's redactor)
         detail = redact(detail)
         errors = None if errors is None else [Problem(p.path, redact(p.message)) for p in errors]
     body = ProblemBody(status, title or _TITLES.get(status, "error"), detail,
-                       tuple(errors) if errors is not None else None, slug)
+                       tuple(errors) if errors is not None else None, slug, extra)
     response = Response(json.dumps(body.to_json(), ensure_ascii=False), status=status, content_type=PROBLEM_JSON)
     response.headers.update(headers or {})
     return response
@@ -131,6 +136,12 @@ def problem_for(error: BaseException, redact: Redact | None = None) -> Response:
             return _validation_problem(error, redact)
         case NotFound():
             return problem_response(404, str(error) or "not found", redact=redact)
+        case StaleDigest():
+            return problem_response(409, str(error), title="stale digest", slug="stale-digest",
+                                    extra={"currentDigest": error.current_digest}, redact=redact)
+        case SeparationOfDuties():
+            return problem_response(403, str(error), title="separation of duties", slug="separation-of-duties",
+                                    redact=redact)
         case Conflict():
             return problem_response(409, str(error) or "conflict", redact=redact)
         case Forbidden():

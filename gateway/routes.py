@@ -204,6 +204,9 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/v1/executions/<execution_id>/steps/<step_id>/approvals", ex.submit_approval,
           "submitApproval", "Approve or reject an approval step as the calling user", "control", _CONTROLLED,
           body="ApprovalRequest", problems=(403, 409, 422), role=None),  # the step's approvers decide
+    Route("POST", "/api/v1/executions/<execution_id>/steps/<step_id>/approvals/delegate", ex.delegate_approval,
+          "delegateApproval", "Hand the calling approver's vote on an approval step to a user or role:NAME",
+          "control", _CONTROLLED, body="DelegationRequest", problems=(403, 409, 422), role=None),
     Route("GET", "/api/v1/approvals", approvals.list_approvals, "listApprovals",
           "Approval steps waiting for the calling user's decision, across the tenant's executions", "control",
           {200: Answer("A page of pending approvals (newest execution first).", "PendingApprovalPage")},

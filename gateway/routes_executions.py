@@ -100,6 +100,15 @@ async def submit_approval(execution_id: str, step_id: str) -> Response:
     identity = current_identity()
     execution = await state().runtime.submit_approval(
         execution_id, step_id, approver=identity.user, decision=decision.decision, comment=decision.comment,
+        tenant_id=identity.tenant, roles=identity.approver_roles(), digest=decision.digest)
+    return _execution(execution)
+
+
+async def delegate_approval(execution_id: str, step_id: str) -> Response:
+    delegation = inputs.delegation_request(await bodies.json_body())
+    identity = current_identity()
+    execution = await state().runtime.delegate_approval(
+        execution_id, step_id, delegator=identity.user, to=delegation.to, reason=delegation.reason,
         tenant_id=identity.tenant, roles=identity.approver_roles())
     return _execution(execution)
 

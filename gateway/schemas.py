@@ -69,6 +69,12 @@ _STEP_STATE = obj({
     "progress": {"type": ["object", "null"]},
     "deadlineAt": TIME_OR_NULL,
     "childExecutionId": {**TEXT_OR_NULL, "description": "run-runbook: the child execution of this attempt."},
+    "approvalRequest": {**nullable("ApprovalShown"),
+                        "description": "human-approval: what the approvers are shown and its digest."},
+    "delegations": {"type": "array", "items": ref("Delegation"),
+                    "description": "human-approval: votes handed on in this round."},
+    "escalations": {"type": "integer", "minimum": 0,
+                    "description": "human-approval: the escalation stages reached in this round."},
 }, ("status", "type", "attempts", "startedAt", "completedAt", "output", "error", "approvals", "progress"))
 
 _EXECUTION = obj({
@@ -104,9 +110,12 @@ _RUNBOOK_SUMMARY_PROPS: dict[str, Schema] = {
     "createdAt": TIME_OR_NULL,
     "shared": {"type": "boolean"},
     "stepCount": {"type": "integer", "minimum": 1},
+    "contentSha256": {"type": "string", "pattern": "^[0-9a-f]{64}$",
+                      "description": "SHA-256 of the document's canonical JSON (RFC 8785)."},
 }
 
 _ID: Schema = {"type": "string", "pattern": f"^{ID_PATTERN.pattern}$"}
+_DIGEST: Schema = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 _DURATION: Schema = {"type": "integer", "minimum": 1, "maximum": MAX_DURATION_MS}
 _DELAY: Schema = {"type": "integer", "minimum": 0, "maximum": MAX_DURATION_MS}
 _RETRY_POLICY = obj({
@@ -183,7 +192,16 @@ SCHEMAS: dict[str, Schema] = {
     "StepError": obj({"code": {"type": "string"}, "message": {"type": "string"}, "retryable": {"type": "boolean"},
                       "stepId": TEXT_OR_NULL}, ("code", "message", "retryable")),
     "Approval": obj({"approver": {"type": "string"}, "decision": {"type": "string", "enum": list(DECISIONS)},
-                     "comment": TEXT_OR_NULL, "at": TIME}, ("approver", "decision", "comment", "at")),
+                     "comment": TEXT_OR_NULL, "at": TIME,
+                     "digest": {**TEXT_OR_NULL, "description": "The digest of what the step showed."}},
+                    ("approver", "decision", "comment", "at")),
+    "ApprovalShown": obj({"digest": _DIGEST, "shown": obj({
+        "message": TEXT_OR_NULL, "input": ANY, "outputs": {"type": "object"},
+        "runbook": obj({"id": {"type": "string"}, "version": {"type": "integer"}, "contentSha256": _DIGEST},
+                       ("id", "version", "contentSha256"))}, ("message", "input", "outputs", "runbook"))},
+        ("digest", "shown"), description="digest: SHA-256 of `shown` in canonical JSON (RFC 8785)."),
+    "Delegation": obj({"delegator": {"type": "string"}, "to": {"type": "string"},
+                       "reason": {"type": "string"}, "at": TIME}, ("delegator", "to", "reason", "at")),
     "StepState": _STEP_STATE,
     "Execution": _EXECUTION,
     "ExecutionPage": page("Execution"),
@@ -199,8 +217,14 @@ SCHEMAS: dict[str, Schema] = {
     "CancelRequest": obj({"reason": {"type": "string", "minLength": 1, "maxLength": 10000,
                                      "pattern": NON_BLANK_TEXT_PATTERN}}, ("reason",), closed=True),
     "ApprovalRequest": obj({"decision": {"type": "string", "enum": list(DECISIONS)},
-                            "comment": {"type": ["string", "null"], "maxLength": 10000, "pattern": TEXT_PATTERN}},
+                            "comment": {"type": ["string", "null"], "maxLength": 10000, "pattern": TEXT_PATTERN},
+                            "digest": {**_DIGEST, "description": "The digest the approver was shown; "
+                                                                 "a stale one is 409."}},
                            ("decision",), closed=True),
+    "DelegationRequest": obj({"to": {"type": "string", "minLength": 1, "maxLength": 200,
+                                     "pattern": NON_BLANK_TEXT_PATTERN, "description": "a user or role:NAME"},
+                              "reason": {"type": "string", "minLength": 1, "maxLength": 10000,
+                                         "pattern": NON_BLANK_TEXT_PATTERN}}, ("to", "reason"), closed=True),
     "EventRequest": obj({
         "type": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": NON_BLANK_TEXT_PATTERN},
         "correlationKey": {"type": "string", "minLength": 1, "maxLength": 1024, "pattern": NON_BLANK_TEXT_PATTERN},
@@ -221,6 +245,7 @@ SCHEMAS: dict[str, Schema] = {
         "approvalsNeeded": {"type": "integer", "minimum": 0, "description": "Approvals still needed."},
         "startedAt": TIME_OR_NULL,
         "deadlineAt": TIME_OR_NULL,
+        "digest": {**TEXT_OR_NULL, "description": "Of what the step shows now: send it with the decision."},
     }, ("executionId", "runbookId", "runbookVersion", "executionStatus", "stepId", "message", "approvers",
         "minApprovals", "approvals", "approvalsNeeded", "startedAt", "deadlineAt")),
     "PendingApprovalPage": page("PendingApproval"),

@@ -34,7 +34,8 @@ STEP_FIELDS = ("status", "type", "attempts", "startedAt", "completedAt", "output
 EVIDENCE_FIELDS = ("id", "stepId", "kind", "sha256", "data", "createdAt")
 AUDIT_FIELDS = ("at", "actor", "action", "stepId", "legalBasis", "reason", "data")
 LOG_FIELDS = ("seq", "at", "level", "message", "stepId", "data")
-RUNBOOK_SUMMARY_FIELDS = ("id", "version", "name", "description", "tenantId", "createdAt")
+APPROVAL_STEP_FIELDS = ("approvalRequest", "delegations", "escalations")
+RUNBOOK_SUMMARY_FIELDS = ("id", "version", "name", "description", "tenantId", "createdAt", "contentSha256")
 
 
 def _pick(data: dict[str, Any], fields: Sequence[str]) -> dict[str, Any]:
@@ -44,7 +45,14 @@ def _pick(data: dict[str, Any], fields: Sequence[str]) -> dict[str, Any]:
 def execution_json(execution: Execution) -> dict[str, Any]:
     data = to_json(execution)
     body = _pick(data, EXECUTION_FIELDS)
-    body["steps"] = {step_id: _pick(state, STEP_FIELDS) for step_id, state in data["steps"].items()}
+    body["steps"] = {step_id: _step_json(state) for step_id, state in data["steps"].items()}
+    return body
+
+
+def _step_json(state: dict[str, Any]) -> dict[str, Any]:
+    body = _pick(state, STEP_FIELDS)
+    if state.get("type") == "human-approval":
+        body |= _pick(state, APPROVAL_STEP_FIELDS)
     return body
 
 
@@ -87,6 +95,7 @@ def pending_approval_json(item: PendingApproval) -> dict[str, Any]:
         "approvalsNeeded": item.approvals_needed,
         "startedAt": _time(item.started_at),
         "deadlineAt": _time(item.deadline_at),
+        "digest": item.digest,
     }
 
 

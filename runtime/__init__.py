@@ -2,13 +2,16 @@
 embedded Trio API (``open_runtime``)."""
 
 from runtime.api.assembly import open_runtime
+from runtime.api.links import DecisionLink
 from runtime.api.runtime import Page, Runtime, StartResult
 from runtime.api.stores import check_store_url
 from runtime.io.context import StepContext
 from runtime.kinds.approval_inbox import ApprovalPage, PendingApproval
 from runtime.model import (
     Approval,
+    ApprovalRequest,
     AuditEntry,
+    Delegation,
     Event,
     Evidence,
     Execution,
@@ -31,20 +34,26 @@ from runtime.model.errors import (
     NotFound,
     Problem,
     RunbookError,
+    SeparationOfDuties,
+    StaleDigest,
     StepFailed,
     StoreInUse,
     StoreUnavailable,
     ValidationError,
 )
+from runtime.security.links import LinkRefused
 from runtime.shell.events import PublishResult
 from runtime.shell.settings import Settings
 
 __all__ = [
     "Approval",
     "ApprovalPage",
+    "ApprovalRequest",
     "AuditEntry",
     "CommandQueued",
     "Conflict",
+    "DecisionLink",
+    "Delegation",
     "Event",
     "Evidence",
     "Execution",
@@ -52,6 +61,7 @@ __all__ = [
     "Fenced",
     "Forbidden",
     "LimitExceeded",
+    "LinkRefused",
     "LogEntry",
     "LoopDetected",
     "NotFound",
@@ -63,7 +73,9 @@ __all__ = [
     "Runbook",
     "RunbookError",
     "Runtime",
+    "SeparationOfDuties",
     "Settings",
+    "StaleDigest",
     "StartResult",
     "Step",
     "StepContext",

@@ -114,26 +114,32 @@ def test_start_approvals_approve_watch_status_list(server: str, capsys: pytest.C
     assert code == 0 and err == ""
     execution_id = out.split()[1]
     assert out.startswith(f"execution {execution_id} of approve-me v1: ")
-    wait_for(server, execution_id, lambda e: e["status"] == "awaiting_approval")
+    waiting = wait_for(server, execution_id, lambda e: e["status"] == "awaiting_approval")
+    digest = waiting["steps"]["approve"]["approvalRequest"]["digest"]  # type: ignore[index]
+    assert f"digest {digest}" in cli(server, capsys, "status", execution_id)[1]
 
     code, out, _ = cli(server, capsys, "approvals", user="boss")
     assert code == 0 and f"{execution_id} approve (approve-me): 1 more approval(s) needed" in out
     # the hint is a command that works as it is written: with the identity (and server) it needs
     assert f"approve with `runbooks approve {execution_id} approve --server {server} --user boss`" in out
-    assert "Ship 5?" in out
+    assert "Ship 5?" in out and f"digest {digest}" in out
     assert cli(server, capsys, "approvals", user="intern")[1] == "nothing waits for your decision\n"
     code, out, _ = cli(server, capsys, "approvals", "--json", user="cto")
     assert [item["executionId"] for item in json.loads(out)["items"]] == [execution_id]
 
     code, out, err = cli(server, capsys, "approve", execution_id, "approve", user="intern")
-    assert (code, out, err) == (1, "", "runbooks approve: 'intern' is not an approver of this step\n")
+    assert (code, out, err) == (1, f"approve: Ship 5?\ndeciding on digest {digest}\n",
+                                "runbooks approve: 'intern' is not an approver of this step\n")
+    code, out, err = cli(server, capsys, "approve", execution_id, "approve", "--digest", "0" * 64, user="boss")
+    assert code == 1 and out == "" and f"now shows digest {digest}" in err  # not what boss reviewed: refused
 
     watch = subprocess.Popen([sys.executable, "-m", "gateway.cli", "watch", execution_id, "--server", server],
                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(0.5)  # let watch connect: it prints the state it finds first in any case
         code, out, _ = cli(server, capsys, "approve", execution_id, "approve", "--comment", "go", user="boss")
-        assert code == 0 and out == f"approve: succeeded; execution {execution_id} is completed\n"
+        assert code == 0 and out == (f"approve: Ship 5?\ndeciding on digest {digest}\n"
+                                     f"approve: succeeded; execution {execution_id} is completed\n")
         watched, watch_err = watch.communicate(timeout=30)
     finally:
         watch.kill()
@@ -155,6 +161,8 @@ def test_start_approvals_approve_watch_status_list(server: str, capsys: pytest.C
     assert execution_id not in cli(server, capsys, "list", "--status", "running")[1]
     code, out, _ = cli(server, capsys, "logs", execution_id)
     assert code == 0 and "[approve] approval decision: approve" in out
+    audit = httpx.get(f"{server}/api/v1/executions/{execution_id}/audit").json()["items"]
+    assert [a["data"]["digest"] for a in audit if a["action"] == "approval.decided"] == [digest]
 
 
 def test_pause_resume_publish_logs_follow_and_refusals(server: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -282,7 +290,8 @@ def test_short_ids_server_anywhere_and_problems_beyond_three(server: str, capsys
     assert main(["--server", host_port, "--user", "boss", "status", execution_id[:12]]) == 0
     assert capsys.readouterr().out.startswith(f"execution {execution_id} of approve-me v1: awaiting_approval")
     code, out, _ = cli(server, capsys, "approve", execution_id[:8], "approve", user="boss")
-    assert (code, out) == (0, f"approve: succeeded; execution {execution_id} is completed\n")
+    assert code == 0 and out.startswith("approve: Ship 7?\ndeciding on digest ")
+    assert out.endswith(f"approve: succeeded; execution {execution_id} is completed\n")
 
     code, out, err = cli(server, capsys, "status", "feedface")
     assert (code, out) == (2, "") and err.count("\n") == 1
@@ -384,7 +393,8 @@ async def test_a_command_queued_for_a_stopped_owner_is_one_line_and_exit_0(schem
         code, out, err = await trio.to_thread.run_sync(
             run_cli, "approve", ids[0], "approve", "--server", other.url, "--user", "boss")
         assert (code, err) == (0, "")
-        assert re.fullmatch(rf"execution {ids[0]}: approve of approve queued as command \w+; "
+        assert re.fullmatch(rf"approve: Ship 1\?\ndeciding on digest [0-9a-f]{{64}}\n"
+                            rf"execution {ids[0]}: approve of approve queued as command \w+; "
                             r"the next owner applies it\n", out)
         code, out, err = await trio.to_thread.run_sync(
             run_cli, "cancel", ids[1], "--reason", "not now", "--server", other.url, "--json")

@@ -1,13 +1,15 @@
 """The web console in headless Chromium (Debian's, driven by Playwright): a real
 ``runbooks serve`` (SQLite in a temporary directory, examples/ as RUNBOOKS_DIR) with the demo
 services, the deploy-approval example started from the Runbooks page, watched live,
-approved as the right user after a refusal for the wrong one, another execution cancelled
+approved as the right user after a refusal for the wrong one (the digest of what the step
+shows on the page and sent with the decision), another execution cancelled
 and its audit read, a trigger switched off and on. Every test asserts the page asked no other host and logged no console
 error. Screenshots go to tests/artifacts/. Skips without Chromium, except under CI=true.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import re
@@ -156,6 +158,8 @@ def test_start_from_runbooks_watch_live_and_approve(server: str, browser: Browse
         expect(waiting).to_contain_text(re.compile(r"CHG-1042: deploy checkout 2\.14\.0 \(commit [0-9a-f]{12}\) to "
                                                    r"staging\? Environment health: healthy\."))
         expect(waiting).to_contain_text("May decide: rm.jane, rm.omar, sre.lead.priya · 1 more approval needed")
+        digest = httpx.get(f"{server}/api/v1/executions/{execution_id}").json()["steps"]["approve"]["approvalRequest"]["digest"]
+        expect(waiting.locator("code.digest")).to_have_text(digest)
         _shot(page, "execution-graph.png", full_page=False)
 
         approve_node.click()  # alice is not an approver: refused, with the problem's detail
@@ -172,9 +176,12 @@ def test_start_from_runbooks_watch_live_and_approve(server: str, browser: Browse
         expect(card).to_contain_text("CHG-1042: deploy checkout 2.14.0")
         expect(card).to_contain_text("1 more approval needed")
         _shot(page, "approvals.png")
+        expect(card.locator("code.digest")).to_have_text(digest)
         card.get_by_label("Comment").fill("go")
         card.get_by_role("button", name="Approve", exact=True).click()
-        page.get_by_role("button", name="Confirm", exact=True).click()
+        with page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/steps/approve/approvals")) as sent:
+            page.get_by_role("button", name="Confirm", exact=True).click()
+        assert json.loads(sent.value.post_data or "{}")["digest"] == digest  # the decision is bound to what was shown
         expect(page.get_by_text("Nothing waits for your decision.")).to_be_visible()
 
         page.goto(f"{server}/executions/{execution_id}")

@@ -103,7 +103,7 @@ async def test_deploy_approval_end_to_end(ert: Runtime, svc: FakeService) -> Non
         "environment": "production", "changeTicket": "CHG-1042"}
     assert [(a["approver"], a["decision"], a["comment"]) for a in body["approvals"]] == [("rm.jane", "approve", "go")]
     kinds = sorted(e.kind for e in await ert.evidence(ex.id))
-    assert kinds == ["approval_decision", "http_response", "http_response", "http_response"]
+    assert kinds == ["approval_decision", "approval_request", "http_response", "http_response", "http_response"]
 
 
 async def test_deploy_approval_rejected_deploys_nothing(ert: Runtime, svc: FakeService) -> None:

@@ -36,6 +36,7 @@ def test_every_variable_is_read(tmp_path: pathlib.Path) -> None:
         "CALL_SERVICE_BASE_URL": "http://svc.internal:9000/api", "EVENT_RETENTION_MS": "60000",
         "LEASE_TTL_MS": "30000", "DB_POOL_MAX": "7", "FORWARD_WAIT_MS": "1500", "RUNBOOKS_INSTANCE_ID": "pod-0",
         "MAX_RETAINED_EVENTS_PER_TENANT": "50", "SHUTDOWN_TIMEOUT_MS": "2500", "GRPC_PROTOSET_DIR": str(tmp_path),
+        "REQUIRE_SEPARATION_OF_DUTIES": "true",
     })
     assert (config.port, config.host, config.storage_backend) == (8080, "::1", "memory")
     assert config.store_url() == "memory"
@@ -45,7 +46,7 @@ def test_every_variable_is_read(tmp_path: pathlib.Path) -> None:
                                          call_service_base_url="http://svc.internal:9000/api", lease_ttl_ms=30000,
                                          forward_wait_ms=1500, instance_id="pod-0",
                                          max_retained_events_per_tenant=50, shutdown_timeout_ms=2500,
-                                         grpc_protoset_dir=str(tmp_path))
+                                         grpc_protoset_dir=str(tmp_path), require_separation_of_duties=True)
     assert (config.lease_ttl_ms, config.db_pool_max) == (30000, 7)
     config.check_can_serve()  # ::1 is loopback
 

@@ -19,6 +19,7 @@ TENANT_B = {"X-Tenant-Id": "tenant-b", "X-User-Id": "bob"}
 BOSS = {"X-User-Id": "boss"}
 STEP_KEYS = {"status", "type", "attempts", "startedAt", "completedAt", "output", "error", "approvals",
              "progress", "deadlineAt", "childExecutionId"}
+APPROVAL_STEP_KEYS = STEP_KEYS | {"approvalRequest", "delegations", "escalations"}  # human-approval steps
 EXECUTION_KEYS = {"id", "runbookId", "runbookVersion", "tenantId", "status", "input", "output", "context",
                   "error", "createdAt", "startedAt", "completedAt", "pausedDurationMs", "replayOf", "inputHash",
                   "deadlineAt", "parentExecutionId", "parentStepId", "steps"}
@@ -37,7 +38,8 @@ async def test_start_returns_201_with_the_execution_shape_and_identity_in_contex
         assert set(body) == EXECUTION_KEYS
         assert response.headers["Location"] == f"/api/v1/executions/{body['id']}"
         assert list(body["steps"]) == ["prepare", "approve", "deploy"]
-        assert all(set(step) == STEP_KEYS for step in body["steps"].values())
+        assert all(set(step) == (APPROVAL_STEP_KEYS if step["type"] == "human-approval" else STEP_KEYS)
+                   for step in body["steps"].values())
         assert body["context"] == {"legalBasis": "contract", "reason": "release", "tenantId": "tenant-a",
                                    "userId": "alice"}
         assert body["tenantId"] == "tenant-a"

@@ -47,8 +47,10 @@ async def test_single_approval_succeeds_and_the_execution_continues(rt: Runtime,
     assert final.status == "completed"
     assert recorder.order() == ["deploy"]
     output = final.steps["approve"].output
+    digest = ex.steps["approve"].approval_request.digest
     assert output == {"approved": True, "autoApproved": False, "approvals": [
-        {"approver": "bob", "decision": "approve", "comment": "ship it", "at": output["approvals"][0]["at"]}]}
+        {"approver": "bob", "decision": "approve", "comment": "ship it", "at": output["approvals"][0]["at"],
+         "digest": digest}]}
     at = final.steps["approve"].approvals[0].at
     assert output["approvals"][0]["at"] == format_time(at)
     assert (at - final.started_at).total_seconds() == pytest.approx(90)
@@ -211,7 +213,8 @@ async def test_message_and_approvers_are_templated(rt: Runtime, autojump_clock: 
                     "message": "Deploy ${input.service} v${input.version} ({executionId})?"})
     ex = await start(rt, doc, input={"owners": ["dana"], "service": "api", "version": 7})
     requested = [e for e in await rt.logs(ex.id, step_id="approve") if e.message == "approval requested"]
-    assert requested[0].data == {"approvers": ["dana"], "message": f"Deploy api v7 ({ex.id})?"}
+    assert requested[0].data == {"approvers": ["dana"], "message": f"Deploy api v7 ({ex.id})?",
+                                 "digest": ex.steps["approve"].approval_request.digest}
     with pytest.raises(Forbidden):
         await rt.submit_approval(ex.id, "approve", approver="alice", decision="approve")
     await rt.submit_approval(ex.id, "approve", approver="dana", decision="approve")
@@ -244,14 +247,15 @@ async def test_every_decision_is_audited_and_evidence(rt: Runtime, autojump_cloc
     await rt.submit_approval(ex.id, "approve", approver="bob", decision="reject", comment="no rollback plan")
     await rt.wait(ex.id)
     decided = [a for a in await rt.audit(ex.id) if a.action == "approval.decided"]
-    assert [(a.actor, a.step_id, a.data["decision"], a.reason, a.legal_basis) for a in decided] == [
-        ("alice", "approve", "approve", "looks good", "change CHG-1"),
-        ("bob", "approve", "reject", "no rollback plan", "change CHG-1"),
+    digest = ex.steps["approve"].approval_request.digest
+    assert [(a.actor, a.step_id, a.data["decision"], a.reason, a.legal_basis, a.data["digest"]) for a in decided] == [
+        ("alice", "approve", "approve", "looks good", "change CHG-1", digest),
+        ("bob", "approve", "reject", "no rollback plan", "change CHG-1", digest),
     ]
     items = [e for e in await rt.evidence(ex.id) if e.kind == "approval_decision"]
     assert [e.data for e in items] == [
-        {"approver": "alice", "decision": "approve", "comment": "looks good"},
-        {"approver": "bob", "decision": "reject", "comment": "no rollback plan"},
+        {"approver": "alice", "decision": "approve", "comment": "looks good", "digest": digest},
+        {"approver": "bob", "decision": "reject", "comment": "no rollback plan", "digest": digest},
     ]
     assert all(e.step_id == "approve" and e.sha256 == sha256_hex(e.data) for e in items)
     assert len({e.id for e in items}) == 2

@@ -233,6 +233,14 @@ def test_trigger_state_switches_and_keeps_the_newest_run(store: Store) -> None:
     assert TriggerState(None, "rb", "cron", True, at(60), "e2") in store.trigger_states()
 
 
+def test_a_decision_link_is_claimed_once_by_the_first_claimant(store: Store) -> None:
+    assert store.link_used("L1") is None
+    assert store.claim_link("L1", "me", "e1", "approve", "alice", at(10)) is None  # the first use
+    assert store.claim_link("L1", "other", "e1", "approve", "alice", at(20)) == at(10)  # refused: when it was used
+    assert store.link_used("L1") == at(10)
+    assert store.claim_link("L2", "other", "e1", "approve", "bob", at(40)) is None
+
+
 # ---------------------------------------------------------------- executions
 
 

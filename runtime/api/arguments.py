@@ -12,16 +12,17 @@ calls one function here first, and the gateway relies on the same rules.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from runtime.kinds.approval import DECISIONS
+from runtime.kinds.approval_rules import DECISIONS
 from runtime.model.errors import Problem, ValidationError
 from runtime.model.jsonsafe import first_problem
 from runtime.model.limits import MAX_SEQ, MAX_VERSION, is_int
 
 __all__ = [
-    "check_approval", "check_control", "check_event", "check_ids", "check_listing", "check_logs", "check_lookup",
+    "check_approval", "check_control", "check_delegation", "check_event", "check_ids", "check_listing", "check_logs", "check_lookup",
     "check_runbook_lookup", "check_start", "check_tenant", "text_problem",
 ]
 
@@ -31,6 +32,7 @@ MAX_NAME: Final = 200  # users, tenants, roles
 MAX_EVENT_TYPE: Final = 256
 MAX_CORRELATION_KEY: Final = 1024
 MAX_IDEMPOTENCY_KEY: Final = 255
+DIGEST: Final = re.compile(r"[0-9a-f]{64}")
 
 
 def text_problem(value: Any, max_length: int = MAX_TEXT) -> str | None:
@@ -153,15 +155,38 @@ def check_control(execution_id: Any, reason: Any, actor: Any, tenant_id: Any, *,
 
 
 def check_approval(execution_id: Any, step_id: Any, approver: Any, decision: Any, comment: Any,
-                   tenant_id: Any, roles: Any) -> None:
+                   tenant_id: Any, roles: Any, digest: Any = None) -> None:
     """submit_approval: the decision's own fields (who may decide, and when, is the
-    execution's rule: ``runtime.kinds.approval.check_decision``)."""
+    execution's rule: ``runtime.kinds.approval_rules.check_decision``)."""
     problems = _Problems()
     problems.text("execution_id", execution_id, optional=False, max_length=MAX_ID)
     problems.text("step_id", step_id, optional=False, max_length=MAX_ID)
     problems.text("approver", approver, optional=False, max_length=MAX_NAME)
     problems.choice("decision", decision, DECISIONS)
     problems.text("comment", comment)
+    problems.text("tenant_id", tenant_id, max_length=MAX_NAME)
+    _roles(problems, roles)
+    if digest is not None and not (isinstance(digest, str) and DIGEST.fullmatch(digest)):
+        problems.items.append(Problem("digest", "must be a SHA-256 digest: 64 lowercase hex digits"))
+    problems.raise_if_any()
+
+
+def check_delegation(execution_id: Any, step_id: Any, delegator: Any, to: Any, reason: Any,
+                     tenant_id: Any, roles: Any) -> None:
+    """delegate_approval: the request's own fields (whether the delegator may hand the vote
+    on is the execution's rule: ``runtime.kinds.approval_rules.check_delegation``)."""
+    problems = _Problems()
+    problems.text("execution_id", execution_id, optional=False, max_length=MAX_ID)
+    problems.text("step_id", step_id, optional=False, max_length=MAX_ID)
+    problems.text("delegator", delegator, optional=False, max_length=MAX_NAME)
+    problems.text("to", to, optional=False, max_length=MAX_NAME)
+    if isinstance(to, str) and (not to.strip() or to == "role:"):
+        problems.items.append(Problem("to", "must name a user or role:NAME"))
+    elif to == delegator:
+        problems.items.append(Problem("to", "a vote cannot be delegated to oneself"))
+    problems.text("reason", reason, optional=False)
+    if isinstance(reason, str) and not reason.strip():
+        problems.items.append(Problem("reason", "required: why the vote is handed on"))
     problems.text("tenant_id", tenant_id, max_length=MAX_NAME)
     _roles(problems, roles)
     problems.raise_if_any()

@@ -139,7 +139,7 @@ def _assemble(store: Store, settings: Settings, http: httpx.AsyncClient, persist
         outbox = lambda change: lifecycle_of(change, origin, clock.now())  # noqa: E731
     commit = committer(store, persistence, address, outbox)
     hub = WatchHub(settings.finished_cache_size)
-    catalog = Catalog(store, read, commit, StepTypes(), settings, clock)
+    catalog = Catalog(store, read, commit, StepTypes(settings.require_separation_of_duties), settings, clock)
     router = EventRouter(now=clock.now, retention_ms=settings.event_retention_ms, commit=commit, ask=directory.ask,
                          max_retained_per_tenant=settings.max_retained_events_per_tenant,
                          max_retained_bytes_per_tenant=settings.max_retained_event_bytes_per_tenant)
@@ -155,7 +155,7 @@ def _assemble(store: Store, settings: Settings, http: httpx.AsyncClient, persist
     children = Children(ChildrenHost(start=starter.start, cancel=partial(_cancel_child, routing), tell=routing.tell),
                         background)
     notifier = Notifier(NotifierHost(executors, secrets, settings.public_url, settings.default_retry_policy,
-                                     directory.post), background)
+                                     directory.post, clock.now), background)
     once = OncePublisher(store, read, commit, clock, settings, router, routing)
     runtime = Runtime(store=store, read=read, commit=commit, settings=settings, clock=clock, persistence=persistence,
                       directory=directory, hub=hub, catalog=catalog, router=router, routing=routing, once=once,

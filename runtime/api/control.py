@@ -15,7 +15,7 @@ from typing import Any
 from runtime.api import arguments
 from runtime.api.parts import Parts
 from runtime.api.starting import check_hop
-from runtime.core.messages import Cancel, DecideApproval, Pause, Resume, RetryStep
+from runtime.core.messages import Cancel, DecideApproval, DelegateApproval, Pause, Resume, RetryStep
 from runtime.model import Execution
 from runtime.model.errors import Problem, ValidationError, too_large
 from runtime.model.jsonsafe import json_size
@@ -76,11 +76,23 @@ class ExecutionControl(Parts):
 
     async def submit_approval(self, execution_id: str, step_id: str, *, approver: str, decision: str,
                               comment: str | None = None, tenant_id: str | None = None,
-                              roles: Iterable[str] = ()) -> Execution:
+                              roles: Iterable[str] = (), digest: str | None = None) -> Execution:
         """Record ``approve`` or ``reject`` from ``approver`` on an approval step; ``roles`` (the
-        approver's) let an approver entry ``role:NAME`` admit them."""
-        arguments.check_approval(execution_id, step_id, approver, decision, comment, tenant_id, roles)
-        request = DecideApproval(step_id, approver, decision, comment, roles=frozenset(roles))
+        approver's) let an approver entry ``role:NAME`` admit them. ``digest``: that of the
+        ``approval_request`` the approver was shown; one that is not the step's current digest
+        is refused (``StaleDigest``, a ``Conflict``). Without it the decision is taken on what
+        the step shows now (and recorded with that digest)."""
+        arguments.check_approval(execution_id, step_id, approver, decision, comment, tenant_id, roles, digest)
+        request = DecideApproval(step_id, approver, decision, comment, roles=frozenset(roles), digest=digest)
+        return await self.routing.apply(execution_id, tenant_id, request)
+
+    async def delegate_approval(self, execution_id: str, step_id: str, *, delegator: str, to: str, reason: str,
+                                tenant_id: str | None = None, roles: Iterable[str] = ()) -> Execution:
+        """Hand ``delegator``'s vote on an approval step (``allowDelegation: true``) to ``to``, a
+        user or ``role:NAME``: the delegate may decide (their vote counts once), the delegator
+        no longer. ``roles``: the delegator's, as for ``submit_approval``."""
+        arguments.check_delegation(execution_id, step_id, delegator, to, reason, tenant_id, roles)
+        request = DelegateApproval(step_id, delegator, to, reason, roles=frozenset(roles))
         return await self.routing.apply(execution_id, tenant_id, request)
 
     async def retry_step(self, execution_id: str, step_id: str, *, actor: str = "system",

@@ -58,7 +58,8 @@ class ExecutionReads(Parts):
         async def read_page(size: int, after: str | None) -> tuple[list[Execution], str | None]:
             return await self.read(self.store.awaiting_approval, tenant_id, limit=size, cursor=after)
 
-        return await pending_for(user, read_page, self.catalog.pinned, roles=tuple(roles), limit=limit, cursor=cursor)
+        return await pending_for(user, read_page, self.catalog.pinned, roles=tuple(roles), limit=limit, cursor=cursor,
+                                 required_separation=self.settings.require_separation_of_duties)
 
     async def logs(self, execution_id: str, *, step_id: str | None = None, level: str | None = None,
                    after: int | None = None, limit: int = 1000, tenant_id: str | None = None) -> list[LogEntry]:

@@ -9,10 +9,10 @@ is read from the database unless this process runs the execution, and a step ret
 finished execution first claims it (it runs here from then on). An event is published in
 one transaction that hands it to the waiting steps of every process.
 
-Before a decision is forwarded, whether its approver may decide on the step at all is
-checked here, by the owner's own check (``runtime.kinds.approval.check_approver``, part of
-``check_decision``): a decision the owner would refuse for that is refused at once, without
-a round trip.
+Before a decision (or a delegation) is forwarded, whether its approver may decide on the
+step at all is checked here, by the owner's own check
+(``runtime.kinds.approval_rules.check_approver``, part of ``check_decision``): a decision
+the owner would refuse for that is refused at once, without a round trip.
 """
 
 from __future__ import annotations
@@ -25,9 +25,17 @@ import trio
 from actors import ActorGone
 from runtime.api.access import CommitChange, Read
 from runtime.cluster.node import Cluster
-from runtime.core.messages import Cancel, ChildFinished, DecideApproval, Pause, Resume, RetryStep
-from runtime.kinds.approval import check_approver
+from runtime.core.messages import (
+    Cancel,
+    ChildFinished,
+    DecideApproval,
+    DelegateApproval,
+    Pause,
+    Resume,
+    RetryStep,
+)
 from runtime.kinds.approval_inbox import rendered_config
+from runtime.kinds.approval_rules import check_approver
 from runtime.model import Event, Execution
 from runtime.model.errors import Conflict, NotFound
 from runtime.model.records import Change, Receipt
@@ -38,7 +46,7 @@ from runtime.shell.settings import Settings
 from runtime.shell.watch import WatchHub
 from runtime.store.base import Store
 
-Request = Pause | Resume | Cancel | RetryStep | DecideApproval  # what the API asks of an execution
+Request = Pause | Resume | Cancel | RetryStep | DecideApproval | DelegateApproval  # what the API asks of an execution
 Rules = Callable[[Event], Awaitable[int]]  # the event rules of triggers: how many executions they started
 ATTEMPTS = 3  # an execution that changes owner while a request is made: asked again at its new owner
 
@@ -121,10 +129,13 @@ class Routing:
         """Refuse here a decision by someone who is not an approver of the step: the owner's
         own check (whether the step awaits a decision now, or this approver has decided, is
         left to the owner: the state read here may be behind)."""
-        if not isinstance(request, DecideApproval) or request.step_id not in execution.steps:
+        if not isinstance(request, DecideApproval | DelegateApproval) or request.step_id not in execution.steps:
             return  # (an unknown step: the owner says so)
         runbook = await self.catalog.pinned(execution)
-        check_approver(rendered_config(execution, runbook, request.step_id), request.approver, request.roles)
+        who = request.approver if isinstance(request, DecideApproval) else request.delegator
+        check_approver(rendered_config(execution, runbook, request.step_id), execution,
+                       execution.steps[request.step_id], who, request.roles,
+                       required_separation=self.settings.require_separation_of_duties)
 
     def tell(self, execution_id: str, message: ChildFinished) -> None:
         """Hand the execution a message nobody waits on, wherever it runs."""

@@ -2,7 +2,8 @@
 
 Its methods are the whole public API; each checks its arguments and hands the request to
 the part that owns it, changing nothing itself. They are grouped by concern: reads of
-executions (``ExecutionReads``), changes to executions (``ExecutionControl``), and here the
+executions (``ExecutionReads``), changes to executions (``ExecutionControl``), signed
+decision links (``DecisionLinks``), and here the
 runbooks, step types, triggers and the runtime's own state. ``runtime.api.assembly`` wires
 the parts and runs the runtime's life; every method is safe to call concurrently.
 """
@@ -14,6 +15,7 @@ from typing import Any
 
 from runtime.api import arguments
 from runtime.api.control import ExecutionControl
+from runtime.api.links import DecisionLinks
 from runtime.api.reading import ExecutionReads, Page
 from runtime.documents.validate import validate_document
 from runtime.model import AuditEntry, Runbook
@@ -33,7 +35,7 @@ def source_audit_key(tenant_id: str, source_id: str) -> str:
     return f"source:{tenant_id}:{source_id}"
 
 
-class Runtime(ExecutionControl, ExecutionReads):
+class Runtime(ExecutionControl, ExecutionReads, DecisionLinks):
     """The engine. Build it with ``open_runtime``; every method is safe to call concurrently."""
 
     # ------------------------------------------------------------------ the runtime itself

@@ -39,7 +39,8 @@ def error_json(error: StepError | None) -> dict[str, Any] | None:
 
 
 class Draft:
-    __slots__ = ("_header", "_own", "_scope", "audits", "changed", "consumed", "evidence", "ex", "logs", "now")
+    __slots__ = ("_header", "_own", "_scope", "audits", "changed", "consumed", "evidence", "ex", "logs", "now",
+                 "outputs_changed")
 
     def __init__(self, execution: Execution, now: datetime) -> None:
         self.ex = execution
@@ -47,6 +48,7 @@ class Draft:
         self._own = False  # self.ex (and its steps dict) is this draft's private copy
         self._header = False  # a field other than ``steps`` changed
         self._scope: dict[str, Any] | None = None  # the scope without stepId, while valid
+        self.outputs_changed = False  # a step succeeded (or stopped being succeeded) in this transition
         self.changed: dict[str, None] = {}  # the steps changed, in order
         self.logs: list[LogEntry] = []
         self.audits: list[AuditEntry] = []
@@ -70,6 +72,7 @@ class Draft:
         state = self.ex.steps[step_id] = attrs.evolve(old, **changes)
         if old.status is StepStatus.SUCCEEDED or state.status is StepStatus.SUCCEEDED:
             self._scope = None  # outputs in scope changed
+            self.outputs_changed = True
         self.changed[step_id] = None
         return state
 
@@ -77,6 +80,7 @@ class Draft:
         self._mine()
         self.ex.steps[step_id] = state
         self._scope = None
+        self.outputs_changed = True
         self.changed[step_id] = None
 
     def set_execution(self, **changes: Any) -> None:

@@ -133,7 +133,8 @@ class CancelChild:
 @attrs.frozen
 class Notify:
     """Send an approval step's notification: ``config`` is its ``notify`` as written (the shell
-    renders it with ``scope`` and the secrets), ``payload`` the body, rendered without them."""
+    renders it with ``scope`` and the secrets), ``payload`` the body, rendered without them;
+    ``stage``: 0 when the step starts waiting, n for its n-th escalation."""
 
     step_id: str
     attempt: int
@@ -141,6 +142,7 @@ class Notify:
     scope: Mapping[str, Any]
     payload: Mapping[str, Any]
     policy: Any  # the step's RetryPolicy: sent and retried like a call-service request
+    stage: int = 0
     after_commit: ClassVar[bool] = True
 
 

@@ -8,6 +8,8 @@ progress (``ops``) and the step:
              ``maxConcurrentSteps`` is free): start it, park it, or decide it at once.
 ``resume``   the execution continues from committed state with the step in progress
              (recovery, a restart, a reactivation): carry on (park again, re-run).
+``scope_changed``  while the step is parked, another step succeeded in this transition: the
+             outputs in its scope changed (an approval shows them).
 ``message``  a message addressed to the step (an attempt's report, a decision, an event).
 ``timeout``  the step's own deadline (``deadline_at``) has passed.
 ``cancel``   the step is being cancelled (the execution ends): release what it holds.
@@ -16,7 +18,7 @@ and ``decides(step)``: the steps whose fate this step decides (a conditional's b
 targets), which wait for it and are skipped when it does not take their branch.
 
 ``ops`` (the ``Transition``, ``runtime.core.transition``) offers: reading (``now``,
-``execution``, ``step_state``, ``scope``); a step's fate (``mark_started``, ``set_step``,
+``execution``, ``runbook``, ``step_state``, ``scope``); a step's fate (``mark_started``, ``set_step``,
 ``succeed``, ``fail``, ``skip``); records (``log``, ``audit``, ``add_records``,
 ``consume_event``); ``emit`` for an effect the kind builds itself (a child to start, a
 notification, an answer); and two facets, ``ops.tasks`` (the runs of task steps) and
@@ -33,7 +35,16 @@ from typing import Any, Protocol
 
 from runtime.core.effects import Effect
 from runtime.core.messages import StepMessage
-from runtime.model import Evidence, Execution, LogEntry, Step, StepError, StepState, StepStatus
+from runtime.model import (
+    Evidence,
+    Execution,
+    LogEntry,
+    Runbook,
+    Step,
+    StepError,
+    StepState,
+    StepStatus,
+)
 
 
 class TaskOps(Protocol):
@@ -72,6 +83,10 @@ class StepOps(Protocol):
 
     @property
     def execution(self) -> Execution: ...
+
+    @property
+    def runbook(self) -> Runbook:
+        """The runbook version the execution runs."""
 
     @property
     def tasks(self) -> TaskOps: ...
@@ -117,6 +132,8 @@ class StepKind(Protocol):
     def begin(self, ops: StepOps, step: Step) -> None: ...
 
     def resume(self, ops: StepOps, step: Step, state: StepState) -> None: ...
+
+    def scope_changed(self, ops: StepOps, step: Step) -> None: ...
 
     def message(self, ops: StepOps, step: Step, message: StepMessage) -> None: ...
 

@@ -73,6 +73,8 @@ def apply_all(state: ExecutionState, messages: Iterable[Message],
         turn.emit(fx.Continue())
     else:
         schedule.schedule(turn)
+    if turn.outputs_changed:
+        schedule.scope_changed(turn)
     schedule.arm_timer(turn)
     return state, turn.effects()
 

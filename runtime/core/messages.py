@@ -123,10 +123,27 @@ class StepFinished:
 
 @attrs.frozen
 class DecideApproval:
+    """A decision; ``digest``: that of the request the approver was shown (None: not sent),
+    ``via``: how it came (``link``: a signed decision link), for the record."""
+
     step_id: str
     approver: str
     decision: str
     comment: str | None
+    reply: Any = attrs.field(default=None, metadata=LOCAL)  # stays in this process
+    roles: frozenset[str] = frozenset()
+    digest: str | None = None
+    via: str | None = None
+
+
+@attrs.frozen
+class DelegateApproval:
+    """``delegator`` hands their vote on an approval step to ``to`` (a user or ``role:NAME``)."""
+
+    step_id: str
+    delegator: str
+    to: str
+    reason: str
     reply: Any = attrs.field(default=None, metadata=LOCAL)  # stays in this process
     roles: frozenset[str] = frozenset()
 
@@ -155,24 +172,29 @@ class ChildFinished:
 
 @attrs.frozen
 class NotificationSent:
-    """The notification of an approval step was delivered (``error`` None) or finally failed."""
+    """The notification of an approval step was delivered (``error`` None) or finally failed;
+    ``stage``: 0 when the step started waiting, n for its n-th escalation."""
 
     step_id: str
     attempt: int
     error: StepError | None = None
     logs: Sequence[LogEntry] = ()
     evidence: Sequence[Evidence] = ()
+    stage: int = 0
 
 
 StepMessage: TypeAlias = (
-    AttemptStarted | AttemptRetrying | StepProgressed | StepFinished | DecideApproval | DeliverEvent
-    | ChildFinished | NotificationSent
+    AttemptStarted | AttemptRetrying | StepProgressed | StepFinished | DecideApproval | DelegateApproval
+    | DeliverEvent | ChildFinished | NotificationSent
 )
 Message: TypeAlias = Begin | Tick | Continue | Pause | Resume | Cancel | RetryStep | StepMessage
 
-Command: TypeAlias = Pause | Resume | Cancel | RetryStep | DecideApproval | DeliverEvent | ChildFinished
+Command: TypeAlias = (
+    Pause | Resume | Cancel | RetryStep | DecideApproval | DelegateApproval | DeliverEvent | ChildFinished
+)
 _COMMANDS: Final[dict[str, type[Command]]] = {
-    cls.__name__: cls for cls in (Pause, Resume, Cancel, RetryStep, DecideApproval, DeliverEvent, ChildFinished)
+    cls.__name__: cls for cls in (Pause, Resume, Cancel, RetryStep, DecideApproval, DelegateApproval,
+                                  DeliverEvent, ChildFinished)
 }
 
 

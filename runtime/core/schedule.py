@@ -2,7 +2,8 @@
 
 ``schedule`` starts (or skips, decides, parks) every pending step that can start, again
 while steps end within the pass; then the execution's status follows from its steps.
-``arm_timer`` asks for a ``Tick`` at the next deadline (the execution's own, unless it is
+``scope_changed`` tells the parked steps that outputs changed; ``arm_timer`` asks for a
+``Tick`` at the next deadline (the execution's own, unless it is
 paused, or a parked step's).
 """
 
@@ -139,6 +140,14 @@ def _output(t: Transition) -> Any:
         if state.status is SS.SUCCEEDED:
             return state.output
     return None
+
+
+def scope_changed(t: Transition) -> None:
+    """Outputs in scope changed in this transition: each parked step is told (its kind may
+    depend on them while it waits)."""
+    for step_id in list(t.state.parked):
+        if step_id in t.state.parked:
+            t.plan.kinds[step_id].scope_changed(t, t.plan.by_id[step_id])
 
 
 def arm_timer(t: Transition) -> None:

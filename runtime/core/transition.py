@@ -27,6 +27,7 @@ from runtime.core.state import ExecutionState
 from runtime.model import (
     Execution,
     ExecutionStatus,
+    Runbook,
     Step,
     StepError,
     StepState,
@@ -53,6 +54,10 @@ class Transition(Draft):
     @property
     def execution(self) -> Execution:
         return self.ex
+
+    @property
+    def runbook(self) -> Runbook:
+        return self.plan.runbook
 
     @property
     def tasks(self) -> TaskRuns:

@@ -25,6 +25,7 @@ from runtime.language.conditions import condition_problems
 from runtime.language.input_schema import schema_problems
 from runtime.language.templates import SECRET_ROOT, template_paths, template_problems
 from runtime.model import RetryPolicy, Runbook, Step
+from runtime.model.canonical import canonical_sha256
 from runtime.model.errors import Problem, ValidationError
 from runtime.model.jsonsafe import first_problem
 from runtime.model.limits import (
@@ -268,7 +269,7 @@ def build_runbook(doc: Mapping[str, Any], types: TypeLookup, default_retries: in
     steps = tuple(_build_step(raw, tuple(deps[raw["id"]]), default_retries, types) for raw in doc["steps"])
     fields = {k: v for k, v in doc.items() if k not in ("steps", "version", "tags", "metadata")}
     header = from_json({**fields, "steps": []}, Runbook)
-    return attrs.evolve(header, steps=steps, document=dict(doc))
+    return attrs.evolve(header, steps=steps, document=dict(doc), content_sha256=canonical_sha256(dict(doc)))
 
 
 def _build_step(raw: Mapping[str, Any], deps: tuple[str, ...], default_retries: int, types: TypeLookup) -> Step:

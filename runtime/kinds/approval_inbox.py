@@ -4,8 +4,9 @@ This module owns the read behind "my approvals" (the gateway's ``GET /api/v1/app
 the console's inbox and ``runbooks approvals``): the store finds the unfinished executions
 of a tenant with a step in ``awaiting_approval``; each such step's config is rendered with
 the execution's scope (as the execution actor renders it when the step starts waiting), and
-the step is listed for a user who is one of its rendered ``approvers`` and has not decided
-in the current round yet. It is also the one place outside the execution actor that
+the step is listed for a user who may decide on it now (``approval_rules.check_approver``:
+one of its approvers, escalated ones and delegates included, who did not hand their vote
+on, is not kept out by separation of duties) and has not decided on what it shows now. It is also the one place outside the execution actor that
 renders a step's config (``rendered_config``), for the terminal prompts of ``runbooks run``.
 """
 
@@ -18,9 +19,10 @@ from typing import Any
 import attrs
 
 from runtime.core.scope import build_scope
-from runtime.kinds.approval import admits, approver_ids
+from runtime.kinds.approval_rules import check_approver, current_votes, entries, min_approvals
 from runtime.language import templates
-from runtime.model import Approval, Execution, ExecutionStatus, Runbook, StepStatus
+from runtime.model import Approval, Execution, ExecutionStatus, Runbook, StepState, StepStatus
+from runtime.model.errors import Forbidden
 
 #: one page of the store's executions with a step awaiting approval: (executions, next cursor)
 ReadPage = Callable[[int, str | None], Awaitable[tuple[list[Execution], str | None]]]
@@ -42,6 +44,9 @@ class PendingApproval:
     approvals: tuple[Approval, ...]
     started_at: datetime | None
     deadline_at: datetime | None
+    digest: str | None = None  # of what the step shows now: send it back with the decision
+    execution: Execution | None = attrs.field(default=None, eq=False, repr=False)
+    config: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)  # rendered
 
     @property
     def approvals_needed(self) -> int:
@@ -69,27 +74,38 @@ def rendered_config(execution: Execution, runbook: Runbook, step_id: str) -> dic
 
 def awaiting_steps(execution: Execution, runbook: Runbook) -> list[PendingApproval]:
     """Every step of the execution that awaits approval, whoever its approvers are."""
-    found = []
-    for step_id, state in execution.steps.items():
-        if state.status is not StepStatus.AWAITING_APPROVAL:
-            continue
-        config = rendered_config(execution, runbook, step_id)
-        message = config.get("message")
-        found.append(PendingApproval(
-            execution.id, execution.runbook_id, execution.runbook_version, execution.status, step_id,
-            message if isinstance(message, str) else None, tuple(approver_ids(config)),
-            _min_approvals(config), state.approvals, state.started_at, state.deadline_at))
-    return found
+    return [_pending(execution, runbook, step_id, state) for step_id, state in execution.steps.items()
+            if state.status is StepStatus.AWAITING_APPROVAL]
 
 
-def waits_for(item: PendingApproval, user: str, roles: Collection[str] = ()) -> bool:
-    """Whether the step waits for ``user`` (holding ``roles``): an approver, by id or by a
-    ``role:NAME`` entry, who has not decided in this round."""
-    return admits(item.approvers, user, roles) and all(a.approver != user for a in item.approvals)
+def _pending(execution: Execution, runbook: Runbook, step_id: str, state: StepState) -> PendingApproval:
+    config = rendered_config(execution, runbook, step_id)
+    message = config.get("message")
+    request = state.approval_request
+    return PendingApproval(
+        execution.id, execution.runbook_id, execution.runbook_version, execution.status, step_id,
+        message if isinstance(message, str) else None, tuple(entries(config, state)), min_approvals(config),
+        current_votes(state), state.started_at, state.deadline_at, request.digest if request else None,
+        execution, config)
+
+
+def waits_for(item: PendingApproval, user: str, roles: Collection[str] = (), *,
+              required_separation: bool = False) -> bool:
+    """Whether the step waits for ``user`` (holding ``roles``): someone who may decide on it
+    now and has not decided on what it shows now."""
+    if item.execution is None or any(a.approver == user for a in item.approvals):
+        return False
+    try:
+        check_approver(item.config, item.execution, item.execution.steps[item.step_id], user, roles,
+                       required_separation=required_separation)
+    except Forbidden:
+        return False
+    return True
 
 
 async def pending_for(user: str, read_page: ReadPage, runbook_of: PinnedRunbook, *, roles: Collection[str] = (),
-                      limit: int = 50, cursor: str | None = None) -> ApprovalPage:
+                      limit: int = 50, cursor: str | None = None,
+                      required_separation: bool = False) -> ApprovalPage:
     """The steps waiting for ``user``, newest execution first.
 
     The store is read ``limit`` executions at a time until at least ``limit`` steps were
@@ -102,11 +118,8 @@ async def pending_for(user: str, read_page: ReadPage, runbook_of: PinnedRunbook,
         executions, cursor = await read_page(limit, cursor)
         for execution in executions:
             runbook = await runbook_of(execution)
-            items += [item for item in awaiting_steps(execution, runbook) if waits_for(item, user, roles)]
+            items += [item for item in awaiting_steps(execution, runbook)
+                      if waits_for(item, user, roles, required_separation=required_separation)]
         if cursor is None or len(items) >= limit:
             return ApprovalPage(items, cursor)
 
-
-def _min_approvals(config: dict[str, Any]) -> int:
-    value = config.get("minApprovals", 1)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1

@@ -27,6 +27,9 @@ class KindDefaults:
     def resume(self, ops: StepOps, step: Step, state: StepState) -> None:
         pass  # nothing held in memory for this kind: its committed state says it all
 
+    def scope_changed(self, ops: StepOps, step: Step) -> None:
+        pass  # nothing of a parked step of this kind depends on other steps' outputs
+
     def message(self, ops: StepOps, step: Step, message: StepMessage) -> None:
         if isinstance(message, DecideApproval):
             state = ops.step_state(step.id)

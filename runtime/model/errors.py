@@ -4,7 +4,9 @@
     ├── ValidationError   a document, an input or a request has problems (.problems)
     ├── NotFound          no such runbook, execution or step (for this tenant)
     ├── Conflict          the state does not allow the operation; nothing changed
+    │   └── StaleDigest   a decision made on what an approval step no longer shows
     ├── Forbidden         the caller may not do this (approver not allowed)
+    │   └── SeparationOfDuties  four eyes: the starter, or who decided already, may not decide
     ├── StepFailed        raised by an executor: the step's attempt failed
     ├── StoreUnavailable  the store cannot be reached (commits are retried)
     ├── StoreInUse        another process uses this SQLite file
@@ -66,10 +68,29 @@ class Conflict(RunbookError):
     code = "conflict"
 
 
+class StaleDigest(Conflict):
+    """A decision carried the digest of an approval request that is not the current one."""
+
+    code = "staleDigest"
+
+    def __init__(self, step_id: str, sent: str, current: str) -> None:
+        super().__init__(f"the decision was made on digest {sent} but step '{step_id}' now shows digest "
+                         f"{current}: review what it shows and decide again")
+        self.step_id = step_id
+        self.sent = sent
+        self.current_digest = current
+
+
 class Forbidden(RunbookError):
     """The caller is not allowed to do this."""
 
     code = "forbidden"
+
+
+class SeparationOfDuties(Forbidden):
+    """Four eyes: who started the execution, or decided on the step already, may not decide."""
+
+    code = "separationOfDuties"
 
 
 class StoreUnavailable(RunbookError):

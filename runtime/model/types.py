@@ -110,6 +110,8 @@ class Runbook:
     created_at: datetime | None = None
     document: dict[str, Any] = attrs.Factory(dict)
     triggers: tuple[dict[str, Any], ...] = ()  # as written; runtime.documents.triggers reads them
+    content_sha256: str = ""  # SHA-256 of the document's canonical JSON (RFC 8785): what this version says
+
 
     def step(self, step_id: str) -> Step:
         for step in self.steps:
@@ -130,9 +132,31 @@ class StepError:
 
 @attrs.frozen
 class Approval:
+    """A decision on an approval step; ``digest``: that of the request it was made on."""
+
     approver: str
     decision: str
     comment: str | None
+    at: datetime
+    digest: str | None = None
+
+
+@attrs.frozen
+class ApprovalRequest:
+    """What the approvers of a waiting step are shown, and the digest that binds a decision to
+    it: the lowercase hex SHA-256 of ``shown`` in canonical JSON (RFC 8785)."""
+
+    digest: str
+    shown: dict[str, Any]
+
+
+@attrs.frozen
+class Delegation:
+    """An approver (``delegator``) handed their vote on a step to ``to`` (a user or ``role:NAME``)."""
+
+    delegator: str
+    to: str
+    reason: str
     at: datetime
 
 
@@ -150,6 +174,11 @@ class StepState:
     deadline_at: datetime | None = None
     child_execution_id: str | None = None  # run-runbook: the child execution of this attempt
     notified: str | None = None  # human-approval notify: "sent" or "failed" (None: not yet)
+    # human-approval: what is shown and its digest; votes handed on; escalation stages reached
+    approval_request: ApprovalRequest | None = None
+    delegations: tuple[Delegation, ...] = ()
+    escalations: int = 0
+    escalations_notified: tuple[int, ...] = ()  # the escalation stages whose notification outcome is recorded
 
 
 @attrs.frozen

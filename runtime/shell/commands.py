@@ -22,6 +22,8 @@ from runtime.model.errors import (
     NotFound,
     Problem,
     RunbookError,
+    SeparationOfDuties,
+    StaleDigest,
     ValidationError,
 )
 from runtime.model.wire import from_json, to_json
@@ -44,11 +46,15 @@ def outcome_of_value(value: Any) -> dict[str, Any]:
 
 def outcome_of_error(error: Exception) -> dict[str, Any]:
     problems = [p.to_json() for p in error.problems] if isinstance(error, ValidationError) else []
-    return {"ok": False, "error": {"class": type(error).__name__, "message": str(error), "problems": problems,
-                                   "title": getattr(error, "title", None)}}
+    found = {"class": type(error).__name__, "message": str(error), "problems": problems,
+             "title": getattr(error, "title", None)}
+    if isinstance(error, StaleDigest):
+        found["stale"] = {"stepId": error.step_id, "sent": error.sent, "current": error.current_digest}
+    return {"ok": False, "error": found}
 
 
-_ERRORS: dict[str, type[RunbookError]] = {"Conflict": Conflict, "NotFound": NotFound, "Forbidden": Forbidden}
+_ERRORS: dict[str, type[RunbookError]] = {"Conflict": Conflict, "NotFound": NotFound, "Forbidden": Forbidden,
+                                          "SeparationOfDuties": SeparationOfDuties}
 
 
 def decoded(outcome: dict[str, Any]) -> Any:
@@ -61,4 +67,7 @@ def decoded(outcome: dict[str, Any]) -> Any:
     if error.get("class") == "ValidationError":
         problems = [Problem(p["path"], p["message"]) for p in error.get("problems") or []]
         raise ValidationError(problems, title=error.get("title") or "invalid")
+    stale = error.get("stale")
+    if error.get("class") == "StaleDigest" and isinstance(stale, dict):
+        raise StaleDigest(stale["stepId"], stale["sent"], stale["current"])
     raise _ERRORS.get(error.get("class", ""), RunbookError)(error.get("message", "refused by the owner"))

@@ -39,6 +39,7 @@ class Settings:
     max_retained_event_bytes_per_tenant: int = 64 * 1024 * 1024  # payloads of retained events
     max_hops: int = 8  # X-Runbooks-Hop: a start or an event past it is refused (LoopDetected)
     lifecycle_outbox: bool = False  # record lifecycle events with each commit, for sinks to publish
+    require_separation_of_duties: bool = False  # REQUIRE_SEPARATION_OF_DUTIES: four eyes on every approval
 
     @property
     def default_retry_policy(self) -> RetryPolicy:

@@ -28,12 +28,12 @@ from runtime.kinds import (
 )
 
 
-def _builtin() -> dict[str, StepType]:
+def _builtin(required_separation: bool) -> dict[str, StepType]:
     return {
         "call-service": StepType("call-service", call_service.SPEC, executor_runner(http.call_service),
                                  http.call_service),
         "wait-for-event": StepType("wait-for-event", wait_for_event.SPEC),
-        "human-approval": StepType("human-approval", approval.SPEC),
+        "human-approval": StepType("human-approval", approval.spec(required_separation)),
         "conditional": StepType("conditional", conditional.SPEC),
         "loop": StepType("loop", loop.SPEC, loop_runner.run_loop),
         "run-runbook": StepType("run-runbook", run_runbook.SPEC),
@@ -41,10 +41,11 @@ def _builtin() -> dict[str, StepType]:
 
 
 class StepTypes:
-    """Name -> StepType; custom task types are added with ``register``."""
+    """Name -> StepType; custom task types are added with ``register``. ``required_separation``:
+    separation of duties on every approval step (``REQUIRE_SEPARATION_OF_DUTIES``)."""
 
-    def __init__(self) -> None:
-        self._types = _builtin()
+    def __init__(self, required_separation: bool = False) -> None:
+        self._types = _builtin(required_separation)
 
     def register(self, name: str, executor: Any) -> None:
         existing = self._types.get(name)

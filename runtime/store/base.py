@@ -115,6 +115,13 @@ class Store(Protocol):
                            execution_id: str) -> None:
         """Record a run unless a later one is already recorded."""
 
+    # -- decision links (runtime/store/decision_links.py)
+    def claim_link(self, link_id: str, claimant: str, execution_id: str, step_id: str, approver: str,
+                   at: datetime) -> datetime | None:
+        """Record a decision link's use: None if this claim is the first, else when it was first used."""
+
+    def link_used(self, link_id: str) -> datetime | None: ...
+
 
 def level_at_least(level: str, minimum: str | None) -> bool:
     from runtime.model import LOG_LEVELS

@@ -23,6 +23,7 @@ from runtime.model import (
 )
 from runtime.model.records import Change, ChangeResult, Lifecycle, Receipt
 from runtime.store.base import level_at_least, parse_cursor
+from runtime.store.decision_links import LinkUses
 
 _DedupKey = tuple[str, str, int, str]
 
@@ -51,12 +52,13 @@ class _TriggerStates:
         return [versions[-1] for versions in self._runbooks.values() if versions]
 
 
-class MemoryStore(_TriggerStates):
+class MemoryStore(_TriggerStates, LinkUses):
     threaded = False
     name = "memory"
     ledger = None  # (one process's)
 
     def __init__(self) -> None:
+        LinkUses.__init__(self)
         self._seq = itertools.count(1)
         self._runbooks: dict[tuple[str | None, str], list[Runbook]] = {}
         self._headers: dict[str, tuple[int, Execution]] = {}

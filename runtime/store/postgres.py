@@ -31,6 +31,7 @@ from runtime.model import Execution
 from runtime.model.errors import StoreUnavailable
 from runtime.model.records import Change, ChangeResult
 from runtime.store import pg_cluster as cluster
+from runtime.store.decision_links import DECISION_LINKS_TABLE
 from runtime.store.dialect import Dialect
 from runtime.store.pg_ledger import PostgresLedger
 from runtime.store.pg_writer import PostgresWriter
@@ -153,6 +154,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         RECEIPTS_INDEX,
         OUTBOX_TABLE.format(serial="bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY", json="json"),
         OUTBOX_INDEX,
+    ),
+    (  # 9: decision links used
+        DECISION_LINKS_TABLE.format(time="timestamptz"),
     ),
 )
 

@@ -1,7 +1,8 @@
 """``SqlStore``: what the SQLite and PostgreSQL stores share, written once over a ``Dialect``.
 
 It holds every read of the ``Store`` protocol (runbooks, executions and their pages, logs,
-evidence, audit, retained events; trigger state in ``trigger_states.py``); the writes of a
+evidence, audit, retained events; trigger state in ``trigger_states.py``, decision links used
+in ``decision_links.py``); the writes of a
 batch are ``SqlWriter``'s (``sql_writer.py``). A backend (``sqlite.py``, ``postgres.py``)
 brings its dialect, its connections (``open``, ``close``, ``ping``) and its way of
 committing a batch (``commit``), and fills in three hooks: ``_rows`` (one statement on a
@@ -19,6 +20,7 @@ from typing import Any, ClassVar
 
 from runtime.model import LOG_LEVELS, AuditEntry, Event, Evidence, Execution, LogEntry, Runbook
 from runtime.store.base import parse_cursor
+from runtime.store.decision_links import LinkQueries
 from runtime.store.dialect import Dialect, marks
 from runtime.store.ledger import ClusterLedger
 from runtime.store.receipts import ReceiptQueries
@@ -60,7 +62,7 @@ SELECT id, tenant_id, type, correlation_key, payload, received_at, expires_at FR
 WHERE expires_at IS NULL OR expires_at > ? ORDER BY seq"""
 
 
-class SqlStore(TriggerQueries, ReceiptQueries, abc.ABC):
+class SqlStore(TriggerQueries, ReceiptQueries, LinkQueries, abc.ABC):
     threaded = True
     ledger: ClusterLedger | None = None  # only a store several processes share has one
     #: the statement selecting ``(seq, ...)`` of executions, completed by a WHERE clause

@@ -27,6 +27,7 @@ from runtime.model import Execution
 from runtime.model.errors import StoreInUse, StoreUnavailable
 from runtime.model.records import Change, ChangeResult
 from runtime.model.wire import format_time, parse_time
+from runtime.store.decision_links import DECISION_LINKS_TABLE
 from runtime.store.diagnose import unwritable_because
 from runtime.store.dialect import Dialect
 from runtime.store.receipts import OUTBOX_INDEX, OUTBOX_TABLE, RECEIPTS_INDEX, RECEIPTS_TABLE
@@ -137,6 +138,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         RECEIPTS_INDEX,
         OUTBOX_TABLE.format(serial="INTEGER PRIMARY KEY", json="TEXT"),
         OUTBOX_INDEX,
+    ),
+    (  # 5: decision links used
+        DECISION_LINKS_TABLE.format(time="TEXT"),
     ),
 )
 

@@ -1,5 +1,6 @@
 // The approvals inbox: every step waiting for my decision, with its message, the decisions
-// so far and how many approvals are still needed; approve or reject with a comment.
+// so far, how many approvals are still needed and the digest of what it shows; approve or
+// reject with a comment (the decision carries the digest shown).
 import { api } from "../api.js";
 import { el, when, attempt, confirmAction } from "../ui.js";
 
@@ -29,7 +30,7 @@ function card(item, index, refresh) {
   const decide = (choice, label) => async () => {
     if (await confirmAction(`${label} ${item.stepId}?`, item.message || `Step ${item.stepId} of ${item.runbookId}.`) === null) return;
     const done = await attempt(() => api(`/api/v1/executions/${encodeURIComponent(item.executionId)}/steps/${encodeURIComponent(item.stepId)}/approvals`,
-      { method: "POST", body: { decision: choice, comment: comment.value || null } }));
+      { method: "POST", body: { decision: choice, comment: comment.value || null, digest: item.digest } }));
     if (done) refresh();
   };
   const decided = item.approvals.map((a) => `${a.approver} ${a.decision}d${a.comment ? ` (“${a.comment}”)` : ""}`).join(", ");
@@ -38,6 +39,7 @@ function card(item, index, refresh) {
     item.message ? el("p", { class: "message", text: item.message }) : null,
     el("p", {}, el("strong", { text: `${item.approvalsNeeded} more approval${item.approvalsNeeded === 1 ? "" : "s"} needed` }),
       ` (of ${item.minApprovals}; approvers ${item.approvers.join(", ")})`, decided ? ` · so far: ${decided}` : ""),
+    item.digest ? el("p", {}, el("strong", { text: "Digest: " }), el("code", { class: "digest", text: item.digest })) : null,
     el("p", { class: "muted" }, `Waiting since ${when(item.startedAt)}`, item.deadlineAt ? ` · until ${when(item.deadlineAt)}` : "", " · ",
       el("a", { href: `/executions/${item.executionId}`, text: `execution ${item.executionId.slice(0, 12)}` })),
     el("div", { class: "field" }, el("label", { for: `comment-${index}`, text: "Comment" }), comment),

@@ -4,7 +4,9 @@
 // the stream. Until the user picks a step, the page follows the step that needs attention
 // (one waiting for a decision first); a step waiting for a decision shows its message and
 // who may decide, as the engine rendered them when it asked (its "approval requested" log
-// entry, which every reader of the execution may read).
+// entry, which every reader of the execution may read), the digest of what it shows and
+// what that is; a decision carries the digest shown, so a decision on something that
+// changed meanwhile is refused (409) instead of counted.
 import { api, follow, FINISHED } from "../api.js";
 import { el, badge, when, took, json, attempt, confirmAction } from "../ui.js";
 import { drawGraph } from "../graph.js";
@@ -80,8 +82,10 @@ export function executionPage(view, id) {
     if (step.progress) parts.push(el("p", { text: `Progress: ${step.progress.done} of ${step.progress.total}` }));
     if (step.error) parts.push(el("p", { class: "problems", text: `Error ${step.error.code}: ${step.error.message}${step.error.retryable ? " (retryable)" : ""}` }));
     if (step.approvals && step.approvals.length) parts.push(el("p", { text: `Decisions: ${step.approvals.map((a) => `${a.approver} ${a.decision}${a.comment ? ` (“${a.comment}”)` : ""}`).join(", ")}` }));
+    if (step.delegations && step.delegations.length) parts.push(el("p", { text: `Delegated: ${step.delegations.map((d) => `${d.delegator} to ${d.to} (“${d.reason}”)`).join(", ")}` }));
+    if (step.escalations) parts.push(el("p", { text: `Escalated: ${step.escalations} stage${step.escalations === 1 ? "" : "s"} reached` }));
     if (step.output !== null && step.output !== undefined) parts.push(el("h2", { text: "Output" }), el("pre", { text: json(step.output) }));
-    if (step.status === "awaiting_approval") parts.push(waitingFor(stepId, step), decision(stepId));
+    if (step.status === "awaiting_approval") parts.push(waitingFor(stepId, step), decision(stepId, step));
     if (execution.status === "failed" && ["failed", "rejected"].includes(step.status)) {
       parts.push(el("div", { class: "row" }, el("button", { type: "button", class: "primary", onclick: async () => {
         if (await confirmAction(`Retry ${stepId}?`, "Re-runs this step, the steps its failure cancelled and what depends on them.") === null) return;
@@ -95,7 +99,11 @@ export function executionPage(view, id) {
   // The rendered message and approvers; fetched once per attempt, shown when known.
   function waitingFor(stepId, step) {
     const key = `${stepId}#${step.attempts}`;
-    const box = el("section", { class: "waiting", "aria-label": "Waiting for a decision" }, el("h2", { text: "Waiting for a decision" }));
+    const request = step.approvalRequest;
+    const box = el("section", { class: "waiting", "aria-label": "Waiting for a decision" }, el("h2", { text: "Waiting for a decision" }),
+      request ? el("p", {}, el("strong", { text: "Digest: " }), el("code", { class: "digest", text: request.digest })) : null,
+      request ? el("details", {}, el("summary", { text: "What you are shown (the digest is its SHA-256 as canonical JSON)" }),
+        el("pre", { text: json(request.shown) })) : null);
     const fill = (ask) => {
       const config = ((runbookDoc && runbookDoc.steps) || []).find((s) => s.id === stepId)?.config || {};
       const approved = new Set(step.approvals.filter((a) => a.decision === "approve").map((a) => a.approver));
@@ -115,12 +123,13 @@ export function executionPage(view, id) {
     return box;
   }
 
-  function decision(stepId) {
+  function decision(stepId, step) {
     const comment = el("textarea", { id: "decision-comment", rows: 2 });
+    const digest = step.approvalRequest ? step.approvalRequest.digest : null;  // what this page shows
     const decide = (choice) => async () => {
       const label = choice === "approve" ? "Approve" : "Reject";
       if (await confirmAction(`${label} ${stepId}?`, `Record your decision on step ${stepId}.`) === null) return;
-      const result = await attempt(() => api(`${base}/steps/${encodeURIComponent(stepId)}/approvals`, { method: "POST", body: { decision: choice, comment: comment.value || null } }));
+      const result = await attempt(() => api(`${base}/steps/${encodeURIComponent(stepId)}/approvals`, { method: "POST", body: { decision: choice, comment: comment.value || null, digest } }));
       if (result) show(result);
     };
     return el("div", {}, el("div", { class: "field" }, el("label", { for: "decision-comment", text: "Comment" }), comment),

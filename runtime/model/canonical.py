@@ -1,0 +1,131 @@
+"""Canonical JSON as RFC 8785 (the JSON Canonicalization Scheme) defines it, and its SHA-256.
+
+One JSON value has exactly one canonical text, so that anyone can recompute a digest over
+it with any language's RFC 8785 implementation: object members sorted by their keys as
+UTF-16 code units, no whitespace, strings escaped as ECMAScript's ``JSON.stringify`` escapes
+them (only ``"``, ``\\`` and control characters; everything else is UTF-8 as it is), and
+numbers in ECMAScript's shortest round-trip form (``1e+21``, ``0.000001``, ``1.5e-7``, never
+``-0``). Numbers are IEEE 754 doubles there, so an integer beyond 2**53 is written as the
+double it becomes. A lone surrogate (not text, but a Python string may hold one) is escaped
+as ``\\udxxx``, as ECMAScript does since 2019. NaN and infinities have no JSON form:
+``ValueError``; a value JSON has no type for: ``TypeError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+_EXACT = 2**53  # integers below this are doubles exactly: written as they are
+_SHORT_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def canonical(value: Any) -> bytes:
+    """The RFC 8785 canonical form of ``value`` (UTF-8)."""
+    return "".join(_parts(value)).encode("utf-8")
+
+
+def canonical_sha256(value: Any) -> str:
+    """Lowercase hex SHA-256 of ``canonical(value)``."""
+    return hashlib.sha256(canonical(value)).hexdigest()
+
+
+def _parts(value: Any) -> Iterator[str]:
+    if value is None:
+        yield "null"
+    elif value is True:
+        yield "true"
+    elif value is False:
+        yield "false"
+    elif isinstance(value, str):
+        yield _string(value)
+    elif isinstance(value, int):
+        yield str(value) if -_EXACT < value < _EXACT else _number(_double(value))
+    elif isinstance(value, float):
+        yield _number(value)
+    elif isinstance(value, Mapping):
+        yield from _object(value)
+    elif isinstance(value, (list, tuple)):
+        yield from _array(value)
+    else:
+        raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+def _object(value: Mapping[Any, Any]) -> Iterator[str]:
+    for key in value:
+        if not isinstance(key, str):
+            raise TypeError(f"an object key must be a string, not {type(key).__name__}")
+    yield "{"
+    for index, key in enumerate(sorted(value, key=_utf16)):
+        if index:
+            yield ","
+        yield _string(key)
+        yield ":"
+        yield from _parts(value[key])
+    yield "}"
+
+
+def _array(value: list[Any] | tuple[Any, ...]) -> Iterator[str]:
+    yield "["
+    for index, item in enumerate(value):
+        if index:
+            yield ","
+        yield from _parts(item)
+    yield "]"
+
+
+def _double(value: int) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError("an integer beyond the range of a double has no canonical JSON form") from None
+
+
+def _utf16(key: str) -> bytes:
+    """A key's sort key: its UTF-16 code units (big-endian bytes compare as the units do)."""
+    return key.encode("utf-16-be", "surrogatepass")
+
+
+def _string(text: str) -> str:
+    out = ['"']
+    for char in text:
+        code = ord(char)
+        if char in _SHORT_ESCAPES:
+            out.append(_SHORT_ESCAPES[char])
+        elif code < 0x20 or 0xD800 <= code <= 0xDFFF:  # a lone surrogate (pairs are one char here)
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(char)
+    out.append('"')
+    return "".join(out)
+
+
+def _number(value: float) -> str:
+    """ECMAScript's Number::toString: the shortest digits that round-trip (Python's ``repr``
+    finds the same ones), placed as ECMAScript places them."""
+    if not math.isfinite(value):
+        raise ValueError(f"{value} has no JSON form")
+    if value == 0:
+        return "0"  # and -0
+    sign = "-" if value < 0 else ""
+    mantissa, _, exponent = repr(abs(value)).partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    written = whole + fraction
+    digits = written.lstrip("0")
+    point = len(whole) + int(exponent or 0) - (len(written) - len(digits))  # the value is 0.digits x 10**point
+    digits = digits.rstrip("0")
+    return sign + _place(digits, point)
+
+
+def _place(digits: str, n: int) -> str:
+    k = len(digits)
+    if k <= n <= 21:
+        return digits + "0" * (n - k)
+    if 0 < n <= 21:
+        return f"{digits[:n]}.{digits[n:]}"
+    if -6 < n <= 0:
+        return "0." + "0" * -n + digits
+    exponent = f"e{'+' if n - 1 >= 0 else '-'}{abs(n - 1)}"
+    return (digits if k == 1 else f"{digits[0]}.{digits[1:]}") + exponent
