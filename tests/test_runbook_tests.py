@@ -315,7 +315,7 @@ def test_grpc_replies_and_notifications_are_served_without_a_network(tmp_path: p
             retryPolicy: {maxRetries: 2, initialDelayMs: 1000, jitter: false}
           - id: approve
             type: human-approval
-            approvalConfig: {approvers: [ann], notify: {url: "http://127.0.0.1:1/hook"}}
+            approvalConfig: {approvers: ["role:stock"], notify: {url: "http://127.0.0.1:1/hook"}}
     """)
     test_file = write(tmp_path, "inventory.test.yaml", """\
         cases:
@@ -326,14 +326,14 @@ def test_grpc_replies_and_notifications_are_served_without_a_network(tmp_path: p
                 - {code: UNAVAILABLE, message: restarting}
                 - {match: {message: {sku: S-1}}, code: OK, message: {sku: S-1, count: "3"}}
               approve: {status: 200}
-            approvals: [{atMs: 60000, stepId: approve, approver: ann, decision: approve}]
+            approvals: [{atMs: 60000, stepId: approve, approver: ann, decision: approve, roles: [stock]}]
             expect:
               status: completed
               steps: {lookup: {status: succeeded, attempts: 2}}
               outputs: {lookup.count: "3"}
               calls:
                 lookup: [{service: inv.Inventory, method: Get}, {metadata: {x-tenant-id: default}}]
-                approve: [{method: POST, url: "http://127.0.0.1:1/hook", body: {stepId: approve, approvers: [ann]}}]
+                approve: [{method: POST, url: "http://127.0.0.1:1/hook", body: {stepId: approve, approvers: ["role:stock"]}}]
               audit: [execution.started, approval.notified, {action: approval.decided, actor: ann}]
         """)
     outcome = outcome_of(test_file)

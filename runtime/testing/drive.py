@@ -211,7 +211,7 @@ class Follow:
             if target is None:
                 raise NotFound(f"no execution of {item.step.split('/')[0]} has started")
             await self.rt.submit_approval(target.id, step_id, approver=item.approver, decision=item.decision,
-                                          comment=item.comment)
+                                          comment=item.comment, roles=item.roles)
         except RunbookError as exc:
             self.problems.append((item.where, f"at {item.at_ms} ms, {item.approver} could not {item.decision} "
                                               f"'{item.step}': {exc}"))

@@ -199,7 +199,7 @@ class Reader:
         for index, item in enumerate(self._list(raw, path)):
             where = f"{path}[{index}]"
             approval = self._mapping(item, where)
-            self._fields(approval, ("atMs", "stepId", "approver", "decision", "comment"), where,
+            self._fields(approval, ("atMs", "stepId", "approver", "decision", "comment", "roles"), where,
                          required=("stepId", "approver", "decision"))
             step = self._given_string(approval, "stepId", where)
             info = self.steps.get(step)
@@ -209,9 +209,11 @@ class Reader:
             if "decision" in approval and decision not in ("approve", "reject"):
                 self._fail(f"{where}.decision", "must be approve or reject")
             comment = approval.get("comment")
+            roles = tuple(self._string(r, f"{where}.roles[{i}]")
+                          for i, r in enumerate(self._list(approval.get("roles", []), f"{where}.roles")))
             approvals.append(ApprovalAt(self._ms(approval.get("atMs", 0), f"{where}.atMs", 0), step,
                                         self._given_string(approval, "approver", where),
-                                        str(decision), None if comment is None else str(comment), where))
+                                        str(decision), None if comment is None else str(comment), where, roles))
         return approvals
 
     # ------------------------------------------------------------------ expectations

@@ -60,6 +60,7 @@ class ApprovalAt:
     decision: str
     comment: str | None = None
     where: str = ""  # its place in the file (approvals[0]), for messages
+    roles: tuple[str, ...] = ()  # the approver's, for approvers written role:NAME
 
 
 Delivery = EventAt | ApprovalAt
