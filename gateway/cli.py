@@ -1,5 +1,6 @@
-"""The ``runbooks`` command: ``serve``, the local ``run FILE`` and ``validate FILE...``, and
-the client commands of a running server (``gateway.cli_client``).
+"""The ``runbooks`` command: ``serve``, the local ``run FILE`` and ``validate FILE...``, the
+runbook tests ``test PATH...`` and ``plan FILE`` (``gateway.cli_test``, ``gateway.cli_plan``),
+and the client commands of a running server (``gateway.cli_client``).
 
 Exit status: 0 done, 1 refused or failed, 2 usage (argparse's own, or a bad option value:
 one line on stderr), 141 when whoever reads the output has gone (``runbooks list | head -1``),
@@ -16,7 +17,9 @@ import sys
 import trio
 
 from gateway.cli_client import add_client_commands, add_connection_options, run_client_command
+from gateway.cli_plan import plan_command
 from gateway.cli_run import UsageError, run_file, run_options, validate_files
+from gateway.cli_test import test_paths
 from gateway.serve import add_serve_arguments, serve_from_args
 
 BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command that SIGPIPE ended
@@ -45,6 +48,10 @@ def _main(argv: list[str] | None) -> int:
         return serve_from_args(args)
     if args.command == "validate":
         return validate_files(args.files, sys.stdout)
+    if args.command == "test":
+        return test_paths(args.paths, sys.stdout, args.junit)
+    if args.command == "plan":
+        return plan_command(args.file, args.input, args.context, args.replies, sys.stdout, sys.stderr)
     if args.command == "run":
         try:
             options = run_options(args, terminal=sys.stdin.isatty())
@@ -79,6 +86,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--event", default=None, help="with --trigger of an event rule: {correlationKey, payload}")
     validate = commands.add_parser("validate", help="report every problem of every file")
     validate.add_argument("files", nargs="+")
+    test = commands.add_parser("test", help="run the test cases kept beside runbooks (virtual clock, no network)",
+                               description="Run the cases of NAME.test.yaml files: exit 0 all passed, 1 a case "
+                               "failed, 2 a file could not be run.")
+    test.add_argument("paths", nargs="+", metavar="PATH", help="a runbook, its NAME.test.yaml, or a directory")
+    test.add_argument("--junit", default=None, metavar="FILE", help="also write the results as JUnit XML")
+    plan = commands.add_parser("plan", help="which steps would run, in what order, for an input (no call made)",
+                               description="Show which steps would run for this input and these replies, "
+                               "without a single call.")
+    plan.add_argument("file")
+    plan.add_argument("--input", default=None, help="JSON text, or @file.json")
+    plan.add_argument("--context", default=None, help="JSON object (legalBasis, reason...), or @file.json")
+    plan.add_argument("--replies", default=None, metavar="FILE",
+                      help="canned replies, events and approvals (YAML or JSON, as a test case gives them)")
     add_client_commands(commands)
     return parser
 

@@ -46,6 +46,7 @@ from runtime import (
 from runtime.io import tracing
 from runtime.model.wire import load_document
 from runtime.sources.manager import open_sources
+from runtime.testing import is_test_file
 
 logger = logging.getLogger("runbooks.gateway")
 
@@ -216,7 +217,9 @@ async def _read_documents(runtime: Runtime, directory: pathlib.Path) -> list[tup
 
 
 def _runbook_files(directory: pathlib.Path) -> list[pathlib.Path]:
-    return sorted(p for p in directory.iterdir() if p.suffix.lower() in RUNBOOK_SUFFIXES and p.is_file())
+    # NAME.test.yaml beside a runbook holds its tests (runbooks test), not a runbook
+    return sorted(p for p in directory.iterdir()
+                  if p.suffix.lower() in RUNBOOK_SUFFIXES and p.is_file() and not is_test_file(p))
 
 
 def _problems_text(exc: Exception) -> str:

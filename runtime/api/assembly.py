@@ -39,6 +39,7 @@ from runtime.io.children import Children, ChildrenHost
 from runtime.io.context import Services
 from runtime.io.grpc_descriptors import Descriptors
 from runtime.io.notify import Notifier, NotifierHost
+from runtime.io.stand_in import StandIn
 from runtime.model import Execution
 from runtime.model.records import Change
 from runtime.security.outbound import HostAllowlist, checked_client
@@ -62,11 +63,14 @@ from runtime.triggers.scheduler import Scheduler, SchedulerHost
 @asynccontextmanager
 async def open_runtime(store: str | Store = "memory", *, settings: Settings | None = None,
                        http: httpx.AsyncClient | None = None, batch_observer: BatchObserver | None = None,
-                       executors: Mapping[str, Any] | None = None, pool_max: int = 20) -> AsyncIterator[Runtime]:
+                       executors: Mapping[str, Any] | None = None, pool_max: int = 20,
+                       stand_in: StandIn | None = None) -> AsyncIterator[Runtime]:
     """Open the engine on a store (``"memory"``, ``"sqlite:///file.db"``, ``"postgresql://..."``,
     or a ``Store`` object). ``pool_max``: the most connections a PostgreSQL URL's read pool holds.
 
-    ``executors`` registers custom step types before recovery starts.
+    ``executors`` registers custom step types before recovery starts. ``stand_in`` answers
+    every call-service request, gRPC call and approval notification instead of the network
+    (``runtime.io.stand_in``; runbook tests).
     """
     settings = settings or Settings()
     the_store = store_for(store, pool_max=pool_max)
@@ -87,7 +91,7 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
                 # children, notifications and triggers (background) reach the executions: they end before them
                 async with open_supervisor("executions") as executions, trio.open_nursery() as background:
                     runtime = _assemble(the_store, settings, client, persistence, address,
-                                        Directory(executions, services), services, background)
+                                        Directory(executions, services), services, background, stand_in)
                     install_log_redaction(runtime.secrets)
                     for name, executor in (executors or {}).items():
                         runtime.register_executor(name, executor)
@@ -126,7 +130,7 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
 # ---------------------------------------------------------------------- wiring
 def _assemble(store: Store, settings: Settings, http: httpx.AsyncClient, persistence: PersistenceActor,
               address: Address[PersistenceMessage], directory: Directory, services: trio.Nursery,
-              background: trio.Nursery) -> Runtime:
+              background: trio.Nursery, stand_in: StandIn | None) -> Runtime:
     """Every part, each given what it reaches; the runtime's timers and sweep started."""
     clock, read = Clock(), reader(store)
     outbox = None
@@ -149,7 +153,7 @@ def _assemble(store: Store, settings: Settings, http: httpx.AsyncClient, persist
     executors = Services(http=http, now=clock.now, call_service_base_url=settings.call_service_base_url,
                          secrets=secrets, allowed_hosts=settings.call_service_allowed_hosts,
                          grpc_descriptors=Descriptors(settings.grpc_protoset_dir),
-                         max_output_bytes=settings.max_output_bytes)
+                         max_output_bytes=settings.max_output_bytes, stand_in=stand_in)
     children = Children(ChildrenHost(start=starter.start, cancel=partial(_cancel_child, routing), tell=routing.tell),
                         background)
     notifier = Notifier(NotifierHost(executors, secrets, settings.public_url, settings.default_retry_policy,

@@ -17,6 +17,7 @@ import httpx
 
 from runtime.io.grpc_bridge import Channels
 from runtime.io.grpc_descriptors import Descriptors
+from runtime.io.stand_in import StandIn
 from runtime.model import Evidence, LogEntry
 from runtime.model.errors import StepFailed
 from runtime.model.jsonsafe import JsonProblem, clean_text, first_problem
@@ -41,6 +42,7 @@ class Services:
     secrets: Secrets = attrs.field(factory=Secrets)
     allowed_hosts: HostAllowlist | None = None  # None: any host (runtime.security.outbound)
     max_output_bytes: int = 1024 * 1024  # MAX_OUTPUT_BYTES: a step output, a response body
+    stand_in: StandIn | None = None  # answers every outbound call instead of the network (runtime.io.stand_in)
 
     def close(self) -> None:
         self.grpc_channels.close()

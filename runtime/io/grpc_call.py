@@ -3,7 +3,8 @@
 ``call_grpc`` is the executor's gRPC half (its config is checked by
 ``runtime.kinds.grpc_config``).
 
-A call needs no generated code: the request and response types come from the target's
+With a stand-in (``runtime.io.stand_in``) the call, in JSON, goes to it instead: no channel
+and no descriptors; its answer's status is read as a server's. A call needs no generated code: the request and response types come from the target's
 reflection service, or from ``protoset`` (runtime/io/grpc_descriptors.py). ``message``
 is read with protobuf's JSON mapping (``json_format.ParseDict``: proto field names and
 lowerCamelCase names both work); the output is the response in the canonical protobuf JSON
@@ -53,8 +54,10 @@ from google.protobuf.message import DecodeError, Message
 from runtime.io import tracing
 from runtime.io.grpc_bridge import unary_call
 from runtime.io.grpc_descriptors import MethodTypes, method_types
+from runtime.io.stand_in import GrpcAnswer, GrpcCall, StandIn
 from runtime.kinds.grpc_config import check_config, parse_target
 from runtime.model.errors import StepFailed
+from runtime.model.wire import canonical_json
 from runtime.security.outbound import ForbiddenTarget, checked_addresses
 
 if TYPE_CHECKING:
@@ -80,6 +83,8 @@ async def call_grpc(ctx: StepContext, idempotency_key: str) -> Any:
         raise StepFailed(f"gRPC {target}: the host holds a secret value; a secret is never put in a host name "
                          "(resolving it would send the secret out through DNS)", code="forbidden_target")
     deadline = trio.current_time() + int(config.get("timeoutMs", DEFAULT_TIMEOUT_MS)) / 1000
+    if ctx.services.stand_in is not None:
+        return await _call_stand_in(ctx, ctx.services.stand_in, target, idempotency_key, deadline)
     channel = await _channel(ctx.services, target, bool(config.get("tls", False)), deadline)
     types = await _method_types(ctx, channel, target, deadline)
     request = _request(types, config.get("message") or {})
@@ -90,10 +95,30 @@ async def call_grpc(ctx: StepContext, idempotency_key: str) -> Any:
         answer = await unary_call(channel, types.path, request.SerializeToString(), timeout_s=_left(deadline),
                                   metadata=_metadata(ctx, request_id, idempotency_key))
     except grpc.RpcError as exc:
-        raise _failed(ctx, types, target, request_id, exc) from None
+        raise _failed(ctx, types.path, target, request_id, _status(exc), _details(exc)) from None
     ctx.log.info("gRPC service answered", status="OK", elapsedMs=round((trio.current_time() - started) * 1000))
-    _evidence(ctx, types, target, request_id, "OK", answer)
+    _evidence(ctx, types.path, target, request_id, "OK", answer)
     return _output(types, answer, target)
+
+
+async def _call_stand_in(ctx: StepContext, stand_in: StandIn, target: str, idempotency_key: str,
+                         deadline: float) -> Any:
+    """The call answered by the stand-in (runtime.io.stand_in), in JSON: no channel, no
+    descriptors; the answer's status is read as a server's would be."""
+    config, request_id = ctx.config, uuid.uuid4().hex
+    call = GrpcCall(target, str(config["service"]), str(config["method"]), dict(config.get("message") or {}),
+                    tuple(_metadata(ctx, request_id, idempotency_key)))
+    path = f"/{call.service}/{call.method}"
+    ctx.log.info("calling gRPC service", target=target, method=path)
+    answer = GrpcAnswer("DEADLINE_EXCEEDED", details="Deadline Exceeded")
+    with trio.move_on_at(deadline):
+        answer = await stand_in.grpc(ctx, call)
+    code = grpc.StatusCode[answer.code]
+    if code is not grpc.StatusCode.OK:
+        raise _failed(ctx, path, target, request_id, code, answer.details or "(no status message)")
+    ctx.log.info("gRPC service answered", status="OK")
+    _evidence(ctx, path, target, request_id, "OK", canonical_json(answer.message).encode())
+    return answer.message
 
 
 async def _channel(services: Services, target: str, tls: bool, deadline: float) -> grpc.Channel:
@@ -178,12 +203,11 @@ def _metadata(ctx: StepContext, request_id: str, idempotency_key: str) -> list[t
     return list(metadata.items())
 
 
-def _failed(ctx: StepContext, types: MethodTypes, target: str, request_id: str,
-            error: grpc.RpcError) -> StepFailed:
-    code, details = _status(error), _details(error)
+def _failed(ctx: StepContext, path: str, target: str, request_id: str, code: grpc.StatusCode,
+            details: str) -> StepFailed:
     ctx.log.warning("gRPC service answered", status=code.name, details=details)
-    _evidence(ctx, types, target, request_id, code.name, details.encode())
-    return StepFailed(f"{types.path[1:]} at {target} answered {code.name}: {details}",
+    _evidence(ctx, path, target, request_id, code.name, details.encode())
+    return StepFailed(f"{path[1:]} at {target} answered {code.name}: {details}",
                       retryable=code in RETRYABLE, code="grpc_status", data={"status": code.name})
 
 
@@ -199,9 +223,9 @@ def _details(error: grpc.RpcError) -> str:
     return str(text) if text else "(no status message)"
 
 
-def _evidence(ctx: StepContext, types: MethodTypes, target: str, request_id: str, status: str,
+def _evidence(ctx: StepContext, path: str, target: str, request_id: str, status: str,
               body: bytes) -> None:
-    service, _, method = types.path[1:].rpartition("/")
+    service, _, method = path[1:].rpartition("/")
     ctx.add_evidence("grpc_response", {
         "target": target, "service": service, "method": method, "status": status,
         "bodySha256": hashlib.sha256(body).hexdigest(), "requestId": request_id,

@@ -33,6 +33,9 @@ status, request id and the SHA-256 of the body (never the body itself). Trio can
 aborts a request in flight at once: nothing here is shielded. With tracing on, requests
 also carry the W3C ``traceparent`` of the attempt's span.
 
+With a stand-in (``Services.stand_in``, ``runtime.io.stand_in``) the request goes to it instead
+of the client: the same request, deadline and reading of the answer, and nothing on the network.
+
 A config with ``protocol: grpc`` is a gRPC call: its executor is
 ``runtime.io.grpc_call``; this module only hands it over.
 """
@@ -56,7 +59,7 @@ from runtime.io import grpc_call, tracing
 from runtime.io.context import StepContext
 from runtime.kinds.call_service import DEFAULT_TIMEOUT_MS, problems
 from runtime.model.errors import StepFailed
-from runtime.security.outbound import ForbiddenTarget, HostAllowlist, check_url, checks_connections
+from runtime.security.outbound import ForbiddenTarget, check_url, checks_connections
 
 __all__ = ["HOP_HEADER", "call_service", "idempotency_key", "retry_after_s"]
 
@@ -81,8 +84,7 @@ async def call_service(ctx: StepContext) -> Any:
     _refuse_secret_host(ctx, request, method, url)
     ctx.log.info("calling service", method=method, url=url)
     started = trio.current_time()
-    response, body = await _send(ctx.services.http, request, method, url, _timeout_s(config),
-                                 ctx.services.allowed_hosts, ctx.services.max_output_bytes)
+    response, body = await _send(ctx, request, method, url, _timeout_s(config))
     ctx.log.info(
         "service answered", status=response.status_code,
         elapsedMs=round((trio.current_time() - started) * 1000),
@@ -178,19 +180,15 @@ def _timeout_s(config: Mapping[str, Any]) -> float:
     return int(config.get("timeoutMs", DEFAULT_TIMEOUT_MS)) / 1000
 
 
-async def _send(
-    client: httpx.AsyncClient, request: httpx.Request, method: str, url: str, timeout_s: float,
-    allowed: HostAllowlist | None, max_bytes: int,
-) -> tuple[httpx.Response, bytes]:
+async def _send(ctx: StepContext, request: httpx.Request, method: str, url: str,
+                timeout_s: float) -> tuple[httpx.Response, bytes]:
     # httpx applies the timeout to each phase (connect, each read, ...); the trio deadline
     # bounds the whole exchange, so a server trickling bytes cannot stretch it.
     with trio.move_on_after(timeout_s) as deadline:
         try:
-            if allowed is not None and not checks_connections(client):  # a client of the embedding program
-                await check_url(allowed, url)
-            response = await client.send(request, stream=True)
+            response = await _exchange(ctx, request, url)
             try:
-                return response, await _body(response, method, url, max_bytes)
+                return response, await _body(response, method, url, ctx.services.max_output_bytes)
             finally:
                 await response.aclose()
         except ForbiddenTarget as exc:
@@ -212,6 +210,18 @@ async def _send(
             ) from exc
     assert deadline.cancelled_caught
     raise _timed_out(method, url, timeout_s)
+
+
+async def _exchange(ctx: StepContext, request: httpx.Request, url: str) -> httpx.Response:
+    """The response: from the stand-in when there is one (nothing leaves the process), else
+    from the network, through the outbound checks."""
+    services = ctx.services
+    if services.stand_in is not None:
+        return await services.stand_in.http(ctx, request)
+    allowed = services.allowed_hosts
+    if allowed is not None and not checks_connections(services.http):  # a client of the embedding program
+        await check_url(allowed, url)
+    return await services.http.send(request, stream=True)
 
 
 async def _body(response: httpx.Response, method: str, url: str, max_bytes: int) -> bytes:

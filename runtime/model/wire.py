@@ -133,6 +133,16 @@ def load_document(source: Any) -> dict[str, Any]:
     """A runbook document from a dict, JSON/YAML text or bytes, or a ``pathlib.Path``."""
     if isinstance(source, pathlib.Path):
         source = source.read_bytes()
+    if isinstance(source, (bytes, str)):
+        source = parse_data(source)
+    if not isinstance(source, dict):
+        raise ValidationError([Problem("$", "a runbook document must be a mapping (object)")])
+    return source
+
+
+def parse_data(source: bytes | str) -> Any:
+    """JSON or YAML text (or its UTF-8 bytes) as read, within the size and expansion bounds of
+    a document; ``ValidationError`` says what is wrong."""
     if isinstance(source, bytes):
         if len(source) > MAX_DOCUMENT_BYTES:
             raise _too_large()
@@ -140,14 +150,11 @@ def load_document(source: Any) -> dict[str, Any]:
             source = source.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ValidationError([Problem("$", f"document is not valid UTF-8: {exc}")]) from None
-    if isinstance(source, str):
-        if len(source.encode("utf-8", "surrogatepass")) > MAX_DOCUMENT_BYTES:  # the parser refuses surrogates
-            raise _too_large()
-        source = _parse_text(source)
-        _check_expansion(source)
-    if not isinstance(source, dict):
-        raise ValidationError([Problem("$", "a runbook document must be a mapping (object)")])
-    return source
+    if len(source.encode("utf-8", "surrogatepass")) > MAX_DOCUMENT_BYTES:  # the parser refuses surrogates
+        raise _too_large()
+    data = _parse_text(source)
+    _check_expansion(data)
+    return data
 
 
 def _parse_text(text: str) -> Any:
