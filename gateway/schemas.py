@@ -97,6 +97,8 @@ _EXECUTION = obj({
     "parentExecutionId": {**TEXT_OR_NULL, "description": "Started by a run-runbook step of this execution."},
     "parentStepId": TEXT_OR_NULL,
     "rootExecutionId": {**TEXT_OR_NULL, "description": "A child's: the execution at the top of its tree."},
+    "concurrencyKey": {**TEXT_OR_NULL, "description": "The runbook's concurrency key as rendered for this "
+                                                      "start; while it waits for a slot its status is queued."},
     "steps": {"type": "object", "additionalProperties": ref("StepState"),
               "description": "Keyed by step id, in document order."},
 }, ("id", "runbookId", "runbookVersion", "tenantId", "status", "input", "output", "context", "error",
@@ -147,6 +149,11 @@ _RUNBOOK_DOCUMENT = obj({
     "maxConcurrentSteps": {"type": "integer", "minimum": 1, "maximum": MAX_CONCURRENCY},
     "inputSchema": {"type": "object"},
     "requireLegalBasis": {"type": "boolean"},
+    "concurrency": obj({"key": {"type": "string", "minLength": 1},
+                        "limit": {"type": "integer", "minimum": 1, "maximum": MAX_CONCURRENCY}},
+                       ("key", "limit"), closed=True,
+                       description="Executions with the same rendered key (per tenant) beyond limit wait, "
+                                   "queued, in arrival order."),
     "output": ANY,
     "steps": {"type": "array", "minItems": 1, "maxItems": MAX_STEPS, "items": _STEP},
     "version": ANY,

@@ -27,7 +27,7 @@ from runtime.model.wire import format_time, to_json
 EXECUTION_FIELDS = (
     "id", "runbookId", "runbookVersion", "tenantId", "status", "input", "output", "context", "error",
     "createdAt", "startedAt", "completedAt", "pausedDurationMs", "replayOf", "inputHash", "deadlineAt",
-    "parentExecutionId", "parentStepId", "rootExecutionId",
+    "parentExecutionId", "parentStepId", "rootExecutionId", "concurrencyKey",
 )
 STEP_FIELDS = ("status", "type", "attempts", "startedAt", "completedAt", "output", "error", "approvals",
                "progress", "deadlineAt", "childExecutionId")

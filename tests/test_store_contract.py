@@ -41,7 +41,7 @@ from runtime.model import (
     TriggerState,
 )
 from runtime.model.errors import StoreInUse, StoreUnavailable, ValidationError
-from runtime.model.records import Change, ChangeResult, Lifecycle, Receipt
+from runtime.model.records import Change, ChangeResult, Lifecycle, Receipt, SlotClaim
 from runtime.store import MemoryStore, PostgresStore, SqliteStore, Store, open_store_from_url
 from runtime.store.schema import NOT_DEDUPED_SQL, UNFINISHED_SQL
 from tests.conftest import drop_schema
@@ -500,13 +500,13 @@ def test_awaiting_approval_finds_unfinished_executions_with_a_step_awaiting(stor
 def test_load_unfinished_oldest_first(store: Store) -> None:
     executions = [make_execution(f"e-{status.value}", status=status, input_hash=status.value) for status in ES]
     store.commit([start(execution) for execution in executions])
-    unfinished = ["e-pending", "e-running", "e-awaiting_approval", "e-pausing", "e-paused"]
+    unfinished = ["e-queued", "e-pending", "e-running", "e-awaiting_approval", "e-pausing", "e-paused"]
     loaded = store.load_unfinished()
     assert ids(loaded) == unfinished
     assert loaded[0] == executions[0]
 
     store.commit([update(executions[1], status=ES.COMPLETED)])
-    assert ids(store.load_unfinished()) == [eid for eid in unfinished if eid != "e-running"]
+    assert ids(store.load_unfinished()) == [eid for eid in unfinished if eid != executions[1].id]
 
 
 # ---------------------------------------------------------------- records
@@ -795,3 +795,43 @@ def test_the_lifecycle_outbox_keeps_commit_order_per_origin_until_published(stor
     store.commit([Change(lifecycle_done=("a", found[0][0]))])
     assert [e.version for _, e in store.lifecycle_after("a", 0, 10)] == [3]
     assert [e.version for _, e in store.lifecycle_after("b", 0, 10)] == [2]
+
+
+# ---------------------------------------------------------------- queues of concurrency keys (SlotClaim)
+
+
+def queued(execution_id: str, key: str = "web", tenant: str = "t1") -> Execution:
+    return attrs.evolve(make_execution(execution_id, tenant=tenant, input_hash=execution_id), status=ES.QUEUED,
+                        concurrency_key=key)
+
+
+def claim(execution: Execution, limit: int = 1) -> Change:
+    return Change(new_execution=execution, slot=SlotClaim(execution.tenant_id, execution.concurrency_key or "", limit))
+
+
+def ended(execution: Execution, status: ExecutionStatus = ES.COMPLETED) -> Change:
+    return Change(execution=attrs.evolve(execution, status=status, version=2))
+
+
+def test_slots_go_to_the_oldest_waiting_per_key_and_come_back_at_the_end(store: Store) -> None:
+    a, b, c, other, elsewhere = (queued("a"), queued("b"), queued("c"), queued("x", key="db"),
+                                 queued("y", tenant="t2"))
+    results = store.commit([claim(a), claim(b), claim(other), claim(elsewhere)])
+    assert [r.admitted for r in results] == [("a",), (), ("x",), ("y",)]  # each key and tenant its own queue
+    assert [r.admitted for r in store.commit([claim(c)])] == [()]
+    assert store.admitted_queued() == ["a", "x", "y"]  # given a slot, still queued in the store
+    assert [r.admitted for r in store.commit([ended(a, ES.CANCELLED)])] == [("b",)]
+    assert [r.admitted for r in store.commit([ended(b, ES.FAILED)])] == [("c",)]
+    assert [r.admitted for r in store.commit([ended(c, ES.TIMED_OUT)])] == [()]
+
+
+def test_a_start_admitted_in_the_batch_that_frees_the_slot_is_named_in_its_own_result(store: Store) -> None:
+    a, b = queued("a"), queued("b")
+    store.commit([claim(a)])
+    results = store.commit([ended(a), claim(b)])
+    assert [r.admitted for r in results] == [(), ("b",)]
+
+
+def test_a_limit_of_two_gives_two_slots(store: Store) -> None:
+    results = store.commit([claim(queued(n), limit=2) for n in "abc"])
+    assert [r.admitted for r in results] == [("a",), ("b",), ()]

@@ -26,6 +26,7 @@ import httpx
 import trio
 
 from actors import Address, open_mailbox, open_supervisor
+from runtime.api import admission
 from runtime.api.access import CommitChange, Read, committer, reader
 from runtime.api.receipts import OncePublisher
 from runtime.api.routing import Routing
@@ -95,9 +96,12 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
                     install_log_redaction(runtime.secrets)
                     for name, executor in (executors or {}).items():
                         runtime.register_executor(name, executor)
+                    persistence.admitted = partial(admission.tell_admitted, runtime.routing)
                     await _recover(runtime, services)
                     await runtime.scheduler.load()
                     background.start_soon(runtime.scheduler.run, name="triggers")
+                    background.start_soon(admission.pump, runtime.routing, runtime.read, the_store,
+                                          settings.queue_poll_ms / 1000, name="admission")
                     if runtime.cluster is not None:
                         services.start_soon(runtime.cluster.heartbeat, name="heartbeat")
                     try:

@@ -26,6 +26,7 @@ from actors import ActorGone
 from runtime.api.access import CommitChange, Read
 from runtime.cluster.node import Cluster
 from runtime.core.messages import (
+    Admit,
     Cancel,
     ChildFinished,
     DecideApproval,
@@ -137,7 +138,7 @@ class Routing:
                        execution.steps[request.step_id], who, request.roles,
                        required_separation=self.settings.require_separation_of_duties)
 
-    def tell(self, execution_id: str, message: ChildFinished) -> None:
+    def tell(self, execution_id: str, message: ChildFinished | Admit) -> None:
         """Hand the execution a message nobody waits on, wherever it runs."""
         if self.cluster is not None and not self.owns(execution_id):
             # another process runs it (or nobody now): a command it applies, durably queued

@@ -7,6 +7,10 @@ the arguments are checked, the runbook's input rules applied (``inputSchema``,
 processes: owned by this one from its first commit) before its actor starts here. A start
 that duplicates an unfinished one with the same input answers that one, unless ``force``.
 
+A runbook with a concurrency key starts its executions ``queued`` in the store's queue of
+that key (``runtime/store/slots.py``); one given a slot in the commit of its start begins at
+once, the others when a slot frees (``Admit``).
+
 A child's start is admitted by the store in the transaction that writes it (``FanoutCaps``),
 so several processes sharing the store count the same executions and cannot both take the
 last place: its root and its parent must still run (once a cancel of either is committed,
@@ -25,8 +29,9 @@ import attrs
 from runtime.api import arguments
 from runtime.api.access import CommitChange, Read
 from runtime.core import created
+from runtime.documents.concurrency import slot_of
 from runtime.language.input_schema import input_problems
-from runtime.model import Execution, Lineage, Runbook
+from runtime.model import Execution, ExecutionStatus, Lineage, Runbook
 from runtime.model.errors import (
     Conflict,
     FanoutLimit,
@@ -81,6 +86,7 @@ class Starter:
             ctx["hop"] = hop
         runbook = await self.catalog.get(runbook_id, version, tenant_id=tenant)
         _check_input(runbook, input, ctx)
+        slot = slot_of(runbook, input, ctx)
         input_hash = sha256_hex(input)
         if idempotency_key is not None:
             existing = await self.read(self.store.find_by_idempotency_key, tenant, idempotency_key)
@@ -91,6 +97,10 @@ class Starter:
                          replay_of=replay_of, now=self.clock.now(), actor=actor, reason=reason, parent=parent)
         if parent is not None:
             change = attrs.evolve(change, fanout=FanoutCaps(self.max_descendants, self.max_active_descendants))
+        if slot is not None:  # queued until the store gives it a slot of its key (maybe in this very commit)
+            assert change.new_execution is not None
+            queued = attrs.evolve(change.new_execution, status=ExecutionStatus.QUEUED, concurrency_key=slot.key)
+            change = attrs.evolve(change, new_execution=queued, slot=slot)
         return await self._commit(change, input_hash if idempotency_key else None)
 
     async def _commit(self, change: Change, keyed_hash: str | None) -> StartResult:
@@ -107,6 +117,8 @@ class Starter:
         if result.existing_id is not None:
             existing = await self.fetch(result.existing_id)
             return StartResult(_same_input(existing, keyed_hash) if keyed_hash else existing, False)
+        if execution.id in result.admitted:  # a slot was free: it starts as any other
+            execution = attrs.evolve(execution, status=ExecutionStatus.PENDING)
         self.hub.published(execution)
         self.directory.start(execution.id, execution)
         self.hub.notify("execution.started", execution)

@@ -15,6 +15,7 @@ from typing import Any
 
 from runtime.core import effects as fx
 from runtime.core.messages import (
+    Admit,
     Begin,
     Cancel,
     Continue,
@@ -69,6 +70,17 @@ def _begin(t: Transition, message: Begin) -> None:
         state = t.ex.steps[step.id]
         if state.status.in_progress:
             t.plan.kinds[step.id].resume(t, step, state)
+
+
+def _admit(t: Transition, message: Admit) -> None:
+    """A queued execution was given a slot of its concurrency key: it starts now (its
+    timeout counts from here)."""
+    if t.ex.status is ES.QUEUED:
+        t.set_execution(status=ES.RUNNING, started_at=t.now, deadline_at=_deadline(t))
+        t.log("info", "execution started", concurrencyKey=t.ex.concurrency_key)
+        t.audit("execution.running")
+    if message.reply is not None:
+        t.emit(fx.Answer(message.reply, None))
 
 
 def _tick(t: Transition, message: Tick) -> None:
@@ -162,6 +174,7 @@ def _deadline(t: Transition) -> datetime | None:
 
 _HANDLERS: dict[type, Callable[[Transition, Any], None]] = {
     Begin: _begin,
+    Admit: _admit,
     Continue: lambda t, message: None,
     Tick: _tick,
     Pause: _pause,

@@ -37,6 +37,14 @@ class Begin:
 
 
 @attrs.frozen
+class Admit:
+    """A ``queued`` execution holds a slot of its concurrency key now: it starts (nothing for
+    an execution that is not queued: the same admission told twice)."""
+
+    reply: Any = attrs.field(default=None, metadata=LOCAL)  # stays in this process
+
+
+@attrs.frozen
 class Tick:
     """A deadline armed with ``ArmTimer(at)`` has come: whatever is due at ``at`` fires."""
 
@@ -187,14 +195,14 @@ StepMessage: TypeAlias = (
     AttemptStarted | AttemptRetrying | StepProgressed | StepFinished | DecideApproval | DelegateApproval
     | DeliverEvent | ChildFinished | NotificationSent
 )
-Message: TypeAlias = Begin | Tick | Continue | Pause | Resume | Cancel | RetryStep | StepMessage
+Message: TypeAlias = Begin | Tick | Continue | Admit | Pause | Resume | Cancel | RetryStep | StepMessage
 
 Command: TypeAlias = (
-    Pause | Resume | Cancel | RetryStep | DecideApproval | DelegateApproval | DeliverEvent | ChildFinished
+    Pause | Resume | Cancel | RetryStep | DecideApproval | DelegateApproval | DeliverEvent | ChildFinished | Admit
 )
 _COMMANDS: Final[dict[str, type[Command]]] = {
     cls.__name__: cls for cls in (Pause, Resume, Cancel, RetryStep, DecideApproval, DelegateApproval,
-                                  DeliverEvent, ChildFinished)
+                                  DeliverEvent, ChildFinished, Admit)
 }
 
 

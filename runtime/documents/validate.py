@@ -18,6 +18,7 @@ from typing import Any
 
 import attrs
 
+from runtime.documents.concurrency import concurrency_problems
 from runtime.documents.triggers import TRIGGER_DEFAULTS, TriggerLimits, check_triggers
 from runtime.kinds.base import check_retry_policy
 from runtime.kinds.spec import KindSpec, TypeLookup
@@ -43,7 +44,7 @@ MAX_STEPS = 500
 
 _RUNBOOK_FIELDS = {
     "id", "name", "description", "timeoutMs", "maxConcurrentSteps", "inputSchema",
-    "requireLegalBasis", "output", "steps", "version", "tags", "metadata", "triggers",
+    "requireLegalBasis", "output", "steps", "version", "tags", "metadata", "triggers", "concurrency",
 }
 _STEP_FIELDS = frozenset({
     "id", "name", "description", "type", "dependsOn", "when", "config", "retryPolicy", "timeoutMs",
@@ -109,6 +110,8 @@ def _check_header(doc: Mapping[str, Any], triggers: TriggerLimits) -> list[Probl
         problems += template_problems(doc["output"], "output")
     if "triggers" in doc:
         problems += check_triggers(doc["triggers"], limits=triggers)
+    if "concurrency" in doc:
+        problems += concurrency_problems(doc["concurrency"])
     return problems
 
 

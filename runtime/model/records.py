@@ -39,6 +39,19 @@ class FanoutCaps:
     per_tenant: int
 
 
+@attrs.frozen
+class SlotClaim:
+    """With a ``new_execution`` (``queued``): its place in the queue of its concurrency key.
+    The store adds it behind the executions of (tenant, key) already queued, in the same
+    transaction, and gives a slot to each head of the queue while fewer than ``limit`` hold
+    one (``ChangeResult.admitted``). A slot is given back in the transaction that commits
+    its execution's end."""
+
+    tenant_id: str
+    key: str
+    limit: int
+
+
 #: why a store refused a child's start (``ChangeResult.refused``)
 ENDED, ROOT_FULL, TENANT_FULL = "ended", "root_full", "tenant_full"
 
@@ -102,6 +115,7 @@ class Change:
     new_execution: Execution | None = None
     dedup: bool = True
     fanout: FanoutCaps | None = None  # with the new_execution of a child: what admits it
+    slot: SlotClaim | None = None  # with a queued new_execution: the queue of its concurrency key
     runbook: Runbook | None = None
     execution: Execution | None = None  # header upsert (its steps are written via `steps`)
     steps: tuple[tuple[str, str, int, StepState], ...] = ()  # (execution_id, step_id, position, state)
@@ -154,6 +168,7 @@ class ChangeResult:
     commands: tuple[QueuedCommand, ...] = ()  # a shared store's publish: the command each waiter got
     refused: str | None = None  # a child's start not admitted (``FanoutCaps``): ENDED, ROOT_FULL or TENANT_FULL
     duplicate: bool = False  # the Change's receipt was held already: nothing of it was written
+    admitted: tuple[str, ...] = ()  # queued executions given a slot by this commit (``SlotClaim``)
 
 
 def merged(first: Change, second: Change) -> Change:

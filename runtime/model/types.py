@@ -15,6 +15,7 @@ import attrs
 
 
 class ExecutionStatus(enum.StrEnum):
+    QUEUED = "queued"  # waits for a slot of its concurrency key (before ``pending``)
     PENDING = "pending"
     RUNNING = "running"
     AWAITING_APPROVAL = "awaiting_approval"
@@ -111,6 +112,7 @@ class Runbook:
     document: dict[str, Any] = attrs.Factory(dict)
     triggers: tuple[dict[str, Any], ...] = ()  # as written; runtime.documents.triggers reads them
     content_sha256: str = ""  # SHA-256 of the document's canonical JSON (RFC 8785): what this version says
+    concurrency: dict[str, Any] | None = None  # ``{key, limit}``: how many executions per key run at once
 
 
     def step(self, step_id: str) -> Step:
@@ -209,6 +211,7 @@ class Execution:
     parent_step_id: str | None = None
     depth: int = 0  # how many parents it has
     root_execution_id: str | None = None  # a child's: the execution at the top of its tree (no parent)
+    concurrency_key: str | None = None  # the runbook's ``concurrency.key`` as rendered at the start
 
 
 @attrs.frozen

@@ -52,14 +52,17 @@ class Flush:
 
 PersistenceMessage = Commit | Flush
 BatchObserver = Callable[[int, float], None]
+Admitted = Callable[[list[str]], None]  # queued executions a commit gave a slot: let each start
 
 
 class PersistenceActor:
-    def __init__(self, store: Store, *, max_batch: int = MAX_BATCH, observer: BatchObserver | None = None) -> None:
+    def __init__(self, store: Store, *, max_batch: int = MAX_BATCH, observer: BatchObserver | None = None,
+                 admitted: Admitted | None = None) -> None:
         self.store = store
         self.max_batch = max_batch
         self.stats = PersistenceStats()
         self.observer = observer
+        self.admitted = admitted  # (set by the runtime once it can reach executions)
         self._lane = trio.CapacityLimiter(1)
         self._mailbox: Mailbox[PersistenceMessage] | None = None
         self._batch: list[PersistenceMessage] = []  # taken, not yet all answered
@@ -86,6 +89,7 @@ class PersistenceActor:
                 self._failed(exc)
                 raise
             self._committed(1, time.perf_counter() - started)
+            self._admit([change], [result])
             return result
 
     def mailbox_statistics(self) -> trio.MemoryChannelStatistics | None:
@@ -171,6 +175,17 @@ class PersistenceActor:
         self._committed(len(changes), time.perf_counter() - started)
         for message, result in zip(batch, results, strict=True):
             message.reply.send(result)
+        self._admit(changes, results)
+
+    def _admit(self, changes: list[Change], results: list[ChangeResult]) -> None:
+        """Let the executions the commit gave a slot start, but for those it started: their
+        starter lets them run itself, with their first message."""
+        if self.admitted is None or not any(result.admitted for result in results):
+            return
+        started = {change.new_execution.id for change in changes if change.new_execution is not None}
+        ids = [eid for result in results for eid in result.admitted if eid not in started]
+        if ids:
+            self.admitted(ids)
 
     def _committed(self, changes: int, seconds: float) -> None:
         if not self.stats.healthy:

@@ -44,6 +44,7 @@ class Settings:
     max_triggers_per_tenant: int = 100  # the triggers of the latest versions of a tenant's own runbooks
     max_descendants: int = 1000  # executions started under one root by run-runbook steps
     max_active_descendants_per_tenant: int = 10_000  # a tenant's unfinished child executions
+    queue_poll_ms: int = 1000  # how often queued executions given a slot are looked for (restarts, lost news)
 
     @property
     def trigger_limits(self) -> TriggerLimits:

@@ -68,6 +68,10 @@ class Store(Protocol):
 
     def load_unfinished(self) -> list[Execution]: ...
 
+    def admitted_queued(self) -> list[str]:
+        """The executions still ``queued`` that hold a slot of their concurrency key (given one
+        by a commit whose process did not let them start yet), oldest first."""
+
     def awaiting_approval(
         self, tenant_id: str | None, *, limit: int = 50, cursor: str | None = None
     ) -> tuple[list[Execution], str | None]:

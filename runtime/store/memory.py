@@ -34,6 +34,7 @@ from runtime.model.records import (
 )
 from runtime.store.base import level_at_least, parse_cursor
 from runtime.store.decision_links import LinkUses
+from runtime.store.slots import MemorySlots
 
 _DedupKey = tuple[str, str, int, str]
 _TriggerKey = tuple[str, str | None, str, str]  # (tenant, owner, runbook id, trigger id)
@@ -108,6 +109,7 @@ class MemoryStore(_TriggerStates, LinkUses):
         self._evidence: dict[str, list[Evidence]] = {}
         self._events: dict[str, Event] = {}
         self._versions: dict[str, int] = {}
+        self._slots = MemorySlots()
         self._triggers: dict[_TriggerKey, TriggerState] = {}
         self._fanout = _Fanout()
         self._receipts: dict[tuple[str, str], Receipt] = {}
@@ -124,7 +126,11 @@ class MemoryStore(_TriggerStates, LinkUses):
 
     # -- writes
     def commit(self, changes: Sequence[Change]) -> list[ChangeResult]:
-        return [self._apply(change) for change in changes]
+        return [self._slots.apply(change, self._apply(change)) for change in changes]
+
+    def admitted_queued(self) -> list[str]:
+        return [execution_id for execution_id in self._slots.holding()
+                if self._status(execution_id) is ExecutionStatus.QUEUED]
 
     def _apply(self, change: Change) -> ChangeResult:
         version = None

@@ -26,6 +26,7 @@ from runtime.model.jsonsafe import json_size
 from runtime.model.records import Change, ChangeResult, QueuedCommand
 from runtime.model.wire import dumps
 from runtime.store import pg_cluster as cluster
+from runtime.store import slots
 from runtime.store.dialect import Dialect
 from runtime.store.schema import Pending, Row, event_from, event_row
 from runtime.store.sql_writer import (
@@ -44,6 +45,7 @@ class PostgresWriter(SqlWriter):
 
     INSERT_EXECUTION: ClassVar[str] = insert_execution(("owner", "epoch"))
     RUNNING: ClassVar[str] = f"{RUNNING} FOR SHARE"  # its cancel, committed elsewhere, waits for this start
+    LOCK_SLOT_KEY: ClassVar[str] = f"{slots.LOCK_KEY} FOR UPDATE"  # one process counts a key's slots at a time
 
     def __init__(self, cursor: Cursor, dialect: Dialect, channel: str, nonce: str) -> None:
         super().__init__(cursor, dialect)

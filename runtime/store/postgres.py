@@ -31,6 +31,7 @@ from runtime.model import Execution
 from runtime.model.errors import StoreUnavailable
 from runtime.model.records import Change, ChangeResult
 from runtime.store import pg_cluster as cluster
+from runtime.store import slots
 from runtime.store.decision_links import DECISION_LINKS_TABLE
 from runtime.store.dialect import Dialect
 from runtime.store.pg_ledger import PostgresLedger
@@ -169,6 +170,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 10: trigger state per tenant: each tenant switches (and runs) a shared runbook's triggers for itself
     per_tenant_migration("timestamptz", "a.data->>'tenantId'"),
     fanout_migration("ADD COLUMN IF NOT EXISTS"),  # 11: executions under each root, each tenant's children
+    slots.TABLES,  # 12: the queues of concurrency keys (``concurrency: {key, limit}``)
 )
 
 _MARK_BATCH = "INSERT INTO batches (id) VALUES (%s)"

@@ -26,7 +26,7 @@ from runtime.model.wire import dumps, dumps_data, from_json, to_json
 #: ``model.NOT_DEDUPED`` as SQL: these executions leave the idempotent-start index
 NOT_DEDUPED_SQL = "('failed', 'cancelled', 'timed_out')"
 #: the statuses that are not ``finished`` (what ``load_unfinished`` loads), as SQL
-UNFINISHED_SQL = "('pending', 'running', 'awaiting_approval', 'pausing', 'paused')"
+UNFINISHED_SQL = "('queued', 'pending', 'running', 'awaiting_approval', 'pausing', 'paused')"
 #: the statuses that are ``finished``, as SQL
 FINISHED_SQL = "('completed', 'failed', 'cancelled', 'timed_out')"
 #: the ``owner`` of a shared runbook (NULL would not take part in the unique key)
@@ -71,6 +71,10 @@ class BatchWriter(Protocol):
 
     def publishes(self, changes: Sequence[Change]) -> list[ChangeResult]:
         """A run of publishes (nothing else in them): as ``events`` one after another."""
+
+    def slots(self, changes: Sequence[Change], results: list[ChangeResult]) -> list[ChangeResult]:
+        """The queues of concurrency keys after the batch (``slots.py``): the results, with the
+        executions given a slot named in them."""
 
     def flush(self, pending: Pending) -> None:
         """Write everything collected, one ``executemany`` per table."""
@@ -209,7 +213,7 @@ def apply_batch(changes: Sequence[Change], writer: BatchWriter) -> list[ChangeRe
         results.append(result)
         index += 1
     writer.flush(pending)  # (also when nothing is pending: what the batch announces goes out)
-    return results
+    return writer.slots(changes, results)
 
 
 def _publishes_at(changes: Sequence[Change], index: int) -> list[Change]:

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from runtime.model import LOG_LEVELS, AuditEntry, Event, Evidence, Execution, LogEntry, Runbook
+from runtime.store import slots
 from runtime.store.base import parse_cursor
 from runtime.store.decision_links import LinkQueries
 from runtime.store.dialect import Dialect, marks
@@ -123,6 +124,9 @@ class SqlStore(TriggerQueries, ReceiptQueries, LinkQueries, abc.ABC):
 
     def load_unfinished(self) -> list[Execution]:
         return [execution for _, execution in self._select(f"WHERE status IN {UNFINISHED_SQL} ORDER BY seq", ())]
+
+    def admitted_queued(self) -> list[str]:
+        return [str(row[0]) for row in self._query(slots.ADMITTED_QUEUED)]
 
     def list_executions(
         self,

@@ -27,7 +27,7 @@ from runtime.model.records import (
     FanoutCaps,
     Receipt,
 )
-from runtime.store import receipts
+from runtime.store import receipts, slots
 from runtime.store.dialect import Dialect, marks
 from runtime.store.schema import (
     FINISHED_SQL,
@@ -162,6 +162,7 @@ class SqlWriter:
 
     INSERT_EXECUTION: ClassVar[str] = insert_execution()
     RUNNING: ClassVar[str] = RUNNING  # (PostgreSQL's holds a share lock on the row it finds)
+    LOCK_SLOT_KEY: ClassVar[str] = slots.LOCK_KEY  # (PostgreSQL's locks the key's row until the commit)
 
     def __init__(self, db: Database, dialect: Dialect) -> None:
         self._db = db
@@ -257,6 +258,41 @@ class SqlWriter:
 
     def publishes(self, changes: Sequence[Change]) -> list[ChangeResult]:
         return [self.events(change) for change in changes]
+
+    # -- concurrency keys
+    def slots(self, changes: Sequence[Change], results: list[ChangeResult]) -> list[ChangeResult]:
+        """Queue the batch's starts that claim a slot, give back the slots of the executions it
+        ends, and give the free slots of each key touched to the heads of its queue (under the
+        key's lock, keys in one order: two batches never wait on each other in a circle)."""
+        queued, ended = slots.claims(changes, results), slots.releases(changes)
+        if not queued and not ended:
+            return results
+        db, sql = self._db, self._sql
+        keys = {(claim.tenant_id, claim.key) for _, claim, _ in queued}
+        keys |= {(execution.tenant_id, execution.concurrency_key or "") for _, execution in ended}
+        for key in sorted(keys):
+            db.execute(sql(slots.ADD_KEY), key)
+            db.execute(sql(self.LOCK_SLOT_KEY), key).fetchall()
+        limits: dict[slots.Key, tuple[int, int]] = {}  # key -> (its limit, the change that touched it)
+        for index, claim, execution_id in queued:
+            db.execute(sql(slots.ENQUEUE), (execution_id, claim.tenant_id, claim.key, claim.limit,
+                                            claim.tenant_id, claim.key))
+            limits.setdefault((claim.tenant_id, claim.key), (claim.limit, index))
+        for index, execution in ended:
+            row = db.execute(sql(slots.RELEASE), (execution.id,)).fetchone()
+            if row is not None:
+                limits.setdefault((str(row[0]), str(row[1])), (int(row[2]), index))
+        admitted: dict[str, int] = {}
+        for key in sorted(limits):
+            limit, index = limits[key]
+            [(holders,)] = db.execute(sql(slots.HOLDERS), key).fetchall()
+            if holders >= limit:
+                continue
+            heads = [str(row[0]) for row in db.execute(sql(slots.HEADS), (*key, limit - holders)).fetchall()]
+            if heads:
+                db.executemany(sql(slots.HOLD), [(head,) for head in heads])
+            admitted.update(dict.fromkeys(heads, index))
+        return slots.with_admitted(changes, results, admitted)
 
     # -- the rest, one executemany per table
     def flush(self, pending: Pending) -> None:

@@ -27,6 +27,7 @@ from runtime.model import Execution
 from runtime.model.errors import StoreInUse, StoreUnavailable
 from runtime.model.records import Change, ChangeResult
 from runtime.model.wire import format_time, parse_time
+from runtime.store import slots
 from runtime.store.decision_links import DECISION_LINKS_TABLE
 from runtime.store.diagnose import unwritable_because
 from runtime.store.dialect import Dialect
@@ -153,6 +154,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 6: trigger state per tenant: each tenant switches (and runs) a shared runbook's triggers for itself
     per_tenant_migration("TEXT", "json_extract(a.data, '$.tenantId')"),
     fanout_migration("ADD COLUMN"),  # 7: executions under each root, and each tenant's unfinished children
+    slots.TABLES,  # 8: the queues of concurrency keys (``concurrency: {key, limit}``)
 )
 
 _HEADERS = "SELECT seq, id, header, version FROM executions"

@@ -1,0 +1,179 @@
+"""Concurrency keys: ``concurrency: {key, limit}`` queues executions per key, in arrival order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from runtime import Conflict, Runtime, Settings, ValidationError, open_runtime
+
+GATE = {"id": "deploy", "concurrency": {"key": "${input.service}", "limit": 1}, "steps": [
+    {"id": "ok", "type": "human-approval", "config": {"approvers": ["boss"]}}]}
+
+
+def gate(limit: int = 1, **fields: Any) -> dict[str, Any]:
+    return {**GATE, "concurrency": {"key": "${input.service}", "limit": limit}, **fields}
+
+
+async def status(rt: Runtime, execution_id: str) -> str:
+    return (await rt.fetch(execution_id)).status.value
+
+
+async def until(rt: Runtime, execution_id: str, wanted: str) -> None:
+    with trio.fail_after(300):
+        async for execution in rt.watch(execution_id):
+            if execution.status == wanted:
+                return
+    raise AssertionError(f"execution {execution_id} ended {await status(rt, execution_id)}, not {wanted}")
+
+
+async def test_executions_over_the_limit_wait_in_arrival_order_per_key(autojump_clock: Any) -> None:
+    async with open_runtime("memory") as rt:
+        await rt.register_runbook(gate())
+        web = [(await rt.start("deploy", {"service": "web", "n": n})).id for n in range(3)]
+        db = (await rt.start("deploy", {"service": "db"})).id
+        await until(rt, web[0], "awaiting_approval")
+        await until(rt, db, "awaiting_approval")  # another key: not held back
+        assert [await status(rt, e) for e in web[1:]] == ["queued", "queued"]
+        queued = await rt.fetch(web[1])
+        assert queued.concurrency_key == "web" and queued.started_at is None
+        assert [e.id for e in (await rt.list_executions(status="queued")).items] == [web[2], web[1]]  # newest first
+        await rt.submit_approval(web[0], "ok", approver="boss", decision="approve")
+        await until(rt, web[1], "awaiting_approval")  # the first in line, not the last
+        assert await status(rt, web[2]) == "queued"
+        await rt.submit_approval(web[1], "ok", approver="boss", decision="approve")
+        await until(rt, web[2], "awaiting_approval")
+
+
+async def test_a_limit_of_two_runs_two_at_once(autojump_clock: Any) -> None:
+    async with open_runtime("memory") as rt:
+        await rt.register_runbook(gate(limit=2))
+        ids = [(await rt.start("deploy", {"service": "web", "n": n})).id for n in range(3)]
+        await until(rt, ids[1], "awaiting_approval")
+        assert [await status(rt, e) for e in ids] == ["awaiting_approval", "awaiting_approval", "queued"]
+        await rt.cancel(ids[1], reason="not needed")
+        await until(rt, ids[2], "awaiting_approval")
+
+
+@pytest.mark.parametrize("end", ["completed", "failed", "cancelled", "timed_out"])
+async def test_the_slot_is_given_back_whatever_the_end(end: str, autojump_clock: Any) -> None:
+    async with open_runtime("memory") as rt:
+        await rt.register_runbook(gate(timeoutMs=60_000))
+        first = (await rt.start("deploy", {"service": "web", "n": 1})).id
+        second = (await rt.start("deploy", {"service": "web", "n": 2})).id
+        await until(rt, first, "awaiting_approval")
+        await trio.sleep(30)  # a queued execution's timeout has not started
+        assert await status(rt, second) == "queued"
+        if end in ("completed", "failed"):
+            await rt.submit_approval(first, "ok", approver="boss", decision="approve" if end == "completed" else "reject")
+        elif end == "cancelled":
+            await rt.cancel(first, reason="stop")
+        await until(rt, first, end)
+        await until(rt, second, "awaiting_approval")
+        await trio.sleep(45)  # 75 s after it was queued, 45 s after it started: within its timeout
+        assert await status(rt, second) == "awaiting_approval"
+
+
+async def test_a_queued_execution_can_be_cancelled_and_not_paused(autojump_clock: Any) -> None:
+    async with open_runtime("memory") as rt:
+        await rt.register_runbook(gate())
+        first = (await rt.start("deploy", {"service": "web", "n": 1})).id
+        ids = [(await rt.start("deploy", {"service": "web", "n": n})).id for n in (2, 3)]
+        with pytest.raises(Conflict, match="queued"):
+            await rt.pause(ids[0], reason="hold")
+        assert (await rt.cancel(ids[0], reason="superseded")).status == "cancelled"
+        await rt.submit_approval(first, "ok", approver="boss", decision="approve")
+        await until(rt, ids[1], "awaiting_approval")  # the cancelled one kept no place
+
+
+async def test_the_queue_survives_a_restart(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path}/queue.db"
+    async with open_runtime(url) as rt:
+        await rt.register_runbook(gate())
+        first = (await rt.start("deploy", {"service": "web", "n": 1})).id
+        ids = [(await rt.start("deploy", {"service": "web", "n": n})).id for n in (2, 3)]
+        await until(rt, first, "awaiting_approval")
+    async with open_runtime(url) as rt:
+        assert [await status(rt, e) for e in ids] == ["queued", "queued"]
+        await rt.submit_approval(first, "ok", approver="boss", decision="approve")
+        await until(rt, ids[0], "awaiting_approval")
+        assert await status(rt, ids[1]) == "queued"
+
+
+async def test_a_slot_given_but_not_yet_taken_before_a_restart_is_taken_after_it(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path}/queue.db"
+    async with open_runtime(url, settings=Settings(queue_poll_ms=3_600_000)) as rt:
+        await rt.register_runbook(gate())
+        first = (await rt.start("deploy", {"service": "web", "n": 1})).id
+        second = (await rt.start("deploy", {"service": "web", "n": 2})).id
+        await until(rt, first, "awaiting_approval")
+        rt.persistence.admitted = None  # the process dies before it tells the one it gave the slot
+        await rt.cancel(first, reason="stop")
+        assert await status(rt, second) == "queued"
+    async with open_runtime(url) as rt:  # it looks for them as it opens
+        await until(rt, second, "awaiting_approval")
+
+
+@pytest.mark.parametrize(("block", "path", "message"), [
+    ({"key": "${input.service}", "limit": 0}, "concurrency.limit", "integer from 1"),
+    ({"key": "${input.service}"}, "concurrency.limit", "required"),
+    ({"key": "", "limit": 1}, "concurrency.key", "non-empty"),
+    ({"key": "${input.}", "limit": 1}, "concurrency.key", "bad template"),
+    ({"key": "${step1.output}", "limit": 1}, "concurrency.key", "only input, context and tenantId"),
+    ({"key": "x", "limit": 1, "scope": "global"}, "concurrency.scope", "unknown field"),
+    ("service", "concurrency", "must be an object"),
+])
+async def test_a_bad_concurrency_block_is_refused_with_its_path(block: Any, path: str, message: str) -> None:
+    async with open_runtime("memory") as rt:
+        with pytest.raises(ValidationError) as refused:
+            await rt.register_runbook({**GATE, "concurrency": block})
+        assert any(p.path == path and message in p.message for p in refused.value.problems), refused.value.problems
+
+
+async def test_a_start_whose_key_cannot_be_rendered_is_refused() -> None:
+    async with open_runtime("memory") as rt:
+        await rt.register_runbook(gate())
+        with pytest.raises(ValidationError) as refused:
+            await rt.start("deploy", {"other": 1})
+        assert refused.value.problems[0].path == "concurrency.key"
+
+
+@pytest.mark.postgres
+async def test_two_processes_on_one_database_share_the_queue_of_a_key(schema: str) -> None:
+    from tests.test_cluster import node
+
+    async with node(schema, "a") as a, node(schema, "b") as b:
+        await a.register_runbook(gate())
+        first = (await a.start("deploy", {"service": "web", "n": 1})).id
+        second = (await b.start("deploy", {"service": "web", "n": 2})).id  # owned by b, queued behind a's
+        third = (await a.start("deploy", {"service": "web", "n": 3})).id
+        await until(a, first, "awaiting_approval")
+        assert (await a.fetch(second)).status == "queued" and b.owns(second)
+        await a.submit_approval(first, "ok", approver="boss", decision="approve")  # a gives the slot to b's
+        await until(b, second, "awaiting_approval")
+        assert await status(a, third) == "queued"
+        await a.cancel(second, reason="stop")  # through a, applied by b, the slot goes to a's
+        await until(a, third, "awaiting_approval")
+
+
+@pytest.mark.postgres
+async def test_starts_racing_on_two_processes_never_both_take_the_last_slot(schema: str) -> None:
+    from tests.test_cluster import node
+
+    async with node(schema, "a") as a, node(schema, "b") as b:
+        await a.register_runbook(gate(limit=2))
+        started: list[tuple[Runtime, str]] = []
+
+        async def start(rt: Runtime, n: int) -> None:
+            started.append((rt, (await rt.start("deploy", {"service": "web", "n": n})).id))
+
+        async with trio.open_nursery() as nursery:
+            for n in range(8):
+                nursery.start_soon(start, (a, b)[n % 2], n)
+        for rt, execution_id in started:  # each as its owner knows it
+            if await status(rt, execution_id) != "queued":
+                await until(rt, execution_id, "awaiting_approval")
+        assert sorted([await status(rt, e) for rt, e in started]) == ["awaiting_approval"] * 2 + ["queued"] * 6
