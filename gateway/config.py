@@ -25,9 +25,11 @@ from gateway.roles import DEFAULT_TOKEN_ROLES
 from runtime import Settings
 from runtime.io import tracing
 from runtime.kinds.approval_rules import ANY_ROLE
+from runtime.model.errors import ValidationError
 from runtime.model.limits import MAX_CONCURRENCY, MAX_DURATION_MS, MAX_RETRIES
 from runtime.security.outbound import HostAllowlist
 from runtime.security.secrets import SecretsFileError, load_secrets_file
+from runtime.shell.quotas import Quota, load_quotas
 from runtime.sources.config import SourcesConfig, SourcesFileError, load_sources
 
 T = TypeVar("T")
@@ -98,6 +100,7 @@ class Config:
     sources_file: str | None = None
     sources: SourcesConfig = attrs.Factory(SourcesConfig)
     require_separation_of_duties: bool = False
+    quotas: Mapping[str, Quota] = attrs.Factory(dict)  # RUNBOOKS_QUOTAS_FILE, per tenant
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -149,6 +152,7 @@ class Config:
             sources_file=read.optional("RUNBOOKS_SOURCES_FILE"),
             sources=read.parsed("RUNBOOKS_SOURCES_FILE", SourcesConfig(), _sources_file),
             require_separation_of_duties=read.boolean("REQUIRE_SEPARATION_OF_DUTIES", False),
+            quotas=read.parsed("RUNBOOKS_QUOTAS_FILE", {}, _quotas_file),
         )
         if not config.instance_id:  # the default names the host and the port it serves on
             config = attrs.evolve(config, instance_id=f"{socket.gethostname()}:{config.port}")
@@ -205,6 +209,7 @@ class Config:
             max_active_descendants_per_tenant=self.max_active_descendants_per_tenant,
             lifecycle_outbox=bool(self.sources.sinks),
             require_separation_of_duties=self.require_separation_of_duties,
+            quotas=self.quotas,
         )
 
     def check_can_serve(self) -> None:
@@ -341,6 +346,15 @@ def _sources_file(value: str) -> SourcesConfig:
     except SourcesFileError as exc:
         raise ConfigError(f"{value} has {len(exc.problems)} problem(s):\n" + "\n".join(
             f"RUNBOOKS_SOURCES_FILE: {value}: {p.path}: {p.message}" for p in exc.problems)) from None
+
+
+def _quotas_file(value: str) -> dict[str, Quota]:
+    """Read and checked once here: a problem stops start-up, each on a line of its own."""
+    try:
+        return load_quotas(value)
+    except ValidationError as exc:
+        raise ConfigError(f"{value} has {len(exc.problems)} problem(s):\n" + "\n".join(
+            f"RUNBOOKS_QUOTAS_FILE: {p.path}: {p.message}" for p in exc.problems)) from None
 
 
 def _public_url(value: str) -> str:

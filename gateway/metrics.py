@@ -88,6 +88,10 @@ class GatewayMetrics:
             "runbooks_source_refusals", "Refused messages of event sources, by source and reason (missing, "
             "malformed, stale, mismatch: the signature; unmappable; too_large).", ["source", "reason"], registry=r)
 
+        self.quota_refusals = Counter(
+            "runbooks_quota_refusals", "Starts refused by a tenant's quota (429), by tenant and reason "
+            "(maxActive, startsPerSecond).", ["tenant", "reason"], registry=r)
+
     def attach_sources(self, intake: Any) -> None:
         """Count the messages of the event sources (``Intake.observers``)."""
         intake.observers.append(self.on_source_message)
@@ -131,6 +135,9 @@ class GatewayMetrics:
         elif what == "step.finished":
             _, _, state = data
             self._step_finished(state)
+        elif what == "quota.exceeded":
+            tenant, reason = data
+            self.quota_refusals.labels(tenant, reason).inc()
         elif what == "runbook.registered":
             self.runbooks_registered.inc()
 

@@ -22,6 +22,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+import attrs
 import httpx
 import trio
 
@@ -53,6 +54,7 @@ from runtime.shell.events import EventRouter
 from runtime.shell.host import ExecutionHost
 from runtime.shell.lifecycle import lifecycle_of
 from runtime.shell.persistence import BatchObserver, PersistenceActor, PersistenceMessage
+from runtime.shell.quotas import quotas_from_env
 from runtime.shell.settings import Settings
 from runtime.shell.step_types import StepTypes
 from runtime.shell.timers import Timers
@@ -65,15 +67,22 @@ from runtime.triggers.scheduler import Scheduler, SchedulerHost
 async def open_runtime(store: str | Store = "memory", *, settings: Settings | None = None,
                        http: httpx.AsyncClient | None = None, batch_observer: BatchObserver | None = None,
                        executors: Mapping[str, Any] | None = None, pool_max: int = 20,
-                       stand_in: StandIn | None = None) -> AsyncIterator[Runtime]:
+                       stand_in: StandIn | None = None,
+                       quotas: Mapping[str, Any] | None = None) -> AsyncIterator[Runtime]:
     """Open the engine on a store (``"memory"``, ``"sqlite:///file.db"``, ``"postgresql://..."``,
     or a ``Store`` object). ``pool_max``: the most connections a PostgreSQL URL's read pool holds.
 
     ``executors`` registers custom step types before recovery starts. ``stand_in`` answers
     every call-service request, gRPC call and approval notification instead of the network
-    (``runtime.io.stand_in``; runbook tests).
+    (``runtime.io.stand_in``; runbook tests). ``quotas``: per tenant, ``{maxActive,
+    startsPerSecond, burst}`` (``runtime.shell.quotas``); without them (here or in
+    ``settings.quotas``) those of the file ``RUNBOOKS_QUOTAS_FILE`` names, if it is set.
     """
     settings = settings or Settings()
+    if quotas is not None:
+        settings = attrs.evolve(settings, quotas=quotas)
+    elif not settings.quotas:
+        settings = attrs.evolve(settings, quotas=quotas_from_env())
     the_store = store_for(store, pool_max=pool_max)
     if the_store.threaded:
         await trio.to_thread.run_sync(the_store.open)
@@ -152,7 +161,7 @@ def _assemble(store: Store, settings: Settings, http: httpx.AsyncClient, persist
     starter = Starter(store, read, commit, clock, catalog, directory, hub, routing.fetch, max_hops=settings.max_hops,
                       owner=cluster.instance_id if cluster is not None else None,
                       max_descendants=settings.max_descendants,
-                      max_active_descendants=settings.max_active_descendants_per_tenant)
+                      max_active_descendants=settings.max_active_descendants_per_tenant, quotas=settings.quotas)
     secrets = Secrets(settings.secrets_file, settings.secrets_env)
     executors = Services(http=http, now=clock.now, call_service_base_url=settings.call_service_base_url,
                          secrets=secrets, allowed_hosts=settings.call_service_allowed_hosts,

@@ -11,6 +11,11 @@ A runbook with a concurrency key starts its executions ``queued`` in the store's
 that key (``runtime/store/slots.py``); one given a slot in the commit of its start begins at
 once, the others when a slot frees (``Admit``).
 
+A start of a tenant with a quota is admitted by the store in the transaction that writes it
+too (``QuotaCaps``): fewer than ``maxActive`` of the tenant's executions unfinished, and a
+token in its start-rate bucket; else ``QuotaExceeded`` (children are bounded by the fan-out
+caps instead).
+
 A child's start is admitted by the store in the transaction that writes it (``FanoutCaps``),
 so several processes sharing the store count the same executions and cannot both take the
 last place: its root and its parent must still run (once a cancel of either is committed,
@@ -37,15 +42,25 @@ from runtime.model.errors import (
     FanoutLimit,
     LoopDetected,
     Problem,
+    QuotaExceeded,
     RunbookError,
     ValidationError,
 )
-from runtime.model.records import ROOT_FULL, TENANT_FULL, Change, FanoutCaps
+from runtime.model.records import (
+    QUOTA_ACTIVE,
+    QUOTA_RATE,
+    ROOT_FULL,
+    TENANT_FULL,
+    Change,
+    FanoutCaps,
+    QuotaCaps,
+)
 from runtime.model.types import StartResult
 from runtime.model.wire import sha256_hex
 from runtime.shell.catalog import Catalog
 from runtime.shell.clock import Clock
 from runtime.shell.directory import Directory
+from runtime.shell.quotas import Quota, quota_for
 from runtime.shell.watch import WatchHub
 from runtime.store.base import Store
 
@@ -66,6 +81,7 @@ class Starter:
     owner: str | None = None  # this process's instance id, when several share the store
     max_descendants: int = 1000  # executions started under one root (FanoutLimit)
     max_active_descendants: int = 10_000  # unfinished child executions of one tenant (FanoutLimit)
+    quotas: Mapping[str, Quota] = attrs.field(factory=dict)  # per tenant: what its starts may be (QuotaExceeded)
 
     async def start(self, runbook_id: str, input: Any = None, context: Mapping[str, Any] | None = None, *,
                     version: int | None = None, idempotency_key: str | None = None, force: bool = False,
@@ -97,6 +113,10 @@ class Starter:
                          replay_of=replay_of, now=self.clock.now(), actor=actor, reason=reason, parent=parent)
         if parent is not None:
             change = attrs.evolve(change, fanout=FanoutCaps(self.max_descendants, self.max_active_descendants))
+        quota = quota_for(self.quotas, tenant) if parent is None else None
+        if quota is not None:
+            change = attrs.evolve(change, quota=QuotaCaps(quota.max_active, quota.starts_per_second, quota.bucket,
+                                                          self.clock.now().timestamp()))
         if slot is not None:  # queued until the store gives it a slot of its key (maybe in this very commit)
             assert change.new_execution is not None
             queued = attrs.evolve(change.new_execution, status=ExecutionStatus.QUEUED, concurrency_key=slot.key)
@@ -113,7 +133,7 @@ class Starter:
             change = attrs.evolve(change, owner=self.owner, new_execution=execution)
         result = await self.commit(change)
         if result.refused is not None:
-            raise self._refusal(result.refused, execution)
+            raise self._refusal(result.refused, execution, result.retry_after_s)
         if result.existing_id is not None:
             existing = await self.fetch(result.existing_id)
             return StartResult(_same_input(existing, keyed_hash) if keyed_hash else existing, False)
@@ -125,8 +145,11 @@ class Starter:
         return StartResult(execution, True)
 
 
-    def _refusal(self, why: str, child: Execution) -> RunbookError:
-        """Why a child's start was not admitted, as the error its step fails with."""
+    def _refusal(self, why: str, child: Execution, retry_after_s: float | None) -> RunbookError:
+        """Why a start was not admitted: its tenant's quota, or, for a child, the error its
+        step fails with."""
+        if why in (QUOTA_ACTIVE, QUOTA_RATE):
+            return self._over_quota(why, child.tenant_id, retry_after_s)
         not_started = f"child execution {child.id} was not started"
         if why == ROOT_FULL:
             return FanoutLimit(f"execution {child.root_execution_id} already has {self.max_descendants} executions "
@@ -139,6 +162,21 @@ class Starter:
                                setting=setting)
         return Conflict(f"{not_started}: its root execution {child.root_execution_id} or its parent "
                         f"{child.parent_execution_id} has ended")
+
+    def _over_quota(self, why: str, tenant: str, retry_after_s: float | None) -> QuotaExceeded:
+        quota = quota_for(self.quotas, tenant)
+        assert quota is not None
+        if why == QUOTA_ACTIVE:
+            error = QuotaExceeded(f"tenant '{tenant}' already has {quota.max_active} unfinished executions "
+                                  "(its quota's maxActive); nothing was started", tenant_id=tenant,
+                                  reason="maxActive", limit=quota.max_active or 0, retry_after_s=1.0)
+        else:
+            error = QuotaExceeded(f"tenant '{tenant}' starts more than {quota.starts_per_second:g} executions a "
+                                  "second (its quota's startsPerSecond); nothing was started", tenant_id=tenant,
+                                  reason="startsPerSecond", limit=quota.starts_per_second or 0,
+                                  retry_after_s=retry_after_s)
+        self.hub.notify("quota.exceeded", (tenant, error.reason))
+        return error
 
 
 def _same_input(existing: Execution, input_hash: str) -> Execution:

@@ -122,6 +122,20 @@ class FanoutLimit(LimitExceeded):
     code = "fanoutLimit"
 
 
+class QuotaExceeded(LimitExceeded):
+    """A start refused by its tenant's quota (``RUNBOOKS_QUOTAS_FILE``, ``open_runtime(quotas=...)``):
+    ``reason`` is ``maxActive`` (too many unfinished executions) or ``startsPerSecond`` (its
+    start rate; ``retry_after_s`` says when the next start is allowed). Nothing was written."""
+
+    code = "quotaExceeded"
+
+    def __init__(self, message: str, *, tenant_id: str, reason: str, limit: float,
+                 retry_after_s: float | None = None) -> None:
+        super().__init__(message, limit=int(limit), setting="RUNBOOKS_QUOTAS_FILE", retry_after_s=retry_after_s)
+        self.tenant_id = tenant_id
+        self.reason = reason
+
+
 def too_large(path: str, what: str, size: int, cap: int, setting: str) -> ValidationError:
     """The refusal of a value over a size cap (the gateway answers 413)."""
     error = ValidationError([Problem(path, f"{what} is {size} bytes as JSON, over the cap of {cap} ({setting})")],

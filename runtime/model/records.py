@@ -52,8 +52,23 @@ class SlotClaim:
     limit: int
 
 
-#: why a store refused a child's start (``ChangeResult.refused``)
+@attrs.frozen
+class QuotaCaps:
+    """What a store checks in the transaction of a start (a ``new_execution``) of a tenant with
+    a quota: fewer than ``max_active`` of its executions unfinished (queued ones count), and a
+    token in its bucket, which fills at ``rate`` starts a second up to ``burst`` (``now_s``:
+    the start's time in seconds, as the runtime's clock says). Otherwise nothing of the Change
+    is written, ``ChangeResult.refused`` says why and ``retry_after_s`` when to try again."""
+
+    max_active: int | None
+    rate: float | None
+    burst: float
+    now_s: float
+
+
+#: why a store refused a start (``ChangeResult.refused``): a child's (``FanoutCaps``), a quota's
 ENDED, ROOT_FULL, TENANT_FULL = "ended", "root_full", "tenant_full"
+QUOTA_ACTIVE, QUOTA_RATE = "quota_active", "quota_rate"
 
 
 @attrs.frozen
@@ -116,6 +131,7 @@ class Change:
     dedup: bool = True
     fanout: FanoutCaps | None = None  # with the new_execution of a child: what admits it
     slot: SlotClaim | None = None  # with a queued new_execution: the queue of its concurrency key
+    quota: QuotaCaps | None = None  # with a new_execution: its tenant's quota
     runbook: Runbook | None = None
     execution: Execution | None = None  # header upsert (its steps are written via `steps`)
     steps: tuple[tuple[str, str, int, StepState], ...] = ()  # (execution_id, step_id, position, state)
@@ -166,7 +182,8 @@ class ChangeResult:
     delivered: int = 0  # a publish: the waiters it was handed to
     retained: bool = False  # a publish: kept for a later waiter
     commands: tuple[QueuedCommand, ...] = ()  # a shared store's publish: the command each waiter got
-    refused: str | None = None  # a child's start not admitted (``FanoutCaps``): ENDED, ROOT_FULL or TENANT_FULL
+    refused: str | None = None  # a start not admitted: ENDED, ROOT_FULL, TENANT_FULL, QUOTA_ACTIVE, QUOTA_RATE
+    retry_after_s: float | None = None  # with QUOTA_RATE: when the tenant's bucket has a token again
     duplicate: bool = False  # the Change's receipt was held already: nothing of it was written
     admitted: tuple[str, ...] = ()  # queued executions given a slot by this commit (``SlotClaim``)
 

@@ -15,6 +15,7 @@ import attrs
 from runtime.documents.triggers import TriggerLimits
 from runtime.model import RetryPolicy
 from runtime.security.outbound import HostAllowlist
+from runtime.shell.quotas import Quota, parse_quotas
 
 
 @attrs.frozen
@@ -44,6 +45,8 @@ class Settings:
     max_triggers_per_tenant: int = 100  # the triggers of the latest versions of a tenant's own runbooks
     max_descendants: int = 1000  # executions started under one root by run-runbook steps
     max_active_descendants_per_tenant: int = 10_000  # a tenant's unfinished child executions
+    # per tenant ("*": every other), as ``Quota`` or as written ({maxActive, startsPerSecond}): quotas.py
+    quotas: Mapping[str, Quota] = attrs.field(factory=dict, converter=parse_quotas)
     queue_poll_ms: int = 1000  # how often queued executions given a slot are looked for (restarts, lost news)
 
     @property

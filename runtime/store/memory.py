@@ -24,16 +24,20 @@ from runtime.model import (
 )
 from runtime.model.records import (
     ENDED,
+    QUOTA_ACTIVE,
+    QUOTA_RATE,
     ROOT_FULL,
     TENANT_FULL,
     Change,
     ChangeResult,
     FanoutCaps,
     Lifecycle,
+    QuotaCaps,
     Receipt,
 )
 from runtime.store.base import level_at_least, parse_cursor
 from runtime.store.decision_links import LinkUses
+from runtime.store.quotas import take_token
 from runtime.store.slots import MemorySlots
 
 _DedupKey = tuple[str, str, int, str]
@@ -110,6 +114,7 @@ class MemoryStore(_TriggerStates, LinkUses):
         self._events: dict[str, Event] = {}
         self._versions: dict[str, int] = {}
         self._slots = MemorySlots()
+        self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (tokens, counted at): start rates
         self._triggers: dict[_TriggerKey, TriggerState] = {}
         self._fanout = _Fanout()
         self._receipts: dict[tuple[str, str], Receipt] = {}
@@ -146,6 +151,10 @@ class MemoryStore(_TriggerStates, LinkUses):
             refused = self._fanout.refusal(change.new_execution, change.fanout, self._status)
             if refused is not None:
                 return ChangeResult(refused=refused)
+            if change.quota is not None:
+                refused, retry_after = self._quota_refusal(change.new_execution.tenant_id, change.quota)
+                if refused is not None:
+                    return ChangeResult(refused=refused, retry_after_s=retry_after)
             self._insert(change.new_execution, change.dedup)
         if change.runbook is not None:
             version = self._add_runbook(change.runbook)
@@ -171,6 +180,20 @@ class MemoryStore(_TriggerStates, LinkUses):
             self._versions[change.version[0]] = change.version[1]
         self._settle(change)
         return ChangeResult(runbook_version=version)
+
+    def _quota_refusal(self, tenant_id: str, caps: QuotaCaps) -> tuple[str | None, float | None]:
+        """Why a start of the tenant is over its quota (and when a token comes), or (None, None)."""
+        if caps.max_active is not None:
+            active = sum(1 for _, e in self._headers.values() if e.tenant_id == tenant_id and not e.status.finished)
+            if active >= caps.max_active:
+                return QUOTA_ACTIVE, None
+        if caps.rate is not None:
+            held, at = self._buckets.get(tenant_id, (caps.burst, caps.now_s))
+            tokens, wait = take_token(held, at, caps.now_s, caps.rate, caps.burst)
+            if wait is not None:
+                return QUOTA_RATE, wait
+            self._buckets[tenant_id] = (tokens, caps.now_s)
+        return None, None
 
     def _status(self, execution_id: str | None) -> ExecutionStatus | None:
         found = self._headers.get(execution_id or "")

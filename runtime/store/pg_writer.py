@@ -76,6 +76,11 @@ class PostgresWriter(SqlWriter):
         ends: the count of its unfinished children is the one every process sees."""
         self._cursor.execute(cluster.LOCK_KEY, (json.dumps(["children", tenant_id]),))
 
+    def _lock_quota(self, tenant_id: str) -> None:
+        """One start of a tenant with a quota at a time, across processes, until this
+        transaction ends: every process counts the same executions and the same bucket."""
+        self._cursor.execute(cluster.LOCK_KEY, (json.dumps(["quota", tenant_id]),))
+
     def add_runbook(self, runbook: Runbook) -> int:
         self._notices.append(f"runbook:{runbook.id}")  # the others drop the latest version they cached
         return super().add_runbook(runbook)

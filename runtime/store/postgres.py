@@ -31,7 +31,7 @@ from runtime.model import Execution
 from runtime.model.errors import StoreUnavailable
 from runtime.model.records import Change, ChangeResult
 from runtime.store import pg_cluster as cluster
-from runtime.store import slots
+from runtime.store import quotas, slots
 from runtime.store.decision_links import DECISION_LINKS_TABLE
 from runtime.store.dialect import Dialect
 from runtime.store.pg_ledger import PostgresLedger
@@ -171,6 +171,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     per_tenant_migration("timestamptz", "a.data->>'tenantId'"),
     fanout_migration("ADD COLUMN IF NOT EXISTS"),  # 11: executions under each root, each tenant's children
     slots.TABLES,  # 12: the queues of concurrency keys (``concurrency: {key, limit}``)
+    (quotas.TABLE,),  # 13: the start-rate buckets of tenant quotas
 )
 
 _MARK_BATCH = "INSERT INTO batches (id) VALUES (%s)"

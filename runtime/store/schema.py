@@ -60,6 +60,10 @@ class BatchWriter(Protocol):
         """Admit a child just inserted (``change.fanout``), or take it out again and say why not
         (``records.ENDED``, ``ROOT_FULL``, ``TENANT_FULL``)."""
 
+    def quota(self, change: Change, later: Sequence[str]) -> tuple[str | None, float | None]:
+        """Keep a start just inserted within its tenant's quota (``change.quota``), or take it
+        out again: (``records.QUOTA_ACTIVE`` or ``QUOTA_RATE``, seconds until a token comes)."""
+
     def add_runbook(self, runbook: Runbook) -> int:
         """Store the next version of the runbook; its version."""
 
@@ -174,13 +178,18 @@ def apply_batch(changes: Sequence[Change], writer: BatchWriter) -> list[ChangeRe
     while index < len(changes):
         starts = _starts_at(changes, index, pending)
         if starts:
-            for change, existing in zip(starts, writer.insert_executions(starts), strict=True):
+            for position, (change, existing) in enumerate(zip(starts, writer.insert_executions(starts),
+                                                              strict=True)):
                 if existing is not None:
                     results.append(ChangeResult(existing_id=existing))
                     continue
                 refused = writer.admit(change) if change.fanout is not None else None
+                retry_after = None
+                if refused is None and change.quota is not None:
+                    later = [c.new_execution.id for c in starts[position + 1:] if c.new_execution is not None]
+                    refused, retry_after = writer.quota(change, later)
                 if refused is not None:
-                    results.append(ChangeResult(refused=refused))
+                    results.append(ChangeResult(refused=refused, retry_after_s=retry_after))
                     continue
                 assert change.new_execution is not None
                 pending.add_new(change.new_execution)

@@ -20,6 +20,8 @@ from runtime.model import Execution, Runbook
 from runtime.model.errors import StoreUnavailable
 from runtime.model.records import (
     ENDED,
+    QUOTA_ACTIVE,
+    QUOTA_RATE,
     ROOT_FULL,
     TENANT_FULL,
     Change,
@@ -27,7 +29,7 @@ from runtime.model.records import (
     FanoutCaps,
     Receipt,
 )
-from runtime.store import receipts, slots
+from runtime.store import quotas, receipts, slots
 from runtime.store.dialect import Dialect, marks
 from runtime.store.schema import (
     FINISHED_SQL,
@@ -199,6 +201,35 @@ class SqlWriter:
         if self._db.execute(self._sql(ADMIT_UNDER_ROOT), (root, caps.per_root)).fetchall():
             return None
         return ROOT_FULL if self._db.execute(self._sql(self.RUNNING), (root,)).fetchall() else ENDED
+
+    def quota(self, change: Change, later: Sequence[str]) -> tuple[str | None, float | None]:
+        """Keep the start just inserted if its tenant's quota allows it, else take it out again:
+        (why not, when to try again). ``later``: the starts inserted with it that come after it
+        (they are counted when their turn comes)."""
+        new, caps = change.new_execution, change.quota
+        assert new is not None and caps is not None
+        self._lock_quota(new.tenant_id)
+        refused: tuple[str | None, float | None] = (None, None)
+        if caps.max_active is not None:
+            query = quotas.ACTIVE + (f" AND id NOT IN ({marks(len(later))})" if later else "")
+            [(active,)] = self._db.execute(self._sql(query), (new.tenant_id, *later)).fetchall()
+            if active > caps.max_active:
+                refused = (QUOTA_ACTIVE, None)
+        if refused[0] is None and caps.rate is not None:
+            row = self._db.execute(self._sql(quotas.BUCKET), (new.tenant_id,)).fetchone()
+            held, at = (float(row[0]), float(row[1])) if row is not None else (caps.burst, caps.now_s)
+            tokens, wait = quotas.take_token(held, at, caps.now_s, caps.rate, caps.burst)
+            if wait is None:
+                self._db.execute(self._sql(quotas.SET_BUCKET), (new.tenant_id, tokens, caps.now_s))
+            else:
+                refused = (QUOTA_RATE, wait)
+        if refused[0] is not None:
+            self._db.execute(self._sql(DELETE_START), (new.id,))
+        return refused
+
+    def _lock_quota(self, tenant_id: str) -> None:
+        """Hold the tenant's quota until the transaction ends (one process's store: its write
+        transaction holds the whole database already)."""
 
     def _lock_children(self, tenant_id: str) -> None:
         """Hold the tenant's children count until the transaction ends (one process's store:

@@ -27,7 +27,7 @@ from runtime.model import Execution
 from runtime.model.errors import StoreInUse, StoreUnavailable
 from runtime.model.records import Change, ChangeResult
 from runtime.model.wire import format_time, parse_time
-from runtime.store import slots
+from runtime.store import quotas, slots
 from runtime.store.decision_links import DECISION_LINKS_TABLE
 from runtime.store.diagnose import unwritable_because
 from runtime.store.dialect import Dialect
@@ -155,6 +155,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     per_tenant_migration("TEXT", "json_extract(a.data, '$.tenantId')"),
     fanout_migration("ADD COLUMN"),  # 7: executions under each root, and each tenant's unfinished children
     slots.TABLES,  # 8: the queues of concurrency keys (``concurrency: {key, limit}``)
+    (quotas.TABLE,),  # 9: the start-rate buckets of tenant quotas
 )
 
 _HEADERS = "SELECT seq, id, header, version FROM executions"
