@@ -185,7 +185,7 @@ def _start(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
         _print_json(execution, out)
     else:
         print(f"execution {execution['id']} of {execution['runbookId']} v{execution['runbookVersion']}: "
-              f"{execution['status']}", file=out)
+              f"{summary(execution)}", file=out)
     return 0
 
 

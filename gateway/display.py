@@ -46,8 +46,11 @@ class Progress:
 
 
 def summary(execution: dict[str, Any]) -> str:
-    """``completed``, or ``failed: <message>`` (the execution's error)."""
+    """``completed``, ``failed: <message>`` (the execution's error), or ``queued`` with the
+    concurrency key whose slot it waits for."""
     error = execution.get("error")
+    if execution["status"] == "queued" and execution.get("concurrencyKey") is not None:
+        return f"queued (waiting for a slot of concurrency key '{execution['concurrencyKey']}')"
     return execution["status"] + (f": {error['message']}" if error else "")
 
 

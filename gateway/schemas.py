@@ -69,6 +69,10 @@ _STEP_STATE = obj({
     "progress": {"type": ["object", "null"]},
     "deadlineAt": TIME_OR_NULL,
     "childExecutionId": {**TEXT_OR_NULL, "description": "run-runbook: the child execution of this attempt."},
+    "slot": {"anyOf": [{"type": "null"}, obj({"key": {"type": "string"}, "limit": {"type": "integer"},
+                                              "held": {"type": "boolean"}}, ("key", "limit", "held"))],
+             "description": "A step with a concurrency key: the key as rendered, its limit, and whether "
+                            "it holds a slot (it stays pending until it does)."},
     "approvalRequest": {**nullable("ApprovalShown"),
                         "description": "human-approval: what the approvers are shown and its digest."},
     "delegations": {"type": "array", "items": ref("Delegation"),
@@ -128,6 +132,11 @@ _RETRY_POLICY = obj({
     "maxDelayMs": _DELAY,
     "jitter": {"type": "boolean"},
 }, closed=True)
+_CONCURRENCY = obj({"key": {"type": "string", "minLength": 1},
+                    "limit": {"type": "integer", "minimum": 1, "maximum": MAX_CONCURRENCY}},
+                   ("key", "limit"), closed=True,
+                   description="Beyond limit at once with the same rendered key (per tenant), executions wait "
+                               "queued (a runbook's block) or steps wait pending (a step's), in arrival order.")
 _STEP = obj({
     "id": {**_ID, "not": {"enum": sorted(RESERVED_IDS)}},
     "type": {"type": "string", "minLength": 1},
@@ -140,6 +149,7 @@ _STEP = obj({
     "retryPolicy": _RETRY_POLICY,
     "timeoutMs": _DURATION,
     "continueOnError": {"type": "boolean"},
+    "concurrency": _CONCURRENCY,
 }, ("id", "type"), closed=True)
 _RUNBOOK_DOCUMENT = obj({
     "id": {**_ID, "not": {"enum": list(RESERVED_RUNBOOK_IDS)}},
@@ -149,11 +159,7 @@ _RUNBOOK_DOCUMENT = obj({
     "maxConcurrentSteps": {"type": "integer", "minimum": 1, "maximum": MAX_CONCURRENCY},
     "inputSchema": {"type": "object"},
     "requireLegalBasis": {"type": "boolean"},
-    "concurrency": obj({"key": {"type": "string", "minLength": 1},
-                        "limit": {"type": "integer", "minimum": 1, "maximum": MAX_CONCURRENCY}},
-                       ("key", "limit"), closed=True,
-                       description="Executions with the same rendered key (per tenant) beyond limit wait, "
-                                   "queued, in arrival order."),
+    "concurrency": _CONCURRENCY,
     "output": ANY,
     "steps": {"type": "array", "minItems": 1, "maxItems": MAX_STEPS, "items": _STEP},
     "version": ANY,

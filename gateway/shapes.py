@@ -30,7 +30,7 @@ EXECUTION_FIELDS = (
     "parentExecutionId", "parentStepId", "rootExecutionId", "concurrencyKey",
 )
 STEP_FIELDS = ("status", "type", "attempts", "startedAt", "completedAt", "output", "error", "approvals",
-               "progress", "deadlineAt", "childExecutionId")
+               "progress", "deadlineAt", "childExecutionId", "slot")
 EVIDENCE_FIELDS = ("id", "stepId", "kind", "sha256", "data", "createdAt")
 AUDIT_FIELDS = ("at", "actor", "action", "stepId", "legalBasis", "reason", "data")
 LOG_FIELDS = ("seq", "at", "level", "message", "stepId", "data")

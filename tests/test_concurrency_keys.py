@@ -177,3 +177,78 @@ async def test_starts_racing_on_two_processes_never_both_take_the_last_slot(sche
             if await status(rt, execution_id) != "queued":
                 await until(rt, execution_id, "awaiting_approval")
         assert sorted([await status(rt, e) for rt, e in started]) == ["awaiting_approval"] * 2 + ["queued"] * 6
+
+
+def remediate(key: str = "${input.host}") -> dict[str, Any]:
+    """A runbook whose second step takes the host's slot: the first runs at once in every execution."""
+    return {"id": "remediate", "steps": [
+        {"id": "look", "type": "echo"},
+        {"id": "fix", "type": "human-approval", "config": {"approvers": ["boss"]},
+         "concurrency": {"key": key, "limit": 1}},
+        {"id": "after", "type": "echo"}]}
+
+
+async def test_a_step_with_a_key_waits_pending_for_its_slot_and_gives_it_back_when_it_ends(
+        autojump_clock: Any) -> None:
+    async with open_runtime("memory") as rt:
+        rt.register_executor("echo", echo)
+        await rt.register_runbook(remediate())
+        ids = [(await rt.start("remediate", {"host": "db-1", "n": n})).id for n in range(3)]
+        other = (await rt.start("remediate", {"host": "db-2"})).id
+        await until(rt, other, "awaiting_approval")  # another host: its own slot
+        for execution_id in ids:
+            await until_step(rt, execution_id, lambda state: state.slot is not None)
+        asked: dict[str, int] = {}  # when each step asked for a slot (the log's order)
+        for execution_id in ids:
+            logs = await rt.logs(execution_id, step_id="fix")
+            asked[execution_id] = min(entry.seq for entry in logs if "waiting for a slot" in entry.message)
+        order = sorted(ids, key=asked.__getitem__)
+        await until(rt, order[0], "awaiting_approval")  # the first to ask
+        for waiting in order[1:]:
+            execution = await rt.fetch(waiting)
+            assert execution.status == "running"  # the execution runs; the step waits
+            assert execution.steps["look"].status == "succeeded" and execution.steps["fix"].status == "pending"
+            assert execution.steps["fix"].slot is not None and execution.steps["fix"].slot.key == "db-1"
+        await rt.submit_approval(order[0], "fix", approver="boss", decision="reject")  # it fails
+        await until(rt, order[1], "awaiting_approval")  # the next in line
+        assert (await rt.fetch(order[2])).steps["fix"].status == "pending"
+        await rt.cancel(order[1], reason="stop")
+        await until(rt, order[2], "awaiting_approval")
+        await rt.submit_approval(order[2], "fix", approver="boss", decision="approve")
+        assert (await rt.wait(order[2])).status == "completed"
+
+
+async def until_step(rt: Runtime, execution_id: str, holds: Any) -> None:
+    with trio.fail_after(300):
+        async for execution in rt.watch(execution_id):
+            if holds(execution.steps["fix"]):
+                return
+
+
+async def test_a_step_key_that_cannot_be_rendered_fails_the_step(autojump_clock: Any) -> None:
+    async with open_runtime("memory", settings=Settings(default_max_retries=0)) as rt:
+        rt.register_executor("echo", echo)
+        await rt.register_runbook(remediate("${look.missing}"))
+        final = await rt.wait((await rt.start("remediate", {"host": "x"})).id)
+        assert final.status == "failed" and final.steps["fix"].error is not None
+        assert final.steps["fix"].error.code == "template"
+
+
+async def test_a_step_slot_given_before_a_restart_is_taken_after_it(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path}/steps.db"
+    async with open_runtime(url, settings=Settings(queue_poll_ms=3_600_000)) as rt:
+        rt.register_executor("echo", echo)
+        await rt.register_runbook(remediate())
+        first = (await rt.start("remediate", {"host": "db-1", "n": 1})).id
+        second = (await rt.start("remediate", {"host": "db-1", "n": 2})).id
+        await until(rt, first, "awaiting_approval")
+        rt.persistence.admitted = None  # the process dies before it tells the step
+        await rt.cancel(first, reason="stop")
+        assert (await rt.fetch(second)).steps["fix"].status == "pending"
+    async with open_runtime(url) as rt:
+        rt.register_executor("echo", echo)
+        await until(rt, second, "awaiting_approval")
+
+
+async def echo(ctx: Any) -> Any:
+    return {"step": ctx.step_id}

@@ -18,7 +18,7 @@ TENANT_A = {"X-Tenant-Id": "tenant-a", "X-User-Id": "alice"}
 TENANT_B = {"X-Tenant-Id": "tenant-b", "X-User-Id": "bob"}
 BOSS = {"X-User-Id": "boss"}
 STEP_KEYS = {"status", "type", "attempts", "startedAt", "completedAt", "output", "error", "approvals",
-             "progress", "deadlineAt", "childExecutionId"}
+             "progress", "deadlineAt", "childExecutionId", "slot"}
 APPROVAL_STEP_KEYS = STEP_KEYS | {"approvalRequest", "delegations", "escalations"}  # human-approval steps
 EXECUTION_KEYS = {"id", "runbookId", "runbookVersion", "tenantId", "status", "input", "output", "context",
                   "error", "createdAt", "startedAt", "completedAt", "pausedDurationMs", "replayOf", "inputHash",

@@ -36,6 +36,7 @@ from runtime.model import (
     Runbook,
     Step,
     StepError,
+    StepSlot,
     StepState,
     StepStatus,
     TriggerState,
@@ -817,11 +818,12 @@ def test_slots_go_to_the_oldest_waiting_per_key_and_come_back_at_the_end(store: 
     a, b, c, other, elsewhere = (queued("a"), queued("b"), queued("c"), queued("x", key="db"),
                                  queued("y", tenant="t2"))
     results = store.commit([claim(a), claim(b), claim(other), claim(elsewhere)])
-    assert [r.admitted for r in results] == [("a",), (), ("x",), ("y",)]  # each key and tenant its own queue
+    # each key and tenant has a queue of its own
+    assert [r.admitted for r in results] == [(("a", ""),), (), (("x", ""),), (("y", ""),)]
     assert [r.admitted for r in store.commit([claim(c)])] == [()]
-    assert store.admitted_queued() == ["a", "x", "y"]  # given a slot, still queued in the store
-    assert [r.admitted for r in store.commit([ended(a, ES.CANCELLED)])] == [("b",)]
-    assert [r.admitted for r in store.commit([ended(b, ES.FAILED)])] == [("c",)]
+    assert store.admitted() == [("a", ""), ("x", ""), ("y", "")]  # given a slot, still queued in the store
+    assert [r.admitted for r in store.commit([ended(a, ES.CANCELLED)])] == [(("b", ""),)]
+    assert [r.admitted for r in store.commit([ended(b, ES.FAILED)])] == [(("c", ""),)]
     assert [r.admitted for r in store.commit([ended(c, ES.TIMED_OUT)])] == [()]
 
 
@@ -829,9 +831,31 @@ def test_a_start_admitted_in_the_batch_that_frees_the_slot_is_named_in_its_own_r
     a, b = queued("a"), queued("b")
     store.commit([claim(a)])
     results = store.commit([ended(a), claim(b)])
-    assert [r.admitted for r in results] == [(), ("b",)]
+    assert [r.admitted for r in results] == [(), (("b", ""),)]
 
 
 def test_a_limit_of_two_gives_two_slots(store: Store) -> None:
     results = store.commit([claim(queued(n), limit=2) for n in "abc"])
-    assert [r.admitted for r in results] == [("a",), ("b",), ()]
+    assert [r.admitted for r in results] == [(("a", ""),), (("b", ""),), ()]
+
+
+def waiting_step(execution: Execution, step_id: str, key: str = "host-1", **state: Any) -> Change:
+    """The change of a step that waits for (or, with ``held``/a status, holds or ends) a slot."""
+    slot = StepSlot(key, 1, held=state.pop("held", False))
+    step = StepState(state.pop("status", StepStatus.PENDING), "echo", slot=slot)
+    changed = attrs.evolve(execution, status=ES.RUNNING, steps={**execution.steps, step_id: step})
+    return Change(execution=changed, steps=((execution.id, step_id, 0, step),))
+
+
+def test_steps_queue_for_a_key_and_an_execution_end_gives_back_its_steps_slots(store: Store) -> None:
+    one, two, three = (make_execution(n, input_hash=n) for n in ("one", "two", "three"))
+    store.commit([start(one), start(two), start(three)])
+    assert [r.admitted for r in store.commit([waiting_step(one, "a")])] == [(("one", "a"),)]
+    assert [r.admitted for r in store.commit([waiting_step(two, "a"), waiting_step(three, "b")])] == [(), ()]
+    assert store.admitted() == [("one", "a")]  # given a slot, the step is still pending
+    store.commit([waiting_step(one, "a", held=True, status=StepStatus.RUNNING)])
+    assert store.admitted() == []
+    ended_step = waiting_step(one, "a", status=StepStatus.SUCCEEDED)
+    assert [r.admitted for r in store.commit([ended_step])] == [(("two", "a"),)]
+    cancelled = attrs.evolve(waiting_step(two, "a").execution, status=ES.CANCELLED, version=3)
+    assert [r.admitted for r in store.commit([Change(execution=cancelled)])] == [(("three", "b"),)]

@@ -70,4 +70,4 @@ export async function follow(executionId, onState, signal) {
 }
 
 export const FINISHED = ["completed", "failed", "cancelled", "timed_out"];
-export const STATUSES = ["pending", "running", "awaiting_approval", "pausing", "paused", "completed", "failed", "cancelled", "timed_out"];
+export const STATUSES = ["queued", "pending", "running", "awaiting_approval", "pausing", "paused", "completed", "failed", "cancelled", "timed_out"];

@@ -137,7 +137,7 @@ class Starter:
         if result.existing_id is not None:
             existing = await self.fetch(result.existing_id)
             return StartResult(_same_input(existing, keyed_hash) if keyed_hash else existing, False)
-        if execution.id in result.admitted:  # a slot was free: it starts as any other
+        if (execution.id, "") in result.admitted:  # a slot was free: it starts as any other
             execution = attrs.evolve(execution, status=ExecutionStatus.PENDING)
         self.hub.published(execution)
         self.directory.start(execution.id, execution)

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+import attrs
+
 from runtime.core import effects as fx
 from runtime.core.messages import (
     Admit,
@@ -74,8 +76,13 @@ def _begin(t: Transition, message: Begin) -> None:
 
 def _admit(t: Transition, message: Admit) -> None:
     """A queued execution was given a slot of its concurrency key: it starts now (its
-    timeout counts from here)."""
-    if t.ex.status is ES.QUEUED:
+    timeout counts from here). A step given one may start (``schedule``)."""
+    if message.step_id:
+        state = t.ex.steps.get(message.step_id)
+        if state is not None and state.status is SS.PENDING and state.slot is not None and not state.slot.held:
+            t.set_step(message.step_id, slot=attrs.evolve(state.slot, held=True))
+            t.log("info", f"given a slot of concurrency key '{state.slot.key}'", message.step_id)
+    elif t.ex.status is ES.QUEUED:
         t.set_execution(status=ES.RUNNING, started_at=t.now, deadline_at=_deadline(t))
         t.log("info", "execution started", concurrencyKey=t.ex.concurrency_key)
         t.audit("execution.running")

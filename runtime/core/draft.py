@@ -116,8 +116,9 @@ class Draft:
         if not self._own:
             return None
         ex = self.ex
+        slotted = any(ex.steps[sid].slot is not None for sid in self.changed)  # the store needs its tenant
         return Change(
-            execution=ex if self._header else None,
+            execution=ex if self._header or slotted else None,
             steps=tuple((ex.id, sid, positions[sid], ex.steps[sid]) for sid in self.changed),
             logs=tuple(self.logs), audit=tuple(self.audits), evidence=tuple(self.evidence),
             consume_events=tuple(self.consumed), version=(ex.id, ex.version),

@@ -38,9 +38,10 @@ class Begin:
 
 @attrs.frozen
 class Admit:
-    """A ``queued`` execution holds a slot of its concurrency key now: it starts (nothing for
-    an execution that is not queued: the same admission told twice)."""
+    """A ``queued`` execution (``step_id`` "") or a step waiting for a slot of its concurrency
+    key holds one now: it starts (nothing if it is not waiting: the same admission told twice)."""
 
+    step_id: str = ""
     reply: Any = attrs.field(default=None, metadata=LOCAL)  # stays in this process
 
 

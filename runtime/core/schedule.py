@@ -9,6 +9,7 @@ paused, or a parked step's).
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +17,7 @@ from runtime.core import effects as fx
 from runtime.core.transition import ACTIVE, FAILED, Transition
 from runtime.language import templates
 from runtime.language.conditions import PatternError, evaluate
-from runtime.model import ExecutionStatus, Step, StepError, StepStatus
+from runtime.model import ExecutionStatus, Step, StepError, StepSlot, StepStatus
 
 ES = ExecutionStatus
 SS = StepStatus
@@ -85,8 +86,29 @@ def _try_start(t: Transition, step: Step) -> bool:
     kind = t.plan.kinds[step.id]
     if kind.uses_slot and len(t.state.attempts) >= t.plan.max_running:
         return False
+    if step.concurrency is not None and not _holds_slot(t, step):
+        return t.ex.steps[step.id].status.finished
     kind.begin(t, step)
     return True
+
+
+def _holds_slot(t: Transition, step: Step) -> bool:
+    """Whether the step holds a slot of its concurrency key; if it has no place in the key's
+    queue yet, it takes one (committed with this transition: the store gives the slot, and
+    ``Admit`` says so). A key that cannot be rendered fails the step (``template``)."""
+    assert step.concurrency is not None
+    slot = t.ex.steps[step.id].slot
+    if slot is not None:
+        return slot.held
+    try:
+        rendered = templates.render(step.concurrency["key"], t.scope(step.id))
+    except templates.TemplateError as exc:
+        t.fail(step.id, StepError("template", f"concurrency.key: {exc}", False))
+        return False
+    key = rendered if isinstance(rendered, str) else json.dumps(rendered, separators=(",", ":"), default=str)
+    t.set_step(step.id, slot=StepSlot(key, int(step.concurrency["limit"])))
+    t.log("info", f"waiting for a slot of concurrency key '{key}'", step.id)
+    return False
 
 
 def _update_status(t: Transition) -> None:

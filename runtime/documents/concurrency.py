@@ -1,17 +1,18 @@
-"""The ``concurrency`` block of a runbook: ``{key: "<template>", limit: N}``.
+"""The ``concurrency`` block of a runbook or a step: ``{key: "<template>", limit: N}``.
 
 ``concurrency_problems`` checks the block as written (at registration): ``key`` a non-empty
 string whose templates refer only to what a start knows (``input``, ``context``,
 ``tenantId``), ``limit`` an integer from 1 to ``MAX_CONCURRENCY``. ``slot_of`` renders the
 key of one start: executions of a tenant with the same rendered key take turns, at most
 ``limit`` of them running at once; the others are ``queued`` in arrival order (the store
-keeps the queue, ``runtime/store/slots.py``).
+keeps the queue, ``runtime/store/slots.py``). A step's block is rendered by the core when the
+step could start (``core/schedule.py``): the step stays ``pending`` until it holds a slot.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from runtime.language.templates import TemplateError, render, template_paths, template_problems
@@ -25,8 +26,11 @@ MAX_KEY_CHARS = 512
 _FIELDS = frozenset({"key", "limit"})
 
 
-def concurrency_problems(value: Any, path: str = "concurrency") -> list[Problem]:
-    """Every problem of a ``concurrency`` block."""
+def concurrency_problems(value: Any, path: str = "concurrency",
+                         known: Callable[[str], bool] | None = None) -> list[Problem]:
+    """Every problem of a ``concurrency`` block. ``known``: whether a template path may be
+    used (a step's block: what its scope holds, the outputs of other steps too); default:
+    only what a start knows."""
     if not isinstance(value, Mapping):
         return [Problem(path, "must be an object {key, limit}")]
     problems = [Problem(f"{path}.{name}", f"unknown field '{name}' (expected key, limit)")
@@ -39,9 +43,14 @@ def concurrency_problems(value: Any, path: str = "concurrency") -> list[Problem]
         found = template_problems(key, f"{path}.key")
         problems += found
         if not found:
-            problems += [Problem(f"{path}.key", f"template '${{{ref}}}': a concurrency key may use only "
-                                                "input, context and tenantId (what a start knows)")
-                         for ref in template_paths(key) if ref.split(".")[0] not in KEY_ROOTS]
+            if known is None:
+                problems += [Problem(f"{path}.key", f"template '${{{ref}}}': a concurrency key may use only "
+                                                    "input, context and tenantId (what a start knows)")
+                             for ref in template_paths(key) if ref.split(".")[0] not in KEY_ROOTS]
+            else:
+                problems += [Problem(f"{path}.key", f"template '${{{ref}}}' refers to nothing a step sees "
+                                                    "(input, context, tenantId, executionId, a step's output)")
+                             for ref in template_paths(key) if not known(ref)]
     if "limit" not in value:
         problems.append(Problem(f"{path}.limit", f"required: an integer from 1 to {MAX_CONCURRENCY}"))
     elif problem := count_problem(value["limit"], 1, MAX_CONCURRENCY):

@@ -48,7 +48,7 @@ _RUNBOOK_FIELDS = {
 }
 _STEP_FIELDS = frozenset({
     "id", "name", "description", "type", "dependsOn", "when", "config", "retryPolicy", "timeoutMs",
-    "continueOnError",
+    "continueOnError", "concurrency",
 })  # and the fields a type may write its config under instead of ``config`` (``config_aliases``)
 
 
@@ -186,7 +186,18 @@ def _check_common(step: Mapping[str, Any], path: str, ids: set[str], aliases: tu
         problems.append(Problem(f"{path}.continueOnError", "must be true or false"))
     if "retryPolicy" in step:
         problems += check_retry_policy(step["retryPolicy"], f"{path}.retryPolicy")
+    if "concurrency" in step:
+        problems += concurrency_problems(step["concurrency"], f"{path}.concurrency",
+                                         known=lambda ref: _in_scope(ref, ids))
     return problems
+
+
+def _in_scope(ref: str, ids: set[str]) -> bool:
+    """Whether a template path names something a step's scope holds (a secret is not)."""
+    parts = ref.split(".")
+    if parts[0] == SECRET_ROOT:
+        return False
+    return parts[0] in SCOPE_ROOTS or bool({".".join(parts[:n]) for n in range(1, len(parts) + 1)} & ids)
 
 
 def _check_references(config: Mapping[str, Any], path: str, ids: set[str]) -> list[Problem]:
@@ -287,5 +298,5 @@ def _build_step(raw: Mapping[str, Any], deps: tuple[str, ...], default_retries: 
         id=raw["id"], type=raw["type"], config=dict(config or {}), depends_on=deps,
         when=raw.get("when"), retry_policy=policy, timeout_ms=raw.get("timeoutMs"),
         continue_on_error=raw.get("continueOnError", False), name=raw.get("name"),
-        description=raw.get("description"),
+        description=raw.get("description"), concurrency=raw.get("concurrency"),
     )

@@ -45,7 +45,7 @@ class SlotClaim:
     The store adds it behind the executions of (tenant, key) already queued, in the same
     transaction, and gives a slot to each head of the queue while fewer than ``limit`` hold
     one (``ChangeResult.admitted``). A slot is given back in the transaction that commits
-    its execution's end."""
+    its execution's end. (A step's place is its committed ``StepState.slot``.)"""
 
     tenant_id: str
     key: str
@@ -185,7 +185,7 @@ class ChangeResult:
     refused: str | None = None  # a start not admitted: ENDED, ROOT_FULL, TENANT_FULL, QUOTA_ACTIVE, QUOTA_RATE
     retry_after_s: float | None = None  # with QUOTA_RATE: when the tenant's bucket has a token again
     duplicate: bool = False  # the Change's receipt was held already: nothing of it was written
-    admitted: tuple[str, ...] = ()  # queued executions given a slot by this commit (``SlotClaim``)
+    admitted: tuple[tuple[str, str], ...] = ()  # (execution id, step id or "") given a slot by this commit
 
 
 def merged(first: Change, second: Change) -> Change:

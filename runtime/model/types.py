@@ -91,6 +91,7 @@ class Step:
     approval_config: dict[str, Any] | None = None
     name: str | None = None
     description: str | None = None
+    concurrency: dict[str, Any] | None = None  # ``{key, limit}``: how many steps per key run at once
 
 
 @attrs.frozen
@@ -163,6 +164,16 @@ class Delegation:
 
 
 @attrs.frozen
+class StepSlot:
+    """A step's place in the queue of its concurrency key: the key as rendered, its limit, and
+    whether the store gave it a slot (``held``: it may start)."""
+
+    key: str
+    limit: int
+    held: bool = False
+
+
+@attrs.frozen
 class StepState:
     status: StepStatus
     type: str
@@ -181,6 +192,7 @@ class StepState:
     delegations: tuple[Delegation, ...] = ()
     escalations: int = 0
     escalations_notified: tuple[int, ...] = ()  # the escalation stages whose notification outcome is recorded
+    slot: StepSlot | None = None  # a step with a concurrency key: pending until the store gives it a slot
 
 
 @attrs.frozen

@@ -52,7 +52,7 @@ class Flush:
 
 PersistenceMessage = Commit | Flush
 BatchObserver = Callable[[int, float], None]
-Admitted = Callable[[list[str]], None]  # queued executions a commit gave a slot: let each start
+Admitted = Callable[[list[tuple[str, str]]], None]  # (execution, step or "") a commit gave a slot: let it start
 
 
 class PersistenceActor:
@@ -182,10 +182,10 @@ class PersistenceActor:
         starter lets them run itself, with their first message."""
         if self.admitted is None or not any(result.admitted for result in results):
             return
-        started = {change.new_execution.id for change in changes if change.new_execution is not None}
-        ids = [eid for result in results for eid in result.admitted if eid not in started]
-        if ids:
-            self.admitted(ids)
+        started = {(change.new_execution.id, "") for change in changes if change.new_execution is not None}
+        holders = [holder for result in results for holder in result.admitted if holder not in started]
+        if holders:
+            self.admitted(holders)
 
     def _committed(self, changes: int, seconds: float) -> None:
         if not self.stats.healthy:

@@ -68,9 +68,10 @@ class Store(Protocol):
 
     def load_unfinished(self) -> list[Execution]: ...
 
-    def admitted_queued(self) -> list[str]:
-        """The executions still ``queued`` that hold a slot of their concurrency key (given one
-        by a commit whose process did not let them start yet), oldest first."""
+    def admitted(self) -> list[tuple[str, str]]:
+        """(execution id, step id or "") of what holds a slot of its concurrency key but has not
+        started: an execution still ``queued``, a step still ``pending`` (given a slot by a
+        commit whose process did not let it start yet)."""
 
     def awaiting_approval(
         self, tenant_id: str | None, *, limit: int = 50, cursor: str | None = None

@@ -133,9 +133,14 @@ class MemoryStore(_TriggerStates, LinkUses):
     def commit(self, changes: Sequence[Change]) -> list[ChangeResult]:
         return [self._slots.apply(change, self._apply(change)) for change in changes]
 
-    def admitted_queued(self) -> list[str]:
-        return [execution_id for execution_id in self._slots.holding()
-                if self._status(execution_id) is ExecutionStatus.QUEUED]
+    def admitted(self) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        for execution_id, step_id in self._slots.holding():
+            if not step_id and self._status(execution_id) is ExecutionStatus.QUEUED:
+                found.append((execution_id, step_id))
+            elif step_id and self._steps[execution_id][step_id][1].status is StepStatus.PENDING:
+                found.append((execution_id, step_id))
+        return found
 
     def _apply(self, change: Change) -> ChangeResult:
         version = None

@@ -125,8 +125,9 @@ class SqlStore(TriggerQueries, ReceiptQueries, LinkQueries, abc.ABC):
     def load_unfinished(self) -> list[Execution]:
         return [execution for _, execution in self._select(f"WHERE status IN {UNFINISHED_SQL} ORDER BY seq", ())]
 
-    def admitted_queued(self) -> list[str]:
-        return [str(row[0]) for row in self._query(slots.ADMITTED_QUEUED)]
+    def admitted(self) -> list[tuple[str, str]]:
+        query = slots.ADMITTED.format(step_status=self.dialect.step_status)
+        return [(str(row[0]), str(row[1])) for row in self._query(query)]
 
     def list_executions(
         self,

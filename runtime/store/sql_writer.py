@@ -133,6 +133,18 @@ SELECT COUNT(*) FROM executions WHERE tenant_id = ? AND root_id IS NOT NULL AND 
 DELETE_START = "DELETE FROM executions WHERE id = ?"
 
 
+def _keys_of(change: Change, holder: slots.Holder) -> set[str]:
+    """The keys whose slots an end gives back: a step's, or every one a whole execution holds."""
+    execution = change.execution
+    assert execution is not None
+    step_id = holder[1]
+    states = [execution.steps[step_id]] if step_id else list(execution.steps.values())
+    keys = {state.slot.key for state in states if state.slot is not None}
+    if not step_id and execution.concurrency_key is not None:
+        keys.add(execution.concurrency_key)
+    return keys
+
+
 def insert_execution(extra: Sequence[str] = ()) -> str:
     """A start's insert: its header, ``deduplicated``, ``root_id`` and the ``extra`` columns;
     nothing is inserted while a unique index holds another execution."""
@@ -292,36 +304,40 @@ class SqlWriter:
 
     # -- concurrency keys
     def slots(self, changes: Sequence[Change], results: list[ChangeResult]) -> list[ChangeResult]:
-        """Queue the batch's starts that claim a slot, give back the slots of the executions it
-        ends, and give the free slots of each key touched to the heads of its queue (under the
-        key's lock, keys in one order: two batches never wait on each other in a circle)."""
+        """Queue the batch's claims of a slot, give back the slots of what it ends, and give the
+        free slots of each key touched to the heads of its queue (under the key's lock, keys in
+        one order: two batches never wait on each other in a circle)."""
         queued, ended = slots.claims(changes, results), slots.releases(changes)
         if not queued and not ended:
             return results
         db, sql = self._db, self._sql
-        keys = {(claim.tenant_id, claim.key) for _, claim, _ in queued}
-        keys |= {(execution.tenant_id, execution.concurrency_key or "") for _, execution in ended}
+        keys = {(claim.tenant_id, claim.key) for claim in queued}
+        keys |= {(tenant, key) for index, tenant, holder in ended for key in _keys_of(changes[index], holder)}
         for key in sorted(keys):
             db.execute(sql(slots.ADD_KEY), key)
             db.execute(sql(self.LOCK_SLOT_KEY), key).fetchall()
         limits: dict[slots.Key, tuple[int, int]] = {}  # key -> (its limit, the change that touched it)
-        for index, claim, execution_id in queued:
-            db.execute(sql(slots.ENQUEUE), (execution_id, claim.tenant_id, claim.key, claim.limit,
+        for claim in queued:
+            db.execute(sql(slots.ENQUEUE), (*claim.holder, claim.tenant_id, claim.key, claim.limit,
                                             claim.tenant_id, claim.key))
-            limits.setdefault((claim.tenant_id, claim.key), (claim.limit, index))
-        for index, execution in ended:
-            row = db.execute(sql(slots.RELEASE), (execution.id,)).fetchone()
-            if row is not None:
-                limits.setdefault((str(row[0]), str(row[1])), (int(row[2]), index))
-        admitted: dict[str, int] = {}
+            limits.setdefault((claim.tenant_id, claim.key), (claim.limit, claim.index))
+        for index, _, (execution_id, step_id) in ended:
+            if step_id:
+                rows = db.execute(sql(slots.RELEASE_STEP), (execution_id, step_id)).fetchall()
+            else:
+                rows = db.execute(sql(slots.RELEASE_EXECUTION), (execution_id,)).fetchall()
+            for tenant, key, limit in rows:
+                limits.setdefault((str(tenant), str(key)), (int(limit), index))
+        admitted: dict[slots.Holder, int] = {}
         for key in sorted(limits):
             limit, index = limits[key]
             [(holders,)] = db.execute(sql(slots.HOLDERS), key).fetchall()
             if holders >= limit:
                 continue
-            heads = [str(row[0]) for row in db.execute(sql(slots.HEADS), (*key, limit - holders)).fetchall()]
+            heads = [(str(row[0]), str(row[1])) for row in
+                     db.execute(sql(slots.HEADS), (*key, limit - holders)).fetchall()]
             if heads:
-                db.executemany(sql(slots.HOLD), [(head,) for head in heads])
+                db.executemany(sql(slots.HOLD), heads)
             admitted.update(dict.fromkeys(heads, index))
         return slots.with_admitted(changes, results, admitted)
 

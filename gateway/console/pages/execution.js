@@ -61,6 +61,8 @@ export function executionPage(view, id) {
     ui.summary.replaceChildren(...[badge(state.status),
       el("span", {}, "Runbook ", el("strong", { text: `${state.runbookId} v${state.runbookVersion}` })),
       el("span", { class: "muted", text: `created ${when(state.createdAt)}` }),
+      state.concurrencyKey != null ? el("span", { class: "muted", text: state.status === "queued"
+        ? `waiting for a slot of concurrency key ${state.concurrencyKey}` : `concurrency key ${state.concurrencyKey}` }) : null,
       state.completedAt ? el("span", { class: "muted", text: `took ${took(state.startedAt, state.completedAt)}` }) : null,
       state.replayOf ? el("a", { href: `/executions/${state.replayOf}`, text: "replay of an earlier execution" }) : null,
       state.error ? el("span", { class: "problems", text: `${state.error.code}: ${state.error.message}` }) : null].filter(Boolean));
