@@ -51,6 +51,7 @@ from runtime.shell.catalog import Catalog
 from runtime.shell.clock import Clock
 from runtime.shell.directory import Directory
 from runtime.shell.events import EventRouter
+from runtime.shell.fairness import FairGate
 from runtime.shell.host import ExecutionHost
 from runtime.shell.lifecycle import lifecycle_of
 from runtime.shell.persistence import BatchObserver, PersistenceActor, PersistenceMessage
@@ -232,6 +233,7 @@ def _execution_host(runtime: Runtime, commit: CommitChange, timers: Timers) -> E
         types=catalog.types, services=runtime.services, default_policy=runtime.settings.default_retry_policy,
         router=runtime.router, timers=timers, left=left, incarnation=directory.next_incarnation,
         start_child=runtime.children.start, cancel_child=runtime.children.cancel, notify=runtime.notifier.send,
+        gate=FairGate(runtime.settings.fair_turns),
         owner=cluster.instance_id if cluster else None, pending_commands=cluster.pending if cluster else None,
     )
 

@@ -75,7 +75,8 @@ class ExecutionActor:
         async with trio.open_nursery() as steps:
             self._steps = steps
             try:
-                await self._turn([Begin(self.host.incarnation()), *queued])  # queued commands first of all
+                async with self.host.gate.turn(execution.tenant_id):
+                    await self._turn([Begin(self.host.incarnation()), *queued])  # queued commands first of all
                 await self._loop(mailbox)
             except Fenced:
                 logger.warning("execution %s: another process owns it now; stopped here", self.id)
@@ -95,7 +96,8 @@ class ExecutionActor:
             if any(isinstance(message, Stop) for message in messages):
                 self._leave(mailbox, None)  # nothing of this batch is applied: the new owner redoes it
                 return
-            await self._turn(messages)  # type: ignore[arg-type]
+            async with self.host.gate.turn(self._state.execution.tenant_id):  # round-robin across tenants
+                await self._turn(_drain(mailbox, messages))  # type: ignore[arg-type]
 
     def _leave(self, mailbox: Mailbox[ActorMessage], final: Execution | None) -> None:
         # Parking, the mailbox was seen empty with no checkpoint since: nothing is lost. Stopped

@@ -22,6 +22,7 @@ from runtime.io.task_run import StepTypes
 from runtime.model import Execution, RetryPolicy
 from runtime.model.records import Change, ChangeResult
 from runtime.shell.clock import Clock
+from runtime.shell.fairness import FairGate
 from runtime.shell.timers import Timers
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ class ExecutionHost:
     start_child: Callable[[str, StartChild], None]
     cancel_child: Callable[[str, CancelChild], None]
     notify: Callable[[str, Notify], None]
+    gate: FairGate  # every transition runs in a turn, taken round-robin across tenants
     # several processes on one database (None / no-ops otherwise)
     owner: str | None = None  # this process's instance id: every write is fenced with it
     pending_commands: Callable[[str], Awaitable[list[Message]]] | None = None  # queued for an execution

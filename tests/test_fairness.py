@@ -1,0 +1,104 @@
+"""Fairness: a tenant flooding the engine does not hold back another tenant's execution."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.lowlevel
+import trio.testing
+
+from runtime import Settings, open_runtime
+from runtime.shell.fairness import FairGate
+
+CHAIN = {"id": "chain", "steps": [{"id": f"s{i}", "type": "note"} for i in range(12)]}
+FLOOD = 100
+TURNS = 4
+
+
+async def test_one_execution_of_a_quiet_tenant_starts_before_the_flood_of_another_drains(tmp_path: Any) -> None:
+    started: list[tuple[str, str]] = []  # (tenant, step) in the order steps began
+
+    async def note(ctx: Any) -> Any:
+        started.append((ctx.tenant_id, ctx.step_id))
+        await trio.lowlevel.checkpoint()
+        return None
+
+    async with open_runtime(f"sqlite:///{tmp_path}/fair.db", settings=Settings(fair_turns=TURNS)) as rt:
+        rt.register_executor("note", note)
+        await rt.register_runbook(CHAIN)
+        flood = [(await rt.start("chain", {"n": n}, {"tenantId": "a"})).id for n in range(FLOOD)]
+        started.append(("b", "start"))
+        quiet = (await rt.start("chain", {}, {"tenantId": "b"})).id
+        await rt.wait(quiet)
+        assert len(flood) == FLOOD  # (a's flood is left to the runtime's shutdown)
+    asked, first_of_b = started.index(("b", "start")), started.index(("b", "s0"))
+    backlog = FLOOD * len(CHAIN["steps"]) - asked  # a's steps still to begin then
+    ahead = sum(1 for tenant, _ in started[asked:first_of_b] if tenant == "a")
+    assert backlog > 8 * FLOOD  # a's flood had most of its work ahead of it
+    # b's first step began after a few of a's steps (a couple per turn), not after a step of each of
+    # a's executions, as without turns (about 50 here), nor after a's backlog
+    assert ahead < 6 * TURNS, f"{ahead} of a's {backlog} remaining steps began before b's first"
+
+
+async def test_turns_go_round_robin_across_tenants_and_each_tenant_in_arrival_order() -> None:
+    gate = FairGate(1)
+    order: list[str] = []
+
+    async def work(tenant: str, name: str, ready: trio.Event | None = None) -> None:
+        async with gate.turn(tenant):
+            if ready is not None:
+                ready.set()
+            order.append(name)
+            await trio.lowlevel.checkpoint()
+
+    held = trio.Event()
+    release = trio.Event()
+
+    async def holder() -> None:
+        async with gate.turn("x"):
+            held.set()
+            await release.wait()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(holder)
+        await held.wait()
+        for n in range(3):
+            nursery.start_soon(work, "a", f"a{n}")
+            await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(work, "b", "b0")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(work, "c", "c0")
+        await trio.testing.wait_all_tasks_blocked()
+        assert gate.waiting == 5
+        release.set()
+    assert order == ["a0", "b0", "c0", "a1", "a2"]
+
+
+async def test_a_waiter_cancelled_in_line_gives_up_its_place() -> None:
+    gate = FairGate(1)
+    order: list[str] = []
+    scope = trio.CancelScope()
+    async with trio.open_nursery() as nursery:
+        async with gate.turn("x"):
+            nursery.start_soon(_enter, gate, "a", order, scope)
+            await trio.testing.wait_all_tasks_blocked()
+            assert gate.waiting == 1
+            scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            assert gate.waiting == 0
+            nursery.start_soon(_enter, gate, "b", order, None)
+            await trio.testing.wait_all_tasks_blocked()
+    assert order == ["b"]
+
+
+async def _enter(gate: FairGate, tenant: str, order: list[str], scope: trio.CancelScope | None) -> None:
+    with scope or trio.CancelScope():
+        async with gate.turn(tenant):
+            order.append(tenant)
+
+
+def test_a_gate_needs_a_turn() -> None:
+    with pytest.raises(ValueError):
+        FairGate(0)
