@@ -36,31 +36,47 @@ STEPS = 10
 NO_TURNS = 1_000_000  # more turns than anything ever waits for: first come, first served
 
 
-async def first_step_latencies(rt: Runtime, phase: str, samples: int, began: dict[str, float]) -> list[float]:
+class FirstSteps:
+    """When the first step of each execution began (trio time), and a bell rung for each."""
+
+    def __init__(self) -> None:
+        self.began: dict[str, float] = {}
+        self.bell = trio.Event()
+
+    def mark(self, execution_id: str) -> None:
+        self.began.setdefault(execution_id, trio.current_time())
+        self.bell.set()
+        self.bell = trio.Event()
+
+    async def of(self, execution_id: str) -> float:
+        while execution_id not in self.began:
+            await self.bell.wait()
+        return self.began[execution_id]
+
+
+async def first_step_latencies(rt: Runtime, phase: str, samples: int, firsts: FirstSteps) -> list[float]:
     latencies = []
     for n in range(samples):
         asked = trio.current_time()
         execution = await rt.start("chain", {"phase": phase, "n": n}, {"tenantId": "b"})
-        while execution.id not in began:
-            await trio.sleep(0.0005)
-        latencies.append(began[execution.id] - asked)
+        latencies.append(await firsts.of(execution.id) - asked)
     return latencies
 
 
 async def measure(report: Report, store: str, turns: int | None, flood: int, samples: int) -> None:
     settings = Settings() if turns is None else Settings(fair_turns=turns)
-    began: dict[str, float] = {}
+    firsts = FirstSteps()
 
     async def first(ctx: StepContext) -> Any:
         if ctx.step_id == "s0":
-            began.setdefault(ctx.execution_id, trio.current_time())
+            firsts.mark(ctx.execution_id)
         return ctx.attempt
 
     async with bench_runtime(store, settings) as rt:
         rt.register_executor("mark", first)
         await rt.register_runbook(chain_runbook("chain", STEPS, "mark"))
         label = "default turns" if turns is None else "no turns"
-        idle = await first_step_latencies(rt, "idle", samples, began)
+        idle = await first_step_latencies(rt, "idle", samples, firsts)
         flooding = trio.Event()
 
         async def keep_flooding(nursery: trio.Nursery, lane: int) -> None:
@@ -77,7 +93,7 @@ async def measure(report: Report, store: str, turns: int | None, flood: int, sam
                 nursery.start_soon(keep_flooding, nursery, lane)
             await flooding.wait()
             await trio.sleep(0.5)  # the flood under way
-            loaded = await first_step_latencies(rt, "flooded", samples, began)
+            loaded = await first_step_latencies(rt, "flooded", samples, firsts)
             nursery.cancel_scope.cancel()
         parameters = {"flood_executions": flood, "steps_per_execution": STEPS, "samples": samples,
                       "fair_turns": settings.fair_turns}
