@@ -252,3 +252,17 @@ async def test_a_step_slot_given_before_a_restart_is_taken_after_it(tmp_path: An
 
 async def echo(ctx: Any) -> Any:
     return {"step": ctx.step_id}
+
+
+async def test_a_step_retry_queues_the_execution_for_its_key_again(autojump_clock: Any) -> None:
+    async with open_runtime("memory") as rt:
+        await rt.register_runbook(gate())
+        first = (await rt.start("deploy", {"service": "web", "n": 1})).id
+        second = (await rt.start("deploy", {"service": "web", "n": 2})).id
+        await until(rt, first, "awaiting_approval")
+        await rt.submit_approval(first, "ok", approver="boss", decision="reject")
+        await until(rt, second, "awaiting_approval")  # the slot went to the next in line
+        retried = await rt.retry_step(first, "ok")
+        assert retried.status == "queued"  # behind the one that holds the slot now
+        await rt.submit_approval(second, "ok", approver="boss", decision="approve")
+        await until(rt, first, "awaiting_approval")

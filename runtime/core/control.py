@@ -32,6 +32,7 @@ from runtime.core.plan import Plan
 from runtime.core.transition import ACTIVE, FAILED, Transition
 from runtime.model import AuditEntry, Execution, ExecutionStatus, StepError, StepState, StepStatus
 from runtime.model.errors import Conflict, NotFound, RunbookError
+from runtime.model.records import SlotClaim
 
 ES = ExecutionStatus
 SS = StepStatus
@@ -142,6 +143,9 @@ def _retry(t: Transition, message: RetryStep) -> None:
         old = t.ex.steps[sid]
         t.replace_step(sid, StepState(SS.PENDING, old.type, attempts=old.attempts))
     t.set_execution(status=ES.RUNNING, error=None, completed_at=None, output=None, deadline_at=_deadline(t))
+    if ex.concurrency_key is not None and t.plan.runbook.concurrency:  # its slot went back when it failed
+        t.set_execution(status=ES.QUEUED, deadline_at=None)
+        t.slot = SlotClaim(ex.tenant_id, ex.concurrency_key, int(t.plan.runbook.concurrency["limit"]))
     t.audits.append(AuditEntry(ex.id, t.now, message.actor, "step.retry", step_id,
                                      ex.context.get("legalBasis"), message.reason, {"reset": reset}))
     t.log("info", "step retry requested", step_id, reset=reset)

@@ -26,7 +26,7 @@ from runtime.model import (
     StepState,
     StepStatus,
 )
-from runtime.model.records import Change
+from runtime.model.records import Change, SlotClaim
 
 SYSTEM = "system"
 
@@ -40,7 +40,7 @@ def error_json(error: StepError | None) -> dict[str, Any] | None:
 
 class Draft:
     __slots__ = ("_header", "_own", "_scope", "audits", "changed", "consumed", "evidence", "ex", "logs", "now",
-                 "outputs_changed")
+                 "outputs_changed", "slot")
 
     def __init__(self, execution: Execution, now: datetime) -> None:
         self.ex = execution
@@ -54,6 +54,7 @@ class Draft:
         self.audits: list[AuditEntry] = []
         self.evidence: list[Evidence] = []
         self.consumed: list[str] = []
+        self.slot: SlotClaim | None = None  # the execution queues for its key again (a step retry)
 
     def scope(self, step_id: str | None = None) -> dict[str, Any]:
         if self._scope is None:
@@ -121,5 +122,5 @@ class Draft:
             execution=ex if self._header or slotted else None,
             steps=tuple((ex.id, sid, positions[sid], ex.steps[sid]) for sid in self.changed),
             logs=tuple(self.logs), audit=tuple(self.audits), evidence=tuple(self.evidence),
-            consume_events=tuple(self.consumed), version=(ex.id, ex.version),
+            consume_events=tuple(self.consumed), version=(ex.id, ex.version), slot=self.slot,
         )

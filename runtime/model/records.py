@@ -208,4 +208,5 @@ def merged(first: Change, second: Change) -> Change:
         unwaits=first.unwaits + second.unwaits,
         outcomes=first.outcomes + second.outcomes,
         lifecycle=first.lifecycle + second.lifecycle,
+        slot=second.slot or first.slot,
     )

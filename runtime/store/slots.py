@@ -91,6 +91,9 @@ def claims(changes: Sequence[Change], results: Sequence[ChangeResult]) -> list[C
             found.append(Claim(index, change.slot.tenant_id, change.slot.key, change.slot.limit, (new.id, "")))
         if change.execution is None:
             continue
+        if change.slot is not None and new is None:  # queued again (a step retry of a failed execution)
+            found.append(Claim(index, change.slot.tenant_id, change.slot.key, change.slot.limit,
+                               (change.execution.id, "")))
         for execution_id, step_id, _, state in change.steps:
             if state.slot is not None and state.status is StepStatus.PENDING and not state.slot.held:
                 found.append(Claim(index, change.execution.tenant_id, state.slot.key, state.slot.limit,
