@@ -263,7 +263,7 @@ def test_a_bad_test_file_reports_every_problem_with_its_path(tmp_path: pathlib.P
         f"{prefix}[0].approvals[0].stepId: 'check' is not a human-approval step of the runbook",
         f"{prefix}[0].approvals[0].decision: must be approve or reject",
         f"{prefix}[0].expect.verdict: unknown field (known: status, steps, outputs, calls, audit, error)",
-        f"{prefix}[0].expect.status: must be one of pending, running, awaiting_approval, pausing, paused, "
+        f"{prefix}[0].expect.status: must be one of queued, pending, running, awaiting_approval, pausing, paused, "
         "completed, failed, cancelled, timed_out, refused",
         f"{prefix}[0].expect.steps.check.status: must be one of pending, running, retrying, waiting, "
         "awaiting_approval, succeeded, failed, rejected, skipped, cancelled",
