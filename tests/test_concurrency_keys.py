@@ -266,3 +266,20 @@ async def test_a_step_retry_queues_the_execution_for_its_key_again(autojump_cloc
         assert retried.status == "queued"  # behind the one that holds the slot now
         await rt.submit_approval(second, "ok", approver="boss", decision="approve")
         await until(rt, first, "awaiting_approval")
+
+
+@pytest.mark.postgres
+async def test_a_step_key_is_shared_by_two_processes_on_one_database(schema: str) -> None:
+    from tests.test_cluster import node
+
+    async with node(schema, "a") as a, node(schema, "b") as b:
+        for rt in (a, b):
+            rt.register_executor("echo", echo)
+        await a.register_runbook(remediate())
+        first = (await a.start("remediate", {"host": "db-1", "n": 1})).id
+        await until(a, first, "awaiting_approval")
+        second = (await b.start("remediate", {"host": "db-1", "n": 2})).id
+        await until_step(b, second, lambda state: state.slot is not None)
+        assert (await b.fetch(second)).steps["fix"].status == "pending"
+        await a.submit_approval(first, "fix", approver="boss", decision="approve")
+        await until(b, second, "awaiting_approval")  # a's end gave b's step the slot
