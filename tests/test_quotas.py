@@ -120,3 +120,15 @@ async def test_processes_sharing_a_database_share_each_tenants_quota(schema: str
             for n in range(8):
                 nursery.start_soon(attempt, (a, b)[n % 2], n)
         assert sorted(outcomes) == ["refused"] * 5 + ["started"] * 3
+
+
+def test_a_bad_quotas_file_stops_the_server_naming_each_problem(tmp_path: Any) -> None:
+    from gateway.config import Config, ConfigError
+
+    path = tmp_path / "quotas.yaml"
+    path.write_text("t1: {maxActive: many}\nt2: {startsPerSecond: -1}\n")
+    with pytest.raises(ConfigError) as refused:
+        Config.from_env({"STORAGE_BACKEND": "memory", "RUNBOOKS_QUOTAS_FILE": str(path)})
+    message = str(refused.value)
+    assert "RUNBOOKS_QUOTAS_FILE" in message and f"{path}.t1.maxActive" in message
+    assert f"{path}.t2.startsPerSecond" in message
