@@ -46,3 +46,11 @@ async def _until(gw: Any, execution_id: str, status: str) -> Any:
             if execution.status == status:
                 break
     return (await gw.client.get(f"/api/v1/executions/{execution_id}")).json()
+
+
+def test_the_command_line_says_which_key_a_queued_execution_waits_for() -> None:
+    from gateway.display import summary
+
+    assert summary({"status": "queued", "concurrencyKey": "web", "error": None}) == \
+        "queued (waiting for a slot of concurrency key 'web')"
+    assert summary({"status": "running", "concurrencyKey": "web", "error": None}) == "running"
