@@ -1,5 +1,5 @@
 """The client commands of ``runbooks``: start, list, status, watch, approve, delegate, pause,
-resume, cancel, retry, replay, logs, publish and approvals, against a running server.
+resume, cancel, retry, replay, logs, publish, approvals and explain, against a running server.
 
 Every command takes ``--server URL`` (default ``RUNBOOKS_SERVER``, else
 ``http://127.0.0.1:3000``; ``host:port`` alone means http), ``--token`` (default
@@ -110,6 +110,8 @@ def add_client_commands(commands: Any) -> None:
     publish.add_argument("key", help="the correlation key")
     publish.add_argument("--payload", help="JSON text, or @file.json")
     command("approvals", _approvals, "the approval steps waiting for my decision")
+    explain = execution(command("explain", _explain, "why an execution and its steps are as they are"))
+    explain.add_argument("step", nargs="?", help="only this step")
 
 
 def run_client_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -302,6 +304,19 @@ def _replay(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
     body = {"reason": args.reason} if args.reason else None
     execution = client.post(f"/api/v1/executions/{args.id}/replay", body)
     return _show_execution(execution, args, out, f"replay of {args.id}: ")
+
+
+def _explain(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
+    answer = client.get(f"/api/v1/executions/{args.id}/explain", {"stepId": args.step})
+    if args.json:
+        _print_json(answer, out)
+        return 0
+    for item in answer["items"]:
+        name = f"step {item['stepId']}" if item["stepId"] is not None else f"execution {args.id}"
+        print(f"{name}: {item['status']}", file=out)
+        for reason in item["reasons"]:
+            print(f"  {reason}", file=out)
+    return 0
 
 
 def _show_execution(answer: dict[str, Any] | Queued, args: argparse.Namespace, out: TextIO, prefix: str = "",

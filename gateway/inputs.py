@@ -328,6 +328,13 @@ def logs_query() -> LogsQuery:
     return result
 
 
+def step_query() -> str | None:
+    problems = Problems()
+    step_id = Query(problems).text("stepId", 128)
+    problems.raise_if_any()
+    return step_id
+
+
 def version_query() -> int | None:
     problems = Problems()
     version = Query(problems).integer("version", 1, MAX_VERSION)

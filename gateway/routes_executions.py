@@ -16,6 +16,7 @@ from gateway.shapes import (
     audit_json,
     evidence_json,
     execution_json,
+    explanation_json,
     json_response,
     log_json,
     page_json,
@@ -136,6 +137,12 @@ async def execution_evidence(execution_id: str) -> Response:
 async def execution_audit(execution_id: str) -> Response:
     entries = await state().runtime.audit(execution_id, tenant_id=current_identity().tenant)
     return json_response(page_json((audit_json(entry) for entry in entries), None))
+
+
+async def explain_execution(execution_id: str) -> Response:
+    items = await state().runtime.explain(execution_id, step_id=inputs.step_query(),
+                                          tenant_id=current_identity().tenant)
+    return json_response({"items": [explanation_json(item) for item in items]})
 
 
 async def stream_execution(execution_id: str) -> Response:

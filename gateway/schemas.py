@@ -97,6 +97,7 @@ _EXECUTION = obj({
     "parentExecutionId": {**TEXT_OR_NULL, "description": "Started by a run-runbook step of this execution."},
     "parentStepId": TEXT_OR_NULL,
     "rootExecutionId": {**TEXT_OR_NULL, "description": "A child's: the execution at the top of its tree."},
+    "forkedFrom": {"type": ["object", "null"], "description": "A fork's origin: {executionId, stepId}."},
     "steps": {"type": "object", "additionalProperties": ref("StepState"),
               "description": "Keyed by step id, in document order."},
 }, ("id", "runbookId", "runbookVersion", "tenantId", "status", "input", "output", "context", "error",
@@ -262,6 +263,13 @@ SCHEMAS: dict[str, Schema] = {
                        "stepId": TEXT_OR_NULL, "legalBasis": TEXT_OR_NULL, "reason": TEXT_OR_NULL, "data": ANY},
                       ("at", "actor", "action", "stepId", "legalBasis", "reason", "data")),
     "AuditPage": page("AuditEntry"),
+    "Explanation": obj({
+        "stepId": {**TEXT_OR_NULL, "description": "null: the execution itself (its version, what started it)."},
+        "status": {"type": "string"},
+        "reasons": {"type": "array", "items": {"type": "string"}, "description": "Sentences, oldest cause first."},
+        "data": {"type": "object", "description": "The decision record the sentences are made of."},
+    }, ("stepId", "status", "reasons", "data")),
+    "ExplanationList": obj({"items": {"type": "array", "items": ref("Explanation")}}, ("items",)),
     "Trigger": obj({
         "runbookId": {"type": "string"},
         "triggerId": {"type": "string"},

@@ -22,7 +22,7 @@ STEP_KEYS = {"status", "type", "attempts", "startedAt", "completedAt", "output",
 APPROVAL_STEP_KEYS = STEP_KEYS | {"approvalRequest", "delegations", "escalations"}  # human-approval steps
 EXECUTION_KEYS = {"id", "runbookId", "runbookVersion", "tenantId", "status", "input", "output", "context",
                   "error", "createdAt", "startedAt", "completedAt", "pausedDurationMs", "replayOf", "inputHash",
-                  "deadlineAt", "parentExecutionId", "parentStepId", "rootExecutionId", "steps"}
+                  "deadlineAt", "parentExecutionId", "parentStepId", "rootExecutionId", "forkedFrom", "steps"}
 
 
 # ---------------------------------------------------------------------------- start

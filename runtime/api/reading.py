@@ -14,9 +14,10 @@ import attrs
 
 from runtime.api import arguments
 from runtime.api.parts import Parts
+from runtime.core.explain import Explanation, explain
 from runtime.kinds.approval_inbox import ApprovalPage, pending_for
 from runtime.model import AuditEntry, Evidence, Execution, ExecutionStatus, LogEntry
-from runtime.model.errors import Problem, ValidationError
+from runtime.model.errors import NotFound, Problem, ValidationError
 
 
 @attrs.frozen
@@ -77,6 +78,22 @@ class ExecutionReads(Parts):
         arguments.check_lookup(execution_id, tenant_id)
         await self.routing.fetch(execution_id, tenant_id)
         return await self.read(self.store.audit, execution_id)
+
+    async def explain(self, execution_id: str, *, step_id: str | None = None,
+                      tenant_id: str | None = None) -> list[Explanation]:
+        """Why the execution and each step (or only ``step_id``) are as they are: sentences and
+        the decision records they come from (``runtime.core.explain``), through the secrets
+        redactor. An unknown step is ``NotFound``."""
+        arguments.check_control(execution_id, None, None, tenant_id, step_id=step_id)
+        execution = await self.routing.fetch(execution_id, tenant_id)
+        if step_id is not None and step_id not in execution.steps:
+            raise NotFound(f"execution {execution_id} has no step '{step_id}'")
+        runbook = await self.catalog.pinned(execution)
+        depends_on = {step.id: tuple(step.depends_on or ()) for step in runbook.steps}
+        secrets = self.secrets
+        return [attrs.evolve(item, reasons=tuple(secrets.redact_text(r) for r in item.reasons),
+                             data=secrets.redact(item.data))
+                for item in explain(execution, step_id, depends_on)]
 
     async def wait(self, execution_id: str, *, tenant_id: str | None = None) -> Execution:
         """The execution once it has finished (completed, failed, cancelled or timed out)."""

@@ -24,6 +24,7 @@ import attrs
 from runtime.core import effects as fx
 from runtime.core.draft import SYSTEM, Draft, error_json
 from runtime.core.state import ExecutionState
+from runtime.core.why import after as statuses_of
 from runtime.model import (
     Execution,
     ExecutionStatus,
@@ -91,8 +92,10 @@ class Transition(Draft):
         state = self.ex.steps[step.id]
         attempt = state.attempts + 1
         started = state.started_at if state.status.in_progress and state.started_at else self.now
+        ready = statuses_of((*(step.depends_on or ()), *self.plan.branch_owners.get(step.id, ())), self.ex.steps)
+        record = {**state.why, "after": ready} if state.why else {"after": ready}
         self.set_step(step.id, status=status, attempts=attempt, started_at=started, completed_at=None,
-                      error=None, **extra)
+                      error=None, why=record, **extra)
         self.log("info", "step started", step.id, attempt=attempt, type=step.type)
         self.audit("step.started", step_id=step.id)
 
@@ -108,9 +111,12 @@ class Transition(Draft):
         if not self.plan.by_id[step_id].continue_on_error and not self.ex.status.finished:
             self.end(ExecutionStatus.FAILED, attrs.evolve(error, step_id=step_id))
 
-    def skip(self, step_id: str, why: str) -> None:
-        self.set_step(step_id, status=SS.SKIPPED, started_at=None, completed_at=self.now)
-        self.log("info", f"step skipped: {why}", step_id)
+    def skip(self, step_id: str, reason: str, **record: Any) -> None:
+        """The step is skipped for ``reason``; ``record``: more of the decision (``runtime.core.why``)."""
+        old = self.ex.steps[step_id].why
+        self.set_step(step_id, status=SS.SKIPPED, started_at=None, completed_at=self.now,
+                      why={**(old or {}), "skipped": reason, **record})
+        self.log("info", f"step skipped: {reason}", step_id)
         self.audit("step.skipped", step_id=step_id)
 
     # ------------------------------------------------------------------ the end
