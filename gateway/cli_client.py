@@ -1,5 +1,6 @@
 """The client commands of ``runbooks``: start, list, status, watch, approve, delegate, pause,
-resume, cancel, retry, replay, logs, publish, approvals and explain, against a running server.
+resume, cancel, retry, replay, logs, publish, approvals, explain, complete and skip, against a
+running server.
 
 Every command takes ``--server URL`` (default ``RUNBOOKS_SERVER``, else
 ``http://127.0.0.1:3000``; ``host:port`` alone means http), ``--token`` (default
@@ -110,6 +111,17 @@ def add_client_commands(commands: Any) -> None:
     publish.add_argument("key", help="the correlation key")
     publish.add_argument("--payload", help="JSON text, or @file.json")
     command("approvals", _approvals, "the approval steps waiting for my decision")
+    complete = execution(command("complete", _complete, "complete a failed, waiting or awaiting-approval step "
+                                                        "by hand: the execution goes on as if it had succeeded"))
+    complete.add_argument("step")
+    complete.add_argument("--output", help="the step's output: JSON text, or @file.json (default: null)")
+    complete.add_argument("--justification", required=True, help="what was done by hand, and why")
+    complete.add_argument("--evidence", help="what shows it: JSON text, or @file.json")
+    complete.add_argument("--legal-basis", help="when the runbook requires one")
+    skip = execution(command("skip", _skip, "skip a failed, waiting or awaiting-approval step by hand"))
+    skip.add_argument("step")
+    skip.add_argument("--justification", required=True, help="why the step is not needed")
+    skip.add_argument("--legal-basis", help="when the runbook requires one")
     explain = execution(command("explain", _explain, "why an execution and its steps are as they are"))
     explain.add_argument("step", nargs="?", help="only this step")
 
@@ -304,6 +316,26 @@ def _replay(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
     body = {"reason": args.reason} if args.reason else None
     execution = client.post(f"/api/v1/executions/{args.id}/replay", body)
     return _show_execution(execution, args, out, f"replay of {args.id}: ")
+
+
+def _complete(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
+    body: dict[str, Any] = {"output": json_argument("--output", args.output, default=None),
+                            "justification": args.justification}
+    if args.evidence is not None:
+        body["evidence"] = json_argument("--evidence", args.evidence, default=None)
+    if args.legal_basis:
+        body["context"] = {"legalBasis": args.legal_basis}
+    answer = client.control(f"/api/v1/executions/{args.id}/steps/{args.step}/complete", body)
+    return _show_execution(answer, args, out, f"{args.step}: completed by hand; ",
+                           action=f"completion of {args.step}")
+
+
+def _skip(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
+    body: dict[str, Any] = {"justification": args.justification}
+    if args.legal_basis:
+        body["context"] = {"legalBasis": args.legal_basis}
+    answer = client.control(f"/api/v1/executions/{args.id}/steps/{args.step}/skip", body)
+    return _show_execution(answer, args, out, f"{args.step}: skipped by hand; ", action=f"skip of {args.step}")
 
 
 def _explain(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:

@@ -88,6 +88,24 @@ async def retry_step(execution_id: str, step_id: str) -> Response:
     return _execution(execution)
 
 
+async def complete_step(execution_id: str, step_id: str) -> Response:
+    done = inputs.by_hand_request(await bodies.json_body(), complete=True)
+    identity = current_identity()
+    execution = await state().runtime.complete_step(
+        execution_id, step_id, output=done.output, justification=done.justification, evidence=done.evidence,
+        legal_basis=done.legal_basis, actor=identity.user, tenant_id=identity.tenant)
+    return _execution(execution)
+
+
+async def skip_step(execution_id: str, step_id: str) -> Response:
+    done = inputs.by_hand_request(await bodies.json_body(), complete=False)
+    identity = current_identity()
+    execution = await state().runtime.skip_step(execution_id, step_id, justification=done.justification,
+                                                legal_basis=done.legal_basis, actor=identity.user,
+                                                tenant_id=identity.tenant)
+    return _execution(execution)
+
+
 async def replay_execution(execution_id: str) -> Response:
     control = inputs.control_request(await bodies.json_body(required=False))
     identity = current_identity()

@@ -223,6 +223,18 @@ SCHEMAS: dict[str, Schema] = {
                             "digest": {**_DIGEST, "description": "The digest the approver was shown; "
                                                                  "a stale one is 409."}},
                            ("decision",), closed=True),
+    "CompleteStepRequest": obj({
+        "output": {**ANY, "description": "What the step would have output."},
+        "justification": {"type": "string", "minLength": 1, "maxLength": 10000, "pattern": NON_BLANK_TEXT_PATTERN},
+        "evidence": {**ANY, "description": "What shows the work was done (kept as an evidence item)."},
+        "context": obj({"legalBasis": {"type": "string", "maxLength": 10000, "pattern": TEXT_PATTERN}},
+                       description="legalBasis: required when the runbook says requireLegalBasis."),
+    }, ("output", "justification"), closed=True),
+    "SkipStepRequest": obj({
+        "justification": {"type": "string", "minLength": 1, "maxLength": 10000, "pattern": NON_BLANK_TEXT_PATTERN},
+        "context": obj({"legalBasis": {"type": "string", "maxLength": 10000, "pattern": TEXT_PATTERN}},
+                       description="legalBasis: required when the runbook says requireLegalBasis."),
+    }, ("justification",), closed=True),
     "DelegationRequest": obj({"to": {"type": "string", "minLength": 1, "maxLength": 200,
                                      "pattern": NON_BLANK_TEXT_PATTERN, "description": "a user or role:NAME"},
                               "reason": {"type": "string", "minLength": 1, "maxLength": 10000,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import pathlib
 
 import trio
 
@@ -45,3 +46,52 @@ async def test_explain_over_rest_and_the_client() -> None:
         code, out, _ = await client(gw.url, "explain", started["id"], "deploy")
         assert code == 0
         assert out.splitlines() == ["step deploy: pending", "  not started: waits for 'approve' (awaiting_approval)"]
+
+
+async def test_complete_and_skip_over_rest_and_the_client() -> None:
+    async with running_gateway() as gw:
+        await gw.register(approval_runbook())
+        started = await gw.start("approve-me", {"value": 3})
+        await gw.wait_for(started["id"], "awaiting_approval")
+        path = f"/api/v1/executions/{started['id']}/steps"
+        bad = await gw.client.post(f"{path}/approve/complete", json={"justification": " ", "extra": 1})
+        assert bad.status_code == 422 and {p["path"] for p in bad.json()["errors"]} >= {"justification", "extra",
+                                                                                      "output"}
+        early = await gw.client.post(f"{path}/deploy/skip", json={"justification": "not needed"})
+        assert early.status_code == 409 and "'deploy' is pending" in early.json()["detail"]
+        code, out, err = await client(gw.url, "complete", started["id"], "approve", "--output", '{"approved": true}',
+                                      "--justification", "approved on the phone", "--evidence", '{"call": "10:02"}')
+        assert (code, err) == (0, ""), err
+        assert out.startswith("approve: completed by hand; execution")
+        final = await gw.wait_for(started["id"], "completed")
+        assert final["steps"]["approve"]["output"] == {"approved": True}
+        audit = (await gw.client.get(f"/api/v1/executions/{started['id']}/audit")).json()["items"]
+        [entry] = [e for e in audit if e["action"] == "step.completed_by_hand"]
+        assert (entry["actor"], entry["stepId"], entry["reason"]) == ("ops", "approve", "approved on the phone")
+        code, out, _ = await client(gw.url, "explain", started["id"], "approve")
+        assert "  completed by hand by ops: approved on the phone (it was awaiting_approval)" in out.splitlines()
+        code, _, err = await client(gw.url, "skip", started["id"], "deploy", "--justification", "late")
+        assert code == 1 and "succeeded" in err
+
+
+async def test_by_hand_needs_the_operator_role(tmp_path: pathlib.Path) -> None:
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text("tokens:\n"
+                      "  - {token: viewer-token-0123456789, user: val, tenant: acme, roles: [viewer]}\n"
+                      "  - {token: operator-token-0123456789, user: olga, tenant: acme, roles: [operator]}\n"
+                      "  - {token: admin-token-0123456789, user: ada, tenant: acme, roles: [admin]}\n")
+    async with running_gateway({"RUNBOOKS_TOKENS_FILE": str(tokens)}) as gw:
+        admin = {"Authorization": "Bearer admin-token-0123456789"}
+        await gw.register(approval_runbook(), headers=admin)
+        started = await gw.start("approve-me", {"value": 1}, headers=admin)
+        await gw.wait_for(started["id"], "awaiting_approval", headers=admin)
+        path = f"/api/v1/executions/{started['id']}/steps/approve"
+        body = {"justification": "by phone"}
+        viewer = await gw.client.post(f"{path}/skip", json=body,
+                                      headers={"Authorization": "Bearer viewer-token-0123456789"})
+        assert viewer.status_code == 403 and viewer.headers["content-type"] == PROBLEM
+        assert (await gw.execution(started["id"], headers=admin))["steps"]["approve"]["status"] == "awaiting_approval"
+        operator = await gw.client.post(f"{path}/skip", json=body,
+                                        headers={"Authorization": "Bearer operator-token-0123456789"})
+        assert operator.status_code == 200, operator.text
+        assert operator.json()["steps"]["approve"]["status"] == "skipped"

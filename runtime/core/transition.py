@@ -16,7 +16,7 @@ The execution-level messages are ``runtime.core.control``; what starts next,
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
@@ -70,6 +70,11 @@ class Transition(Draft):
 
     def step_state(self, step_id: str) -> StepState:
         return self.ex.steps[step_id]
+
+    def deadline(self) -> datetime | None:
+        """The execution's deadline counted from now (None: the runbook has no timeout)."""
+        timeout = self.plan.runbook.timeout_ms
+        return self.now + timedelta(milliseconds=timeout) if timeout else None
 
     # ------------------------------------------------------------------ effects
     def emit(self, effect: fx.Effect) -> None:
