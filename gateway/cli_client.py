@@ -1,6 +1,6 @@
 """The client commands of ``runbooks``: start, list, status, watch, approve, delegate, pause,
-resume, cancel, retry, replay, logs, publish, approvals, explain, complete and skip, against a
-running server.
+resume, cancel, retry, replay, logs, publish, approvals, explain, complete, skip and fork,
+against a running server.
 
 Every command takes ``--server URL`` (default ``RUNBOOKS_SERVER``, else
 ``http://127.0.0.1:3000``; ``host:port`` alone means http), ``--token`` (default
@@ -122,6 +122,12 @@ def add_client_commands(commands: Any) -> None:
     skip.add_argument("step")
     skip.add_argument("--justification", required=True, help="why the step is not needed")
     skip.add_argument("--legal-basis", help="when the runbook requires one")
+    fork = execution(command("fork", _fork, "start a new execution that keeps the outputs of the steps before "
+                                            "STEP and runs the rest"))
+    fork.add_argument("step", help="the first step to run again")
+    fork.add_argument("--input", help="a new input: JSON text, or @file.json (default: the old one)")
+    fork.add_argument("--version", type=int, help="a version of the runbook (default: the old one's)")
+    fork.add_argument("--reason")
     explain = execution(command("explain", _explain, "why an execution and its steps are as they are"))
     explain.add_argument("step", nargs="?", help="only this step")
 
@@ -336,6 +342,18 @@ def _skip(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
         body["context"] = {"legalBasis": args.legal_basis}
     answer = client.control(f"/api/v1/executions/{args.id}/steps/{args.step}/skip", body)
     return _show_execution(answer, args, out, f"{args.step}: skipped by hand; ", action=f"skip of {args.step}")
+
+
+def _fork(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
+    body: dict[str, Any] = {"fromStep": args.step}
+    if args.input is not None:
+        body["input"] = json_argument("--input", args.input)
+    if args.version is not None:
+        body["version"] = args.version
+    if args.reason:
+        body["reason"] = args.reason
+    execution = client.post(f"/api/v1/executions/{args.id}/fork", body)
+    return _show_execution(execution, args, out, f"fork of {args.id} from {args.step}: ")
 
 
 def _explain(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:

@@ -219,6 +219,25 @@ def by_hand_request(body: Any, *, complete: bool) -> ByHandRequest:
 
 
 @attrs.frozen
+class ForkRequest:
+    from_step: str
+    version: int | None
+    input: Any  # MISSING_INPUT: the old execution's
+    reason: str | None
+
+
+def fork_request(body: Any, missing: Any) -> ForkRequest:
+    problems = Problems()
+    fields = Fields(body, problems, ("fromStep", "input", "version", "reason"))
+    from_step = fields.text("fromStep", required=True, max_length=128)
+    version = fields.integer("version", 1, MAX_VERSION)
+    reason = fields.text("reason")
+    problems.raise_if_any()
+    assert from_step is not None
+    return ForkRequest(from_step, version, fields.data["input"] if "input" in fields.data else missing, reason)
+
+
+@attrs.frozen
 class DelegationRequest:
     to: str
     reason: str

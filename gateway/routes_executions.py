@@ -25,6 +25,7 @@ from gateway.shapes import (
 from gateway.sse import HEADERS, last_event_id
 from gateway.state import state
 from runtime import Execution
+from runtime.api.control import MISSING_INPUT
 
 
 def _execution(execution: Execution, status: int = 200) -> Response:
@@ -104,6 +105,14 @@ async def skip_step(execution_id: str, step_id: str) -> Response:
                                                 legal_basis=done.legal_basis, actor=identity.user,
                                                 tenant_id=identity.tenant)
     return _execution(execution)
+
+
+async def fork_execution(execution_id: str) -> Response:
+    fork = inputs.fork_request(await bodies.json_body(), MISSING_INPUT)
+    identity = current_identity()
+    execution = await state().runtime.fork(execution_id, fork.from_step, input=fork.input, version=fork.version,
+                                           actor=identity.user, reason=fork.reason, tenant_id=identity.tenant)
+    return _execution(execution, 201)
 
 
 async def replay_execution(execution_id: str) -> Response:

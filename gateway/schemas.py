@@ -230,6 +230,13 @@ SCHEMAS: dict[str, Schema] = {
         "context": obj({"legalBasis": {"type": "string", "maxLength": 10000, "pattern": TEXT_PATTERN}},
                        description="legalBasis: required when the runbook says requireLegalBasis."),
     }, ("output", "justification"), closed=True),
+    "ForkRequest": obj({
+        "fromStep": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": NON_BLANK_TEXT_PATTERN},
+        "input": {**ANY, "description": "The new execution's input (default: the old one's)."},
+        "version": {"type": "integer", "minimum": 1, "maximum": MAX_VERSION,
+                    "description": "A version of the same runbook (default: the old one's)."},
+        "reason": {"type": "string", "maxLength": 10000, "pattern": TEXT_PATTERN},
+    }, ("fromStep",), closed=True),
     "SkipStepRequest": obj({
         "justification": {"type": "string", "minLength": 1, "maxLength": 10000, "pattern": NON_BLANK_TEXT_PATTERN},
         "context": obj({"legalBasis": {"type": "string", "maxLength": 10000, "pattern": TEXT_PATTERN}},

@@ -126,6 +126,42 @@ async def test_refusals_change_nothing(rt: Runtime) -> None:
         await rt.complete_step(completed.id, "restart", output={}, justification="again")
 
 
+FIXED = {"id": "flow", "steps": [
+    {"id": "restart", "type": "echo", "config": {"value": {"pod": "web-1"}}},
+    {"id": "check", "type": "echo", "dependsOn": ["restart"], "config": {"value": {"seen": "${restart.pod}"}}},
+    {"id": "notify", "type": "echo", "dependsOn": ["check"], "config": {"fail": "still broken"}},
+]}
+
+
+async def test_a_fork_keeps_the_outputs_before_its_step_and_runs_the_rest(store: str) -> None:
+    async with engine(store) as rt:
+        first = await rt.start("flow", input={"n": 1}, context={"legalBasis": "contract"})
+        await rt.wait(first.id)
+        await rt.complete_step(first.id, "restart", output={"pod": "web-9"}, justification="by hand", actor="ops")
+        await rt.wait(first.id)
+        fixed = await rt.register_runbook(FIXED)  # version 2: notify fails now
+        fork = await rt.fork(first.id, "check", version=fixed.version, actor="ops", reason="after the fix")
+        assert fork.forked_from == {"executionId": first.id, "stepId": "check"}
+        assert fork.runbook_version == 2 and fork.input == {"n": 1}
+        assert fork.steps["restart"].status == "succeeded" and fork.steps["restart"].output == {"pod": "web-9"}
+        final = await rt.wait(fork.id)
+        assert final.steps["check"].output == {"seen": "web-9"}  # from the recorded output, not re-run
+        assert final.status == "failed" and final.steps["notify"].error.message == "still broken"
+        back = [e for e in await rt.audit(first.id) if e.action == "execution.forked"]
+        assert [(e.actor, e.step_id, e.data["forkId"]) for e in back] == [("ops", "check", fork.id)]
+        started = [e for e in await rt.audit(fork.id) if e.action == "execution.started"]
+        assert started[0].data["forkedFrom"] == {"executionId": first.id, "stepId": "check"}
+        items = {item.step_id: item for item in await rt.explain(fork.id)}
+        assert f"a fork of execution {first.id} from step 'check': the steps before it keep that execution's " \
+               "outputs" in items[None].reasons
+        assert items["restart"].reasons == (f"succeeded in execution {first.id}, kept by this fork with its output",)
+        with pytest.raises(ValidationError, match="fromStep"):
+            await rt.fork(first.id, "nope")
+        again = await rt.fork(first.id, "restart", input={"n": 2})
+        assert again.input == {"n": 2} and again.runbook_version == 1
+        assert all(state.status == "pending" for state in again.steps.values())
+
+
 @pytest.mark.postgres
 async def test_through_a_process_that_does_not_own_the_execution(schema: str) -> None:
     async with engine("pg:" + schema, "a") as a, engine("pg:" + schema, "b") as b:
@@ -143,3 +179,9 @@ async def test_through_a_process_that_does_not_own_the_execution(schema: str) ->
         await b.skip_step(failed.id, "restart", actor="ops", justification="not needed after all")
         final = await b.wait(failed.id)
         assert final.status == "completed" and final.steps["check"].status == "skipped"  # as after a when
+        fork = await a.fork(waiting.id, "after")
+        assert (await a.wait(fork.id)).steps["after"].output == {"by": "hand"}
+        other = await b.fork(waiting.id, "after")  # b reads the old one from the database
+        assert other.forked_from == {"executionId": waiting.id, "stepId": "after"}
+        assert [e.data["forkId"] for e in await b.audit(waiting.id) if e.action == "execution.forked"] == \
+            [fork.id, other.id]

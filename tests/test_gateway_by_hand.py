@@ -95,3 +95,22 @@ async def test_by_hand_needs_the_operator_role(tmp_path: pathlib.Path) -> None:
                                         headers={"Authorization": "Bearer operator-token-0123456789"})
         assert operator.status_code == 200, operator.text
         assert operator.json()["steps"]["approve"]["status"] == "skipped"
+
+
+async def test_fork_over_rest_and_the_client() -> None:
+    async with running_gateway() as gw:
+        await gw.register(approval_runbook())
+        started = await gw.start("approve-me", {"value": 3})
+        await gw.wait_for(started["id"], "awaiting_approval")
+        response = await gw.client.post(f"/api/v1/executions/{started['id']}/fork", json={"fromStep": "approve"})
+        assert response.status_code == 201, response.text
+        fork = response.json()
+        assert fork["forkedFrom"] == {"executionId": started["id"], "stepId": "approve"}
+        assert fork["steps"]["prepare"]["status"] == "succeeded" and fork["steps"]["prepare"]["output"] == {"value": 3}
+        bad = await gw.client.post(f"/api/v1/executions/{started['id']}/fork", json={"fromStep": "nope"})
+        assert bad.status_code == 422 and bad.json()["errors"][0]["path"] == "fromStep"
+        code, out, err = await client(gw.url, "fork", started["id"], "deploy", "--input", '{"value": 4}')
+        assert code == 0, err
+        assert out.startswith(f"fork of {started['id']} from deploy: execution ")
+        audit = (await gw.client.get(f"/api/v1/executions/{started['id']}/audit")).json()["items"]
+        assert [e["data"]["fromStep"] for e in audit if e["action"] == "execution.forked"] == ["approve", "deploy"]

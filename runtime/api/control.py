@@ -16,6 +16,7 @@ from runtime.api import arguments
 from runtime.api.parts import Parts
 from runtime.api.starting import check_hop
 from runtime.core.draft import SYSTEM
+from runtime.core.machine import forked
 from runtime.core.messages import (
     Cancel,
     CompleteStep,
@@ -26,12 +27,14 @@ from runtime.core.messages import (
     RetryStep,
     SkipStep,
 )
-from runtime.model import Execution
+from runtime.model import AuditEntry, Execution
 from runtime.model.errors import Problem, ValidationError, too_large
 from runtime.model.jsonsafe import first_problem, json_size
-from runtime.model.records import Delivery
+from runtime.model.records import Change, Delivery
 from runtime.model.types import StartResult
 from runtime.shell.events import PublishResult
+
+MISSING_INPUT: Any = object()  # ``fork`` without an input: the old execution's
 
 
 class ExecutionControl(Parts):
@@ -68,6 +71,31 @@ class ExecutionControl(Parts):
         result = await self.starter.start(old.runbook_id, old.input, context, version=old.runbook_version,
                                           force=True, replay_of=old.id, actor=actor, reason=reason)
         return result.execution
+
+    async def fork(self, execution_id: str, from_step: str, *, input: Any = MISSING_INPUT,
+                   version: int | None = None, actor: str | None = None, reason: str | None = None,
+                   tenant_id: str | None = None) -> Execution:
+        """A new execution of the same runbook version (or ``version``) that begins with the
+        outcomes and outputs of the steps before ``from_step`` (those that succeeded or were
+        skipped) and runs the rest; ``input``: the old one unless given. The new execution's
+        ``forked_from`` names the old one and the step; the old one's audit log gets an
+        ``execution.forked`` entry naming the new one."""
+        arguments.check_control(execution_id, reason, actor, tenant_id, step_id=from_step)
+        old = await self.routing.fetch(execution_id, tenant_id)
+        runbook = await self.catalog.get(old.runbook_id, version or old.runbook_version, tenant_id=old.tenant_id)
+        if from_step not in {step.id for step in runbook.steps}:
+            raise ValidationError([Problem("fromStep", f"runbook {runbook.id} v{runbook.version} has no step "
+                                                       f"'{from_step}'")])
+        context = {**old.context, "userId": actor or SYSTEM}
+        context.pop("trigger", None)
+        new_input = old.input if input is MISSING_INPUT else input
+        result = await self.starter.start(old.runbook_id, new_input, context, version=runbook.version, force=True,
+                                          actor=actor, reason=reason, fork=forked(old, runbook, from_step))
+        new = result.execution
+        await self.commit(Change(audit=(AuditEntry(
+            old.id, self.clock.now(), actor or SYSTEM, "execution.forked", from_step, old.context.get("legalBasis"),
+            reason, {"forkId": new.id, "fromStep": from_step, "runbookVersion": runbook.version}),)))
+        return new
 
     async def pause(self, execution_id: str, reason: str | None = None, *, actor: str = "system",
                     tenant_id: str | None = None) -> Execution:

@@ -75,9 +75,13 @@ def _step(ex: Execution, step_id: str, state: StepState, depends_on: Mapping[str
     by_hand = why.get("byHand")
     if isinstance(by_hand, Mapping):
         reasons.append(_by_hand(by_hand))
+    forked = why.get("forked")
+    if isinstance(forked, Mapping):
+        reasons.append(f"{forked.get('status')} in execution {forked.get('executionId')}, kept by this fork "
+                       "with its output")
     if "after" in why:
         reasons.append(_ready(why["after"]))
-    elif state.status is SS.PENDING:
+    elif state.status is SS.PENDING and not forked:
         reasons.append(_pending(ex, depends_on.get(step_id, ())))
     if "when" in why:
         when = why["when"]

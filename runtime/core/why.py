@@ -12,7 +12,8 @@ Keys, each written by the decision it names:
 ``condition``  a conditional's comparisons, its result and the branch taken
 ``skipped``    why the step was skipped (a ``when``, a branch not taken, every dependency skipped)
 ``retries``    [{attempt, code, message}] (the last ones) and ``retried``: how many in all
-``byHand``     {action: completed|skipped, actor, justification, legalBasis?, evidence?}
+``byHand``     {action: completed|skipped, actor, justification, from, legalBasis?, evidence?}
+``forked``     {executionId, status}: a fork began with this step's outcome in that execution
 
 What other fields of the step already say (approvals with their digests, a loop's progress,
 attempts) is not copied here; ``runtime.core.explain`` reads both.
