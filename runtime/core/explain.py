@@ -79,10 +79,12 @@ def _step(ex: Execution, step_id: str, state: StepState, depends_on: Mapping[str
     if isinstance(forked, Mapping):
         reasons.append(f"{forked.get('status')} in execution {forked.get('executionId')}, kept by this fork "
                        "with its output")
-    if "after" in why:
-        reasons.append(_ready(why["after"]))
-    elif state.status is SS.PENDING and not forked:
-        reasons.append(_pending(ex, depends_on.get(step_id, ())))
+    deps = depends_on.get(step_id, ())
+    if state.status is SS.PENDING:
+        if not forked:
+            reasons.append(_pending(ex, deps))
+    elif state.started_at is not None or "after" in why:
+        reasons.append(_ready(deps, why.get("after") or {}))
     if "when" in why:
         when = why["when"]
         verdict = "so it ran" if when.get("result") else "so it was skipped"
@@ -121,10 +123,12 @@ def _by_hand(record: Mapping[str, Any]) -> str:
     return text
 
 
-def _ready(after: Mapping[str, str]) -> str:
-    if not after:
+def _ready(deps: tuple[str, ...], unusual: Mapping[str, str]) -> str:
+    """What made a step that started ready: its dependencies, each succeeded unless the record
+    says otherwise."""
+    if not deps:
         return "ready when the execution started (no dependencies)"
-    return "ready once " + ", ".join(f"'{dep}' {status}" for dep, status in after.items())
+    return "ready once " + ", ".join(f"'{dep}' {unusual.get(dep, 'succeeded')}" for dep in deps)
 
 
 def _pending(ex: Execution, deps: tuple[str, ...]) -> str:

@@ -24,7 +24,7 @@ import attrs
 from runtime.core import effects as fx
 from runtime.core.draft import SYSTEM, Draft, error_json
 from runtime.core.state import ExecutionState
-from runtime.core.why import after as statuses_of
+from runtime.core.why import unusual
 from runtime.model import (
     Execution,
     ExecutionStatus,
@@ -97,10 +97,10 @@ class Transition(Draft):
         state = self.ex.steps[step.id]
         attempt = state.attempts + 1
         started = state.started_at if state.status.in_progress and state.started_at else self.now
-        ready = statuses_of((*(step.depends_on or ()), *self.plan.branch_owners.get(step.id, ())), self.ex.steps)
-        record = {**state.why, "after": ready} if state.why else {"after": ready}
+        if step.depends_on and (odd := unusual(step.depends_on, self.ex.steps)):
+            extra["why"] = {**(state.why or {}), "after": odd}
         self.set_step(step.id, status=status, attempts=attempt, started_at=started, completed_at=None,
-                      error=None, why=record, **extra)
+                      error=None, **extra)
         self.log("info", "step started", step.id, attempt=attempt, type=step.type)
         self.audit("step.started", step_id=step.id)
 

@@ -7,7 +7,9 @@ comparisons, and a step keeps its last ``MAX_RETRIES`` retry reasons (and their 
 
 Keys, each written by the decision it names:
 
-``after``      {dependency: its status} when the step started (what made it ready)
+``after``      {dependency: its status} when the step started, for each dependency that had not
+               succeeded then (skipped, or failed with ``continueOnError``); one that is not
+               named had succeeded
 ``when``       the ``when`` comparisons and their result, when it let the step run or skipped it
 ``condition``  a conditional's comparisons, its result and the branch taken
 ``skipped``    why the step was skipped (a ``when``, a branch not taken, every dependency skipped)
@@ -27,7 +29,7 @@ from typing import Any, Final, Protocol
 
 from runtime.language.conditions import Trace
 from runtime.language.templates import MISSING
-from runtime.model import StepState
+from runtime.model import StepState, StepStatus
 
 VALUE_CHARS: Final = 40
 MAX_CHECKS: Final = 4
@@ -80,8 +82,10 @@ def condition(trace: Trace, result: bool) -> dict[str, Any]:
     return record
 
 
-def after(depends_on: Iterable[str], steps: Mapping[str, StepState]) -> dict[str, str]:
-    return {dep: steps[dep].status.value for dep in depends_on}
+def unusual(depends_on: Iterable[str], steps: Mapping[str, StepState]) -> dict[str, str]:
+    """The dependencies that had not succeeded when the step started, with their status (the
+    others had: a step starts once each dependency is done, and one that succeeded stays so)."""
+    return {dep: status.value for dep in depends_on if (status := steps[dep].status) is not StepStatus.SUCCEEDED}
 
 
 def retried(old: Mapping[str, Any] | None, attempt: int, code: str, message: str) -> dict[str, Any]:
