@@ -45,7 +45,8 @@ def _by_hand(t: Transition, message: CompleteStep | SkipStep, action: str) -> No
     if state.status not in TAKEN_OVER:
         raise Conflict(f"step '{step_id}' is {state.status.value}: only a failed, waiting or awaiting-approval "
                        f"step can be {action} by hand")
-    if ex.status is ES.FAILED:
+    reopened = ex.status is ES.FAILED
+    if reopened:
         _reopen(t, step_id)
     elif ex.status.finished:
         raise Conflict(f"execution {ex.id} is {ex.status.value}")
@@ -70,7 +71,7 @@ def _by_hand(t: Transition, message: CompleteStep | SkipStep, action: str) -> No
     t.log("info", f"step {action} by hand by {message.actor}: {message.justification}", step_id)
     t.audits.append(AuditEntry(ex.id, t.now, message.actor, f"step.{action}_by_hand", step_id,
                                message.legal_basis or ex.context.get("legalBasis"), message.justification, data))
-    t.hold = True  # answered with this state; what it makes ready starts in the next transition
+    t.hold = reopened  # as a step retry: answered running again, its steps start in the next transition
     t.emit(fx.AnswerState(message.reply))
 
 
