@@ -122,3 +122,13 @@ async def test_values_pass_through_the_secrets_redactor() -> None:
         [item] = await rt.explain(final.id, step_id="s")
     assert "hunter2" not in json.dumps([item.reasons, item.data])
     assert "input.pw = \"***\" ne \"x\" → true" in item.reasons[1]
+
+
+async def test_an_execution_started_by_a_trigger_names_it(rt: Runtime) -> None:
+    await rt.register_runbook({"id": "on-alert", "steps": [{"id": "s", "type": "echo"}], "triggers": [
+        {"id": "severe", "event": {"type": "alert"}, "input": {"key": "${event.correlationKey}"}}]})
+    assert (await rt.publish_event("alert", "A-7", {"severity": 9})).delivered == 1
+    [started] = (await rt.list_executions(runbook_id="on-alert")).items
+    first = (await rt.explain(started.id))[0]
+    assert first.reasons[1].startswith("started by trigger 'severe' (event) at ")
+    assert first.data["trigger"]["id"] == "severe"

@@ -78,8 +78,9 @@ def _by_hand(t: Transition, message: CompleteStep | SkipStep, action: str) -> No
 def _reopen(t: Transition, step_id: str) -> None:
     """A failed execution runs again: the steps the failure cancelled, and what depends on them
     that did not succeed, are pending again (the step itself is ended by hand)."""
-    if t.ex.steps[step_id].status is not SS.FAILED:
-        raise Conflict(f"execution {t.ex.id} is failed; only its failed steps can be taken over")
+    cause = t.ex.error.step_id if t.ex.error is not None else None
+    if t.ex.steps[step_id].status is not SS.FAILED or (cause is not None and cause != step_id):
+        raise Conflict(f"execution {t.ex.id} failed at step '{cause}': only that step can be taken over")
     for sid in sorted(steps_to_retry(t.plan, t.ex, step_id) - {step_id}):
         old = t.ex.steps[sid]
         t.replace_step(sid, StepState(SS.PENDING, old.type, attempts=old.attempts))

@@ -47,7 +47,7 @@ def _execution(ex: Execution) -> Explanation:
     data: dict[str, Any] = {"runbookId": ex.runbook_id, "runbookVersion": ex.runbook_version}
     trigger = ex.context.get("trigger")
     if isinstance(trigger, Mapping):
-        reasons.append(f"started by trigger '{trigger.get('id')}' ({trigger.get('kind')}) due at {trigger.get('at')}")
+        reasons.append(f"started by trigger '{trigger.get('id')}' ({trigger.get('kind')}) at {trigger.get('at')}")
         data["trigger"] = dict(trigger)
     elif ex.parent_execution_id is not None:
         reasons.append(f"started by step '{ex.parent_step_id}' of execution {ex.parent_execution_id}")
