@@ -156,7 +156,7 @@ async def test_a_fork_keeps_the_outputs_before_its_step_and_runs_the_rest(store:
         assert f"a fork of execution {first.id} from step 'check': the steps before it keep that execution's " \
                "outputs" in items[None].reasons
         assert items["restart"].reasons == (f"succeeded in execution {first.id}, kept by this fork with its output",)
-        with pytest.raises(ValidationError, match="fromStep"):
+        with pytest.raises(NotFound, match="no step 'nope'"):
             await rt.fork(first.id, "nope")
         again = await rt.fork(first.id, "restart", input={"n": 2})
         assert again.input == {"n": 2} and again.runbook_version == 1

@@ -28,7 +28,7 @@ from runtime.core.messages import (
     SkipStep,
 )
 from runtime.model import AuditEntry, Execution
-from runtime.model.errors import Problem, ValidationError, too_large
+from runtime.model.errors import NotFound, Problem, ValidationError, too_large
 from runtime.model.jsonsafe import first_problem, json_size
 from runtime.model.records import Change, Delivery
 from runtime.model.types import StartResult
@@ -84,8 +84,7 @@ class ExecutionControl(Parts):
         old = await self.routing.fetch(execution_id, tenant_id)
         runbook = await self.catalog.get(old.runbook_id, version or old.runbook_version, tenant_id=old.tenant_id)
         if from_step not in {step.id for step in runbook.steps}:
-            raise ValidationError([Problem("fromStep", f"runbook {runbook.id} v{runbook.version} has no step "
-                                                       f"'{from_step}'")])
+            raise NotFound(f"runbook {runbook.id} v{runbook.version} has no step '{from_step}'")
         context = {**old.context, "userId": actor or SYSTEM}
         context.pop("trigger", None)
         new_input = old.input if input is MISSING_INPUT else input
