@@ -9,6 +9,7 @@ not exist.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import attrs
 
@@ -16,7 +17,7 @@ from runtime.api import arguments
 from runtime.api.parts import Parts
 from runtime.kinds.approval_inbox import ApprovalPage, pending_for
 from runtime.model import AuditEntry, Evidence, Execution, ExecutionStatus, LogEntry
-from runtime.model.errors import Problem, ValidationError
+from runtime.model.errors import NotFound, Problem, ValidationError
 
 
 @attrs.frozen
@@ -77,6 +78,26 @@ class ExecutionReads(Parts):
         arguments.check_lookup(execution_id, tenant_id)
         await self.routing.fetch(execution_id, tenant_id)
         return await self.read(self.store.audit, execution_id)
+
+    async def command_status(self, execution_id: str, command_id: str, *,
+                             tenant_id: str | None = None) -> dict[str, Any]:
+        """What became of a command a process accepted for the execution without its outcome
+        (``CommandQueued``: its owner did not answer in time): ``status`` ``queued``, ``applied``
+        (with the ``execution`` as it was then, or the ``value`` answered) or ``refused`` (with
+        the ``error``: its ``class`` and ``message``). ``NotFound`` for a command of another
+        execution, or with a single process (its commands are never queued)."""
+        arguments.check_lookup(execution_id, tenant_id)
+        await self.routing.fetch(execution_id, tenant_id)
+        found = await self.read(self.cluster.store.command, command_id) if self.cluster is not None else None
+        if found is None or found[0] != execution_id:
+            raise NotFound(f"execution {execution_id} has no command {command_id}")
+        _, applied, outcome = found
+        status: dict[str, Any] = {"commandId": command_id, "executionId": execution_id}
+        if not applied:
+            return {**status, "status": "queued"}
+        if not outcome.get("ok"):
+            return {**status, "status": "refused", "error": outcome.get("error") or {}}
+        return {**status, "status": "applied", **{k: v for k, v in outcome.items() if k in ("execution", "value")}}
 
     async def wait(self, execution_id: str, *, tenant_id: str | None = None) -> Execution:
         """The execution once it has finished (completed, failed, cancelled or timed out)."""
