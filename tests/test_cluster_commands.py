@@ -18,6 +18,7 @@ import pytest
 import trio
 from psycopg import sql
 
+from gateway import Config, GatewayMetrics, create_app
 from runtime.core.messages import Command, DeliverEvent, Pause, Resume, command_row
 from runtime.model import Event
 from runtime.shell.execution import ExecutionActor
@@ -169,8 +170,15 @@ async def test_commands_for_an_execution_that_has_finished_are_resolved(schema: 
         stray = queue(schema, execution.id, DeliverEvent("ok", event(execution.tenant_id, {"n": 1})))
         await settled(lambda: rows(schema, "SELECT count(*) FROM commands WHERE applied_at IS NULL") == [(0,)])
         status = await b.command_status(execution.id, late)
-        assert status["status"] == "refused" and "cancelled" in status["error"]["message"]
-        assert (await a.command_status(execution.id, stray))["status"] == "applied"
+        assert status.status == "refused" and status.error is not None
+        assert status.error[0] == "Conflict" and "is cancelled" in status.error[1]
+        taken = await a.command_status(execution.id, stray)
+        assert (taken.status, taken.value) == ("applied", False)  # no step took the event
+        client = create_app(b, Config.from_env({}), metrics=GatewayMetrics()).test_client()
+        answer = await client.get(f"/api/v1/executions/{execution.id}/commands/{late}")
+        assert answer.status_code == 200
+        assert (await answer.get_json())["error"] == {"class": "Conflict", "message": status.error[1]}
+        assert (await client.get(f"/api/v1/executions/{execution.id}/commands/nope")).status_code == 404
         assert rows(schema, "SELECT count(*) FROM events") == [(1,)]  # the event nobody took: retained
 
 
