@@ -209,11 +209,11 @@ class ExecutionActor:
                 outcomes.append((reply.command_id, commands.outcome_of_state(self._state.execution)))
             elif isinstance(effect, fx.Answer):
                 outcomes.append((reply.command_id, commands.outcome_of_value(effect.value)))
-                event = self._offered.get(reply.command_id)
-                if event is not None and effect.value is False:
-                    refused.append(event)
             elif isinstance(effect, fx.Refuse):
                 outcomes.append((reply.command_id, commands.outcome_of_error(effect.error)))
+            event = self._offered.get(reply.command_id)
+            if event is not None and not (isinstance(effect, fx.Answer) and effect.value is True):
+                refused.append(event)
         self._silent, self._offered = [], {}
         if not outcomes:
             return change, refused
