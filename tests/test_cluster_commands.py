@@ -19,7 +19,7 @@ import trio
 from psycopg import sql
 
 from gateway import Config, GatewayMetrics, create_app
-from runtime.core.messages import Command, DeliverEvent, Pause, Resume, command_row
+from runtime.core.messages import ChildFinished, Command, DeliverEvent, Pause, Resume, command_row
 from runtime.model import Event
 from runtime.shell.execution import ExecutionActor
 from tests.conftest import DSN
@@ -168,6 +168,7 @@ async def test_commands_for_an_execution_that_has_finished_are_resolved(schema: 
         # a control and an event that raced the end: queued after it finished
         late = queue(schema, execution.id, Pause("ops", "late"))
         stray = queue(schema, execution.id, DeliverEvent("ok", event(execution.tenant_id, {"n": 1})))
+        queue(schema, execution.id, ChildFinished("ok", "child-1", "completed"))  # a child's end, after the parent's
         await settled(lambda: rows(schema, "SELECT count(*) FROM commands WHERE applied_at IS NULL") == [(0,)])
         status = await b.command_status(execution.id, late)
         assert status.status == "refused" and status.error is not None
