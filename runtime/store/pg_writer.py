@@ -6,8 +6,9 @@ epochs are checked (``check_fences``: a stale epoch rolls the whole batch back);
 publishes go through the ``waits`` and ``events`` tables under one advisory lock per
 (tenant, type, key), so an event published by any process reaches every waiter (and takes
 its wait row: each wait takes one event, so the next publish finds the next waiter or
-retains the event); an event for an execution is a command row; and the batch's announcements go out as ``NOTIFY`` in
-the same transaction. Everything runs on the batch's cursor, in its pipeline.
+retains the event); an event for an execution is a command row; and the batch's
+announcements go out as ``NOTIFY`` in the same transaction. Everything runs on the batch's
+cursor, in its pipeline.
 """
 
 from __future__ import annotations
