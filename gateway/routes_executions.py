@@ -28,6 +28,19 @@ from runtime import Execution
 from runtime.api.control import MISSING_INPUT
 
 
+async def command_status(execution_id: str, command_id: str) -> Response:
+    found = await state().runtime.command_status(execution_id, command_id, tenant_id=current_identity().tenant)
+    body: dict[str, object] = {"commandId": found.command_id, "executionId": found.execution_id,
+                               "status": found.status}
+    if found.execution is not None:
+        body["execution"] = execution_json(found.execution)
+    elif found.status == "applied":
+        body["value"] = found.value
+    if found.error is not None:
+        body["error"] = {"class": found.error[0], "message": found.error[1]}
+    return json_response(body)
+
+
 def _execution(execution: Execution, status: int = 200) -> Response:
     headers = {"Location": f"/api/v1/executions/{execution.id}"} if status == 201 else None
     return json_response(execution_json(execution), status, headers)

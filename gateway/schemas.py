@@ -176,6 +176,18 @@ SCHEMAS: dict[str, Schema] = {
                   ("commandId", "status"),
                   description="The process that runs the execution did not answer within FORWARD_WAIT_MS: "
                               "the command stays queued and is applied first by whoever runs it next."),
+    "CommandStatus": obj({
+        "commandId": {"type": "string"}, "executionId": {"type": "string"},
+        "status": {"type": "string", "enum": ["queued", "applied", "refused"]},
+        "execution": ref("Execution"),  # applied: the execution as the command left it
+        "value": {"description": "applied: what the owner answered instead of a state (an event: whether a step "
+                               "took it)"},
+        "error": obj({"class": {"type": "string"}, "message": {"type": "string"}}, ("class", "message"),
+                     description="refused: the refusal, as the owner would have answered (e.g. Conflict: the "
+                                 "execution had ended)")},
+        ("commandId", "executionId", "status"),
+        description="A command answered 202 {commandId, status: queued}: whoever runs the execution applies it "
+                    "(or refuses it, if the execution has ended)."),
     "Text": {"type": "string"},
     "ExecutionEvent": obj({"event": {"type": "string", "const": "execution"},
                            "data": {"type": "string", "description": "the execution, as JSON"},

@@ -9,6 +9,7 @@ not exist.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import attrs
 
@@ -18,6 +19,21 @@ from runtime.core.explain import Explanation, explain
 from runtime.kinds.approval_inbox import ApprovalPage, pending_for
 from runtime.model import AuditEntry, Evidence, Execution, ExecutionStatus, LogEntry
 from runtime.model.errors import NotFound, Problem, ValidationError
+from runtime.model.wire import from_json
+
+
+@attrs.frozen
+class CommandStatus:
+    """A command queued for an execution's owner: ``queued``, ``applied`` (with the execution as
+    it committed then, or the value answered: whether an event was taken) or ``refused`` (with
+    ``error``: the class of the refusal and its message, as the owner would have answered)."""
+
+    command_id: str
+    execution_id: str
+    status: str
+    execution: Execution | None = None
+    value: Any = None
+    error: tuple[str, str] | None = None
 
 
 @attrs.frozen
@@ -94,6 +110,27 @@ class ExecutionReads(Parts):
         return [attrs.evolve(item, reasons=tuple(secrets.redact_text(r) for r in item.reasons),
                              data=secrets.redact(item.data))
                 for item in explain(execution, step_id, depends_on)]
+
+    async def command_status(self, execution_id: str, command_id: str, *,
+                             tenant_id: str | None = None) -> CommandStatus:
+        """What became of a command a process accepted for the execution without its outcome
+        (``CommandQueued``: its owner did not answer in time). ``NotFound`` for a command of
+        another execution, or with a single process (its commands are never queued)."""
+        arguments.check_lookup(execution_id, tenant_id)
+        await self.routing.fetch(execution_id, tenant_id)
+        found = await self.read(self.cluster.store.command, command_id) if self.cluster is not None else None
+        if found is None or found[0] != execution_id:
+            raise NotFound(f"execution {execution_id} has no command {command_id}")
+        _, applied, outcome = found
+        if not applied:
+            return CommandStatus(command_id, execution_id, "queued")
+        if not outcome.get("ok"):
+            error = outcome.get("error") or {}
+            return CommandStatus(command_id, execution_id, "refused",
+                                 error=(str(error.get("class") or "RunbookError"), str(error.get("message") or "")))
+        execution = outcome.get("execution")
+        return CommandStatus(command_id, execution_id, "applied", from_json(execution, Execution)
+                             if execution is not None else None, outcome.get("value"))
 
     async def wait(self, execution_id: str, *, tenant_id: str | None = None) -> Execution:
         """The execution once it has finished (completed, failed, cancelled or timed out)."""

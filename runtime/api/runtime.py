@@ -16,7 +16,7 @@ from typing import Any
 from runtime.api import arguments
 from runtime.api.control import ExecutionControl
 from runtime.api.links import DecisionLinks
-from runtime.api.reading import ExecutionReads, Page
+from runtime.api.reading import CommandStatus, ExecutionReads, Page
 from runtime.documents.validate import validate_document
 from runtime.model import AuditEntry, Runbook
 from runtime.model.errors import Problem, StoreUnavailable, ValidationError
@@ -27,7 +27,7 @@ from runtime.shell.step_types import StepTypes
 from runtime.shell.watch import Observer
 from runtime.triggers.scheduler import TriggerInfo, audit_key
 
-__all__ = ["Page", "Runtime", "StartResult", "source_audit_key"]
+__all__ = ["CommandStatus", "Page", "Runtime", "StartResult", "source_audit_key"]
 
 
 def source_audit_key(tenant_id: str, source_id: str) -> str:
