@@ -10,7 +10,8 @@ then, all over loopback from this process:
   ``CALLERS`` clients; the clock stops when the database shows every one completed (read
   from the schema directly, every 50 ms);
 - ``REST start p50/p99``: starts of the same one-step runbook at a fixed rate, open loop
-  (request i is planned at t0 + i/rate; its latency counts from that plan).
+  (request i is planned at t0 + i/rate; its latency counts from that plan). The rate is
+  ``--rate``, else half the starts/s of the first N measured, the same for every N.
 
 The load generator runs on the same machine and takes CPU from the servers: the figures
 are what one machine serving and loading itself gives, not a ceiling.
@@ -38,7 +39,7 @@ from benchmarks.api import free_port, paced
 from benchmarks.common import DSN, ROOT, Report, _drop_schema, percentile, postgres_available, run
 
 CALLERS = 32
-RATE = 200.0
+RATE_SHARE = 0.5  # the paced rate: this share of the starts/s of the first N measured
 HEADERS = {"X-User-Id": "bench", "X-Tenant-Id": "bench"}
 ONE = {"id": "one", "steps": [{"id": "s0", "type": "conditional",
                                "config": {"condition": {"field": "input.n", "operator": "exists"}}}]}
@@ -127,7 +128,9 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
 
 
-async def measure(report: Report, fleet: Fleet, client: httpx.AsyncClient, workers: int, quick: bool) -> None:
+async def measure(report: Report, fleet: Fleet, client: httpx.AsyncClient, workers: int, quick: bool,
+                  rate: list[float]) -> None:
+    """``rate``: the paced rate for the p50/p99 (set from the first fleet's starts/s when empty)."""
     parameters = {"workers": workers, "callers": CALLERS, "store": "postgres"}
     for document in (ONE, CHAIN):
         answer = await client.post(f"{fleet.url}/api/v1/runbooks", json=document)
@@ -148,6 +151,8 @@ async def measure(report: Report, fleet: Fleet, client: httpx.AsyncClient, worke
     count = await _for_seconds(seconds, lambda: start("one", next(counter)))
     elapsed = time.perf_counter() - started
     await trio.sleep(0.5)  # (the last executions' steps, whose CPU counts too)
+    if not rate:  # below what one process serves here, so that every N meets the same load
+        rate.append(max(5.0, round(count / elapsed * RATE_SHARE)))
     report.add("REST starts/s", count / elapsed, "1/s",
                {**parameters, "server_cpu_ms_per_start": round((fleet.cpu_s() - cpu) * 1000 / count, 2)}, "postgres")
 
@@ -160,12 +165,12 @@ async def measure(report: Report, fleet: Fleet, client: httpx.AsyncClient, worke
                {**parameters, "chains": chains,
                 "server_cpu_ms_per_step": round((fleet.cpu_s() - cpu) * 1000 / (chains * 10), 2)}, "postgres")
 
-    requests = int(RATE * (3 if quick else 10))
-    latencies, errors = await paced(requests, RATE, lambda i: start("one", next(counter)))
-    paced_parameters = {"workers": workers, "requests": requests, "rate_per_s": RATE, "errors": errors,
+    requests = int(rate[0] * (5 if quick else 20))
+    latencies, errors = await paced(requests, rate[0], lambda i: start("one", next(counter)))
+    paced_parameters = {"workers": workers, "requests": requests, "rate_per_s": rate[0], "errors": errors,
                         "pacing": "open-loop", "store": "postgres"}
     for p in (50, 99):
-        report.add(f"REST start p{p} at {RATE:g}/s", percentile(latencies, p), "ms", paced_parameters, "postgres")
+        report.add(f"REST start p{p} at {rate[0]:g}/s", percentile(latencies, p), "ms", paced_parameters, "postgres")
 
 
 async def _until_completed(fleet: Fleet, runbook_id: str, count: int) -> None:
@@ -176,12 +181,20 @@ async def _until_completed(fleet: Fleet, runbook_id: str, count: int) -> None:
         await trio.sleep(0.05 if done < count else 0)
 
 
+async def _retried(request: object) -> None:
+    """A request; sent again once if the server closed an idle kept-alive connection under it."""
+    try:
+        await request()  # type: ignore[operator]
+    except httpx.RemoteProtocolError:
+        await request()  # type: ignore[operator]
+
+
 async def _closed_loop(count: int, request: object) -> None:
     remaining = iter(range(count))
 
     async def caller() -> None:
         for _ in remaining:
-            await request()  # type: ignore[operator]
+            await _retried(request)
 
     async with trio.open_nursery() as callers:
         for _ in range(CALLERS):
@@ -194,7 +207,7 @@ async def _for_seconds(seconds: float, request: object) -> int:
 
     async def caller() -> None:
         while trio.current_time() < deadline:
-            await request()  # type: ignore[operator]
+            await _retried(request)
             done[0] += 1
 
     async with trio.open_nursery() as callers:
@@ -209,12 +222,16 @@ async def main(report: Report, args: argparse.Namespace) -> None:
         return
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     with tempfile.TemporaryDirectory(prefix="runbooks-workers-bench-") as directory:
+        rate = [args.rate] if args.rate else []
         for workers in args.workers:
             fleet = Fleet(directory, workers)
             try:
-                async with httpx.AsyncClient(headers=HEADERS, limits=limits, timeout=10.0) as client:
+                async with httpx.AsyncClient(headers=HEADERS, limits=limits, timeout=30.0) as client:
                     await fleet.wait_ready(client, workers)
-                    await measure(report, fleet, client, workers, args.quick)
+                    await measure(report, fleet, client, workers, args.quick, rate)
+            except BaseException:
+                report.note(f"--workers {workers} failed; the end of its log:\n{fleet.log_tail()}")
+                raise
             finally:
                 await trio.to_thread.run_sync(fleet.stop)
 
@@ -223,9 +240,10 @@ def cli(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small counts, under a minute")
     parser.add_argument("--workers", action="append", type=int, help="N to measure (repeatable; default 1 and 2)")
+    parser.add_argument("--rate", type=float, help="paced starts per second for p50/p99 (default: see above)")
     args = parser.parse_args(argv)
     args.workers = args.workers or [1, 2]
-    run(main, "workers", args, quick_s=120.0, full_s=600.0)
+    run(main, "workers", args, quick_s=180.0, full_s=900.0)
     return 0
 
 
