@@ -112,3 +112,15 @@ def test_two_workers_share_the_port_survive_a_crash_and_stop_together(schema: st
     with socket.socket() as probe:  # nothing holds the port any more
         probe.bind(("127.0.0.1", port))
     assert "2 workers serving on" in log.read_text()
+
+
+@pytest.mark.slow
+def test_a_worker_that_cannot_start_stops_them_all(tmp_path: pathlib.Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("PORT", "STORAGE_BACKEND", "RUNBOOKS_DIR")}
+    finished = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--workers", "2", "--port", str(free_port()),
+         "--store", "postgresql://postgres@127.0.0.1:1/nowhere"], cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=120)
+    assert finished.returncode == 1, finished.stderr  # the worker's status: the store cannot be opened
+    assert "runbooks serve: cannot start: postgres store: open failed" in finished.stderr
+    assert "before it served: stopping all workers" in finished.stderr
