@@ -35,6 +35,16 @@ def test_workers_need_the_postgres_store(tmp_path: pathlib.Path, capsys: pytest.
     assert capsys.readouterr().err == "runbooks serve: --workers: must be an integer between 1 and 256, got '0'\n"
 
 
+def test_a_port_another_program_holds_is_refused_before_any_worker_starts(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--workers", "2", "--port", str(port), "--store", "postgresql://db.invalid/x"]) == 2
+    assert capsys.readouterr().err == f"runbooks serve: cannot serve on 127.0.0.1:{port}: Address already in use\n"
+
+
 def children(pid: int) -> set[int]:
     """The live processes whose parent is ``pid`` (from /proc)."""
     found = set()
