@@ -18,6 +18,7 @@ Order of a run:
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import pathlib
@@ -33,6 +34,13 @@ from hypercorn.trio import serve as hypercorn_serve
 from gateway.app import create_app
 from gateway.config import Config, ConfigError
 from gateway.metrics import create_metrics
+from gateway.workers import (
+    WorkerLink,
+    check_can_share,
+    reuse_port_socket,
+    serve_workers,
+    worker_count,
+)
 from runtime import (
     NotFound,
     Runbook,
@@ -56,20 +64,23 @@ Trigger = Callable[[], Awaitable[Any]]
 
 
 async def serve(config: Config, *, prepare: Callable[[Runtime], None] | None = None,
-                shutdown_trigger: Trigger | None = None,
+                shutdown_trigger: Trigger | None = None, reuse_port: bool = False,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve until SIGINT/SIGTERM (or until ``shutdown_trigger`` returns, if given).
 
     ``prepare(runtime)`` runs before RUNBOOKS_DIR is loaded (register custom step types
-    there). ``task_status.started`` receives the bound URLs. Raises ``ConfigError`` for a
-    bad configuration, a store URL the runtime does not know, or a bad RUNBOOKS_DIR file.
+    there). ``task_status.started`` receives the bound URLs. ``reuse_port``: bind with
+    SO_REUSEPORT, beside the other workers of ``runbooks serve --workers N``. Raises
+    ``ConfigError`` for a bad configuration, a store URL the runtime does not know, or a bad
+    RUNBOOKS_DIR file.
     """
     config.check_can_serve()
+    hyper = _hypercorn_config(config, reuse_port)
     if shutdown_trigger is not None:
-        await _serve(config, prepare, _Shutdown(shutdown_trigger, None), task_status)
+        await _serve(config, hyper, prepare, _Shutdown(shutdown_trigger, None), task_status)
         return
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        await _serve(config, prepare, _Shutdown(None, signals), task_status)
+        await _serve(config, hyper, prepare, _Shutdown(None, signals), task_status)
 
 
 class _Shutdown:
@@ -96,21 +107,21 @@ class _Shutdown:
             return
 
 
-async def _serve(config: Config, prepare: Callable[[Runtime], None] | None, shutdown: _Shutdown,
-                 task_status: trio.TaskStatus[list[str]]) -> None:
+async def _serve(config: Config, hyper: HyperConfig, prepare: Callable[[Runtime], None] | None,
+                 shutdown: _Shutdown, task_status: trio.TaskStatus[list[str]]) -> None:
     store = _store_url(config)
     metrics, batch_observer = create_metrics()
     stop_tracing = tracing.configure_otlp(config.instance_id) if config.otel_exporter_otlp_endpoint else None
     try:
-        await _serve_runtime(config, prepare, shutdown, task_status, store, metrics, batch_observer)
+        await _serve_runtime(config, hyper, prepare, shutdown, task_status, store, metrics, batch_observer)
     finally:
         if stop_tracing is not None:  # export the spans still queued (bounded by the exporter's timeout)
             await trio.to_thread.run_sync(stop_tracing)
     logger.info("stopped")
 
 
-async def _serve_runtime(config: Config, prepare: Callable[[Runtime], None] | None, shutdown: _Shutdown,
-                         task_status: trio.TaskStatus[list[str]], store: str, metrics: Any,
+async def _serve_runtime(config: Config, hyper: HyperConfig, prepare: Callable[[Runtime], None] | None,
+                         shutdown: _Shutdown, task_status: trio.TaskStatus[list[str]], store: str, metrics: Any,
                          batch_observer: Any) -> None:
     try:
         async with open_runtime(store, pool_max=config.db_pool_max, settings=config.settings(),
@@ -128,7 +139,7 @@ async def _serve_runtime(config: Config, prepare: Callable[[Runtime], None] | No
                     app.extensions["runbooks"].streams.close_all()
                     server.start_soon(shutdown.escalate, server.cancel_scope, name="second signal")
 
-                await hypercorn_serve(app, _hypercorn_config(config), shutdown_trigger=trigger,  # type: ignore[arg-type]
+                await hypercorn_serve(app, hyper, shutdown_trigger=trigger,  # type: ignore[arg-type]
                                       task_status=task_status)
                 server.cancel_scope.cancel()
             logger.info("server stopped; closing the runtime")
@@ -161,10 +172,12 @@ def _store_url(config: Config) -> str:
         raise ConfigError(f"STORAGE_BACKEND: the {config.storage_backend} store is not available: {exc}") from None
 
 
-def _hypercorn_config(config: Config) -> HyperConfig:
+def _hypercorn_config(config: Config, reuse_port: bool) -> HyperConfig:
     hyper = HyperConfig()
     host = f"[{config.host}]" if ":" in config.host and not config.host.startswith("[") else config.host
     hyper.bind = [f"{host}:{config.port}"]
+    if reuse_port:  # bound here, handed over as a descriptor: hypercorn sets SO_REUSEPORT only for its own workers
+        hyper.bind = [f"fd://{reuse_port_socket(config.host, config.port).detach()}"]
     hyper.accesslog = None  # the gateway logs each request itself (runbooks.gateway)
     hyper.graceful_timeout = GRACEFUL_TIMEOUT_S
     return hyper
@@ -249,10 +262,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", help="memory, sqlite:///file.db or postgresql://... "
                                         "(STORAGE_BACKEND with SQLITE_PATH or DATABASE_URL)")
     parser.add_argument("--runbooks-dir", help="register the runbooks of DIR at start (RUNBOOKS_DIR)")
+    parser.add_argument("--workers", help="serve with N processes on one port (PostgreSQL store only; default 1)")
+    parser.add_argument("--worker-link", help=argparse.SUPPRESS)  # PID:FD, set by the supervisor of --workers
 
 
 def serve_main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    """``runbooks serve [--host HOST] [--port PORT] [--store URL] [--runbooks-dir DIR]``; the exit status.
+    """``runbooks serve [--host HOST] [--port PORT] [--store URL] [--runbooks-dir DIR] [--workers N]``;
+    the exit status.
 
     Exit 0 after a graceful shutdown, 2 on a bad configuration, 1 when the store cannot be
     opened (one line on stderr either way).
@@ -264,9 +280,17 @@ def serve_main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
 
 def serve_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
     try:
-        config = Config.from_env({**(os.environ if env is None else env), **_overrides(args)})
+        variables = {**(os.environ if env is None else env), **_overrides(args)}
+        config = Config.from_env(variables)
+        count = worker_count(args.workers)
+        check_can_share(config, count)
+        link = WorkerLink.parse(args.worker_link) if args.worker_link is not None else None
+        if link is not None:
+            link.follow_parent()
         _setup_logging(config)
-        _run(config)
+        if count > 1:
+            return serve_workers(config, count, variables)
+        _run(config, link)
     except ConfigError as exc:
         print(f"runbooks serve: {exc}", file=sys.stderr)
         return 2
@@ -276,11 +300,11 @@ def serve_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = No
     return 0
 
 
-def _run(config: Config) -> None:
+def _run(config: Config, link: WorkerLink | None) -> None:
     """``serve`` in a Trio run; an OSError (the port is taken...) becomes one ConfigError line."""
     where = f"{config.host}:{config.port}"
     try:
-        trio.run(serve, config)
+        trio.run(serve, config) if link is None else trio.run(_serve_as_worker, config, link)
     except StoreInUse as exc:
         raise ConfigError(str(exc)) from None
     except OSError as exc:
@@ -294,6 +318,20 @@ def _run(config: Config) -> None:
             raise
         first = _leaves(errors)[0]
         raise ConfigError(f"cannot serve on {where}: {getattr(first, 'strerror', None) or first}") from None
+
+
+async def _serve_as_worker(config: Config, link: WorkerLink) -> None:
+    """One of the workers of ``--workers N``: SO_REUSEPORT, and a word to the supervisor once serving.
+
+    Raises what ``serve`` raises (not wrapped in this function's nursery's group)."""
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(functools.partial(serve, config, reuse_port=True))
+            link.ready()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, str]:
