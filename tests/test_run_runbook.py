@@ -146,7 +146,9 @@ async def test_a_chain_deeper_than_the_limit_fails_with_depth_limit(rt: Runtime)
     assert [e.depth for e in by_depth] == list(range(MAX_DEPTH + 1))
     deepest = by_depth[-1]
     assert deepest.steps["deeper"].error.code == "depth_limit"
+    assert deepest.steps["deeper"].child_execution_id is None  # it started no child, so it names none
     assert final.steps["deeper"].error.code == "child_failed"
+    assert all(e.steps["deeper"].child_execution_id in {c.id for c in by_depth} for e in by_depth[:-1])
 
 
 async def test_a_secret_cannot_be_passed_to_a_child(rt: Runtime) -> None:
