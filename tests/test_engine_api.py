@@ -210,3 +210,10 @@ async def test_yaml_alias_bomb_is_refused_quickly(rt: Runtime) -> None:
     with pytest.raises(ValidationError) as caught:
         await rt.register_runbook(bomb)
     assert "YAML aliases" in caught.value.problems[0].message
+
+
+async def test_types_is_a_mapping_of_the_registered_step_types(rt: Runtime) -> None:
+    names = sorted(rt.types)  # a plain mapping: iterating gives names (it raised KeyError: 0)
+    assert "call-service" in names and "echo" in names and names == sorted(rt.types.keys())
+    assert len(rt.types) == len(names) and dict(rt.types.items())["echo"].name == "echo"
+    assert rt.types.get("no-such-type") is None and "no-such-type" not in rt.types
