@@ -166,6 +166,7 @@ def _hypercorn_config(config: Config) -> HyperConfig:
     host = f"[{config.host}]" if ":" in config.host and not config.host.startswith("[") else config.host
     hyper.bind = [f"{host}:{config.port}"]
     hyper.accesslog = None  # the gateway logs each request itself (runbooks.gateway)
+    hyper.errorlog = logging.getLogger("hypercorn.error")  # through our handler only ("-" adds a second)
     hyper.graceful_timeout = GRACEFUL_TIMEOUT_S
     return hyper
 

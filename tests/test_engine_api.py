@@ -217,3 +217,11 @@ async def test_types_is_a_mapping_of_the_registered_step_types(rt: Runtime) -> N
     assert "call-service" in names and "echo" in names and names == sorted(rt.types.keys())
     assert len(rt.types) == len(names) and dict(rt.types.items())["echo"].name == "echo"
     assert rt.types.get("no-such-type") is None and "no-such-type" not in rt.types
+
+
+async def test_the_final_log_entry_carries_the_execution_output(rt: Runtime, autojump_clock: Any) -> None:
+    await rt.register_runbook({"id": "out", "output": {"total": "${a.n}"},
+                               "steps": [{"id": "a", "type": "echo", "config": {"value": {"n": 3}}}]})
+    final = await rt.wait((await rt.start("out", {})).id)
+    [last] = [e for e in await rt.logs(final.id) if e.message == "execution completed"]
+    assert final.output == {"total": 3} and last.data == {"output": {"total": 3}}  # was {"data": None}
