@@ -231,8 +231,10 @@ SCHEMAS: dict[str, Schema] = {
         "correlationKey": {"type": "string", "minLength": 1, "maxLength": 1024, "pattern": NON_BLANK_TEXT_PATTERN},
         "payload": ANY,
     }, ("type", "correlationKey"), closed=True),
-    "PublishResult": obj({"delivered": {"type": "integer", "minimum": 0}, "retained": {"type": "boolean"}},
-                         ("delivered", "retained")),
+    "PublishResult": obj({"delivered": {"type": "integer", "minimum": 0}, "retained": {"type": "boolean"},
+                          "refusedByFilter": {"type": "integer", "minimum": 0, "description":
+                                              "Steps waiting on this type and key whose filter refused the event."}},
+                         ("delivered", "retained", "refusedByFilter")),
     "PendingApproval": obj({
         "executionId": {"type": "string"},
         "runbookId": {"type": "string"},

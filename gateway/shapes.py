@@ -104,7 +104,7 @@ def _time(value: Any) -> str | None:
 
 
 def publish_json(result: PublishResult) -> dict[str, Any]:
-    return {"delivered": result.delivered, "retained": result.retained}
+    return {"delivered": result.delivered, "retained": result.retained, "refusedByFilter": result.refused_by_filter}
 
 
 def page_json(items: Iterable[dict[str, Any]], next_cursor: str | None) -> dict[str, Any]:

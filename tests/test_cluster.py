@@ -130,6 +130,19 @@ async def test_an_event_published_on_one_process_reaches_a_waiter_on_another(sch
         assert (await until(a, later.id, lambda e: e.status.finished)).steps["ev"].output["payload"] == {"n": 2}
 
 
+async def test_a_publish_on_another_process_counts_the_waiters_whose_filter_refused_it(schema: str) -> None:
+    picky = {"id": "picky", "steps": [{"id": "ev", "type": "wait-for-event", "config": {
+        "eventType": "go", "correlationKey": "k", "filter": {"field": "payload.ok", "operator": "eq", "value": True}}}]}
+    async with node(schema, "a") as a, node(schema, "b") as b:
+        await a.register_runbook(picky)
+        execution = await a.start("picky", {})
+        await until(a, execution.id, lambda e: e.steps["ev"].status == "waiting")
+        refused = await b.publish_event("go", "k", {"ok": False})
+        assert (refused.delivered, refused.refused_by_filter) == (0, 1)
+        taken = await b.publish_event("go", "k", {"ok": True})
+        assert (taken.delivered, taken.refused_by_filter) == (1, 0)
+
+
 async def test_publishing_while_a_step_starts_waiting_loses_nothing_and_delivers_once(schema: str) -> None:
     async with node(schema, "a") as a, node(schema, "b") as b:
         await a.register_runbook(WAIT)

@@ -154,7 +154,8 @@ class Routing:
             self.cluster.hand(result.commands)
         if result.duplicate:
             return PublishResult(0, False, event.id, duplicate=True)
-        return PublishResult(started + result.delivered, result.retained and not started, event.id)
+        return PublishResult(started + result.delivered, result.retained and not started, event.id,
+                             refused_by_filter=result.refused_by_filter)
 
 
 def _visible(execution: Execution | None, execution_id: str, tenant_id: str | None) -> Execution:

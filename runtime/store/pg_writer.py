@@ -158,11 +158,14 @@ class PostgresWriter(SqlWriter):
         assert event is not None
         cursor = self._cursor
         self._queued = []
+        refused = 0
         for execution_id, step_id, condition in waiters:
             if event_passes(condition, event.payload, event.type):
                 self._command(execution_id, DeliverEvent(step_id, event), handed=True)
+            else:
+                refused += 1
         if self._queued or not cap:
-            return ChangeResult(delivered=len(self._queued), commands=tuple(self._queued))
+            return ChangeResult(delivered=len(self._queued), commands=tuple(self._queued), refused_by_filter=refused)
         held = cursor.execute(cluster.RETAINED_COUNT, (event.tenant_id,)).fetchone()
         retry = None if held is None or held[1] is None else max(held[1], 0.0)
         if held is not None and held[0] >= cap:
@@ -170,7 +173,7 @@ class PostgresWriter(SqlWriter):
         if held is not None and held[2] + json_size(event.payload) > change.retain_bytes_cap:
             raise retained_bytes_full(event.tenant_id, change.retain_bytes_cap, retry)
         cursor.execute(self._sql(UPSERT_EVENT), event_row(event, self._dialect.stamp))
-        return ChangeResult(retained=True)
+        return ChangeResult(retained=True, refused_by_filter=refused)
 
     def _lock(self, tenant_id: str, event_type: str, key: str) -> None:
         self._cursor.execute(cluster.LOCK_KEY, (json.dumps([tenant_id, event_type, key]),))
