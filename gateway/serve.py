@@ -28,7 +28,9 @@ from typing import Any
 
 import trio
 from hypercorn.config import Config as HyperConfig
-from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.config import Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
 
 from gateway.app import create_app
 from gateway.config import Config, ConfigError
@@ -112,6 +114,8 @@ async def _serve(config: Config, prepare: Callable[[Runtime], None] | None, shut
 async def _serve_runtime(config: Config, prepare: Callable[[Runtime], None] | None, shutdown: _Shutdown,
                          task_status: trio.TaskStatus[list[str]], store: str, metrics: Any,
                          batch_observer: Any) -> None:
+    hyper = _hypercorn_config(config)
+    sockets = _bound(hyper)  # first: a port that is taken stops start-up before the store is touched
     try:
         async with open_runtime(store, pool_max=config.db_pool_max, settings=config.settings(),
                                 batch_observer=batch_observer) as runtime:
@@ -128,13 +132,24 @@ async def _serve_runtime(config: Config, prepare: Callable[[Runtime], None] | No
                     app.extensions["runbooks"].streams.close_all()
                     server.start_soon(shutdown.escalate, server.cancel_scope, name="second signal")
 
-                await hypercorn_serve(app, _hypercorn_config(config), shutdown_trigger=trigger,  # type: ignore[arg-type]
-                                      task_status=task_status)
+                await worker_serve(wrap_app(app, hyper.wsgi_max_body_size, "asgi"), hyper,  # type: ignore[arg-type]
+                                   sockets=sockets, shutdown_trigger=trigger, task_status=task_status)
                 server.cancel_scope.cancel()
             logger.info("server stopped; closing the runtime")
     except BaseExceptionGroup as group:
         _raise_config_errors(group)
         raise
+    finally:
+        for sock in sockets.insecure_sockets:
+            sock.close()
+
+
+def _bound(hyper: HyperConfig) -> Sockets:
+    """The listening sockets of ``hyper.bind`` (OSError when the address is taken)."""
+    sockets = hyper.create_sockets()
+    for sock in sockets.insecure_sockets:
+        sock.listen(hyper.backlog)
+    return sockets
 
 
 def _raise_config_errors(group: BaseExceptionGroup[Any]) -> None:
@@ -178,7 +193,8 @@ async def load_runbooks_dir(runtime: Runtime, directory: str | None) -> list[Run
 
     Every file is checked before any is registered; problems raise one ``ConfigError``
     naming each bad file and its problems. A document equal to the latest registered
-    version is not registered again.
+    version is not registered again (the store decides, so processes started together with
+    one directory register each runbook once); the list holds the new versions.
     """
     if directory is None:
         return []
@@ -187,7 +203,10 @@ async def load_runbooks_dir(runtime: Runtime, directory: str | None) -> list[Run
     for path, document in documents:
         if await _unchanged(runtime, document):
             continue
+        asked_at = runtime.now()
         runbook = await runtime.register_runbook(document, tenant_id=None)
+        if runbook.created_at is not None and runbook.created_at < asked_at:
+            continue  # another process registered the same document just before
         logger.info("registered shared runbook %s version %d from %s", runbook.id, runbook.version, path.name)
         registered.append(runbook)
     return registered

@@ -72,6 +72,8 @@ async def test_yaml_json_and_path_documents(rt: Runtime, tmp_path: pathlib.Path)
     assert (await rt.register_runbook(json.dumps(chain("a")))).version == 1
     file = tmp_path / "rb.yaml"
     file.write_text(yaml_text)
+    assert (await rt.register_runbook(file)).version == 1  # the same document: the same version
+    file.write_text(yaml_text + "name: from a file\n")
     assert (await rt.register_runbook(file)).version == 2
     with pytest.raises(ValidationError):
         await rt.register_runbook("id: [unclosed")

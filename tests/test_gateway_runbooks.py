@@ -21,10 +21,10 @@ steps:
 """
 
 
-async def test_register_json_returns_id_and_version_and_a_new_version_each_time() -> None:
+async def test_register_json_returns_id_and_version_and_a_new_version_for_each_change() -> None:
     async with running_gateway() as gw:
         first = await gw.client.post("/api/v1/runbooks", json=echo_runbook())
-        second = await gw.client.post("/api/v1/runbooks", json=echo_runbook())
+        second = await gw.client.post("/api/v1/runbooks", json={**echo_runbook(), "name": "echo, renamed"})
         assert (first.status_code, first.json()) == (201, {"id": "echo", "version": 1})
         assert (second.status_code, second.json()) == (201, {"id": "echo", "version": 2})
         assert second.headers["Location"] == "/api/v1/runbooks/echo?version=2"
@@ -33,7 +33,7 @@ async def test_register_json_returns_id_and_version_and_a_new_version_each_time(
 async def test_register_yaml_with_each_yaml_content_type() -> None:
     async with running_gateway() as gw:
         for version, content_type in enumerate(("application/yaml", "application/x-yaml", "text/yaml"), 1):
-            response = await gw.client.post("/api/v1/runbooks", content=YAML_DOC,
+            response = await gw.client.post("/api/v1/runbooks", content=YAML_DOC + f"description: v{version}\n",
                                             headers={"Content-Type": content_type})
             assert (response.status_code, response.json()) == (201, {"id": "yaml-book", "version": version})
         got = (await gw.client.get("/api/v1/runbooks/yaml-book")).json()

@@ -74,9 +74,11 @@ class PostgresWriter(SqlWriter):
         ends: the count of its unfinished children is the one every process sees."""
         self._cursor.execute(cluster.LOCK_KEY, (json.dumps(["children", tenant_id]),))
 
-    def add_runbook(self, runbook: Runbook) -> int:
-        self._notices.append(f"runbook:{runbook.id}")  # the others drop the latest version they cached
-        return super().add_runbook(runbook)
+    def add_runbook(self, runbook: Runbook) -> tuple[int, bool]:
+        version, unchanged = super().add_runbook(runbook)
+        if not unchanged:
+            self._notices.append(f"runbook:{runbook.id}")  # the others drop the latest version they cached
+        return version, unchanged
 
     # -- fencing
     def flush(self, pending: Pending) -> None:
