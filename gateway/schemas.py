@@ -55,7 +55,11 @@ def page(item: str) -> Schema:
                ("items", "nextCursor"))
 
 
-_PROBLEM_ITEM = obj({"path": {"type": "string"}, "message": {"type": "string"}}, ("path", "message"))
+_PROBLEM_ITEM = obj({"path": {"type": "string"}, "message": {"type": "string"},
+                     "stepId": {"type": "string", "description": "The step the problem is in (runbook documents)."},
+                     "line": {"type": "integer", "minimum": 1,
+                              "description": "The line of the text sent that the path names (runbook documents)."}},
+                    ("path", "message"))
 
 _STEP_STATE = obj({
     "status": {"type": "string", "enum": [s.value for s in StepStatus]},

@@ -50,6 +50,15 @@ async def test_validation_reports_every_problem_at_once(rt: Runtime) -> None:
     assert len(found) >= 10
 
 
+async def test_a_validation_error_message_says_how_many_problems_it_leaves_out(rt: Runtime) -> None:
+    doc = {"id": "many", "steps": [{"id": f"s{n}", "type": "no-such-type"} for n in range(7)]}
+    with pytest.raises(ValidationError) as caught:
+        await rt.register_runbook(doc)
+    assert len(caught.value.problems) == 7
+    assert str(caught.value).count("unknown step type") == 5 and str(caught.value).endswith("; and 2 more")
+    assert [p.step_id for p in caught.value.problems] == [f"s{n}" for n in range(7)]
+
+
 async def test_cycles_name_the_steps_on_them(rt: Runtime) -> None:
     doc = {"id": "cyc", "steps": [
         {"id": "a", "type": "echo", "dependsOn": ["c"]},

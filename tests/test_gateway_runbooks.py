@@ -100,6 +100,35 @@ async def test_validate_reports_without_registering() -> None:
         assert (await gw.client.get("/api/v1/runbooks/v")).status_code == 404
 
 
+TYPOS = """\
+id: typos
+steps:
+  - id: fetch
+    type: call-servce
+  - id: check
+    type: echo
+    dependOn: [fetch]
+    config: {n: "${inptu.n}", again: "${inptu.n}"}
+"""
+
+
+async def test_validate_and_register_name_the_step_and_line_and_suggest_names() -> None:
+    async with running_gateway() as gw:
+        report = await gw.client.post("/api/v1/runbooks/validate", content=TYPOS,
+                                      headers={"Content-Type": "application/yaml"})
+        errors = report.json()["errors"]
+        assert [(e["stepId"], e["line"]) for e in errors] == [("fetch", 4), ("check", 7), ("check", 8)]
+        assert "did you mean 'call-service'?" in errors[0]["message"]
+        assert errors[1]["message"] == "unknown field 'dependOn'; did you mean 'dependsOn'?"
+        assert errors[2]["message"] == "template '${inptu.n}' refers to unknown step 'inptu'; did you mean 'input'?"
+        refused = await gw.client.post("/api/v1/runbooks", content=TYPOS, headers={"Content-Type": "application/yaml"})
+        assert refused.status_code == 422 and refused.json()["errors"] == errors
+        assert refused.json()["detail"].startswith("3 problems: steps[0].type: unknown step type 'call-servce'")
+        as_json = await gw.client.post("/api/v1/runbooks/validate",
+                                       content='{"id": "j", "steps": [\n  {"id": "a", "type": "echo", "dependOn": []}]}')
+        assert [(e["stepId"], e["line"]) for e in as_json.json()["errors"]] == [("a", 2)]
+
+
 async def test_list_is_paginated_with_next_cursor() -> None:
     async with running_gateway() as gw:
         for name in ("r1", "r2", "r3", "r4", "r5"):
