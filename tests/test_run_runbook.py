@@ -151,6 +151,14 @@ async def test_a_chain_deeper_than_the_limit_fails_with_depth_limit(rt: Runtime)
     assert all(e.steps["deeper"].child_execution_id in {c.id for c in by_depth} for e in by_depth[:-1])
 
 
+async def test_a_child_that_could_not_start_is_not_named_by_the_step(rt: Runtime) -> None:
+    await rt.register_runbook(parent(child="no-such-runbook"))
+    final = await rt.wait((await rt.start("parent")).id)
+    assert final.steps["sub"].error.code == "child_failed" and "could not start" in final.steps["sub"].error.message
+    assert final.steps["sub"].child_execution_id is None
+    assert await children_of(rt, final.id) == []
+
+
 async def test_a_secret_cannot_be_passed_to_a_child(rt: Runtime) -> None:
     with pytest.raises(ValidationError, match="cannot be passed to a child"):
         await rt.register_runbook(parent(input={"token": "${secret.X}"}))
