@@ -31,8 +31,11 @@ def with_lines(problems: list[Problem], text: str | bytes) -> list[Problem]:
         return problems
     if root is None:
         return problems
-    return [problem if problem.line is not None else attrs.evolve(problem, line=_line(root, problem))
-            for problem in problems]
+    try:
+        return [problem if problem.line is not None else attrs.evolve(problem, line=_line(root, problem))
+                for problem in problems]
+    except RecursionError:  # a document nested deeper than Python recurses: no lines, the problems stand
+        return problems
 
 
 def _line(root: yaml.Node, problem: Problem) -> int | None:
