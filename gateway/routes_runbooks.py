@@ -34,7 +34,8 @@ async def register_runbook() -> Response:
     try:
         runbook = await state().runtime.register_runbook(document, tenant_id=current_identity().tenant)
     except ValidationError as error:  # each problem with the line of the text sent
-        raise ValidationError(with_lines(error.problems, await bodies.raw_body()), error.title) from None
+        error.problems = with_lines(error.problems, await bodies.raw_body())
+        raise
     location = f"/api/v1/runbooks/{runbook.id}?version={runbook.version}"
     return json_response({"id": runbook.id, "version": runbook.version}, 201, {"Location": location})
 
