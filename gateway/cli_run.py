@@ -35,7 +35,6 @@ from gateway.display import Progress, output_text, summary
 from gateway.run_trigger import TriggerRunError, trigger_hint, trigger_start
 from runtime import (
     Execution,
-    Problem,
     RunbookError,
     Runtime,
     Settings,
@@ -44,7 +43,7 @@ from runtime import (
     check_store_url,
     open_runtime,
 )
-from runtime.documents.lines import with_lines
+from runtime.documents.lines import located, with_lines
 from runtime.documents.triggers import rfc3339, triggers_of
 from runtime.kinds.approval_inbox import awaiting_steps, rendered_config
 from runtime.model.wire import load_document, to_json
@@ -137,20 +136,13 @@ def validate_files(files: list[str], out: TextIO) -> int:
         if document and problems:
             problems = with_lines(problems, pathlib.Path(name).read_bytes())
         for problem in problems:
-            print(problem_line(name, problem), file=out)
+            print(located(name, problem), file=out)
         if not problems:
             print(f"{name}: valid", file=out)
             for line in trigger_lines(document):
                 print(f"  {line}", file=out)
         failed = failed or bool(problems)
     return 1 if failed else 0
-
-
-def problem_line(name: str, problem: Problem) -> str:
-    """``FILE:LINE: PATH (step 'ID'): MESSAGE``: where an editor opens, and what is wrong."""
-    where = f"{name}:{problem.line}" if problem.line is not None else name
-    step = f" (step '{problem.step_id}')" if problem.step_id else ""
-    return f"{where}: {problem.path}{step}: {problem.message}"
 
 
 def trigger_lines(document: dict[str, Any]) -> list[str]:

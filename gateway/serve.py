@@ -37,6 +37,7 @@ from gateway.config import Config, ConfigError
 from gateway.metrics import create_metrics
 from runtime import (
     NotFound,
+    Problem,
     Runbook,
     Runtime,
     StoreInUse,
@@ -45,6 +46,7 @@ from runtime import (
     check_store_url,
     open_runtime,
 )
+from runtime.documents.lines import located, with_lines
 from runtime.io import tracing
 from runtime.model.wire import load_document
 from runtime.sources.manager import open_sources
@@ -219,13 +221,17 @@ async def _read_documents(runtime: Runtime, directory: pathlib.Path) -> list[tup
     owners: dict[str, pathlib.Path] = {}
     for path in paths:
         try:
-            document = load_document(await trio.Path(path).read_bytes())
-        except (OSError, ValidationError) as exc:
-            errors.append(f"{path}: {_problems_text(exc)}")
+            text = await trio.Path(path).read_bytes()
+            document = load_document(text)
+        except OSError as exc:
+            errors.append(f"{path}: {_one_line(str(exc))}")
+            continue
+        except ValidationError as exc:
+            errors.append(_problems_text(path, exc.problems))
             continue
         problems = runtime.validate_runbook(document)
         if problems:
-            errors.append(f"{path}: {_problems_text(ValidationError(problems))}")
+            errors.append(_problems_text(path, with_lines(problems, text)))
         elif document["id"] in owners:
             errors.append(f"{path}: runbook id '{document['id']}' is also defined in {owners[document['id']]}")
         else:
@@ -242,10 +248,9 @@ def _runbook_files(directory: pathlib.Path) -> list[pathlib.Path]:
                   if p.suffix.lower() in RUNBOOK_SUFFIXES and p.is_file() and not is_test_file(p))
 
 
-def _problems_text(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{p.path}: {_one_line(p.message)}" for p in exc.problems)
-    return _one_line(str(exc))
+def _problems_text(path: pathlib.Path, problems: list[Problem]) -> str:
+    """``FILE:LINE: PATH (step 'ID'): MESSAGE`` for each problem, on one line."""
+    return "; ".join(_one_line(located(str(path), p)) for p in problems)
 
 
 def _one_line(text: str) -> str:

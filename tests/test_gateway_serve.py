@@ -89,7 +89,7 @@ async def test_a_bad_runbook_file_stops_start_up_naming_the_file(tmp_path: pathl
         await serve(config, shutdown_trigger=trio.sleep_forever)
     message = str(caught.value)
     assert message.startswith("RUNBOOKS_DIR: ")
-    assert "c.yaml: steps[0].type" in message and "d.yml: " in message
+    assert "c.yaml:4: steps[0].type (step 'x'): unknown step type 'nope'" in message and "d.yml:2: $: " in message
     assert "\n" not in message
 
 

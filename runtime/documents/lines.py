@@ -48,6 +48,13 @@ def _line(root: yaml.Node, problem: Problem) -> int | None:
     return line
 
 
+def located(name: str, problem: Problem) -> str:
+    """``NAME:LINE: PATH (step 'ID'): MESSAGE``, the form editors and terminals link to a line."""
+    where = f"{name}:{problem.line}" if problem.line is not None else name
+    step = f" (step '{problem.step_id}')" if problem.step_id else ""
+    return f"{where}: {problem.path}{step}: {problem.message}"
+
+
 def line_of(root: yaml.Node, path: str) -> int | None:
     """The line of the node ``path`` names (``$``: none)."""
     return _node_at(root, path)[1]
