@@ -2,8 +2,8 @@
 
 Each method checks its arguments, then reads what was committed: the latest state from
 memory when this process has it (``Routing.in_memory``), else from the store, so ``get``
-finds every execution of the tenant wherever it is; listings and records from the store. An execution of another tenant is ``NotFound``, as one that does
-not exist.
+finds every execution of the tenant wherever it is; listings and records from the store.
+An execution of another tenant is ``NotFound``, as one that does not exist.
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ class ExecutionReads(Parts):
     async def get(self, execution_id: str, *, tenant_id: str | None = None) -> Execution:
         """The execution's latest committed state, wherever it is: from memory without a store
         read when this process has it (one it runs, or one it committed recently), else read
-        from the store (off the event loop; with several processes, from
-        the database whichever process owns it). ``NotFound`` only when the tenant has no such
-        execution."""
+        from the store (off the event loop; with several processes, from the database
+        whichever process owns it). ``NotFound`` only when the tenant has no such execution."""
         arguments.check_lookup(execution_id, tenant_id)
         return await self.routing.fetch(execution_id, tenant_id)
 

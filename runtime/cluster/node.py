@@ -122,9 +122,14 @@ class Cluster:
     async def stop(self) -> None:
         """Graceful shutdown: every execution of this process goes to the others at once."""
         released = await self._read(self.store.stop_instance, self.instance_id, self.incarnation)
-        others = await self._read(self.store.others_alive, self.instance_id) if released else 0
+        try:
+            others = await self._read(self.store.others_alive, self.instance_id) if released else 0
+        except Exception:  # (the count is for the log line only)
+            others = -1
         if not released:
             logger.info("stopped: no unfinished executions to hand over")
+        elif others < 0:
+            logger.info("released %d unfinished execution(s) for the next process that runs", len(released))
         elif others:
             logger.info("handed %d unfinished execution(s) over to the %d other running process(es)",
                         len(released), others)
