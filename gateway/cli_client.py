@@ -416,10 +416,12 @@ def _publish(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
         _print_json(result, out)
     elif result["delivered"]:
         print(f"delivered to {result['delivered']} waiting step(s)", file=out)
-    else:  # the API does not say whether a step waits whose filter refused the event
-        kept = "retained for the first step that will" if result["retained"] else "not retained"
-        print(f"no waiting step took it (none waits for it, or the filter of each that waits refused it): {kept}",
-              file=out)
+    else:
+        kept = "retained for the first step that will take it" if result["retained"] else "not retained"
+        refused = result.get("refusedByFilter") or 0
+        why = (f"a step waits but its filter refused the event ({refused} step(s))" if refused
+               else "no step waits for it")
+        print(f"not delivered: {why}; {kept}", file=out)
     return 0
 
 

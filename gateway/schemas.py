@@ -55,7 +55,11 @@ def page(item: str) -> Schema:
                ("items", "nextCursor"))
 
 
-_PROBLEM_ITEM = obj({"path": {"type": "string"}, "message": {"type": "string"}}, ("path", "message"))
+_PROBLEM_ITEM = obj({"path": {"type": "string"}, "message": {"type": "string"},
+                     "stepId": {"type": "string", "description": "The step the problem is in (runbook documents)."},
+                     "line": {"type": "integer", "minimum": 1,
+                              "description": "The line of the text sent that the path names (runbook documents)."}},
+                    ("path", "message"))
 
 _STEP_STATE = obj({
     "status": {"type": "string", "enum": [s.value for s in StepStatus]},
@@ -263,8 +267,10 @@ SCHEMAS: dict[str, Schema] = {
         "correlationKey": {"type": "string", "minLength": 1, "maxLength": 1024, "pattern": NON_BLANK_TEXT_PATTERN},
         "payload": ANY,
     }, ("type", "correlationKey"), closed=True),
-    "PublishResult": obj({"delivered": {"type": "integer", "minimum": 0}, "retained": {"type": "boolean"}},
-                         ("delivered", "retained")),
+    "PublishResult": obj({"delivered": {"type": "integer", "minimum": 0}, "retained": {"type": "boolean"},
+                          "refusedByFilter": {"type": "integer", "minimum": 0, "description":
+                                              "Steps waiting on this type and key whose filter refused the event."}},
+                         ("delivered", "retained", "refusedByFilter")),
     "PendingApproval": obj({
         "executionId": {"type": "string"},
         "runbookId": {"type": "string"},

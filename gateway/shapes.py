@@ -105,7 +105,7 @@ def _time(value: Any) -> str | None:
 
 
 def publish_json(result: PublishResult) -> dict[str, Any]:
-    return {"delivered": result.delivered, "retained": result.retained}
+    return {"delivered": result.delivered, "retained": result.retained, "refusedByFilter": result.refused_by_filter}
 
 
 def explanation_json(item: Explanation) -> dict[str, Any]:

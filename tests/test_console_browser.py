@@ -272,6 +272,7 @@ def test_validate_shows_problems_by_path_and_static_files_are_cached(server: str
         page.get_by_label("Runbook document (YAML or JSON)").fill("id: broken\nsteps:\n  - {id: a, type: nope}\n")
         page.get_by_role("button", name="Validate", exact=True).click()
         expect(page.get_by_role("list", name="Problems")).to_contain_text("steps[0].type: unknown step type 'nope'")
+        expect(page.get_by_role("list", name="Problems")).to_contain_text("(step 'a', line 3)")  # where to look
         page.get_by_label("Runbook document (YAML or JSON)").fill(
             "id: console-made\nsteps:\n  - {id: gate, type: human-approval, config: {approvers: [carol]}}\n")
         page.get_by_role("button", name="Validate", exact=True).click()

@@ -1,9 +1,9 @@
 """The embedded API's reads of executions: states, listings, records, and watching.
 
 Each method checks its arguments, then reads what was committed: the latest state from
-memory when this process has it (``Routing.in_memory``), else from the store; listings and
-records from the store. An execution of another tenant is ``NotFound``, as one that does
-not exist.
+memory when this process has it (``Routing.in_memory``), else from the store, so ``get``
+finds every execution of the tenant wherever it is; listings and records from the store.
+An execution of another tenant is ``NotFound``, as one that does not exist.
 """
 
 from __future__ import annotations
@@ -43,17 +43,17 @@ class Page:
 
 
 class ExecutionReads(Parts):
-    def get(self, execution_id: str, *, tenant_id: str | None = None) -> Execution:
-        """The latest committed state, from memory: a live execution, or one committed or read
-        recently (``Settings.finished_cache_size`` of them). With the memory store any
-        execution; otherwise, for one not in memory, use ``await fetch()``."""
-        arguments.check_lookup(execution_id, tenant_id)
-        return self.routing.get(execution_id, tenant_id)
-
-    async def fetch(self, execution_id: str, *, tenant_id: str | None = None) -> Execution:
-        """The latest committed state, reading the store (off the event loop) when it is not in memory."""
+    async def get(self, execution_id: str, *, tenant_id: str | None = None) -> Execution:
+        """The execution's latest committed state, wherever it is: from memory without a store
+        read when this process has it (one it runs, or one it committed recently), else read
+        from the store (off the event loop; with several processes, from the database
+        whichever process owns it). ``NotFound`` only when the tenant has no such execution."""
         arguments.check_lookup(execution_id, tenant_id)
         return await self.routing.fetch(execution_id, tenant_id)
+
+    async def fetch(self, execution_id: str, *, tenant_id: str | None = None) -> Execution:
+        """The same as ``get`` (its earlier name)."""
+        return await self.get(execution_id, tenant_id=tenant_id)
 
     async def list_executions(self, *, tenant_id: str | None = None, runbook_id: str | None = None,
                               status: str | None = None, limit: int = 50, cursor: str | None = None) -> Page:

@@ -81,19 +81,9 @@ class Routing:
             return None
         return self.directory.snapshot(execution_id) or self.hub.recent(execution_id)
 
-    def get(self, execution_id: str, tenant_id: str | None) -> Execution:
-        """The latest committed state without waiting: from memory, or from a store that is
-        not threaded."""
-        execution = self.in_memory(execution_id)
-        if execution is None:
-            if self.store.threaded:
-                raise NotFound(f"execution {execution_id} is not in this runtime's memory; "
-                               "await fetch() reads it from the store")
-            execution = self.store.get_execution(execution_id)
-        return _visible(execution, execution_id, tenant_id)
-
     async def fetch(self, execution_id: str, tenant_id: str | None = None) -> Execution:
-        """The latest committed state, reading the store when it is not in memory."""
+        """The latest committed state: from memory when this process has it (no store read),
+        else read from the store."""
         execution = self.in_memory(execution_id)
         if execution is None:
             execution = await self.read(self.store.get_execution, execution_id)
@@ -171,7 +161,8 @@ class Routing:
             self.cluster.hand(result.commands)
         if result.duplicate:
             return PublishResult(0, False, event.id, duplicate=True)
-        return PublishResult(started + result.delivered, result.retained and not started, event.id)
+        return PublishResult(started + result.delivered, result.retained and not started, event.id,
+                             refused_by_filter=result.refused_by_filter)
 
 
 def _visible(execution: Execution | None, execution_id: str, tenant_id: str | None) -> Execution:

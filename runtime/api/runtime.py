@@ -97,11 +97,13 @@ class Runtime(ExecutionControl, ExecutionReads, DecisionLinks):
         return validate_document(doc, self.types, self.settings.trigger_limits)
 
     async def register_runbook(self, document: Any, *, tenant_id: str | None = None) -> Runbook:
-        """Validate and register a new version; ``tenant_id`` None: shared by every tenant."""
+        """Validate and register a new version; ``tenant_id`` None: shared by every tenant. A
+        document equal to the latest version's registers nothing and returns that version."""
         arguments.check_tenant(tenant_id)
-        runbook = await self.catalog.register(document, tenant_id)
-        self.scheduler.replace(runbook)  # only the latest version has live triggers
-        self.hub.notify("runbook.registered", runbook)
+        runbook, new = await self.catalog.register(document, tenant_id)
+        if new:
+            self.scheduler.replace(runbook)  # only the latest version has live triggers
+            self.hub.notify("runbook.registered", runbook)
         return runbook
 
     async def get_runbook(self, runbook_id: str, version: int | None = None, *,

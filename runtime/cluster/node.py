@@ -81,12 +81,12 @@ class Cluster:
         self._nursery = nursery
         await nursery.start(self._listener.run)
         alive = await self._read(self.store.register_instance, self.instance_id, self.incarnation, self.ttl_s)
-        if alive:
-            logger.error("RUNBOOKS_INSTANCE_ID %r was in use by a process that is still alive (or died less "
-                         "than LEASE_TTL_MS ago); this process takes its executions, and any write of the "
-                         "other one is refused from now on. Give every process its own instance id.",
-                         self.instance_id)
         own: list[str] = await self._read(self.store.claim_own, self.instance_id)
+        if alive:  # what a restart after kill -9 looks like (or, rarely, a second process with this id)
+            logger.warning("instance %r restarted before its previous run's heartbeat ran out (that run "
+                           "stopped without handing over, e.g. killed): resuming its %d unfinished "
+                           "execution(s) here now; writes of the previous run, if it still runs, are refused",
+                           self.instance_id, len(own))
         return own
 
     async def heartbeat(self) -> None:
@@ -122,7 +122,20 @@ class Cluster:
     async def stop(self) -> None:
         """Graceful shutdown: every execution of this process goes to the others at once."""
         released = await self._read(self.store.stop_instance, self.instance_id, self.incarnation)
-        logger.info("handed %d executions over to the other processes", len(released))
+        try:
+            others = await self._read(self.store.others_alive, self.instance_id) if released else 0
+        except Exception:  # (the count is for the log line only)
+            others = -1
+        if not released:
+            logger.info("stopped: no unfinished executions to hand over")
+        elif others < 0:
+            logger.info("released %d unfinished execution(s) for the next process that runs", len(released))
+        elif others:
+            logger.info("handed %d unfinished execution(s) over to the %d other running process(es)",
+                        len(released), others)
+        else:
+            logger.info("released %d unfinished execution(s); no other process is running: the next "
+                        "process to start on this database resumes them", len(released))
 
     def _replaced(self) -> None:
         logger.error("another process took RUNBOOKS_INSTANCE_ID %r: this process stops running its "

@@ -132,7 +132,12 @@ class Transition(Draft):
         for step_id in [*self.state.attempts, *self.state.parked]:
             self._cancel_step(step_id, why)
         self.set_execution(status=status, error=error, completed_at=self.now)
-        self.log("error" if error else "info", f"execution {status.value}", data=error_json(error))
+        if error is not None:
+            self.log("error", f"execution {status.value}", data=error_json(error))
+        elif status is ExecutionStatus.COMPLETED:
+            self.log("info", f"execution {status.value}", output=self.ex.output)  # what it produced
+        else:
+            self.log("info", f"execution {status.value}")
         self.audit(f"execution.{status.value}", actor, reason=reason, error=error_json(error))
 
     def _cancel_step(self, step_id: str, why: str) -> None:

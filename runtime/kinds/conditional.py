@@ -17,13 +17,14 @@ from runtime.kinds.spec import KindSpec, ignoring_types
 from runtime.language.conditions import PatternError, Trace, condition_problems, evaluate
 from runtime.model import Step, StepError, StepStatus
 from runtime.model.errors import Problem
+from runtime.model.suggest import unknown_field
 
 _FIELDS = {"condition", "trueBranch", "falseBranch"}
 _BRANCHES = ("trueBranch", "falseBranch")
 
 
 def check_config(config: Mapping[str, Any], path: str) -> list[Problem]:
-    problems = [Problem(f"{path}.{key}", f"unknown field '{key}'") for key in config if key not in _FIELDS]
+    problems = [unknown_field(path, key, _FIELDS) for key in config if key not in _FIELDS]
     if "condition" not in config:
         problems.append(Problem(f"{path}.condition", "required: a condition"))
     else:

@@ -49,6 +49,9 @@ class ClusterLedger(Protocol):
     def stop_instance(self, instance_id: str, incarnation: str) -> list[str]:
         """Graceful shutdown: give every unfinished execution up and let the others know."""
 
+    def others_alive(self, instance_id: str) -> int:
+        """How many other instances are alive now (their heartbeat has not run out)."""
+
     # -- ownership
     def claim_own(self, instance_id: str) -> list[str]:
         """Every unfinished execution this instance id owns, each under a new epoch."""

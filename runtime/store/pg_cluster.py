@@ -84,6 +84,7 @@ UPDATE instances SET expires_at = now() + %(ttl)s * interval '1 second'
 WHERE id = %(id)s AND incarnation = %(me)s RETURNING 1"""
 
 STOP = "UPDATE instances SET expires_at = now() WHERE id = %(id)s AND incarnation = %(me)s"
+OTHERS_ALIVE = "SELECT count(*) FROM instances WHERE id <> %(id)s AND expires_at > now()"
 
 # -- ownership
 

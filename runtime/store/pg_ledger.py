@@ -54,6 +54,10 @@ class PostgresLedger:
             cursor.execute(cluster.NOTIFY, (self.channel, ["released"]))
         return released
 
+    def others_alive(self, instance_id: str) -> int:
+        rows = self.rows(cluster.OTHERS_ALIVE, {"id": instance_id})
+        return int(rows[0][0]) if rows else 0
+
     # -- ownership
     def claim_own(self, instance_id: str) -> list[str]:
         return [row[0] for row in self.rows(cluster.CLAIM_OWN, {"id": instance_id})]

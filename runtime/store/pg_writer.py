@@ -77,9 +77,11 @@ class PostgresWriter(SqlWriter):
         ends: the count of its unfinished children is the one every process sees."""
         self._cursor.execute(cluster.LOCK_KEY, (json.dumps(["children", tenant_id]),))
 
-    def add_runbook(self, runbook: Runbook) -> int:
-        self._notices.append(f"runbook:{runbook.id}")  # the others drop the latest version they cached
-        return super().add_runbook(runbook)
+    def add_runbook(self, runbook: Runbook) -> tuple[int, bool]:
+        version, unchanged = super().add_runbook(runbook)
+        if not unchanged:
+            self._notices.append(f"runbook:{runbook.id}")  # the others drop the latest version they cached
+        return version, unchanged
 
     # -- fencing
     def flush(self, pending: Pending) -> None:
@@ -162,15 +164,22 @@ class PostgresWriter(SqlWriter):
         assert event is not None
         cursor = self._cursor
         self._queued = []
-        taken = [(execution_id, step_id) for execution_id, step_id, condition in waiters
-                 if (execution_id, step_id) not in self._taken and event_passes(condition, event.payload, event.type)]
+        taken = []
+        refused = 0
+        for execution_id, step_id, condition in waiters:
+            if (execution_id, step_id) in self._taken:
+                continue
+            if event_passes(condition, event.payload, event.type):
+                taken.append((execution_id, step_id))
+            else:
+                refused += 1
         if taken:  # each wait takes one event: a later publish (here or anywhere) no longer finds it
             cursor.executemany(cluster.DELETE_WAIT, taken)
             self._taken.update(taken)  # (a publish of this batch whose lookup went out with this one's)
         for execution_id, step_id in taken:
             self._command(execution_id, DeliverEvent(step_id, event), handed=True)
         if self._queued or not cap:
-            return ChangeResult(delivered=len(self._queued), commands=tuple(self._queued))
+            return ChangeResult(delivered=len(self._queued), commands=tuple(self._queued), refused_by_filter=refused)
         held = cursor.execute(cluster.RETAINED_COUNT, (event.tenant_id,)).fetchone()
         retry = None if held is None or held[1] is None else max(held[1], 0.0)
         if held is not None and held[0] >= cap:
@@ -178,7 +187,7 @@ class PostgresWriter(SqlWriter):
         if held is not None and held[2] + json_size(event.payload) > change.retain_bytes_cap:
             raise retained_bytes_full(event.tenant_id, change.retain_bytes_cap, retry)
         cursor.execute(self._sql(UPSERT_EVENT), event_row(event, self._dialect.stamp))
-        return ChangeResult(retained=True)
+        return ChangeResult(retained=True, refused_by_filter=refused)
 
     def _lock(self, tenant_id: str, event_type: str, key: str) -> None:
         self._cursor.execute(cluster.LOCK_KEY, (json.dumps([tenant_id, event_type, key]),))
