@@ -1,0 +1,95 @@
+"""The state a round ended in: the database's rows (read directly, not through a process), what
+each process answered for each execution once the faults healed, and the service's calls.
+
+``read_database`` reads one schema with psycopg; ``Snapshot`` is plain data, so the checker's
+tests can build one by hand.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import psycopg
+from psycopg import sql
+
+from tests.chaos.service import Call
+
+FINISHED = ("completed", "failed", "cancelled", "timed_out")
+
+
+@attrs.frozen
+class ExecutionRow:
+    id: str
+    status: str
+    runbook_id: str
+    steps: dict[str, dict[str, Any]] = attrs.field(factory=dict)  # step id -> its state as stored
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+
+@attrs.frozen
+class AuditRow:
+    execution_id: str
+    actor: str
+    action: str
+    step_id: str | None
+    reason: str | None
+
+
+@attrs.frozen
+class CommandRow:
+    id: str
+    execution_id: str
+    kind: str
+    applied_after_s: float | None  # None: never applied
+    outcome: Any
+
+
+@attrs.frozen
+class WaitRow:
+    execution_id: str
+    step_id: str
+    execution_status: str | None
+
+
+@attrs.frozen
+class Read:
+    """What ``process`` answered last for ``execution`` (None: no answer) while the checker waited for
+    it to agree with the database."""
+
+    process: str
+    execution: str
+    seen: str | None
+
+
+@attrs.define
+class Snapshot:
+    executions: dict[str, ExecutionRow] = attrs.Factory(dict)
+    audit: list[AuditRow] = attrs.Factory(list)
+    commands: list[CommandRow] = attrs.Factory(list)
+    waits: list[WaitRow] = attrs.Factory(list)
+    retained: list[Any] = attrs.Factory(list)  # payloads of events no step took yet
+    reads: list[Read] = attrs.Factory(list)
+    calls: list[Call] = attrs.Factory(list)
+
+
+def read_database(dsn: str, schema: str) -> Snapshot:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        steps: dict[str, dict[str, dict[str, Any]]] = {}
+        for execution_id, step_id, state in conn.execute("SELECT execution_id, step_id, state FROM steps"):
+            steps.setdefault(execution_id, {})[step_id] = state
+        executions = {row[0]: ExecutionRow(row[0], row[1], row[2], steps.get(row[0], {}))
+                      for row in conn.execute("SELECT id, status, runbook_id FROM executions")}
+        audit = [AuditRow(*row) for row in conn.execute(
+            "SELECT execution_id, actor, action, step_id, reason FROM audit ORDER BY seq")]
+        commands = [CommandRow(*row) for row in conn.execute(
+            "SELECT id, execution_id, kind, EXTRACT(EPOCH FROM applied_at - created_at)::float, outcome "
+            "FROM commands ORDER BY seq")]
+        waits = [WaitRow(*row) for row in conn.execute(
+            "SELECT w.execution_id, w.step_id, e.status FROM waits w LEFT JOIN executions e ON e.id = w.execution_id")]
+        retained = [row[0] for row in conn.execute("SELECT payload FROM events ORDER BY seq")]
+    return Snapshot(executions, audit, commands, waits, retained)
