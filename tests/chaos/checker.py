@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
+from itertools import pairwise
 from typing import Any
 
 import attrs
@@ -85,9 +86,9 @@ def _queued(request: Request) -> bool:
 
 
 def _refused(outcome: Any) -> bool:
-    """A command's recorded outcome is a refusal (a problem) rather than the resulting state."""
-    return isinstance(outcome, dict) and ("error" in outcome or "problem" in outcome or "status" in outcome
-                                          and isinstance(outcome.get("status"), int))
+    """A command's recorded outcome (``{"ok": true, "execution": ...}`` or ``{"ok": false, "error": ...}``)
+    is a refusal."""
+    return isinstance(outcome, dict) and not outcome.get("ok")
 
 
 def controls(history: History, final: Snapshot, bounds: Bounds) -> Iterable[Violation]:
@@ -165,7 +166,7 @@ def calls(history: History, final: Snapshot, bounds: Bounds) -> Iterable[Violati
             answered[call.path, call.key].append(call.arrived)
     for (path, key), times in answered.items():
         times.sort()
-        for first, again in zip(times, times[1:], strict=False):
+        for first, again in pairwise(times):
             if not any(o.covers(first, again, 0.0) for o in history.outages):
                 yield Violation("calls", f"{path} called again with key {key} at {again:.2f}s after a 2xx "
                                          f"answer to the call at {first:.2f}s, no fault in between")

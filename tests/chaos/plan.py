@@ -20,25 +20,28 @@ SLOTS = 3
 FlowKind = Literal["gate", "events", "parent", "flaky", "slow"]
 FaultKind = Literal["kill_same", "kill_new", "stall", "cut", "hold_one", "delay", "listener", "twin"]
 FLOW_KINDS: tuple[FlowKind, ...] = ("gate", "events", "parent", "flaky", "slow")
+FLOW_WEIGHTS = (2, 3, 2, 1, 1)  # events back to back are where several processes lose most
 FAULT_KINDS: tuple[FaultKind, ...] = ("kill_same", "kill_new", "stall", "cut", "hold_one", "delay", "listener",
                                       "twin")
 
 
 @attrs.frozen
 class Size:
-    """How much a round does: flows over ``span_s`` seconds, faults over the same span."""
+    """How much a round does: flows over ``span_s`` seconds, faults over the same span; the flows
+    then have ``tail_s`` more to drive their executions to their ends."""
 
     flows: int
     faults: int
     span_s: float
+    tail_s: float
 
     @classmethod
     def short(cls) -> Size:
-        return cls(flows=10, faults=3, span_s=10.0)
+        return cls(flows=10, faults=3, span_s=8.0, tail_s=15.0)
 
     @classmethod
     def long(cls) -> Size:
-        return cls(flows=30, faults=8, span_s=25.0)
+        return cls(flows=30, faults=8, span_s=25.0, tail_s=25.0)
 
 
 @attrs.frozen
@@ -50,6 +53,7 @@ class Flow:
     idempotent: bool  # the start carries an Idempotency-Key (sent twice, to two slots)
     pause: bool  # gate: pause then resume before the approval
     wait_first: bool  # events: publish only once the first wait is in place (else at once)
+    overlap: bool  # events: the second publish is sent before the first one's answer came
     delay_s: float  # parent: how long after the child started the parent is cancelled
     replay: bool  # flaky: replay it once it completed
 
@@ -57,8 +61,10 @@ class Flow:
         return self.slots[n % len(self.slots)]
 
     def describe(self) -> str:
-        extras = [name for name, on in (("idem", self.idempotent), ("pause", self.pause),
-                                        ("wait-first", self.wait_first), ("replay", self.replay)) if on]
+        extras = [name for name, on in (("idem", self.idempotent), ("pause", self.pause and self.kind == "gate"),
+                                        ("wait-first", self.wait_first and self.kind == "events"),
+                                        ("overlap", self.overlap and self.kind == "events"),
+                                        ("replay", self.replay and self.kind == "flaky")) if on]
         if self.kind == "parent":
             extras.append(f"cancel-after={self.delay_s:.1f}s")
         return (f"flow {self.index:2d} at {self.at_s:5.2f}s {self.kind:6s} slots={''.join(map(str, self.slots))} "
@@ -93,10 +99,10 @@ class Plan:
 def draw(seed: int, size: Size, ttl_s: float, kinds: tuple[FaultKind, ...] = FAULT_KINDS) -> Plan:
     rng = random.Random(seed)
     flows = tuple(
-        Flow(index=n, kind=rng.choice(FLOW_KINDS), at_s=round(rng.uniform(0, size.span_s), 2),
+        Flow(index=n, kind=rng.choices(FLOW_KINDS, FLOW_WEIGHTS)[0], at_s=round(rng.uniform(0, size.span_s), 2),
              slots=tuple(rng.randrange(SLOTS) for _ in range(6)), idempotent=rng.random() < 0.5,
-             pause=rng.random() < 0.5, wait_first=rng.random() < 0.6, delay_s=round(rng.uniform(0, 1.5), 2),
-             replay=rng.random() < 0.5)
+             pause=rng.random() < 0.5, wait_first=rng.random() < 0.6, overlap=rng.random() < 0.4,
+             delay_s=round(rng.uniform(0, 1.5), 2), replay=rng.random() < 0.5)
         for n in range(size.flows))
     faults: list[Fault] = []
     at = rng.uniform(0.5, 2.0)

@@ -181,7 +181,7 @@ async def _gate(client: Client, flow: Flow, execution: str) -> None:
         paused = await _control(client, flow, 1, "pause", execution, "/pause")
         if paused.status is None or paused.status < 400:
             await _control(client, flow, 2, "resume", execution, "/resume")
-    await client.poll(flow, execution, _step("approve", "waiting"), 20)
+    await client.poll(flow, execution, _step("approve", "awaiting_approval"), 20)
     await _approve(client, flow, execution)
 
 
@@ -194,11 +194,21 @@ async def _events(client: Client, flow: Flow, execution: str) -> None:
     if flow.wait_first:
         await client.poll(flow, execution, _step("a", "waiting"), 20)
     key = _input(client, flow)["key"]
-    for n, name in enumerate(("a", "b")):  # back to back, each to its slot
+
+    async def publish(n: int, name: str) -> None:
         uid = f"s{client.seed}-f{flow.index}-event-{name}"
         body = {"type": EVENT_TYPE, "correlationKey": key, "payload": {"uid": uid}}
-        await client.until_definite(flow, 2 + n, lambda slot, body=body, uid=uid: client.send(
+        await client.until_definite(flow, 2 + n, lambda slot: client.send(
             "publish", slot, "/api/v1/events", body, execution=execution, tag=uid))
+
+    if flow.overlap:  # the second goes out while the first is in flight
+        async with trio.open_nursery() as both:
+            both.start_soon(publish, 0, "a")
+            await trio.sleep(0.005)
+            both.start_soon(publish, 1, "b")
+    else:  # back to back: the second as soon as the first was answered
+        await publish(0, "a")
+        await publish(1, "b")
 
 
 async def _parent(client: Client, flow: Flow, execution: str) -> None:
@@ -237,7 +247,7 @@ async def _drive_to_end(client: Client, flow: Flow, execution: str, within_s: fl
                 if found["status"] == "paused":
                     await _control(client, flow, n, "resume", execution, "/resume")
                 approve = found["steps"].get("approve", {})
-                if flow.kind == "gate" and approve.get("status") == "waiting" and not approve.get("approvals"):
+                if flow.kind == "gate" and approve.get("status") == "awaiting_approval" and not approve.get("approvals"):
                     await _approve(client, flow, execution)
             await trio.sleep(0.3)
 

@@ -1,0 +1,53 @@
+"""``python -m tests.chaos [--seeds N] [--first S] [--budget-s T] [--short]``: chaos rounds, one
+fresh PostgreSQL schema each (``RUNBOOKS_TEST_DSN``, default the local test server), until N
+seeds ran or T seconds passed. Prints each round's seed, plan, faults and the checker's report,
+then a summary; exits 1 if any round found a violation. ``make chaos SEEDS=N BUDGET_S=T``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import tempfile
+import time
+import uuid
+
+import trio
+
+from tests.chaos.plan import Size
+from tests.chaos.round import run_round
+from tests.conftest import DSN, drop_schema
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__)
+    parser.add_argument("--seeds", type=int, default=20, help="how many seeds (default 20)")
+    parser.add_argument("--first", type=int, default=1, help="the first seed (default 1)")
+    parser.add_argument("--budget-s", type=float, default=0, help="stop starting rounds after this (0: no limit)")
+    parser.add_argument("--short", action="store_true", help="the small rounds of make test")
+    args = parser.parse_args(argv)
+    size = Size.short() if args.short else Size.long()
+    began = time.monotonic()
+    failed: dict[int, int] = {}
+    ran = 0
+    for seed in range(args.first, args.first + args.seeds):
+        if args.budget_s and time.monotonic() - began > args.budget_s:
+            break
+        schema = f"chaos_{seed}_{uuid.uuid4().hex[:8]}"
+        with tempfile.TemporaryDirectory(prefix=f"chaos-{seed}-") as directory:
+            try:
+                outcome = trio.run(run_round, seed, size, DSN, schema, pathlib.Path(directory))
+            finally:
+                drop_schema(DSN, schema)
+        ran += 1
+        if outcome.violations:
+            failed[seed] = len(outcome.violations)
+        print(flush=True)
+    print(f"{ran} seeds in {time.monotonic() - began:.0f}s: "
+          + (f"violations in seeds {failed}" if failed else "no violations"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
