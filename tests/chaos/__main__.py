@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import shutil
 import sys
 import tempfile
 import time
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first", type=int, default=1, help="the first seed (default 1)")
     parser.add_argument("--budget-s", type=float, default=0, help="stop starting rounds after this (0: no limit)")
     parser.add_argument("--short", action="store_true", help="the small rounds of make test")
+    parser.add_argument("--logs", default=f"{tempfile.gettempdir()}/runbooks-chaos",
+                        help="where the logs of a round with violations are kept")
     args = parser.parse_args(argv)
     size = Size.short() if args.short else Size.long()
     began = time.monotonic()
@@ -40,9 +43,12 @@ def main(argv: list[str] | None = None) -> int:
                 outcome = trio.run(run_round, seed, size, DSN, schema, pathlib.Path(directory))
             finally:
                 drop_schema(DSN, schema)
-        ran += 1
-        if outcome.violations:
-            failed[seed] = len(outcome.violations)
+            ran += 1
+            if outcome.violations:
+                failed[seed] = len(outcome.violations)
+                kept = pathlib.Path(args.logs) / f"seed-{seed}"
+                shutil.copytree(directory, kept, dirs_exist_ok=True)
+                print(f"seed {seed}: the processes' logs are kept in {kept}")
         print(flush=True)
     print(f"{ran} seeds in {time.monotonic() - began:.0f}s: "
           + (f"violations in seeds {failed}" if failed else "no violations"))

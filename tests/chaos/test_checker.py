@@ -135,3 +135,12 @@ def test_the_same_seed_draws_the_same_plan_and_another_seed_another() -> None:
     assert draw(7, Size.short(), 1.5) == draw(7, Size.short(), 1.5)
     assert draw(7, Size.short(), 1.5).describe() == draw(7, Size.short(), 1.5).describe()
     assert draw(8, Size.short(), 1.5) != draw(7, Size.short(), 1.5)
+
+
+def test_a_queued_command_counts_as_applied_only_if_its_outcome_was_a_success() -> None:
+    history, final = healthy()
+    final.commands[0] = CommandRow("c1", "g1", "DecideApproval", 1.5, {"ok": False, "error": {"class": "Conflict"}})
+    found = check(history, final)
+    assert rules(found) == ["controls"] and "202 {'commandId': 'c1', 'status': 'queued'}" in str(found[0])
+    final.executions["g1"].steps["approve"]["approvals"].clear()  # refused, and not applied: fine
+    assert check(history, final) == []
