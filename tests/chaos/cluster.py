@@ -14,7 +14,9 @@ import urllib.parse
 import attrs
 import psycopg
 import trio
+from psycopg import sql
 
+from tests.chaos.final import FINISHED
 from tests.chaos.history import History, Outage
 from tests.cluster_nodes import Node, Nodes, ready
 from tests.tcp_proxy import TcpProxy
@@ -73,6 +75,14 @@ class Cluster:
             rows = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                                  "WHERE client_port = ANY(%s) AND query ILIKE 'LISTEN%%'", (ports,)).fetchall()
         return len(rows)
+
+    def owner_of_newest_child(self) -> str | None:
+        """The instance id owning the newest unfinished child execution (a run-runbook's)."""
+        with psycopg.connect(self.dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.group.schema)))
+            row = admin.execute("SELECT owner FROM executions WHERE runbook_id = 'child' AND status <> ALL(%s) "
+                                "ORDER BY seq DESC LIMIT 1", (list(FINISHED),)).fetchone()
+        return str(row[0]) if row and row[0] else None
 
     def unexpected_exits(self) -> list[str]:
         found = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import signal
 
+import attrs
 import trio
 
 from tests.chaos.cluster import Cluster, Slot
@@ -26,6 +27,9 @@ async def nemesis(cluster: Cluster, plan: Plan, log: list[str]) -> None:
 
 async def _one(cluster: Cluster, fault: Fault, lock: trio.Lock, rng: random.Random, log: list[str]) -> None:
     await trio.sleep_until(cluster.origin + fault.at_s)
+    if fault.kind == "stall_owner":  # the process running the newest unfinished child, if any
+        owner = await trio.to_thread.run_sync(cluster.owner_of_newest_child)
+        fault = attrs.evolve(fault, slot=next((s.index for s in cluster.slots if s.instance == owner), fault.slot))
     async with lock:
         slot = cluster.slots[fault.slot]
         start = cluster.now()
@@ -112,5 +116,5 @@ async def _twin(cluster: Cluster, slot: Slot, fault: Fault, rng: random.Random) 
         await old.process.wait()
 
 
-APPLY = {"kill_same": _kill, "kill_new": _kill, "stall": _stall, "cut": _cut, "hold_one": _hold_one,
+APPLY = {"kill_same": _kill, "kill_new": _kill, "stall": _stall, "stall_owner": _stall, "cut": _cut, "hold_one": _hold_one,
          "delay": _delay, "listener": _listener, "twin": _twin}

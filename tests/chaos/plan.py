@@ -18,11 +18,11 @@ import attrs
 
 SLOTS = 3
 FlowKind = Literal["gate", "events", "parent", "flaky", "slow"]
-FaultKind = Literal["kill_same", "kill_new", "stall", "cut", "hold_one", "delay", "listener", "twin"]
+FaultKind = Literal["kill_same", "kill_new", "stall", "stall_owner", "cut", "hold_one", "delay", "listener", "twin"]
 FLOW_KINDS: tuple[FlowKind, ...] = ("gate", "events", "parent", "flaky", "slow")
 FLOW_WEIGHTS = (2, 3, 2, 1, 1)  # events back to back are where several processes lose most
-FAULT_KINDS: tuple[FaultKind, ...] = ("kill_same", "kill_new", "stall", "cut", "hold_one", "delay", "listener",
-                                      "twin")
+FAULT_KINDS: tuple[FaultKind, ...] = ("kill_same", "kill_new", "stall", "stall_owner", "cut", "hold_one", "delay",
+                                      "listener", "twin")
 
 
 @attrs.frozen
