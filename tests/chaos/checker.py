@@ -190,7 +190,13 @@ def ended(history: History, final: Snapshot, bounds: Bounds) -> Iterable[Violati
     for execution in final.executions.values():
         if not execution.finished:
             steps = ", ".join(f"{sid}={state.get('status')}" for sid, state in execution.steps.items())
-            yield Violation("ended", f"{execution.runbook_id} {execution.id} is still {execution.status} ({steps})")
+            owner = execution.owner
+            lease = {True: "alive", False: "lease expired", None: "no instance row"}[final.instances.get(owner or "")]
+            whose = f"owned by {owner} ({lease})" if owner else "owned by nobody"
+            started = next((f", started on {r.process} at {r.started:.2f}s" for r in history.of("start")
+                            if r.ok and isinstance(r.body, dict) and r.body.get("id") == execution.id), "")
+            yield Violation("ended", f"{execution.runbook_id} {execution.id} is still {execution.status} ({steps}), "
+                                     f"{whose}{started}")
 
 
 def reads(history: History, final: Snapshot, bounds: Bounds) -> Iterable[Violation]:

@@ -24,6 +24,7 @@ class ExecutionRow:
     status: str
     runbook_id: str
     steps: dict[str, dict[str, Any]] = attrs.field(factory=dict)  # step id -> its state as stored
+    owner: str | None = None  # the instance id owning it (None: released, or finished)
 
     @property
     def finished(self) -> bool:
@@ -74,6 +75,7 @@ class Snapshot:
     retained: list[Any] = attrs.Factory(list)  # payloads of events no step took yet
     reads: list[Read] = attrs.Factory(list)
     calls: list[Call] = attrs.Factory(list)
+    instances: dict[str, bool] = attrs.Factory(dict)  # instance id -> its lease is still running
 
 
 def read_database(dsn: str, schema: str) -> Snapshot:
@@ -82,8 +84,9 @@ def read_database(dsn: str, schema: str) -> Snapshot:
         steps: dict[str, dict[str, dict[str, Any]]] = {}
         for execution_id, step_id, state in conn.execute("SELECT execution_id, step_id, state FROM steps"):
             steps.setdefault(execution_id, {})[step_id] = state
-        executions = {row[0]: ExecutionRow(row[0], row[1], row[2], steps.get(row[0], {}))
-                      for row in conn.execute("SELECT id, status, runbook_id FROM executions")}
+        executions = {row[0]: ExecutionRow(row[0], row[1], row[2], steps.get(row[0], {}), row[3])
+                      for row in conn.execute("SELECT id, status, runbook_id, owner FROM executions")}
+        instances = {row[0]: row[1] for row in conn.execute("SELECT id, expires_at > now() FROM instances")}
         audit = [AuditRow(*row) for row in conn.execute(
             "SELECT execution_id, actor, action, step_id, reason FROM audit ORDER BY seq")]
         commands = [CommandRow(*row) for row in conn.execute(
@@ -92,4 +95,4 @@ def read_database(dsn: str, schema: str) -> Snapshot:
         waits = [WaitRow(*row) for row in conn.execute(
             "SELECT w.execution_id, w.step_id, e.status FROM waits w LEFT JOIN executions e ON e.id = w.execution_id")]
         retained = [row[0] for row in conn.execute("SELECT payload FROM events ORDER BY seq")]
-    return Snapshot(executions, audit, commands, waits, retained)
+    return Snapshot(executions, audit, commands, waits, retained, instances=instances)
