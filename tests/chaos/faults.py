@@ -34,7 +34,10 @@ async def _one(cluster: Cluster, fault: Fault, lock: trio.Lock, rng: random.Rand
         slot = cluster.slots[fault.slot]
         start = cluster.now()
         log.append(f"{start:6.2f}s {fault.kind} on {slot.instance}")
-        await APPLY[fault.kind](cluster, slot, fault, rng)
+        try:
+            await APPLY[fault.kind](cluster, slot, fault, rng)
+        except AssertionError as exc:  # a process did not start again (``ready`` names it, with its log)
+            cluster.history.exits.append(f"{fault.kind} on slot {slot.index}: {exc}"[-2000:])
         cluster.outage(fault.kind, slot, start)
         log.append(f"{cluster.now():6.2f}s healed {fault.kind} on {slot.instance}")
 
