@@ -7,11 +7,13 @@ then a summary; exits 1 if any round found a violation. ``make chaos SEEDS=N BUD
 from __future__ import annotations
 
 import argparse
+import contextlib
 import pathlib
 import shutil
 import sys
 import tempfile
 import time
+import traceback
 import uuid
 
 import trio
@@ -33,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     size = Size.short() if args.short else Size.long()
     began = time.monotonic()
     failed: dict[int, int] = {}
+    broken: dict[int, str] = {}  # seeds whose round could not run to its end
     ran = 0
     for seed in range(args.first, args.first + args.seeds):
         if args.budget_s and time.monotonic() - began > args.budget_s:
@@ -41,8 +44,13 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix=f"chaos-{seed}-") as directory:
             try:
                 outcome = trio.run(run_round, seed, size, DSN, schema, pathlib.Path(directory))
+            except Exception as exc:  # the harness itself failed (the shared server restarted, say)
+                traceback.print_exc()
+                broken[seed] = f"{type(exc).__name__}: {exc}"[:200]
+                continue
             finally:
-                drop_schema(DSN, schema)
+                with contextlib.suppress(Exception):
+                    drop_schema(DSN, schema)
             ran += 1
             if outcome.violations:
                 failed[seed] = len(outcome.violations)
@@ -52,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         print(flush=True)
     print(f"{ran} seeds in {time.monotonic() - began:.0f}s: "
           + (f"violations in seeds {failed}" if failed else "no violations"))
-    return 1 if failed else 0
+    if broken:
+        print(f"{len(broken)} rounds could not run to their end: {broken}")
+    return 1 if failed or broken else 0
 
 
 if __name__ == "__main__":
