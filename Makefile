@@ -34,12 +34,15 @@ torture: $(STAMP)
 
 # `chaos` runs the fault-injection rounds of tests/chaos/ (three serve processes on one PostgreSQL
 # schema, faults drawn from each seed) for SEEDS seeds from FIRST, or until BUDGET_S seconds
-# have passed (0: no limit). `make test` runs one short round.
+# have passed (0: no limit); FAULTS=twin,stall narrows the fault kinds drawn. `make test` runs one
+# short round.
 SEEDS ?= 20
 FIRST ?= 1
 BUDGET_S ?= 0
+FAULTS ?= all
 chaos: $(STAMP)
-	$(PY) -m tests.chaos --seeds $(SEEDS) --first $(FIRST) --budget-s $(BUDGET_S)
+	$(PY) -m tests.chaos --seeds $(SEEDS) --first $(FIRST) --budget-s $(BUDGET_S) \
+		$(if $(filter all,$(FAULTS)),,--faults $(FAULTS))
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy actors runtime

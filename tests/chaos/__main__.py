@@ -1,4 +1,4 @@
-"""``python -m tests.chaos [--seeds N] [--first S] [--budget-s T] [--short]``: chaos rounds, one
+"""``python -m tests.chaos [--seeds N] [--first S] [--budget-s T] [--short] [--faults a,b]``: chaos rounds, one
 fresh PostgreSQL schema each (``RUNBOOKS_TEST_DSN``, default the local test server), until N
 seeds ran or T seconds passed. Prints each round's seed, plan, faults and the checker's report,
 then a summary; exits 1 if any round found a violation. ``make chaos SEEDS=N BUDGET_S=T``.
@@ -15,10 +15,11 @@ import tempfile
 import time
 import traceback
 import uuid
+from functools import partial
 
 import trio
 
-from tests.chaos.plan import Size
+from tests.chaos.plan import FAULT_KINDS, Size
 from tests.chaos.round import run_round
 from tests.conftest import DSN, drop_schema
 
@@ -31,7 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--short", action="store_true", help="the small rounds of make test")
     parser.add_argument("--logs", default=f"{tempfile.gettempdir()}/runbooks-chaos",
                         help="where the logs of a round with violations are kept")
+    parser.add_argument("--faults", default=",".join(FAULT_KINDS),
+                        help=f"the fault kinds to draw from, comma-separated (default all: {','.join(FAULT_KINDS)})")
     args = parser.parse_args(argv)
+    kinds = tuple(kind for kind in FAULT_KINDS if kind in args.faults.split(","))
+    if not kinds:
+        parser.error(f"--faults: none of {args.faults!r} is a fault kind ({', '.join(FAULT_KINDS)})")
     size = Size.short() if args.short else Size.long()
     began = time.monotonic()
     failed: dict[int, int] = {}
@@ -43,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         schema = f"chaos_{seed}_{uuid.uuid4().hex[:8]}"
         with tempfile.TemporaryDirectory(prefix=f"chaos-{seed}-") as directory:
             try:
-                outcome = trio.run(run_round, seed, size, DSN, schema, pathlib.Path(directory))
+                outcome = trio.run(partial(run_round, seed, size, DSN, schema, pathlib.Path(directory), kinds=kinds))
             except Exception as exc:  # the harness itself failed (the shared server restarted, say)
                 traceback.print_exc()
                 broken[seed] = f"{type(exc).__name__}: {exc}"[:200]

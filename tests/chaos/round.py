@@ -21,7 +21,7 @@ from tests.chaos.cluster import Cluster, Slot
 from tests.chaos.faults import nemesis
 from tests.chaos.final import FINISHED, Read, Snapshot, read_database
 from tests.chaos.history import History
-from tests.chaos.plan import SLOTS, Plan, Size, draw
+from tests.chaos.plan import FAULT_KINDS, SLOTS, FaultKind, Plan, Size, draw
 from tests.chaos.service import counting_service
 from tests.chaos.workload import RUNBOOKS, USER, Client, run_flow
 from tests.cluster_nodes import nodes
@@ -43,8 +43,8 @@ class Outcome:
 
 
 async def run_round(seed: int, size: Size, dsn: str, schema: str, directory: pathlib.Path,
-                    say: Callable[[str], None] = print) -> Outcome:
-    plan = draw(seed, size, TTL_MS / 1000)
+                    say: Callable[[str], None] = print, kinds: tuple[FaultKind, ...] = FAULT_KINDS) -> Outcome:
+    plan = draw(seed, size, TTL_MS / 1000, kinds)
     say(plan.describe())
     history = History()
     applied: list[str] = []
