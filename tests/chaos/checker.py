@@ -192,7 +192,8 @@ def ended(history: History, final: Snapshot, bounds: Bounds) -> Iterable[Violati
             steps = ", ".join(f"{sid}={state.get('status')}" for sid, state in execution.steps.items())
             owner = execution.owner
             lease = {True: "alive", False: "lease expired", None: "no instance row"}[final.instances.get(owner or "")]
-            whose = f"owned by {owner} ({lease})" if owner else "owned by nobody"
+            name = final.names.get(owner or "", owner)
+            whose = f"owned by {name}{'' if name == owner else f' ({owner})'} ({lease})" if owner else "owned by nobody"
             started = next((f", started on {r.process} at {r.started:.2f}s" for r in history.of("start")
                             if r.ok and isinstance(r.body, dict) and r.body.get("id") == execution.id), "")
             yield Violation("ended", f"{execution.runbook_id} {execution.id} is still {execution.status} ({steps}), "

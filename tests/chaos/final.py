@@ -75,7 +75,8 @@ class Snapshot:
     retained: list[Any] = attrs.Factory(list)  # payloads of events no step took yet
     reads: list[Read] = attrs.Factory(list)
     calls: list[Call] = attrs.Factory(list)
-    instances: dict[str, bool] = attrs.Factory(dict)  # instance id -> its lease is still running
+    instances: dict[str, bool] = attrs.Factory(dict)  # an owner (instance or incarnation) -> its lease runs
+    names: dict[str, str] = attrs.Factory(dict)  # an owner -> the instance id it is an incarnation of
 
 
 def read_database(dsn: str, schema: str) -> Snapshot:
@@ -86,7 +87,7 @@ def read_database(dsn: str, schema: str) -> Snapshot:
             steps.setdefault(execution_id, {})[step_id] = state
         executions = {row[0]: ExecutionRow(row[0], row[1], row[2], steps.get(row[0], {}), row[3])
                       for row in conn.execute("SELECT id, status, runbook_id, owner FROM executions")}
-        instances = {row[0]: row[1] for row in conn.execute("SELECT id, expires_at > now() FROM instances")}
+        instances, names = _owners(conn)
         audit = [AuditRow(*row) for row in conn.execute(
             "SELECT execution_id, actor, action, step_id, reason FROM audit ORDER BY seq")]
         commands = [CommandRow(*row) for row in conn.execute(
@@ -95,4 +96,15 @@ def read_database(dsn: str, schema: str) -> Snapshot:
         waits = [WaitRow(*row) for row in conn.execute(
             "SELECT w.execution_id, w.step_id, e.status FROM waits w LEFT JOIN executions e ON e.id = w.execution_id")]
         retained = [row[0] for row in conn.execute("SELECT payload FROM events ORDER BY seq")]
-    return Snapshot(executions, audit, commands, waits, retained, instances=instances)
+    return Snapshot(executions, audit, commands, waits, retained, instances=instances, names=names)
+
+
+def _owners(conn: psycopg.Connection[Any]) -> tuple[dict[str, bool], dict[str, str]]:
+    """Who may own executions and whether their lease runs: one row per incarnation (``incarnations``)
+    or, in schemas from before incarnations, one per instance id (``instances``)."""
+    if conn.execute("SELECT to_regclass('incarnations')").fetchone() not in (None, (None,)):
+        rows = conn.execute("SELECT owner, expires_at > now() AND NOT replaced, instance_id FROM incarnations")
+    else:
+        rows = conn.execute("SELECT id, expires_at > now(), id FROM instances")
+    found = list(rows)
+    return {row[0]: row[1] for row in found}, {row[0]: row[2] for row in found}
