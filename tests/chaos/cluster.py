@@ -82,7 +82,12 @@ class Cluster:
             admin.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.group.schema)))
             row = admin.execute("SELECT owner FROM executions WHERE runbook_id = 'child' AND status <> ALL(%s) "
                                 "ORDER BY seq DESC LIMIT 1", (list(FINISHED),)).fetchone()
-        return str(row[0]) if row and row[0] else None
+            if not row or not row[0]:
+                return None
+            if admin.execute("SELECT to_regclass('incarnations')").fetchone() not in (None, (None,)):
+                instance = admin.execute("SELECT instance_id FROM incarnations WHERE owner = %s", (row[0],)).fetchone()
+                return str(instance[0]) if instance else None
+        return str(row[0])
 
     def unexpected_exits(self) -> list[str]:
         found = []
