@@ -122,7 +122,7 @@ async def _agree(client: Client, final: Snapshot) -> list[Read]:
     reads: list[Read] = []
     deadline = trio.current_time() + AGREE_S
     for slot in client.cluster.slots:
-        if slot.node is None:
+        if slot.node is None or slot.node.process.returncode is not None:  # gone: reported as an exit
             continue
         for execution in final.executions.values():
             while True:
