@@ -179,8 +179,10 @@ class ChangeResult:
 
     existing_id: str | None = None
     runbook_version: int | None = None
+    runbook_unchanged: bool = False  # a registration: the latest version already said the same (its version)
     delivered: int = 0  # a publish: the waiters it was handed to
     retained: bool = False  # a publish: kept for a later waiter
+    refused_by_filter: int = 0  # a publish: waiters on its type and key whose filter refused it
     commands: tuple[QueuedCommand, ...] = ()  # a shared store's publish: the command each waiter got
     refused: str | None = None  # a start not admitted: ENDED, ROOT_FULL, TENANT_FULL, QUOTA_ACTIVE, QUOTA_RATE
     retry_after_s: float | None = None  # with QUOTA_RATE: when the tenant's bucket has a token again
