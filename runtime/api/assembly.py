@@ -31,7 +31,7 @@ from runtime.api.receipts import OncePublisher
 from runtime.api.routing import Routing
 from runtime.api.runtime import Runtime
 from runtime.api.starting import Starter
-from runtime.api.stores import store_for
+from runtime.api.stores import audit_policy, store_for
 from runtime.cluster.node import Cluster, default_instance_id
 from runtime.core import Tick
 from runtime.core.messages import Cancel
@@ -74,6 +74,7 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
     """
     settings = settings or Settings()
     the_store = store_for(store, pool_max=pool_max)
+    the_store.audit_policy = audit_policy(settings)
     if the_store.threaded:
         await trio.to_thread.run_sync(the_store.open)
     else:

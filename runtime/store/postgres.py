@@ -31,6 +31,7 @@ from runtime.model import Execution
 from runtime.model.errors import StoreUnavailable
 from runtime.model.records import Change, ChangeResult
 from runtime.store import pg_cluster as cluster
+from runtime.store.audit_sql import PG_APPEND_ONLY, ledger_migration
 from runtime.store.decision_links import DECISION_LINKS_TABLE
 from runtime.store.dialect import Dialect
 from runtime.store.pg_ledger import PostgresLedger
@@ -169,6 +170,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 10: trigger state per tenant: each tenant switches (and runs) a shared runbook's triggers for itself
     per_tenant_migration("timestamptz", "a.data->>'tenantId'"),
     fanout_migration("ADD COLUMN IF NOT EXISTS"),  # 11: executions under each root, each tenant's children
+    # 12: the audit ledger (chain, heads, checkpoints), append-only
+    (*ledger_migration("timestamptz"), *PG_APPEND_ONLY),
 )
 
 _MARK_BATCH = "INSERT INTO batches (id) VALUES (%s)"
@@ -284,7 +287,7 @@ class PostgresStore(SqlStore):
         # in pipeline mode BEGIN, the fence and every write go out together: one round trip
         # and the COMMIT (a read that needs an answer, such as a start's insert, syncs early)
         with conn.pipeline(), conn.transaction(), conn.cursor() as cursor:
-            writer = PostgresWriter(cursor, self.dialect, self.ledger.channel, self.ledger.nonce)
+            writer = PostgresWriter(cursor, self.dialect, self.ledger.channel, self.ledger.nonce, self.audit_policy)
             results = apply_batch(attempt.changes, writer)
             writer.check_fences()
             cursor.execute(_MARK_BATCH, (attempt.marker,))

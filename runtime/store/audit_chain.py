@@ -1,0 +1,121 @@
+"""The audit ledger in the stores: each tenant's entries chained by hash as they commit, and
+checkpoints of the chain's head.
+
+``chain`` is the arithmetic every store shares: given the tenant's head (its last ``seq`` and
+``hash``, and its last checkpoint) and the entries of one commit in order, it gives each entry
+its ``seq``, ``prevHash``, ``dataSha256`` and ``hash`` (``runtime/security/audit_verify.py``
+defines them) and says whether a checkpoint is due: ``AuditPolicy.checkpoint_every`` entries
+since the last one, or ``checkpoint_ms`` of the entries' own time. A checkpoint is signed when
+the policy has a signer (its key is the process's; the database never holds it).
+
+The SQL stores keep the head in ``audit_heads``, one row per tenant, read and locked in the
+transaction that writes the entries (PostgreSQL: the row lock of ``INSERT ... ON CONFLICT DO
+UPDATE``; SQLite has one writer), so two processes never give out the same ``seq``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from runtime.model import AuditEntry
+from runtime.model.records import AuditCheckpoint
+from runtime.model.wire import dumps_data, format_time
+from runtime.security.audit_signing import CheckpointSigner
+from runtime.security.audit_verify import GENESIS, entry_hash, payload_sha256
+
+#: where an entry that names no tenant is chained
+DEFAULT_TENANT = "default"
+
+
+@attrs.frozen
+class AuditPolicy:
+    """When checkpoints are taken, and the key that signs them (None: unsigned)."""
+
+    checkpoint_every: int = 1000
+    checkpoint_ms: int = 60_000
+    signer: CheckpointSigner | None = None
+
+
+@attrs.frozen
+class Head:
+    """A tenant's chain: its last entry and its last checkpoint."""
+
+    seq: int = 0
+    hash: str = GENESIS
+    checkpoint_seq: int = 0
+    checkpoint_at: datetime | None = None
+
+
+def tenant_of(entry: AuditEntry) -> str:
+    return entry.tenant_id or DEFAULT_TENANT
+
+
+def chain(tenant: str, head: Head, entries: Sequence[AuditEntry],
+          policy: AuditPolicy) -> tuple[list[AuditEntry], Head, list[AuditCheckpoint]]:
+    """The entries chained after ``head`` (each with its seq and hashes), the new head, and
+    the checkpoints to write with them: one at every ``checkpoint_every``-th entry since the
+    last, and one at the last entry if ``checkpoint_ms`` passed since the last checkpoint."""
+    chained: list[AuditEntry] = []
+    checkpoints: list[AuditCheckpoint] = []
+    seq, prev = head.seq, head.hash
+    checkpoint_seq, checkpoint_at = head.checkpoint_seq, head.checkpoint_at
+    for entry in entries:
+        seq += 1
+        data_sha = _data_sha256(entry.data)
+        done = attrs.evolve(entry, tenant_id=tenant, seq=seq, prev_hash=prev, data_sha256=data_sha)
+        done = attrs.evolve(done, hash=entry_hash(prev, ledger_json(done)))
+        chained.append(done)
+        prev = done.hash or GENESIS
+        if seq - checkpoint_seq >= policy.checkpoint_every:
+            checkpoints.append(make_checkpoint(tenant, seq, prev, entry.at, policy.signer))
+            checkpoint_seq, checkpoint_at = seq, entry.at
+    if entries and seq > checkpoint_seq and _elapsed(checkpoint_at, entries[-1].at, policy):
+        checkpoints.append(make_checkpoint(tenant, seq, prev, entries[-1].at, policy.signer))
+        checkpoint_seq, checkpoint_at = seq, entries[-1].at
+    return chained, Head(seq, prev, checkpoint_seq, checkpoint_at), checkpoints
+
+
+def _elapsed(since: datetime | None, at: datetime, policy: AuditPolicy) -> bool:
+    return since is None or (at - since).total_seconds() * 1000 >= policy.checkpoint_ms
+
+
+def make_checkpoint(tenant: str, seq: int, hash_: str, at: datetime,
+                    signer: CheckpointSigner | None) -> AuditCheckpoint:
+    if signer is None:
+        return AuditCheckpoint(tenant, seq, hash_, at)
+    signature = signer.sign(checkpoint_json(AuditCheckpoint(tenant, seq, hash_, at)))
+    return AuditCheckpoint(tenant, seq, hash_, at, signer.key_id, signature)
+
+
+def _data_sha256(data: Any) -> str:
+    """The payload's hash, as it will read back from the store (plain JSON)."""
+    try:
+        return payload_sha256(data)
+    except (TypeError, ValueError):
+        return payload_sha256(json.loads(dumps_data(data)))
+
+
+def ledger_json(entry: AuditEntry) -> dict[str, Any]:
+    """An entry as the chain hashes it and a bundle holds it (``hash`` included once set)."""
+    body: dict[str, Any] = {
+        "seq": entry.seq, "prevHash": entry.prev_hash, "tenantId": entry.tenant_id,
+        "executionId": entry.execution_id, "at": format_time(entry.at), "actor": entry.actor,
+        "action": entry.action, "stepId": entry.step_id, "legalBasis": entry.legal_basis,
+        "reason": entry.reason, "dataSha256": entry.data_sha256,
+    }
+    if entry.hash is not None:
+        body["hash"] = entry.hash
+    return body
+
+
+def checkpoint_json(checkpoint: AuditCheckpoint) -> dict[str, Any]:
+    body: dict[str, Any] = {"tenant": checkpoint.tenant_id, "seq": checkpoint.seq, "hash": checkpoint.hash,
+                            "at": format_time(checkpoint.at)}
+    if checkpoint.signature is not None:
+        body |= {"keyId": checkpoint.key_id, "signature": checkpoint.signature}
+    return body
