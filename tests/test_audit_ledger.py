@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import attrs
 import psycopg
 import pytest
 from psycopg import sql
@@ -236,3 +237,14 @@ def test_postgres_refuses_update_and_delete_of_audit_entries(postgres_dsn: str, 
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
                 conn.execute(statement)
         assert conn.execute("SELECT actor FROM audit").fetchall() == [("user1",)]
+
+
+def test_a_checkpoint_follows_checkpoint_ms_of_the_entries_own_time(db: Db, tmp_path: Path) -> None:
+    times = [0, 30, 59, 61, 62, 200]  # seconds after T0: 60 s pass at the 4th entry, then at the 6th
+    entries = [attrs.evolve(entry(i), at=T0 + timedelta(seconds=s)) for i, s in enumerate(times)]
+    write(db, [Change(audit=(e,)) for e in entries], AuditPolicy(checkpoint_every=1000, checkpoint_ms=60_000))
+    out = export(db, tmp_path / "bundle")
+    checkpoints = [json.loads(line) for line in (out / "checkpoints.jsonl").read_text().splitlines()]
+    assert [(c["seq"], c["at"]) for c in checkpoints] == [(4, format_time(T0 + timedelta(seconds=61))),
+                                                          (6, format_time(T0 + timedelta(seconds=200)))]
+    assert "keyId" not in checkpoints[0]  # no key: unsigned

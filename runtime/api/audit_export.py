@@ -21,6 +21,7 @@ from typing import Any
 
 import attrs
 
+from runtime.api.stores import store_for
 from runtime.model import AuditEntry, Evidence
 from runtime.model.errors import Problem, ValidationError
 from runtime.model.records import AuditSlice
@@ -160,3 +161,10 @@ def export_from_store(store: Store, tenant_id: str, bounds: AuditRange, out: pat
     now = (clock or (lambda: datetime.now(UTC)))()
     write_directory(bundle_files(piece, evidence, open_ended=open_ended, signer=signer, now=now), out)
     return len(piece.entries)
+
+
+def export_to_directory(store_url: str, tenant_id: str, bounds: AuditRange, out: pathlib.Path,
+                        signing_key: str | None) -> int:
+    """``export_from_store`` on the store a URL names (the command's ``--store``)."""
+    signer = CheckpointSigner.from_file(signing_key) if signing_key else None
+    return export_from_store(store_for(store_url, pool_max=1), tenant_id, bounds, out, signer)

@@ -43,7 +43,8 @@ class AuditPolicy:
 
 @attrs.frozen
 class Head:
-    """A tenant's chain: its last entry and its last checkpoint."""
+    """A tenant's chain: its last entry and its last checkpoint (``checkpoint_at``: when the
+    time to the next one started counting, the first entry's time before any checkpoint)."""
 
     seq: int = 0
     hash: str = GENESIS
@@ -58,12 +59,14 @@ def tenant_of(entry: AuditEntry) -> str:
 def chain(tenant: str, head: Head, entries: Sequence[AuditEntry],
           policy: AuditPolicy) -> tuple[list[AuditEntry], Head, list[AuditCheckpoint]]:
     """The entries chained after ``head`` (each with its seq and hashes), the new head, and
-    the checkpoints to write with them: one at every ``checkpoint_every``-th entry since the
-    last, and one at the last entry if ``checkpoint_ms`` passed since the last checkpoint."""
+    the checkpoints to write with them: at the entry that is the ``checkpoint_every``-th since
+    the last checkpoint, or the first written ``checkpoint_ms`` or more after it."""
     chained: list[AuditEntry] = []
     checkpoints: list[AuditCheckpoint] = []
     seq, prev = head.seq, head.hash
     checkpoint_seq, checkpoint_at = head.checkpoint_seq, head.checkpoint_at
+    if checkpoint_at is None and entries:  # a new chain: its time counts from its first entry
+        checkpoint_at = entries[0].at
     for entry in entries:
         seq += 1
         data_sha = _data_sha256(entry.data)
@@ -71,17 +74,14 @@ def chain(tenant: str, head: Head, entries: Sequence[AuditEntry],
         done = attrs.evolve(done, hash=entry_hash(prev, ledger_json(done)))
         chained.append(done)
         prev = done.hash or GENESIS
-        if seq - checkpoint_seq >= policy.checkpoint_every:
+        if seq - checkpoint_seq >= policy.checkpoint_every or _elapsed(checkpoint_at, entry.at, policy):
             checkpoints.append(make_checkpoint(tenant, seq, prev, entry.at, policy.signer))
             checkpoint_seq, checkpoint_at = seq, entry.at
-    if entries and seq > checkpoint_seq and _elapsed(checkpoint_at, entries[-1].at, policy):
-        checkpoints.append(make_checkpoint(tenant, seq, prev, entries[-1].at, policy.signer))
-        checkpoint_seq, checkpoint_at = seq, entries[-1].at
     return chained, Head(seq, prev, checkpoint_seq, checkpoint_at), checkpoints
 
 
 def _elapsed(since: datetime | None, at: datetime, policy: AuditPolicy) -> bool:
-    return since is None or (at - since).total_seconds() * 1000 >= policy.checkpoint_ms
+    return since is not None and (at - since).total_seconds() * 1000 >= policy.checkpoint_ms
 
 
 def make_checkpoint(tenant: str, seq: int, hash_: str, at: datetime,
