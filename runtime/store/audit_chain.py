@@ -70,10 +70,10 @@ def chain(tenant: str, head: Head, entries: Sequence[AuditEntry],
     for entry in entries:
         seq += 1
         data_sha = _data_sha256(entry.data)
-        done = attrs.evolve(entry, tenant_id=tenant, seq=seq, prev_hash=prev, data_sha256=data_sha)
-        done = attrs.evolve(done, hash=entry_hash(prev, ledger_json(done)))
-        chained.append(done)
-        prev = done.hash or GENESIS
+        hash_ = entry_hash(prev, _hashed(entry, tenant, seq, prev, data_sha))
+        chained.append(attrs.evolve(entry, tenant_id=tenant, seq=seq, prev_hash=prev, hash=hash_,
+                                    data_sha256=data_sha))
+        prev = hash_
         if seq - checkpoint_seq >= policy.checkpoint_every or _elapsed(checkpoint_at, entry.at, policy):
             checkpoints.append(make_checkpoint(tenant, seq, prev, entry.at, policy.signer))
             checkpoint_seq, checkpoint_at = seq, entry.at
@@ -102,15 +102,19 @@ def _data_sha256(data: Any) -> str:
 
 def ledger_json(entry: AuditEntry) -> dict[str, Any]:
     """An entry as the chain hashes it and a bundle holds it (``hash`` included once set)."""
-    body: dict[str, Any] = {
-        "seq": entry.seq, "prevHash": entry.prev_hash, "tenantId": entry.tenant_id,
-        "executionId": entry.execution_id, "at": format_time(entry.at), "actor": entry.actor,
-        "action": entry.action, "stepId": entry.step_id, "legalBasis": entry.legal_basis,
-        "reason": entry.reason, "dataSha256": entry.data_sha256,
-    }
+    body = _hashed(entry, entry.tenant_id, entry.seq, entry.prev_hash, entry.data_sha256)
     if entry.hash is not None:
         body["hash"] = entry.hash
     return body
+
+
+def _hashed(entry: AuditEntry, tenant: str | None, seq: int | None, prev: str | None,
+            data_sha: str | None) -> dict[str, Any]:
+    return {
+        "seq": seq, "prevHash": prev, "tenantId": tenant, "executionId": entry.execution_id,
+        "at": format_time(entry.at), "actor": entry.actor, "action": entry.action, "stepId": entry.step_id,
+        "legalBasis": entry.legal_basis, "reason": entry.reason, "dataSha256": data_sha,
+    }
 
 
 def checkpoint_json(checkpoint: AuditCheckpoint) -> dict[str, Any]:
