@@ -202,3 +202,19 @@ def test_the_verifier_runs_without_the_engine(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-S", "audit_verify.py", str(bundle)], cwd=alone, capture_output=True,
                           text=True, env={"PYTHONPATH": str(Path(cryptography.__file__).parents[1])})
     assert (done.returncode, done.stdout) == (0, "ok 0 entries\n"), done.stderr
+
+
+async def test_a_quiet_tenant_gets_a_checkpoint_of_its_last_entries(autojump_clock: Any) -> None:
+    settings = Settings(audit_checkpoint_every=1000, audit_checkpoint_ms=60_000)
+    async with open_runtime("memory", settings=settings) as rt:
+        rt.register_executor("echo", lambda ctx: ctx.config)
+        await rt.register_runbook(TWO_STEPS, tenant_id="t1")
+        await rt.wait((await rt.start("two", context={"tenantId": "t1"})).id)
+        files = dict(await rt.export_audit("t1"))
+        assert files["checkpoints.jsonl"] == b""  # not yet: too few entries, too little time
+        await trio.sleep(130)  # (virtual) two sweeps: the first one after the chain went quiet covers it
+        files = dict(await rt.export_audit("t1"))
+        entries = files["entries.jsonl"].splitlines()
+        checkpoints = [json.loads(line) for line in files["checkpoints.jsonl"].splitlines()]
+        assert [c["seq"] for c in checkpoints] == [len(entries)]  # once, at the head
+        assert checkpoints[0]["hash"] == json.loads(entries[-1])["hash"]

@@ -248,3 +248,19 @@ def test_a_checkpoint_follows_checkpoint_ms_of_the_entries_own_time(db: Db, tmp_
     assert [(c["seq"], c["at"]) for c in checkpoints] == [(4, format_time(T0 + timedelta(seconds=61))),
                                                           (6, format_time(T0 + timedelta(seconds=200)))]
     assert "keyId" not in checkpoints[0]  # no key: unsigned
+
+
+def test_a_quiet_chain_is_checkpointed_at_its_head(db: Db, tmp_path: Path) -> None:
+    policy = AuditPolicy(checkpoint_every=1000, checkpoint_ms=60_000)
+    write(db, [Change(audit=(entry(i),)) for i in range(3)], policy)  # at T0 .. T0 + 2 s
+    write(db, [Change(checkpoint_idle=T0 + timedelta(seconds=30))], policy)  # not quiet long enough
+    assert (export(db, tmp_path / "early") / "checkpoints.jsonl").read_text() == ""
+    write(db, [Change(checkpoint_idle=T0 + timedelta(seconds=61))], policy)
+    write(db, [Change(checkpoint_idle=T0 + timedelta(seconds=200))], policy)  # nothing new since: none
+    out = export(db, tmp_path / "bundle")
+    checkpoints = [json.loads(line) for line in (out / "checkpoints.jsonl").read_text().splitlines()]
+    assert [(c["seq"], c["at"]) for c in checkpoints] == [(3, format_time(T0 + timedelta(seconds=61)))]
+    assert verify_bundle(out).ok
+    db.run("DELETE FROM audit WHERE tenant = ? AND chain_seq = 3", (TENANT,))  # the last entry, removed
+    result = verify_bundle(export(db, tmp_path / "cut"))
+    assert (result.seq, result.reason) == (3, "truncated")

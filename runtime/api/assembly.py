@@ -44,7 +44,7 @@ from runtime.model import Execution
 from runtime.model.records import Change
 from runtime.security.outbound import HostAllowlist, checked_client
 from runtime.security.secrets import Secrets, install_log_redaction, remove_log_redaction
-from runtime.shell import outage, retained, shutdown
+from runtime.shell import audit_checkpoints, outage, retained, shutdown
 from runtime.shell.catalog import Catalog
 from runtime.shell.clock import Clock
 from runtime.shell.directory import Directory
@@ -225,7 +225,8 @@ def _execution_host(runtime: Runtime, commit: CommitChange, timers: Timers) -> E
 
 
 def _start_sweeps(runtime: Runtime, timers: Timers, commit: CommitChange, services: trio.Nursery) -> None:
-    """The runtime's own tasks: the timers of every execution, the sweep of retained events."""
+    """The runtime's own tasks: the timers of every execution, the sweeps of retained events, of
+    receipts and of quiet audit chains' checkpoints."""
     def fire(execution_id: str, at: datetime) -> None:
         runtime.directory.post(execution_id, Tick(at))
 
@@ -234,6 +235,8 @@ def _start_sweeps(runtime: Runtime, timers: Timers, commit: CommitChange, servic
                                 retained.sweep_interval_s(runtime.settings.event_retention_ms),
                                 periodic=runtime.cluster is not None), name="retained events sweep")
     services.start_soon(runtime.once.sweep, name="receipts sweep")
+    services.start_soon(audit_checkpoints.sweep, runtime.clock.now, commit, runtime.settings.audit_checkpoint_ms,
+                        name="audit checkpoints")
 
 
 async def _recover(runtime: Runtime, nursery: trio.Nursery) -> None:

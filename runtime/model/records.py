@@ -153,6 +153,7 @@ class Change:
     lifecycle: tuple[Lifecycle, ...] = ()  # the outbox: lifecycle events of this change
     lifecycle_done: tuple[str, int] | None = None  # (origin, seq): outbox rows up to seq are published
     erase: tuple[tuple[str, int], ...] = ()  # (tenant, seq) of audit entries whose payload is erased
+    checkpoint_idle: datetime | None = None  # checkpoint every audit chain whose last checkpoint is due by then
 
     @property
     def empty(self) -> bool:
@@ -161,7 +162,7 @@ class Change:
             or self.audit or self.evidence or self.retain_events or self.consume_events or self.version
             or self.waits or self.unwaits or self.publish or self.outcomes or self.expire_events_at
             or self.receipt or self.settle or self.expire_receipts_at or self.lifecycle
-            or self.lifecycle_done or self.erase
+            or self.lifecycle_done or self.erase or self.checkpoint_idle
         )
 
 

@@ -4,14 +4,14 @@ checkpoints, with the same arithmetic as the SQL stores (``audit_chain.chain``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import attrs
 
 from runtime.model import AuditEntry
 from runtime.model.records import AuditCheckpoint, AuditSlice
 from runtime.security.audit_verify import GENESIS
-from runtime.store.audit_chain import AuditPolicy, Head, chain, tenant_of
+from runtime.store.audit_chain import AuditPolicy, Head, chain, make_checkpoint, tenant_of
 
 
 class MemoryAudit:
@@ -31,6 +31,14 @@ class MemoryAudit:
             for entry in chained:
                 self._by_execution.setdefault(entry.execution_id, []).append((tenant, entry.seq or 0))
             self._checkpoints.setdefault(tenant, []).extend(checkpoints)
+
+    def checkpoint_idle(self, at: datetime, policy: AuditPolicy) -> None:
+        due = at - timedelta(milliseconds=policy.checkpoint_ms)
+        for tenant, head in self._heads.items():
+            if head.seq > head.checkpoint_seq and head.checkpoint_at is not None and head.checkpoint_at <= due:
+                self._checkpoints.setdefault(tenant, []).append(
+                    make_checkpoint(tenant, head.seq, head.hash, at, policy.signer))
+                self._heads[tenant] = attrs.evolve(head, checkpoint_seq=head.seq, checkpoint_at=at)
 
     def erase(self, tenant: str, seq: int) -> None:
         entries = self._chains.get(tenant, [])

@@ -14,13 +14,14 @@ the entries, inserts them, moves the head and writes a checkpoint when one is du
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from runtime.model import AuditEntry
 from runtime.model.records import AuditCheckpoint, AuditSlice
 from runtime.model.wire import dumps_data
 from runtime.security.audit_verify import GENESIS
-from runtime.store.audit_chain import AuditPolicy, Head, chain, tenant_of
+from runtime.store.audit_chain import AuditPolicy, Head, chain, make_checkpoint, tenant_of
 from runtime.store.dialect import Dialect
 from runtime.store.schema import Row, loads
 
@@ -112,6 +113,7 @@ HASH_AT = "SELECT hash FROM audit WHERE tenant = ? AND chain_seq = ?"
 CHECKPOINTS = """
 SELECT tenant, seq, hash, at, key_id, signature FROM audit_checkpoints
 WHERE tenant = ? AND seq >= ? AND seq <= ? ORDER BY seq"""
+IDLE = "SELECT tenant FROM audit_heads WHERE seq > checkpoint_seq AND checkpoint_at <= ? ORDER BY tenant"
 SEQ_SINCE = "SELECT MIN(chain_seq) FROM audit WHERE tenant = ? AND at >= ?"
 SEQ_UNTIL = "SELECT MAX(chain_seq) FROM audit WHERE tenant = ? AND at <= ?"
 LAST = 2**62  # "no upper bound" as a seq
@@ -134,6 +136,21 @@ def write_chained(db: Any, dialect: Dialect, entries: Sequence[AuditEntry], poli
         if checkpoints:
             db.executemany(sql(INSERT_CHECKPOINT), [(tenant, c.seq, c.hash, stamp(c.at), c.key_id, c.signature)
                                                     for c in checkpoints])
+
+
+def checkpoint_idle(db: Any, dialect: Dialect, at: datetime, policy: AuditPolicy) -> None:
+    """A checkpoint at the head of every chain with entries after its last checkpoint, when
+    ``checkpoint_ms`` passed since then without a new entry (so the tail of a quiet tenant is
+    covered too)."""
+    sql, stamp = dialect.sql, dialect.stamp
+    due = stamp(at - timedelta(milliseconds=policy.checkpoint_ms))
+    for (tenant,) in db.execute(sql(IDLE), (due,)).fetchall():
+        seq, hash_, checkpoint_seq, _ = db.execute(sql(LOCK_HEAD), (tenant,)).fetchone()
+        if int(seq) <= int(checkpoint_seq):
+            continue  # (another process took it meanwhile)
+        c = make_checkpoint(tenant, int(seq), str(hash_), at, policy.signer)
+        db.execute(sql(INSERT_CHECKPOINT), (tenant, c.seq, c.hash, stamp(c.at), c.key_id, c.signature))
+        db.execute(sql(MOVE_HEAD), (c.seq, c.hash, c.seq, stamp(at), tenant))
 
 
 def _row(entry: AuditEntry, stamp: Callable[[Any], Any]) -> Row:

@@ -158,6 +158,8 @@ class MemoryStore(_TriggerStates, LinkUses):
             self._audit.append(change.audit, self.audit_policy)
         for tenant, seq in change.erase:
             self._audit.erase(tenant, seq)
+        if change.checkpoint_idle is not None:
+            self._audit.checkpoint_idle(change.checkpoint_idle, self.audit_policy)
         for item in change.evidence:
             self._evidence.setdefault(item.execution_id, []).append(item)
         for event in change.retain_events:

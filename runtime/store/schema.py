@@ -88,6 +88,7 @@ class Pending:
     logs: list[LogEntry] = attrs.Factory(list)
     audit: list[AuditEntry] = attrs.Factory(list)
     erase: list[tuple[str, int]] = attrs.Factory(list)  # audit payloads to erase (tenant, seq)
+    checkpoint_idle: datetime | None = None  # checkpoint the audit chains idle since their checkpoint was due
     evidence: list[Evidence] = attrs.Factory(list)
     events: dict[str, Event] = attrs.Factory(dict)
     consumed: dict[str, None] = attrs.Factory(dict)  # deleted before ``events`` are written
@@ -111,6 +112,8 @@ class Pending:
         self.logs.extend(change.logs)
         self.audit.extend(change.audit)
         self.erase.extend(change.erase)
+        if (idle := change.checkpoint_idle) is not None:
+            self.checkpoint_idle = max(idle, self.checkpoint_idle or idle)
         self.evidence.extend(change.evidence)
         for event in change.retain_events:
             self.events[event.id] = event
@@ -137,6 +140,7 @@ class Pending:
     @property
     def empty(self) -> bool:
         return not (self.headers or self.steps or self.logs or self.audit or self.evidence or self.erase
+                    or self.checkpoint_idle
                     or self.events or self.consumed or self.versions or self.outcomes or self.expired_at
                     or self.settled or self.receipts_expired_at or self.lifecycle or self.lifecycle_done)
 

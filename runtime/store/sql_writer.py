@@ -165,6 +165,7 @@ class SqlWriter:
         self._sql = dialect.sql
         self._audit_policy = audit_policy or AuditPolicy()
         self._audit: list[AuditEntry] = []  # chained and written by ``seal``, at the batch's end
+        self._checkpoint_idle: datetime | None = None  # and then the idle chains' checkpoints
 
     # -- starts
     def insert_executions(self, starts: Sequence[Change]) -> list[str | None]:
@@ -263,6 +264,9 @@ class SqlWriter:
         if self._audit:
             audit_sql.write_chained(self._db, self._dialect, self._audit, self._audit_policy)
             self._audit = []
+        if self._checkpoint_idle is not None:
+            audit_sql.checkpoint_idle(self._db, self._dialect, self._checkpoint_idle, self._audit_policy)
+            self._checkpoint_idle = None
 
     def _erase(self, erase: Sequence[tuple[str, int]]) -> None:
         self._db.executemany(self._sql(audit_sql.ERASE), audit_sql.erase_rows(erase))
@@ -280,6 +284,8 @@ class SqlWriter:
         if pending.logs:
             db.executemany(sql(INSERT_LOG), [log_row(entry, stamp) for entry in pending.logs])
         self._audit += pending.audit
+        if pending.checkpoint_idle is not None:
+            self._checkpoint_idle = pending.checkpoint_idle
         if pending.erase:
             self._erase(pending.erase)
         if pending.evidence:
