@@ -18,7 +18,7 @@ import json
 import json.encoder
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 _EXACT = 2**53  # integers below this are doubles exactly: written as they are
@@ -30,7 +30,7 @@ _SHORT_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n
 def canonical(value: Any) -> bytes:
     """The RFC 8785 canonical form of ``value`` (UTF-8)."""
     if _plain(value):  # nothing the standard library writes otherwise: its C encoder, much faster
-        text = _PLAIN.encode(value)
+        text = _encode_plain(value)
         if not _SURROGATE.search(text):
             return text.encode("utf-8")
     return "".join(_parts(value)).encode("utf-8")
@@ -38,6 +38,23 @@ def canonical(value: Any) -> bytes:
 
 #: with sorted keys, ``json`` writes what RFC 8785 does for a ``_plain`` value without lone surrogates
 _PLAIN = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _c_encoder() -> Callable[[Any], str]:
+    """``_PLAIN.encode`` without making an encoder at every call (CPython's C one, made once),
+    if this Python's has the shape it had in 3.11; else ``_PLAIN.encode``."""
+    try:
+        encoder = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+            None, None, json.encoder.encode_basestring, None, ":", ",", True, False, False)
+        sample = {"b": [1, None, True], "a": "\u00e9\n"}
+        if "".join(encoder(sample, 0)) != _PLAIN.encode(sample):
+            return _PLAIN.encode
+    except (AttributeError, TypeError):
+        return _PLAIN.encode
+    return lambda value: "".join(encoder(value, 0))
+
+
+_encode_plain = _c_encoder()
 
 
 def _plain(value: Any) -> bool:

@@ -15,7 +15,10 @@ UPDATE``; SQLite has one writer), so two processes never give out the same ``seq
 
 from __future__ import annotations
 
+import hashlib
 import json
+import json.encoder
+import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -23,11 +26,15 @@ from typing import Any
 import attrs
 
 from runtime.model import AuditEntry
+from runtime.model.canonical import canonical
 from runtime.model.records import AuditCheckpoint
 from runtime.model.wire import dumps_data, format_time
 from runtime.security.audit_signing import CheckpointSigner
-from runtime.security.audit_verify import GENESIS, entry_hash, payload_sha256
+from runtime.security.audit_verify import GENESIS, payload_sha256
 
+_NULL_SHA256 = payload_sha256(None)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_string = json.encoder.encode_basestring  # (JSON string escaping as RFC 8785's, without lone surrogates)
 #: where an entry that names no tenant is chained
 DEFAULT_TENANT = "default"
 
@@ -70,9 +77,10 @@ def chain(tenant: str, head: Head, entries: Sequence[AuditEntry],
     for entry in entries:
         seq += 1
         data_sha = _data_sha256(entry.data)
-        hash_ = entry_hash(prev, _hashed(entry, tenant, seq, prev, data_sha))
-        chained.append(attrs.evolve(entry, tenant_id=tenant, seq=seq, prev_hash=prev, hash=hash_,
-                                    data_sha256=data_sha))
+        hash_ = hashlib.sha256(bytes.fromhex(prev) + _canonical_entry(entry, tenant, seq, prev, data_sha)).hexdigest()
+        chained.append(AuditEntry(entry.execution_id, entry.at, entry.actor, entry.action, entry.step_id,
+                                  entry.legal_basis, entry.reason, entry.data, tenant, seq, prev, hash_, data_sha,
+                                  entry.erased))
         prev = hash_
         if seq - checkpoint_seq >= policy.checkpoint_every or _elapsed(checkpoint_at, entry.at, policy):
             checkpoints.append(make_checkpoint(tenant, seq, prev, entry.at, policy.signer))
@@ -94,6 +102,8 @@ def make_checkpoint(tenant: str, seq: int, hash_: str, at: datetime,
 
 def _data_sha256(data: Any) -> str:
     """The payload's hash, as it will read back from the store (plain JSON)."""
+    if data is None:
+        return _NULL_SHA256
     try:
         return payload_sha256(data)
     except (TypeError, ValueError):
@@ -106,6 +116,20 @@ def ledger_json(entry: AuditEntry) -> dict[str, Any]:
     if entry.hash is not None:
         body["hash"] = entry.hash
     return body
+
+
+def _canonical_entry(entry: AuditEntry, tenant: str, seq: int, prev: str, data_sha: str) -> bytes:
+    """``canonical(_hashed(...))``, written directly: the members are known and sorted, so only
+    the strings need escaping (the same text; the general way when one holds a lone surrogate)."""
+    texts = (entry.actor, entry.action, format_time(entry.at), data_sha, entry.execution_id, entry.legal_basis,
+             prev, entry.reason, entry.step_id, tenant)
+    if any(text is not None and _SURROGATE.search(text) for text in texts):
+        return canonical(_hashed(entry, tenant, seq, prev, data_sha))
+    actor, action, at, data, execution, basis, previous, reason, step, owner = (
+        "null" if text is None else _string(text) for text in texts)
+    return (f'{{"action":{action},"actor":{actor},"at":{at},"dataSha256":{data},"executionId":{execution},'
+            f'"legalBasis":{basis},"prevHash":{previous},"reason":{reason},"seq":{seq:d},"stepId":{step},'
+            f'"tenantId":{owner}}}').encode()
 
 
 def _hashed(entry: AuditEntry, tenant: str | None, seq: int | None, prev: str | None,
