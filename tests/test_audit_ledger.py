@@ -264,3 +264,33 @@ def test_a_quiet_chain_is_checkpointed_at_its_head(db: Db, tmp_path: Path) -> No
     db.run("DELETE FROM audit WHERE tenant = ? AND chain_seq = 3", (TENANT,))  # the last entry, removed
     result = verify_bundle(export(db, tmp_path / "cut"))
     assert (result.seq, result.reason) == (3, "truncated")
+
+
+@pytest.mark.postgres
+def test_two_processes_writing_one_tenant_share_one_gap_free_chain(postgres_dsn: str, schema: str,
+                                                                  tmp_path: Path) -> None:
+    """Two stores on one database (as two processes) commit entries of one tenant at once:
+    the head's row lock gives every entry its own seq, with no gap and no fork."""
+    import threading
+
+    stores = [PostgresStore(postgres_dsn, pool_max=1, schema=schema, pool_min=0) for _ in range(2)]
+    for store in stores:
+        store.audit_policy = AuditPolicy(checkpoint_every=7, checkpoint_ms=10**9)
+        store.open()
+    try:
+        def writer(store: Store, offset: int) -> None:
+            for n in range(25):
+                store.commit([Change(audit=(entry(offset + n), entry(offset + n + 1000)))])
+
+        threads = [threading.Thread(target=writer, args=(store, 10_000 * k)) for k, store in enumerate(stores)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for store in stores:
+            store.close()
+    out = tmp_path / "bundle"
+    export_from_store(PostgresStore(postgres_dsn, pool_max=1, schema=schema, pool_min=0), TENANT, AuditRange(), out,
+                      None)
+    assert verify_bundle(out).line() == "ok 100 entries"
