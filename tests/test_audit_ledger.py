@@ -294,3 +294,39 @@ def test_two_processes_writing_one_tenant_share_one_gap_free_chain(postgres_dsn:
     export_from_store(PostgresStore(postgres_dsn, pool_max=1, schema=schema, pool_min=0), TENANT, AuditRange(), out,
                       None)
     assert verify_bundle(out).line() == "ok 100 entries"
+
+
+@pytest.mark.parametrize(("tamper", "expected"), [
+    ("swap", (5, "reordered")),
+    ("intruder", (5, "inserted")),
+    ("drop", (5, "missing")),
+    ("drop_and_renumber", (5, "missing")),
+    ("rehash", (5, "edited")),
+    ("prev_hash", (5, "edited")),
+])
+def test_the_verifier_names_tampering_done_to_the_bundle_itself(tamper: str, expected: tuple[int, str],
+                                                                tmp_path: Path) -> None:
+    """The same kinds of tampering, made to an exported bundle's lines rather than the database."""
+    db = Db(lambda: SqliteStore(tmp_path / "b.db"), lambda q, p: [], "sqlite")
+    twelve(db)
+    out = export(db, tmp_path / "bundle")
+    lines = [json.loads(line) for line in (out / "entries.jsonl").read_text().splitlines()]
+    at = 4  # seq 5
+    if tamper == "swap":
+        lines[at], lines[at + 1] = lines[at + 1], lines[at]
+    elif tamper == "intruder":
+        lines.insert(at, {**lines[at], "actor": "mallory", "hash": "f" * 64})
+    elif tamper == "drop":
+        del lines[at]
+    elif tamper == "drop_and_renumber":
+        del lines[at]
+        for line in lines[at:]:
+            line["seq"] -= 1
+    elif tamper == "rehash":  # edited, and its hash recomputed (its successor still links to the old one)
+        lines[at]["actor"] = "mallory"
+        lines[at]["hash"] = entry_hash(lines[at]["prevHash"], lines[at])
+    elif tamper == "prev_hash":
+        lines[at]["prevHash"] = "e" * 64
+    (out / "entries.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = verify_bundle(out)
+    assert (result.seq, result.reason) == expected, result.line()

@@ -163,27 +163,45 @@ def _chain(entries: Sequence[Mapping[str, Any]], manifest: Mapping[str, Any],
     prev = str(manifest.get("prevHash") or GENESIS)
     for index, entry in enumerate(entries):
         expected = start + index
-        seq = entry.get("seq")
-        self_ok = _hash_of(entry) == entry.get("hash")
-        if entry.get("prevHash") == prev:
-            if not self_ok or seq != expected:
-                if self_ok and isinstance(seq, int) and seq > expected:
-                    return _bad(index, expected, "missing", f"seq {expected} is absent")
-                return _bad(index, expected, "edited", "its hash does not match its content")
-        elif index > 0 and entry.get("prevHash") == entries[index - 1].get("prevHash"):
-            return _bad(index, expected - 1, "inserted", "it is not in the chain its successor links to")
-        elif any(later.get("prevHash") == prev for later in entries[index + 1:]):
-            return _bad(index, expected, "reordered", "the entry that follows in the chain comes later")
-        elif (isinstance(seq, int) and seq > expected) or not self_ok:
-            return _bad(index, expected, "missing", f"the entry after seq {expected - 1} is absent")
-        else:
-            return _bad(index, expected, "edited", "its prevHash does not link to the entry before it")
+        if entry.get("prevHash") != prev or entry.get("seq") != expected or _hash_of(entry) != entry.get("hash"):
+            reason, seq, detail = _break(entries, index, expected, prev)
+            return Verdict(len(entries), seq, reason, detail)
         payload = payloads.get(expected)
         if payload is not None and not payload.get("erased") and payload_sha256(payload.get("data")) != entry.get(
                 "dataSha256"):
-            return _bad(index, expected, "edited", "its payload does not match its dataSha256")
+            return Verdict(len(entries), expected, "edited", "its payload does not match its dataSha256")
         prev = str(entry.get("hash"))
     return None
+
+
+def _break(entries: Sequence[Mapping[str, Any]], index: int, expected: int, prev: str) -> tuple[str, int, str]:
+    """What happened where the chain breaks at ``entries[index]`` (which should be seq
+    ``expected``, after the entry whose hash is ``prev``)."""
+    entry = entries[index]
+    links = entry.get("prevHash")
+    following = entries[index + 1] if index + 1 < len(entries) else None
+    seq = entry.get("seq")
+    if index > 0 and links == entries[index - 1].get("prevHash"):
+        return "inserted", expected - 1, "it is not in the chain its successor links to"
+    if links != prev and any(later.get("hash") == links for later in entries[index + 1:]):
+        return "reordered", expected, "it belongs after an entry that comes later"
+    if following is not None and following.get("prevHash") == prev:
+        return "inserted", expected, "the entry after it links past it"
+    if links == prev:
+        return "edited", expected, "its hash does not match its content"
+    if any(later.get("prevHash") == prev for later in entries[index + 1:]):
+        return "reordered", expected, "the entry that follows in the chain comes later"
+    if (isinstance(seq, int) and seq > expected) or _renumbered(entry):
+        return "missing", expected, f"the entry after seq {expected - 1} is absent"
+    if index > 0 and _hash_of(entry) == entry.get("hash"):  # intact, linked to what the entry before it was
+        return "edited", expected - 1, "it was rewritten with a new hash: the entry after it links to the old one"
+    return "edited", expected, "its prevHash does not link to the entry before it"
+
+
+def _renumbered(entry: Mapping[str, Any]) -> bool:
+    """Whether the entry is intact but for its seq, lowered after an entry before it was removed."""
+    seq = entry.get("seq")
+    return isinstance(seq, int) and _hash_of({**entry, "seq": seq + 1}) == entry.get("hash")
 
 
 def _hash_of(entry: Mapping[str, Any]) -> str | None:
@@ -192,10 +210,6 @@ def _hash_of(entry: Mapping[str, Any]) -> str | None:
         return entry_hash(str(prev), entry)
     except (ValueError, TypeError):
         return None
-
-
-def _bad(entries: int, seq: int, reason: str, detail: str) -> Verdict:
-    return Verdict(entries, seq, reason, detail)
 
 
 def _signer(manifest: Mapping[str, Any], pinned: Ed25519PublicKey | None) -> tuple[Ed25519PublicKey | None, str]:
