@@ -20,7 +20,7 @@ import json
 import json.encoder
 import re
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
@@ -74,6 +74,8 @@ def chain(tenant: str, head: Head, entries: Sequence[AuditEntry],
     checkpoint_seq, checkpoint_at = head.checkpoint_seq, head.checkpoint_at
     if checkpoint_at is None and entries:  # a new chain: its time counts from its first entry
         checkpoint_at = entries[0].at
+    every, interval = policy.checkpoint_every, timedelta(milliseconds=policy.checkpoint_ms)
+    due = checkpoint_at + interval if checkpoint_at is not None else None
     for entry in entries:
         seq += 1
         data_sha = _data_sha256(entry.data)
@@ -82,14 +84,10 @@ def chain(tenant: str, head: Head, entries: Sequence[AuditEntry],
                                   entry.legal_basis, entry.reason, entry.data, tenant, seq, prev, hash_, data_sha,
                                   entry.erased))
         prev = hash_
-        if seq - checkpoint_seq >= policy.checkpoint_every or _elapsed(checkpoint_at, entry.at, policy):
+        if seq - checkpoint_seq >= every or (due is not None and entry.at >= due):
             checkpoints.append(make_checkpoint(tenant, seq, prev, entry.at, policy.signer))
-            checkpoint_seq, checkpoint_at = seq, entry.at
+            checkpoint_seq, checkpoint_at, due = seq, entry.at, entry.at + interval
     return chained, Head(seq, prev, checkpoint_seq, checkpoint_at), checkpoints
-
-
-def _elapsed(since: datetime | None, at: datetime, policy: AuditPolicy) -> bool:
-    return since is not None and (at - since).total_seconds() * 1000 >= policy.checkpoint_ms
 
 
 def make_checkpoint(tenant: str, seq: int, hash_: str, at: datetime,
@@ -121,15 +119,15 @@ def ledger_json(entry: AuditEntry) -> dict[str, Any]:
 def _canonical_entry(entry: AuditEntry, tenant: str, seq: int, prev: str, data_sha: str) -> bytes:
     """``canonical(_hashed(...))``, written directly: the members are known and sorted, so only
     the strings need escaping (the same text; the general way when one holds a lone surrogate)."""
-    texts = (entry.actor, entry.action, format_time(entry.at), data_sha, entry.execution_id, entry.legal_basis,
-             prev, entry.reason, entry.step_id, tenant)
-    if any(text is not None and _SURROGATE.search(text) for text in texts):
+    step, basis, reason = entry.step_id, entry.legal_basis, entry.reason
+    text = (f'{{"action":{_string(entry.action)},"actor":{_string(entry.actor)},"at":"{format_time(entry.at)}",'
+            f'"dataSha256":"{data_sha}","executionId":{_string(entry.execution_id)},'
+            f'"legalBasis":{"null" if basis is None else _string(basis)},"prevHash":"{prev}",'
+            f'"reason":{"null" if reason is None else _string(reason)},"seq":{seq:d},'
+            f'"stepId":{"null" if step is None else _string(step)},"tenantId":{_string(tenant)}}}')
+    if _SURROGATE.search(text):
         return canonical(_hashed(entry, tenant, seq, prev, data_sha))
-    actor, action, at, data, execution, basis, previous, reason, step, owner = (
-        "null" if text is None else _string(text) for text in texts)
-    return (f'{{"action":{action},"actor":{actor},"at":{at},"dataSha256":{data},"executionId":{execution},'
-            f'"legalBasis":{basis},"prevHash":{previous},"reason":{reason},"seq":{seq:d},"stepId":{step},'
-            f'"tenantId":{owner}}}').encode()
+    return text.encode("utf-8")
 
 
 def _hashed(entry: AuditEntry, tenant: str | None, seq: int | None, prev: str | None,
