@@ -21,7 +21,7 @@ import json.encoder
 import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -48,10 +48,10 @@ class AuditPolicy:
     signer: CheckpointSigner | None = None
 
 
-@attrs.frozen
-class Head:
+class Head(NamedTuple):
     """A tenant's chain: its last entry and its last checkpoint (``checkpoint_at``: when the
-    time to the next one started counting, the first entry's time before any checkpoint)."""
+    time to the next one started counting, the first entry's time before any checkpoint).
+    (A tuple: one is made at every commit.)"""
 
     seq: int = 0
     hash: str = GENESIS

@@ -13,11 +13,13 @@ from runtime.model.records import AuditCheckpoint, AuditSlice
 from runtime.security.audit_verify import GENESIS
 from runtime.store.audit_chain import AuditPolicy, Head, chain, make_checkpoint, tenant_of
 
+EMPTY = Head()
+
 
 class MemoryAudit:
     def __init__(self) -> None:
         self._chains: dict[str, list[AuditEntry]] = {}  # tenant -> entries, seq n at index n - 1
-        self._heads: dict[str, Head] = {}
+        self._heads: dict[str, Head] = {}  # (EMPTY until a first entry)
         self._checkpoints: dict[str, list[AuditCheckpoint]] = {}
         self._by_execution: dict[str, list[tuple[str, int]]] = {}  # execution id -> (tenant, seq)
 
@@ -26,7 +28,7 @@ class MemoryAudit:
         for entry in entries:
             by_tenant.setdefault(tenant_of(entry), []).append(entry)
         for tenant, mine in by_tenant.items():
-            chained, self._heads[tenant], checkpoints = chain(tenant, self._heads.get(tenant, Head()), mine, policy)
+            chained, self._heads[tenant], checkpoints = chain(tenant, self._heads.get(tenant) or EMPTY, mine, policy)
             self._chains.setdefault(tenant, []).extend(chained)
             for entry in chained:
                 self._by_execution.setdefault(entry.execution_id, []).append((tenant, entry.seq or 0))
@@ -38,7 +40,7 @@ class MemoryAudit:
             if head.seq > head.checkpoint_seq and head.checkpoint_at is not None and head.checkpoint_at <= due:
                 self._checkpoints.setdefault(tenant, []).append(
                     make_checkpoint(tenant, head.seq, head.hash, at, policy.signer))
-                self._heads[tenant] = attrs.evolve(head, checkpoint_seq=head.seq, checkpoint_at=at)
+                self._heads[tenant] = head._replace(checkpoint_seq=head.seq, checkpoint_at=at)
 
     def erase(self, tenant: str, seq: int) -> None:
         entries = self._chains.get(tenant, [])
