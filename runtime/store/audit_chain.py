@@ -19,9 +19,9 @@ import hashlib
 import json
 import json.encoder
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import attrs
 
@@ -35,6 +35,7 @@ from runtime.security.audit_verify import GENESIS, payload_sha256
 _NULL_SHA256 = payload_sha256(None)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _string = json.encoder.encode_basestring  # (JSON string escaping as RFC 8785's, without lone surrogates)
+T = TypeVar("T")
 #: where an entry that names no tenant is chained
 DEFAULT_TENANT = "default"
 
@@ -63,12 +64,20 @@ def tenant_of(entry: AuditEntry) -> str:
     return entry.tenant_id or DEFAULT_TENANT
 
 
-def chain(tenant: str, head: Head, entries: Sequence[AuditEntry],
-          policy: AuditPolicy) -> tuple[list[AuditEntry], Head, list[AuditCheckpoint]]:
-    """The entries chained after ``head`` (each with its seq and hashes), the new head, and
-    the checkpoints to write with them: at the entry that is the ``checkpoint_every``-th since
-    the last checkpoint, or the first written ``checkpoint_ms`` or more after it."""
-    chained: list[AuditEntry] = []
+def chained_entry(entry: AuditEntry, tenant: str, seq: int, prev: str, hash_: str, data_sha: str) -> AuditEntry:
+    return AuditEntry(entry.execution_id, entry.at, entry.actor, entry.action, entry.step_id, entry.legal_basis,
+                      entry.reason, entry.data, tenant, seq, prev, hash_, data_sha, entry.erased)
+
+
+def chain(tenant: str, head: Head, entries: Sequence[AuditEntry], policy: AuditPolicy,
+          make: Callable[[AuditEntry, str, int, str, str, str], T] = chained_entry,  # type: ignore[assignment]
+          ) -> tuple[list[T], Head, list[AuditCheckpoint]]:
+    """The entries chained after ``head`` (each with its seq and hashes, as ``make`` makes it
+    from the entry, tenant, seq, prevHash, hash and dataSha256: a chained ``AuditEntry``, or a
+    store's row), the new head, and the checkpoints to write with them: at the entry that is
+    the ``checkpoint_every``-th since the last checkpoint, or the first written
+    ``checkpoint_ms`` or more after it."""
+    chained: list[T] = []
     checkpoints: list[AuditCheckpoint] = []
     seq, prev = head.seq, head.hash
     checkpoint_seq, checkpoint_at = head.checkpoint_seq, head.checkpoint_at
@@ -80,9 +89,7 @@ def chain(tenant: str, head: Head, entries: Sequence[AuditEntry],
         seq += 1
         data_sha = _data_sha256(entry.data)
         hash_ = hashlib.sha256(bytes.fromhex(prev) + _canonical_entry(entry, tenant, seq, prev, data_sha)).hexdigest()
-        chained.append(AuditEntry(entry.execution_id, entry.at, entry.actor, entry.action, entry.step_id,
-                                  entry.legal_basis, entry.reason, entry.data, tenant, seq, prev, hash_, data_sha,
-                                  entry.erased))
+        chained.append(make(entry, tenant, seq, prev, hash_, data_sha))
         prev = hash_
         if seq - checkpoint_seq >= every or (due is not None and entry.at >= due):
             checkpoints.append(make_checkpoint(tenant, seq, prev, entry.at, policy.signer))

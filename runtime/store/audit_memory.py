@@ -11,7 +11,14 @@ import attrs
 from runtime.model import AuditEntry
 from runtime.model.records import AuditCheckpoint, AuditSlice
 from runtime.security.audit_verify import GENESIS
-from runtime.store.audit_chain import AuditPolicy, Head, chain, make_checkpoint, tenant_of
+from runtime.store.audit_chain import (
+    AuditPolicy,
+    Head,
+    chain,
+    chained_entry,
+    make_checkpoint,
+    tenant_of,
+)
 
 EMPTY = Head()
 
@@ -21,17 +28,18 @@ class MemoryAudit:
         self._chains: dict[str, list[AuditEntry]] = {}  # tenant -> entries, seq n at index n - 1
         self._heads: dict[str, Head] = {}  # (EMPTY until a first entry)
         self._checkpoints: dict[str, list[AuditCheckpoint]] = {}
-        self._by_execution: dict[str, list[tuple[str, int]]] = {}  # execution id -> (tenant, seq)
+        self._by_execution: dict[str, list[AuditEntry]] = {}
 
     def append(self, entries: Sequence[AuditEntry], policy: AuditPolicy) -> None:
         by_tenant: dict[str, list[AuditEntry]] = {}
         for entry in entries:
             by_tenant.setdefault(tenant_of(entry), []).append(entry)
         for tenant, mine in by_tenant.items():
-            chained, self._heads[tenant], checkpoints = chain(tenant, self._heads.get(tenant) or EMPTY, mine, policy)
+            chained, self._heads[tenant], checkpoints = chain(tenant, self._heads.get(tenant) or EMPTY, mine, policy,
+                                                             chained_entry)
             self._chains.setdefault(tenant, []).extend(chained)
             for entry in chained:
-                self._by_execution.setdefault(entry.execution_id, []).append((tenant, entry.seq or 0))
+                self._by_execution.setdefault(entry.execution_id, []).append(entry)
             self._checkpoints.setdefault(tenant, []).extend(checkpoints)
 
     def checkpoint_idle(self, at: datetime, policy: AuditPolicy) -> None:
@@ -45,10 +53,13 @@ class MemoryAudit:
     def erase(self, tenant: str, seq: int) -> None:
         entries = self._chains.get(tenant, [])
         if 0 < seq <= len(entries):
-            entries[seq - 1] = attrs.evolve(entries[seq - 1], data=None, erased=True)
+            old = entries[seq - 1]
+            entries[seq - 1] = new = attrs.evolve(old, data=None, erased=True)
+            mine = self._by_execution[old.execution_id]
+            mine[mine.index(old)] = new
 
     def of_execution(self, execution_id: str) -> list[AuditEntry]:
-        return [self._chains[tenant][seq - 1] for tenant, seq in self._by_execution.get(execution_id, ())]
+        return list(self._by_execution.get(execution_id, ()))
 
     def slice(self, tenant: str, from_seq: int, to_seq: int | None) -> AuditSlice:
         entries = self._chains.get(tenant, [])

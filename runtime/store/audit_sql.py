@@ -129,8 +129,12 @@ def write_chained(db: Any, dialect: Dialect, entries: Sequence[AuditEntry], poli
         seq, hash_, checkpoint_seq, checkpoint_at = db.execute(sql(LOCK_HEAD), (tenant,)).fetchone()
         head = Head(int(seq), str(hash_), int(checkpoint_seq),
                     dialect.time(checkpoint_at) if checkpoint_at is not None else None)
-        chained, new_head, checkpoints = chain(tenant, head, by_tenant[tenant], policy)
-        db.executemany(sql(INSERT_CHAINED), [_row(entry, stamp) for entry in chained])
+        def row(entry: AuditEntry, tenant: str, seq: int, prev: str, hash_: str, data_sha: str) -> Row:
+            return (entry.execution_id, stamp(entry.at), entry.actor, entry.action, entry.step_id, entry.legal_basis,
+                    entry.reason, dumps_data(entry.data), tenant, seq, prev, hash_, data_sha)
+
+        rows, new_head, checkpoints = chain(tenant, head, by_tenant[tenant], policy, row)
+        db.executemany(sql(INSERT_CHAINED), rows)
         checkpoint_at = stamp(new_head.checkpoint_at) if new_head.checkpoint_at is not None else None
         db.execute(sql(MOVE_HEAD), (new_head.seq, new_head.hash, new_head.checkpoint_seq, checkpoint_at, tenant))
         if checkpoints:
@@ -151,12 +155,6 @@ def checkpoint_idle(db: Any, dialect: Dialect, at: datetime, policy: AuditPolicy
         c = make_checkpoint(tenant, int(seq), str(hash_), at, policy.signer)
         db.execute(sql(INSERT_CHECKPOINT), (tenant, c.seq, c.hash, stamp(c.at), c.key_id, c.signature))
         db.execute(sql(MOVE_HEAD), (c.seq, c.hash, c.seq, stamp(at), tenant))
-
-
-def _row(entry: AuditEntry, stamp: Callable[[Any], Any]) -> Row:
-    return (entry.execution_id, stamp(entry.at), entry.actor, entry.action, entry.step_id, entry.legal_basis,
-            entry.reason, dumps_data(entry.data), entry.tenant_id, entry.seq, entry.prev_hash, entry.hash,
-            entry.data_sha256)
 
 
 def erase_rows(erase: Sequence[tuple[str, int]]) -> list[Row]:
