@@ -73,6 +73,8 @@ class Runtime(ExecutionControl, ExecutionReads, DecisionLinks):
         store answers (failing commits are known at once, without a round trip)."""
         if not self.persistence.stats.healthy:
             raise ConnectionError(f"commits are failing: {self.persistence.stats.last_error or 'unknown error'}")
+        if self.cluster is not None and (cause := self.cluster.not_ready()) is not None:
+            raise ConnectionError(cause)
         try:
             await self.read(self.store.ping)
         except StoreUnavailable as exc:

@@ -33,6 +33,7 @@ from runtime.model.errors import (
     LoopDetected,
     Problem,
     RunbookError,
+    StoreUnavailable,
     ValidationError,
 )
 from runtime.model.records import ROOT_FULL, TENANT_FULL, Change, FanoutCaps
@@ -58,7 +59,8 @@ class Starter:
     hub: WatchHub
     fetch: Fetch  # the latest state of an execution (the one a duplicate start answers)
     max_hops: int = 8  # a start past this many engine-to-engine hops is a loop (LoopDetected)
-    owner: str | None = None  # this process's instance id, when several share the store
+    owner: str | None = None  # this process's incarnation, when several share the store
+    acting: Callable[[], bool] | None = None  # whether it may act as an owner now (its lease holds)
     max_descendants: int = 1000  # executions started under one root (FanoutLimit)
     max_active_descendants: int = 10_000  # unfinished child executions of one tenant (FanoutLimit)
 
@@ -98,6 +100,9 @@ class Starter:
         (``keyed_hash``: a start with an idempotency key, whose input must be the same)."""
         execution = change.new_execution
         assert execution is not None
+        if self.acting is not None and not self.acting():
+            raise StoreUnavailable("this process could not renew its hold on the database in time; "
+                                   "it starts nothing until it can (another process can)")
         if self.owner is not None:  # owned from its first commit: this process runs it
             execution = attrs.evolve(execution, epoch=1)
             change = attrs.evolve(change, owner=self.owner, new_execution=execution)

@@ -169,6 +169,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 10: trigger state per tenant: each tenant switches (and runs) a shared runbook's triggers for itself
     per_tenant_migration("timestamptz", "a.data->>'tenantId'"),
     fanout_migration("ADD COLUMN IF NOT EXISTS"),  # 11: executions under each root, each tenant's children
+    cluster.INCARNATIONS,  # 12: an owner is one start of a process; released executions indexed
 )
 
 _MARK_BATCH = "INSERT INTO batches (id) VALUES (%s)"
@@ -210,7 +211,8 @@ class PostgresStore(SqlStore):
         self._in_doubt: _Attempt | None = None  # a batch whose COMMIT may or may not have landed
         self._batches = 0
         # (the nonce tags the announcements of commands this process hands over itself)
-        self.ledger = PostgresLedger(self._rows, self._transaction, self._listener_connection, self.get_execution,
+        self.ledger = PostgresLedger(self._rows, self._transaction, self._listener_connection, self._connect,
+                                     self.get_execution,
                                      channel=f"runbooks_{schema}" if schema else "runbooks", nonce=uuid.uuid4().hex[:12])
 
     def open(self) -> None:
