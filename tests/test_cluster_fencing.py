@@ -116,29 +116,39 @@ async def test_a_process_that_cannot_renew_lets_go_before_anyone_may_take_over(s
         stalled = threading.Event()
         renewer = a.cluster.lease._renewer
         renew = renewer.renew
+        both: list[float] = []
 
         def stalling(*args: Any) -> Any:
-            stalled.wait()  # the database does not answer the renewals
+            stalled.wait()  # the database does not answer a's renewals (b's are fine)
             return renew(*args)
+
+        async def watch_both() -> None:
+            while True:
+                if a.directory.knows(execution_id) and b.directory.knows(execution_id):
+                    both.append(trio.current_time())
+                await trio.sleep(0.002)
 
         renewer.renew = stalling  # type: ignore[method-assign]
         try:
-            await eventually(lambda: not a.directory.knows(execution_id))
-            with database(schema) as db:  # it let go while its lease still held: nobody could take over yet
-                row = db.execute("SELECT expires_at > now() FROM incarnations WHERE owner = %s",
-                                 (a.cluster.owner,)).fetchone()
-            assert row == (True,)
-            assert not a.owns(execution_id)
-            assert (await a.fetch(execution_id)).status == "awaiting_approval"  # read from the database
-            with pytest.raises(Exception, match="could not renew"):  # ready no more, starts refused
-                await a.ready()
+            async with trio.open_nursery() as watching:
+                watching.start_soon(watch_both)
+                await eventually(lambda: not a.directory.knows(execution_id))
+                assert not a.owns(execution_id)
+                assert (await a.fetch(execution_id)).status == "awaiting_approval"  # read from the database
+                with pytest.raises(ConnectionError, match="could not renew"):  # not ready
+                    await a.ready()
+                with pytest.raises(Exception, match="could not renew"):  # starts refused
+                    await a.start("gate", force=True)
+                await eventually(lambda: b.owns(execution_id))  # a's lease ran out: b took it over
+                watching.cancel_scope.cancel()
+            assert both == []  # never run by both at once: a let go before b could take it
         finally:
             stalled.set()
             renewer.renew = renew  # type: ignore[method-assign]
-        # renewals come back: a (or b, if a's lease ran out meanwhile) runs it again
-        await eventually(lambda: a.owns(execution_id) or b.owns(execution_id))
+        await eventually(lambda: a.cluster.lease.holds())  # type: ignore[union-attr]  # renewed again
+        assert not a.owns(execution_id) and b.owns(execution_id)  # a takes back nothing b took
         await a.submit_approval(execution_id, "ok", approver="boss", decision="approve")
-        assert (await until(b, execution_id, lambda e: e.status.finished)).status == "completed"
+        assert (await until(a, execution_id, lambda e: e.status.finished)).status == "completed"
 
 
 async def test_a_process_past_its_hold_answers_from_the_database_not_from_memory(schema: str) -> None:
@@ -183,7 +193,7 @@ async def test_a_replaced_process_runs_nothing_new_and_releases_only_its_own(sch
 async def test_a_dead_process_executions_are_shared_by_the_survivors(schema: str,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cluster_node, "TAKEOVER_SHARE", 2, raising=False)
-    async with node(schema, "a") as a:
+    async with node(schema, "a", lease_ttl_ms=60_000) as a:
         ids = [await awaiting(a) for _ in range(6)]
         assert a.cluster is not None
         dead = a.cluster.owner

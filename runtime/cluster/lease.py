@@ -1,11 +1,12 @@
 """``Lease``: this incarnation's hold on its executions, and what it does when the hold slips.
 
-The incarnation's row is renewed every third of ``LEASE_TTL_MS``, by a task of its own on a
+The incarnation's row is renewed every quarter of ``LEASE_TTL_MS`` (on a steady beat, however
+long each renewal takes), by a task of its own on a
 connection of its own (a worker thread outside the read lane: a burst of slow reads never
 holds a renewal back). Each renewal tells what it found (``Renewal``):
 
 - *renewed*: the hold lasts until the renewal was *sent* plus the TTL, less a margin
-  (``MARGIN``: a quarter of the TTL). This process counts from the moment it sent the
+  (``MARGIN``: 15 % of the TTL, the time to stop what runs here). This process counts from the moment it sent the
   renewal; the database counts from the moment it ran it, never earlier: the hold here always
   ends first.
 - *lapsed*: the row had run out before this renewal reached the database (the process
@@ -33,7 +34,8 @@ import trio
 from runtime.store.ledger import Renewal, Renewer
 
 logger = logging.getLogger("runbooks.cluster")
-MARGIN = 0.25  # of the TTL: the hold here ends this much before the database's
+MARGIN = 0.15  # of the TTL: the hold here ends this much before the database's
+BEATS = 4  # renewals per TTL
 
 
 class Lease:
@@ -55,7 +57,7 @@ class Lease:
 
     @property
     def interval_s(self) -> float:
-        return self.ttl_s / 3
+        return self.ttl_s / BEATS
 
     def holds(self) -> bool:
         """Whether this process may act as the owner of its executions now."""
@@ -76,8 +78,10 @@ class Lease:
             self._renewer.close()
 
     async def _renewing(self) -> None:
+        beat = trio.current_time()
         while True:
-            await trio.sleep(self.interval_s)
+            beat = max(beat + self.interval_s, trio.current_time())
+            await trio.sleep_until(beat)
             sent = trio.current_time()
             try:
                 found = await self._call(self._renewer.renew, self.owner, self.ttl_s, self._ping(self._beats))
