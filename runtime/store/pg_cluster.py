@@ -140,7 +140,8 @@ RETURNING id"""
 
 # Unfinished executions nobody alive owns: released, or their incarnation is dead (its
 # heartbeat ran out, or a later start of its instance id replaced it). Both halves read an
-# index: the released ones, and those of the few dead incarnations. Runbooks this process
+# index: the released ones, and those of the few dead incarnations (an array, so that the
+# index of owners is looked up once per dead incarnation whatever the planner guesses). Runbooks this process
 # cannot run (``skip``: ``tenant/runbook/version``) are left out, so they never crowd out the
 # ones it can; at most ``limit``, the oldest first.
 _ORPHAN_ROWS = f"""
@@ -148,8 +149,8 @@ _ORPHAN_ROWS = f"""
     WHERE e.status IN {UNFINISHED} AND e.owner IS NULL
     UNION ALL
     SELECT e.seq, e.id, e.epoch, e.tenant_id, e.runbook_id, e.runbook_version FROM executions e
-    WHERE e.status IN {UNFINISHED} AND e.owner IN (
-        SELECT owner FROM incarnations WHERE (expires_at < now() OR replaced) AND owner <> %(me)s)"""
+    WHERE e.status IN {UNFINISHED} AND e.owner = ANY(ARRAY(
+        SELECT owner FROM incarnations WHERE (expires_at < now() OR replaced) AND owner <> %(me)s))"""
 
 ORPHANS = f"""
 SELECT id, epoch, tenant_id, runbook_id, runbook_version FROM ({_ORPHAN_ROWS}) AS o
