@@ -59,6 +59,7 @@ COMMAND_RETENTION_S = 24 * 3600
 TAKEOVER_SHARE = 100  # executions claimed per round at most: the survivors share a dead process's
 POLL_S = 0.5  # while the notifications are down
 SILENCE_BEATS = 3  # the LISTEN connection is given up when no own ping came back for this many beats
+MIN_SILENCE_S = 2.0  # (and at least this long: a short TTL under load is no sign of a silent connection)
 FORGET_SKIPPED_ROUNDS = 30  # runbooks found impossible to run here are tried again after this many rounds
 
 
@@ -91,7 +92,7 @@ class Cluster:
         self.lease = Lease(store.renewer(), self.owner, self.ttl_s, store.ping_of, on_lost=self._let_go,
                            on_back=self._take_back, on_replaced=self._replaced)
         self._listener = store.notifications(self._on_notice, self._on_connected,
-                                             silence_s=SILENCE_BEATS * self.lease.interval_s)
+                                             silence_s=max(SILENCE_BEATS * self.lease.interval_s, MIN_SILENCE_S))
 
     # ------------------------------------------------------------------ life
     async def start(self, nursery: trio.Nursery) -> list[str]:
