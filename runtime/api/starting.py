@@ -33,7 +33,6 @@ from runtime.model.errors import (
     LoopDetected,
     Problem,
     RunbookError,
-    StoreUnavailable,
     ValidationError,
 )
 from runtime.model.records import ROOT_FULL, TENANT_FULL, Change, FanoutCaps
@@ -100,10 +99,10 @@ class Starter:
         (``keyed_hash``: a start with an idempotency key, whose input must be the same)."""
         execution = change.new_execution
         assert execution is not None
-        if self.acting is not None and not self.acting():
-            raise StoreUnavailable("this process could not renew its hold on the database in time; "
-                                   "it starts nothing until it can (another process can)")
-        if self.owner is not None:  # owned from its first commit: this process runs it
+        # a process whose lease does not hold now runs nothing: the execution is committed
+        # without an owner, for the next takeover round of a process whose lease holds
+        held = self.acting is None or self.acting()
+        if self.owner is not None and held:  # owned from its first commit: this process runs it
             execution = attrs.evolve(execution, epoch=1)
             change = attrs.evolve(change, owner=self.owner, new_execution=execution)
         result = await self.commit(change)
@@ -113,7 +112,8 @@ class Starter:
             existing = await self.fetch(result.existing_id)
             return StartResult(_same_input(existing, keyed_hash) if keyed_hash else existing, False)
         self.hub.published(execution)
-        self.directory.start(execution.id, execution)
+        if held:
+            self.directory.start(execution.id, execution)
         self.hub.notify("execution.started", execution)
         return StartResult(execution, True)
 
