@@ -173,8 +173,7 @@ class Cluster:
         """The hold is back: run again what is still this incarnation's (under a new epoch)."""
         for execution_id in await self._read(self.store.claim_own, self.instance_id, self.owner):
             if not self._directory.knows(execution_id):
-                self._directory.start(execution_id, await self._read(self.store.get_execution, execution_id),
-                                      taken_over=True)
+                self._directory.start(execution_id, taken_over=True)  # (its actor reads it)
 
     # ------------------------------------------------------------------ takeover
     async def take_over(self) -> None:
@@ -185,6 +184,7 @@ class Cluster:
         self._rounds += 1
         if self._rounds % FORGET_SKIPPED_ROUNDS == 0:
             self._skip.clear()  # (a step type may have been registered since)
+        chosen: list[tuple[str, int]] = []
         for execution_id, epoch, tenant_id, runbook_id, version in await self._read(
                 self.store.orphans, self.owner, sorted(self._skip), TAKEOVER_SHARE):
             if self._directory.knows(execution_id):
@@ -192,12 +192,11 @@ class Cluster:
             if not await self._capable(tenant_id, runbook_id, version):
                 self._skip.add(f"{tenant_id}/{runbook_id}/{version}")
                 continue
-            if not self.acting():
-                return
-            if await self._read(self.store.claim, execution_id, self.owner, epoch) is not None:
+            chosen.append((execution_id, epoch))
+        if chosen and self.acting():  # one statement for all; each actor reads its execution itself
+            for execution_id in await self._read(self.store.claim_all, self.owner, chosen):
                 logger.info("taking over execution %s", execution_id)
-                self._directory.start(execution_id, await self._read(self.store.get_execution, execution_id),
-                                      taken_over=True)
+                self._directory.start(execution_id, taken_over=True)
                 self._hub.notify("execution.taken_over", execution_id)
         self.waiting_for_owner = (await self._read(self.store.skipped_orphans, self.owner, sorted(self._skip))
                                   if self._skip else 0)

@@ -95,6 +95,9 @@ class ClusterLedger(Protocol):
     def claim(self, execution_id: str, owner: str, epoch: int) -> int | None:
         """Own the execution if its epoch is still ``epoch``; the new epoch, or None."""
 
+    def claim_all(self, owner: str, seen: Sequence[tuple[str, int]]) -> list[str]:
+        """``claim`` of each (execution id, epoch as seen), in one statement; the ids claimed."""
+
     def claim_finished(self, execution_id: str, owner: str) -> int | None:
         """Own a finished execution to run it again; the new epoch, or None if it is unfinished."""
 

@@ -168,6 +168,13 @@ UPDATE executions SET owner = %(me)s, epoch = epoch + 1
 WHERE id = %(execution)s AND epoch = %(epoch)s
 RETURNING epoch"""
 
+# The same for every execution a takeover round chose, in one statement.
+CLAIM_ALL = """
+UPDATE executions AS e SET owner = %(me)s, epoch = e.epoch + 1
+FROM unnest(%(ids)s::text[], %(epochs)s::bigint[]) AS v(id, epoch)
+WHERE e.id = v.id AND e.epoch = v.epoch
+RETURNING e.id"""
+
 # A finished execution (a step retry) is claimed by whoever runs it again.
 CLAIM_FINISHED = f"""
 UPDATE executions SET owner = %(me)s, epoch = epoch + 1

@@ -75,6 +75,11 @@ class PostgresLedger:
         rows = self.rows(cluster.CLAIM, {"me": owner, "execution": execution_id, "epoch": epoch})
         return int(rows[0][0]) if rows else None
 
+    def claim_all(self, owner: str, seen: Sequence[tuple[str, int]]) -> list[str]:
+        rows = self.rows(cluster.CLAIM_ALL, {"me": owner, "ids": [i for i, _ in seen],
+                                             "epochs": [epoch for _, epoch in seen]})
+        return [row[0] for row in rows]
+
     def claim_finished(self, execution_id: str, owner: str) -> int | None:
         rows = self.rows(cluster.CLAIM_FINISHED, {"me": owner, "execution": execution_id})
         return int(rows[0][0]) if rows else None
