@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -18,6 +19,7 @@ from psycopg import sql
 
 from runtime import Runtime, Settings, open_runtime
 from runtime.cluster import node as cluster_node
+from runtime.shell import clock as clock_module
 from runtime.store.postgres import PostgresStore
 from tests.conftest import DSN
 from tests.tcp_proxy import TcpProxy, tcp_proxy
@@ -25,6 +27,8 @@ from tests.test_cluster import APPROVAL, TTL_MS, _nothing, until
 
 pytestmark = [pytest.mark.postgres]
 TTL_S = TTL_MS / 1000
+WAIT_LONG = {"id": "wait-long", "timeoutMs": 3_600_000, "steps": [
+    {"id": "ev", "type": "wait-for-event", "config": {"eventType": "go", "correlationKey": "${input.key}"}}]}
 
 
 async def probe(ctx: Any) -> Any:
@@ -268,3 +272,30 @@ async def test_a_silent_listen_connection_is_noticed_and_polling_takes_over(sche
             proxy.forward()
             await eventually(lambda: a.cluster.connected, within_s=10)  # type: ignore[union-attr]
             await a.ready()
+
+
+# ---------------------------------------------------------------------- one clock
+class HourAhead(datetime):
+    """A host whose clock is an hour ahead."""
+
+    @classmethod
+    def now(cls, tz: Any = None) -> Any:
+        return datetime.now(tz) + timedelta(hours=1)
+
+
+async def test_every_process_keeps_the_database_time_whatever_its_host_clock_says(
+        schema: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with node(schema, "b") as b:
+        monkeypatch.setattr(clock_module, "datetime", HourAhead)
+        async with node(schema, "a") as a:  # its host's clock is an hour ahead
+            monkeypatch.undo()
+            await a.register_runbook(WAIT_LONG)
+            execution = await a.start("wait-long", {"key": "k"})
+            with database(schema) as db:
+                row = db.execute("SELECT now()").fetchone()
+            assert row is not None
+            assert abs((execution.created_at - row[0]).total_seconds()) < 30  # the database's time, not a's
+            waiting = await until(a, execution.id, lambda e: e.steps["ev"].status == "waiting")
+            deadline = waiting.deadline_at  # an hour from the database's now, not from a's host clock
+            assert deadline is not None and abs((deadline - row[0]).total_seconds() - 3600) < 30
+            assert abs((a.clock.now() - b.clock.now()).total_seconds()) < 5  # both keep the same time

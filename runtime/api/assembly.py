@@ -240,6 +240,7 @@ async def _recover(runtime: Runtime, nursery: trio.Nursery) -> None:
     """Start every unfinished execution this process runs (recovery is the start path)."""
     read, store, directory = runtime.read, runtime.store, runtime.directory
     if runtime.cluster is not None:
+        await runtime.cluster.set_clock(runtime.clock)  # before anything is armed
         for execution_id in await runtime.cluster.start(nursery):
             directory.start(execution_id, await read(store.get_execution, execution_id), taken_over=True)
         await runtime.cluster.take_over()

@@ -37,6 +37,7 @@ import os
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime, timedelta
 from typing import Any
 
 import trio
@@ -49,6 +50,7 @@ from runtime.model.errors import CommandQueued, NotFound
 from runtime.model.records import QueuedCommand
 from runtime.shell import commands
 from runtime.shell.catalog import Catalog
+from runtime.shell.clock import Clock
 from runtime.shell.directory import Directory
 from runtime.shell.watch import WatchHub
 from runtime.store.ledger import ClusterLedger
@@ -110,6 +112,14 @@ class Cluster:
         own: list[str] = await self._read(self.store.claim_own, self.instance_id, self.owner)
         nursery.start_soon(self._polling)
         return own
+
+    async def set_clock(self, clock: Clock) -> None:
+        """Set this process's clock to the database's (so deadlines mean the same instant on
+        every process): its ``now()`` when asked, plus half the round trip."""
+        sent = trio.current_time()
+        database_now: datetime = await self._read(self.store.database_now)
+        back = trio.current_time()
+        clock.anchor(database_now + timedelta(seconds=(back - sent) / 2), back)
 
     def acting(self) -> bool:
         """Whether this process may act as the owner of its executions now (its lease holds)."""

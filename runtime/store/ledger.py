@@ -14,6 +14,7 @@ announce commands, outcomes, committed states, released executions and registere
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, Literal, Protocol
 
 import trio
@@ -78,6 +79,9 @@ class ClusterLedger(Protocol):
     def stop_instance(self, owner: str) -> list[str]:
         """Graceful shutdown: give up every unfinished execution of this incarnation (and no
         other's), end it, and let the others know."""
+
+    def database_now(self) -> datetime:
+        """The database's clock (every process's clock is set to it)."""
 
     # -- ownership
     def claim_own(self, instance_id: str, owner: str) -> list[str]:

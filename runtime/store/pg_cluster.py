@@ -128,6 +128,8 @@ SWEEP_INCARNATIONS = f"""
 DELETE FROM incarnations i WHERE i.expires_at < now() - interval '1 day'
 AND NOT EXISTS (SELECT 1 FROM executions e WHERE e.owner = i.owner AND e.status IN {UNFINISHED})"""
 
+DATABASE_NOW = "SELECT now()"
+
 # -- ownership
 
 # At start: every unfinished execution of an earlier incarnation of this instance id is

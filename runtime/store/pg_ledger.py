@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from datetime import datetime
 from typing import Any, TypeVar
 
 import attrs
@@ -58,6 +59,10 @@ class PostgresLedger:
             cursor.execute(cluster.STOP, {"me": owner})
             cursor.execute(cluster.NOTIFY, (self.channel, ["released"]))
         return released
+
+    def database_now(self) -> datetime:
+        found: datetime = self.rows(cluster.DATABASE_NOW)[0][0]
+        return found
 
     # -- ownership
     def claim_own(self, instance_id: str, owner: str) -> list[str]:
