@@ -92,6 +92,8 @@ INCARNATIONS = (
     "DROP TABLE IF EXISTS instances",
     # released executions (owner NULL), found without reading the others
     f"CREATE INDEX IF NOT EXISTS executions_released ON executions (seq) WHERE owner IS NULL AND status IN {UNFINISHED}",
+    # the commands not applied yet, in order (polled while the notifications are down)
+    "CREATE INDEX IF NOT EXISTS commands_unapplied ON commands (seq) WHERE applied_at IS NULL",
 )
 
 # -- incarnations
