@@ -182,8 +182,10 @@ class Cluster:
     async def _take_back(self) -> None:
         """The hold is back: run again what is still this incarnation's (under a new epoch)."""
         for execution_id in await self._read(self.store.claim_own, self.instance_id, self.owner):
-            if not self._directory.knows(execution_id):
-                self._directory.start(execution_id, taken_over=True)  # (its actor reads it)
+            # a new actor for each, reading its new epoch (one started meanwhile holds the old
+            # epoch: its writes would be refused, and nobody would run the execution)
+            self._directory.stop(execution_id)
+            self._directory.start(execution_id, taken_over=True)
 
     # ------------------------------------------------------------------ takeover
     async def take_over(self) -> None:
