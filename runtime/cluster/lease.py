@@ -111,12 +111,15 @@ class Lease:
                 await self._on_back()
 
     async def _call(self, job: Callable[..., Renewal | bool], *args: object) -> Renewal | bool | None:
-        """``job`` in a worker thread of its own; abandoned (None) if it hangs past a beat."""
-        with trio.move_on_after(self.interval_s):
+        """``job`` in a worker thread of its own; abandoned (None) if it hangs past the hold
+        (or past a beat, once the hold has ended): a slow answer is still worth waiting for
+        while it can come in time, and a new connection costs more than the old one's wait."""
+        started = trio.current_time()
+        with trio.move_on_at(max(self.held_until, started + self.interval_s)):
             return await trio.to_thread.run_sync(job, *args, abandon_on_cancel=True,
                                                  limiter=trio.CapacityLimiter(1))
         self._renewer.abandon()
-        logger.warning("heartbeat: the database did not answer within %.2f s", self.interval_s)
+        logger.warning("heartbeat: the database did not answer within %.2f s", trio.current_time() - started)
         return None
 
     async def _watch(self) -> None:
