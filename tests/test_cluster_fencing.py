@@ -154,6 +154,20 @@ async def test_a_process_that_cannot_renew_lets_go_before_anyone_may_take_over(s
         assert (await until(a, execution_id, lambda e: e.status.finished)).status == "completed"
 
 
+async def test_what_is_taken_back_after_a_lapse_runs_again_even_if_an_actor_started_meanwhile(schema: str) -> None:
+    async with node(schema, "a", lease_ttl_ms=60_000) as a:
+        assert a.cluster is not None
+        execution_id = await awaiting(a)
+        before = await a.fetch(execution_id)
+        a.cluster.lease._let_go()  # the hold slipped: every execution here is stopped
+        a.directory.start(execution_id, before)  # and one was started again meanwhile (a late start, a takeover)
+        a.cluster.lease.fenced = False
+        await a.cluster._take_back()  # the renewal came back: what is still a's, under a new epoch
+        decided = await a.submit_approval(execution_id, "ok", approver="boss", decision="approve")
+        assert decided.steps["ok"].status == "succeeded"
+        assert (await until(a, execution_id, lambda e: e.status.finished)).status == "completed"
+
+
 async def test_a_process_past_its_hold_answers_from_the_database_not_from_memory(schema: str) -> None:
     async with node(schema, "a") as a:
         assert a.cluster is not None
