@@ -157,3 +157,6 @@ class PostgresRenewer:
                 self._conn = None
             conn.close()
             raise
+        finally:
+            if self._conn is not conn:  # abandoned while it hung: nobody else closes it
+                conn.close()
