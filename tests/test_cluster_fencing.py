@@ -261,7 +261,9 @@ class ProxiedListener(PostgresStore):
         return psycopg.Connection.connect(psycopg.conninfo.make_conninfo(**info), autocommit=True)
 
 
-async def test_a_silent_listen_connection_is_noticed_and_polling_takes_over(schema: str) -> None:
+async def test_a_silent_listen_connection_is_noticed_and_polling_takes_over(schema: str,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cluster_node, "MIN_SILENCE_S", 1.0)  # (three beats of the test's TTL are less)
     info = psycopg.conninfo.conninfo_to_dict(DSN)
     async with tcp_proxy(str(info.get("host", "127.0.0.1")), int(info.get("port", 5432))) as proxy:
         store = ProxiedListener(DSN, pool_max=3, schema=schema)

@@ -61,7 +61,7 @@ COMMAND_RETENTION_S = 24 * 3600
 TAKEOVER_SHARE = 100  # executions claimed per round at most: the survivors share a dead process's
 POLL_S = 0.5  # while the notifications are down
 SILENCE_BEATS = 3  # the LISTEN connection is given up when no own ping came back for this many beats
-MIN_SILENCE_S = 2.0  # (and at least this long: a short TTL under load is no sign of a silent connection)
+MIN_SILENCE_S = 5.0  # (and at least this long: a short TTL under load is no sign of a silent connection)
 FORGET_SKIPPED_ROUNDS = 30  # runbooks found impossible to run here are tried again after this many rounds
 
 
