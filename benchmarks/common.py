@@ -155,13 +155,17 @@ def commit_id() -> str:
 
 def _read_head(git: pathlib.Path) -> str:
     try:
+        if git.is_file():  # a worktree: ".git" names its git directory, which names the shared one
+            git = (git.parent / git.read_text().strip().removeprefix("gitdir: ")).resolve()
+        common = (git / (git / "commondir").read_text().strip()).resolve() if (git / "commondir").exists() else git
         head = (git / "HEAD").read_text().strip()
         if not head.startswith("ref: "):
             return head[:7]
         ref = head[5:]
-        if (git / ref).exists():
-            return (git / ref).read_text().strip()[:7]
-        for line in (git / "packed-refs").read_text().splitlines():
+        for directory in (git, common):
+            if (directory / ref).exists():
+                return (directory / ref).read_text().strip()[:7]
+        for line in (common / "packed-refs").read_text().splitlines():
             if line.endswith(" " + ref):
                 return line.split()[0][:7]
     except OSError:

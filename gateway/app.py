@@ -96,6 +96,7 @@ def _check_role(route: Route) -> None:
 def _install_edge(app: QuartTrio, gateway: GatewayState) -> None:
     cors = Cors(gateway.config.cors_origins) if gateway.config.enable_cors else None
     detailed = gateway.config.detailed_logging
+    instance = gateway.config.instance_id
 
     @app.before_request
     async def begin() -> Response | None:
@@ -113,6 +114,7 @@ def _install_edge(app: QuartTrio, gateway: GatewayState) -> None:
         if cors is not None:
             cors.decorate(request.headers, response)
         response.headers["X-Request-Id"] = g.get("request_id") or uuid.uuid4().hex
+        response.headers["X-Runbooks-Instance"] = instance  # which process answered (--workers N, a cluster)
         if response.status_code == 413:  # the rest of the body is never read: do not reuse the connection
             response.headers["Connection"] = "close"
         _account(gateway.metrics, response, detailed)

@@ -11,7 +11,7 @@ from werkzeug.datastructures import Headers
 
 ALLOW_METHODS = "GET, POST, OPTIONS"
 ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Request-Id, X-Tenant-Id, X-User-Id"
-EXPOSE_HEADERS = "Location, X-Request-Id"
+EXPOSE_HEADERS = "Location, X-Request-Id, X-Runbooks-Instance"
 MAX_AGE_S = 600
 
 

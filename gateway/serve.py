@@ -18,6 +18,7 @@ Order of a run:
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import pathlib
@@ -28,13 +29,23 @@ from typing import Any
 
 import trio
 from hypercorn.config import Config as HyperConfig
-from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.config import Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
 
 from gateway.app import create_app
 from gateway.config import Config, ConfigError
 from gateway.metrics import create_metrics
+from gateway.workers import (
+    WorkerLink,
+    check_can_share,
+    reuse_port_socket,
+    serve_workers,
+    worker_count,
+)
 from runtime import (
     NotFound,
+    Problem,
     Runbook,
     Runtime,
     StoreInUse,
@@ -43,6 +54,7 @@ from runtime import (
     check_store_url,
     open_runtime,
 )
+from runtime.documents.lines import located, with_lines
 from runtime.io import tracing
 from runtime.model.wire import load_document
 from runtime.sources.manager import open_sources
@@ -56,20 +68,23 @@ Trigger = Callable[[], Awaitable[Any]]
 
 
 async def serve(config: Config, *, prepare: Callable[[Runtime], None] | None = None,
-                shutdown_trigger: Trigger | None = None,
+                shutdown_trigger: Trigger | None = None, reuse_port: bool = False,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve until SIGINT/SIGTERM (or until ``shutdown_trigger`` returns, if given).
 
     ``prepare(runtime)`` runs before RUNBOOKS_DIR is loaded (register custom step types
-    there). ``task_status.started`` receives the bound URLs. Raises ``ConfigError`` for a
-    bad configuration, a store URL the runtime does not know, or a bad RUNBOOKS_DIR file.
+    there). ``task_status.started`` receives the bound URLs. ``reuse_port``: bind with
+    SO_REUSEPORT, beside the other workers of ``runbooks serve --workers N``. Raises
+    ``ConfigError`` for a bad configuration, a store URL the runtime does not know, or a bad
+    RUNBOOKS_DIR file.
     """
     config.check_can_serve()
+    hyper = _hypercorn_config(config, reuse_port)
     if shutdown_trigger is not None:
-        await _serve(config, prepare, _Shutdown(shutdown_trigger, None), task_status)
+        await _serve(config, hyper, prepare, _Shutdown(shutdown_trigger, None), task_status)
         return
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        await _serve(config, prepare, _Shutdown(None, signals), task_status)
+        await _serve(config, hyper, prepare, _Shutdown(None, signals), task_status)
 
 
 class _Shutdown:
@@ -96,22 +111,23 @@ class _Shutdown:
             return
 
 
-async def _serve(config: Config, prepare: Callable[[Runtime], None] | None, shutdown: _Shutdown,
-                 task_status: trio.TaskStatus[list[str]]) -> None:
+async def _serve(config: Config, hyper: HyperConfig, prepare: Callable[[Runtime], None] | None,
+                 shutdown: _Shutdown, task_status: trio.TaskStatus[list[str]]) -> None:
     store = _store_url(config)
     metrics, batch_observer = create_metrics()
     stop_tracing = tracing.configure_otlp(config.instance_id) if config.otel_exporter_otlp_endpoint else None
     try:
-        await _serve_runtime(config, prepare, shutdown, task_status, store, metrics, batch_observer)
+        await _serve_runtime(config, hyper, prepare, shutdown, task_status, store, metrics, batch_observer)
     finally:
         if stop_tracing is not None:  # export the spans still queued (bounded by the exporter's timeout)
             await trio.to_thread.run_sync(stop_tracing)
     logger.info("stopped")
 
 
-async def _serve_runtime(config: Config, prepare: Callable[[Runtime], None] | None, shutdown: _Shutdown,
-                         task_status: trio.TaskStatus[list[str]], store: str, metrics: Any,
+async def _serve_runtime(config: Config, hyper: HyperConfig, prepare: Callable[[Runtime], None] | None,
+                         shutdown: _Shutdown, task_status: trio.TaskStatus[list[str]], store: str, metrics: Any,
                          batch_observer: Any) -> None:
+    sockets = _bound(hyper)  # first: a port that is taken stops start-up before the store is touched
     try:
         async with open_runtime(store, pool_max=config.db_pool_max, settings=config.settings(),
                                 batch_observer=batch_observer) as runtime:
@@ -128,13 +144,24 @@ async def _serve_runtime(config: Config, prepare: Callable[[Runtime], None] | No
                     app.extensions["runbooks"].streams.close_all()
                     server.start_soon(shutdown.escalate, server.cancel_scope, name="second signal")
 
-                await hypercorn_serve(app, _hypercorn_config(config), shutdown_trigger=trigger,  # type: ignore[arg-type]
-                                      task_status=task_status)
+                await worker_serve(wrap_app(app, hyper.wsgi_max_body_size, "asgi"), hyper,  # type: ignore[arg-type]
+                                   sockets=sockets, shutdown_trigger=trigger, task_status=task_status)
                 server.cancel_scope.cancel()
             logger.info("server stopped; closing the runtime")
     except BaseExceptionGroup as group:
         _raise_config_errors(group)
         raise
+    finally:
+        for sock in sockets.insecure_sockets:
+            sock.close()
+
+
+def _bound(hyper: HyperConfig) -> Sockets:
+    """The listening sockets of ``hyper.bind`` (OSError when the address is taken)."""
+    sockets = hyper.create_sockets()
+    for sock in sockets.insecure_sockets:
+        sock.listen(hyper.backlog)
+    return sockets
 
 
 def _raise_config_errors(group: BaseExceptionGroup[Any]) -> None:
@@ -161,11 +188,14 @@ def _store_url(config: Config) -> str:
         raise ConfigError(f"STORAGE_BACKEND: the {config.storage_backend} store is not available: {exc}") from None
 
 
-def _hypercorn_config(config: Config) -> HyperConfig:
+def _hypercorn_config(config: Config, reuse_port: bool) -> HyperConfig:
     hyper = HyperConfig()
     host = f"[{config.host}]" if ":" in config.host and not config.host.startswith("[") else config.host
     hyper.bind = [f"{host}:{config.port}"]
+    if reuse_port:  # bound here, handed over as a descriptor: hypercorn sets SO_REUSEPORT only for its own workers
+        hyper.bind = [f"fd://{reuse_port_socket(config.host, config.port).detach()}"]
     hyper.accesslog = None  # the gateway logs each request itself (runbooks.gateway)
+    hyper.errorlog = logging.getLogger("hypercorn.error")  # through our handler only ("-" adds a second)
     hyper.graceful_timeout = GRACEFUL_TIMEOUT_S
     return hyper
 
@@ -177,7 +207,8 @@ async def load_runbooks_dir(runtime: Runtime, directory: str | None) -> list[Run
 
     Every file is checked before any is registered; problems raise one ``ConfigError``
     naming each bad file and its problems. A document equal to the latest registered
-    version is not registered again.
+    version is not registered again (the store decides, so processes started together with
+    one directory register each runbook once); the list holds the new versions.
     """
     if directory is None:
         return []
@@ -186,7 +217,10 @@ async def load_runbooks_dir(runtime: Runtime, directory: str | None) -> list[Run
     for path, document in documents:
         if await _unchanged(runtime, document):
             continue
+        asked_at = runtime.now()
         runbook = await runtime.register_runbook(document, tenant_id=None)
+        if runbook.created_at is not None and runbook.created_at < asked_at:
+            continue  # another process registered the same document just before
         logger.info("registered shared runbook %s version %d from %s", runbook.id, runbook.version, path.name)
         registered.append(runbook)
     return registered
@@ -199,13 +233,17 @@ async def _read_documents(runtime: Runtime, directory: pathlib.Path) -> list[tup
     owners: dict[str, pathlib.Path] = {}
     for path in paths:
         try:
-            document = load_document(await trio.Path(path).read_bytes())
-        except (OSError, ValidationError) as exc:
-            errors.append(f"{path}: {_problems_text(exc)}")
+            text = await trio.Path(path).read_bytes()
+            document = load_document(text)
+        except OSError as exc:
+            errors.append(f"{path}: {_one_line(str(exc))}")
+            continue
+        except ValidationError as exc:
+            errors.append(_problems_text(path, exc.problems))
             continue
         problems = runtime.validate_runbook(document)
         if problems:
-            errors.append(f"{path}: {_problems_text(ValidationError(problems))}")
+            errors.append(_problems_text(path, with_lines(problems, text)))
         elif document["id"] in owners:
             errors.append(f"{path}: runbook id '{document['id']}' is also defined in {owners[document['id']]}")
         else:
@@ -222,10 +260,9 @@ def _runbook_files(directory: pathlib.Path) -> list[pathlib.Path]:
                   if p.suffix.lower() in RUNBOOK_SUFFIXES and p.is_file() and not is_test_file(p))
 
 
-def _problems_text(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{p.path}: {_one_line(p.message)}" for p in exc.problems)
-    return _one_line(str(exc))
+def _problems_text(path: pathlib.Path, problems: list[Problem]) -> str:
+    """``FILE:LINE: PATH (step 'ID'): MESSAGE`` for each problem, on one line."""
+    return "; ".join(_one_line(located(str(path), p)) for p in problems)
 
 
 def _one_line(text: str) -> str:
@@ -249,10 +286,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", help="memory, sqlite:///file.db or postgresql://... "
                                         "(STORAGE_BACKEND with SQLITE_PATH or DATABASE_URL)")
     parser.add_argument("--runbooks-dir", help="register the runbooks of DIR at start (RUNBOOKS_DIR)")
+    parser.add_argument("--workers", help="serve with N processes on one port (PostgreSQL store only; default 1)")
+    parser.add_argument("--worker-link", help=argparse.SUPPRESS)  # PID:FD, set by the supervisor of --workers
 
 
 def serve_main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    """``runbooks serve [--host HOST] [--port PORT] [--store URL] [--runbooks-dir DIR]``; the exit status.
+    """``runbooks serve [--host HOST] [--port PORT] [--store URL] [--runbooks-dir DIR] [--workers N]``;
+    the exit status.
 
     Exit 0 after a graceful shutdown, 2 on a bad configuration, 1 when the store cannot be
     opened (one line on stderr either way).
@@ -264,9 +304,17 @@ def serve_main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
 
 def serve_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
     try:
-        config = Config.from_env({**(os.environ if env is None else env), **_overrides(args)})
+        variables = {**(os.environ if env is None else env), **_overrides(args)}
+        config = Config.from_env(variables)
+        count = worker_count(args.workers)
+        check_can_share(config, count)
+        link = WorkerLink.parse(args.worker_link) if args.worker_link is not None else None
+        if link is not None:
+            link.follow_parent()
         _setup_logging(config)
-        _run(config)
+        if count > 1:
+            return serve_workers(config, count, variables)
+        _run(config, link)
     except ConfigError as exc:
         print(f"runbooks serve: {exc}", file=sys.stderr)
         return 2
@@ -276,11 +324,11 @@ def serve_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = No
     return 0
 
 
-def _run(config: Config) -> None:
+def _run(config: Config, link: WorkerLink | None) -> None:
     """``serve`` in a Trio run; an OSError (the port is taken...) becomes one ConfigError line."""
     where = f"{config.host}:{config.port}"
     try:
-        trio.run(serve, config)
+        trio.run(serve, config) if link is None else trio.run(_serve_as_worker, config, link)
     except StoreInUse as exc:
         raise ConfigError(str(exc)) from None
     except OSError as exc:
@@ -294,6 +342,20 @@ def _run(config: Config) -> None:
             raise
         first = _leaves(errors)[0]
         raise ConfigError(f"cannot serve on {where}: {getattr(first, 'strerror', None) or first}") from None
+
+
+async def _serve_as_worker(config: Config, link: WorkerLink) -> None:
+    """One of the workers of ``--workers N``: SO_REUSEPORT, and a word to the supervisor once serving.
+
+    Raises what ``serve`` raises (not wrapped in this function's nursery's group)."""
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(functools.partial(serve, config, reuse_port=True))
+            link.ready()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, str]:

@@ -88,6 +88,12 @@ class PersistenceActor:
             self._committed(1, time.perf_counter() - started)
             return result
 
+    @property
+    def idle(self) -> bool:
+        """Nothing is being committed and nothing waits to be."""
+        stats = self.mailbox_statistics()
+        return not self._batch and (stats is None or stats.current_buffer_used == 0)
+
     def mailbox_statistics(self) -> trio.MemoryChannelStatistics | None:
         return self._mailbox.statistics() if self._mailbox is not None else None
 

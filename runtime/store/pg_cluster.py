@@ -132,6 +132,11 @@ AND NOT EXISTS (SELECT 1 FROM executions e WHERE e.owner = i.owner AND e.status 
 
 DATABASE_NOW = "SELECT now()"
 
+# How many other instances have a live incarnation (for the log line of a graceful stop).
+OTHERS_ALIVE = """
+SELECT count(DISTINCT instance_id) FROM incarnations
+WHERE instance_id <> %(id)s AND expires_at > now() AND NOT replaced"""
+
 # -- ownership
 
 # At start: every unfinished execution of an earlier incarnation of this instance id is
@@ -207,6 +212,8 @@ SELECT id, kind, body FROM commands WHERE execution_id = %s AND applied_at IS NU
 
 OUTCOME = "SELECT applied_at IS NOT NULL, outcome FROM commands WHERE id = %s"
 
+COMMAND = "SELECT execution_id, applied_at IS NOT NULL, outcome FROM commands WHERE id = %s"
+
 RECORD_OUTCOME = """
 UPDATE commands SET applied_at = now(), outcome = %s::json WHERE id = %s AND applied_at IS NULL"""
 
@@ -215,6 +222,16 @@ UPDATE commands SET applied_at = now(), outcome = %s::json WHERE id = %s AND app
 COMMANDS_AFTER = "SELECT seq, execution_id, id FROM commands WHERE seq > %s AND applied_at IS NULL ORDER BY seq"
 
 VERSIONS = "SELECT id, version FROM executions WHERE id = ANY(%s)"
+
+# Finished executions with commands nobody applied (a control that raced the end, a child's
+# end after its parent was cancelled): those this process resolves, its own incarnation's
+# (``id``) and those of incarnations that are gone.
+LEFTOVERS = f"""
+SELECT DISTINCT e.id, e.epoch, e.owner, e.status
+FROM commands c JOIN executions e ON e.id = c.execution_id LEFT JOIN incarnations i ON i.owner = e.owner
+WHERE c.applied_at IS NULL AND e.status NOT IN {UNFINISHED}
+  AND (e.owner = %(id)s OR e.owner IS NULL OR i.owner IS NULL OR i.expires_at < now() OR i.replaced)
+LIMIT %(limit)s"""
 
 SWEEP_COMMANDS = "DELETE FROM commands WHERE applied_at < now() - %s * interval '1 second'"
 

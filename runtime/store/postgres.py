@@ -292,17 +292,26 @@ class PostgresStore(SqlStore):
 
     def _write_batch(self, attempt: _Attempt) -> None:
         conn = self._writer()
-        # in pipeline mode BEGIN, the fence and every write go out together: one round trip
-        # and the COMMIT (a read that needs an answer, such as a start's insert, syncs early)
-        with conn.pipeline(), conn.transaction(), conn.cursor() as cursor:
-            cursor.execute(_MARK_BATCH, (attempt.marker,))  # first: a retry waits here for a COMMIT in progress
-            writer = PostgresWriter(cursor, self.dialect, self.ledger.channel, self.ledger.nonce)
-            results = apply_batch(attempt.changes, writer)
-            writer.check_fences()
-            self._batches += 1
-            if self._batches % SWEEP_EVERY == 0:
-                cursor.execute(_SWEEP_BATCHES)
-            attempt.results = results
+        # One pipeline: BEGIN, every write and the COMMIT go out together and are answered
+        # together, when the pipeline ends: one round trip (a read that needs its answer
+        # earlier, such as a start's insert or an owner's fence, syncs early). BEGIN and COMMIT
+        # are sent as statements: psycopg's transaction block would sync after BEGIN, before
+        # COMMIT and once more after it, three round trips of nothing but waiting.
+        try:
+            with conn.pipeline(), conn.cursor() as cursor:
+                cursor.execute("BEGIN")
+                cursor.execute(_MARK_BATCH, (attempt.marker,))  # first: a retry waits here for a COMMIT in progress
+                writer = PostgresWriter(cursor, self.dialect, self.ledger.channel, self.ledger.nonce)
+                results = apply_batch(attempt.changes, writer)
+                writer.check_fences()
+                self._batches += 1
+                if self._batches % SWEEP_EVERY == 0:
+                    cursor.execute(_SWEEP_BATCHES)
+                attempt.results = results
+                cursor.execute("COMMIT")
+        except BaseException:
+            _roll_back(conn)
+            raise
 
     def _batch_committed(self, marker: str) -> bool:
         with self._writer().cursor() as cursor:
@@ -397,6 +406,14 @@ class _Attempt:
     changes: Sequence[Change]
     marker: str
     results: list[ChangeResult] | None = None
+
+
+def _roll_back(conn: Connection) -> None:
+    """End a batch's transaction that did not commit (a connection that broke needs nothing:
+    the server rolled it back, and the next commit replaces the connection)."""
+    if not conn.broken and not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        with suppress(psycopg.Error):
+            conn.rollback()
 
 
 def _fetched(cursor: psycopg.Cursor[tuple[Any, ...]]) -> list[Row]:
