@@ -150,7 +150,8 @@ def _assemble(store: Store, settings: Settings, http: httpx.AsyncClient, persist
     cluster = _cluster(store, read, directory, catalog, hub, settings)
     routing = Routing(store, read, commit, settings, directory, hub, catalog, router, cluster)
     starter = Starter(store, read, commit, clock, catalog, directory, hub, routing.fetch, max_hops=settings.max_hops,
-                      owner=cluster.instance_id if cluster is not None else None,
+                      owner=cluster.owner if cluster is not None else None,
+                      acting=cluster.acting if cluster is not None else None,
                       max_descendants=settings.max_descendants,
                       max_active_descendants=settings.max_active_descendants_per_tenant)
     secrets = Secrets(settings.secrets_file, settings.secrets_env)
@@ -223,7 +224,7 @@ def _execution_host(runtime: Runtime, commit: CommitChange, timers: Timers) -> E
         types=catalog.types, services=runtime.services, default_policy=runtime.settings.default_retry_policy,
         router=runtime.router, timers=timers, left=left, incarnation=directory.next_incarnation,
         start_child=runtime.children.start, cancel_child=runtime.children.cancel, notify=runtime.notifier.send,
-        owner=cluster.instance_id if cluster else None, pending_commands=cluster.pending if cluster else None,
+        owner=cluster.owner if cluster else None, pending_commands=cluster.pending if cluster else None,
         hand=cluster.hand if cluster else None, applied=directory.applied,
     )
 
@@ -247,6 +248,7 @@ async def _recover(runtime: Runtime, nursery: trio.Nursery) -> None:
     """Start every unfinished execution this process runs (recovery is the start path)."""
     read, store, directory = runtime.read, runtime.store, runtime.directory
     if runtime.cluster is not None:
+        await runtime.cluster.set_clock(runtime.clock)  # before anything is armed
         for execution_id in await runtime.cluster.start(nursery):
             directory.start(execution_id, await read(store.get_execution, execution_id), taken_over=True)
         await runtime.cluster.take_over()

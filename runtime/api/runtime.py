@@ -75,6 +75,8 @@ class Runtime(ExecutionControl, ExecutionReads, DecisionLinks):
         store answers (failing commits are known at once, without a round trip)."""
         if not self.persistence.stats.healthy:
             raise ConnectionError(f"commits are failing: {self.persistence.stats.last_error or 'unknown error'}")
+        if self.cluster is not None and (cause := self.cluster.not_ready()) is not None:
+            raise ConnectionError(cause)
         try:
             await self.read(self.store.ping)
         except StoreUnavailable as exc:
@@ -88,7 +90,7 @@ class Runtime(ExecutionControl, ExecutionReads, DecisionLinks):
         arguments.check_ids(type_name=type_name)
         self.catalog.register_executor(type_name, executor)
         if self.cluster is not None:
-            self.cluster.soon(self.cluster.take_over)
+            self.cluster.types_changed()
 
     def validate_runbook(self, document: Any) -> list[Problem]:
         """Every problem of a document (nothing is registered)."""
