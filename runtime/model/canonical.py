@@ -9,6 +9,10 @@ numbers in ECMAScript's shortest round-trip form (``1e+21``, ``0.000001``, ``1.5
 double it becomes. A lone surrogate (not text, but a Python string may hold one) is escaped
 as ``\\udxxx``, as ECMAScript does since 2019. NaN and infinities have no JSON form:
 ``ValueError``; a value JSON has no type for: ``TypeError``.
+
+Most values (no float, integers a double holds, ASCII keys, no lone surrogate) are written
+by the standard library's C encoder with sorted keys, which gives the same text much faster
+(the audit ledger hashes every entry); the rest take the general path.
 """
 
 from __future__ import annotations
