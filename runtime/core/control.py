@@ -149,7 +149,8 @@ def _retry(t: Transition, message: RetryStep) -> None:
         t.set_execution(status=ES.QUEUED, deadline_at=None)
         t.slot = SlotClaim(ex.tenant_id, ex.concurrency_key, int(t.plan.runbook.concurrency["limit"]))
     t.audits.append(AuditEntry(ex.id, t.now, message.actor, "step.retry", step_id,
-                                     ex.context.get("legalBasis"), message.reason, {"reset": reset}))
+                                     ex.context.get("legalBasis"), message.reason, {"reset": reset},
+                                     tenant_id=ex.tenant_id))
     t.log("info", "step retry requested", step_id, reset=reset)
     t.state.pending = list(t.plan.steps)
     t.state.blocked_on.clear()
