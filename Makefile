@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench torture clean
+.PHONY: run test lint typecheck bench torture chaos clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,6 +31,18 @@ test: lint
 ROUNDS ?= 20
 torture: $(STAMP)
 	RUNBOOKS_TORTURE_ROUNDS=$(ROUNDS) $(VENV)/bin/pytest tests/test_torture.py -s
+
+# `chaos` runs the fault-injection rounds of tests/chaos/ (three serve processes on one PostgreSQL
+# schema, faults drawn from each seed) for SEEDS seeds from FIRST, or until BUDGET_S seconds
+# have passed (0: no limit); FAULTS=twin,stall narrows the fault kinds drawn. `make test` runs one
+# short round.
+SEEDS ?= 20
+FIRST ?= 1
+BUDGET_S ?= 0
+FAULTS ?= all
+chaos: $(STAMP)
+	$(PY) -m tests.chaos --seeds $(SEEDS) --first $(FIRST) --budget-s $(BUDGET_S) \
+		$(if $(filter all,$(FAULTS)),,--faults $(FAULTS))
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy actors runtime

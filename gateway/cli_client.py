@@ -1,5 +1,6 @@
 """The client commands of ``runbooks``: start, list, status, watch, approve, delegate, pause,
-resume, cancel, retry, replay, logs, publish and approvals, against a running server.
+resume, cancel, retry, replay, logs, publish, approvals, explain, complete, skip and fork,
+against a running server.
 
 Every command takes ``--server URL`` (default ``RUNBOOKS_SERVER``, else
 ``http://127.0.0.1:3000``; ``host:port`` alone means http), ``--token`` (default
@@ -110,6 +111,25 @@ def add_client_commands(commands: Any) -> None:
     publish.add_argument("key", help="the correlation key")
     publish.add_argument("--payload", help="JSON text, or @file.json")
     command("approvals", _approvals, "the approval steps waiting for my decision")
+    complete = execution(command("complete", _complete, "complete a failed, waiting or awaiting-approval step "
+                                                        "by hand: the execution goes on as if it had succeeded"))
+    complete.add_argument("step")
+    complete.add_argument("--output", help="the step's output: JSON text, or @file.json (default: null)")
+    complete.add_argument("--justification", required=True, help="what was done by hand, and why")
+    complete.add_argument("--evidence", help="what shows it: JSON text, or @file.json")
+    complete.add_argument("--legal-basis", help="when the runbook requires one")
+    skip = execution(command("skip", _skip, "skip a failed, waiting or awaiting-approval step by hand"))
+    skip.add_argument("step")
+    skip.add_argument("--justification", required=True, help="why the step is not needed")
+    skip.add_argument("--legal-basis", help="when the runbook requires one")
+    fork = execution(command("fork", _fork, "start a new execution that keeps the outputs of the steps before "
+                                            "STEP and runs the rest"))
+    fork.add_argument("step", help="the first step to run again")
+    fork.add_argument("--input", help="a new input: JSON text, or @file.json (default: the old one)")
+    fork.add_argument("--version", type=int, help="a version of the runbook (default: the old one's)")
+    fork.add_argument("--reason")
+    explain = execution(command("explain", _explain, "why an execution and its steps are as they are"))
+    explain.add_argument("step", nargs="?", help="only this step")
 
 
 def run_client_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -304,6 +324,51 @@ def _replay(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
     return _show_execution(execution, args, out, f"replay of {args.id}: ")
 
 
+def _complete(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
+    body: dict[str, Any] = {"output": json_argument("--output", args.output, default=None),
+                            "justification": args.justification}
+    if args.evidence is not None:
+        body["evidence"] = json_argument("--evidence", args.evidence, default=None)
+    if args.legal_basis:
+        body["context"] = {"legalBasis": args.legal_basis}
+    answer = client.control(f"/api/v1/executions/{args.id}/steps/{args.step}/complete", body)
+    return _show_execution(answer, args, out, f"{args.step}: completed by hand; ",
+                           action=f"completion of {args.step}")
+
+
+def _skip(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
+    body: dict[str, Any] = {"justification": args.justification}
+    if args.legal_basis:
+        body["context"] = {"legalBasis": args.legal_basis}
+    answer = client.control(f"/api/v1/executions/{args.id}/steps/{args.step}/skip", body)
+    return _show_execution(answer, args, out, f"{args.step}: skipped by hand; ", action=f"skip of {args.step}")
+
+
+def _fork(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
+    body: dict[str, Any] = {"fromStep": args.step}
+    if args.input is not None:
+        body["input"] = json_argument("--input", args.input)
+    if args.version is not None:
+        body["version"] = args.version
+    if args.reason:
+        body["reason"] = args.reason
+    execution = client.post(f"/api/v1/executions/{args.id}/fork", body)
+    return _show_execution(execution, args, out, f"fork of {args.id} from {args.step}: ")
+
+
+def _explain(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
+    answer = client.get(f"/api/v1/executions/{args.id}/explain", {"stepId": args.step})
+    if args.json:
+        _print_json(answer, out)
+        return 0
+    for item in answer["items"]:
+        name = f"step {item['stepId']}" if item["stepId"] is not None else f"execution {args.id}"
+        print(f"{name}: {item['status']}", file=out)
+        for reason in item["reasons"]:
+            print(f"  {reason}", file=out)
+    return 0
+
+
 def _show_execution(answer: dict[str, Any] | Queued, args: argparse.Namespace, out: TextIO, prefix: str = "",
                     action: str = "") -> int:
     if args.json:
@@ -351,10 +416,12 @@ def _publish(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
         _print_json(result, out)
     elif result["delivered"]:
         print(f"delivered to {result['delivered']} waiting step(s)", file=out)
-    else:  # the API does not say whether a step waits whose filter refused the event
-        kept = "retained for the first step that will" if result["retained"] else "not retained"
-        print(f"no waiting step took it (none waits for it, or the filter of each that waits refused it): {kept}",
-              file=out)
+    else:
+        kept = "retained for the first step that will take it" if result["retained"] else "not retained"
+        refused = result.get("refusedByFilter") or 0
+        why = (f"a step waits but its filter refused the event ({refused} step(s))" if refused
+               else "no step waits for it")
+        print(f"not delivered: {why}; {kept}", file=out)
     return 0
 
 

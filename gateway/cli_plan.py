@@ -22,6 +22,7 @@ import attrs
 from gateway.case_report import duration_text
 from gateway.cli_run import UsageError, json_argument
 from gateway.cli_test import quiet_engine
+from runtime.core.explain import explain
 from runtime.kinds.approval_inbox import rendered_config
 from runtime.model import Execution, Runbook, StepState, StepStatus
 from runtime.testing import Moment, Outcome, load_plan, run_case
@@ -75,9 +76,11 @@ def plan_lines(outcome: Outcome) -> list[str]:
 
 
 def reasons(execution: Execution, runbook: Runbook) -> Mapping[str, list[str]]:
-    """Why each step is as it is, in sentences, by step id (none yet: the engine keeps no
-    decision records to read them from)."""
-    return {}
+    """Why each step is as it is, in the sentences of ``runbooks explain``, by step id."""
+    depends_on = {step.id: tuple(step.depends_on or ()) for step in runbook.steps}
+    no_reply = f": {NO_REPLY}: "  # a call with no reply is shown with the step's calls
+    return {item.step_id: [reason for reason in item.reasons if no_reply not in reason]
+            for item in explain(execution, depends_on=depends_on) if item.step_id is not None}
 
 
 def _order(execution: Execution, timeline: tuple[Moment, ...]) -> list[str | Moment]:
@@ -121,12 +124,7 @@ def _what(step_id: str, state: StepState, execution: Execution, runbook: Runbook
     status = state.status
     if status in (StepStatus.WAITING, StepStatus.AWAITING_APPROVAL):
         return [_wait(runbook, rendered_config(execution, runbook, step_id), status, step_id)]
-    if state.type == "conditional" and isinstance(state.output, Mapping):
-        branch = ", ".join(state.output.get("branch") or []) or "no branch"
-        return [f"{'true' if state.output.get('result') else 'false'} -> {branch}"]
-    if state.error is not None and state.error.code != NO_REPLY:
-        return [f"{state.error.code}: {state.error.message}"]
-    return []
+    return []  # (a decision, an error: in the sentences of ``reasons``)
 
 
 def _wait(runbook: Runbook, config: Mapping[str, Any], status: StepStatus, step_id: str) -> str:

@@ -43,6 +43,7 @@ from runtime import (
     check_store_url,
     open_runtime,
 )
+from runtime.documents.lines import located, with_lines
 from runtime.documents.triggers import rfc3339, triggers_of
 from runtime.kinds.approval_inbox import awaiting_steps, rendered_config
 from runtime.model.wire import load_document, to_json
@@ -132,8 +133,10 @@ def validate_files(files: list[str], out: TextIO) -> int:
             print(f"{name}: cannot read: {exc.strerror}", file=out)
             failed = True
             continue
+        if document and problems:
+            problems = with_lines(problems, pathlib.Path(name).read_bytes())
         for problem in problems:
-            print(f"{name}: {problem.path}: {problem.message}", file=out)
+            print(located(name, problem), file=out)
         if not problems:
             print(f"{name}: valid", file=out)
             for line in trigger_lines(document):
@@ -263,8 +266,7 @@ class _Follow:
         return f"{step_id}: {what}; no terminal to ask on: run on a terminal, or {where}"
 
     async def _approve(self, execution: Execution, step_id: str, config: dict[str, Any]) -> None:
-        while self.rt.get(execution.id).steps[step_id].status is StepStatus.AWAITING_APPROVAL:
-            current = self.rt.get(execution.id)
+        while (current := await self.rt.get(execution.id)).steps[step_id].status is StepStatus.AWAITING_APPROVAL:
             runbook = await self.rt.get_runbook(current.runbook_id, current.runbook_version,
                                                 tenant_id=current.tenant_id)
             [item] = [i for i in awaiting_steps(current, runbook) if i.step_id == step_id]
@@ -284,7 +286,7 @@ class _Follow:
 
     async def _send_event(self, execution: Execution, step_id: str, config: dict[str, Any]) -> None:
         event_type, key = str(config.get("eventType")), str(config.get("correlationKey"))
-        while self.rt.get(execution.id).steps[step_id].status is StepStatus.WAITING:
+        while (await self.rt.get(execution.id)).steps[step_id].status is StepStatus.WAITING:
             answer = await self._ask(f"{step_id}: waiting for event {event_type!r} with key {key!r}; "
                                      "payload JSON to send (empty: {}): ")
             try:
@@ -293,7 +295,7 @@ class _Follow:
                 print(f"  not JSON: {exc}", file=self.out)
                 continue
             await self.rt.publish_event(event_type, key, payload, tenant_id=execution.tenant_id)
-            if self.rt.get(execution.id).steps[step_id].status is StepStatus.WAITING:
+            if (await self.rt.get(execution.id)).steps[step_id].status is StepStatus.WAITING:
                 print(f"  {step_id} still waits: the event did not match its filter", file=self.out, flush=True)
 
     async def _ask(self, question: str) -> str:

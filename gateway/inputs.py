@@ -191,6 +191,53 @@ def approval_request(body: Any) -> ApprovalRequest:
 
 
 @attrs.frozen
+class ByHandRequest:
+    """A step completed (``complete``: with ``output``) or skipped by hand."""
+
+    justification: str
+    legal_basis: str | None
+    output: Any = None
+    evidence: Any = None
+
+
+def by_hand_request(body: Any, *, complete: bool) -> ByHandRequest:
+    problems = Problems()
+    allowed = ("output", "justification", "evidence", "context") if complete else ("justification", "context")
+    fields = Fields(body, problems, allowed)
+    justification = fields.text("justification", required=True)
+    context = fields.get("context", dict, "an object") or {}
+    legal_basis = context.get("legalBasis")
+    if legal_basis is not None and not isinstance(legal_basis, str):
+        problems.type_error("context.legalBasis", "must be a string")
+    elif legal_basis is not None:
+        legal_basis = text_value(problems, "context.legalBasis", legal_basis, False, 10_000)
+    if complete and "output" not in fields.data:
+        problems.invalid("output", "required: what the step would have output (null is an output)")
+    problems.raise_if_any()
+    assert justification is not None
+    return ByHandRequest(justification, legal_basis, fields.data.get("output"), fields.data.get("evidence"))
+
+
+@attrs.frozen
+class ForkRequest:
+    from_step: str
+    version: int | None
+    input: Any  # MISSING_INPUT: the old execution's
+    reason: str | None
+
+
+def fork_request(body: Any, missing: Any) -> ForkRequest:
+    problems = Problems()
+    fields = Fields(body, problems, ("fromStep", "input", "version", "reason"))
+    from_step = fields.text("fromStep", required=True, max_length=128)
+    version = fields.integer("version", 1, MAX_VERSION)
+    reason = fields.text("reason")
+    problems.raise_if_any()
+    assert from_step is not None
+    return ForkRequest(from_step, version, fields.data["input"] if "input" in fields.data else missing, reason)
+
+
+@attrs.frozen
 class DelegationRequest:
     to: str
     reason: str
@@ -326,6 +373,13 @@ def logs_query() -> LogsQuery:
     )
     problems.raise_if_any()
     return result
+
+
+def step_query() -> str | None:
+    problems = Problems()
+    step_id = Query(problems).text("stepId", 128)
+    problems.raise_if_any()
+    return step_id
 
 
 def version_query() -> int | None:

@@ -117,7 +117,7 @@ def problem_response(status: int, detail: str, errors: Iterable[Problem] | None 
                      extra: dict[str, Any] | None = None) -> Response:
     if redact is not None:  # no secret value leaves in a problem (the runtime's redactor)
         detail = redact(detail)
-        errors = None if errors is None else [Problem(p.path, redact(p.message)) for p in errors]
+        errors = None if errors is None else [attrs.evolve(p, message=redact(p.message)) for p in errors]
     body = ProblemBody(status, title or _TITLES.get(status, "error"), detail,
                        tuple(errors) if errors is not None else None, slug, extra)
     response = Response(json.dumps(body.to_json(), ensure_ascii=False), status=status, content_type=PROBLEM_JSON)

@@ -3,7 +3,8 @@
 Each route of the route table (``gateway.routes``) names the one role it needs:
 
     viewer    reads (runbooks, executions, logs, evidence, audit, streams; validating a document)
-    operator  starts, controls (pause, resume, cancel), retries, replays, publishes events
+    operator  starts, controls (pause, resume, cancel), retries, completes or skips a step by
+              hand, forks, replays, publishes events
     author    registers runbooks
     admin     everything
 

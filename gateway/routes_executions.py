@@ -16,6 +16,7 @@ from gateway.shapes import (
     audit_json,
     evidence_json,
     execution_json,
+    explanation_json,
     json_response,
     log_json,
     page_json,
@@ -24,6 +25,20 @@ from gateway.shapes import (
 from gateway.sse import HEADERS, last_event_id
 from gateway.state import state
 from runtime import Execution
+from runtime.api.control import MISSING_INPUT
+
+
+async def command_status(execution_id: str, command_id: str) -> Response:
+    found = await state().runtime.command_status(execution_id, command_id, tenant_id=current_identity().tenant)
+    body: dict[str, object] = {"commandId": found.command_id, "executionId": found.execution_id,
+                               "status": found.status}
+    if found.execution is not None:
+        body["execution"] = execution_json(found.execution)
+    elif found.status == "applied":
+        body["value"] = found.value
+    if found.error is not None:
+        body["error"] = {"class": found.error[0], "message": found.error[1]}
+    return json_response(body)
 
 
 def _execution(execution: Execution, status: int = 200) -> Response:
@@ -87,6 +102,32 @@ async def retry_step(execution_id: str, step_id: str) -> Response:
     return _execution(execution)
 
 
+async def complete_step(execution_id: str, step_id: str) -> Response:
+    done = inputs.by_hand_request(await bodies.json_body(), complete=True)
+    identity = current_identity()
+    execution = await state().runtime.complete_step(
+        execution_id, step_id, output=done.output, justification=done.justification, evidence=done.evidence,
+        legal_basis=done.legal_basis, actor=identity.user, tenant_id=identity.tenant)
+    return _execution(execution)
+
+
+async def skip_step(execution_id: str, step_id: str) -> Response:
+    done = inputs.by_hand_request(await bodies.json_body(), complete=False)
+    identity = current_identity()
+    execution = await state().runtime.skip_step(execution_id, step_id, justification=done.justification,
+                                                legal_basis=done.legal_basis, actor=identity.user,
+                                                tenant_id=identity.tenant)
+    return _execution(execution)
+
+
+async def fork_execution(execution_id: str) -> Response:
+    fork = inputs.fork_request(await bodies.json_body(), MISSING_INPUT)
+    identity = current_identity()
+    execution = await state().runtime.fork(execution_id, fork.from_step, input=fork.input, version=fork.version,
+                                           actor=identity.user, reason=fork.reason, tenant_id=identity.tenant)
+    return _execution(execution, 201)
+
+
 async def replay_execution(execution_id: str) -> Response:
     control = inputs.control_request(await bodies.json_body(required=False))
     identity = current_identity()
@@ -136,6 +177,12 @@ async def execution_evidence(execution_id: str) -> Response:
 async def execution_audit(execution_id: str) -> Response:
     entries = await state().runtime.audit(execution_id, tenant_id=current_identity().tenant)
     return json_response(page_json((audit_json(entry) for entry in entries), None))
+
+
+async def explain_execution(execution_id: str) -> Response:
+    items = await state().runtime.explain(execution_id, step_id=inputs.step_query(),
+                                          tenant_id=current_identity().tenant)
+    return json_response({"items": [explanation_json(item) for item in items]})
 
 
 async def stream_execution(execution_id: str) -> Response:

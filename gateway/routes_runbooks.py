@@ -21,7 +21,8 @@ from gateway.shapes import (
     runbook_summary_json,
 )
 from gateway.state import state
-from runtime import Problem
+from runtime import Problem, ValidationError
+from runtime.documents.lines import with_lines
 
 
 async def register_runbook() -> Response:
@@ -30,14 +31,18 @@ async def register_runbook() -> Response:
         raise ApiProblem(422, f"the runbook id {document['id']!r} is reserved by this API",
                          [Problem("id", f"'{document['id']}' is reserved: GET /api/v1/runbooks/{document['id']} "
                                         "is another operation")])
-    runbook = await state().runtime.register_runbook(document, tenant_id=current_identity().tenant)
+    try:
+        runbook = await state().runtime.register_runbook(document, tenant_id=current_identity().tenant)
+    except ValidationError as error:  # each problem with the line of the text sent
+        error.problems = with_lines(error.problems, await bodies.raw_body())
+        raise
     location = f"/api/v1/runbooks/{runbook.id}?version={runbook.version}"
     return json_response({"id": runbook.id, "version": runbook.version}, 201, {"Location": location})
 
 
 async def validate_runbook() -> Response:
     document = await bodies.document_body()
-    problems = state().runtime.validate_runbook(document)
+    problems = with_lines(state().runtime.validate_runbook(document), await bodies.raw_body())
     return json_response({"valid": not problems, "errors": [p.to_json() for p in problems]})
 
 

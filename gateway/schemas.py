@@ -55,7 +55,11 @@ def page(item: str) -> Schema:
                ("items", "nextCursor"))
 
 
-_PROBLEM_ITEM = obj({"path": {"type": "string"}, "message": {"type": "string"}}, ("path", "message"))
+_PROBLEM_ITEM = obj({"path": {"type": "string"}, "message": {"type": "string"},
+                     "stepId": {"type": "string", "description": "The step the problem is in (runbook documents)."},
+                     "line": {"type": "integer", "minimum": 1,
+                              "description": "The line of the text sent that the path names (runbook documents)."}},
+                    ("path", "message"))
 
 _STEP_STATE = obj({
     "status": {"type": "string", "enum": [s.value for s in StepStatus]},
@@ -97,6 +101,7 @@ _EXECUTION = obj({
     "parentExecutionId": {**TEXT_OR_NULL, "description": "Started by a run-runbook step of this execution."},
     "parentStepId": TEXT_OR_NULL,
     "rootExecutionId": {**TEXT_OR_NULL, "description": "A child's: the execution at the top of its tree."},
+    "forkedFrom": {"type": ["object", "null"], "description": "A fork's origin: {executionId, stepId}."},
     "steps": {"type": "object", "additionalProperties": ref("StepState"),
               "description": "Keyed by step id, in document order."},
 }, ("id", "runbookId", "runbookVersion", "tenantId", "status", "input", "output", "context", "error",
@@ -175,6 +180,18 @@ SCHEMAS: dict[str, Schema] = {
                   ("commandId", "status"),
                   description="The process that runs the execution did not answer within FORWARD_WAIT_MS: "
                               "the command stays queued and is applied first by whoever runs it next."),
+    "CommandStatus": obj({
+        "commandId": {"type": "string"}, "executionId": {"type": "string"},
+        "status": {"type": "string", "enum": ["queued", "applied", "refused"]},
+        "execution": ref("Execution"),  # applied: the execution as the command left it
+        "value": {"description": "applied: what the owner answered instead of a state (an event: whether a step "
+                               "took it)"},
+        "error": obj({"class": {"type": "string"}, "message": {"type": "string"}}, ("class", "message"),
+                     description="refused: the refusal, as the owner would have answered (e.g. Conflict: the "
+                                 "execution had ended)")},
+        ("commandId", "executionId", "status"),
+        description="A command answered 202 {commandId, status: queued}: whoever runs the execution applies it "
+                    "(or refuses it, if the execution has ended)."),
     "Text": {"type": "string"},
     "ExecutionEvent": obj({"event": {"type": "string", "const": "execution"},
                            "data": {"type": "string", "description": "the execution, as JSON"},
@@ -222,6 +239,25 @@ SCHEMAS: dict[str, Schema] = {
                             "digest": {**_DIGEST, "description": "The digest the approver was shown; "
                                                                  "a stale one is 409."}},
                            ("decision",), closed=True),
+    "CompleteStepRequest": obj({
+        "output": {**ANY, "description": "What the step would have output."},
+        "justification": {"type": "string", "minLength": 1, "maxLength": 10000, "pattern": NON_BLANK_TEXT_PATTERN},
+        "evidence": {**ANY, "description": "What shows the work was done (kept as an evidence item)."},
+        "context": obj({"legalBasis": {"type": "string", "maxLength": 10000, "pattern": TEXT_PATTERN}},
+                       description="legalBasis: required when the runbook says requireLegalBasis."),
+    }, ("output", "justification"), closed=True),
+    "ForkRequest": obj({
+        "fromStep": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": NON_BLANK_TEXT_PATTERN},
+        "input": {**ANY, "description": "The new execution's input (default: the old one's)."},
+        "version": {"type": "integer", "minimum": 1, "maximum": MAX_VERSION,
+                    "description": "A version of the same runbook (default: the old one's)."},
+        "reason": {"type": "string", "maxLength": 10000, "pattern": TEXT_PATTERN},
+    }, ("fromStep",), closed=True),
+    "SkipStepRequest": obj({
+        "justification": {"type": "string", "minLength": 1, "maxLength": 10000, "pattern": NON_BLANK_TEXT_PATTERN},
+        "context": obj({"legalBasis": {"type": "string", "maxLength": 10000, "pattern": TEXT_PATTERN}},
+                       description="legalBasis: required when the runbook says requireLegalBasis."),
+    }, ("justification",), closed=True),
     "DelegationRequest": obj({"to": {"type": "string", "minLength": 1, "maxLength": 200,
                                      "pattern": NON_BLANK_TEXT_PATTERN, "description": "a user or role:NAME"},
                               "reason": {"type": "string", "minLength": 1, "maxLength": 10000,
@@ -231,8 +267,10 @@ SCHEMAS: dict[str, Schema] = {
         "correlationKey": {"type": "string", "minLength": 1, "maxLength": 1024, "pattern": NON_BLANK_TEXT_PATTERN},
         "payload": ANY,
     }, ("type", "correlationKey"), closed=True),
-    "PublishResult": obj({"delivered": {"type": "integer", "minimum": 0}, "retained": {"type": "boolean"}},
-                         ("delivered", "retained")),
+    "PublishResult": obj({"delivered": {"type": "integer", "minimum": 0}, "retained": {"type": "boolean"},
+                          "refusedByFilter": {"type": "integer", "minimum": 0, "description":
+                                              "Steps waiting on this type and key whose filter refused the event."}},
+                         ("delivered", "retained", "refusedByFilter")),
     "PendingApproval": obj({
         "executionId": {"type": "string"},
         "runbookId": {"type": "string"},
@@ -262,6 +300,13 @@ SCHEMAS: dict[str, Schema] = {
                        "stepId": TEXT_OR_NULL, "legalBasis": TEXT_OR_NULL, "reason": TEXT_OR_NULL, "data": ANY},
                       ("at", "actor", "action", "stepId", "legalBasis", "reason", "data")),
     "AuditPage": page("AuditEntry"),
+    "Explanation": obj({
+        "stepId": {**TEXT_OR_NULL, "description": "null: the execution itself (its version, what started it)."},
+        "status": {"type": "string"},
+        "reasons": {"type": "array", "items": {"type": "string"}, "description": "Sentences, oldest cause first."},
+        "data": {"type": "object", "description": "The decision record the sentences are made of."},
+    }, ("stepId", "status", "reasons", "data")),
+    "ExplanationList": obj({"items": {"type": "array", "items": ref("Explanation")}}, ("items",)),
     "Trigger": obj({
         "runbookId": {"type": "string"},
         "triggerId": {"type": "string"},

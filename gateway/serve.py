@@ -29,7 +29,9 @@ from typing import Any
 
 import trio
 from hypercorn.config import Config as HyperConfig
-from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.config import Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
 
 from gateway.app import create_app
 from gateway.config import Config, ConfigError
@@ -43,6 +45,7 @@ from gateway.workers import (
 )
 from runtime import (
     NotFound,
+    Problem,
     Runbook,
     Runtime,
     StoreInUse,
@@ -51,6 +54,7 @@ from runtime import (
     check_store_url,
     open_runtime,
 )
+from runtime.documents.lines import located, with_lines
 from runtime.io import tracing
 from runtime.model.wire import load_document
 from runtime.sources.manager import open_sources
@@ -123,6 +127,7 @@ async def _serve(config: Config, hyper: HyperConfig, prepare: Callable[[Runtime]
 async def _serve_runtime(config: Config, hyper: HyperConfig, prepare: Callable[[Runtime], None] | None,
                          shutdown: _Shutdown, task_status: trio.TaskStatus[list[str]], store: str, metrics: Any,
                          batch_observer: Any) -> None:
+    sockets = _bound(hyper)  # first: a port that is taken stops start-up before the store is touched
     try:
         async with open_runtime(store, pool_max=config.db_pool_max, settings=config.settings(),
                                 batch_observer=batch_observer) as runtime:
@@ -139,13 +144,24 @@ async def _serve_runtime(config: Config, hyper: HyperConfig, prepare: Callable[[
                     app.extensions["runbooks"].streams.close_all()
                     server.start_soon(shutdown.escalate, server.cancel_scope, name="second signal")
 
-                await hypercorn_serve(app, hyper, shutdown_trigger=trigger,  # type: ignore[arg-type]
-                                      task_status=task_status)
+                await worker_serve(wrap_app(app, hyper.wsgi_max_body_size, "asgi"), hyper,  # type: ignore[arg-type]
+                                   sockets=sockets, shutdown_trigger=trigger, task_status=task_status)
                 server.cancel_scope.cancel()
             logger.info("server stopped; closing the runtime")
     except BaseExceptionGroup as group:
         _raise_config_errors(group)
         raise
+    finally:
+        for sock in sockets.insecure_sockets:
+            sock.close()
+
+
+def _bound(hyper: HyperConfig) -> Sockets:
+    """The listening sockets of ``hyper.bind`` (OSError when the address is taken)."""
+    sockets = hyper.create_sockets()
+    for sock in sockets.insecure_sockets:
+        sock.listen(hyper.backlog)
+    return sockets
 
 
 def _raise_config_errors(group: BaseExceptionGroup[Any]) -> None:
@@ -179,6 +195,7 @@ def _hypercorn_config(config: Config, reuse_port: bool) -> HyperConfig:
     if reuse_port:  # bound here, handed over as a descriptor: hypercorn sets SO_REUSEPORT only for its own workers
         hyper.bind = [f"fd://{reuse_port_socket(config.host, config.port).detach()}"]
     hyper.accesslog = None  # the gateway logs each request itself (runbooks.gateway)
+    hyper.errorlog = logging.getLogger("hypercorn.error")  # through our handler only ("-" adds a second)
     hyper.graceful_timeout = GRACEFUL_TIMEOUT_S
     return hyper
 
@@ -190,7 +207,8 @@ async def load_runbooks_dir(runtime: Runtime, directory: str | None) -> list[Run
 
     Every file is checked before any is registered; problems raise one ``ConfigError``
     naming each bad file and its problems. A document equal to the latest registered
-    version is not registered again.
+    version is not registered again (the store decides, so processes started together with
+    one directory register each runbook once); the list holds the new versions.
     """
     if directory is None:
         return []
@@ -199,7 +217,10 @@ async def load_runbooks_dir(runtime: Runtime, directory: str | None) -> list[Run
     for path, document in documents:
         if await _unchanged(runtime, document):
             continue
+        asked_at = runtime.now()
         runbook = await runtime.register_runbook(document, tenant_id=None)
+        if runbook.created_at is not None and runbook.created_at < asked_at:
+            continue  # another process registered the same document just before
         logger.info("registered shared runbook %s version %d from %s", runbook.id, runbook.version, path.name)
         registered.append(runbook)
     return registered
@@ -212,13 +233,17 @@ async def _read_documents(runtime: Runtime, directory: pathlib.Path) -> list[tup
     owners: dict[str, pathlib.Path] = {}
     for path in paths:
         try:
-            document = load_document(await trio.Path(path).read_bytes())
-        except (OSError, ValidationError) as exc:
-            errors.append(f"{path}: {_problems_text(exc)}")
+            text = await trio.Path(path).read_bytes()
+            document = load_document(text)
+        except OSError as exc:
+            errors.append(f"{path}: {_one_line(str(exc))}")
+            continue
+        except ValidationError as exc:
+            errors.append(_problems_text(path, exc.problems))
             continue
         problems = runtime.validate_runbook(document)
         if problems:
-            errors.append(f"{path}: {_problems_text(ValidationError(problems))}")
+            errors.append(_problems_text(path, with_lines(problems, text)))
         elif document["id"] in owners:
             errors.append(f"{path}: runbook id '{document['id']}' is also defined in {owners[document['id']]}")
         else:
@@ -235,10 +260,9 @@ def _runbook_files(directory: pathlib.Path) -> list[pathlib.Path]:
                   if p.suffix.lower() in RUNBOOK_SUFFIXES and p.is_file() and not is_test_file(p))
 
 
-def _problems_text(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{p.path}: {_one_line(p.message)}" for p in exc.problems)
-    return _one_line(str(exc))
+def _problems_text(path: pathlib.Path, problems: list[Problem]) -> str:
+    """``FILE:LINE: PATH (step 'ID'): MESSAGE`` for each problem, on one line."""
+    return "; ".join(_one_line(located(str(path), p)) for p in problems)
 
 
 def _one_line(text: str) -> str:

@@ -22,12 +22,13 @@ from runtime import (
     PublishResult,
     Runbook,
 )
+from runtime.core.explain import Explanation
 from runtime.model.wire import format_time, to_json
 
 EXECUTION_FIELDS = (
     "id", "runbookId", "runbookVersion", "tenantId", "status", "input", "output", "context", "error",
     "createdAt", "startedAt", "completedAt", "pausedDurationMs", "replayOf", "inputHash", "deadlineAt",
-    "parentExecutionId", "parentStepId", "rootExecutionId",
+    "parentExecutionId", "parentStepId", "rootExecutionId", "forkedFrom",
 )
 STEP_FIELDS = ("status", "type", "attempts", "startedAt", "completedAt", "output", "error", "approvals",
                "progress", "deadlineAt", "childExecutionId")
@@ -104,7 +105,11 @@ def _time(value: Any) -> str | None:
 
 
 def publish_json(result: PublishResult) -> dict[str, Any]:
-    return {"delivered": result.delivered, "retained": result.retained}
+    return {"delivered": result.delivered, "retained": result.retained, "refusedByFilter": result.refused_by_filter}
+
+
+def explanation_json(item: Explanation) -> dict[str, Any]:
+    return {"stepId": item.step_id, "status": item.status, "reasons": list(item.reasons), "data": item.data}
 
 
 def page_json(items: Iterable[dict[str, Any]], next_cursor: str | None) -> dict[str, Any]:

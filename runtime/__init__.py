@@ -3,7 +3,7 @@ embedded Trio API (``open_runtime``)."""
 
 from runtime.api.assembly import open_runtime
 from runtime.api.links import DecisionLink
-from runtime.api.runtime import Page, Runtime, StartResult
+from runtime.api.runtime import CommandStatus, Page, Runtime, StartResult
 from runtime.api.stores import check_store_url
 from runtime.io.context import StepContext
 from runtime.kinds.approval_inbox import ApprovalPage, PendingApproval
@@ -51,6 +51,7 @@ __all__ = [
     "ApprovalRequest",
     "AuditEntry",
     "CommandQueued",
+    "CommandStatus",
     "Conflict",
     "DecisionLink",
     "Delegation",

@@ -48,6 +48,10 @@ class Node:
     def go_on(self) -> None:
         self.process.send_signal(signal.SIGCONT)
 
+    def stop(self) -> None:
+        """SIGTERM: a graceful stop (it hands its executions over)."""
+        self.process.send_signal(signal.SIGTERM)
+
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
@@ -60,11 +64,12 @@ class Nodes:
     settings: dict[str, str]
     running: list[Node] = attrs.Factory(list)
 
-    async def start(self, instance: str, port: int | None = None) -> Node:
+    async def start(self, instance: str, port: int | None = None, dsn: str = DSN, wait: bool = True) -> Node:
+        """Start a process named ``instance`` reaching PostgreSQL at ``dsn`` (through a proxy, say)."""
         port = port or free_port()
         env = {key: value for key, value in os.environ.items()
                if not key.startswith(("RUNBOOKS_", "DB_")) and key not in ("PORT", "HOST", "DATABASE_URL")}
-        env |= {"STORAGE_BACKEND": "postgres", "DATABASE_URL": f"{DSN}?schema={self.schema}",
+        env |= {"STORAGE_BACKEND": "postgres", "DATABASE_URL": f"{dsn}?schema={self.schema}",
                 "RUNBOOKS_INSTANCE_ID": instance, "PORT": str(port), "CALL_SERVICE_BASE_URL": self.base_url,
                 "PYTHONUNBUFFERED": "1", **self.settings}
         log = self.directory / f"{instance}-{len(self.running)}.log"
@@ -73,7 +78,8 @@ class Nodes:
                                                        env=env, stdout=out, stderr=subprocess.STDOUT)
         node = Node(instance, port, process, log)
         self.running.append(node)
-        await ready(node)
+        if wait:
+            await ready(node)
         return node
 
     async def stop_all(self) -> None:

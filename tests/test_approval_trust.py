@@ -75,7 +75,7 @@ async def test_a_waiting_approval_shows_what_it_covers_and_its_digest(rt: Runtim
     with pytest.raises(StaleDigest) as stale:
         await rt.submit_approval(ex.id, "approve", approver="alice", decision="approve", digest="0" * 64)
     assert request.digest in str(stale.value) and stale.value.current_digest == request.digest
-    assert rt.get(ex.id).steps["approve"].approvals == ()  # refused: nothing counted
+    assert (await rt.get(ex.id)).steps["approve"].approvals == ()  # refused: nothing counted
     with pytest.raises(ValidationError):
         await rt.submit_approval(ex.id, "approve", approver="alice", decision="approve", digest="ABC")
     after = await rt.submit_approval(ex.id, "approve", approver="alice", decision="approve", digest=request.digest)
@@ -104,18 +104,18 @@ async def test_when_what_it_shows_changes_the_digest_is_new_and_earlier_votes_no
     first = ex.steps["approve"].approval_request
     assert first.shown["outputs"] == {"probe": None}  # named by show, not finished yet
     await rt.submit_approval(ex.id, "approve", approver="alice", decision="approve", digest=first.digest)
-    assert rt.get(ex.id).steps["other"].status == "succeeded"
-    assert rt.get(ex.id).steps["approve"].approval_request.digest == first.digest  # 'other' is not shown
+    assert (await rt.get(ex.id)).steps["other"].status == "succeeded"
+    assert (await rt.get(ex.id)).steps["approve"].approval_request.digest == first.digest  # 'other' is not shown
 
     await rt.publish_event("probe.done", "p1", {"healthy": False})
-    now = rt.get(ex.id).steps["approve"]
+    now = (await rt.get(ex.id)).steps["approve"]
     second = now.approval_request
     assert second.digest != first.digest and second.shown["outputs"]["probe"]["payload"] == {"healthy": False}
     assert now.status == "awaiting_approval"
     with pytest.raises(StaleDigest):  # bob reviewed the first request: refused
         await rt.submit_approval(ex.id, "approve", approver="bob", decision="approve", digest=first.digest)
     await rt.submit_approval(ex.id, "approve", approver="bob", decision="approve", digest=second.digest)
-    assert rt.get(ex.id).steps["approve"].status == "awaiting_approval"  # alice's vote was on the first
+    assert (await rt.get(ex.id)).steps["approve"].status == "awaiting_approval"  # alice's vote was on the first
     final = await rt.submit_approval(ex.id, "approve", approver="alice", decision="approve", digest=second.digest)
     assert final.steps["approve"].status == "succeeded"
     assert [(a["approver"], a["digest"]) for a in final.steps["approve"].output["approvals"]] == [
@@ -238,7 +238,7 @@ async def test_escalation_adds_and_notifies_approvers_and_the_timeout_still_appl
         with pytest.raises(Forbidden):
             await rt.submit_approval(ex.id, "approve", approver="bob", decision="approve")
         await trio.sleep(HOUR)
-        assert rt.get(ex.id).steps["approve"].escalations == 1
+        assert (await rt.get(ex.id)).steps["approve"].escalations == 1
         assert hooks.received[1][0] == "/team"
         assert (hooks.received[1][1]["approvers"], hooks.received[1][1]["escalation"]) == (["bob"], 1)
         assert [i.step_id for i in (await rt.pending_approvals("bob")).items] == ["approve"]

@@ -26,10 +26,56 @@ def test_validate_lists_every_problem_of_every_file(tmp_path: pathlib.Path) -> N
     assert validate_files([str(good), str(bad), str(tmp_path / "missing.yaml")], out) == 1
     text = out.getvalue()
     assert f"{good}: valid" in text
-    assert f"{bad}: steps[0].type: unknown step type 'nope'" in text
-    assert f"{bad}: steps[1].id: duplicate step id 'a'" in text
+    assert f"{bad}:3: steps[0].type (step 'a'): unknown step type 'nope'" in text
+    assert f"{bad}:4: steps[1].id (step 'a'): duplicate step id 'a'" in text
     assert "missing.yaml: cannot read" in text
     assert validate_files([str(good)], io.StringIO()) == 0
+
+
+TYPOS = """\
+id: typos
+steps:
+  - id: fetch
+    type: call-servce
+    config: {url: /x}
+  - id: check
+    type: call-service
+    dependOn: [fetch]
+    config:
+      url: "/hosts/${inptu.host}"
+      headers: {X-Host: "${inptu.host}"}
+      methd: GET
+  - id: later
+    type: call-service
+    dependsOn: [fech]
+    config: {url: /y}
+"""
+
+
+def test_validate_suggests_names_and_says_where_each_problem_is(tmp_path: pathlib.Path) -> None:
+    typos = write(tmp_path, "typos.yaml", TYPOS)
+    out = io.StringIO()
+    assert validate_files([str(typos)], out) == 1
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        f"{typos}:4: steps[0].type (step 'fetch'): unknown step type 'call-servce'; did you mean 'call-service'? "
+        "(known: call-service, conditional, human-approval, loop, run-runbook, wait-for-event)",
+        f"{typos}:8: steps[1].dependOn (step 'check'): unknown field 'dependOn'; did you mean 'dependsOn'?",
+        f"{typos}:12: steps[1].config.methd (step 'check'): unknown field 'methd'; did you mean 'method'?",
+        f"{typos}:10: steps[1].config (step 'check'): template '${{inptu.host}}' refers to unknown step 'inptu'; "
+        "did you mean 'input'?",  # once, though the template is written twice
+        f"{typos}:15: steps[2].dependsOn (step 'later'): unknown step 'fech'; did you mean 'fetch'?",
+    ]
+
+
+def test_validate_names_the_file_and_line_of_a_yaml_error(tmp_path: pathlib.Path) -> None:
+    broken = write(tmp_path, "broken.yaml", "id: x\nsteps:\n  - id: a\n    type: [unclosed\n")
+    out = io.StringIO()
+    assert validate_files([str(broken)], out) == 1
+    text = out.getvalue()
+    assert "<unicode string>" not in text and text.count("\n") == 1
+    assert text.startswith(f"{broken}:5: $: not valid YAML or JSON: expected ',' or ']', but got '<stream end>' "
+                           "at line 5, column 1 (while parsing a flow sequence at line 4, column 11)")
 
 
 async def test_run_exits_zero_only_when_the_execution_completed(tmp_path: pathlib.Path) -> None:

@@ -39,6 +39,10 @@ WAITS = {"id": "waits", "steps": [
     {"id": "wait", "type": "wait-for-event", "config": {"eventType": "ticket.closed", "correlationKey": "${input.ticket}"}},
     {"id": "after", "type": "conditional", "config": {"condition": {"field": "wait.payload.ok", "operator": "eq",
                                                                     "value": True}}}]}
+PICKY = {"id": "picky", "steps": [
+    {"id": "wait", "type": "wait-for-event", "config": {"eventType": "build.done", "correlationKey": "B-1",
+                                                        "filter": {"field": "payload.ok", "operator": "eq",
+                                                                   "value": True}}}]}
 TWINS = {"id": "twins", "steps": [
     {"id": "wait", "type": "wait-for-event", "config": {"eventType": "never", "correlationKey": "twins"}}]}
 TWIN_IDS = ("feedface" + "a" * 24, "feedface" + "b" * 24)  # one 8-character prefix, two executions
@@ -79,7 +83,7 @@ async def two_twins(database: pathlib.Path) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    directory = with_runbooks(tmp_path_factory.mktemp("cli-client"), APPROVAL, WAITS)
+    directory = with_runbooks(tmp_path_factory.mktemp("cli-client"), APPROVAL, WAITS, PICKY)
     trio.run(two_twins, directory / "x.db")
     with served(directory) as url:
         yield url
@@ -189,10 +193,23 @@ def test_pause_resume_publish_logs_follow_and_refusals(server: str, capsys: pyte
     assert "execution completed" in followed or "completed" in followed.splitlines()[-1]
 
     code, out, _ = cli(server, capsys, "publish", "ticket.closed", "nobody", "--json")
-    assert code == 0 and json.loads(out) == {"delivered": 0, "retained": True}
+    assert code == 0 and json.loads(out) == {"delivered": 0, "retained": True, "refusedByFilter": 0}
     code, out, _ = cli(server, capsys, "publish", "ticket.closed", "nobody")
-    assert out == ("no waiting step took it (none waits for it, or the filter of each that waits refused it): "
-                   "retained for the first step that will\n")
+    assert out == "not delivered: no step waits for it; retained for the first step that will take it\n"
+
+
+def test_publish_says_when_a_waiting_step_s_filter_refused_the_event(server: str,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    execution_id = started(server, capsys, "picky", {})
+    wait_for(server, execution_id, lambda e: e["steps"]["wait"]["status"] == "waiting")
+    code, out, _ = cli(server, capsys, "publish", "build.done", "B-1", "--payload", '{"ok": false}')
+    assert (code, out) == (0, "not delivered: a step waits but its filter refused the event (1 step(s)); "
+                              "retained for the first step that will take it\n")
+    refused = httpx.post(f"{server}/api/v1/events", json={"type": "build.done", "correlationKey": "B-1",
+                                                          "payload": {"ok": False}}).json()
+    assert refused == {"delivered": 0, "retained": True, "refusedByFilter": 1}
+    code, out, _ = cli(server, capsys, "publish", "build.done", "B-1", "--payload", '{"ok": true}')
+    assert (code, out) == (0, "delivered to 1 waiting step(s)\n")
 
 
 def test_cancel_retry_replay_and_errors(server: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -27,7 +27,7 @@ from runtime import (
 from runtime.model import Event
 from runtime.model.records import Change, Wait
 from runtime.store.postgres import PostgresStore
-from tests.conftest import DSN
+from tests.conftest import DSN, taken_over
 
 pytestmark = [pytest.mark.postgres]
 
@@ -128,6 +128,19 @@ async def test_an_event_published_on_one_process_reaches_a_waiter_on_another(sch
         assert kept.retained
         later = await b.start("wait", {"key": "k2"})
         assert (await until(a, later.id, lambda e: e.status.finished)).steps["ev"].output["payload"] == {"n": 2}
+
+
+async def test_a_publish_on_another_process_counts_the_waiters_whose_filter_refused_it(schema: str) -> None:
+    picky = {"id": "picky", "steps": [{"id": "ev", "type": "wait-for-event", "config": {
+        "eventType": "go", "correlationKey": "k", "filter": {"field": "payload.ok", "operator": "eq", "value": True}}}]}
+    async with node(schema, "a") as a, node(schema, "b") as b:
+        await a.register_runbook(picky)
+        execution = await a.start("picky", {})
+        await until(a, execution.id, lambda e: e.steps["ev"].status == "waiting")
+        refused = await b.publish_event("go", "k", {"ok": False})
+        assert (refused.delivered, refused.refused_by_filter) == (0, 1)
+        taken = await b.publish_event("go", "k", {"ok": True})
+        assert (taken.delivered, taken.refused_by_filter) == (1, 0)
 
 
 async def test_publishing_while_a_step_starts_waiting_loses_nothing_and_delivers_once(schema: str) -> None:
@@ -242,10 +255,11 @@ async def test_a_second_live_process_with_the_same_id_is_fenced_and_logged(schem
         await first.register_runbook(APPROVAL)
         execution = await first.start("gate")
         await until(first, execution.id, lambda e: e.status == "awaiting_approval")
-        with caplog.at_level(logging.ERROR, logger="runbooks.cluster"):
+        with caplog.at_level(logging.WARNING, logger="runbooks.cluster"):
             async with node(schema, "twin") as second:
                 assert second.owns(execution.id)
-                assert any("still alive" in record.message for record in caplog.records)
+                assert any("restarted before its previous run's heartbeat ran out" in record.message
+                           for record in caplog.records)
                 with trio.fail_after(5):
                     while first.owns(execution.id):  # noqa: ASYNC110 (its next heartbeat finds out)
                         await trio.sleep(0.05)
@@ -256,6 +270,41 @@ async def test_a_second_live_process_with_the_same_id_is_fenced_and_logged(schem
 
 async def _nothing() -> None:
     return None
+
+
+async def test_a_restart_under_the_same_id_after_a_crash_says_what_happened(schema: str,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    async with node(schema, "web-0") as before:
+        await before.register_runbook(APPROVAL)
+        execution = await before.start("gate")
+        await until(before, execution.id, lambda e: e.status == "awaiting_approval")
+        before.cluster.stop = _nothing  # type: ignore[union-attr,method-assign]  # as after kill -9: no hand-over
+    with caplog.at_level(logging.INFO, logger="runbooks.cluster"):
+        async with node(schema, "web-0") as after:
+            assert after.owns(execution.id)
+    said = [(r.levelname, r.message) for r in caplog.records if r.name == "runbooks.cluster"]
+    assert not [m for level, m in said if level == "ERROR"], said  # not a misconfiguration: the documented recovery
+    assert any(level == "WARNING" and "instance 'web-0' restarted" in m and "resuming its 1 unfinished execution"
+               in m for level, m in said), said
+
+
+async def test_stopping_says_whether_other_processes_take_the_executions(schema: str,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="runbooks.cluster"):
+        async with node(schema, "b") as b:
+            async with node(schema, "a") as a:
+                await a.register_runbook(APPROVAL)
+                execution = await a.start("gate")
+                await until(a, execution.id, lambda e: e.status == "awaiting_approval")
+            handed = [r.message for r in caplog.records if "handed" in r.message]
+            assert handed == ["handed 1 unfinished execution(s) over to the 1 other running process(es)"]
+            await taken_over(b, execution.id)
+            caplog.clear()
+        # b took it over and is the last to stop: nobody to hand it to
+        said = [r.message for r in caplog.records if r.name == "runbooks.cluster"]
+        assert not any("handed" in m for m in said), said
+        assert "released 1 unfinished execution(s); no other process is running: the next process to start on " \
+               "this database resumes them" in said
 
 
 async def test_readiness_and_metrics_show_executions_waiting_for_a_capable_owner(schema: str) -> None:
@@ -305,13 +354,14 @@ def test_publishes_committed_in_one_batch_are_decided_in_order(schema: str) -> N
         store.commit([Change(waits=(Wait("e1", "s", "t", "go", "k1"),))])
         first, second, third, fourth = event("k1"), event("k2"), event("k1"), event("k3")
         results = store.commit([Change(publish=e, retain_cap=10) for e in (first, second, third, fourth)])
-        assert [(r.delivered, r.retained) for r in results] == [(1, False), (0, True), (1, False), (0, True)]
-        assert [command[1] for r in results for command in r.commands] == ["e1", "e1"]
-        assert [e.id for e in store.retained_events(now)] == [second.id, fourth.id]
-        assert [body["event"]["id"] for _, _, body in store.ledger.pending_commands("e1")] == [first.id, third.id]
+        # the first takes e1's wait; the third, whose lookup went out with it, finds nobody waiting
+        assert [(r.delivered, r.retained) for r in results] == [(1, False), (0, True), (0, True), (0, True)]
+        assert [command[1] for r in results for command in r.commands] == ["e1"]
+        assert [e.id for e in store.retained_events(now)] == [second.id, third.id, fourth.id]
+        assert [body["event"]["id"] for _, _, body in store.ledger.pending_commands("e1")] == [first.id]
 
         with pytest.raises(LimitExceeded):  # the cap counts what the same batch retained before
-            store.commit([Change(publish=event(f"x{i}"), retain_cap=3) for i in range(2)])
-        assert len(store.retained_events(now)) == 2  # the batch rolled back whole
+            store.commit([Change(publish=event(f"x{i}"), retain_cap=4) for i in range(2)])
+        assert len(store.retained_events(now)) == 3  # the batch rolled back whole
     finally:
         store.close()

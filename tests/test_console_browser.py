@@ -3,7 +3,8 @@
 services, the deploy-approval example started from the Runbooks page, watched live,
 approved as the right user after a refusal for the wrong one (the digest of what the step
 shows on the page and sent with the decision), another execution cancelled
-and its audit read, a trigger switched off and on. Every test asserts the page asked no other host and logged no console
+and its audit read, a trigger switched off and on, a step's "Why" read and the step completed
+by hand. Every test asserts the page asked no other host and logged no console
 error. Screenshots go to tests/artifacts/. Skips without Chromium, except under CI=true.
 """
 
@@ -234,6 +235,35 @@ def test_cancel_another_execution_and_read_its_audit(server: str, browser: Brows
         watched.close()
 
 
+def test_why_and_complete_by_hand_on_the_step_view(server: str, browser: Browser) -> None:
+    execution_id = _start_deploy(server, "carol")
+    watched = Watched(browser, server)
+    page = watched.page
+    try:
+        watched.sign_in(f"/executions/{execution_id}", "carol")
+        approve_node = page.locator('g.node[data-step="approve"]')
+        expect(approve_node).to_have_attribute("data-status", "awaiting_approval")
+        why = page.get_by_role("region", name="Why")
+        expect(why).to_contain_text("ready once 'environment-health' succeeded")
+        page.locator('g.node[data-step="build"]').click()  # succeeded: nothing to take over
+        expect(page.get_by_role("button", name="Complete by hand")).to_be_disabled()
+        expect(page.get_by_role("button", name="Skip by hand")).to_be_disabled()
+        approve_node.click()
+        page.get_by_label("Output for Complete (JSON)").fill('{"approved": true, "approvals": []}')
+        page.get_by_role("button", name="Complete by hand").click()
+        page.get_by_label("Reason").fill("approved in the change meeting")
+        page.get_by_role("button", name="Confirm", exact=True).click()
+        expect(approve_node).to_have_attribute("data-status", "succeeded")
+        expect(why).to_contain_text("completed by hand by carol: approved in the change meeting")
+        expect(page.get_by_role("button", name="Complete by hand")).to_be_disabled()
+        expect(page.locator('g.node[data-step="deploy"]')).to_have_attribute("data-status",
+                                                                             re.compile("^(running|succeeded)$"))
+        _shot(page, "by-hand.png")
+        watched.check()
+    finally:
+        watched.close()
+
+
 def test_validate_shows_problems_by_path_and_static_files_are_cached(server: str, browser: Browser) -> None:
     watched = Watched(browser, server)
     page = watched.page
@@ -242,6 +272,7 @@ def test_validate_shows_problems_by_path_and_static_files_are_cached(server: str
         page.get_by_label("Runbook document (YAML or JSON)").fill("id: broken\nsteps:\n  - {id: a, type: nope}\n")
         page.get_by_role("button", name="Validate", exact=True).click()
         expect(page.get_by_role("list", name="Problems")).to_contain_text("steps[0].type: unknown step type 'nope'")
+        expect(page.get_by_role("list", name="Problems")).to_contain_text("(step 'a', line 3)")  # where to look
         page.get_by_label("Runbook document (YAML or JSON)").fill(
             "id: console-made\nsteps:\n  - {id: gate, type: human-approval, config: {approvers: [carol]}}\n")
         page.get_by_role("button", name="Validate", exact=True).click()

@@ -26,11 +26,13 @@ from runtime.core.messages import (
     AttemptRetrying,
     Cancel,
     ChildFinished,
+    CompleteStep,
     DecideApproval,
     DeliverEvent,
     Pause,
     Resume,
     RetryStep,
+    SkipStep,
     StepFinished,
     Tick,
 )
@@ -78,7 +80,7 @@ def runbooks(draw: st.DrawFn) -> dict[str, Any]:
 
 
 ACTIONS = ("finish", "finish", "finish", "stale", "retrying", "pause", "resume", "cancel", "decide",
-           "decide", "event", "tick", "tick", "crash", "retry", "child", "child")
+           "decide", "event", "tick", "tick", "crash", "retry", "child", "child", "by_hand")
 
 
 class World:
@@ -138,6 +140,12 @@ class World:
             failed = self.steps_in(SS.FAILED, SS.REJECTED)
             if failed:
                 d.send(RetryStep(data.draw(st.sampled_from(failed)), "ops", None, self.reply("retry")))
+        elif action == "by_hand":  # any step: refused unless it failed, waits or awaits approval
+            step = data.draw(st.sampled_from([s.id for s in d.plan.steps]))
+            if data.draw(st.booleans()):
+                d.send(CompleteStep(step, "ops", {"by": "hand"}, "done by hand", reply=self.reply("complete")))
+            else:
+                d.send(SkipStep(step, "ops", "not needed", reply=self.reply("skip")))
         self.check()
 
     def crash(self) -> None:

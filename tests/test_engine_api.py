@@ -50,6 +50,15 @@ async def test_validation_reports_every_problem_at_once(rt: Runtime) -> None:
     assert len(found) >= 10
 
 
+async def test_a_validation_error_message_says_how_many_problems_it_leaves_out(rt: Runtime) -> None:
+    doc = {"id": "many", "steps": [{"id": f"s{n}", "type": "no-such-type"} for n in range(7)]}
+    with pytest.raises(ValidationError) as caught:
+        await rt.register_runbook(doc)
+    assert len(caught.value.problems) == 7
+    assert str(caught.value).count("unknown step type") == 5 and str(caught.value).endswith("; and 2 more")
+    assert [p.step_id for p in caught.value.problems] == [f"s{n}" for n in range(7)]
+
+
 async def test_cycles_name_the_steps_on_them(rt: Runtime) -> None:
     doc = {"id": "cyc", "steps": [
         {"id": "a", "type": "echo", "dependsOn": ["c"]},
@@ -72,6 +81,8 @@ async def test_yaml_json_and_path_documents(rt: Runtime, tmp_path: pathlib.Path)
     assert (await rt.register_runbook(json.dumps(chain("a")))).version == 1
     file = tmp_path / "rb.yaml"
     file.write_text(yaml_text)
+    assert (await rt.register_runbook(file)).version == 1  # the same document: the same version
+    file.write_text(yaml_text + "name: from a file\n")
     assert (await rt.register_runbook(file)).version == 2
     with pytest.raises(ValidationError):
         await rt.register_runbook("id: [unclosed")
@@ -210,3 +221,18 @@ async def test_yaml_alias_bomb_is_refused_quickly(rt: Runtime) -> None:
     with pytest.raises(ValidationError) as caught:
         await rt.register_runbook(bomb)
     assert "YAML aliases" in caught.value.problems[0].message
+
+
+async def test_types_is_a_mapping_of_the_registered_step_types(rt: Runtime) -> None:
+    names = sorted(rt.types)  # a plain mapping: iterating gives names (it raised KeyError: 0)
+    assert "call-service" in names and "echo" in names and names == sorted(rt.types.keys())
+    assert len(rt.types) == len(names) and dict(rt.types.items())["echo"].name == "echo"
+    assert rt.types.get("no-such-type") is None and "no-such-type" not in rt.types
+
+
+async def test_the_final_log_entry_carries_the_execution_output(rt: Runtime, autojump_clock: Any) -> None:
+    await rt.register_runbook({"id": "out", "output": {"total": "${a.n}"},
+                               "steps": [{"id": "a", "type": "echo", "config": {"value": {"n": 3}}}]})
+    final = await rt.wait((await rt.start("out", {})).id)
+    [last] = [e for e in await rt.logs(final.id) if e.message == "execution completed"]
+    assert final.output == {"total": 3} and last.data == {"output": {"total": 3}}  # was {"data": None}

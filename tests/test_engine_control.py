@@ -37,7 +37,7 @@ async def test_pause_waits_for_steps_in_flight_then_resume_continues(rt: Runtime
     assert current.steps["s0"].status == "succeeded"
     assert current.steps["s1"].status == "pending"  # nothing new started
     await trio.sleep(1000)
-    assert rt.get(ex.id).steps["s1"].status == "pending"
+    assert (await rt.get(ex.id)).steps["s1"].status == "pending"
     await rt.resume(ex.id, actor="alice")
     final = await rt.wait(ex.id)
     assert final.status == "completed"
@@ -55,7 +55,7 @@ async def test_pause_with_nothing_in_flight_is_paused_at_once(rt: Runtime, autoj
     assert (await rt.pause(ex.id)).status == "paused"
     # a wait goes on while paused, and its result is kept
     await rt.submit_approval(ex.id, "ok", approver="bob", decision="approve")
-    current = rt.get(ex.id)
+    current = await rt.get(ex.id)
     assert current.status == "paused"
     assert current.steps["ok"].status == "succeeded"
     assert current.steps["after"].status == "pending"
@@ -70,7 +70,7 @@ async def test_global_timeout_excludes_paused_time(rt: Runtime, autojump_clock: 
     await trio.sleep(600)
     await rt.pause(ex.id)
     await trio.sleep(7200)  # two paused hours do not count
-    assert rt.get(ex.id).status == "paused"
+    assert (await rt.get(ex.id)).status == "paused"
     await rt.resume(ex.id)
     final = await rt.wait(ex.id)
     assert final.status == "timed_out"
@@ -114,7 +114,7 @@ async def test_control_that_does_not_fit_the_state_is_a_conflict(rt: Runtime, au
     for operation in (rt.pause(ex.id), rt.resume(ex.id), rt.cancel(ex.id, reason="late")):
         with pytest.raises(Conflict):
             await operation
-    assert rt.get(ex.id) == final  # nothing changed
+    assert await rt.get(ex.id) == final  # nothing changed
     with pytest.raises(NotFound):
         await rt.pause("no-such-execution")
 

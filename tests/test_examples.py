@@ -38,7 +38,7 @@ async def until(rt: Runtime, execution_id: str, predicate: Any) -> Any:
         async for execution in rt.watch(execution_id):
             if predicate(execution):
                 return execution
-    raise AssertionError(f"execution finished before the condition held: {rt.get(execution_id)}")
+    raise AssertionError(f"execution finished before the condition held: {await rt.get(execution_id)}")
 
 
 async def finished(rt: Runtime, execution_id: str) -> Any:
@@ -201,7 +201,7 @@ async def test_phishing_triage_malicious_path(svc: FakeService) -> None:
         # progress from the sandbox does not pass the filter; the final report does
         running = await rt.publish_event("sandbox.detonation.completed", "sb-42", {"status": "running"}, tenant_id="soc")
         assert running.delivered == 0
-        assert rt.get(ex.id).steps["sandbox-result"].status == "waiting"
+        assert (await rt.get(ex.id)).steps["sandbox-result"].status == "waiting"
         wrong_tenant = await rt.publish_event("sandbox.detonation.completed", "sb-42",
                                               {"status": "completed"}, tenant_id="other")
         assert wrong_tenant.delivered == 0

@@ -217,7 +217,7 @@ async def _run(document: Any, run_input: Any, event: Any) -> None:
             except ValidationError:
                 pass  # a payload no store can hold: refused, nothing else happens
             await rt.wait(execution.id)
-        final = rt.get(execution.id)
+        final = await rt.get(execution.id)
         assert final.status.value in FINISHED | WAITING, final.status
         if final.status.value in WAITING:  # then something waits with no deadline: an approval
             assert any(s.status.value in ("awaiting_approval", "waiting", "running") for s in final.steps.values())
@@ -262,7 +262,7 @@ async def _call_everything(arguments: list[Any]) -> None:
             except RunbookError:
                 pass  # refused, or a state that does not allow it: never anything else
         await rt.ready()
-        if rt.get(execution.id).status.value in ("paused", "pausing"):
+        if (await rt.get(execution.id)).status.value in ("paused", "pausing"):
             await rt.resume(execution.id)
         gate.set()
         with trio.fail_after(5):

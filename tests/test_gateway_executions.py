@@ -22,7 +22,7 @@ STEP_KEYS = {"status", "type", "attempts", "startedAt", "completedAt", "output",
 APPROVAL_STEP_KEYS = STEP_KEYS | {"approvalRequest", "delegations", "escalations"}  # human-approval steps
 EXECUTION_KEYS = {"id", "runbookId", "runbookVersion", "tenantId", "status", "input", "output", "context",
                   "error", "createdAt", "startedAt", "completedAt", "pausedDurationMs", "replayOf", "inputHash",
-                  "deadlineAt", "parentExecutionId", "parentStepId", "rootExecutionId", "steps"}
+                  "deadlineAt", "parentExecutionId", "parentStepId", "rootExecutionId", "forkedFrom", "steps"}
 
 
 # ---------------------------------------------------------------------------- start
@@ -276,11 +276,11 @@ async def test_events_reach_waiters_of_their_own_tenant_only() -> None:
         await gw.wait_for_step(execution["id"], "wait", "waiting", headers=TENANT_A)
         event = {"type": "ticket.closed", "correlationKey": "T-1", "payload": {"by": "bob"}}
         other_tenant = await gw.client.post("/api/v1/events", json=event, headers=TENANT_B)
-        assert (other_tenant.status_code, other_tenant.json()) == (202, {"delivered": 0, "retained": True})
+        assert (other_tenant.status_code, other_tenant.json()) == (202, {"delivered": 0, "retained": True, "refusedByFilter": 0})
         still = await gw.execution(execution["id"], headers=TENANT_A)
         assert still["steps"]["wait"]["status"] == "waiting"
         own = await gw.client.post("/api/v1/events", json={**event, "payload": {"by": "alice"}}, headers=TENANT_A)
-        assert (own.status_code, own.json()) == (202, {"delivered": 1, "retained": False})
+        assert (own.status_code, own.json()) == (202, {"delivered": 1, "retained": False, "refusedByFilter": 0})
         final = await gw.wait_for(execution["id"], "completed", headers=TENANT_A)
         assert final["steps"]["after"]["output"] == {"got": {"by": "alice"}}
 

@@ -123,7 +123,7 @@ async def test_the_engine_checks_role_approvers_given_the_callers_roles() -> Non
                                           roles=("viewer",))
         await runtime.submit_approval(execution.id, "approve", approver="ann", decision="approve", roles=("sre",))
         await runtime.submit_approval(execution.id, "approve", approver="bob", decision="approve", roles=("dba",))
-        assert runtime.get(execution.id).status.value == "awaiting_approval"
+        assert (await runtime.get(execution.id)).status.value == "awaiting_approval"
         await runtime.submit_approval(execution.id, "approve", approver="cid", decision="approve", roles=("sre",))
         assert (await runtime.wait(execution.id)).status.value == "completed"
 

@@ -21,10 +21,10 @@ steps:
 """
 
 
-async def test_register_json_returns_id_and_version_and_a_new_version_each_time() -> None:
+async def test_register_json_returns_id_and_version_and_a_new_version_for_each_change() -> None:
     async with running_gateway() as gw:
         first = await gw.client.post("/api/v1/runbooks", json=echo_runbook())
-        second = await gw.client.post("/api/v1/runbooks", json=echo_runbook())
+        second = await gw.client.post("/api/v1/runbooks", json={**echo_runbook(), "name": "echo, renamed"})
         assert (first.status_code, first.json()) == (201, {"id": "echo", "version": 1})
         assert (second.status_code, second.json()) == (201, {"id": "echo", "version": 2})
         assert second.headers["Location"] == "/api/v1/runbooks/echo?version=2"
@@ -33,7 +33,7 @@ async def test_register_json_returns_id_and_version_and_a_new_version_each_time(
 async def test_register_yaml_with_each_yaml_content_type() -> None:
     async with running_gateway() as gw:
         for version, content_type in enumerate(("application/yaml", "application/x-yaml", "text/yaml"), 1):
-            response = await gw.client.post("/api/v1/runbooks", content=YAML_DOC,
+            response = await gw.client.post("/api/v1/runbooks", content=YAML_DOC + f"description: v{version}\n",
                                             headers={"Content-Type": content_type})
             assert (response.status_code, response.json()) == (201, {"id": "yaml-book", "version": version})
         got = (await gw.client.get("/api/v1/runbooks/yaml-book")).json()
@@ -98,6 +98,35 @@ async def test_validate_reports_without_registering() -> None:
         assert bad.json()["valid"] is False
         assert bad.json()["errors"][0]["path"] == "steps"
         assert (await gw.client.get("/api/v1/runbooks/v")).status_code == 404
+
+
+TYPOS = """\
+id: typos
+steps:
+  - id: fetch
+    type: call-servce
+  - id: check
+    type: echo
+    dependOn: [fetch]
+    config: {n: "${inptu.n}", again: "${inptu.n}"}
+"""
+
+
+async def test_validate_and_register_name_the_step_and_line_and_suggest_names() -> None:
+    async with running_gateway() as gw:
+        report = await gw.client.post("/api/v1/runbooks/validate", content=TYPOS,
+                                      headers={"Content-Type": "application/yaml"})
+        errors = report.json()["errors"]
+        assert [(e["stepId"], e["line"]) for e in errors] == [("fetch", 4), ("check", 7), ("check", 8)]
+        assert "did you mean 'call-service'?" in errors[0]["message"]
+        assert errors[1]["message"] == "unknown field 'dependOn'; did you mean 'dependsOn'?"
+        assert errors[2]["message"] == "template '${inptu.n}' refers to unknown step 'inptu'; did you mean 'input'?"
+        refused = await gw.client.post("/api/v1/runbooks", content=TYPOS, headers={"Content-Type": "application/yaml"})
+        assert refused.status_code == 422 and refused.json()["errors"] == errors
+        assert refused.json()["detail"].startswith("3 problems: steps[0].type: unknown step type 'call-servce'")
+        as_json = await gw.client.post("/api/v1/runbooks/validate",
+                                       content='{"id": "j", "steps": [\n  {"id": "a", "type": "echo", "dependOn": []}]}')
+        assert [(e["stepId"], e["line"]) for e in as_json.json()["errors"]] == [("a", 2)]
 
 
 async def test_list_is_paginated_with_next_cursor() -> None:

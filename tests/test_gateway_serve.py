@@ -89,7 +89,7 @@ async def test_a_bad_runbook_file_stops_start_up_naming_the_file(tmp_path: pathl
         await serve(config, shutdown_trigger=trio.sleep_forever)
     message = str(caught.value)
     assert message.startswith("RUNBOOKS_DIR: ")
-    assert "c.yaml: steps[0].type" in message and "d.yml: " in message
+    assert "c.yaml:4: steps[0].type (step 'x'): unknown step type 'nope'" in message and "d.yml:2: $: " in message
     assert "\n" not in message
 
 
@@ -184,6 +184,14 @@ async def _park_an_execution(url: str) -> str:
         return execution_id
 
 
+async def _read_all(stream: trio.abc.ReceiveStream) -> bytes:
+    data = b""
+    with trio.fail_after(5):
+        while chunk := await stream.receive_some():
+            data += chunk
+    return data
+
+
 async def _stop(process: trio.Process, signum: int) -> int:
     process.send_signal(signum)
     with trio.fail_after(15):
@@ -212,6 +220,9 @@ async def test_sigterm_on_sqlite_loses_nothing(tmp_path: pathlib.Path) -> None:
     try:
         execution_id = await _park_an_execution(url)
         assert await _stop(process, signal.SIGTERM) == 0
+        assert process.stderr is not None
+        logged = (await _read_all(process.stderr)).decode()
+        assert logged.count("Running on http://") == 1, logged  # (hypercorn's own handler printed it twice)
     finally:
         if process.returncode is None:
             process.kill()

@@ -45,12 +45,12 @@ async def test_list_switch_and_audit_triggers() -> None:
         assert (await gw.client.post("/api/v1/runbooks/nightly/triggers/nope/disable", headers=T1)).status_code == 404
         published = await gw.client.post("/api/v1/events", json={"type": "alert.fired", "correlationKey": "A-1"},
                                          headers=T1)
-        assert published.json() == {"delivered": 0, "retained": True}  # the rule is off
+        assert published.json() == {"delivered": 0, "retained": True, "refusedByFilter": 0}  # the rule is off
         on = await gw.client.post(f"{base}/enable", headers=T1)
         assert on.json()["enabled"] is True
         published = await gw.client.post("/api/v1/events", json={"type": "alert.fired", "correlationKey": "A-2"},
                                          headers=T1)
-        assert published.json() == {"delivered": 1, "retained": False}
+        assert published.json() == {"delivered": 1, "retained": False, "refusedByFilter": 0}
         [alert] = [i for i in (await gw.client.get("/api/v1/triggers", headers=T1)).json()["items"]
                    if i["triggerId"] == "alert"]
         execution = await gw.execution(alert["lastExecutionId"], headers=T1)

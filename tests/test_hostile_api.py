@@ -78,14 +78,14 @@ async def rt(store: str | Store) -> AsyncIterator[tuple[Runtime, Gate]]:
 async def test_a_surrogate_pause_reason_three_times_leaves_the_execution_running(
         rt: tuple[Runtime, Gate]) -> None:
     runtime, gate = rt
-    execution = runtime.get(await started_and_held(runtime))
+    execution = await runtime.get(await started_and_held(runtime))
     for _ in range(3):
         with pytest.raises(ValidationError) as caught:
             await runtime.pause(execution.id, reason=f"bad {SURROGATE}")
         assert [(p.path, p.message) for p in caught.value.problems] == [
             ("reason", "cannot be encoded as UTF-8 (a lone surrogate)")]
         await runtime.ready()  # readiness untouched: nothing reached the store
-    assert runtime.get(execution.id).status.value == "running"
+    assert (await runtime.get(execution.id)).status.value == "running"
     gate.open.set()
     final = await runtime.wait(execution.id)
     assert final.status.value == "completed"
@@ -130,7 +130,7 @@ async def test_a_surrogate_pause_reason_three_times_leaves_the_execution_running
 async def test_every_public_method_refuses_what_the_store_cannot_hold(
         rt: tuple[Runtime, Gate], call: Any, path: str) -> None:
     runtime, gate = rt
-    execution = runtime.get(await started_and_held(runtime))
+    execution = await runtime.get(await started_and_held(runtime))
     before = await runtime.audit(execution.id)
     with pytest.raises(ValidationError) as caught:
         await call(runtime, execution.id)

@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from runtime import Conflict, NotFound, Runtime, Settings, open_runtime
+from runtime import Conflict, Runtime, Settings, open_runtime
 from tests.conftest import Recorder
 
 HOUR = 3600
@@ -103,7 +103,8 @@ async def test_two_concurrent_retries_run_the_step_once_more(rt: Runtime, record
     assert recorder.order() == ["flaky", "flaky"]  # twice in all: never three times
 
 
-async def test_get_answers_from_memory_and_never_reads_the_store(tmp_path: pathlib.Path, autojump_clock: Any) -> None:
+async def test_get_answers_recent_executions_from_memory_and_older_ones_from_the_store(
+        tmp_path: pathlib.Path, autojump_clock: Any) -> None:
     store = f"sqlite:///{tmp_path / 'g.db'}"
     settings = Settings(finished_cache_size=2)
     async with open_runtime(store, settings=settings, executors={"echo": Recorder().echo}) as rt:
@@ -111,7 +112,6 @@ async def test_get_answers_from_memory_and_never_reads_the_store(tmp_path: pathl
         ids = [(await rt.start("one", {"i": i})).id for i in range(4)]
         for execution_id in ids:
             await rt.wait(execution_id)
-        assert rt.get(ids[-1]).status == "completed"  # recent: in memory
-        with pytest.raises(NotFound, match="await fetch"):
-            rt.get(ids[0])  # fell out of the cache: get() will not block on the store
-        assert (await rt.fetch(ids[0])).status == "completed"
+        assert rt.hub.recent(ids[-1]) is not None and rt.hub.recent(ids[0]) is None
+        assert (await rt.get(ids[-1])).status == "completed"  # recent: in memory
+        assert (await rt.get(ids[0])).status == "completed"  # fell out of the cache: read from the store

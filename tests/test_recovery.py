@@ -84,14 +84,14 @@ async def test_stop_and_reopen_resumes_waits_pauses_and_keeps_outputs(place: Pla
             await until(rt, waiting.id, lambda e: e.status == "awaiting_approval")
             await until(rt, paused.id, lambda e: e.status == "awaiting_approval")
             await rt.pause(paused.id, reason="freeze")
-            before = rt.get(waiting.id)
+            before = await rt.get(waiting.id)
         # a new runtime on the same store: recovery is the start path
         async with open_runtime(place.store(), settings=settings) as rt:
-            recovered = rt.get(waiting.id)
+            recovered = await rt.get(waiting.id)
             assert recovered.status == "awaiting_approval"
             assert recovered.steps["first"].output == before.steps["first"].output
             assert recovered.steps["approve"].deadline_at == before.steps["approve"].deadline_at
-            assert rt.get(paused.id).status == "paused"
+            assert (await rt.get(paused.id)).status == "paused"
             await rt.submit_approval(waiting.id, "approve", approver="boss", decision="approve")
             final = await rt.wait(waiting.id)
             assert final.status == "completed"

@@ -146,7 +146,17 @@ async def test_a_chain_deeper_than_the_limit_fails_with_depth_limit(rt: Runtime)
     assert [e.depth for e in by_depth] == list(range(MAX_DEPTH + 1))
     deepest = by_depth[-1]
     assert deepest.steps["deeper"].error.code == "depth_limit"
+    assert deepest.steps["deeper"].child_execution_id is None  # it started no child, so it names none
     assert final.steps["deeper"].error.code == "child_failed"
+    assert all(e.steps["deeper"].child_execution_id in {c.id for c in by_depth} for e in by_depth[:-1])
+
+
+async def test_a_child_that_could_not_start_is_not_named_by_the_step(rt: Runtime) -> None:
+    await rt.register_runbook(parent(child="no-such-runbook"))
+    final = await rt.wait((await rt.start("parent")).id)
+    assert final.steps["sub"].error.code == "child_failed" and "could not start" in final.steps["sub"].error.message
+    assert final.steps["sub"].child_execution_id is None
+    assert await children_of(rt, final.id) == []
 
 
 async def test_a_secret_cannot_be_passed_to_a_child(rt: Runtime) -> None:

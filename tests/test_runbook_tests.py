@@ -409,7 +409,9 @@ def test_plan_of_a_branching_runbook(tmp_path: pathlib.Path, capsys: pytest.Capt
                      ["-", "+0", "s", "auto-close"], ["4.", "+0", "s", "record-decision"]]
     text = "\n".join(line.strip() for line in lines)
     assert "POST http://call-service.test/analyze" in text and "-> 200" in text
-    assert "route            conditional    succeeds\ntrue -> escalate" in text
+    assert ("route            conditional    succeeds\nready once 'analyze' succeeded\n"
+            "condition analyze.riskScore = 8.5 gt 7 → true: took the true branch ('escalate')") in text
+    assert "skipped: branch not taken by 'route'" in text
     assert "auto-close       call-service   is skipped" in text
     assert ("record-decision  call-service   would call\nPOST http://call-service.test/alerts/A-1/notes" in text
             and "-> no reply given: the plan cannot tell what comes after" in text)

@@ -59,14 +59,14 @@ async def test_single_approval_succeeds_and_the_execution_continues(rt: Runtime,
 async def test_n_of_m_needs_distinct_approvers(rt: Runtime, autojump_clock: Any) -> None:
     ex = await start(rt, approval({"minApprovals": 2}))
     await rt.submit_approval(ex.id, "approve", approver="alice", decision="approve")
-    current = rt.get(ex.id)
+    current = await rt.get(ex.id)
     assert current.steps["approve"].status == "awaiting_approval"
     assert current.status == "awaiting_approval"
     with pytest.raises(Conflict):
         await rt.submit_approval(ex.id, "approve", approver="alice", decision="approve")
     with pytest.raises(Conflict):  # a changed mind is a second decision too
         await rt.submit_approval(ex.id, "approve", approver="alice", decision="reject")
-    current = rt.get(ex.id)
+    current = await rt.get(ex.id)
     assert [a.approver for a in current.steps["approve"].approvals] == ["alice"]  # not counted
     assert current.steps["approve"].status == "awaiting_approval"
     await rt.submit_approval(ex.id, "approve", approver="carol", decision="approve")
@@ -80,7 +80,7 @@ async def test_approver_not_in_the_list_is_forbidden(rt: Runtime, autojump_clock
     ex = await start(rt, approval())
     with pytest.raises(Forbidden):
         await rt.submit_approval(ex.id, "approve", approver="mallory", decision="approve")
-    assert rt.get(ex.id).steps["approve"].approvals == ()
+    assert (await rt.get(ex.id)).steps["approve"].approvals == ()
     assert not any(a.action == "approval.decided" for a in await rt.audit(ex.id))
 
 
@@ -92,7 +92,7 @@ async def test_bad_decision_unknown_step_and_non_approval_step(rt: Runtime, auto
         await rt.submit_approval(ex.id, "nope", approver="alice", decision="approve")
     with pytest.raises(Conflict):
         await rt.submit_approval(ex.id, "deploy", approver="alice", decision="approve")
-    assert rt.get(ex.id).steps["approve"].status == "awaiting_approval"
+    assert (await rt.get(ex.id)).steps["approve"].status == "awaiting_approval"
 
 
 async def test_one_rejection_ends_the_step_at_once_and_fails_the_execution(rt: Runtime, recorder: Recorder, autojump_clock: Any) -> None:
@@ -170,14 +170,14 @@ async def test_a_decision_before_the_deadline_wins(rt: Runtime, autojump_clock: 
     assert final.status == "completed"
     assert trio.current_time() == HOUR - 1
     await trio.sleep(2 * HOUR)
-    assert rt.get(ex.id).steps["approve"].status == "succeeded"
+    assert (await rt.get(ex.id)).steps["approve"].status == "succeeded"
 
 
 async def test_without_timeout_an_approval_waits_indefinitely(rt: Runtime, autojump_clock: Any) -> None:
     ex = await start(rt, approval())
     await trio.sleep(30 * 24 * HOUR)
-    assert rt.get(ex.id).status == "awaiting_approval"
-    assert rt.get(ex.id).steps["approve"].deadline_at is None
+    assert (await rt.get(ex.id)).status == "awaiting_approval"
+    assert (await rt.get(ex.id)).steps["approve"].deadline_at is None
     await rt.cancel(ex.id, reason="abandoned")
 
 
@@ -199,7 +199,7 @@ async def test_execution_is_awaiting_approval_only_when_every_step_in_progress_i
     current = await until(rt, ex.id, lambda e: e.steps["event"].status == "waiting")
     assert current.status == "running"  # an event wait keeps the execution running
     await rt.publish_event("build.done", "b-1")
-    current = rt.get(ex.id)
+    current = await rt.get(ex.id)
     assert current.steps["event"].status == "succeeded"
     assert current.status == "awaiting_approval"  # only the approval is left
     await rt.submit_approval(ex.id, "approve", approver="alice", decision="approve")
@@ -295,7 +295,7 @@ async def test_retrying_a_rejected_approval_starts_a_fresh_round(any_store: Runt
     assert current.steps["approve"].attempts == 2
     # the same people decide again, at the same (virtual) instant as the first round
     await rt.submit_approval(ex.id, "approve", approver="bob", decision="approve")
-    assert rt.get(ex.id).steps["approve"].status == "awaiting_approval"  # 1 of 2: alice's earlier approval is gone
+    assert (await rt.get(ex.id)).steps["approve"].status == "awaiting_approval"  # 1 of 2: alice's earlier approval is gone
     await rt.submit_approval(ex.id, "approve", approver="alice", decision="approve")
     final = await rt.wait(ex.id)
     assert final.status == "completed"

@@ -54,13 +54,13 @@ async def test_event_is_delivered_as_a_message_to_the_waiting_step(rt: Runtime, 
     assert ex.steps["wait"].status == "waiting"
     assert ex.status == "running"  # an event wait keeps the execution running
     await trio.sleep(2 * HOUR)
-    assert rt.get(ex.id).steps["wait"].status == "waiting"
+    assert (await rt.get(ex.id)).steps["wait"].status == "waiting"
     before = trio.current_time()
     result = await rt.publish_event("ticket.closed", "T-1", {"resolution": "fixed"}, tenant_id="t1")
     assert (result.delivered, result.retained) == (1, False)
     assert result.event_id
     # no polling: the step's outcome is committed before publish_event returns, with no delay
-    current = rt.get(ex.id)
+    current = await rt.get(ex.id)
     assert trio.current_time() == before
     assert current.steps["wait"].status == "succeeded"
     assert current.steps["wait"].output == {"type": "ticket.closed", "correlationKey": "T-1",
@@ -80,7 +80,7 @@ async def test_an_event_goes_to_every_step_waiting_on_its_key(rt: Runtime, autoj
     assert (result.delivered, result.retained) == (2, False)
     for ex in (first, second):
         assert (await rt.wait(ex.id)).steps["after"].output == {"n": 1}
-    assert rt.get(other_key.id).steps["wait"].status == "waiting"
+    assert (await rt.get(other_key.id)).steps["wait"].status == "waiting"
 
 
 async def test_two_steps_of_one_execution_on_the_same_key(rt: Runtime, autojump_clock: Any) -> None:
@@ -99,7 +99,7 @@ async def test_event_type_must_match(rt: Runtime, autojump_clock: Any) -> None:
     ex = await start_waiting(rt, waiting())
     result = await rt.publish_event("ticket.opened", "T-1", {}, tenant_id="t1")
     assert (result.delivered, result.retained) == (0, True)
-    assert rt.get(ex.id).steps["wait"].status == "waiting"
+    assert (await rt.get(ex.id)).steps["wait"].status == "waiting"
 
 
 async def test_events_are_scoped_to_their_tenant(rt: Runtime, autojump_clock: Any) -> None:
@@ -108,12 +108,12 @@ async def test_events_are_scoped_to_their_tenant(rt: Runtime, autojump_clock: An
     result = await rt.publish_event("ticket.closed", "T-1", {"from": "t2"}, tenant_id="t2")
     assert (result.delivered, result.retained) == (0, True)
     await trio.sleep(60)
-    assert rt.get(in_t1.id).steps["wait"].status == "waiting"
+    assert (await rt.get(in_t1.id)).steps["wait"].status == "waiting"
     # the event retained for t2 goes to a t2 waiter, never to t1's
     in_t2 = await start_waiting(rt, doc, tenant="t2")
     assert in_t2.steps["wait"].status == "succeeded"
     assert in_t2.steps["wait"].output["payload"] == {"from": "t2"}
-    assert rt.get(in_t1.id).steps["wait"].status == "waiting"
+    assert (await rt.get(in_t1.id)).steps["wait"].status == "waiting"
     assert (await rt.publish_event("ticket.closed", "T-1", {"from": "t1"}, tenant_id="t1")).delivered == 1
     assert (await rt.wait(in_t1.id)).steps["after"].output == {"from": "t1"}
 
@@ -125,7 +125,7 @@ async def test_filter_mismatch_does_not_complete_the_step(rt: Runtime, autojump_
     for payload in ({"status": "open", "priority": "P1"}, {"status": "closed", "priority": "P4"}, {"other": 1}, None):
         result = await rt.publish_event("ticket.closed", "T-1", payload, tenant_id="t1")
         assert result.delivered == 0
-        assert rt.get(ex.id).steps["wait"].status == "waiting"
+        assert (await rt.get(ex.id)).steps["wait"].status == "waiting"
     result = await rt.publish_event("ticket.closed", "T-1", {"status": "closed", "priority": "P2"}, tenant_id="t1")
     assert (result.delivered, result.retained) == (1, False)
     assert (await rt.wait(ex.id)).steps["after"].output == {"status": "closed", "priority": "P2"}
@@ -215,7 +215,7 @@ async def test_timeout_ms_of_several_hours(rt: Runtime, autojump_clock: Any) -> 
     ex = await start_waiting(rt, waiting({"timeoutMs": 6 * HOUR * 1000}))
     assert (ex.steps["wait"].deadline_at - ex.steps["wait"].started_at).total_seconds() == 6 * HOUR
     await trio.sleep(5 * HOUR)
-    assert rt.get(ex.id).steps["wait"].status == "waiting"
+    assert (await rt.get(ex.id)).steps["wait"].status == "waiting"
     final = await rt.wait(ex.id)
     assert trio.current_time() == 6 * HOUR
     assert final.steps["wait"].error.code == "timeout"
@@ -236,7 +236,7 @@ async def test_timeout_with_continue_on_error_lets_the_execution_go_on(rt: Runti
 async def test_cancel_removes_the_waiter(rt: Runtime, autojump_clock: Any) -> None:
     ex = await start_waiting(rt, waiting())
     await rt.cancel(ex.id, reason="no longer needed")
-    assert rt.get(ex.id).steps["wait"].status == "cancelled"
+    assert (await rt.get(ex.id)).steps["wait"].status == "cancelled"
     assert rt.router.waiting == 0
     result = await rt.publish_event("ticket.closed", "T-1", {}, tenant_id="t1")
     assert (result.delivered, result.retained) == (0, True)

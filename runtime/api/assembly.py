@@ -32,6 +32,7 @@ from runtime.api.routing import Routing
 from runtime.api.runtime import Runtime
 from runtime.api.starting import Starter
 from runtime.api.stores import store_for
+from runtime.cluster.leftovers import Leftovers
 from runtime.cluster.node import Cluster, default_instance_id
 from runtime.core import Tick
 from runtime.core.messages import Cancel
@@ -100,6 +101,8 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
                     background.start_soon(runtime.scheduler.run, name="triggers")
                     if runtime.cluster is not None:
                         services.start_soon(runtime.cluster.heartbeat, name="heartbeat")
+                        services.start_soon(Leftovers(runtime.cluster, runtime.read, runtime.commit,
+                                                      runtime.directory).run, name="commands of finished executions")
                     try:
                         yield runtime
                     except BaseException as exc:
@@ -220,6 +223,7 @@ def _execution_host(runtime: Runtime, commit: CommitChange, timers: Timers) -> E
         router=runtime.router, timers=timers, left=left, incarnation=directory.next_incarnation,
         start_child=runtime.children.start, cancel_child=runtime.children.cancel, notify=runtime.notifier.send,
         owner=cluster.instance_id if cluster else None, pending_commands=cluster.pending if cluster else None,
+        hand=cluster.hand if cluster else None, applied=directory.applied,
     )
 
 

@@ -16,13 +16,25 @@ from runtime.api import arguments
 from runtime.api.parts import Parts
 from runtime.api.starting import check_hop
 from runtime.core.draft import SYSTEM
-from runtime.core.messages import Cancel, DecideApproval, DelegateApproval, Pause, Resume, RetryStep
-from runtime.model import Execution
-from runtime.model.errors import Problem, ValidationError, too_large
-from runtime.model.jsonsafe import json_size
-from runtime.model.records import Delivery
+from runtime.core.machine import forked
+from runtime.core.messages import (
+    Cancel,
+    CompleteStep,
+    DecideApproval,
+    DelegateApproval,
+    Pause,
+    Resume,
+    RetryStep,
+    SkipStep,
+)
+from runtime.model import AuditEntry, Execution
+from runtime.model.errors import NotFound, Problem, ValidationError, too_large
+from runtime.model.jsonsafe import first_problem, json_size
+from runtime.model.records import Change, Delivery
 from runtime.model.types import StartResult
 from runtime.shell.events import PublishResult
+
+MISSING_INPUT: Any = object()  # ``fork`` without an input: the old execution's
 
 
 class ExecutionControl(Parts):
@@ -59,6 +71,30 @@ class ExecutionControl(Parts):
         result = await self.starter.start(old.runbook_id, old.input, context, version=old.runbook_version,
                                           force=True, replay_of=old.id, actor=actor, reason=reason)
         return result.execution
+
+    async def fork(self, execution_id: str, from_step: str, *, input: Any = MISSING_INPUT,
+                   version: int | None = None, actor: str | None = None, reason: str | None = None,
+                   tenant_id: str | None = None) -> Execution:
+        """A new execution of the same runbook version (or ``version``) that begins with the
+        outcomes and outputs of the steps before ``from_step`` (those that succeeded or were
+        skipped) and runs the rest; ``input``: the old one unless given. The new execution's
+        ``forked_from`` names the old one and the step; the old one's audit log gets an
+        ``execution.forked`` entry naming the new one."""
+        arguments.check_control(execution_id, reason, actor, tenant_id, step_id=from_step)
+        old = await self.routing.fetch(execution_id, tenant_id)
+        runbook = await self.catalog.get(old.runbook_id, version or old.runbook_version, tenant_id=old.tenant_id)
+        if from_step not in {step.id for step in runbook.steps}:
+            raise NotFound(f"runbook {runbook.id} v{runbook.version} has no step '{from_step}'")
+        context = {**old.context, "userId": actor or SYSTEM}
+        context.pop("trigger", None)
+        new_input = old.input if input is MISSING_INPUT else input
+        result = await self.starter.start(old.runbook_id, new_input, context, version=runbook.version, force=True,
+                                          actor=actor, reason=reason, fork=forked(old, runbook, from_step))
+        new = result.execution
+        await self.commit(Change(audit=(AuditEntry(
+            old.id, self.clock.now(), actor or SYSTEM, "execution.forked", from_step, old.context.get("legalBasis"),
+            reason, {"forkId": new.id, "fromStep": from_step, "runbookVersion": runbook.version}),)))
+        return new
 
     async def pause(self, execution_id: str, reason: str | None = None, *, actor: str = "system",
                     tenant_id: str | None = None) -> Execution:
@@ -105,6 +141,53 @@ class ExecutionControl(Parts):
         execution = await self.routing.apply(execution_id, tenant_id, RetryStep(step_id, actor, reason))
         self.hub.notify("execution.retried", execution)
         return execution
+
+    async def complete_step(self, execution_id: str, step_id: str, *, output: Any, justification: str,
+                            evidence: Any = None, legal_basis: str | None = None, actor: str = "system",
+                            tenant_id: str | None = None) -> Execution:
+        """End a failed, waiting or awaiting-approval step as succeeded with ``output``: someone did
+        its work by hand. The execution goes on as if the step had succeeded (a failed execution
+        runs again). ``justification`` is required, ``legal_basis`` too when the runbook says
+        ``requireLegalBasis``; audited ``step.completed_by_hand``, with an evidence item."""
+        await self._check_by_hand(execution_id, step_id, justification, legal_basis, actor, tenant_id)
+        problems = self._payload_problems(output, evidence)
+        if problems:
+            raise ValidationError(problems)
+        request = CompleteStep(step_id, actor, output, justification, evidence, legal_basis)
+        return await self.routing.apply(execution_id, tenant_id, request)
+
+    async def skip_step(self, execution_id: str, step_id: str, *, justification: str,
+                        legal_basis: str | None = None, actor: str = "system",
+                        tenant_id: str | None = None) -> Execution:
+        """End a failed, waiting or awaiting-approval step as skipped; its dependents follow the
+        rule of a ``when`` skip. Audited ``step.skipped_by_hand``; see ``complete_step``."""
+        await self._check_by_hand(execution_id, step_id, justification, legal_basis, actor, tenant_id)
+        return await self.routing.apply(execution_id, tenant_id, SkipStep(step_id, actor, justification, legal_basis))
+
+    async def _check_by_hand(self, execution_id: str, step_id: str, justification: Any, legal_basis: Any,
+                             actor: str, tenant_id: str | None) -> None:
+        arguments.check_control(execution_id, justification, actor, tenant_id, step_id=step_id)
+        arguments.check_control(execution_id, legal_basis, actor, tenant_id)
+        problems = []
+        if not isinstance(justification, str) or not justification.strip():
+            problems.append(Problem("justification", "required: why the step is taken over by hand"))
+        execution = await self.routing.fetch(execution_id, tenant_id)
+        runbook = await self.catalog.pinned(execution)
+        if runbook.require_legal_basis and not legal_basis:
+            problems.append(Problem("context.legalBasis", "required by this runbook (requireLegalBasis)"))
+        if problems:
+            raise ValidationError(problems)
+
+    def _payload_problems(self, output: Any, evidence: Any) -> list[Problem]:
+        limit = self.settings.max_output_bytes
+        problems = []
+        for name, data in (("output", output), ("evidence", evidence)):
+            problem = first_problem(data, name)
+            if problem is not None:
+                problems.append(Problem(problem[0], problem[1]))
+            elif (size := json_size(data)) > limit:
+                problems.append(Problem(name, f"{size} bytes of JSON, more than {limit} (MAX_OUTPUT_BYTES)"))
+        return problems
 
     async def publish_event(self, event_type: str, correlation_key: str, payload: Any = None, *,
                             tenant_id: str = "default", hop: int = 0,

@@ -1,22 +1,39 @@
 """The embedded API's reads of executions: states, listings, records, and watching.
 
 Each method checks its arguments, then reads what was committed: the latest state from
-memory when this process has it (``Routing.in_memory``), else from the store; listings and
-records from the store. An execution of another tenant is ``NotFound``, as one that does
-not exist.
+memory when this process has it (``Routing.in_memory``), else from the store, so ``get``
+finds every execution of the tenant wherever it is; listings and records from the store.
+An execution of another tenant is ``NotFound``, as one that does not exist.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import attrs
 
 from runtime.api import arguments
 from runtime.api.parts import Parts
+from runtime.core.explain import Explanation, explain
 from runtime.kinds.approval_inbox import ApprovalPage, pending_for
 from runtime.model import AuditEntry, Evidence, Execution, ExecutionStatus, LogEntry
-from runtime.model.errors import Problem, ValidationError
+from runtime.model.errors import NotFound, Problem, ValidationError
+from runtime.model.wire import from_json
+
+
+@attrs.frozen
+class CommandStatus:
+    """A command queued for an execution's owner: ``queued``, ``applied`` (with the execution as
+    it committed then, or the value answered: whether an event was taken) or ``refused`` (with
+    ``error``: the class of the refusal and its message, as the owner would have answered)."""
+
+    command_id: str
+    execution_id: str
+    status: str
+    execution: Execution | None = None
+    value: Any = None
+    error: tuple[str, str] | None = None
 
 
 @attrs.frozen
@@ -26,17 +43,17 @@ class Page:
 
 
 class ExecutionReads(Parts):
-    def get(self, execution_id: str, *, tenant_id: str | None = None) -> Execution:
-        """The latest committed state, from memory: a live execution, or one committed or read
-        recently (``Settings.finished_cache_size`` of them). With the memory store any
-        execution; otherwise, for one not in memory, use ``await fetch()``."""
-        arguments.check_lookup(execution_id, tenant_id)
-        return self.routing.get(execution_id, tenant_id)
-
-    async def fetch(self, execution_id: str, *, tenant_id: str | None = None) -> Execution:
-        """The latest committed state, reading the store (off the event loop) when it is not in memory."""
+    async def get(self, execution_id: str, *, tenant_id: str | None = None) -> Execution:
+        """The execution's latest committed state, wherever it is: from memory without a store
+        read when this process has it (one it runs, or one it committed recently), else read
+        from the store (off the event loop; with several processes, from the database
+        whichever process owns it). ``NotFound`` only when the tenant has no such execution."""
         arguments.check_lookup(execution_id, tenant_id)
         return await self.routing.fetch(execution_id, tenant_id)
+
+    async def fetch(self, execution_id: str, *, tenant_id: str | None = None) -> Execution:
+        """The same as ``get`` (its earlier name)."""
+        return await self.get(execution_id, tenant_id=tenant_id)
 
     async def list_executions(self, *, tenant_id: str | None = None, runbook_id: str | None = None,
                               status: str | None = None, limit: int = 50, cursor: str | None = None) -> Page:
@@ -77,6 +94,43 @@ class ExecutionReads(Parts):
         arguments.check_lookup(execution_id, tenant_id)
         await self.routing.fetch(execution_id, tenant_id)
         return await self.read(self.store.audit, execution_id)
+
+    async def explain(self, execution_id: str, *, step_id: str | None = None,
+                      tenant_id: str | None = None) -> list[Explanation]:
+        """Why the execution and each step (or only ``step_id``) are as they are: sentences and
+        the decision records they come from (``runtime.core.explain``), through the secrets
+        redactor. An unknown step is ``NotFound``."""
+        arguments.check_control(execution_id, None, None, tenant_id, step_id=step_id)
+        execution = await self.routing.fetch(execution_id, tenant_id)
+        if step_id is not None and step_id not in execution.steps:
+            raise NotFound(f"execution {execution_id} has no step '{step_id}'")
+        runbook = await self.catalog.pinned(execution)
+        depends_on = {step.id: tuple(step.depends_on or ()) for step in runbook.steps}
+        secrets = self.secrets
+        return [attrs.evolve(item, reasons=tuple(secrets.redact_text(r) for r in item.reasons),
+                             data=secrets.redact(item.data))
+                for item in explain(execution, step_id, depends_on)]
+
+    async def command_status(self, execution_id: str, command_id: str, *,
+                             tenant_id: str | None = None) -> CommandStatus:
+        """What became of a command a process accepted for the execution without its outcome
+        (``CommandQueued``: its owner did not answer in time). ``NotFound`` for a command of
+        another execution, or with a single process (its commands are never queued)."""
+        arguments.check_lookup(execution_id, tenant_id)
+        await self.routing.fetch(execution_id, tenant_id)
+        found = await self.read(self.cluster.store.command, command_id) if self.cluster is not None else None
+        if found is None or found[0] != execution_id:
+            raise NotFound(f"execution {execution_id} has no command {command_id}")
+        _, applied, outcome = found
+        if not applied:
+            return CommandStatus(command_id, execution_id, "queued")
+        if not outcome.get("ok"):
+            error = outcome.get("error") or {}
+            return CommandStatus(command_id, execution_id, "refused",
+                                 error=(str(error.get("class") or "RunbookError"), str(error.get("message") or "")))
+        execution = outcome.get("execution")
+        return CommandStatus(command_id, execution_id, "applied", from_json(execution, Execution)
+                             if execution is not None else None, outcome.get("value"))
 
     async def wait(self, execution_id: str, *, tenant_id: str | None = None) -> Execution:
         """The execution once it has finished (completed, failed, cancelled or timed out)."""

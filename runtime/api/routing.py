@@ -5,8 +5,9 @@ command is a message to its actor (``Directory.ask``), and its latest state is i
 in the store. With several processes sharing a PostgreSQL database (``cluster`` set), an
 execution belongs to the process holding its lease: a command for one owned elsewhere
 becomes a row of the commands table that its owner applies (``Cluster.forward``), a state
-is read from the database unless this process runs the execution, and a step retry of a
-finished execution first claims it (it runs here from then on). An event is published in
+is read from the database unless this process runs the execution, and a step retry (or a
+step completed or skipped by hand) of a finished execution first claims it (it runs here from
+then on). An event is published in
 one transaction that hands it to the waiting steps of every process.
 
 Before a decision (or a delegation) is forwarded, whether its approver may decide on the
@@ -28,11 +29,13 @@ from runtime.cluster.node import Cluster
 from runtime.core.messages import (
     Cancel,
     ChildFinished,
+    CompleteStep,
     DecideApproval,
     DelegateApproval,
     Pause,
     Resume,
     RetryStep,
+    SkipStep,
 )
 from runtime.kinds.approval_inbox import rendered_config
 from runtime.kinds.approval_rules import check_approver
@@ -46,7 +49,10 @@ from runtime.shell.settings import Settings
 from runtime.shell.watch import WatchHub
 from runtime.store.base import Store
 
-Request = Pause | Resume | Cancel | RetryStep | DecideApproval | DelegateApproval  # what the API asks of an execution
+Request = (  # what the API asks of an execution
+    Pause | Resume | Cancel | RetryStep | CompleteStep | SkipStep | DecideApproval | DelegateApproval
+)
+REOPENING = (RetryStep, CompleteStep, SkipStep)  # may run a failed execution again
 Rules = Callable[[Event], Awaitable[int]]  # the event rules of triggers: how many executions they started
 ATTEMPTS = 3  # an execution that changes owner while a request is made: asked again at its new owner
 
@@ -75,19 +81,9 @@ class Routing:
             return None
         return self.directory.snapshot(execution_id) or self.hub.recent(execution_id)
 
-    def get(self, execution_id: str, tenant_id: str | None) -> Execution:
-        """The latest committed state without waiting: from memory, or from a store that is
-        not threaded."""
-        execution = self.in_memory(execution_id)
-        if execution is None:
-            if self.store.threaded:
-                raise NotFound(f"execution {execution_id} is not in this runtime's memory; "
-                               "await fetch() reads it from the store")
-            execution = self.store.get_execution(execution_id)
-        return _visible(execution, execution_id, tenant_id)
-
     async def fetch(self, execution_id: str, tenant_id: str | None = None) -> Execution:
-        """The latest committed state, reading the store when it is not in memory."""
+        """The latest committed state: from memory when this process has it (no store read),
+        else read from the store."""
         execution = self.in_memory(execution_id)
         if execution is None:
             execution = await self.read(self.store.get_execution, execution_id)
@@ -98,7 +94,7 @@ class Routing:
         """Apply ``request`` where the execution runs: here (a message to its actor), or on the
         process that owns it (forwarded through the database); the execution as committed."""
         execution = await self.fetch(execution_id, tenant_id)
-        if execution.status.finished and not isinstance(request, RetryStep):
+        if execution.status.finished and not isinstance(request, REOPENING):
             raise Conflict(f"execution {execution_id} is {execution.status.value}")
         for _ in range(ATTEMPTS):
             if self.cluster is not None and not self.owns(execution_id) and not await self._claimed(execution):
@@ -114,7 +110,8 @@ class Routing:
         raise Conflict(f"execution {execution_id} changed owner while the request was made; try again")
 
     async def _claimed(self, execution: Execution) -> bool:
-        """A step retry of a finished execution another process ran: it runs here from now on."""
+        """A step retry (or a step ended by hand) of a finished execution another process ran: it
+        runs here from now on."""
         assert self.cluster is not None
         return execution.status.finished and await self.cluster.claim_finished(execution.id)
 
@@ -164,7 +161,8 @@ class Routing:
             self.cluster.hand(result.commands)
         if result.duplicate:
             return PublishResult(0, False, event.id, duplicate=True)
-        return PublishResult(started + result.delivered, result.retained and not started, event.id)
+        return PublishResult(started + result.delivered, result.retained and not started, event.id,
+                             refused_by_filter=result.refused_by_filter)
 
 
 def _visible(execution: Execution | None, execution_id: str, tenant_id: str | None) -> Execution:

@@ -16,7 +16,7 @@ from typing import Any
 from runtime.api import arguments
 from runtime.api.control import ExecutionControl
 from runtime.api.links import DecisionLinks
-from runtime.api.reading import ExecutionReads, Page
+from runtime.api.reading import CommandStatus, ExecutionReads, Page
 from runtime.documents.validate import validate_document
 from runtime.model import AuditEntry, Runbook
 from runtime.model.errors import Problem, StoreUnavailable, ValidationError
@@ -27,7 +27,7 @@ from runtime.shell.step_types import StepTypes
 from runtime.shell.watch import Observer
 from runtime.triggers.scheduler import TriggerInfo, audit_key
 
-__all__ = ["Page", "Runtime", "StartResult", "source_audit_key"]
+__all__ = ["CommandStatus", "Page", "Runtime", "StartResult", "source_audit_key"]
 
 
 def source_audit_key(tenant_id: str, source_id: str) -> str:
@@ -97,11 +97,13 @@ class Runtime(ExecutionControl, ExecutionReads, DecisionLinks):
         return validate_document(doc, self.types, self.settings.trigger_limits)
 
     async def register_runbook(self, document: Any, *, tenant_id: str | None = None) -> Runbook:
-        """Validate and register a new version; ``tenant_id`` None: shared by every tenant."""
+        """Validate and register a new version; ``tenant_id`` None: shared by every tenant. A
+        document equal to the latest version's registers nothing and returns that version."""
         arguments.check_tenant(tenant_id)
-        runbook = await self.catalog.register(document, tenant_id)
-        self.scheduler.replace(runbook)  # only the latest version has live triggers
-        self.hub.notify("runbook.registered", runbook)
+        runbook, new = await self.catalog.register(document, tenant_id)
+        if new:
+            self.scheduler.replace(runbook)  # only the latest version has live triggers
+            self.hub.notify("runbook.registered", runbook)
         return runbook
 
     async def get_runbook(self, runbook_id: str, version: int | None = None, *,

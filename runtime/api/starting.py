@@ -25,6 +25,7 @@ import attrs
 from runtime.api import arguments
 from runtime.api.access import CommitChange, Read
 from runtime.core import created
+from runtime.core.machine import Fork
 from runtime.language.input_schema import input_problems
 from runtime.model import Execution, Lineage, Runbook
 from runtime.model.errors import (
@@ -66,12 +67,13 @@ class Starter:
                     version: int | None = None, idempotency_key: str | None = None, force: bool = False,
                     replay_of: str | None = None, actor: str | None = None, reason: str | None = None,
                     parent: Lineage | None = None, execution_id: str | None = None,
-                    hop: int = 0) -> StartResult:
+                    hop: int = 0, fork: Fork | None = None) -> StartResult:
         """Start an execution, or answer the one an identical start already made.
         ``parent``: where a run-runbook step's child sits (``FanoutLimit``, or ``Conflict``
         once its root or parent has ended, when the store does not admit it). ``hop``: how
         many runbooks calling the engine led to this start (``X-Runbooks-Hop``), kept as
-        ``context.hop`` and refused past ``max_hops`` (``LoopDetected``)."""
+        ``context.hop`` and refused past ``max_hops`` (``LoopDetected``). ``fork``: the execution
+        forked from, and the steps the new one begins with already ended."""
         arguments.check_start(runbook_id, input, context, version, idempotency_key, force, actor, reason)
         ctx = dict(context or {})
         tenant = ctx["tenantId"] = str(ctx.get("tenantId") or "default")
@@ -88,7 +90,8 @@ class Starter:
                 return StartResult(_same_input(existing, input_hash), False)
         change = created(runbook, execution_id=execution_id or uuid.uuid4().hex, input=input, context=ctx,
                          input_hash=input_hash, idempotency_key=idempotency_key, dedup=not force,
-                         replay_of=replay_of, now=self.clock.now(), actor=actor, reason=reason, parent=parent)
+                         replay_of=replay_of, now=self.clock.now(), actor=actor, reason=reason, parent=parent,
+                         fork=fork)
         if parent is not None:
             change = attrs.evolve(change, fanout=FanoutCaps(self.max_descendants, self.max_active_descendants))
         return await self._commit(change, input_hash if idempotency_key else None)

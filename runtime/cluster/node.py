@@ -35,7 +35,7 @@ from typing import Any
 
 import trio
 
-from runtime.core.messages import Command, Message, command_of, command_row
+from runtime.core.messages import Command, command_of, command_row
 from runtime.core.plan import UnknownStepType
 from runtime.model import Execution
 from runtime.model.errors import CommandQueued, NotFound
@@ -81,12 +81,12 @@ class Cluster:
         self._nursery = nursery
         await nursery.start(self._listener.run)
         alive = await self._read(self.store.register_instance, self.instance_id, self.incarnation, self.ttl_s)
-        if alive:
-            logger.error("RUNBOOKS_INSTANCE_ID %r was in use by a process that is still alive (or died less "
-                         "than LEASE_TTL_MS ago); this process takes its executions, and any write of the "
-                         "other one is refused from now on. Give every process its own instance id.",
-                         self.instance_id)
         own: list[str] = await self._read(self.store.claim_own, self.instance_id)
+        if alive:  # what a restart after kill -9 looks like (or, rarely, a second process with this id)
+            logger.warning("instance %r restarted before its previous run's heartbeat ran out (that run "
+                           "stopped without handing over, e.g. killed): resuming its %d unfinished "
+                           "execution(s) here now; writes of the previous run, if it still runs, are refused",
+                           self.instance_id, len(own))
         return own
 
     async def heartbeat(self) -> None:
@@ -122,7 +122,20 @@ class Cluster:
     async def stop(self) -> None:
         """Graceful shutdown: every execution of this process goes to the others at once."""
         released = await self._read(self.store.stop_instance, self.instance_id, self.incarnation)
-        logger.info("handed %d executions over to the other processes", len(released))
+        try:
+            others = await self._read(self.store.others_alive, self.instance_id) if released else 0
+        except Exception:  # (the count is for the log line only)
+            others = -1
+        if not released:
+            logger.info("stopped: no unfinished executions to hand over")
+        elif others < 0:
+            logger.info("released %d unfinished execution(s) for the next process that runs", len(released))
+        elif others:
+            logger.info("handed %d unfinished execution(s) over to the %d other running process(es)",
+                        len(released), others)
+        else:
+            logger.info("released %d unfinished execution(s); no other process is running: the next "
+                        "process to start on this database resumes them", len(released))
 
     def _replaced(self) -> None:
         logger.error("another process took RUNBOOKS_INSTANCE_ID %r: this process stops running its "
@@ -185,7 +198,7 @@ class Cluster:
         except Exception as exc:
             logger.error("could not queue %s for execution %s: %s", type(command).__name__, execution_id, exc)
 
-    async def pending(self, execution_id: str) -> list[Message]:
+    async def pending(self, execution_id: str) -> list[commands.Queued]:
         """The execution's queued commands, as messages (an actor applies them first)."""
         found = await self._read(self.store.pending_commands, execution_id)
         return [self._received(command_id, kind, body) for command_id, kind, body in found]
@@ -194,19 +207,24 @@ class Cluster:
         """Commands just committed by this process (a publish's events): those for
         executions run here go to their actors at once, without reading them back."""
         for command_id, execution_id, kind, body in queued:  # (another process's: its owner hears the NOTIFY)
-            if command_id not in self._delivered and self._directory.knows(execution_id):
+            if self._fresh(command_id) and self._directory.knows(execution_id):
                 self._directory.post(execution_id, self._received(command_id, kind, body))
 
     async def deliver(self, execution_id: str) -> None:
         """Hand the execution's new commands to its actor here, each once."""
         for command_id, kind, body in await self._read(self.store.pending_commands, execution_id):
-            if command_id not in self._delivered and self._directory.knows(execution_id):
+            if self._fresh(command_id) and self._directory.knows(execution_id):
                 self._directory.post(execution_id, self._received(command_id, kind, body))
 
-    def _received(self, command_id: str, tag: str, body: Any) -> Message:
+    def _fresh(self, command_id: str) -> bool:
+        """Neither handed to an actor nor applied here already (read again by a delivery that
+        overlapped the one that applied it: its row was read before that commit)."""
+        return command_id not in self._delivered and command_id not in self._directory.applied
+
+    def _received(self, command_id: str, tag: str, body: Any) -> commands.Queued:
         """The command of a row, answered by recording its outcome (once handed to an actor)."""
         self._delivered.add(command_id)
-        return command_of(tag, body, commands.CommandReply(command_id))
+        return commands.Queued(command_id, command_of(tag, body, commands.CommandReply(command_id)))
 
     # ------------------------------------------------------------------ notifications
     def _on_notice(self, payload: str) -> None:
@@ -228,7 +246,7 @@ class Cluster:
             command_id, _, nonce = command_id.partition(":")
             if nonce == self.store.nonce:
                 return  # committed by a publish of this process, which hands it over itself
-            if self._directory.knows(execution_id) and command_id not in self._delivered:
+            if self._directory.knows(execution_id) and self._fresh(command_id):
                 self._spawn(self.deliver, execution_id)
         elif kind == "state":
             execution_id, _, version = argument.rpartition(":")

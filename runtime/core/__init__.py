@@ -16,7 +16,8 @@ execution), ``control`` (what each message does to the execution as a whole), ``
 progress: a step's fate, the execution's end, the effects, and the kinds' views of task
 runs and parked steps), ``draft`` (the execution being changed and the records to commit),
 ``effects`` and ``messages`` (what goes out and comes in), ``kinds`` (the seam to the step
-kinds), ``plan``, ``state``, ``scope``.
+kinds), ``plan``, ``state``, ``scope``; ``by_hand`` (a step completed or skipped by a person),
+``why`` (each step's decision record) and ``explain`` (those records as sentences).
 """
 
 from runtime.core.effects import (

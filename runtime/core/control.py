@@ -10,22 +10,24 @@ addressed to one step and handed to its kind. Control that does not fit the stat
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
 from typing import Any
 
+from runtime.core import by_hand
 from runtime.core import effects as fx
 from runtime.core.messages import (
     Begin,
     Cancel,
+    CompleteStep,
     Continue,
     DeliverEvent,
     Message,
     Pause,
     Resume,
     RetryStep,
+    SkipStep,
     Tick,
 )
-from runtime.core.plan import Plan
+from runtime.core.plan import steps_to_retry
 from runtime.core.transition import ACTIVE, FAILED, Transition
 from runtime.model import AuditEntry, Execution, ExecutionStatus, StepError, StepState, StepStatus
 from runtime.model.errors import Conflict, NotFound, RunbookError
@@ -60,7 +62,7 @@ def _begin(t: Transition, message: Begin) -> None:
     t.waits.clear()
     t.state.armed = False
     if t.ex.status is ES.PENDING:
-        t.set_execution(status=ES.RUNNING, started_at=t.now, deadline_at=_deadline(t))
+        t.set_execution(status=ES.RUNNING, started_at=t.now, deadline_at=t.deadline())
         t.log("info", "execution started")
         t.audit("execution.running")
     if t.ex.status.finished:
@@ -122,7 +124,7 @@ def _retry(t: Transition, message: RetryStep) -> None:
     for sid in reset:
         old = t.ex.steps[sid]
         t.replace_step(sid, StepState(SS.PENDING, old.type, attempts=old.attempts))
-    t.set_execution(status=ES.RUNNING, error=None, completed_at=None, output=None, deadline_at=_deadline(t))
+    t.set_execution(status=ES.RUNNING, error=None, completed_at=None, output=None, deadline_at=t.deadline())
     t.audits.append(AuditEntry(ex.id, t.now, message.actor, "step.retry", step_id,
                                      ex.context.get("legalBasis"), message.reason, {"reset": reset}))
     t.log("info", "step retry requested", step_id, reset=reset)
@@ -142,24 +144,6 @@ def _check_retry(ex: Execution, step_id: str) -> None:
         raise Conflict(f"step '{step_id}' is {status.value}, not failed or rejected")
 
 
-def steps_to_retry(plan: Plan, execution: Execution, step_id: str) -> set[str]:
-    """The step, the steps its failure cancelled, and everything downstream that did not succeed."""
-    reset = {step_id} | {sid for sid, s in execution.steps.items() if s.status is SS.CANCELLED}
-    frontier = list(reset)
-    while frontier:
-        for child in plan.dependents.get(frontier.pop(), ()):
-            if child not in reset and execution.steps[child].status is not SS.SUCCEEDED:
-                reset.add(child)
-                frontier.append(child)
-    return reset
-
-
-def _deadline(t: Transition) -> datetime | None:
-    """The execution's deadline, from now (None: no timeout)."""
-    timeout = t.plan.runbook.timeout_ms
-    return t.now + timedelta(milliseconds=timeout) if timeout else None
-
-
 _HANDLERS: dict[type, Callable[[Transition, Any], None]] = {
     Begin: _begin,
     Continue: lambda t, message: None,
@@ -168,4 +152,6 @@ _HANDLERS: dict[type, Callable[[Transition, Any], None]] = {
     Resume: _resume,
     Cancel: _cancel,
     RetryStep: _retry,
+    CompleteStep: lambda t, message: by_hand.complete(t, message),
+    SkipStep: lambda t, message: by_hand.skip(t, message),
 }

@@ -82,15 +82,20 @@ def apply_all(state: ExecutionState, messages: Iterable[Message],
 
 def created(runbook: Runbook, *, execution_id: str, input: Any, context: dict[str, Any], input_hash: str,
             idempotency_key: str | None, dedup: bool, replay_of: str | None, now: datetime,
-            actor: str | None, reason: str | None, parent: Lineage | None = None) -> Change:
+            actor: str | None, reason: str | None, parent: Lineage | None = None,
+            fork: Fork | None = None) -> Change:
     """The records of a new execution (``pending``; its ``Begin`` starts it once committed).
-    ``parent``: where a child started by a run-runbook step sits."""
+    ``parent``: where a child started by a run-runbook step sits; ``fork``: the execution and
+    step it is forked from, and the steps it begins with already ended."""
+    steps = {s.id: StepState(StepStatus.PENDING, s.type) for s in runbook.steps}
+    if fork is not None:
+        steps |= {step_id: state for step_id, state in fork.ended.items() if step_id in steps}
     execution = Execution(
         id=execution_id, runbook_id=runbook.id, runbook_version=runbook.version,
-        tenant_id=context["tenantId"], status=ES.PENDING, created_at=now,
-        steps={s.id: StepState(StepStatus.PENDING, s.type) for s in runbook.steps},
+        tenant_id=context["tenantId"], status=ES.PENDING, created_at=now, steps=steps,
         input=input, context=context, input_hash=input_hash, idempotency_key=idempotency_key,
         deduplicated=dedup, replay_of=replay_of, version=1,
+        forked_from={"executionId": fork.execution_id, "stepId": fork.step_id} if fork is not None else None,
     )
     if parent is not None:
         execution = attrs.evolve(execution, parent_execution_id=parent.parent_id, parent_step_id=parent.step_id,
@@ -100,9 +105,33 @@ def created(runbook: Runbook, *, execution_id: str, input: Any, context: dict[st
         ids |= {"parentExecutionId": parent.parent_id, "parentStepId": parent.step_id}
     audit = AuditEntry(execution_id, now, actor or str(context.get("userId") or SYSTEM), "execution.started",
                        None, context.get("legalBasis"), reason or context.get("reason"),
-                       {**ids, "replayOf": replay_of})
+                       {**ids, "replayOf": replay_of, **({"forkedFrom": execution.forked_from} if fork else {})})
     log = LogEntry(execution_id, now, "info", "execution created", None, ids)
     return Change(new_execution=execution, dedup=dedup, audit=(audit,), logs=(log,))
+
+
+@attrs.frozen
+class Fork:
+    """Where a fork comes from, and the steps it starts with already ended (``forked``)."""
+
+    execution_id: str
+    step_id: str
+    ended: dict[str, StepState]
+
+
+def forked(origin: Execution, runbook: Runbook, from_step: str) -> Fork:
+    """The fork of ``origin`` from ``from_step`` on ``runbook``: every step before it (in
+    document order) that succeeded or was skipped keeps that outcome and output; the rest run."""
+    ended: dict[str, StepState] = {}
+    for step in runbook.steps:
+        if step.id == from_step:
+            break
+        old = origin.steps.get(step.id)
+        if old is None or old.status not in (StepStatus.SUCCEEDED, StepStatus.SKIPPED):
+            continue
+        ended[step.id] = StepState(old.status, step.type, output=old.output, completed_at=old.completed_at,
+                                   why={"forked": {"executionId": origin.id, "status": old.status.value}})
+    return Fork(origin.id, from_step, ended)
 
 
 def crashed(execution: Execution, message: str, now: datetime) -> Change:

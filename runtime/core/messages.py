@@ -79,6 +79,31 @@ class RetryStep:
     reply: Any = attrs.field(default=None, metadata=LOCAL)  # stays in this process
 
 
+@attrs.frozen
+class CompleteStep:
+    """A person ends a failed, waiting or awaiting-approval step as succeeded with ``output``
+    (they did its work by hand); ``evidence``: what they attach to show it."""
+
+    step_id: str
+    actor: str
+    output: Any
+    justification: str
+    evidence: Any = None
+    legal_basis: str | None = None
+    reply: Any = attrs.field(default=None, metadata=LOCAL)  # stays in this process
+
+
+@attrs.frozen
+class SkipStep:
+    """A person ends a failed, waiting or awaiting-approval step as skipped."""
+
+    step_id: str
+    actor: str
+    justification: str
+    legal_basis: str | None = None
+    reply: Any = attrs.field(default=None, metadata=LOCAL)  # stays in this process
+
+
 # -- to one step (``step_id``); its kind decides what they do
 
 
@@ -187,14 +212,17 @@ StepMessage: TypeAlias = (
     AttemptStarted | AttemptRetrying | StepProgressed | StepFinished | DecideApproval | DelegateApproval
     | DeliverEvent | ChildFinished | NotificationSent
 )
-Message: TypeAlias = Begin | Tick | Continue | Pause | Resume | Cancel | RetryStep | StepMessage
+Message: TypeAlias = (
+    Begin | Tick | Continue | Pause | Resume | Cancel | RetryStep | CompleteStep | SkipStep | StepMessage
+)
 
 Command: TypeAlias = (
-    Pause | Resume | Cancel | RetryStep | DecideApproval | DelegateApproval | DeliverEvent | ChildFinished
+    Pause | Resume | Cancel | RetryStep | CompleteStep | SkipStep | DecideApproval | DelegateApproval
+    | DeliverEvent | ChildFinished
 )
 _COMMANDS: Final[dict[str, type[Command]]] = {
-    cls.__name__: cls for cls in (Pause, Resume, Cancel, RetryStep, DecideApproval, DelegateApproval,
-                                  DeliverEvent, ChildFinished)
+    cls.__name__: cls for cls in (Pause, Resume, Cancel, RetryStep, CompleteStep, SkipStep, DecideApproval,
+                                  DelegateApproval, DeliverEvent, ChildFinished)
 }
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import attrs
 
 from runtime.core.kinds import StepKind
-from runtime.model import Runbook, Step
+from runtime.model import Execution, Runbook, Step, StepStatus
 
 
 class UnknownStepType(LookupError):
@@ -62,3 +62,15 @@ class Plan:
             dependents={k: tuple(v) for k, v in dependents.items()},
             max_running=runbook.max_concurrent_steps or max_running,
         )
+
+
+def steps_to_retry(plan: Plan, execution: Execution, step_id: str) -> set[str]:
+    """The step, the steps its failure cancelled, and everything downstream that did not succeed."""
+    reset = {step_id} | {sid for sid, s in execution.steps.items() if s.status is StepStatus.CANCELLED}
+    frontier = list(reset)
+    while frontier:
+        for child in plan.dependents.get(frontier.pop(), ()):
+            if child not in reset and execution.steps[child].status is not StepStatus.SUCCEEDED:
+                reset.add(child)
+                frontier.append(child)
+    return reset

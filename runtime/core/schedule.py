@@ -14,8 +14,9 @@ from typing import Any
 
 from runtime.core import effects as fx
 from runtime.core.transition import ACTIVE, FAILED, Transition
+from runtime.core.why import condition, note
 from runtime.language import templates
-from runtime.language.conditions import PatternError, evaluate
+from runtime.language.conditions import PatternError, Trace, evaluate
 from runtime.model import ExecutionStatus, Step, StepError, StepStatus
 
 ES = ExecutionStatus
@@ -75,16 +76,24 @@ def _try_start(t: Transition, step: Step) -> bool:
         return True
     if t.ex.status not in ACTIVE:
         return False
+    kind = t.plan.kinds[step.id]
+    if step.when is None:
+        if kind.uses_slot and len(t.state.attempts) >= t.plan.max_running:
+            return False
+        kind.begin(t, step)
+        return True
+    trace: Trace = []
     try:
-        if step.when is not None and not evaluate(step.when, t.scope(step.id)):
-            t.skip(step.id, "'when' condition is false")
-            return True
+        holds = evaluate(step.when, t.scope(step.id), trace)
     except PatternError as exc:
         t.fail(step.id, StepError(exc.code, f"'when': {exc}", False))
         return True
-    kind = t.plan.kinds[step.id]
+    if not holds:
+        t.skip(step.id, "'when' condition is false", when=condition(trace, False))
+        return True
     if kind.uses_slot and len(t.state.attempts) >= t.plan.max_running:
         return False
+    note(t, step.id, when=condition(trace, True))
     kind.begin(t, step)
     return True
 

@@ -16,7 +16,7 @@ The execution-level messages are ``runtime.core.control``; what starts next,
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
@@ -24,6 +24,7 @@ import attrs
 from runtime.core import effects as fx
 from runtime.core.draft import SYSTEM, Draft, error_json
 from runtime.core.state import ExecutionState
+from runtime.core.why import unusual
 from runtime.model import (
     Execution,
     ExecutionStatus,
@@ -70,6 +71,11 @@ class Transition(Draft):
     def step_state(self, step_id: str) -> StepState:
         return self.ex.steps[step_id]
 
+    def deadline(self) -> datetime | None:
+        """The execution's deadline counted from now (None: the runbook has no timeout)."""
+        timeout = self.plan.runbook.timeout_ms
+        return self.now + timedelta(milliseconds=timeout) if timeout else None
+
     # ------------------------------------------------------------------ effects
     def emit(self, effect: fx.Effect) -> None:
         """Add ``effect``: at once or once this commits, as its ``after_commit`` says; an
@@ -91,6 +97,8 @@ class Transition(Draft):
         state = self.ex.steps[step.id]
         attempt = state.attempts + 1
         started = state.started_at if state.status.in_progress and state.started_at else self.now
+        if step.depends_on and (odd := unusual(step.depends_on, self.ex.steps)):
+            extra["why"] = {**(state.why or {}), "after": odd}
         self.set_step(step.id, status=status, attempts=attempt, started_at=started, completed_at=None,
                       error=None, **extra)
         self.log("info", "step started", step.id, attempt=attempt, type=step.type)
@@ -108,9 +116,12 @@ class Transition(Draft):
         if not self.plan.by_id[step_id].continue_on_error and not self.ex.status.finished:
             self.end(ExecutionStatus.FAILED, attrs.evolve(error, step_id=step_id))
 
-    def skip(self, step_id: str, why: str) -> None:
-        self.set_step(step_id, status=SS.SKIPPED, started_at=None, completed_at=self.now)
-        self.log("info", f"step skipped: {why}", step_id)
+    def skip(self, step_id: str, reason: str, **record: Any) -> None:
+        """The step is skipped for ``reason``; ``record``: more of the decision (``runtime.core.why``)."""
+        old = self.ex.steps[step_id].why
+        self.set_step(step_id, status=SS.SKIPPED, started_at=None, completed_at=self.now,
+                      why={**(old or {}), "skipped": reason, **record})
+        self.log("info", f"step skipped: {reason}", step_id)
         self.audit("step.skipped", step_id=step_id)
 
     # ------------------------------------------------------------------ the end
@@ -121,7 +132,12 @@ class Transition(Draft):
         for step_id in [*self.state.attempts, *self.state.parked]:
             self._cancel_step(step_id, why)
         self.set_execution(status=status, error=error, completed_at=self.now)
-        self.log("error" if error else "info", f"execution {status.value}", data=error_json(error))
+        if error is not None:
+            self.log("error", f"execution {status.value}", data=error_json(error))
+        elif status is ExecutionStatus.COMPLETED:
+            self.log("info", f"execution {status.value}", output=self.ex.output)  # what it produced
+        else:
+            self.log("info", f"execution {status.value}")
         self.audit(f"execution.{status.value}", actor, reason=reason, error=error_json(error))
 
     def _cancel_step(self, step_id: str, why: str) -> None:

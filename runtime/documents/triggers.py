@@ -34,6 +34,7 @@ from croniter import CroniterBadDateError, croniter
 from runtime.language.conditions import condition_problems
 from runtime.language.templates import template_paths, template_problems
 from runtime.model.errors import Problem
+from runtime.model.suggest import unknown_field
 
 SCHEDULE, EVENT = "schedule", "event"
 CATCH_UP = ("latest", "none")
@@ -162,7 +163,7 @@ def _check_id(trigger_id: Any, where: str, seen: set[str]) -> list[Problem]:
 
 
 def _check_schedule(item: Mapping[str, Any], where: str, limits: TriggerLimits) -> list[Problem]:
-    problems = [Problem(f"{where}.{k}", f"unknown field '{k}'") for k in item if k not in _SCHEDULE_FIELDS]
+    problems = [unknown_field(where, k, _SCHEDULE_FIELDS) for k in item if k not in _SCHEDULE_FIELDS]
     expression = item["schedule"]
     zone = item.get("timezone", "UTC")
     valid_zone = isinstance(zone, str) and _zone_exists(zone)
@@ -210,11 +211,11 @@ def _zone_exists(name: str) -> bool:
 
 
 def _check_event(item: Mapping[str, Any], where: str) -> list[Problem]:
-    problems = [Problem(f"{where}.{k}", f"unknown field '{k}'") for k in item if k not in _EVENT_FIELDS]
+    problems = [unknown_field(where, k, _EVENT_FIELDS) for k in item if k not in _EVENT_FIELDS]
     event = item["event"]
     if not isinstance(event, Mapping):
         return [*problems, Problem(f"{where}.event", "must be a mapping {type, filter}")]
-    problems += [Problem(f"{where}.event.{k}", f"unknown field '{k}'") for k in event if k not in ("type", "filter")]
+    problems += [unknown_field(f"{where}.event", k, ("type", "filter")) for k in event if k not in ("type", "filter")]
     if not isinstance(event.get("type"), str) or not event["type"].strip():
         problems.append(Problem(f"{where}.event.type", "required: the event type"))
     if "filter" in event:

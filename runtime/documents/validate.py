@@ -33,6 +33,7 @@ from runtime.model.limits import (
     count_problem,
     duration_problem,
 )
+from runtime.model.suggest import did_you_mean, unknown_field
 from runtime.model.wire import MAX_DOCUMENT_BYTES, canonical_json, from_json, to_json
 from runtime.security.secrets import NAME as SECRET_NAME
 
@@ -52,7 +53,27 @@ _STEP_FIELDS = frozenset({
 
 
 def validate_document(doc: Any, types: TypeLookup, triggers: TriggerLimits = TRIGGER_DEFAULTS) -> list[Problem]:
-    """Every problem of the document, in document order (``triggers``: the bounds of its triggers)."""
+    """Every problem of the document, in document order, each once and with the id of the step
+    it is in (``triggers``: the bounds of its triggers)."""
+    problems = _problems(doc, types, triggers)
+    if isinstance(doc, Mapping) and isinstance(doc.get("steps"), list):
+        problems = [_in_step(problem, doc["steps"]) for problem in problems]
+    return list(dict.fromkeys(problems))  # the same template twice in a step: one problem
+
+
+_STEP_PATH = re.compile(r"steps\[(\d+)\]")
+
+
+def _in_step(problem: Problem, steps: list[Any]) -> Problem:
+    """The problem with the id of the step its path is in (``steps[N]...``), when it has one."""
+    found = _STEP_PATH.match(problem.path)
+    if found is None or int(found[1]) >= len(steps) or not isinstance(steps[int(found[1])], Mapping):
+        return problem
+    step_id = steps[int(found[1])].get("id")
+    return attrs.evolve(problem, step_id=step_id) if isinstance(step_id, str) and step_id else problem
+
+
+def _problems(doc: Any, types: TypeLookup, triggers: TriggerLimits) -> list[Problem]:
     if not isinstance(doc, Mapping):
         return [Problem("$", "a runbook document must be a mapping (object)")]
     not_json = first_problem(dict(doc), "")
@@ -90,7 +111,7 @@ def _spec(types: TypeLookup, name: Any) -> KindSpec | None:
 
 
 def _check_header(doc: Mapping[str, Any], triggers: TriggerLimits) -> list[Problem]:
-    problems = [Problem(key, f"unknown field '{key}'") for key in doc if key not in _RUNBOOK_FIELDS]
+    problems = [unknown_field("", key, _RUNBOOK_FIELDS) for key in doc if key not in _RUNBOOK_FIELDS]
     runbook_id = doc.get("id")
     if not isinstance(runbook_id, str) or not ID_PATTERN.fullmatch(runbook_id):
         problems.append(Problem("id", "required: a string matching [A-Za-z0-9][A-Za-z0-9._-]{0,127}"))
@@ -133,7 +154,7 @@ def _check_ids(steps: Sequence[Any], problems: list[Problem]) -> set[str]:
 
 def _check_step(step: Mapping[str, Any], path: str, ids: set[str], types: TypeLookup,
                 aliases: tuple[str, ...]) -> list[Problem]:
-    problems = [Problem(f"{path}.{key}", f"unknown field '{key}'") for key in step
+    problems = [unknown_field(path, key, (*_STEP_FIELDS, *aliases)) for key in step
                 if key not in _STEP_FIELDS and key not in aliases]
     problems += _check_common(step, path, ids, aliases)
     step_type = step.get("type")
@@ -142,7 +163,8 @@ def _check_step(step: Mapping[str, Any], path: str, ids: set[str], types: TypeLo
         return problems
     known = types.get(step_type)
     if known is None:
-        problems.append(Problem(f"{path}.type", f"unknown step type '{step_type}' (known: {', '.join(types.names())})"))
+        problems.append(Problem(f"{path}.type", f"unknown step type '{step_type}'{did_you_mean(step_type, types.names())} "
+                                                f"(known: {', '.join(types.names())})"))
         return problems
     return problems + _check_config(step, path, ids, known.spec, types)
 
@@ -169,7 +191,8 @@ def _check_common(step: Mapping[str, Any], path: str, ids: set[str], aliases: tu
         if not isinstance(depends, list) or not all(isinstance(d, str) for d in depends):
             problems.append(Problem(f"{path}.dependsOn", "must be a list of step ids"))
         else:
-            problems += [Problem(f"{path}.dependsOn", f"unknown step '{d}'") for d in depends if d not in ids]
+            problems += [Problem(f"{path}.dependsOn", f"unknown step '{d}'{did_you_mean(d, ids)}")
+                         for d in depends if d not in ids]
     if "when" in step:
         problems += condition_problems(step["when"], f"{path}.when")
     if "timeoutMs" in step and (problem := duration_problem(step["timeoutMs"])):
@@ -198,7 +221,8 @@ def _check_references(config: Mapping[str, Any], path: str, ids: set[str]) -> li
             continue
         prefixes = {".".join(parts[:n]) for n in range(1, len(parts) + 1)}
         if root not in SCOPE_ROOTS and not prefixes & ids:
-            problems.append(Problem(path, f"template '${{{ref}}}' refers to unknown step '{root}'"))
+            problems.append(Problem(path, f"template '${{{ref}}}' refers to unknown step '{root}'"
+                                          f"{did_you_mean(root, (*SCOPE_ROOTS, *ids))}"))
     return problems
 
 

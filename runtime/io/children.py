@@ -2,7 +2,8 @@
 
 Starting and cancelling a child is I/O the execution shell hands over after its commit
 (``StartChild``, ``CancelChild``); each runs as a task of the runtime, so it outlives a
-parent that parks meanwhile. A start is idempotent: the child's id and idempotency key come
+parent that parks meanwhile. A cancel that another process's owner has not answered in time
+is queued there (its next owner applies it): for the parent, that is done. A start is idempotent: the child's id and idempotency key come
 from the parent, the step and its attempt, so a parent that asks again after a restart finds
 the child it already has (and, if that child has already ended, hears of its end again).
 
@@ -19,6 +20,7 @@ execution wherever it runs (this process, or the one that owns it).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,8 +31,10 @@ from runtime.core.effects import CancelChild, StartChild
 from runtime.core.messages import ChildFinished
 from runtime.kinds.run_runbook import NOT_STARTED
 from runtime.model import Execution, Lineage, StepError
-from runtime.model.errors import Conflict, FanoutLimit, NotFound, RunbookError
+from runtime.model.errors import CommandQueued, Conflict, FanoutLimit, NotFound, RunbookError
 from runtime.model.types import StartResult
+
+logger = logging.getLogger("runbooks.runtime")
 
 
 @attrs.frozen
@@ -76,6 +80,8 @@ class Children:
             await self._host.cancel(effect.child_id, effect.reason, f"execution:{parent_id}")
         except (Conflict, NotFound):
             pass  # it has ended already, or never started
+        except CommandQueued:  # its owner (another process) did not answer in time: whoever runs it next applies it
+            logger.info("the cancel of child %s of %s is queued for its owner", effect.child_id, parent_id)
 
     def finished(self, child: Execution) -> None:
         """Tell the parent of ``child`` (a finished execution) that it ended."""

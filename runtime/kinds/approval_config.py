@@ -15,6 +15,7 @@ from typing import Any
 
 from runtime.model.errors import Problem
 from runtime.model.limits import MAX_APPROVALS, count_problem, duration_problem
+from runtime.model.suggest import unknown_field
 
 ROLE_PREFIX = "role:"
 TIMEOUT_ACTIONS = ("fail", "approve", "reject")
@@ -27,7 +28,7 @@ _FLAGS = ("separationOfDuties", "allowDelegation")
 
 
 def check_config(config: Mapping[str, Any], path: str) -> list[Problem]:
-    problems = [Problem(f"{path}.{key}", f"unknown field '{key}'") for key in config if key not in _FIELDS]
+    problems = [unknown_field(path, key, _FIELDS) for key in config if key not in _FIELDS]
     problems += _check_approvers(config, path)
     timeout = config.get("timeoutMs")
     if timeout is not None and (problem := duration_problem(timeout)) is not None:
@@ -70,7 +71,7 @@ def listed_ids(ids: Any) -> bool:
 def check_notify(notify: Any, path: str) -> list[Problem]:
     if not isinstance(notify, Mapping):
         return [Problem(path, "must be a mapping {url, headers}")]
-    problems = [Problem(f"{path}.{key}", f"unknown field '{key}'") for key in notify if key not in _NOTIFY_FIELDS]
+    problems = [unknown_field(path, key, _NOTIFY_FIELDS) for key in notify if key not in _NOTIFY_FIELDS]
     if not isinstance(notify.get("url"), str) or not notify["url"].strip():
         problems.append(Problem(f"{path}.url", "required: the URL to POST the notification to"))
     headers = notify.get("headers", {})
@@ -89,7 +90,7 @@ def _check_escalation(stages: Any, path: str, timeout: Any) -> list[Problem]:
         if not isinstance(stage, Mapping):
             problems.append(Problem(where, "must be a mapping {afterMs, approvers, notify?}"))
             continue
-        problems += [Problem(f"{where}.{key}", f"unknown field '{key}'") for key in stage if key not in _STAGE_FIELDS]
+        problems += [unknown_field(where, key, _STAGE_FIELDS) for key in stage if key not in _STAGE_FIELDS]
         problems += _check_stage_time(stage.get("afterMs"), f"{where}.afterMs", previous, timeout)
         if isinstance(stage.get("afterMs"), int):
             previous = stage["afterMs"]

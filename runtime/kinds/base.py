@@ -17,6 +17,7 @@ from runtime.language.templates import TemplateError, render
 from runtime.model import Step, StepError, StepState, StepStatus
 from runtime.model.errors import Conflict, Problem
 from runtime.model.limits import MAX_RETRIES, count_problem, duration_problem, multiplier_problem
+from runtime.model.suggest import unknown_field
 
 
 class KindDefaults:
@@ -67,7 +68,7 @@ def positive_int(value: Any) -> bool:
 
 
 def unknown_fields(config: Mapping[str, Any], known: set[str] | frozenset[str], path: str) -> list[Problem]:
-    return [Problem(f"{path}.{key}", f"unknown field '{key}'") for key in config if key not in known]
+    return [unknown_field(path, key, known) for key in config if key not in known]
 
 
 _RETRY_FIELDS: dict[str, Callable[[Any], str | None]] = {
@@ -87,7 +88,7 @@ def check_retry_policy(policy: Any, path: str) -> list[Problem]:
     for key, value in items.items():
         check = _RETRY_FIELDS.get(key)
         if check is None:
-            problems.append(Problem(f"{path}.{key}", f"unknown field '{key}'"))
+            problems.append(unknown_field(path, key, _RETRY_FIELDS))
         elif (problem := check(value)) is not None:
             problems.append(Problem(f"{path}.{key}", problem))
     return problems

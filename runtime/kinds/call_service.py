@@ -18,6 +18,7 @@ from runtime.kinds.spec import KindSpec, ignoring_types
 from runtime.kinds.task import TASK
 from runtime.model.errors import Problem
 from runtime.model.limits import duration_problem
+from runtime.model.suggest import unknown_field
 
 __all__ = ["DEFAULT_TIMEOUT_MS", "SPEC", "check_config", "problems"]
 
@@ -49,7 +50,7 @@ def check_config(config: Mapping[str, Any], path: str) -> list[Problem]:
 
 
 def problems(config: Mapping[str, Any], path: str, *, templates: bool) -> list[Problem]:
-    problems = [Problem(f"{path}.{key}", f"unknown field '{key}'") for key in config if key not in _FIELDS]
+    problems = [unknown_field(path, key, _FIELDS) for key in config if key not in _FIELDS]
     url = config.get("url")
     if url is None:
         problems.append(Problem(f"{path}.url", "required: an absolute URL or a path"))

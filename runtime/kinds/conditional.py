@@ -11,18 +11,20 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from runtime.core.kinds import StepOps
+from runtime.core.why import condition, note
 from runtime.kinds.base import KindDefaults
 from runtime.kinds.spec import KindSpec, ignoring_types
-from runtime.language.conditions import PatternError, condition_problems, evaluate
+from runtime.language.conditions import PatternError, Trace, condition_problems, evaluate
 from runtime.model import Step, StepError, StepStatus
 from runtime.model.errors import Problem
+from runtime.model.suggest import unknown_field
 
 _FIELDS = {"condition", "trueBranch", "falseBranch"}
 _BRANCHES = ("trueBranch", "falseBranch")
 
 
 def check_config(config: Mapping[str, Any], path: str) -> list[Problem]:
-    problems = [Problem(f"{path}.{key}", f"unknown field '{key}'") for key in config if key not in _FIELDS]
+    problems = [unknown_field(path, key, _FIELDS) for key in config if key not in _FIELDS]
     if "condition" not in config:
         problems.append(Problem(f"{path}.condition", "required: a condition"))
     else:
@@ -67,25 +69,28 @@ def branch(value: Any) -> list[str]:
     return []
 
 
-def decide(config: Mapping[str, Any], scope: Mapping[str, Any]) -> tuple[bool, list[str], list[str]]:
-    """(result, the branch taken, the branch not taken)."""
+def decide(config: Mapping[str, Any], scope: Mapping[str, Any],
+           trace: Trace | None = None) -> tuple[bool, list[str], list[str]]:
+    """(result, the branch taken, the branch not taken); the comparisons made go to ``trace``."""
     true_branch, false_branch = branches(config)
-    result = evaluate(config["condition"], scope)
+    result = evaluate(config["condition"], scope, trace)
     return (result, true_branch, false_branch) if result else (result, false_branch, true_branch)
 
 
 class ConditionalKind(KindDefaults):
     def begin(self, ops: StepOps, step: Step) -> None:
         ops.mark_started(step, StepStatus.RUNNING)
+        trace: Trace = []
         try:
-            result, taken, not_taken = decide(step.config, ops.scope(step.id))
+            result, taken, not_taken = decide(step.config, ops.scope(step.id), trace)
         except PatternError as exc:
             ops.fail(step.id, StepError(exc.code, f"condition: {exc}", False))
             return
+        note(ops, step.id, condition={**condition(trace, result), "branch": taken})
         ops.succeed(step.id, {"result": result, "branch": taken})
         for target in not_taken:
             if target not in taken and ops.step_state(target).status is StepStatus.PENDING:
-                ops.skip(target, f"branch not taken by '{step.id}'")
+                ops.skip(target, f"branch not taken by '{step.id}'", branchOf=step.id)
 
     def decides(self, step: Step) -> Sequence[str]:
         return targets(step.config)

@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from runtime.model.errors import Problem
 from runtime.model.limits import duration_problem
+from runtime.model.suggest import did_you_mean
 
 __all__ = ["FIELDS", "check_config", "parse_target"]
 
@@ -29,7 +30,7 @@ _HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{
 def check_config(config: Mapping[str, Any], path: str, *, templates: bool = True) -> list[Problem]:
     """Every problem of a gRPC call-service ``config``; with ``templates``, a value holding
     ``${...}`` is checked only once it is resolved, when the step runs."""
-    problems = [Problem(f"{path}.{key}", f"unknown field '{key}' for protocol grpc")
+    problems = [Problem(f"{path}.{key}", f"unknown field '{key}' for protocol grpc{did_you_mean(key, FIELDS)}")
                 for key in config if key not in FIELDS]
     for key in ("target", "service", "method"):
         if config.get(key) is None:

@@ -20,6 +20,7 @@ from runtime.kinds.task import TASK
 from runtime.language.conditions import condition_problems
 from runtime.model.errors import Problem
 from runtime.model.limits import MAX_CONCURRENCY, count_problem, duration_problem
+from runtime.model.suggest import did_you_mean
 
 MAX_ITERATIONS = 1000
 _FIELDS = frozenset({"items", "while", "maxIterations", "concurrency", "failFast", "step"})
@@ -54,7 +55,8 @@ def _body_problems(body: Mapping[str, Any], path: str, types: TypeLookup) -> lis
     name = body.get("type")
     body_type = types.get(name) if isinstance(name, str) else None
     if body_type is None:
-        problems.append(Problem(f"{path}.type", f"unknown step type '{name}'"))
+        problems.append(Problem(f"{path}.type", f"unknown step type '{name}'"
+                                                f"{did_you_mean(name, types.names()) if isinstance(name, str) else ''}"))
     elif body_type.executor is None:
         problems.append(Problem(f"{path}.type", f"a loop body cannot be of type '{body_type.name}' (only call-service and custom types)"))
     elif not isinstance(body.get("config", {}), Mapping):

@@ -70,12 +70,13 @@ def child_error(message: ChildFinished) -> StepError:
 class RunRunbookKind(KindDefaults):
     def begin(self, ops: StepOps, step: Step) -> None:
         state = ops.step_state(step.id)
+        if ops.execution.depth >= MAX_DEPTH:  # no child starts, so the step names none
+            ops.mark_started(step, StepStatus.RUNNING, child_execution_id=None, deadline_at=None, approvals=())
+            ops.fail(step.id, StepError("depth_limit", f"runbooks nested deeper than {MAX_DEPTH} levels", False))
+            return
         child = child_id(ops.execution.id, step.id, state.attempts + 1)
         deadline = ops.now + timedelta(milliseconds=step.timeout_ms) if step.timeout_ms else None
         ops.mark_started(step, StepStatus.RUNNING, child_execution_id=child, deadline_at=deadline, approvals=())
-        if ops.execution.depth >= MAX_DEPTH:
-            ops.fail(step.id, StepError("depth_limit", f"runbooks nested deeper than {MAX_DEPTH} levels", False))
-            return
         if self._start(ops, step, child):
             ops.waits.park(step.id, deadline)
             ops.log("info", "child execution started", step.id, childExecutionId=child)
@@ -111,6 +112,8 @@ class RunRunbookKind(KindDefaults):
                              f"(step '{step.id}' no longer waits for it)"))
             return
         ops.waits.unpark(step.id)
+        if message.status == NOT_STARTED:  # refused by the store: no such child exists
+            ops.set_step(step.id, child_execution_id=None)
         if message.status == "completed":
             ops.succeed(step.id, message.output)
         else:

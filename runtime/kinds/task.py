@@ -18,6 +18,7 @@ from runtime.core.messages import (
     StepMessage,
     StepProgressed,
 )
+from runtime.core.why import retried
 from runtime.kinds.base import KindDefaults
 from runtime.kinds.spec import KindSpec
 from runtime.model import Step, StepState, StepStatus
@@ -68,7 +69,10 @@ def _finished(ops: StepOps, step_id: str, message: StepFinished) -> None:
 
 def _retrying(ops: StepOps, step_id: str, message: AttemptRetrying) -> None:
     ops.add_records(message.logs, message.evidence)
-    ops.set_step(step_id, status=StepStatus.RETRYING, error=message.error)
+    error = message.error
+    ops.set_step(step_id, status=StepStatus.RETRYING, error=error,
+                 why={**(ops.step_state(step_id).why or {}),
+                      **retried(ops.step_state(step_id).why, message.attempt, error.code, error.message)})
     ops.log("warning", f"step retrying in {message.delay_s:.3f} s: {message.error.message}",
             step_id, attempt=message.attempt, code=message.error.code)
     ops.audit("step.retrying", step_id=step_id, attempt=message.attempt)

@@ -18,6 +18,7 @@ from runtime.language.templates import TemplateError, render
 from runtime.model import Event, Step, StepError, StepState, StepStatus
 from runtime.model.errors import Problem
 from runtime.model.limits import duration_problem
+from runtime.model.suggest import unknown_field
 from runtime.model.wire import format_time
 
 DEFAULT_TIMEOUT_MS = 3_600_000
@@ -25,7 +26,7 @@ _FIELDS = {"eventType", "correlationKey", "timeoutMs", "filter"}
 
 
 def check_config(config: Mapping[str, Any], path: str) -> list[Problem]:
-    problems = [Problem(f"{path}.{key}", f"unknown field '{key}'") for key in config if key not in _FIELDS]
+    problems = [unknown_field(path, key, _FIELDS) for key in config if key not in _FIELDS]
     for key in ("eventType", "correlationKey"):
         if not isinstance(config.get(key), str) or not config.get(key):
             problems.append(Problem(f"{path}.{key}", "required: a non-empty string"))

@@ -55,7 +55,7 @@ from runtime.language.templates import (
 )
 from runtime.model.errors import Problem
 
-__all__ = ["COMBINATORS", "OPERATORS", "PatternError", "condition_problems", "evaluate", "event_passes"]
+__all__ = ["COMBINATORS", "OPERATORS", "PatternError", "Trace", "condition_problems", "evaluate", "event_passes"]
 
 Test = Callable[[Any, Any], bool]
 
@@ -80,38 +80,50 @@ class PatternError(ValueError):
 # --- evaluation -----------------------------------------------------------------------
 
 
-def evaluate(condition: Mapping[str, Any], scope: Mapping[str, Any]) -> bool:
-    """Whether ``condition`` holds in ``scope`` (see the module docstring)."""
+Trace = list[tuple[str, Any, str, Any, bool]]
+"""What ``evaluate`` saw, one comparison a line: (field, its value or ``MISSING``, operator,
+the value compared with, result), in the order evaluated (``all``/``any`` stop early)."""
+
+
+def evaluate(condition: Mapping[str, Any], scope: Mapping[str, Any], trace: Trace | None = None) -> bool:
+    """Whether ``condition`` holds in ``scope`` (see the module docstring); each comparison
+    made is appended to ``trace`` when one is given."""
     if not isinstance(condition, Mapping):
         raise ValueError(f"a condition must be a mapping, got {type(condition).__name__}")
     for key in COMBINATORS:
         if key in condition:
-            return _combine(key, condition[key], scope)
-    return _compare(condition, scope)
+            return _combine(key, condition[key], scope, trace)
+    return _compare(condition, scope, trace)
 
 
-def _combine(key: str, operand: Any, scope: Mapping[str, Any]) -> bool:
+def _combine(key: str, operand: Any, scope: Mapping[str, Any], trace: Trace | None) -> bool:
     if key == "not":
-        return not evaluate(operand, scope)
+        return not evaluate(operand, scope, trace)
     if not isinstance(operand, (list, tuple)):
         raise ValueError(f"'{key}' needs a list of conditions")
-    results = (evaluate(item, scope) for item in operand)
+    results = (evaluate(item, scope, trace) for item in operand)
     return all(results) if key == "all" else any(results)
 
 
-def _compare(condition: Mapping[str, Any], scope: Mapping[str, Any]) -> bool:
+def _compare(condition: Mapping[str, Any], scope: Mapping[str, Any], trace: Trace | None = None) -> bool:
     name = condition.get("operator")
     test = _TESTS.get(name) if isinstance(name, str) else None
     if test is None:
         raise ValueError(f"unknown condition operator {name!r}; allowed: {_ALLOWED}")
-    actual = resolve(scope, condition.get("field", ""))
+    field = condition.get("field", "")
+    actual = resolve(scope, field)
+    expected: Any = None
     if actual is MISSING:
-        return False
-    try:
-        expected = None if name == "exists" else _expected(condition.get("value"), scope)
-    except TemplateError:
-        return False
-    return test(actual, expected)
+        result = False
+    else:
+        try:
+            expected = None if name == "exists" else _expected(condition.get("value"), scope)
+            result = test(actual, expected)
+        except TemplateError:
+            result = False
+    if trace is not None:
+        trace.append((str(field), actual, str(name), expected, result))
+    return result
 
 
 def _expected(value: Any, scope: Mapping[str, Any]) -> Any:

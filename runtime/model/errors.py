@@ -28,13 +28,25 @@ import attrs
 
 @attrs.frozen
 class Problem:
-    """One problem of a document or request: where (a JSON-path-like string) and what."""
+    """One problem of a document or request: where (a JSON-path-like string) and what; for a
+    runbook document also the id of the step it is in and the line of the text it was read
+    from, when known."""
 
     path: str
     message: str
+    step_id: str | None = None
+    line: int | None = None
 
-    def to_json(self) -> dict[str, str]:
-        return {"path": self.path, "message": self.message}
+    def to_json(self) -> dict[str, Any]:
+        found: dict[str, Any] = {"path": self.path, "message": self.message}
+        if self.step_id is not None:
+            found["stepId"] = self.step_id
+        if self.line is not None:
+            found["line"] = self.line
+        return found
+
+
+SHOWN_IN_MESSAGE = 5  # problems named in a ValidationError's message (``.problems`` has every one)
 
 
 class RunbookError(Exception):
@@ -53,7 +65,9 @@ class ValidationError(RunbookError):
             p if isinstance(p, Problem) else Problem(p["path"], p["message"]) for p in problems
         ]
         self.title = title
-        detail = "; ".join(f"{p.path}: {p.message}" for p in self.problems[:5])
+        detail = "; ".join(f"{p.path}: {p.message}" for p in self.problems[:SHOWN_IN_MESSAGE])
+        if len(self.problems) > SHOWN_IN_MESSAGE:
+            detail += f"; and {len(self.problems) - SHOWN_IN_MESSAGE} more"
         super().__init__(f"{title}: {detail}" if detail else title)
 
 

@@ -149,8 +149,10 @@ class ChangeResult:
 
     existing_id: str | None = None
     runbook_version: int | None = None
+    runbook_unchanged: bool = False  # a registration: the latest version already said the same (its version)
     delivered: int = 0  # a publish: the waiters it was handed to
     retained: bool = False  # a publish: kept for a later waiter
+    refused_by_filter: int = 0  # a publish: waiters on its type and key whose filter refused it
     commands: tuple[QueuedCommand, ...] = ()  # a shared store's publish: the command each waiter got
     refused: str | None = None  # a child's start not admitted (``FanoutCaps``): ENDED, ROOT_FULL or TENANT_FULL
     duplicate: bool = False  # the Change's receipt was held already: nothing of it was written

@@ -179,6 +179,9 @@ class StepState:
     delegations: tuple[Delegation, ...] = ()
     escalations: int = 0
     escalations_notified: tuple[int, ...] = ()  # the escalation stages whose notification outcome is recorded
+    # the decision record: why the step is as it is (what made it ready, a condition's operands,
+    # a skip, retries, a person's hand); small JSON, read by ``runtime.core.explain``
+    why: dict[str, Any] | None = None
 
 
 @attrs.frozen
@@ -209,6 +212,7 @@ class Execution:
     parent_step_id: str | None = None
     depth: int = 0  # how many parents it has
     root_execution_id: str | None = None  # a child's: the execution at the top of its tree (no parent)
+    forked_from: dict[str, str] | None = None  # a fork's origin: {executionId, stepId}
 
 
 @attrs.frozen

@@ -162,11 +162,24 @@ def _parse_text(text: str) -> Any:
         return yaml.load(text, Loader=_Loader)
     except RecursionError:
         raise ValidationError([Problem("$", "document is nested too deeply")]) from None
+    except yaml.MarkedYAMLError as exc:
+        raise ValidationError([_parse_problem(exc)]) from None
     except yaml.YAMLError as exc:
         raise ValidationError([Problem("$", f"not valid YAML or JSON: {exc}")]) from None
     except Exception as exc:  # a constructor's own error: ``!!int foo``, ``!!bool maybe``, ...
         raise ValidationError([Problem("$", f"not valid YAML or JSON: a value cannot be read "
                                             f"({type(exc).__name__}: {exc})")]) from None
+
+
+def _parse_problem(exc: yaml.MarkedYAMLError) -> Problem:
+    """Where the text stops being YAML, in its own words: line and column, no stream name."""
+    mark = exc.problem_mark or exc.context_mark
+    what = exc.problem or exc.context or "cannot be read"
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    started = exc.context_mark if exc.context and exc.context_mark is not None and exc.problem_mark else None
+    context = f" ({exc.context} at line {started.line + 1}, column {started.column + 1})" if started else ""
+    return Problem("$", f"not valid YAML or JSON: {what}{where}{context}",
+                   line=mark.line + 1 if mark is not None else None)
 
 
 class _Loader(yaml.SafeLoader):

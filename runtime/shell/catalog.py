@@ -56,17 +56,21 @@ class Catalog:
         self._types_changed = trio.Event()
 
     # ------------------------------------------------------------------ runbooks
-    async def register(self, document: Any, tenant_id: str | None) -> Runbook:
+    async def register(self, document: Any, tenant_id: str | None) -> tuple[Runbook, bool]:
+        """The runbook as registered, and whether it is a new version (the same document as
+        the latest version registers nothing and answers that version)."""
         doc = load_document(document)
         runbook = build_runbook(doc, self.types, self._settings.default_max_retries, self._settings.trigger_limits)
         runbook = attrs.evolve(runbook, tenant_id=tenant_id, created_at=self._clock.now())
         await self._check_tenant_triggers(runbook)
         result = await self._commit(Change(runbook=runbook))
         assert result.runbook_version is not None
+        if result.runbook_unchanged:  # the latest version says the same: it is the answer
+            return await self.get(runbook.id, result.runbook_version, tenant_id=tenant_id), False
         runbook = attrs.evolve(runbook, version=result.runbook_version)
         self._versions[(tenant_id, runbook.id, runbook.version)] = runbook
         self.forget_latest(runbook.id)
-        return runbook
+        return runbook, True
 
     async def _check_tenant_triggers(self, runbook: Runbook) -> None:
         """A tenant's own runbooks have at most ``max_triggers_per_tenant`` live triggers (those

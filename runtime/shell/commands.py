@@ -6,15 +6,20 @@ commands table and is applied there as the core message it is. ``CommandReply`` 
 reply token: the execution actor records the outcome (the execution as committed, a value,
 or the refusal) in the same commit as the state, as ``outcome_of_*`` JSON, and ``decoded``
 gives the caller on the other process exactly what the owner answered, the same exception
-class included.
+class included. A command read from the table reaches the actor as ``Queued`` (its id and
+message); ``Applied`` holds the ids of the commands this process has applied, so a command
+read twice (two deliveries that overlap, an actor that parked in between) is applied once.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
 
+from runtime.core.messages import Message
 from runtime.model import Execution
 from runtime.model.errors import (
     Conflict,
@@ -34,6 +39,35 @@ class CommandReply:
     """The reply token of a command from the commands table: answered by recording its outcome."""
 
     command_id: str
+
+
+@attrs.frozen(eq=False)
+class Queued:
+    """A command of the commands table as its execution's actor receives it: applied once (by
+    ``command_id``), its outcome recorded in the commit of the state it produced."""
+
+    command_id: str
+    message: Message
+
+
+class Applied:
+    """The ids of the latest commands applied here (their outcomes committed): a command that
+    is read again from the table (a delivery that overlapped the one that applied it) is left
+    out instead of being applied a second time."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, command_ids: Iterable[str]) -> None:
+        for command_id in command_ids:
+            self._ids[command_id] = None
+            self._ids.move_to_end(command_id)
+        while len(self._ids) > self._size:
+            self._ids.popitem(last=False)
+
+    def __contains__(self, command_id: object) -> bool:
+        return command_id in self._ids
 
 
 def outcome_of_state(execution: Execution) -> dict[str, Any]:

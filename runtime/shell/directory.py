@@ -6,7 +6,9 @@ a resume; it costs an id here, its deadline in the timers and its subscriptions 
 event router). A message to a parked execution (``ask``, ``post``) starts a new actor from
 committed state first (the state it last committed here while the runtime's cache of recent
 states still holds it, else read back): reactivation is the recovery path. Actors leave by themselves when
-they have nothing to run; the directory only keeps the books (``left``).
+they have nothing to run; the directory only keeps the books (``left``). An execution whose
+actor keeps crashing is failed, with the same guard as every write of its owner (a process
+that is no longer its owner changes nothing) and without its waits for events.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import attrs
 import trio
 
 from actors import ActorGone, Address, Reply, RestartPolicy, Supervisor, tell
 from runtime.core import crashed
-from runtime.model import Execution
+from runtime.model import Execution, StepStatus
+from runtime.model.errors import Fenced
+from runtime.shell.commands import Applied
 from runtime.shell.execution import ActorMessage, ExecutionActor, Stop
 from runtime.shell.host import ExecutionHost
 
@@ -38,6 +43,7 @@ class Directory:
         self._parked: set[str] = set()
         self._incarnations = itertools.count(1)
         self.host: ExecutionHost | None = None
+        self.applied = Applied()  # commands of the commands table applied here (each once)
         self.on_finished: Callable[[str], None] | None = None  # the lease keeper's, when there is one
 
     def next_incarnation(self) -> int:
@@ -135,7 +141,17 @@ class Directory:
         if execution is None or execution.status.finished:
             return
         change = crashed(execution, _describe(exc), self.host.clock.now())
-        await self.host.commit(change)
+        if self.host.owner is not None:  # guarded as every write of an owner; its waits end with it
+            waiting = tuple((actor.id, step_id) for step_id, step in execution.steps.items()
+                            if step.status is StepStatus.WAITING)
+            change = attrs.evolve(change, fence=(actor.id, execution.epoch, self.host.owner), unwaits=waiting)
+        try:
+            await self.host.commit(change)
+        except Fenced:
+            logger.warning("execution %s: its actor crashed here, but another process owns it now; "
+                           "left to that one", actor.id)
+            self.forget(actor.id)
+            return
         assert change.execution is not None
         self.host.timers.arm(actor.id, None)
         self.host.published(change.execution, change)

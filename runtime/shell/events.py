@@ -39,6 +39,7 @@ class PublishResult:
     retained: bool
     event_id: str
     duplicate: bool = False  # a source's message taken before: nothing was published again
+    refused_by_filter: int = 0  # steps that wait on this type and key but whose filter refused the event
 
 
 __all__ = ["EventRouter", "PublishResult", "passes"]
@@ -107,15 +108,18 @@ class EventRouter:
         now = event.received_at
         waiters = list(self._waiters.get((tenant_id, event_type, key), {}).items())
         delivered = await rules(event) if rules is not None else 0
+        refused = 0
         for (execution_id, step_id), condition in waiters:
-            if passes(condition, event) and await self._deliver(execution_id, step_id, event):
+            if not passes(condition, event):
+                refused += 1
+            elif await self._deliver(execution_id, step_id, event):
                 delivered += 1
         if delivered or not self._retention:  # EVENT_RETENTION_MS=0: nothing is retained
-            return PublishResult(delivered, False, event.id)
+            return PublishResult(delivered, False, event.id, refused_by_filter=refused)
         self.retained.check_room(tenant_id, now, json_size(payload))  # LimitExceeded past the tenant's caps
         self.retained.add(event)
         await self._commit(Change(retain_events=(event,)))
-        return PublishResult(0, True, event.id)
+        return PublishResult(0, True, event.id, refused_by_filter=refused)
 
     async def _deliver(self, execution_id: str, step_id: str, event: Event) -> bool:
         try:

@@ -28,15 +28,16 @@ from runtime.core import effects as fx
 from runtime.core.messages import Begin, Continue, DeliverEvent, Message
 from runtime.core.state import ExecutionState
 from runtime.io.task_run import Runner, TaskRun
-from runtime.model import Execution, StepStatus
+from runtime.model import Event, Execution, StepStatus
 from runtime.model.errors import Fenced
-from runtime.model.records import Change, Wait, merged
+from runtime.model.records import Change, QueuedCommand, Wait, merged
 from runtime.shell import commands
-from runtime.shell.commands import CommandReply
+from runtime.shell.commands import CommandReply, Queued
 from runtime.shell.host import ExecutionHost
 
 logger = logging.getLogger("runbooks.execution")
 MAX_BATCH = 256
+REOFFER_CAP = 2**31  # an event handed back is kept whatever the tenant's cap: it was accepted already
 
 
 @attrs.frozen
@@ -44,7 +45,7 @@ class Stop:
     """Stop running here without changing the state (another process owns it now)."""
 
 
-ActorMessage = Message | Stop
+ActorMessage = Message | Queued | Stop
 
 
 class ExecutionActor:
@@ -59,6 +60,8 @@ class ExecutionActor:
         self._scopes: dict[str, trio.CancelScope] = {}
         self._steps: trio.Nursery | None = None
         self._applied: set[str] = set()  # command ids applied by this actor
+        self._silent: list[str] = []  # commands of this turn that nothing answers (a child's end)
+        self._offered: dict[str, Event] = {}  # command id -> the event a command of this turn hands over
         self._taken_over = taken_over  # from another process: apply what was queued for it first
 
     async def run(self, mailbox: Mailbox[ActorMessage]) -> None:
@@ -69,7 +72,7 @@ class ExecutionActor:
             return
         self.committed = execution
         self._state = ExecutionState.of(await self.host.plan_for(execution), execution)
-        queued: list[Message] = []
+        queued: list[Queued] = []
         if self._taken_over and self.host.pending_commands is not None:
             queued = await self.host.pending_commands(self.id)
         async with trio.open_nursery() as steps:
@@ -104,18 +107,24 @@ class ExecutionActor:
         self.host.left(self.id, self.address, final)
 
     # ------------------------------------------------------------------ one transition
-    async def _turn(self, messages: Iterable[Message]) -> None:
+    async def _turn(self, messages: Iterable[Message | Queued]) -> None:
         assert self._state is not None
         now = self.host.clock.now()
         self._state, effects = apply_all(self._state, self._fresh(messages), now)
         change, after = self._perform(effects, now)
-        change = self._with_outcomes(change, after)
+        change, refused = self._with_outcomes(change, after)
         if change is not None:
             if self.host.owner is not None:
                 change = attrs.evolve(change, fence=(self.id, self._state.execution.epoch, self.host.owner))
-            await self.host.commit(change)
+            if refused:  # handed back in the commit that refuses it: to another waiter, or retained
+                change = attrs.evolve(change, publish=refused.pop(0), retain_cap=REOFFER_CAP)
+            result = await self.host.commit(change)
+            self.host.applied.add(command_id for command_id, _ in change.outcomes)
             self.committed = self._state.execution
             self.host.published(self.committed, change)
+            self._hand(result.commands)
+            for event in refused:  # (more than one in a turn: each in a commit of its own)
+                self._hand((await self.host.commit(Change(publish=event, retain_cap=REOFFER_CAP))).commands)
         for effect in after:
             self._acknowledge(effect)
         if any(isinstance(effect, fx.Continue) for effect in after):
@@ -141,6 +150,8 @@ class ExecutionActor:
                 change = shared if change is None else merged(change, shared)
             elif isinstance(effect, fx.Unsubscribe) and self.host.owner is not None:
                 shared = Change(unwaits=((self.id, effect.step_id),))
+                if change is not None and change.waits:  # subscribed in this same turn: no row at all
+                    change = attrs.evolve(change, waits=tuple(w for w in change.waits if w.step_id != effect.step_id))
                 change = shared if change is None else merged(change, shared)
             elif isinstance(effect, fx.Subscribe):
                 event = self.host.router.subscribe(effect.tenant_id, effect.event_type, effect.key, self.id,
@@ -167,22 +178,29 @@ class ExecutionActor:
         committed = self.committed.steps.get(step_id) if self.committed is not None else None
         return not self._taken_over and committed is not None and committed.status is StepStatus.WAITING
 
-    def _fresh(self, messages: Iterable[Message]) -> list[Message]:
-        """Leave out a command this incarnation has applied already (announced twice)."""
+    def _fresh(self, messages: Iterable[Message | Queued]) -> list[Message]:
+        """The messages to apply; a command of the table only if this process has not applied
+        it yet (read twice: announced twice, or by deliveries that overlapped)."""
         fresh = []
         for message in messages:
-            reply = getattr(message, "reply", None)
-            if isinstance(reply, CommandReply):
-                if reply.command_id in self._applied:
+            if isinstance(message, Queued):
+                if message.command_id in self._applied or message.command_id in self.host.applied:
                     continue
-                self._applied.add(reply.command_id)
+                self._applied.add(message.command_id)
+                if not isinstance(getattr(message.message, "reply", None), CommandReply):
+                    self._silent.append(message.command_id)  # nothing answers it: applied is its outcome
+                if isinstance(message.message, DeliverEvent):
+                    self._offered[message.command_id] = message.message.event
+                message = message.message
             fresh.append(message)
         return fresh
 
-    def _with_outcomes(self, change: Change | None, after: list[fx.Effect]) -> Change | None:
-        """The outcomes of commands from the database commit with the state they produced."""
+    def _with_outcomes(self, change: Change | None, after: list[fx.Effect]) -> tuple[Change | None, list[Event]]:
+        """The outcomes of commands from the database commit with the state they produced; and
+        the events this turn's steps refused (no longer waiting), to be handed on or retained."""
         assert self._state is not None
-        outcomes = []
+        outcomes = [(command_id, commands.outcome_of_value(None)) for command_id in self._silent]
+        refused: list[Event] = []
         for effect in after:
             reply = getattr(effect, "reply", None)
             if not isinstance(reply, CommandReply):
@@ -193,11 +211,19 @@ class ExecutionActor:
                 outcomes.append((reply.command_id, commands.outcome_of_value(effect.value)))
             elif isinstance(effect, fx.Refuse):
                 outcomes.append((reply.command_id, commands.outcome_of_error(effect.error)))
+            event = self._offered.get(reply.command_id)
+            if event is not None and not (isinstance(effect, fx.Answer) and effect.value is True):
+                refused.append(event)
+        self._silent, self._offered = [], {}
         if not outcomes:
-            return change
+            return change, refused
         if change is None:
-            return Change(outcomes=tuple(outcomes))
-        return attrs.evolve(change, outcomes=change.outcomes + tuple(outcomes))
+            return Change(outcomes=tuple(outcomes)), refused
+        return attrs.evolve(change, outcomes=change.outcomes + tuple(outcomes)), refused
+
+    def _hand(self, queued: tuple[QueuedCommand, ...]) -> None:
+        if queued and self.host.hand is not None:
+            self.host.hand(queued)
 
     def _acknowledge(self, effect: fx.Effect) -> None:
         if isinstance(getattr(effect, "reply", None), CommandReply):

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from runtime.core.effects import CancelChild, Notify, StartChild
-from runtime.core.messages import Message
 from runtime.core.plan import Plan
 from runtime.io.context import Services
 from runtime.io.task_run import StepTypes
 from runtime.model import Execution, RetryPolicy
-from runtime.model.records import Change, ChangeResult
+from runtime.model.records import Change, ChangeResult, QueuedCommand
 from runtime.shell.clock import Clock
+from runtime.shell.commands import Applied, Queued
 from runtime.shell.timers import Timers
 
 if TYPE_CHECKING:
@@ -50,4 +50,6 @@ class ExecutionHost:
     notify: Callable[[str, Notify], None]
     # several processes on one database (None / no-ops otherwise)
     owner: str | None = None  # this process's instance id: every write is fenced with it
-    pending_commands: Callable[[str], Awaitable[list[Message]]] | None = None  # queued for an execution
+    pending_commands: Callable[[str], Awaitable[list[Queued]]] | None = None  # queued for an execution
+    hand: Callable[[tuple[QueuedCommand, ...]], None] | None = None  # commands a commit queued, to actors here
+    applied: Applied = attrs.field(factory=Applied)  # commands applied by this process: never twice

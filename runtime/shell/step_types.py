@@ -9,6 +9,7 @@ the program's executor.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from runtime.core.kinds import StepKind
@@ -40,8 +41,9 @@ def _builtin(required_separation: bool) -> dict[str, StepType]:
     }
 
 
-class StepTypes:
-    """Name -> StepType; custom task types are added with ``register``. ``required_separation``:
+class StepTypes(Mapping[str, StepType]):
+    """A read-only mapping of name -> StepType (``sorted(types)``, ``len``, ``in``, ``items()``
+    work as for a dict); custom task types are added with ``register``. ``required_separation``:
     separation of duties on every approval step (``REQUIRE_SEPARATION_OF_DUTIES``)."""
 
     def __init__(self, required_separation: bool = False) -> None:
@@ -54,9 +56,6 @@ class StepTypes:
         function = as_executor(name, executor)
         self._types[name] = StepType(name, task.SPEC, executor_runner(function), function, builtin=False)
 
-    def get(self, name: str) -> StepType | None:
-        return self._types.get(name)
-
     def kind_of(self, name: str) -> StepKind | None:
         found = self._types.get(name)
         return found.spec.kind if found is not None else None
@@ -66,6 +65,12 @@ class StepTypes:
 
     def __contains__(self, name: object) -> bool:
         return name in self._types
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._types)
+
+    def __len__(self) -> int:
+        return len(self._types)
 
     def names(self) -> list[str]:
         return sorted(self._types)

@@ -49,6 +49,9 @@ class ClusterLedger(Protocol):
     def stop_instance(self, instance_id: str, incarnation: str) -> list[str]:
         """Graceful shutdown: give every unfinished execution up and let the others know."""
 
+    def others_alive(self, instance_id: str) -> int:
+        """How many other instances are alive now (their heartbeat has not run out)."""
+
     # -- ownership
     def claim_own(self, instance_id: str) -> list[str]:
         """Every unfinished execution this instance id owns, each under a new epoch."""
@@ -74,6 +77,13 @@ class ClusterLedger(Protocol):
 
     def command_outcome(self, command_id: str) -> tuple[bool, Any] | None:
         """(applied, outcome) of a command, None if there is no such command."""
+
+    def command(self, command_id: str) -> tuple[str, bool, Any] | None:
+        """(execution id, applied, outcome) of a command, None if there is no such command."""
+
+    def leftovers(self, instance_id: str, limit: int = 100) -> list[tuple[str, int, str | None, str]]:
+        """(id, epoch, owner, status) of finished executions with commands not applied, owned
+        by ``instance_id`` or by a process that is gone (nobody else resolves them)."""
 
     def sweep_commands(self, older_than_s: float) -> None:
         """Delete the commands applied more than ``older_than_s`` ago."""

@@ -127,7 +127,7 @@ class MemoryStore(_TriggerStates, LinkUses):
         return [self._apply(change) for change in changes]
 
     def _apply(self, change: Change) -> ChangeResult:
-        version = None
+        version, unchanged = None, False
         if change.receipt is not None:
             key = (change.receipt.source_id, change.receipt.delivery_id)
             if key in self._receipts:
@@ -142,7 +142,7 @@ class MemoryStore(_TriggerStates, LinkUses):
                 return ChangeResult(refused=refused)
             self._insert(change.new_execution, change.dedup)
         if change.runbook is not None:
-            version = self._add_runbook(change.runbook)
+            version, unchanged = self._add_runbook(change.runbook)
         if change.execution is not None:
             seq = self._headers[change.execution.id][0]
             self._headers[change.execution.id] = (seq, _header(change.execution))
@@ -164,7 +164,7 @@ class MemoryStore(_TriggerStates, LinkUses):
         if change.version is not None:
             self._versions[change.version[0]] = change.version[1]
         self._settle(change)
-        return ChangeResult(runbook_version=version)
+        return ChangeResult(runbook_version=version, runbook_unchanged=unchanged)
 
     def _status(self, execution_id: str | None) -> ExecutionStatus | None:
         found = self._headers.get(execution_id or "")
@@ -206,11 +206,13 @@ class MemoryStore(_TriggerStates, LinkUses):
         if execution.idempotency_key is not None:
             self._by_key[(execution.tenant_id, execution.idempotency_key)] = execution.id
 
-    def _add_runbook(self, runbook: Runbook) -> int:
+    def _add_runbook(self, runbook: Runbook) -> tuple[int, bool]:
         versions = self._runbooks.setdefault((runbook.tenant_id, runbook.id), [])
+        if versions and runbook.content_sha256 and versions[-1].content_sha256 == runbook.content_sha256:
+            return len(versions), True  # the same document again: its version
         version = len(versions) + 1
         versions.append(attrs.evolve(runbook, version=version))
-        return version
+        return version, False
 
     # -- reads
     def get_runbook(self, tenant_id: str | None, runbook_id: str, version: int | None = None) -> Runbook | None:

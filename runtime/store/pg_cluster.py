@@ -84,6 +84,7 @@ UPDATE instances SET expires_at = now() + %(ttl)s * interval '1 second'
 WHERE id = %(id)s AND incarnation = %(me)s RETURNING 1"""
 
 STOP = "UPDATE instances SET expires_at = now() WHERE id = %(id)s AND incarnation = %(me)s"
+OTHERS_ALIVE = "SELECT count(*) FROM instances WHERE id <> %(id)s AND expires_at > now()"
 
 # -- ownership
 
@@ -132,8 +133,20 @@ SELECT id, kind, body FROM commands WHERE execution_id = %s AND applied_at IS NU
 
 OUTCOME = "SELECT applied_at IS NOT NULL, outcome FROM commands WHERE id = %s"
 
+COMMAND = "SELECT execution_id, applied_at IS NOT NULL, outcome FROM commands WHERE id = %s"
+
 RECORD_OUTCOME = """
 UPDATE commands SET applied_at = now(), outcome = %s::json WHERE id = %s AND applied_at IS NULL"""
+
+# Finished executions with commands nobody applied (a control that raced the end, a child's
+# end after its parent was cancelled): those this process resolves, its own and those of
+# processes that are gone.
+LEFTOVERS = f"""
+SELECT DISTINCT e.id, e.epoch, e.owner, e.status
+FROM commands c JOIN executions e ON e.id = c.execution_id LEFT JOIN instances i ON i.id = e.owner
+WHERE c.applied_at IS NULL AND e.status NOT IN {UNFINISHED}
+  AND (e.owner = %(id)s OR e.owner IS NULL OR i.id IS NULL OR i.expires_at < now())
+LIMIT %(limit)s"""
 
 SWEEP_COMMANDS = "DELETE FROM commands WHERE applied_at < now() - %s * interval '1 second'"
 

@@ -54,6 +54,10 @@ class PostgresLedger:
             cursor.execute(cluster.NOTIFY, (self.channel, ["released"]))
         return released
 
+    def others_alive(self, instance_id: str) -> int:
+        rows = self.rows(cluster.OTHERS_ALIVE, {"id": instance_id})
+        return int(rows[0][0]) if rows else 0
+
     # -- ownership
     def claim_own(self, instance_id: str) -> list[str]:
         return [row[0] for row in self.rows(cluster.CLAIM_OWN, {"id": instance_id})]
@@ -82,6 +86,14 @@ class PostgresLedger:
     def command_outcome(self, command_id: str) -> tuple[bool, Any] | None:
         rows = self.rows(cluster.OUTCOME, (command_id,))
         return (bool(rows[0][0]), rows[0][1]) if rows else None
+
+    def command(self, command_id: str) -> tuple[str, bool, Any] | None:
+        rows = self.rows(cluster.COMMAND, (command_id,))
+        return (rows[0][0], bool(rows[0][1]), rows[0][2]) if rows else None
+
+    def leftovers(self, instance_id: str, limit: int = 100) -> list[tuple[str, int, str | None, str]]:
+        return [(row[0], int(row[1]), row[2], row[3])
+                for row in self.rows(cluster.LEFTOVERS, {"id": instance_id, "limit": limit})]
 
     def sweep_commands(self, older_than_s: float) -> None:
         self.rows(cluster.SWEEP_COMMANDS, (older_than_s,))

@@ -4,9 +4,11 @@ On top of ``SqlWriter``: starts are inserted in one pipeline with their owner; a
 admission holds its tenant's advisory lock and a share lock on its parent's row; the owners'
 epochs are checked (``check_fences``: a stale epoch rolls the whole batch back); waits and
 publishes go through the ``waits`` and ``events`` tables under one advisory lock per
-(tenant, type, key), so an event published by any process reaches every waiter; an event
-for an execution is a command row; and the batch's announcements go out as ``NOTIFY`` in
-the same transaction. Everything runs on the batch's cursor, in its pipeline.
+(tenant, type, key), so an event published by any process reaches every waiter (and takes
+its wait row: each wait takes one event, so the next publish finds the next waiter or
+retains the event); an event for an execution is a command row; and the batch's
+announcements go out as ``NOTIFY`` in the same transaction. Everything runs on the batch's
+cursor, in its pipeline.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class PostgresWriter(SqlWriter):
         self._nonce = nonce
         self._notices: list[str] = []  # NOTIFY payloads, sent as the batch commits
         self._queued: list[QueuedCommand] = []  # the commands of the current publish
+        self._taken: set[tuple[str, str]] = set()  # (execution, step) whose wait a publish of this batch took
         self._fences: list[tuple[list[str], Cursor]] = []
 
     def _start_row(self, change: Change) -> Row:
@@ -71,9 +74,11 @@ class PostgresWriter(SqlWriter):
         ends: the count of its unfinished children is the one every process sees."""
         self._cursor.execute(cluster.LOCK_KEY, (json.dumps(["children", tenant_id]),))
 
-    def add_runbook(self, runbook: Runbook) -> int:
-        self._notices.append(f"runbook:{runbook.id}")  # the others drop the latest version they cached
-        return super().add_runbook(runbook)
+    def add_runbook(self, runbook: Runbook) -> tuple[int, bool]:
+        version, unchanged = super().add_runbook(runbook)
+        if not unchanged:
+            self._notices.append(f"runbook:{runbook.id}")  # the others drop the latest version they cached
+        return version, unchanged
 
     # -- fencing
     def flush(self, pending: Pending) -> None:
@@ -125,6 +130,7 @@ class PostgresWriter(SqlWriter):
                         cursor.execute(cluster.RETAINED_FOR, (wait.tenant_id, wait.type, wait.key)).fetchall()]
             taken = next((event for event in retained if event_passes(wait.filter, event.payload, event.type)), None)
             if taken is None:
+                self._taken.discard((wait.execution_id, wait.step_id))  # waiting again: a later publish finds it
                 cursor.execute(cluster.INSERT_WAIT, (wait.execution_id, wait.step_id, wait.tenant_id, wait.type,
                                                      wait.key, json.dumps(wait.filter)))
                 continue
@@ -155,11 +161,22 @@ class PostgresWriter(SqlWriter):
         assert event is not None
         cursor = self._cursor
         self._queued = []
+        taken = []
+        refused = 0
         for execution_id, step_id, condition in waiters:
+            if (execution_id, step_id) in self._taken:
+                continue
             if event_passes(condition, event.payload, event.type):
-                self._command(execution_id, DeliverEvent(step_id, event), handed=True)
+                taken.append((execution_id, step_id))
+            else:
+                refused += 1
+        if taken:  # each wait takes one event: a later publish (here or anywhere) no longer finds it
+            cursor.executemany(cluster.DELETE_WAIT, taken)
+            self._taken.update(taken)  # (a publish of this batch whose lookup went out with this one's)
+        for execution_id, step_id in taken:
+            self._command(execution_id, DeliverEvent(step_id, event), handed=True)
         if self._queued or not cap:
-            return ChangeResult(delivered=len(self._queued), commands=tuple(self._queued))
+            return ChangeResult(delivered=len(self._queued), commands=tuple(self._queued), refused_by_filter=refused)
         held = cursor.execute(cluster.RETAINED_COUNT, (event.tenant_id,)).fetchone()
         retry = None if held is None or held[1] is None else max(held[1], 0.0)
         if held is not None and held[0] >= cap:
@@ -167,7 +184,7 @@ class PostgresWriter(SqlWriter):
         if held is not None and held[2] + json_size(event.payload) > change.retain_bytes_cap:
             raise retained_bytes_full(event.tenant_id, change.retain_bytes_cap, retry)
         cursor.execute(self._sql(UPSERT_EVENT), event_row(event, self._dialect.stamp))
-        return ChangeResult(retained=True)
+        return ChangeResult(retained=True, refused_by_filter=refused)
 
     def _lock(self, tenant_id: str, event_type: str, key: str) -> None:
         self._cursor.execute(cluster.LOCK_KEY, (json.dumps([tenant_id, event_type, key]),))

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import attrs
 
 from runtime.model import AuditEntry, Event, Evidence, Execution, LogEntry, Runbook, StepState
+from runtime.model.canonical import canonical_sha256
 from runtime.model.records import Change, ChangeResult, Receipt
 from runtime.model.wire import dumps, dumps_data, from_json, to_json
 
@@ -60,8 +61,9 @@ class BatchWriter(Protocol):
         """Admit a child just inserted (``change.fanout``), or take it out again and say why not
         (``records.ENDED``, ``ROOT_FULL``, ``TENANT_FULL``)."""
 
-    def add_runbook(self, runbook: Runbook) -> int:
-        """Store the next version of the runbook; its version."""
+    def add_runbook(self, runbook: Runbook) -> tuple[int, bool]:
+        """Store the next version of the runbook, unless its latest version holds the same
+        document (then nothing is written); (its version, whether it was there already)."""
 
     def add_receipt(self, receipt: Receipt) -> bool:
         """Insert a source's receipt at once; False if the store holds it already (a repeat)."""
@@ -202,7 +204,8 @@ def apply_batch(changes: Sequence[Change], writer: BatchWriter) -> list[ChangeRe
             continue
         result = ChangeResult()
         if change.runbook is not None:
-            result = ChangeResult(runbook_version=writer.add_runbook(change.runbook))
+            version, unchanged = writer.add_runbook(change.runbook)
+            result = ChangeResult(runbook_version=version, runbook_unchanged=unchanged)
         if change.publish is not None or change.waits or change.unwaits:
             result = writer.events(change)  # at once, in order: what a later wait or publish sees
         pending.add(change)
@@ -313,6 +316,13 @@ def execution_from(header: Any, steps: Iterable[tuple[str, Any]], version: int, 
     data["version"] = version  # the columns: the header is not rewritten at every change
     data["epoch"] = epoch
     return from_json(data, Execution)
+
+
+def same_document(runbook: Runbook, stored: Any) -> bool:
+    """Whether a stored version (its JSON) holds the runbook's document, by content hash."""
+    data = loads(stored)
+    return bool(runbook.content_sha256) and (data.get("contentSha256") or canonical_sha256(data.get("document"))) \
+        == runbook.content_sha256
 
 
 def runbook_from(document: Any, version: int) -> Runbook:

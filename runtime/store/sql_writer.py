@@ -40,6 +40,7 @@ from runtime.store.schema import (
     header_row,
     log_row,
     runbook_row,
+    same_document,
     step_rows,
 )
 
@@ -98,7 +99,10 @@ ON CONFLICT (id) DO UPDATE SET
 DELETE_EVENT = "DELETE FROM events WHERE id = ?"
 DELETE_EXPIRED = "DELETE FROM events WHERE expires_at <= ?"
 
-# Two stores registering the same runbook at once: the second insert conflicts and is retried.
+# Two stores registering the same runbook at once: the second insert conflicts and is retried
+# (and then finds the first's version, when it holds the same document).
+LATEST_RUNBOOK = "SELECT version, CAST(document AS TEXT) FROM runbooks WHERE owner = ? AND id = ? " \
+                 "ORDER BY version DESC LIMIT 1"
 INSERT_RUNBOOK = """
 INSERT INTO runbooks (owner, id, version, document, created_at)
 SELECT ?, ?, COALESCE(MAX(version), 0) + 1, ?json, ?
@@ -239,12 +243,15 @@ class SqlWriter:
         return False, None
 
     # -- runbooks, events
-    def add_runbook(self, runbook: Runbook) -> int:
+    def add_runbook(self, runbook: Runbook) -> tuple[int, bool]:
         owner, id_, document, created_at = runbook_row(runbook, datetime.now(UTC), self._dialect.stamp)
         for _ in range(ATTEMPTS):
+            latest = self._db.execute(self._sql(LATEST_RUNBOOK), (owner, id_)).fetchone()
+            if latest is not None and same_document(runbook, latest[1]):
+                return int(latest[0]), True  # the same document again: its version, nothing written
             row = self._db.execute(self._sql(INSERT_RUNBOOK), (owner, id_, document, created_at, owner, id_)).fetchone()
             if row is not None:
-                return int(row[0])
+                return int(row[0]), False
         raise StoreUnavailable(f"runbook {runbook.id}: no version could be assigned; retry")
 
     def add_receipt(self, receipt: Receipt) -> bool:

@@ -85,7 +85,7 @@ async def _run_case(suite: Suite, case: Case, executors: dict[str, Any], plan: b
         follow = Follow(rt, suite, case, started.id, plan, t0)
         final, stopped = await follow.run()
         virtual_ms = round((trio.current_time() - t0) * 1000)
-        steps, scope = _family(rt, final, suite.runbook_id)
+        steps, scope = await _family(rt, final, suite.runbook_id)
         return Outcome(runbook, final, (), steps, scope, tuple(book.calls),
                        (*(("no canned reply", m) for m in book.missing), *follow.problems),
                        tuple(await rt.audit(final.id)), tuple(follow.timeline), virtual_ms, stopped)
@@ -126,7 +126,7 @@ class Follow:
             with trio.move_on_at(self.t0 + self.case.until_ms / 1000):
                 stopped = await self._settle()
             nursery.cancel_scope.cancel()
-        final = self.rt.get(self.execution_id)
+        final = await self.rt.get(self.execution_id)
         for item in self.case.deliveries[len(self.case.deliveries) - self._pending:]:
             self.problems.append((item.where, f"at {item.at_ms} ms: not handed over, the execution was "
                                               f"{final.status.value} by then ({self.now_ms()} ms)"))
@@ -139,10 +139,10 @@ class Follow:
         while True:
             seen = self._version
             await wait_all_tasks_blocked()  # the engine has done all it can now (the clock waits for this)
-            execution = self.rt.get(self.execution_id)
+            execution = await self.rt.get(self.execution_id)
             if execution.status.finished:
                 return "finished"
-            if self._pending == 0 and self._idle(execution):
+            if self._pending == 0 and await self._idle(execution):
                 return "waiting"
             while self._version == seen:
                 await self._changed.wait()
@@ -153,15 +153,15 @@ class Follow:
         self._changed = trio.Event()
 
     # ------------------------------------------------------------------ what moves
-    def _idle(self, execution: Execution) -> bool:
+    async def _idle(self, execution: Execution) -> bool:
         """Nothing in the execution will move by itself (a plan: nor by a deadline)."""
         if execution.deadline_at is not None and not self.plan:
             return False
-        return all(self._step_idle(execution, step_id, state) for step_id, state in execution.steps.items())
+        return all([await self._step_idle(execution, step_id, state) for step_id, state in execution.steps.items()])
 
-    def _step_idle(self, execution: Execution, step_id: str, state: StepState) -> bool:
+    async def _step_idle(self, execution: Execution, step_id: str, state: StepState) -> bool:
         if state.status in MOVING:
-            return state.child_execution_id is not None and self._child_idle(state.child_execution_id)
+            return state.child_execution_id is not None and await self._child_idle(state.child_execution_id)
         if state.status not in WAITS:
             return True
         if state.deadline_at is not None and not self.plan:
@@ -169,12 +169,12 @@ class Follow:
         return not (state.status is StepStatus.AWAITING_APPROVAL and state.notified is None
                     and (execution.runbook_id, step_id) in self._notifying)
 
-    def _child_idle(self, child_id: str) -> bool:
+    async def _child_idle(self, child_id: str) -> bool:
         try:
-            child = self.rt.get(child_id)
+            child = await self.rt.get(child_id)
         except NotFound:  # not started yet
             return False
-        return not child.status.finished and self._idle(child)
+        return not child.status.finished and await self._idle(child)
 
     # ------------------------------------------------------------------ records
     async def _watch(self) -> None:
@@ -195,7 +195,7 @@ class Follow:
 
     async def _hand_over(self, item: Delivery) -> None:
         if isinstance(item, EventAt):
-            tenant = self.rt.get(self.execution_id).tenant_id
+            tenant = (await self.rt.get(self.execution_id)).tenant_id
             self.timeline.append(Moment(self.now_ms(), None, f"event {item.type} {item.key!r} published"))
             result = await self.rt.publish_event(item.type, item.key, item.payload, tenant_id=tenant)
             if not result.delivered:
@@ -205,7 +205,7 @@ class Follow:
         await self._decide(item)
 
     async def _decide(self, item: ApprovalAt) -> None:
-        target = self._execution_of(item.step)
+        target = await self._execution_of(item.step)
         step_id = item.step.rsplit("/", 1)[-1]
         try:
             if target is None:
@@ -217,34 +217,34 @@ class Follow:
                                               f"'{item.step}': {exc}"))
             self.timeline.append(Moment(self.now_ms(), None, f"  (refused: {exc})"))
 
-    def _execution_of(self, key: str) -> Execution | None:
+    async def _execution_of(self, key: str) -> Execution | None:
         """The execution whose step ``key`` names: this one, or the latest child of that runbook."""
-        root = self.rt.get(self.execution_id)
+        root = await self.rt.get(self.execution_id)
         if "/" not in key:
             return root
         runbook_id = key.split("/")[0]
-        found = [e for e in _descendants(self.rt, root) if e.runbook_id == runbook_id]
+        found = [e for e in await _descendants(self.rt, root) if e.runbook_id == runbook_id]
         return found[-1] if found else None
 
 
-def _descendants(rt: Runtime, execution: Execution) -> list[Execution]:
+async def _descendants(rt: Runtime, execution: Execution) -> list[Execution]:
     """The executions the execution's run-runbook steps started, and theirs."""
     found = []
     for state in execution.steps.values():
         if state.child_execution_id is not None:
             try:
-                child = rt.get(state.child_execution_id)
+                child = await rt.get(state.child_execution_id)
             except NotFound:
                 continue
-            found += [child, *_descendants(rt, child)]
+            found += [child, *(await _descendants(rt, child))]
     return found
 
 
-def _family(rt: Runtime, root: Execution, runbook_id: str) -> tuple[dict[str, StepState], dict[str, Any]]:
+async def _family(rt: Runtime, root: Execution, runbook_id: str) -> tuple[dict[str, StepState], dict[str, Any]]:
     """Every step of the execution and of its children, keyed as a test file names them, and
     the scope expected outputs resolve in."""
     steps: dict[str, StepState] = {}
-    for execution in (root, *_descendants(rt, root)):
+    for execution in (root, *(await _descendants(rt, root))):
         prefix = "" if execution.runbook_id == runbook_id else f"{execution.runbook_id}/"
         for step_id, state in execution.steps.items():
             steps.setdefault(prefix + step_id, state)

@@ -1,6 +1,6 @@
 // One execution: its runbook as a live SVG graph, the execution's output, the selected
 // step's details (attempts, timings, output, error; approve/reject or retry where the state
-// allows), the controls, and tabs for logs, evidence (with SHA-256) and audit. Live through
+// allows; why it is as it is; complete or skip it by hand, or fork from it), the controls, and tabs for logs, evidence (with SHA-256) and audit. Live through
 // the stream. Until the user picks a step, the page follows the step that needs attention
 // (one waiting for a decision first); a step waiting for a decision shows its message and
 // who may decide, as the engine rendered them when it asked (its "approval requested" log
@@ -8,11 +8,12 @@
 // what that is; a decision carries the digest shown, so a decision on something that
 // changed meanwhile is refused (409) instead of counted.
 import { api, follow, FINISHED } from "../api.js";
-import { el, badge, when, took, json, attempt, confirmAction } from "../ui.js";
+import { el, badge, when, took, json, attempt, confirmAction, showError } from "../ui.js";
 import { drawGraph } from "../graph.js";
 import { navigate } from "../navigation.js";
 
 const ATTENTION = ["awaiting_approval", "waiting", "failed", "rejected", "running", "retrying"];
+const BY_HAND = ["failed", "waiting", "awaiting_approval"];  // what a person may complete or skip
 const CONTROLS = {
   Pause: { path: "pause", allowed: (s) => ["pending", "running", "awaiting_approval"].includes(s), reason: true },
   Resume: { path: "resume", allowed: (s) => ["paused", "pausing"].includes(s), reason: true },
@@ -93,7 +94,53 @@ export function executionPage(view, id) {
         if (result) show(result);
       } }, "Retry")));
     }
+    parts.push(why(stepId), byHand(stepId, step));
     ui.detail.replaceChildren(...parts);
+  }
+
+  // "Why": the step's explanation (the engine's decision records, as sentences), fetched each time it is shown.
+  function why(stepId) {
+    const list = el("ul", { class: "why" });
+    const box = el("section", { class: "why", "aria-label": "Why" }, el("h2", { text: "Why" }), list);
+    api(`${base}/explain?stepId=${encodeURIComponent(stepId)}`).then((answer) => {
+      const reasons = answer.items.length ? answer.items[0].reasons : [];
+      list.replaceChildren(...(reasons.length ? reasons.map((r) => el("li", { text: r })) : [el("li", { class: "muted", text: "Nothing decided yet." })]));
+    }).catch(() => {});
+    return box;
+  }
+
+  // Complete or skip the step by hand (a failed, waiting or awaiting-approval step), or fork the execution from it.
+  function byHand(stepId, step) {
+    const takenOver = BY_HAND.includes(step.status) && (!FINISHED.includes(execution.status) || (execution.status === "failed" && step.status === "failed"));
+    const output = el("textarea", { id: "by-hand-output", rows: 2, placeholder: "null" });
+    const context = execution.context && execution.context.legalBasis ? { legalBasis: execution.context.legalBasis } : undefined;
+    const step_ = `${base}/steps/${encodeURIComponent(stepId)}`;
+    const complete = async () => {
+      let value = null;
+      try { value = output.value.trim() ? JSON.parse(output.value) : null; } catch (error) { showError(`Output: not JSON (${error.message})`); return; }
+      const justification = await confirmAction(`Complete ${stepId} by hand?`, "The execution goes on as if this step had succeeded with the output given. Say what was done.", { reason: true, reasonRequired: true });
+      if (justification === null) return;
+      const result = await attempt(() => api(`${step_}/complete`, { method: "POST", body: { output: value, justification, context } }));
+      if (result) show(result);
+    };
+    const skip = async () => {
+      const justification = await confirmAction(`Skip ${stepId} by hand?`, "The execution goes on as if this step had been skipped. Say why.", { reason: true, reasonRequired: true });
+      if (justification === null) return;
+      const result = await attempt(() => api(`${step_}/skip`, { method: "POST", body: { justification, context } }));
+      if (result) show(result);
+    };
+    const fork = async () => {
+      const reason = await confirmAction(`Fork from ${stepId}?`, "A new execution of this version that keeps the outputs of the steps before this one and runs the rest.", { reason: true });
+      if (reason === null) return;
+      const result = await attempt(() => api(`${base}/fork`, { method: "POST", body: reason ? { fromStep: stepId, reason } : { fromStep: stepId } }));
+      if (result) navigate(`/executions/${result.id}`);
+    };
+    return el("section", { class: "by-hand", "aria-label": "By hand" }, el("h2", { text: "By hand" }),
+      el("div", { class: "field" }, el("label", { for: "by-hand-output", text: "Output for Complete (JSON)" }), output),
+      el("div", { class: "row" },
+        el("button", { type: "button", "data-action": "complete", disabled: !takenOver, onclick: complete }, "Complete by hand"),
+        el("button", { type: "button", "data-action": "skip", disabled: !takenOver, onclick: skip }, "Skip by hand"),
+        el("button", { type: "button", "data-action": "fork", onclick: fork }, "Fork from here")));
   }
 
   // The rendered message and approvers; fetched once per attempt, shown when known.

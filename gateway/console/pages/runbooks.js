@@ -5,6 +5,13 @@ import { api } from "../api.js";
 import { el, when, attempt, showError } from "../ui.js";
 import { navigate } from "../navigation.js";
 
+// Each problem: its path, what is wrong, and where (the step, the line of the text sent).
+function problemList(problems) {
+  const where = (p) => [p.stepId ? `step '${p.stepId}'` : "", p.line ? `line ${p.line}` : ""].filter(Boolean).join(", ");
+  return el("ul", { class: "problems", "aria-label": "Problems" },
+    problems.map((p) => el("li", {}, el("code", { text: p.path }), `: ${p.message}${where(p) ? ` (${where(p)})` : ""}`)));
+}
+
 export function runbooksPage(view) {
   const body = el("tbody");
   const source = el("textarea", { id: "rb-source", rows: 14, spellcheck: "false", placeholder: "id: my-runbook\nsteps:\n  - ..." });
@@ -21,7 +28,7 @@ export function runbooksPage(view) {
     const result = await attempt(() => send("/api/v1/runbooks/validate"));
     if (!result) return;
     report.replaceChildren(result.valid ? el("p", { class: "ok", text: "Valid." })
-      : el("ul", { class: "problems", "aria-label": "Problems" }, result.errors.map((p) => el("li", {}, el("code", { text: p.path }), `: ${p.message}`))));
+      : problemList(result.errors));
   };
   const register = async () => {
     try {
@@ -31,8 +38,7 @@ export function runbooksPage(view) {
       load();
     } catch (error) {
       showError(error);
-      if (error.errors && error.errors.length) report.replaceChildren(el("ul", { class: "problems", "aria-label": "Problems" },
-        error.errors.map((p) => el("li", {}, el("code", { text: p.path }), `: ${p.message}`))));
+      if (error.errors && error.errors.length) report.replaceChildren(problemList(error.errors));
     }
   };
   view.append(el("h1", { text: "Runbooks" }),

@@ -1,0 +1,255 @@
+"""The clients: each flow of the plan drives one execution through the REST API of the slots its
+plan names, as an operator would, and every request is recorded with what it was told.
+
+A request without a definite answer (no answer, or a 5xx) is sent again (a start with its
+Idempotency-Key, if it has one; an event with the same payload), to the next slot of the flow.
+Each request carries a unique tag: a control's reason, an approval's comment, an event's payload
+``uid``. Once its actions are sent, a flow drives its execution to its end like an operator who
+lost track of an uncertain pause: it resumes a paused execution and approves a waiting approval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import httpx
+import trio
+
+from tests.chaos.cluster import Cluster
+from tests.chaos.final import FINISHED
+from tests.chaos.history import Request, RequestKind
+from tests.chaos.plan import Flow
+
+USER = {"X-User-Id": "ops"}
+BOSS = {"X-User-Id": "boss"}
+EVENT_TYPE = "chaos.go"
+TRIES = 6
+REQUEST_TIMEOUT_S = 4.0
+POLL_S = 0.1
+
+RUNBOOKS: tuple[dict[str, Any], ...] = (
+    {"id": "gate", "steps": [
+        {"id": "first", "type": "call-service", "config": {"url": "/first", "method": "POST"}},
+        {"id": "approve", "type": "human-approval", "config": {"approvers": ["boss"]}},
+        {"id": "deploy", "type": "call-service", "config": {"url": "/deploy", "method": "POST"}}]},
+    {"id": "events", "steps": [
+        {"id": "a", "type": "wait-for-event", "config": {"eventType": EVENT_TYPE, "correlationKey": "${input.key}"}},
+        {"id": "b", "type": "wait-for-event", "config": {"eventType": EVENT_TYPE, "correlationKey": "${input.key}"}},
+        {"id": "after", "type": "call-service", "config": {"url": "/after", "method": "POST"}}]},
+    {"id": "child", "steps": [
+        {"id": "work", "type": "call-service", "config": {"url": "/slow?ms=800", "method": "POST"}},
+        {"id": "approve", "type": "human-approval", "config": {"approvers": ["nobody"]}}]},
+    {"id": "parent", "steps": [
+        {"id": "child", "type": "run-runbook", "config": {"runbookId": "child", "input": {}}}]},
+    {"id": "flaky", "steps": [
+        {"id": "call", "type": "call-service", "config": {"url": "/flaky", "method": "POST"},
+         "retryPolicy": {"maxRetries": 0}}]},
+    {"id": "slow", "steps": [
+        {"id": "hold", "type": "call-service", "config": {"url": "/slow?ms=1500", "method": "POST"}},
+        {"id": "after", "type": "call-service", "config": {"url": "/after", "method": "POST"}}]},
+)
+
+
+@attrs.define
+class Client:
+    cluster: Cluster
+    http: httpx.AsyncClient
+    seed: int
+    sent: int = 0
+
+    def url(self, slot: int) -> tuple[str, str] | None:
+        node = self.cluster.slots[slot].node
+        return (node.instance, node.url) if node else None
+
+    async def send(self, kind: RequestKind, slot: int, path: str, body: Any, *, execution: str | None = None,
+                   tag: str = "", headers: dict[str, str] | None = None, step: str | None = None,
+                   key: str | None = None, params: dict[str, str] | None = None) -> Request:
+        self.sent += 1
+        target = self.url(slot)
+        request = Request(kind, target[0] if target else f"p{slot}", execution, tag, self.cluster.now(),
+                          idempotency_key=key, step=step)
+        self.cluster.history.requests.append(request)
+        all_headers = {**(headers or USER), **({"Idempotency-Key": key} if key else {})}
+        try:
+            if target is None:
+                raise httpx.ConnectError("the slot has no process right now")
+            answer = await self.http.post(f"{target[1]}{path}", json=body, headers=all_headers, params=params,
+                                          timeout=REQUEST_TIMEOUT_S)
+            request.status = answer.status_code
+            try:
+                request.body = answer.json()
+            except ValueError:
+                request.body = answer.text[:200]
+        except httpx.HTTPError as exc:
+            request.error = type(exc).__name__
+        request.ended = self.cluster.now()
+        return request
+
+    async def until_definite(self, flow: Flow, first: int, make: Callable[[int], Any]) -> Request:
+        """Send ``make(slot)`` to the flow's slots from ``first`` on until one answers definitely."""
+        request: Request | None = None
+        for n in range(TRIES):
+            request = await make(flow.slot(first + n))
+            if request.status is not None and request.status < 500:
+                return request
+            await trio.sleep(0.3)
+        assert request is not None
+        return request
+
+    async def read(self, slot: int, execution: str) -> dict[str, Any] | None:
+        target = self.url(slot)
+        if target is None:
+            return None
+        try:
+            answer = await self.http.get(f"{target[1]}/api/v1/executions/{execution}", headers=USER,
+                                         timeout=REQUEST_TIMEOUT_S)
+        except httpx.HTTPError:
+            return None
+        if answer.status_code != 200:
+            return None
+        found: dict[str, Any] = answer.json()
+        return found
+
+    async def poll(self, flow: Flow, execution: str, predicate: Callable[[dict[str, Any]], bool],
+                   within_s: float) -> dict[str, Any] | None:
+        with trio.move_on_after(within_s):
+            n = 0
+            while True:
+                found = await self.read(flow.slot(n), execution)
+                if found is not None and predicate(found):
+                    return found
+                n += 1
+                await trio.sleep(POLL_S)
+        return None
+
+    def tag(self, flow: Flow, what: str) -> str:
+        return f"s{self.seed}-f{flow.index}-{what}-{self.sent}"
+
+
+async def run_flow(client: Client, flow: Flow, origin: float, settle_s: float) -> None:
+    await trio.sleep_until(origin + flow.at_s)
+    execution = await _start(client, flow, _runbook(flow), _input(client, flow))
+    if execution is None:
+        return
+    await FLOWS[flow.kind](client, flow, execution)
+    await _drive_to_end(client, flow, execution, settle_s)
+
+
+def _runbook(flow: Flow) -> str:
+    return flow.kind
+
+
+def _input(client: Client, flow: Flow) -> dict[str, Any]:
+    return {"key": f"k{client.seed}-{flow.index}", "n": flow.index}
+
+
+async def _start(client: Client, flow: Flow, runbook: str, data: dict[str, Any]) -> str | None:
+    key = f"idem-{client.seed}-{flow.index}" if flow.idempotent else None
+    body = {"runbookId": runbook, "input": data}
+    answer = await client.until_definite(flow, 0, lambda slot: client.send(
+        "start", slot, "/api/v1/executions", body, key=key, tag=client.tag(flow, "start"), params={"force": "true"}))
+    if not answer.ok:
+        return None
+    execution = str(answer.body["id"])
+    answer.execution = execution
+    if key:  # the same start again elsewhere, as a client that lost the answer would
+        again = await client.send("start", flow.slot(1), "/api/v1/executions", body, key=key,
+                                  tag=client.tag(flow, "start"), params={"force": "true"})
+        again.execution = execution
+    return execution
+
+
+async def _control(client: Client, flow: Flow, first: int, kind: RequestKind, execution: str, path: str,
+                   body_key: str = "reason", headers: dict[str, str] | None = None,
+                   step: str | None = None, extra: dict[str, Any] | None = None) -> Request:
+    async def make(slot: int) -> Request:
+        tag = client.tag(flow, kind)
+        return await client.send(kind, slot, f"/api/v1/executions/{execution}{path}",
+                                 {body_key: tag, **(extra or {})}, execution=execution, tag=tag,
+                                 headers=headers, step=step)
+    return await client.until_definite(flow, first, make)
+
+
+def _step(name: str, status: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda e: e["steps"].get(name, {}).get("status") == status or e["status"] in FINISHED
+
+
+async def _gate(client: Client, flow: Flow, execution: str) -> None:
+    if flow.pause:
+        paused = await _control(client, flow, 1, "pause", execution, "/pause")
+        if paused.status is None or paused.status < 400:
+            await _control(client, flow, 2, "resume", execution, "/resume")
+    await client.poll(flow, execution, _step("approve", "awaiting_approval"), 20)
+    await _approve(client, flow, execution)
+
+
+async def _approve(client: Client, flow: Flow, execution: str) -> Request:
+    return await _control(client, flow, 3, "approve", execution, "/steps/approve/approvals", "comment",
+                          BOSS, "approve", {"decision": "approve"})
+
+
+async def _events(client: Client, flow: Flow, execution: str) -> None:
+    if flow.wait_first:
+        await client.poll(flow, execution, _step("a", "waiting"), 20)
+    key = _input(client, flow)["key"]
+
+    async def publish(n: int, name: str) -> None:
+        uid = f"s{client.seed}-f{flow.index}-event-{name}"
+        body = {"type": EVENT_TYPE, "correlationKey": key, "payload": {"uid": uid}}
+        await client.until_definite(flow, 2 + n, lambda slot: client.send(
+            "publish", slot, "/api/v1/events", body, execution=execution, tag=uid))
+
+    if flow.overlap:  # the second goes out while the first is in flight
+        async with trio.open_nursery() as both:
+            both.start_soon(publish, 0, "a")
+            await trio.sleep(0.005)
+            both.start_soon(publish, 1, "b")
+    else:  # back to back: the second as soon as the first was answered
+        await publish(0, "a")
+        await publish(1, "b")
+
+
+async def _parent(client: Client, flow: Flow, execution: str) -> None:
+    await client.poll(flow, execution, lambda e: bool(e["steps"]["child"].get("childExecutionId"))
+                      or e["status"] in FINISHED, 20)
+    await trio.sleep(flow.delay_s)
+    await _control(client, flow, 2, "cancel", execution, "/cancel")
+
+
+async def _flaky(client: Client, flow: Flow, execution: str) -> None:
+    if await client.poll(flow, execution, lambda e: e["status"] in FINISHED, 20) is None:
+        return
+    await _control(client, flow, 1, "retry", execution, "/steps/call/retry", step="call")
+    done = await client.poll(flow, execution, lambda e: e["status"] in FINISHED, 20)
+    if done is not None and flow.replay:
+        replayed = await client.until_definite(flow, 3, lambda slot: client.send(
+            "replay", slot, f"/api/v1/executions/{execution}/replay", {}, execution=execution,
+            tag=client.tag(flow, "replay")))
+        if replayed.ok and isinstance(replayed.body, dict):
+            await _drive_to_end(client, flow, str(replayed.body["id"]), 20)
+
+
+async def _slow(client: Client, flow: Flow, execution: str) -> None:
+    return None
+
+
+async def _drive_to_end(client: Client, flow: Flow, execution: str, within_s: float) -> None:
+    with trio.move_on_after(within_s):
+        n = 0
+        while True:
+            found = await client.read(flow.slot(n), execution)
+            n += 1
+            if found is not None:
+                if found["status"] in FINISHED:
+                    return
+                if found["status"] == "paused":
+                    await _control(client, flow, n, "resume", execution, "/resume")
+                approve = found["steps"].get("approve", {})
+                if flow.kind == "gate" and approve.get("status") == "awaiting_approval" and not approve.get("approvals"):
+                    await _approve(client, flow, execution)
+            await trio.sleep(0.3)
+
+
+FLOWS = {"gate": _gate, "events": _events, "parent": _parent, "flaky": _flaky, "slow": _slow}
