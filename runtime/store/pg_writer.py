@@ -27,7 +27,9 @@ from runtime.model.errors import Fenced, retained_bytes_full, retained_events_fu
 from runtime.model.jsonsafe import json_size
 from runtime.model.records import Change, ChangeResult, QueuedCommand
 from runtime.model.wire import dumps
+from runtime.store import audit_sql
 from runtime.store import pg_cluster as cluster
+from runtime.store.audit_chain import AuditPolicy
 from runtime.store.dialect import Dialect
 from runtime.store.schema import Pending, Row, event_from, event_row
 from runtime.store.sql_writer import (
@@ -47,8 +49,9 @@ class PostgresWriter(SqlWriter):
     INSERT_EXECUTION: ClassVar[str] = insert_execution(("owner", "epoch")) + " RETURNING 1"  # (see _insert_all)
     RUNNING: ClassVar[str] = f"{RUNNING} FOR SHARE"  # its cancel, committed elsewhere, waits for this start
 
-    def __init__(self, cursor: Cursor, dialect: Dialect, channel: str, nonce: str) -> None:
-        super().__init__(cursor, dialect)
+    def __init__(self, cursor: Cursor, dialect: Dialect, channel: str, nonce: str,
+                 audit_policy: AuditPolicy | None = None) -> None:
+        super().__init__(cursor, dialect, audit_policy)
         self._cursor = cursor
         self._channel = channel
         self._nonce = nonce
@@ -96,6 +99,12 @@ class PostgresWriter(SqlWriter):
         cursor = self._cursor.connection.cursor()
         cursor.execute(cluster.FENCE, columns)
         self._fences.append((ids, cursor))
+
+    def _erase(self, erase: Sequence[tuple[str, int]]) -> None:
+        """Erase payloads past the append-only trigger, for this statement only."""
+        self._cursor.execute(audit_sql.ALLOW_ERASURE)
+        super()._erase(erase)
+        self._cursor.execute(audit_sql.END_ERASURE)
 
     def check_fences(self) -> None:
         """Refuse the batch if an owner's epoch is stale (another process owns it now)."""
