@@ -14,7 +14,7 @@ import time
 
 from benchmarks.common import ROOT
 
-ALL = ("overhead", "steps", "starts", "parked", "events", "cancel", "api", "cluster", "workers", "fairness")
+ALL = ("overhead", "steps", "starts", "parked", "events", "cancel", "api", "cluster")
 
 
 def main(argv: list[str]) -> int:

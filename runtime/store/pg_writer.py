@@ -46,7 +46,7 @@ Cursor = psycopg.Cursor[tuple[Any, ...]]
 class PostgresWriter(SqlWriter):
     """The writes of one batch, inside its transaction, on the batch's cursor."""
 
-    INSERT_EXECUTION: ClassVar[str] = insert_execution(("owner", "epoch"))
+    INSERT_EXECUTION: ClassVar[str] = insert_execution(("owner", "epoch")) + " RETURNING 1"  # (see _insert_all)
     RUNNING: ClassVar[str] = f"{RUNNING} FOR SHARE"  # its cancel, committed elsewhere, waits for this start
     LOCK_SLOT_KEY: ClassVar[str] = f"{slots.LOCK_KEY} FOR UPDATE"  # one process counts a key's slots at a time
 
@@ -65,16 +65,13 @@ class PostgresWriter(SqlWriter):
         return (*super()._start_row(change), change.owner, 1 if change.owner else 0)
 
     def _insert_all(self, rows: list[Row]) -> list[int]:
-        """Every insert of the run in one pipeline: one round trip for all."""
+        """Every insert of the run sent at once, then their answers read: one round trip for
+        all (the first read flushes the batch's pipeline; a pipeline of their own would sync
+        the batch once when it opens and once when it closes)."""
         conn = self._cursor.connection
         statement = self._sql(self.INSERT_EXECUTION)
-        cursors = []
-        with conn.pipeline():
-            for row in rows:
-                cursor = conn.cursor()
-                cursor.execute(statement, row)
-                cursors.append(cursor)
-        return [cursor.rowcount for cursor in cursors]
+        cursors = [conn.cursor().execute(statement, row) for row in rows]
+        return [len(cursor.fetchall()) for cursor in cursors]
 
     def _lock_children(self, tenant_id: str) -> None:
         """One child start of the tenant at a time, across processes, until this transaction
