@@ -28,7 +28,8 @@ from tests.cluster_nodes import nodes
 from tests.tcp_proxy import tcp_proxy
 
 TTL_MS = 1500
-SETTINGS = {"LEASE_TTL_MS": TTL_MS, "FORWARD_WAIT_MS": 700}
+# A small pool each: the test server is shared, and a pool that runs short is a fault worth having.
+SETTINGS = {"LEASE_TTL_MS": TTL_MS, "FORWARD_WAIT_MS": 700, "DB_POOL_MAX": 6}
 SETTLE_S = 10.0  # after the flows: every execution should end (and command be applied) within this
 AGREE_S = 5.0  # after that: every process should answer the final state within this
 
