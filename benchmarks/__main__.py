@@ -14,7 +14,7 @@ import time
 
 from benchmarks.common import ROOT
 
-ALL = ("overhead", "steps", "starts", "parked", "events", "cancel", "api", "cluster", "workers")
+ALL = ("overhead", "steps", "starts", "parked", "events", "cancel", "api", "cluster")
 
 
 def main(argv: list[str]) -> int:

@@ -1,6 +1,6 @@
 """The ``runbooks`` command: ``serve``, the local ``run FILE`` and ``validate FILE...``, the
 runbook tests ``test PATH...`` and ``plan FILE`` (``gateway.cli_test``, ``gateway.cli_plan``),
-and the client commands of a running server (``gateway.cli_client``).
+the audit ledger's ``audit export|verify|key`` (``gateway.cli_audit``), and the client commands of a running server (``gateway.cli_client``).
 
 Exit status: 0 done, 1 refused or failed, 2 usage (argparse's own, or a bad option value:
 one line on stderr), 141 when whoever reads the output has gone (``runbooks list | head -1``),
@@ -16,6 +16,7 @@ import sys
 
 import trio
 
+from gateway.cli_audit import add_audit_commands, audit_command
 from gateway.cli_client import add_client_commands, add_connection_options, run_client_command
 from gateway.cli_plan import plan_command
 from gateway.cli_run import UsageError, run_file, run_options, validate_files
@@ -52,6 +53,8 @@ def _main(argv: list[str] | None) -> int:
         return test_paths(args.paths, sys.stdout, args.junit)
     if args.command == "plan":
         return plan_command(args.file, args.input, args.context, args.replies, sys.stdout, sys.stderr)
+    if args.command == "audit":
+        return audit_command(args)
     if args.command == "run":
         try:
             options = run_options(args, terminal=sys.stdin.isatty())
@@ -99,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--context", default=None, help="JSON object (legalBasis, reason...), or @file.json")
     plan.add_argument("--replies", default=None, metavar="FILE",
                       help="canned replies, events and approvals (YAML or JSON, as a test case gives them)")
+    add_audit_commands(commands)
     add_client_commands(commands)
     return parser
 

@@ -26,6 +26,7 @@ from runtime import Settings
 from runtime.io import tracing
 from runtime.kinds.approval_rules import ANY_ROLE
 from runtime.model.limits import MAX_CONCURRENCY, MAX_DURATION_MS, MAX_RETRIES
+from runtime.security.audit_signing import CheckpointSigner
 from runtime.security.outbound import HostAllowlist
 from runtime.security.secrets import SecretsFileError, load_secrets_file
 from runtime.sources.config import SourcesConfig, SourcesFileError, load_sources
@@ -98,6 +99,9 @@ class Config:
     sources_file: str | None = None
     sources: SourcesConfig = attrs.Factory(SourcesConfig)
     require_separation_of_duties: bool = False
+    audit_checkpoint_every: int = 1000
+    audit_checkpoint_ms: int = 60_000
+    audit_signing_key: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -149,6 +153,9 @@ class Config:
             sources_file=read.optional("RUNBOOKS_SOURCES_FILE"),
             sources=read.parsed("RUNBOOKS_SOURCES_FILE", SourcesConfig(), _sources_file),
             require_separation_of_duties=read.boolean("REQUIRE_SEPARATION_OF_DUTIES", False),
+            audit_checkpoint_every=read.integer("AUDIT_CHECKPOINT_EVERY", 1000, 1, 10**9),
+            audit_checkpoint_ms=read.integer("AUDIT_CHECKPOINT_MS", 60_000, 0, MAX_DURATION_MS),
+            audit_signing_key=read.parsed("RUNBOOKS_AUDIT_SIGNING_KEY", None, _signing_key),
         )
         if not config.instance_id:  # the default names the host and the port it serves on
             config = attrs.evolve(config, instance_id=f"{socket.gethostname()}:{config.port}")
@@ -205,6 +212,9 @@ class Config:
             max_active_descendants_per_tenant=self.max_active_descendants_per_tenant,
             lifecycle_outbox=bool(self.sources.sinks),
             require_separation_of_duties=self.require_separation_of_duties,
+            audit_checkpoint_every=self.audit_checkpoint_every,
+            audit_checkpoint_ms=self.audit_checkpoint_ms,
+            audit_signing_key=self.audit_signing_key,
         )
 
     def check_can_serve(self) -> None:
@@ -330,6 +340,15 @@ def _secrets_file(value: str) -> str:
     try:
         load_secrets_file(value)
     except SecretsFileError as exc:
+        raise ConfigError(str(exc)) from None
+    return value
+
+
+def _signing_key(value: str) -> str:
+    """The key is read once here, so a file that holds no Ed25519 private key stops start-up."""
+    try:
+        CheckpointSigner.from_file(value)
+    except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return value
 

@@ -17,6 +17,7 @@ from quart import Response
 from werkzeug.routing import BaseConverter
 
 from gateway import routes_approvals as approvals
+from gateway import routes_audit as audit
 from gateway import routes_executions as ex
 from gateway import routes_runbooks as rb
 from gateway import routes_sources as sources
@@ -31,7 +32,7 @@ from gateway.inputs import (
     TEXT_PATTERN,
 )
 from gateway.inputs import IDEMPOTENCY_KEY as KEY_PATTERN
-from gateway.roles import AUTHOR, OPERATOR, VIEWER
+from gateway.roles import ADMIN, AUTHOR, OPERATOR, VIEWER
 from runtime.model import LOG_LEVELS
 from runtime.model.limits import MAX_SEQ
 from runtime.model.wire import camel
@@ -120,6 +121,9 @@ def openapi_path(rule: str) -> str:
 LIMIT = Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000},
               "Page size, 1 to 1000 (default 50).")
 RUNBOOKS_LIMIT = attrs.evolve(LIMIT, description="Page size, 1 to 1000 (default 100).")
+AUDIT_FROM = Param("from", "query", {"type": "string", "maxLength": 64},
+                   "The first entry: a seq, or an ISO 8601 time.")
+AUDIT_TO = Param("to", "query", {"type": "string", "maxLength": 64}, "The last entry: a seq, or an ISO 8601 time.")
 CURSOR = Param("cursor", "query", {"type": "string", "pattern": f"^({EXECUTION_CURSOR.pattern})?$"},
                "The nextCursor of the previous page (empty: the first page).")
 RUNBOOKS_CURSOR = Param("cursor", "query", {"type": "string", "pattern": f"^({RUNBOOK_CURSOR.pattern})?$"},
@@ -228,6 +232,14 @@ ROUTES: tuple[Route, ...] = (
           {200: Answer("Every evidence item.", "EvidencePage")}),
     Route("GET", "/api/v1/executions/<execution_id>/audit", ex.execution_audit, "executionAudit",
           "Audit entries, oldest first", "records", {200: Answer("Every audit entry.", "AuditPage")}),
+    Route("GET", "/api/v1/audit/export", audit.export_audit, "exportAudit",
+          "The tenant's audit ledger as a bundle (tar): manifest, hash-chained entries, payloads, "
+          "checkpoints, evidence; check it offline with `runbooks audit verify`", "records",
+          {200: Answer("A tar of the bundle.", "Text", "application/x-tar")},
+          params=(AUDIT_FROM, AUDIT_TO), problems=(422,), role=ADMIN),
+    Route("GET", "/api/v1/audit/verify", audit.verify_audit, "verifyAudit",
+          "Check the tenant's whole audit ledger as the offline verifier would", "records",
+          {200: Answer("The verdict: ok, or the first bad seq and why.", "AuditVerdict")}),
     Route("GET", "/api/v1/executions/<execution_id>/explain", ex.explain_execution, "explainExecution",
           "Why the execution and each step are as they are: sentences and the decision records", "records",
           {200: Answer("The execution's explanation (stepId null), then each step's.", "ExplanationList")},

@@ -30,6 +30,7 @@ ANY: Schema = {}
 TIME: Schema = {"type": "string", "format": "date-time"}
 TIME_OR_NULL: Schema = {"type": ["string", "null"], "format": "date-time"}
 TEXT_OR_NULL: Schema = {"type": ["string", "null"]}
+HASH_OR_NULL: Schema = {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"}
 
 
 def ref(name: str) -> Schema:
@@ -297,9 +298,16 @@ SCHEMAS: dict[str, Schema] = {
                     ("id", "stepId", "kind", "sha256", "data", "createdAt")),
     "EvidencePage": page("Evidence"),
     "AuditEntry": obj({"at": TIME, "actor": {"type": "string"}, "action": {"type": "string"},
-                       "stepId": TEXT_OR_NULL, "legalBasis": TEXT_OR_NULL, "reason": TEXT_OR_NULL, "data": ANY},
-                      ("at", "actor", "action", "stepId", "legalBasis", "reason", "data")),
+                       "stepId": TEXT_OR_NULL, "legalBasis": TEXT_OR_NULL, "reason": TEXT_OR_NULL, "data": ANY,
+                       "seq": {"type": ["integer", "null"]}, "prevHash": HASH_OR_NULL, "hash": HASH_OR_NULL,
+                       "dataSha256": HASH_OR_NULL, "erased": {"type": "boolean"}},
+                      ("at", "actor", "action", "stepId", "legalBasis", "reason", "data", "seq", "prevHash", "hash",
+                       "dataSha256", "erased")),
     "AuditPage": page("AuditEntry"),
+    "AuditVerdict": obj({"ok": {"type": "boolean"}, "entries": {"type": "integer", "minimum": 0},
+                         "seq": {"type": ["integer", "null"]}, "reason": TEXT_OR_NULL, "detail": TEXT_OR_NULL,
+                         "notes": {"type": "array", "items": {"type": "string"}}},
+                        ("ok", "entries", "seq", "reason", "detail", "notes")),
     "Explanation": obj({
         "stepId": {**TEXT_OR_NULL, "description": "null: the execution itself (its version, what started it)."},
         "status": {"type": "string"},

@@ -33,7 +33,8 @@ EXECUTION_FIELDS = (
 STEP_FIELDS = ("status", "type", "attempts", "startedAt", "completedAt", "output", "error", "approvals",
                "progress", "deadlineAt", "childExecutionId")
 EVIDENCE_FIELDS = ("id", "stepId", "kind", "sha256", "data", "createdAt")
-AUDIT_FIELDS = ("at", "actor", "action", "stepId", "legalBasis", "reason", "data")
+AUDIT_FIELDS = ("at", "actor", "action", "stepId", "legalBasis", "reason", "data", "seq", "prevHash", "hash",
+                "dataSha256", "erased")
 LOG_FIELDS = ("seq", "at", "level", "message", "stepId", "data")
 APPROVAL_STEP_FIELDS = ("approvalRequest", "delegations", "escalations")
 RUNBOOK_SUMMARY_FIELDS = ("id", "version", "name", "description", "tenantId", "createdAt", "contentSha256")

@@ -70,7 +70,8 @@ async def test_a_waiting_approval_shows_what_it_covers_and_its_digest(rt: Runtim
     [evidence] = [e for e in await rt.evidence(ex.id) if e.kind == "approval_request"]
     assert evidence.data == {"digest": request.digest, "shown": request.shown}
     [requested] = [a for a in await rt.audit(ex.id) if a.action == "approval.requested"]
-    assert requested.data == {"digest": request.digest, "previousDigest": None}
+    assert requested.data == {"digest": request.digest, "previousDigest": None,
+                              "evidence": {"id": evidence.id, "sha256": evidence.sha256}}  # (for the ledger's export)
 
     with pytest.raises(StaleDigest) as stale:
         await rt.submit_approval(ex.id, "approve", approver="alice", decision="approve", digest="0" * 64)
@@ -120,7 +121,8 @@ async def test_when_what_it_shows_changes_the_digest_is_new_and_earlier_votes_no
     assert final.steps["approve"].status == "succeeded"
     assert [(a["approver"], a["digest"]) for a in final.steps["approve"].output["approvals"]] == [
         ("alice", first.digest), ("bob", second.digest), ("alice", second.digest)]
-    requested = [a.data for a in await rt.audit(ex.id) if a.action == "approval.requested"]
+    requested = [{k: v for k, v in a.data.items() if k != "evidence"}
+                 for a in await rt.audit(ex.id) if a.action == "approval.requested"]
     assert requested == [{"digest": first.digest, "previousDigest": None},
                          {"digest": second.digest, "previousDigest": first.digest}]
 

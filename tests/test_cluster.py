@@ -175,7 +175,7 @@ async def test_a_stale_owner_is_fenced_and_its_watchers_follow_the_new_owner(sch
         execution = await a.start("gate")
         current = await until(a, execution.id, lambda e: e.status == "awaiting_approval")
         # b takes the execution as if a had gone quiet: the epoch moves on
-        assert await trio.to_thread.run_sync(b.store.ledger.claim, execution.id, "b", current.epoch) is not None
+        assert await trio.to_thread.run_sync(b.store.ledger.claim, execution.id, b.cluster.owner, current.epoch) is not None
         b.directory.start(execution.id)
         with caplog.at_level(logging.WARNING):
             decided = await a.submit_approval(execution.id, "ok", approver="boss", decision="approve")

@@ -147,15 +147,15 @@ async def test_cancelling_a_parent_whose_child_runs_on_a_process_that_does_not_a
                       == [("awaiting_approval",)])
         child = await a.fetch(child_id)
         ledger = a.store.ledger  # type: ignore[attr-defined]
-        await trio.to_thread.run_sync(ledger.register_instance, "silent", "x", 60.0)  # alive, never answers
-        assert await trio.to_thread.run_sync(ledger.claim, child_id, "silent", child.epoch) is not None
+        await trio.to_thread.run_sync(ledger.register_instance, "silent", "silent@x", 60.0)  # alive, never answers
+        assert await trio.to_thread.run_sync(ledger.claim, child_id, "silent@x", child.epoch) is not None
         a.directory.stop(child_id)
         assert (await a.cancel(parent.id, reason="wrong change")).status == "cancelled"
         await settled(lambda: rows(schema, "SELECT count(*) FROM commands WHERE kind = 'Cancel'") == [(1,)])
         await settled(lambda: not a.cluster._outcomes)  # type: ignore[union-attr]  # the owner did not answer
         other = await a.start("child")  # this runtime still runs
         await until(a, other.id, lambda e: e.status == "awaiting_approval")
-        await trio.to_thread.run_sync(ledger.stop_instance, "silent", "x")  # its executions are released
+        await trio.to_thread.run_sync(ledger.stop_instance, "silent@x")  # its executions are released
         assert (await until(a, child_id, lambda e: e.status.finished)).status == "cancelled"  # the queued cancel
 
 
@@ -189,7 +189,8 @@ async def test_a_stale_process_failing_an_execution_after_crashes_changes_nothin
         await a.register_runbook(APPROVAL)
         execution = await a.start("gate")
         current = await until(a, execution.id, lambda e: e.status == "awaiting_approval")
-        assert await trio.to_thread.run_sync(b.store.ledger.claim, execution.id, "b", current.epoch) is not None  # type: ignore[attr-defined]
+        assert await trio.to_thread.run_sync(b.store.ledger.claim, execution.id, b.cluster.owner,  # type: ignore[attr-defined,union-attr]
+                                             current.epoch) is not None
         b.directory.start(execution.id)
         with caplog.at_level(logging.WARNING):  # a's actor for it keeps crashing and is given up
             await a.directory._crashed(ExecutionActor(a.directory.host, execution.id, current), RuntimeError("boom"))  # type: ignore[arg-type]

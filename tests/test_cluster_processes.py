@@ -19,6 +19,7 @@ from tests.fake_service import FakeService, Response, fake_service
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 TTL_MS = 1500
+LET_GO = ("stops running its executions", "owned by another process")  # a stale owner's log
 USER = {"X-User-Id": "ops"}
 GATE = {"id": "gate", "steps": [
     {"id": "first", "type": "call-service", "config": {"url": "/first", "method": "POST"}},
@@ -186,13 +187,29 @@ async def test_a_stalled_owner_is_fenced_when_it_wakes_up(schema: str, tmp_path:
         a.stall()  # SIGSTOP: past its lease, b takes the execution over and finishes it
         final = await until(client, b, running, lambda e: e["status"] == "completed", within_s=10)
         assert final["steps"]["hold"]["output"] == {"held": "new"}
-        a.go_on()  # its answer from /hold was waiting: its write of that outcome is refused
+        a.go_on()  # it finds its heartbeat ran out: it lets go (or its write of /hold's outcome is refused)
         with trio.fail_after(10):
-            while "owned by another process" not in a.output():  # noqa: ASYNC110 (another process's log)
+            while not any(said in a.output() for said in LET_GO):  # noqa: ASYNC110 (another process's log)
                 await trio.sleep(0.1)
         assert await state(client, a, running) == await state(client, b, running)  # b's state stands
         assert keys(svc, "/after") == {f"{running}:after": 1}  # once, by b
         assert keys(svc, "/hold") == {f"{running}:hold": 2}  # a's call and b's re-run: one key
+
+
+async def test_a_woken_stale_owner_answers_what_the_new_owner_committed(schema: str, tmp_path: pathlib.Path) -> None:
+    async with fake_service() as svc, nodes(schema, svc.url, tmp_path, LEASE_TTL_MS=TTL_MS) as group, \
+            httpx.AsyncClient(timeout=20) as client:
+        a, b = await group.start("a"), await group.start("b")
+        await register(client, a, GATE)
+        execution = await start(client, a, "gate")
+        await until(client, a, execution, lambda e: e["status"] == "awaiting_approval")
+        a.stall()  # SIGSTOP past its lease: b takes the execution over, and the decision finishes it
+        decided = await client.post(f"{b.url}/api/v1/executions/{execution}/steps/approve/approvals",
+                                    json={"decision": "approve"}, headers={"X-User-Id": "boss"})
+        assert decided.status_code in (200, 202), decided.text  # (queued for a until b takes it over)
+        await until(client, b, execution, lambda e: e["status"] == "completed")
+        a.go_on()  # its first answer is already the one b committed, not what it held in memory
+        assert (await state(client, a, execution))["status"] == "completed"
 
 
 async def test_a_thousand_executions_over_three_processes_one_killed_half_way(schema: str,

@@ -3,7 +3,7 @@
 services, the deploy-approval example started from the Runbooks page, watched live,
 approved as the right user after a refusal for the wrong one (the digest of what the step
 shows on the page and sent with the decision), another execution cancelled
-and its audit read, a trigger switched off and on, a step's "Why" read and the step completed
+and its audit read (with the audit ledger's "verified" mark), a trigger switched off and on, a step's "Why" read and the step completed
 by hand. Every test asserts the page asked no other host and logged no console
 error. Screenshots go to tests/artifacts/. Skips without Chromium, except under CI=true.
 """
@@ -213,6 +213,9 @@ def test_cancel_another_execution_and_read_its_audit(server: str, browser: Brows
         row = page.get_by_role("row").filter(has_text="execution.cancelled")
         expect(row).to_contain_text("bob")
         expect(row).to_contain_text("release postponed")
+        mark = page.locator("#ledger-mark")  # the tenant's hash-chained ledger, checked as an auditor's verifier would
+        expect(mark).to_have_attribute("data-verified", "true")
+        expect(mark).to_contain_text("verified")
 
         page.get_by_role("link", name="Executions").click()
         expect(page.get_by_role("table", name="Executions")).to_contain_text("cancelled")

@@ -186,7 +186,8 @@ async def test_a_second_decision_by_the_same_approver_is_409_and_evidence_and_au
         decided = [e for e in entries if e["action"] == "approval.decided"]
         assert [(e["actor"], e["stepId"], e["legalBasis"]) for e in decided] == [
             ("boss", "approve", "change-123"), ("cto", "approve", "change-123")]
-        assert set(entries[0]) == {"at", "actor", "action", "stepId", "legalBasis", "reason", "data"}
+        assert set(entries[0]) == {"at", "actor", "action", "stepId", "legalBasis", "reason", "data",
+                                   "seq", "prevHash", "hash", "dataSha256", "erased"}  # (its place in the ledger)
 
 
 # ---------------------------------------------------------------------------- control

@@ -141,7 +141,8 @@ async def test_a_link_shows_what_it_decides_then_decides_once(tmp_path: pathlib.
             "approver": "boss", "decision": "approve", "comment": "from the link", "at": None, "digest": digest}
         audit = (await gw.client.get(f"/api/v1/executions/{started['id']}/audit")).json()["items"]
         [entry] = [a for a in audit if a["action"] == "approval.decided"]
-        assert entry["data"] | {"decision": None} == {"decision": None, "digest": digest, "via": "link"}
+        assert entry["data"] | {"decision": None, "evidence": None} == {"decision": None, "evidence": None,
+                                                                       "digest": digest, "via": "link"}
 
         # used: both of its URLs are spent, to show and to decide
         for again in (await gw.client.get(reject), await gw.client.post(reject, data={"decision": "reject"})):

@@ -31,7 +31,7 @@ from runtime.api.receipts import OncePublisher
 from runtime.api.routing import Routing
 from runtime.api.runtime import Runtime
 from runtime.api.starting import Starter
-from runtime.api.stores import store_for
+from runtime.api.stores import audit_policy, store_for
 from runtime.cluster.leftovers import Leftovers
 from runtime.cluster.node import Cluster, default_instance_id
 from runtime.core import Tick
@@ -45,7 +45,7 @@ from runtime.model import Execution
 from runtime.model.records import Change
 from runtime.security.outbound import HostAllowlist, checked_client
 from runtime.security.secrets import Secrets, install_log_redaction, remove_log_redaction
-from runtime.shell import outage, retained, shutdown
+from runtime.shell import audit_checkpoints, outage, retained, shutdown
 from runtime.shell.catalog import Catalog
 from runtime.shell.clock import Clock
 from runtime.shell.directory import Directory
@@ -75,6 +75,7 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
     """
     settings = settings or Settings()
     the_store = store_for(store, pool_max=pool_max)
+    the_store.audit_policy = audit_policy(settings)
     if the_store.threaded:
         await trio.to_thread.run_sync(the_store.open)
     else:
@@ -149,7 +150,8 @@ def _assemble(store: Store, settings: Settings, http: httpx.AsyncClient, persist
     cluster = _cluster(store, read, directory, catalog, hub, settings)
     routing = Routing(store, read, commit, settings, directory, hub, catalog, router, cluster)
     starter = Starter(store, read, commit, clock, catalog, directory, hub, routing.fetch, max_hops=settings.max_hops,
-                      owner=cluster.instance_id if cluster is not None else None,
+                      owner=cluster.owner if cluster is not None else None,
+                      acting=cluster.acting if cluster is not None else None,
                       max_descendants=settings.max_descendants,
                       max_active_descendants=settings.max_active_descendants_per_tenant)
     secrets = Secrets(settings.secrets_file, settings.secrets_env)
@@ -222,13 +224,14 @@ def _execution_host(runtime: Runtime, commit: CommitChange, timers: Timers) -> E
         types=catalog.types, services=runtime.services, default_policy=runtime.settings.default_retry_policy,
         router=runtime.router, timers=timers, left=left, incarnation=directory.next_incarnation,
         start_child=runtime.children.start, cancel_child=runtime.children.cancel, notify=runtime.notifier.send,
-        owner=cluster.instance_id if cluster else None, pending_commands=cluster.pending if cluster else None,
+        owner=cluster.owner if cluster else None, pending_commands=cluster.pending if cluster else None,
         hand=cluster.hand if cluster else None, applied=directory.applied,
     )
 
 
 def _start_sweeps(runtime: Runtime, timers: Timers, commit: CommitChange, services: trio.Nursery) -> None:
-    """The runtime's own tasks: the timers of every execution, the sweep of retained events."""
+    """The runtime's own tasks: the timers of every execution, the sweeps of retained events, of
+    receipts and of quiet audit chains' checkpoints."""
     def fire(execution_id: str, at: datetime) -> None:
         runtime.directory.post(execution_id, Tick(at))
 
@@ -237,12 +240,15 @@ def _start_sweeps(runtime: Runtime, timers: Timers, commit: CommitChange, servic
                                 retained.sweep_interval_s(runtime.settings.event_retention_ms),
                                 periodic=runtime.cluster is not None), name="retained events sweep")
     services.start_soon(runtime.once.sweep, name="receipts sweep")
+    services.start_soon(audit_checkpoints.sweep, runtime.clock.now, commit, runtime.settings.audit_checkpoint_ms,
+                        name="audit checkpoints")
 
 
 async def _recover(runtime: Runtime, nursery: trio.Nursery) -> None:
     """Start every unfinished execution this process runs (recovery is the start path)."""
     read, store, directory = runtime.read, runtime.store, runtime.directory
     if runtime.cluster is not None:
+        await runtime.cluster.set_clock(runtime.clock)  # before anything is armed
         for execution_id in await runtime.cluster.start(nursery):
             directory.start(execution_id, await read(store.get_execution, execution_id), taken_over=True)
         await runtime.cluster.take_over()

@@ -93,7 +93,8 @@ class ExecutionControl(Parts):
         new = result.execution
         await self.commit(Change(audit=(AuditEntry(
             old.id, self.clock.now(), actor or SYSTEM, "execution.forked", from_step, old.context.get("legalBasis"),
-            reason, {"forkId": new.id, "fromStep": from_step, "runbookVersion": runbook.version}),)))
+            reason, {"forkId": new.id, "fromStep": from_step, "runbookVersion": runbook.version},
+            tenant_id=old.tenant_id),)))
         return new
 
     async def pause(self, execution_id: str, reason: str | None = None, *, actor: str = "system",

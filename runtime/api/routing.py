@@ -71,13 +71,15 @@ class Routing:
 
     # ------------------------------------------------------------------ where the state is
     def owns(self, execution_id: str) -> bool:
-        """Whether this process runs the execution now (with PostgreSQL: holds its lease)."""
-        return self.directory.knows(execution_id)
+        """Whether this process runs the execution now (with PostgreSQL: and its lease holds:
+        a process that stalled past it answers nothing from memory, even before it has
+        stopped its executions)."""
+        return self.directory.knows(execution_id) and (self.cluster is None or self.cluster.acting())
 
     def in_memory(self, execution_id: str) -> Execution | None:
         """The latest committed state if this process knows it (with several processes: only
-        for executions it runs; the others are read from the database)."""
-        if self.cluster is not None and not self.directory.knows(execution_id):
+        for executions it runs while its lease holds; the others are read from the database)."""
+        if self.cluster is not None and not self.owns(execution_id):
             return None
         return self.directory.snapshot(execution_id) or self.hub.recent(execution_id)
 

@@ -4,7 +4,7 @@ Its methods are the whole public API; each checks its arguments and hands the re
 the part that owns it, changing nothing itself. They are grouped by concern: reads of
 executions (``ExecutionReads``), changes to executions (``ExecutionControl``), signed
 decision links (``DecisionLinks``), and here the
-runbooks, step types, triggers and the runtime's own state. ``runtime.api.assembly`` wires
+runbooks, step types, triggers, the audit ledger and the runtime's own state. ``runtime.api.assembly`` wires
 the parts and runs the runtime's life; every method is safe to call concurrently.
 """
 
@@ -14,15 +14,17 @@ from datetime import datetime
 from typing import Any
 
 from runtime.api import arguments
+from runtime.api.audit_export import AuditRange, Files, bundle_files, read_export
 from runtime.api.control import ExecutionControl
 from runtime.api.links import DecisionLinks
 from runtime.api.reading import CommandStatus, ExecutionReads, Page
 from runtime.documents.validate import validate_document
 from runtime.model import AuditEntry, Runbook
-from runtime.model.errors import Problem, StoreUnavailable, ValidationError
+from runtime.model.errors import NotFound, Problem, StoreUnavailable, ValidationError
 from runtime.model.records import Change
 from runtime.model.types import StartResult
 from runtime.model.wire import load_document
+from runtime.security.audit_verify import Verdict, verify_files
 from runtime.shell.step_types import StepTypes
 from runtime.shell.watch import Observer
 from runtime.triggers.scheduler import TriggerInfo, audit_key
@@ -73,6 +75,8 @@ class Runtime(ExecutionControl, ExecutionReads, DecisionLinks):
         store answers (failing commits are known at once, without a round trip)."""
         if not self.persistence.stats.healthy:
             raise ConnectionError(f"commits are failing: {self.persistence.stats.last_error or 'unknown error'}")
+        if self.cluster is not None and (cause := self.cluster.not_ready()) is not None:
+            raise ConnectionError(cause)
         try:
             await self.read(self.store.ping)
         except StoreUnavailable as exc:
@@ -86,7 +90,7 @@ class Runtime(ExecutionControl, ExecutionReads, DecisionLinks):
         arguments.check_ids(type_name=type_name)
         self.catalog.register_executor(type_name, executor)
         if self.cluster is not None:
-            self.cluster.soon(self.cluster.take_over)
+            self.cluster.types_changed()
 
     def validate_runbook(self, document: Any) -> list[Problem]:
         """Every problem of a document (nothing is registered)."""
@@ -119,12 +123,41 @@ class Runtime(ExecutionControl, ExecutionReads, DecisionLinks):
     async def record_source_audit(self, tenant_id: str, source_id: str, action: str, data: Any = None) -> None:
         """An entry in the audit log of an event source of the tenant (a refused delivery, say)."""
         entry = AuditEntry(source_audit_key(tenant_id, source_id), self.now(), f"source:{source_id}", action,
-                           data=data)
+                           data=data, tenant_id=tenant_id)
         await self.commit(Change(audit=(entry,)))
 
     async def source_audit(self, tenant_id: str, source_id: str) -> list[AuditEntry]:
         """The audit log of an event source of the tenant, oldest first."""
         return await self.read(self.store.audit, source_audit_key(tenant_id, source_id))
+
+    # ------------------------------------------------------------------ the audit ledger
+    async def export_audit(self, tenant_id: str, bounds: AuditRange | None = None) -> Files:
+        """The tenant's audit ledger as the files of a bundle (``runtime/api/audit_export.py``)."""
+        arguments.check_tenant(tenant_id)
+        piece, evidence, open_ended = await self.read(read_export, self.store, tenant_id, bounds or AuditRange())
+        return bundle_files(piece, evidence, open_ended=open_ended, signer=self.store.audit_policy.signer,
+                            now=self.now())
+
+    async def verify_audit(self, tenant_id: str) -> Verdict:
+        """Export the tenant's whole ledger and check it as an auditor's verifier would."""
+        files = await self.export_audit(tenant_id)
+        return verify_files(dict(files))
+
+    async def erase_audit_data(self, tenant_id: str, seq: int, *, actor: str, reason: str | None = None) -> None:
+        """Erase the payload of the tenant's audit entry ``seq`` (a person's data); the entry,
+        its payload's hash and the chain stay, and the erasure is itself an audit entry."""
+        arguments.check_tenant(tenant_id)
+        found = await self.read(self.store.audit_slice, tenant_id, seq, seq)
+        if not found.entries:
+            raise NotFound(f"tenant '{tenant_id}' has no audit entry {seq}")
+        entry = AuditEntry(f"audit:{tenant_id}", self.now(), actor, "audit.payload_erased", reason=reason,
+                           data={"seq": seq, "dataSha256": found.entries[0].data_sha256}, tenant_id=tenant_id)
+        await self.commit(Change(erase=((tenant_id, seq),), audit=(entry,)))
+
+    def audit_public_key(self) -> str | None:
+        """The PEM public key that checks the ledger's checkpoints (None: they are unsigned)."""
+        signer = self.store.audit_policy.signer
+        return signer.public_pem() if signer is not None else None
 
     # ------------------------------------------------------------------ triggers
     async def list_triggers(self, *, tenant_id: str = "default") -> list[TriggerInfo]:

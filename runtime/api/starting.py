@@ -59,7 +59,8 @@ class Starter:
     hub: WatchHub
     fetch: Fetch  # the latest state of an execution (the one a duplicate start answers)
     max_hops: int = 8  # a start past this many engine-to-engine hops is a loop (LoopDetected)
-    owner: str | None = None  # this process's instance id, when several share the store
+    owner: str | None = None  # this process's incarnation, when several share the store
+    acting: Callable[[], bool] | None = None  # whether it may act as an owner now (its lease holds)
     max_descendants: int = 1000  # executions started under one root (FanoutLimit)
     max_active_descendants: int = 10_000  # unfinished child executions of one tenant (FanoutLimit)
 
@@ -101,7 +102,10 @@ class Starter:
         (``keyed_hash``: a start with an idempotency key, whose input must be the same)."""
         execution = change.new_execution
         assert execution is not None
-        if self.owner is not None:  # owned from its first commit: this process runs it
+        # a process whose lease does not hold now runs nothing: the execution is committed
+        # without an owner, for the next takeover round of a process whose lease holds
+        held = self.acting is None or self.acting()
+        if self.owner is not None and held:  # owned from its first commit: this process runs it
             execution = attrs.evolve(execution, epoch=1)
             change = attrs.evolve(change, owner=self.owner, new_execution=execution)
         result = await self.commit(change)
@@ -111,7 +115,8 @@ class Starter:
             existing = await self.fetch(result.existing_id)
             return StartResult(_same_input(existing, keyed_hash) if keyed_hash else existing, False)
         self.hub.published(execution)
-        self.directory.start(execution.id, execution)
+        if held:
+            self.directory.start(execution.id, execution)
         self.hub.notify("execution.started", execution)
         return StartResult(execution, True)
 

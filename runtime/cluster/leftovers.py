@@ -50,7 +50,9 @@ class Leftovers:
 
     async def resolve(self) -> int:
         """Resolve every command of a finished execution this process may; how many."""
-        me, ledger, resolved = self._cluster.instance_id, self._cluster.store, 0
+        me, ledger, resolved = self._cluster.owner, self._cluster.store, 0  # (this incarnation)
+        if not self._cluster.acting():
+            return 0  # its lease does not hold: it owns nothing now
         for execution_id, epoch, owner, status in await self._read(ledger.leftovers, me):
             if self._directory.knows(execution_id):
                 continue  # (its actor here is finishing: it applies what it has)
@@ -71,7 +73,7 @@ class Leftovers:
                       command: Command | None) -> bool:
         ended = Conflict(f"execution {execution_id} is {status}")
         change = Change(outcomes=((command_id, commands.outcome_of_error(ended)),),
-                        fence=(execution_id, epoch, self._cluster.instance_id))
+                        fence=(execution_id, epoch, self._cluster.owner))
         if isinstance(command, DeliverEvent):  # refused as a step that no longer waits refuses it
             change = Change(outcomes=((command_id, commands.outcome_of_value(False)),), fence=change.fence,
                             publish=command.event, retain_cap=REOFFER_CAP)

@@ -70,7 +70,8 @@ def _by_hand(t: Transition, message: CompleteStep | SkipStep, action: str) -> No
         t.set_step(step_id, status=SS.SKIPPED, error=None, completed_at=t.now, why=why)
     t.log("info", f"step {action} by hand by {message.actor}: {message.justification}", step_id)
     t.audits.append(AuditEntry(ex.id, t.now, message.actor, f"step.{action}_by_hand", step_id,
-                               message.legal_basis or ex.context.get("legalBasis"), message.justification, data))
+                               message.legal_basis or ex.context.get("legalBasis"), message.justification, data,
+                               tenant_id=ex.tenant_id))
     t.hold = reopened  # as a step retry: answered running again, its steps start in the next transition
     t.emit(fx.AnswerState(message.reply))
 

@@ -126,7 +126,8 @@ def _retry(t: Transition, message: RetryStep) -> None:
         t.replace_step(sid, StepState(SS.PENDING, old.type, attempts=old.attempts))
     t.set_execution(status=ES.RUNNING, error=None, completed_at=None, output=None, deadline_at=t.deadline())
     t.audits.append(AuditEntry(ex.id, t.now, message.actor, "step.retry", step_id,
-                                     ex.context.get("legalBasis"), message.reason, {"reset": reset}))
+                                     ex.context.get("legalBasis"), message.reason, {"reset": reset},
+                                     tenant_id=ex.tenant_id))
     t.log("info", "step retry requested", step_id, reset=reset)
     t.state.pending = list(t.plan.steps)
     t.state.blocked_on.clear()

@@ -98,7 +98,7 @@ class Draft:
         context = self.ex.context
         self.audits.append(AuditEntry(
             self.ex.id, self.now, actor, action, step_id, context.get("legalBasis"),
-            reason if reason is not None else context.get("reason"), data or None,
+            reason if reason is not None else context.get("reason"), data or None, tenant_id=self.ex.tenant_id,
         ))
 
     def add_records(self, logs: Sequence[LogEntry] = (), evidence: Sequence[Evidence] = ()) -> None:

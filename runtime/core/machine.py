@@ -105,7 +105,8 @@ def created(runbook: Runbook, *, execution_id: str, input: Any, context: dict[st
         ids |= {"parentExecutionId": parent.parent_id, "parentStepId": parent.step_id}
     audit = AuditEntry(execution_id, now, actor or str(context.get("userId") or SYSTEM), "execution.started",
                        None, context.get("legalBasis"), reason or context.get("reason"),
-                       {**ids, "replayOf": replay_of, **({"forkedFrom": execution.forked_from} if fork else {})})
+                       {**ids, "replayOf": replay_of, **({"forkedFrom": execution.forked_from} if fork else {})},
+                       tenant_id=execution.tenant_id)
     log = LogEntry(execution_id, now, "info", "execution created", None, ids)
     return Change(new_execution=execution, dedup=dedup, audit=(audit,), logs=(log,))
 
@@ -139,5 +140,6 @@ def crashed(execution: Execution, message: str, now: datetime) -> Change:
     error = StepError("crashed", f"execution actor crashed repeatedly: {message}")
     failed = attrs.evolve(execution, status=ES.FAILED, error=error, completed_at=now,
                           version=execution.version + 1)
-    audit = AuditEntry(execution.id, now, SYSTEM, "execution.failed", data={"error": error.message})
+    audit = AuditEntry(execution.id, now, SYSTEM, "execution.failed", data={"error": error.message},
+                       tenant_id=execution.tenant_id)
     return Change(execution=failed, audit=(audit,))

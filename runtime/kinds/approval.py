@@ -237,9 +237,11 @@ def _request(ops: StepOps, step: Step, config: Mapping[str, Any]) -> bool:
     data = {"digest": request.digest, "shown": request.shown}
     evidence_id = sha256_hex(["approval_request", ops.execution.id, step.id, state.attempts, request.digest,
                               ops.now.isoformat()])[:32]
+    evidence_sha = sha256_hex(data)
     ops.add_records(evidence=(Evidence(evidence_id, ops.execution.id, step.id, "approval_request",
-                                       sha256_hex(data), data, ops.now),))
-    ops.audit("approval.requested", step_id=step.id, digest=request.digest, previousDigest=previous)
+                                       evidence_sha, data, ops.now),))
+    ops.audit("approval.requested", step_id=step.id, digest=request.digest, previousDigest=previous,
+              evidence={"id": evidence_id, "sha256": evidence_sha})
     if previous is not None:
         ops.log("info", "what the approval shows changed: decisions on the earlier digest no longer count",
                 step.id, digest=request.digest, previousDigest=previous)
@@ -253,10 +255,12 @@ def _record_decision(ops: StepOps, step_id: str, attempt: int, decision: Approva
             "digest": decision.digest}
     evidence_id = sha256_hex(["approval", execution_id, step_id, attempt, decision.approver,
                               decision.at.isoformat()])[:32]
+    evidence_sha = sha256_hex(data)
     ops.add_records(evidence=(Evidence(evidence_id, execution_id, step_id, "approval_decision",
-                                       sha256_hex(data), data, decision.at),))
+                                       evidence_sha, data, decision.at),))
     ops.log("info", f"approval decision: {decision.decision}", step_id, approver=decision.approver)
-    extra = {"via": via} if via else {}
+    extra: dict[str, Any] = {"via": via} if via else {}
+    extra["evidence"] = {"id": evidence_id, "sha256": evidence_sha}  # the ledger's export carries it
     ops.audit("approval.decided", decision.approver, step_id, reason=decision.comment, decision=decision.decision,
               digest=decision.digest, **extra)
 

@@ -74,6 +74,30 @@ class Receipt:
 
 
 @attrs.frozen
+class AuditCheckpoint:
+    """The head of a tenant's audit chain at a moment: ``seq`` and its ``hash``, at ``at``;
+    with a signing key, its key id and Ed25519 signature (base64)."""
+
+    tenant_id: str
+    seq: int
+    hash: str
+    at: datetime
+    key_id: str | None = None
+    signature: str | None = None
+
+
+@attrs.frozen
+class AuditSlice:
+    """A run of a tenant's chained audit entries (by seq), the ``hash`` before the first,
+    and the checkpoints from the first seq on."""
+
+    tenant_id: str
+    entries: tuple[AuditEntry, ...]
+    prev_hash: str
+    checkpoints: tuple[AuditCheckpoint, ...]
+
+
+@attrs.frozen
 class Lifecycle:
     """A lifecycle event of an execution, committed with the change it reports (the outbox
     that sinks publish from). ``key``: ``<execution id>:<version>:<n>``, the same however
@@ -128,6 +152,8 @@ class Change:
     expire_receipts_at: datetime | None = None  # delete every settled receipt expired at this time
     lifecycle: tuple[Lifecycle, ...] = ()  # the outbox: lifecycle events of this change
     lifecycle_done: tuple[str, int] | None = None  # (origin, seq): outbox rows up to seq are published
+    erase: tuple[tuple[str, int], ...] = ()  # (tenant, seq) of audit entries whose payload is erased
+    checkpoint_idle: datetime | None = None  # checkpoint every audit chain whose last checkpoint is due by then
 
     @property
     def empty(self) -> bool:
@@ -136,7 +162,7 @@ class Change:
             or self.audit or self.evidence or self.retain_events or self.consume_events or self.version
             or self.waits or self.unwaits or self.publish or self.outcomes or self.expire_events_at
             or self.receipt or self.settle or self.expire_receipts_at or self.lifecycle
-            or self.lifecycle_done
+            or self.lifecycle_done or self.erase or self.checkpoint_idle
         )
 
 

@@ -248,6 +248,13 @@ class AuditEntry:
     legal_basis: str | None = None
     reason: str | None = None
     data: Any = None
+    tenant_id: str | None = None  # the tenant whose ledger holds it (None: the default tenant)
+    # given by the store when it commits the entry: its place in the tenant's hash chain
+    seq: int | None = None
+    prev_hash: str | None = None
+    hash: str | None = None
+    data_sha256: str | None = None  # what the chain covers of ``data`` (kept when data is erased)
+    erased: bool = False
 
 
 @attrs.frozen

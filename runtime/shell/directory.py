@@ -104,6 +104,8 @@ class Directory:
         found = self._live.get(execution_id)
         if found is not None and found[0] is address:
             del self._live[execution_id]
+        elif found is not None:
+            return  # stopped before, and started again since: the new actor keeps the books
         if final is None:
             self.forget(execution_id)
         elif final.status.finished:
@@ -114,8 +116,10 @@ class Directory:
             self._parked.add(execution_id)
 
     def stop(self, execution_id: str) -> None:
-        """Stop running the execution here at once, changing nothing (another process owns it)."""
+        """Stop running the execution here at once, changing nothing (another process owns it,
+        or may soon): it is not known here from now on, even while its actor is still leaving."""
         address = self.address(execution_id)
+        self._live.pop(execution_id, None)
         self.forget(execution_id)
         if address is None:
             return

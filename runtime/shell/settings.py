@@ -50,6 +50,9 @@ class Settings:
         return TriggerLimits(self.max_triggers_per_runbook, self.min_schedule_interval_ms)
     lifecycle_outbox: bool = False  # record lifecycle events with each commit, for sinks to publish
     require_separation_of_duties: bool = False  # REQUIRE_SEPARATION_OF_DUTIES: four eyes on every approval
+    audit_checkpoint_every: int = 1000  # AUDIT_CHECKPOINT_EVERY: entries of a tenant between checkpoints
+    audit_checkpoint_ms: int = 60_000  # AUDIT_CHECKPOINT_MS: or this long (of the entries' time) since the last
+    audit_signing_key: str | None = None  # RUNBOOKS_AUDIT_SIGNING_KEY: Ed25519 private key (PEM) signing them
 
     @property
     def default_retry_policy(self) -> RetryPolicy:

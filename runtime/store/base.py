@@ -18,13 +18,16 @@ from datetime import datetime
 from typing import Protocol
 
 from runtime.model import AuditEntry, Event, Evidence, Execution, LogEntry, Runbook, TriggerState
-from runtime.model.records import Change, ChangeResult, Lifecycle, Receipt
+from runtime.model.records import AuditSlice, Change, ChangeResult, Lifecycle, Receipt
+from runtime.store.audit_chain import AuditPolicy
 from runtime.store.ledger import ClusterLedger
 
 
 class Store(Protocol):
     threaded: bool
     name: str
+    audit_policy: AuditPolicy  # checkpoints of the audit ledger, and their signing key
+
 
     @property
     def ledger(self) -> ClusterLedger | None:
@@ -89,6 +92,14 @@ class Store(Protocol):
     def evidence(self, execution_id: str) -> list[Evidence]: ...
 
     def audit(self, execution_id: str) -> list[AuditEntry]: ...
+
+    # -- the audit ledger (runtime/store/audit_chain.py)
+    def audit_slice(self, tenant_id: str, from_seq: int = 1, to_seq: int | None = None) -> AuditSlice:
+        """The tenant's chained entries from ``from_seq`` to ``to_seq`` (None: the end), the
+        hash before them, and the checkpoints in that range."""
+
+    def audit_seqs(self, tenant_id: str, since: datetime | None, until: datetime | None) -> tuple[int | None, int | None]:
+        """The first seq written at or after ``since`` and the last at or before ``until``."""
 
     def retained_events(self, now: datetime) -> list[Event]:
         """Retained events not yet consumed and not expired at ``now``, oldest first."""

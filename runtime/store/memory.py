@@ -26,12 +26,15 @@ from runtime.model.records import (
     ENDED,
     ROOT_FULL,
     TENANT_FULL,
+    AuditSlice,
     Change,
     ChangeResult,
     FanoutCaps,
     Lifecycle,
     Receipt,
 )
+from runtime.store.audit_chain import AuditPolicy
+from runtime.store.audit_memory import MemoryAudit
 from runtime.store.base import level_at_least, parse_cursor
 from runtime.store.decision_links import LinkUses
 
@@ -104,7 +107,8 @@ class MemoryStore(_TriggerStates, LinkUses):
         self._by_hash: dict[_DedupKey, list[str]] = {}
         self._by_key: dict[tuple[str, str], str] = {}
         self._logs: dict[str, list[tuple[int, LogEntry]]] = {}  # (seq, entry): seq set when read
-        self._audit: dict[str, list[AuditEntry]] = {}
+        self._audit = MemoryAudit()
+        self.audit_policy = AuditPolicy()  # set by ``open_runtime`` from its settings
         self._evidence: dict[str, list[Evidence]] = {}
         self._events: dict[str, Event] = {}
         self._versions: dict[str, int] = {}
@@ -150,8 +154,12 @@ class MemoryStore(_TriggerStates, LinkUses):
             self._steps[execution_id][step_id] = (position, state)
         for entry in change.logs:
             self._logs.setdefault(entry.execution_id, []).append((next(self._seq), entry))
-        for audit in change.audit:
-            self._audit.setdefault(audit.execution_id, []).append(audit)
+        if change.audit:
+            self._audit.append(change.audit, self.audit_policy)
+        for tenant, seq in change.erase:
+            self._audit.erase(tenant, seq)
+        if change.checkpoint_idle is not None:
+            self._audit.checkpoint_idle(change.checkpoint_idle, self.audit_policy)
         for item in change.evidence:
             self._evidence.setdefault(item.execution_id, []).append(item)
         for event in change.retain_events:
@@ -326,7 +334,13 @@ class MemoryStore(_TriggerStates, LinkUses):
         return list(self._evidence.get(execution_id, ()))
 
     def audit(self, execution_id: str) -> list[AuditEntry]:
-        return list(self._audit.get(execution_id, ()))
+        return self._audit.of_execution(execution_id)
+
+    def audit_slice(self, tenant_id: str, from_seq: int = 1, to_seq: int | None = None) -> AuditSlice:
+        return self._audit.slice(tenant_id, from_seq, to_seq)
+
+    def audit_seqs(self, tenant_id: str, since: datetime | None, until: datetime | None) -> tuple[int | None, int | None]:
+        return self._audit.seqs(tenant_id, since, until)
 
     def retained_events(self, now: datetime) -> list[Event]:
         return [e for e in self._events.values() if e.expires_at is None or e.expires_at > now]

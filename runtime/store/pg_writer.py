@@ -27,7 +27,9 @@ from runtime.model.errors import Fenced, retained_bytes_full, retained_events_fu
 from runtime.model.jsonsafe import json_size
 from runtime.model.records import Change, ChangeResult, QueuedCommand
 from runtime.model.wire import dumps
+from runtime.store import audit_sql
 from runtime.store import pg_cluster as cluster
+from runtime.store.audit_chain import AuditPolicy
 from runtime.store.dialect import Dialect
 from runtime.store.schema import Pending, Row, event_from, event_row
 from runtime.store.sql_writer import (
@@ -44,11 +46,12 @@ Cursor = psycopg.Cursor[tuple[Any, ...]]
 class PostgresWriter(SqlWriter):
     """The writes of one batch, inside its transaction, on the batch's cursor."""
 
-    INSERT_EXECUTION: ClassVar[str] = insert_execution(("owner", "epoch"))
+    INSERT_EXECUTION: ClassVar[str] = insert_execution(("owner", "epoch")) + " RETURNING 1"  # (see _insert_all)
     RUNNING: ClassVar[str] = f"{RUNNING} FOR SHARE"  # its cancel, committed elsewhere, waits for this start
 
-    def __init__(self, cursor: Cursor, dialect: Dialect, channel: str, nonce: str) -> None:
-        super().__init__(cursor, dialect)
+    def __init__(self, cursor: Cursor, dialect: Dialect, channel: str, nonce: str,
+                 audit_policy: AuditPolicy | None = None) -> None:
+        super().__init__(cursor, dialect, audit_policy)
         self._cursor = cursor
         self._channel = channel
         self._nonce = nonce
@@ -61,16 +64,13 @@ class PostgresWriter(SqlWriter):
         return (*super()._start_row(change), change.owner, 1 if change.owner else 0)
 
     def _insert_all(self, rows: list[Row]) -> list[int]:
-        """Every insert of the run in one pipeline: one round trip for all."""
+        """Every insert of the run sent at once, then their answers read: one round trip for
+        all (the first read flushes the batch's pipeline; a pipeline of their own would sync
+        the batch once when it opens and once when it closes)."""
         conn = self._cursor.connection
         statement = self._sql(self.INSERT_EXECUTION)
-        cursors = []
-        with conn.pipeline():
-            for row in rows:
-                cursor = conn.cursor()
-                cursor.execute(statement, row)
-                cursors.append(cursor)
-        return [cursor.rowcount for cursor in cursors]
+        cursors = [conn.cursor().execute(statement, row) for row in rows]
+        return [len(cursor.fetchall()) for cursor in cursors]
 
     def _lock_children(self, tenant_id: str) -> None:
         """One child start of the tenant at a time, across processes, until this transaction
@@ -99,6 +99,12 @@ class PostgresWriter(SqlWriter):
         cursor = self._cursor.connection.cursor()
         cursor.execute(cluster.FENCE, columns)
         self._fences.append((ids, cursor))
+
+    def _erase(self, erase: Sequence[tuple[str, int]]) -> None:
+        """Erase payloads past the append-only trigger, for this statement only."""
+        self._cursor.execute(audit_sql.ALLOW_ERASURE)
+        super()._erase(erase)
+        self._cursor.execute(audit_sql.END_ERASURE)
 
     def check_fences(self) -> None:
         """Refuse the batch if an owner's epoch is stale (another process owns it now)."""

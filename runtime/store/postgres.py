@@ -31,6 +31,7 @@ from runtime.model import Execution
 from runtime.model.errors import StoreUnavailable
 from runtime.model.records import Change, ChangeResult
 from runtime.store import pg_cluster as cluster
+from runtime.store.audit_sql import PG_APPEND_ONLY, ledger_migration
 from runtime.store.decision_links import DECISION_LINKS_TABLE
 from runtime.store.dialect import Dialect
 from runtime.store.pg_ledger import PostgresLedger
@@ -169,6 +170,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 10: trigger state per tenant: each tenant switches (and runs) a shared runbook's triggers for itself
     per_tenant_migration("timestamptz", "a.data->>'tenantId'"),
     fanout_migration("ADD COLUMN IF NOT EXISTS"),  # 11: executions under each root, each tenant's children
+    cluster.INCARNATIONS,  # 12: an owner is one start of a process; released executions indexed
+    # 13: the audit ledger (chain, heads, checkpoints), append-only
+    (*ledger_migration("timestamptz"), *PG_APPEND_ONLY),
 )
 
 _MARK_BATCH = "INSERT INTO batches (id) VALUES (%s)"
@@ -210,7 +214,8 @@ class PostgresStore(SqlStore):
         self._in_doubt: _Attempt | None = None  # a batch whose COMMIT may or may not have landed
         self._batches = 0
         # (the nonce tags the announcements of commands this process hands over itself)
-        self.ledger = PostgresLedger(self._rows, self._transaction, self._listener_connection, self.get_execution,
+        self.ledger = PostgresLedger(self._rows, self._transaction, self._listener_connection, self._connect,
+                                     self.get_execution,
                                      channel=f"runbooks_{schema}" if schema else "runbooks", nonce=uuid.uuid4().hex[:12])
 
     def open(self) -> None:
@@ -254,27 +259,36 @@ class PostgresStore(SqlStore):
 
     # -- writes
     def commit(self, changes: Sequence[Change]) -> list[ChangeResult]:
-        """Write the batch in one transaction. Each batch writes a row of ``batches`` with it:
-        when the connection breaks during ``COMMIT`` the outcome is unknown, and the retry of
-        the same batch (the persistence actor sends the same list again) first looks for that
-        row; found, the batch is committed and its results are answered without writing it
-        again (its log, audit and evidence entries and its commands are not doubled)."""
+        """Write the batch in one transaction. Each batch writes a row of ``batches`` with it,
+        first, under one id decided before its first attempt: when the connection breaks during
+        ``COMMIT`` the outcome is unknown, and the retry of the same batch (the persistence
+        actor sends the same list again) first looks for that row; found, the batch is
+        committed and its results are answered without writing it again (its log, audit and
+        evidence entries and its commands are not doubled). Not found, the retry writes the
+        batch again under the same id: if the first COMMIT was still in progress on the server,
+        the retry's insert waits for it and fails on the key, and the batch counts as committed."""
         if not changes:
             return []
         with self._write_lock, _translated("commit"):
             doubt = self._in_doubt
-            if doubt is not None and doubt.changes is changes:
-                if self._batch_committed(doubt.marker):
-                    self._in_doubt = None
-                    assert doubt.results is not None
-                    return doubt.results
             self._in_doubt = None
-            attempt = _Attempt(changes, uuid.uuid4().hex)
+            retry = doubt is not None and doubt.changes is changes
+            if retry:
+                assert doubt is not None and doubt.results is not None
+                if self._batch_committed(doubt.marker):
+                    return doubt.results
+            attempt = _Attempt(changes, doubt.marker if retry and doubt is not None else uuid.uuid4().hex)
             try:
                 self._write_batch(attempt)
+            except psycopg.errors.UniqueViolation as exc:
+                if retry and doubt is not None and exc.diag.table_name == "batches":
+                    return doubt.results or []  # the first attempt's COMMIT landed after all
+                raise
             except psycopg.OperationalError:
                 if attempt.results is not None:  # every write was made: the COMMIT may have landed
                     self._in_doubt = attempt
+                elif retry:  # still unknown whether the first attempt landed
+                    self._in_doubt = doubt
                 raise
             assert attempt.results is not None
             return attempt.results
@@ -289,10 +303,11 @@ class PostgresStore(SqlStore):
         try:
             with conn.pipeline(), conn.cursor() as cursor:
                 cursor.execute("BEGIN")
-                writer = PostgresWriter(cursor, self.dialect, self.ledger.channel, self.ledger.nonce)
+                cursor.execute(_MARK_BATCH, (attempt.marker,))  # first: a retry waits here for a COMMIT in progress
+                writer = PostgresWriter(cursor, self.dialect, self.ledger.channel, self.ledger.nonce,
+                                        self.audit_policy)
                 results = apply_batch(attempt.changes, writer)
                 writer.check_fences()
-                cursor.execute(_MARK_BATCH, (attempt.marker,))
                 self._batches += 1
                 if self._batches % SWEEP_EVERY == 0:
                     cursor.execute(_SWEEP_BATCHES)

@@ -77,6 +77,9 @@ class BatchWriter(Protocol):
     def flush(self, pending: Pending) -> None:
         """Write everything collected, one ``executemany`` per table."""
 
+    def seal(self) -> None:
+        """Write what waits for the end of the batch (the audit entries, chained)."""
+
 
 @attrs.define
 class Pending:
@@ -86,6 +89,8 @@ class Pending:
     steps: dict[tuple[str, str], tuple[int, StepState]] = attrs.Factory(dict)
     logs: list[LogEntry] = attrs.Factory(list)
     audit: list[AuditEntry] = attrs.Factory(list)
+    erase: list[tuple[str, int]] = attrs.Factory(list)  # audit payloads to erase (tenant, seq)
+    checkpoint_idle: datetime | None = None  # checkpoint the audit chains idle since their checkpoint was due
     evidence: list[Evidence] = attrs.Factory(list)
     events: dict[str, Event] = attrs.Factory(dict)
     consumed: dict[str, None] = attrs.Factory(dict)  # deleted before ``events`` are written
@@ -108,6 +113,9 @@ class Pending:
             self.steps[execution_id, step_id] = (position, state)
         self.logs.extend(change.logs)
         self.audit.extend(change.audit)
+        self.erase.extend(change.erase)
+        if (idle := change.checkpoint_idle) is not None:
+            self.checkpoint_idle = max(idle, self.checkpoint_idle or idle)
         self.evidence.extend(change.evidence)
         for event in change.retain_events:
             self.events[event.id] = event
@@ -133,7 +141,8 @@ class Pending:
 
     @property
     def empty(self) -> bool:
-        return not (self.headers or self.steps or self.logs or self.audit or self.evidence
+        return not (self.headers or self.steps or self.logs or self.audit or self.evidence or self.erase
+                    or self.checkpoint_idle
                     or self.events or self.consumed or self.versions or self.outcomes or self.expired_at
                     or self.settled or self.receipts_expired_at or self.lifecycle or self.lifecycle_done)
 
@@ -212,6 +221,7 @@ def apply_batch(changes: Sequence[Change], writer: BatchWriter) -> list[ChangeRe
         results.append(result)
         index += 1
     writer.flush(pending)  # (also when nothing is pending: what the batch announces goes out)
+    writer.seal()
     return results
 
 
@@ -269,14 +279,6 @@ def step_rows(pending: Pending) -> list[Row]:
 def log_row(entry: LogEntry, stamp: Stamp) -> Row:
     """(execution_id, step_id, level, at, message, data)"""
     return (entry.execution_id, entry.step_id, entry.level, stamp(entry.at), entry.message, dumps_data(entry.data))
-
-
-def audit_row(entry: AuditEntry, stamp: Stamp) -> Row:
-    """(execution_id, at, actor, action, step_id, legal_basis, reason, data)"""
-    return (
-        entry.execution_id, stamp(entry.at), entry.actor, entry.action, entry.step_id,
-        entry.legal_basis, entry.reason, dumps_data(entry.data),
-    )
 
 
 def evidence_row(item: Evidence, stamp: Stamp) -> Row:
@@ -351,12 +353,6 @@ def log_from(row: Row, time: Time) -> LogEntry:
     """(seq, execution_id, step_id, level, at, message, data)"""
     seq, execution_id, step_id, level, at, message, data = row
     return LogEntry(execution_id, time(at), level, message, step_id, loads(data), seq)
-
-
-def audit_from(row: Row, time: Time) -> AuditEntry:
-    """(execution_id, at, actor, action, step_id, legal_basis, reason, data)"""
-    execution_id, at, actor, action, step_id, legal_basis, reason, data = row
-    return AuditEntry(execution_id, time(at), actor, action, step_id, legal_basis, reason, loads(data))
 
 
 def evidence_from(row: Row, time: Time) -> Evidence:

@@ -19,6 +19,9 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from runtime.model import LOG_LEVELS, AuditEntry, Event, Evidence, Execution, LogEntry, Runbook
+from runtime.model.records import AuditSlice
+from runtime.store import audit_sql
+from runtime.store.audit_chain import AuditPolicy
 from runtime.store.base import parse_cursor
 from runtime.store.decision_links import LinkQueries
 from runtime.store.dialect import Dialect, marks
@@ -28,7 +31,6 @@ from runtime.store.schema import (
     UNFINISHED_SQL,
     ParsedRunbooks,
     Row,
-    audit_from,
     event_from,
     evidence_from,
     latest_runbooks,
@@ -54,9 +56,7 @@ WHERE id = ? AND owner IN ({owners}) AND (version = ? OR version =
 LOGS = "SELECT seq, execution_id, step_id, level, at, message, data FROM logs"
 EVIDENCE = """
 SELECT id, execution_id, step_id, kind, sha256, data, created_at FROM evidence WHERE execution_id = ? ORDER BY seq"""
-AUDIT = """
-SELECT execution_id, at, actor, action, step_id, legal_basis, reason, data FROM audit
-WHERE execution_id = ? ORDER BY seq"""
+AUDIT = f"SELECT {audit_sql.ENTRY_COLUMNS} FROM audit WHERE execution_id = ? ORDER BY seq"
 RETAINED = """
 SELECT id, tenant_id, type, correlation_key, payload, received_at, expires_at FROM events
 WHERE expires_at IS NULL OR expires_at > ? ORDER BY seq"""
@@ -70,6 +70,7 @@ class SqlStore(TriggerQueries, ReceiptQueries, LinkQueries, abc.ABC):
 
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
+        self.audit_policy = AuditPolicy()  # set by ``open_runtime`` from its settings
         self._parsed = ParsedRunbooks()  # (a document is read as text: parsed only once)
 
     # -- each backend's
@@ -184,7 +185,15 @@ class SqlStore(TriggerQueries, ReceiptQueries, LinkQueries, abc.ABC):
         return [evidence_from(row, self.dialect.time) for row in self._query(EVIDENCE, (execution_id,))]
 
     def audit(self, execution_id: str) -> list[AuditEntry]:
-        return [audit_from(row, self.dialect.time) for row in self._query(AUDIT, (execution_id,))]
+        return [audit_sql.entry_from(row, self.dialect) for row in self._query(AUDIT, (execution_id,))]
+
+    def audit_slice(self, tenant_id: str, from_seq: int = 1, to_seq: int | None = None) -> AuditSlice:
+        return audit_sql.read_slice(self._query, self.dialect, tenant_id, from_seq, to_seq)
+
+    def audit_seqs(self, tenant_id: str, since: datetime | None, until: datetime | None) -> tuple[int | None, int | None]:
+        stamp = self.dialect.stamp
+        return audit_sql.seq_bounds(self._query, tenant_id, stamp(since) if since is not None else None,
+                                    stamp(until) if until is not None else None)
 
     def retained_events(self, now: datetime) -> list[Event]:
         return [event_from(row, self.dialect.time) for row in self._query(RETAINED, (self.dialect.stamp(now),))]

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
 
-from runtime.model import Execution, Runbook
+from runtime.model import AuditEntry, Execution, Runbook
 from runtime.model.errors import StoreUnavailable
 from runtime.model.records import (
     ENDED,
@@ -27,14 +27,14 @@ from runtime.model.records import (
     FanoutCaps,
     Receipt,
 )
-from runtime.store import receipts
+from runtime.store import audit_sql, receipts
+from runtime.store.audit_chain import AuditPolicy
 from runtime.store.dialect import Dialect, marks
 from runtime.store.schema import (
     FINISHED_SQL,
     NOT_DEDUPED_SQL,
     Pending,
     Row,
-    audit_row,
     event_row,
     evidence_row,
     header_row,
@@ -80,10 +80,6 @@ INSERT INTO steps (execution_id, step_id, position, state) VALUES (?, ?, ?, ?jso
 ON CONFLICT (execution_id, step_id) DO UPDATE SET position = excluded.position, state = excluded.state"""
 
 INSERT_LOG = "INSERT INTO logs (execution_id, step_id, level, at, message, data) VALUES (?, ?, ?, ?, ?, ?json)"
-
-INSERT_AUDIT = """
-INSERT INTO audit (execution_id, at, actor, action, step_id, legal_basis, reason, data)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?json)"""
 
 INSERT_EVIDENCE = """
 INSERT INTO evidence (id, execution_id, step_id, kind, sha256, data, created_at) VALUES (?, ?, ?, ?, ?, ?json, ?)
@@ -167,10 +163,13 @@ class SqlWriter:
     INSERT_EXECUTION: ClassVar[str] = insert_execution()
     RUNNING: ClassVar[str] = RUNNING  # (PostgreSQL's holds a share lock on the row it finds)
 
-    def __init__(self, db: Database, dialect: Dialect) -> None:
+    def __init__(self, db: Database, dialect: Dialect, audit_policy: AuditPolicy | None = None) -> None:
         self._db = db
         self._dialect = dialect
         self._sql = dialect.sql
+        self._audit_policy = audit_policy or AuditPolicy()
+        self._audit: list[AuditEntry] = []  # chained and written by ``seal``, at the batch's end
+        self._checkpoint_idle: datetime | None = None  # and then the idle chains' checkpoints
 
     # -- starts
     def insert_executions(self, starts: Sequence[Change]) -> list[str | None]:
@@ -265,6 +264,20 @@ class SqlWriter:
     def publishes(self, changes: Sequence[Change]) -> list[ChangeResult]:
         return [self.events(change) for change in changes]
 
+    # -- the audit ledger
+    def seal(self) -> None:
+        """Chain the batch's audit entries and write them: the last writes of the transaction,
+        so each tenant's head is locked for as short a time as can be."""
+        if self._audit:
+            audit_sql.write_chained(self._db, self._dialect, self._audit, self._audit_policy)
+            self._audit = []
+        if self._checkpoint_idle is not None:
+            audit_sql.checkpoint_idle(self._db, self._dialect, self._checkpoint_idle, self._audit_policy)
+            self._checkpoint_idle = None
+
+    def _erase(self, erase: Sequence[tuple[str, int]]) -> None:
+        self._db.executemany(self._sql(audit_sql.ERASE), audit_sql.erase_rows(erase))
+
     # -- the rest, one executemany per table
     def flush(self, pending: Pending) -> None:
         db, sql, stamp = self._db, self._sql, self._dialect.stamp
@@ -277,8 +290,11 @@ class SqlWriter:
             db.executemany(sql(UPSERT_STEP), step_rows(pending))
         if pending.logs:
             db.executemany(sql(INSERT_LOG), [log_row(entry, stamp) for entry in pending.logs])
-        if pending.audit:
-            db.executemany(sql(INSERT_AUDIT), [audit_row(entry, stamp) for entry in pending.audit])
+        self._audit += pending.audit
+        if pending.checkpoint_idle is not None:
+            self._checkpoint_idle = pending.checkpoint_idle
+        if pending.erase:
+            self._erase(pending.erase)
         if pending.evidence:
             db.executemany(sql(INSERT_EVIDENCE), [evidence_row(item, stamp) for item in pending.evidence])
         if pending.consumed:

@@ -27,6 +27,7 @@ from runtime.model import Execution
 from runtime.model.errors import StoreInUse, StoreUnavailable
 from runtime.model.records import Change, ChangeResult
 from runtime.model.wire import format_time, parse_time
+from runtime.store.audit_sql import ledger_migration
 from runtime.store.decision_links import DECISION_LINKS_TABLE
 from runtime.store.diagnose import unwritable_because
 from runtime.store.dialect import Dialect
@@ -153,6 +154,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 6: trigger state per tenant: each tenant switches (and runs) a shared runbook's triggers for itself
     per_tenant_migration("TEXT", "json_extract(a.data, '$.tenantId')"),
     fanout_migration("ADD COLUMN"),  # 7: executions under each root, and each tenant's unfinished children
+    ledger_migration("TEXT", add_column_if_not_exists=False),  # 8: the audit ledger (chain, heads, checkpoints)
 )
 
 _HEADERS = "SELECT seq, id, header, version FROM executions"
@@ -236,7 +238,7 @@ class SqliteStore(SqlStore):
         if not changes:
             return []
         with self._writing() as conn:
-            return apply_batch(changes, SqlWriter(conn, self.dialect))
+            return apply_batch(changes, SqlWriter(conn, self.dialect, self.audit_policy))
 
     def _write_one(self, query: str, params: Sequence[Any]) -> None:
         with self._writing() as conn:

@@ -304,7 +304,8 @@ class Scheduler:
         await self._host.set_enabled(*key, enabled)
         action = "trigger.enabled" if enabled else "trigger.disabled"
         entry = AuditEntry(audit_key(*key), self._host.clock.now(), actor, action, None, None, reason,
-                           {"runbookId": runbook_id, "triggerId": trigger_id, "tenantId": tenant_id})
+                           {"runbookId": runbook_id, "triggerId": trigger_id, "tenantId": tenant_id},
+                           tenant_id=tenant_id)
         await self._host.commit(Change(audit=(entry,)))
         logger.info("%s: %s of runbook %s by %s", action, trigger_id, runbook_id, actor)
         return self._info(runbook, found[0], attrs.evolve(state, enabled=enabled))

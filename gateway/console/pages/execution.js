@@ -1,7 +1,7 @@
 // One execution: its runbook as a live SVG graph, the execution's output, the selected
 // step's details (attempts, timings, output, error; approve/reject or retry where the state
 // allows; why it is as it is; complete or skip it by hand, or fork from it), the controls, and tabs for logs, evidence (with SHA-256) and audit. Live through
-// the stream. Until the user picks a step, the page follows the step that needs attention
+// the stream. The audit tab says whether the tenant's hash-chained audit ledger verifies. Until the user picks a step, the page follows the step that needs attention
 // (one waiting for a decision first); a step waiting for a decision shows its message and
 // who may decide, as the engine rendered them when it asked (its "approval requested" log
 // entry, which every reader of the execution may read), the digest of what it shows and
@@ -36,6 +36,7 @@ export function executionPage(view, id) {
   };
   view.append(ui.title, ui.summary, ui.controls, ui.graph, ui.output, ui.detail, ui.tabs, ui.tab);
   let execution = null, selected = null, picked = false, update = () => {}, current = "Logs", runbookDoc = null;
+  let verdict = null;  // the tenant's audit ledger checked, once (GET /api/v1/audit/verify)
   const asked = new Map();  // "step#attempt" -> {message, approvers}, from the step's "approval requested" entry
 
   for (const [name, { path, allowed, reason, required }] of Object.entries(CONTROLS)) {
@@ -203,8 +204,16 @@ export function executionPage(view, id) {
   async function audit() {
     const page = await attempt(() => api(`${base}/audit`));
     if (!page || current !== "Audit") return;
-    ui.tab.replaceChildren(table(["Time", "Actor", "Action", "Step", "Legal basis", "Reason"], page.items.map((e) =>
-      [when(e.at), e.actor, e.action, e.stepId || "", e.legalBasis || "", e.reason || ""])));
+    verdict ??= api("/api/v1/audit/verify").catch(() => null);  // once per page: it reads the tenant's whole ledger
+    const mark = el("p", { class: "ledger", role: "status", id: "ledger-mark", text: "Checking the audit ledger…" });
+    verdict.then((v) => {
+      if (!v) mark.textContent = "The audit ledger could not be checked.";
+      else if (v.ok) { mark.textContent = `✓ verified: the tenant's audit ledger is intact (${v.entries} entries, hash-chained)`; mark.dataset.verified = "true"; }
+      else { mark.textContent = `✗ the audit ledger does not verify: seq ${v.seq}, ${v.reason}`; mark.dataset.verified = "false"; }
+    });
+    ui.tab.replaceChildren(mark, table(["Seq", "Time", "Actor", "Action", "Step", "Legal basis", "Reason", "Hash"], page.items.map((e) =>
+      [e.seq ?? "", when(e.at), e.actor, e.action, e.stepId || "", e.legalBasis || "", e.reason || "",
+        e.hash ? el("code", { class: "sha", title: e.hash, text: e.hash.slice(0, 12) }) : ""])));
   }
 
   (async () => {
