@@ -20,14 +20,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 SEED = int(os.environ.get("RUNBOOKS_CHAOS_SEED", "1"))
 
 
-# Open while the fencing fixes are not merged: a process woken from a stall may answer an old
-# state for a while (rule ``reads``). Any other violation fails the test.
-OPEN = {"reads"}
-
-
 async def test_a_short_chaos_round_finds_no_violation(schema: str, tmp_path: pathlib.Path) -> None:
     outcome = await run_round(SEED, Size.short(), DSN, schema, tmp_path)
-    known = [v for v in outcome.violations if v.rule in OPEN]
-    assert len(known) == len(outcome.violations), report(outcome.violations)
-    if known:
-        pytest.xfail(f"open defect: {report(known)}")
+    assert not outcome.violations, report(outcome.violations)
