@@ -8,7 +8,8 @@ outputs. The rules:
 - ``controls``: a control told 2xx is applied exactly once; told 4xx, never; with no answer
   (or a 5xx), at most once.
 - ``queued``: a control or event told ``202 queued`` has a command row applied within
-  ``bound_s`` (its outcome is readable there), and is applied once if that outcome is a success.
+  ``bound_s``, every process answers its outcome (applied or refused) at the end, and it is
+  applied once if that outcome is a success.
 - ``events``: an event told ``delivered: n`` was taken by exactly n steps (more only if an
   earlier attempt without an answer went through too); one told ``retained`` was taken by at most
   one step, or is still retained; an event with no answer was taken at most once per attempt.
@@ -121,6 +122,10 @@ def queued(history: History, final: Snapshot, bounds: Bounds) -> Iterable[Violat
             yield Violation("queued", f"{request.describe()} -> never applied")
         elif command.applied_after_s > bounds.queued_s:
             yield Violation("queued", f"{request.describe()} -> applied only {command.applied_after_s:.1f}s later")
+    for read in final.command_reads:
+        if read.seen not in ("applied", "refused"):
+            yield Violation("queued", f"{read.process} answers {read.seen} for command {read.command_id} "
+                                      "after the end (GET .../commands/{id})")
 
 
 def taken(final: Snapshot) -> Counter[str]:

@@ -66,6 +66,16 @@ class Read:
     seen: str | None
 
 
+@attrs.frozen
+class CommandRead:
+    """What ``process`` answered for a command that was answered ``202 queued`` (``GET
+    .../commands/{id}``: queued, applied or refused; None: no answer)."""
+
+    process: str
+    command_id: str
+    seen: str | None
+
+
 @attrs.define
 class Snapshot:
     executions: dict[str, ExecutionRow] = attrs.Factory(dict)
@@ -74,6 +84,7 @@ class Snapshot:
     waits: list[WaitRow] = attrs.Factory(list)
     retained: list[Any] = attrs.Factory(list)  # payloads of events no step took yet
     reads: list[Read] = attrs.Factory(list)
+    command_reads: list[CommandRead] = attrs.Factory(list)
     calls: list[Call] = attrs.Factory(list)
     instances: dict[str, bool] = attrs.Factory(dict)  # an owner (instance or incarnation) -> its lease runs
     names: dict[str, str] = attrs.Factory(dict)  # an owner -> the instance id it is an incarnation of

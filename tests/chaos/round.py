@@ -19,7 +19,7 @@ import trio
 from tests.chaos.checker import Bounds, Violation, check, report
 from tests.chaos.cluster import Cluster, Slot
 from tests.chaos.faults import nemesis
-from tests.chaos.final import FINISHED, Read, Snapshot, read_database
+from tests.chaos.final import FINISHED, CommandRead, Read, Snapshot, read_database
 from tests.chaos.history import History
 from tests.chaos.plan import FAULT_KINDS, SLOTS, FaultKind, Plan, Size, draw
 from tests.chaos.service import counting_service
@@ -28,7 +28,8 @@ from tests.cluster_nodes import nodes
 from tests.tcp_proxy import tcp_proxy
 
 TTL_MS = 1500
-SETTINGS = {"LEASE_TTL_MS": TTL_MS, "FORWARD_WAIT_MS": 700}
+# A small pool each: the test server is shared, and a pool that runs short is a fault worth having.
+SETTINGS = {"LEASE_TTL_MS": TTL_MS, "FORWARD_WAIT_MS": 700, "DB_POOL_MAX": 6}
 SETTLE_S = 10.0  # after the flows: every execution should end (and command be applied) within this
 AGREE_S = 5.0  # after that: every process should answer the final state within this
 
@@ -81,6 +82,7 @@ async def run_round(seed: int, size: Size, dsn: str, schema: str, directory: pat
         lap("settled")
         final = await trio.to_thread.run_sync(read_database, dsn, schema)
         final.reads = await _agree(client, final)
+        final.command_reads = await _command_reads(client, history)
         lap("read")
         final.calls = list(service.calls)
         history.exits = cluster.unexpected_exits()
@@ -132,6 +134,22 @@ async def _agree(client: Client, final: Snapshot) -> list[Read]:
                     break
                 await trio.sleep(0.1)
             reads.append(Read(slot.instance, execution.id, seen))
+    return reads
+
+
+async def _command_reads(client: Client, history: History) -> list[CommandRead]:
+    """What each live process answers, at the end, for each command a client was told was queued."""
+    reads: list[CommandRead] = []
+    for request in history.requests:
+        if request.status != 202 or not isinstance(request.body, dict) or "commandId" not in request.body:
+            continue
+        for slot in client.cluster.slots:
+            if slot.node is None or slot.node.process.returncode is not None:
+                continue
+            found = await client.get(slot.index, f"/api/v1/executions/{request.execution}/commands/"
+                                                 f"{request.body['commandId']}")
+            reads.append(CommandRead(slot.instance, request.body["commandId"],
+                                     found.get("status") if isinstance(found, dict) else None))
     return reads
 
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from tests.chaos.checker import Violation, check
-from tests.chaos.final import AuditRow, CommandRow, ExecutionRow, Read, Snapshot, WaitRow
+from tests.chaos.final import (
+    AuditRow,
+    CommandRead,
+    CommandRow,
+    ExecutionRow,
+    Read,
+    Snapshot,
+    WaitRow,
+)
 from tests.chaos.history import History, Outage, Request
 from tests.chaos.plan import Size, draw
 from tests.chaos.service import Call
@@ -37,6 +45,7 @@ def healthy() -> tuple[History, Snapshot]:
         audit=[AuditRow("g1", "ops", "execution.pause", None, "t3")],
         commands=[CommandRow("c1", "g1", "DecideApproval", 1.5, {"ok": True, "execution": {"id": "g1"}})],
         reads=[Read(p, x, "completed") for p in ("p0", "p1", "p2") for x in ("x1", "g1")],
+        command_reads=[CommandRead(p, "c1", "applied") for p in ("p0", "p1", "p2")],
         calls=[Call("/first", "g1:first", 0.2, 0.3, 200)])
     return history, final
 
@@ -90,6 +99,13 @@ def test_a_queued_command_never_applied_or_applied_late_is_reported() -> None:
     assert "queued" in found and "leftovers" in found
     final.commands[0] = CommandRow("c1", "g1", "DecideApproval", 60.0, {"ok": True, "execution": {"id": "g1"}})
     assert rules(check(history, final)) == ["queued"]
+
+
+def test_a_process_that_still_says_queued_at_the_end_is_reported() -> None:
+    history, final = healthy()
+    final.command_reads[2] = CommandRead("p2", "c1", "queued")
+    assert [str(v) for v in check(history, final)] == [
+        "[queued] p2 answers queued for command c1 after the end (GET .../commands/{id})"]
 
 
 def test_a_stale_read_is_reported() -> None:

@@ -99,12 +99,14 @@ class Client:
         return request
 
     async def read(self, slot: int, execution: str) -> dict[str, Any] | None:
+        return await self.get(slot, f"/api/v1/executions/{execution}")
+
+    async def get(self, slot: int, path: str) -> dict[str, Any] | None:
         target = self.url(slot)
         if target is None:
             return None
         try:
-            answer = await self.http.get(f"{target[1]}/api/v1/executions/{execution}", headers=USER,
-                                         timeout=REQUEST_TIMEOUT_S)
+            answer = await self.http.get(f"{target[1]}{path}", headers=USER, timeout=REQUEST_TIMEOUT_S)
         except httpx.HTTPError:
             return None
         if answer.status_code != 200:
