@@ -28,11 +28,10 @@ from hypothesis import strategies as st
 from runtime import RunbookError, Settings, StepContext, StepFailed, ValidationError, open_runtime
 from runtime.documents.validate import validate_document
 from runtime.model.records import Change, ChangeResult
-from runtime.model.wire import dumps, load_document
+from runtime.model.wire import dumps, dumps_data, load_document
 from runtime.shell.step_types import StepTypes
 from runtime.store import MemoryStore
 from runtime.store.schema import (
-    audit_row,
     event_row,
     evidence_row,
     header_row,
@@ -185,7 +184,8 @@ def _rows(change: Change) -> Iterator[tuple[tuple[Any, ...], int]]:
     for execution_id, step_id, position, state in change.steps:
         yield (execution_id, step_id, position, dumps(state)), 3
     yield from ((log_row(entry, str), 5) for entry in change.logs)
-    yield from ((audit_row(entry, str), 7) for entry in change.audit)
+    yield from (((entry.execution_id, str(entry.at), entry.actor, entry.action, entry.step_id, entry.legal_basis,
+                  entry.reason, dumps_data(entry.data)), 7) for entry in change.audit)  # as the audit ledger writes it
     yield from ((evidence_row(item, str), 5) for item in change.evidence)
     yield from ((event_row(event, str), 4) for event in change.retain_events)
     if change.runbook is not None:

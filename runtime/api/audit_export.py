@@ -48,8 +48,8 @@ def parse_bound(name: str, text: str | None) -> tuple[int | None, datetime | Non
     """A bound as given: a seq (digits) or an ISO 8601 time."""
     if text is None or text == "":
         return None, None
-    if text.isascii() and text.isdigit() and len(text) <= 18:
-        return int(text), None
+    if text.isascii() and text.isdigit():  # a seq past the head is an empty range, not an error
+        return min(int(text), 2**62), None
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
