@@ -3,9 +3,11 @@
 The store gives slots (``runtime/store/slots.py``) in the transaction that queues a start or
 ends an execution; the persistence actor hands the ids it gave a slot to ``tell_admitted``,
 which sends each one ``Admit`` wherever it runs (with several processes, a command row for
-its owner). ``pump`` looks again every ``interval_s`` for executions that hold a slot and are
-still ``queued``, and steps still ``pending`` (after a restart, or when the process that gave the slot died before telling
-them): one process's store, or the ones this process runs.
+its owner). ``pump`` looks for executions that hold a slot and are still ``queued``, and steps still
+``pending``: once at start-up (a slot given just before a restart), and then, with several
+processes, every ``interval_s`` (the process that gave the slot may have died before telling
+them). A single process tells every holder itself, so it does not poll: an idle runtime
+stays idle (a virtual clock in tests jumps straight to the next real deadline).
 """
 
 from __future__ import annotations
@@ -38,4 +40,6 @@ async def pump(routing: Routing, read: Read, store: Store, interval_s: float) ->
         for execution_id, step_id in found:
             if routing.cluster is None or routing.owns(execution_id):
                 routing.directory.post(execution_id, Admit(step_id))
+        if routing.cluster is None:
+            return
         await trio.sleep(interval_s)
