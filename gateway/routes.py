@@ -33,6 +33,7 @@ from gateway.inputs import (
 )
 from gateway.inputs import IDEMPOTENCY_KEY as KEY_PATTERN
 from gateway.roles import ADMIN, AUTHOR, OPERATOR, VIEWER
+from runtime.api.audit_export import MAX_BOUND_LENGTH
 from runtime.model import LOG_LEVELS
 from runtime.model.limits import MAX_SEQ
 from runtime.model.wire import camel
@@ -121,9 +122,10 @@ def openapi_path(rule: str) -> str:
 LIMIT = Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000},
               "Page size, 1 to 1000 (default 50).")
 RUNBOOKS_LIMIT = attrs.evolve(LIMIT, description="Page size, 1 to 1000 (default 100).")
-AUDIT_FROM = Param("from", "query", {"type": "string", "maxLength": 64},
+AUDIT_FROM = Param("from", "query", {"type": "string", "maxLength": MAX_BOUND_LENGTH},
                    "The first entry: a seq, or an ISO 8601 time.")
-AUDIT_TO = Param("to", "query", {"type": "string", "maxLength": 64}, "The last entry: a seq, or an ISO 8601 time.")
+AUDIT_TO = Param("to", "query", {"type": "string", "maxLength": MAX_BOUND_LENGTH},
+                 "The last entry: a seq, or an ISO 8601 time.")
 CURSOR = Param("cursor", "query", {"type": "string", "pattern": f"^({EXECUTION_CURSOR.pattern})?$"},
                "The nextCursor of the previous page (empty: the first page).")
 RUNBOOKS_CURSOR = Param("cursor", "query", {"type": "string", "pattern": f"^({RUNBOOK_CURSOR.pattern})?$"},

@@ -74,4 +74,4 @@ def test_validate_shows_the_triggers_of_a_valid_file(tmp_path: pathlib.Path) -> 
     assert lines[0] == f"{good}: valid"
     assert lines[1].startswith("  trigger cron: schedule '0 3 * * *' in Europe/Paris (catchUp latest), next ")
     assert lines[2] == "  trigger alert: every event 'alert.fired'"
-    assert lines[3] == f"{bad}: triggers[0].schedule: must be a cron expression of 5 fields, or 6 with seconds first"
+    assert lines[3] == f"{bad}:1: triggers[0].schedule: must be a cron expression of 5 fields, or 6 with seconds first"

@@ -44,10 +44,15 @@ class AuditRange:
     until: datetime | None = None
 
 
+MAX_BOUND_LENGTH = 64  # as the REST API's schema declares
+
+
 def parse_bound(name: str, text: str | None) -> tuple[int | None, datetime | None]:
     """A bound as given: a seq (digits) or an ISO 8601 time."""
     if text is None or text == "":
         return None, None
+    if len(text) > MAX_BOUND_LENGTH:
+        raise ValidationError([Problem(name, f"at most {MAX_BOUND_LENGTH} characters")])
     if text.isascii() and text.isdigit():  # a seq past the head is an empty range, not an error
         return min(int(text), 2**62), None
     try:
