@@ -255,8 +255,9 @@ def _start_sweeps(runtime: Runtime, timers: Timers, commit: CommitChange, servic
                                 retained.sweep_interval_s(runtime.settings.event_retention_ms),
                                 periodic=runtime.cluster is not None), name="retained events sweep")
     services.start_soon(runtime.once.sweep, name="receipts sweep")
+    written = None if runtime.cluster is not None else runtime.persistence.audit_written_since
     services.start_soon(audit_checkpoints.sweep, runtime.clock.now, commit, runtime.settings.audit_checkpoint_ms,
-                        name="audit checkpoints")
+                        written, name="audit checkpoints")
 
 
 async def _recover(runtime: Runtime, nursery: trio.Nursery) -> None:

@@ -20,11 +20,17 @@ logger = logging.getLogger("runbooks.audit")
 MIN_INTERVAL_S = 1.0
 
 
-async def sweep(now: Callable[[], datetime], commit: Callable[[Change], Awaitable[Any]], interval_ms: int) -> None:
-    """Forever: every ``interval_ms`` (at least a second), checkpoint the chains that are due."""
+async def sweep(now: Callable[[], datetime], commit: Callable[[Change], Awaitable[Any]], interval_ms: int,
+                written: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Forever: every ``interval_ms`` (at least a second), checkpoint the chains that are due.
+    With ``written`` (one process: every entry is its own), a round comes only after entries
+    were written since the last one: an idle runtime does nothing. With several processes it
+    is periodic (another process may have written the entries and died before its sweep)."""
     if interval_ms <= 0:
         return  # every entry is checkpointed as it is written
     while True:
+        if written is not None:
+            await written()
         await trio.sleep(max(interval_ms / 1000, MIN_INTERVAL_S))
         try:
             await commit(Change(checkpoint_idle=now()))

@@ -63,6 +63,7 @@ class PersistenceActor:
         self.stats = PersistenceStats()
         self.observer = observer
         self.admitted = admitted  # (set by the runtime once it can reach executions)
+        self.audit_written = trio.Event()  # set by a commit with audit entries (the checkpoint sweep waits for it)
         self._lane = trio.CapacityLimiter(1)
         self._mailbox: Mailbox[PersistenceMessage] | None = None
         self._batch: list[PersistenceMessage] = []  # taken, not yet all answered
@@ -90,6 +91,7 @@ class PersistenceActor:
                 raise
             self._committed(1, time.perf_counter() - started)
             self._admit([change], [result])
+            self._note_audit([change])
             return result
 
     @property
@@ -182,6 +184,16 @@ class PersistenceActor:
         for message, result in zip(batch, results, strict=True):
             message.reply.send(result)
         self._admit(changes, results)
+        self._note_audit(changes)
+
+    def _note_audit(self, changes: list[Change]) -> None:
+        if any(change.audit for change in changes):
+            self.audit_written.set()
+
+    async def audit_written_since(self) -> None:
+        """Return once a commit has written audit entries since the last return."""
+        await self.audit_written.wait()
+        self.audit_written = trio.Event()
 
     def _admit(self, changes: list[Change], results: list[ChangeResult]) -> None:
         """Let the executions the commit gave a slot start, but for those it started: their
