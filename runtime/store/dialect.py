@@ -26,6 +26,8 @@ class Dialect:
     stamp: Stamp  # a datetime as a parameter
     time: Time  # a time column's value as a datetime
     step_status: str  # the ``status`` of a ``steps.state`` JSON value, as SQL
+    # a statement holding a lock on one text key until the transaction ends (None: one writer at a time already)
+    lock_key: str | None = None
 
     def sql(self, template: str) -> str:
         """``template`` (written with ``?`` and ``?json``) in this dialect."""

@@ -53,7 +53,8 @@ from runtime.store.trigger_states import TRIGGER_STATES_TABLE, per_tenant_migrat
 Connection = psycopg.Connection[tuple[Any, ...]]
 
 POSTGRES = Dialect("postgres", mark="%s", json_mark="%s::json", stamp=lambda value: value,
-                   time=lambda value: value, step_status="state->>'status'")
+                   time=lambda value: value, step_status="state->>'status'",
+                   lock_key="SELECT pg_advisory_xact_lock(hashtext(?))")
 
 _SCHEMA_VERSION = """
 CREATE TABLE IF NOT EXISTS schema_version (

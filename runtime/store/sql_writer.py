@@ -288,6 +288,9 @@ class SqlWriter:
     # -- runbooks, events
     def add_runbook(self, runbook: Runbook) -> tuple[int, bool]:
         owner, id_, document, created_at = runbook_row(runbook, datetime.now(UTC), self._dialect.stamp)
+        if self._dialect.lock_key is not None:  # another process registering this runbook waits for this one:
+            # else it could read no identical latest version, then see this one's as the MAX it adds 1 to
+            self._db.execute(self._sql(self._dialect.lock_key), (f"runbook {owner!r} {id_!r}",))
         for _ in range(ATTEMPTS):
             latest = self._db.execute(self._sql(LATEST_RUNBOOK), (owner, id_)).fetchone()
             if latest is not None and same_document(runbook, latest[1]):
