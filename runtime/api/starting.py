@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import attrs
+import trio
 
 from runtime.api import arguments
 from runtime.api.access import CommitChange, Read
@@ -138,7 +139,8 @@ class Starter:
         if self.owner is not None and held:  # owned from its first commit: this process runs it
             execution = attrs.evolve(execution, epoch=1)
             change = attrs.evolve(change, owner=self.owner, new_execution=execution)
-        result = await self.commit(change)
+        with trio.CancelScope(shield=True):  # once sent, the start commits whatever its caller does (a client
+            result = await self.commit(change)  # that gave up): cancelled here, no actor would ever run it
         if result.refused is not None:
             raise self._refusal(result.refused, execution, result.retry_after_s)
         if result.existing_id is not None:
