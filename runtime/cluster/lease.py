@@ -100,8 +100,13 @@ class Lease:
                 logger.error("this process's heartbeat ran out before it could renew it (it stalled, or the "
                              "database was out of reach): its executions may have been taken over")
                 self._let_go()
-                if not await self._call(self._renewer.rejoin, self.owner, self.ttl_s):
-                    continue  # (replaced meanwhile: the next renewal says so)
+                try:
+                    rejoined = await self._call(self._renewer.rejoin, self.owner, self.ttl_s)
+                except Exception as exc:  # the row stays lapsed: the next renewal says so again
+                    logger.warning("heartbeat: rejoining failed: %s", exc)
+                    continue
+                if not rejoined:
+                    continue  # (replaced meanwhile, or no answer: the next renewal says so)
             self.held_until = sent + self.ttl_s * (1 - MARGIN)
             self._renewed.set()
             self._renewed = trio.Event()
