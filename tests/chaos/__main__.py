@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=0, help="stop starting rounds after this (0: no limit)")
     parser.add_argument("--short", action="store_true", help="the small rounds of make test")
     parser.add_argument("--logs", default=f"{tempfile.gettempdir()}/runbooks-chaos",
-                        help="where the logs of a round with violations are kept")
+                        help="where the logs and the history of a round with violations are kept")
+    parser.add_argument("--keep-schema", action="store_true",
+                        help="keep the database schema of a round with violations (to inspect it)")
     parser.add_argument("--faults", default=",".join(FAULT_KINDS),
                         help=f"the fault kinds to draw from, comma-separated (default all: {','.join(FAULT_KINDS)})")
     args = parser.parse_args(argv)
@@ -53,16 +55,20 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # the harness itself failed (the shared server restarted, say)
                 traceback.print_exc()
                 broken[seed] = f"{type(exc).__name__}: {exc}"[:200]
-                continue
-            finally:
+                outcome = None
+            if outcome is None or not (outcome.violations and args.keep_schema):
                 with contextlib.suppress(Exception):
                     drop_schema(DSN, schema)
+            if outcome is None:
+                continue
             ran += 1
             if outcome.violations:
                 failed[seed] = len(outcome.violations)
                 kept = pathlib.Path(args.logs) / f"seed-{seed}"
                 shutil.copytree(directory, kept, dirs_exist_ok=True)
-                print(f"seed {seed}: the processes' logs are kept in {kept}")
+                (kept / "history.txt").write_text("".join(f"{r.describe()}\n" for r in outcome.history.requests))
+                print(f"seed {seed}: the processes' logs and the requests are kept in {kept}"
+                      + (f", the database in schema {schema}" if args.keep_schema else ""))
         print(flush=True)
     print(f"{ran} seeds in {time.monotonic() - began:.0f}s: "
           + (f"violations in seeds {failed}" if failed else "no violations"))

@@ -15,7 +15,8 @@ outputs. The rules:
   one step, or is still retained; an event with no answer was taken at most once per attempt.
 - ``calls``: a key the service answered 2xx more than once is explained by a fault between the
   two calls (an in-flight call run again); otherwise the step's call was made twice.
-- ``starts``: the starts with one Idempotency-Key were told one execution.
+- ``starts``: the starts with one Idempotency-Key were told one execution, and a start told 2xx
+  made one execution (no other carries its tag, replays aside).
 - ``ended``: every execution finished.
 - ``reads``: every process answers each execution's final status (no stale reads).
 - ``leftovers``: no command row left unapplied, no wait row of a finished execution.
@@ -189,6 +190,14 @@ def starts(history: History, final: Snapshot, bounds: Bounds) -> Iterable[Violat
     for key, ids in by_key.items():
         if len(ids) > 1:
             yield Violation("starts", f"Idempotency-Key {key} started {len(ids)} executions: {sorted(ids)}")
+    made: dict[str, set[str]] = defaultdict(set)
+    for execution in final.executions.values():
+        if execution.tag is not None and execution.replay_of is None:
+            made[execution.tag].add(execution.id)
+    for request in history.of("start"):
+        if request.ok and len(made[request.tag]) > 1:
+            yield Violation("starts", f"{request.describe()} -> {len(made[request.tag])} executions carry its "
+                                      f"tag: {sorted(made[request.tag])}")
 
 
 def ended(history: History, final: Snapshot, bounds: Bounds) -> Iterable[Violation]:

@@ -25,6 +25,8 @@ class ExecutionRow:
     runbook_id: str
     steps: dict[str, dict[str, Any]] = attrs.field(factory=dict)  # step id -> its state as stored
     owner: str | None = None  # the instance id owning it (None: released, or finished)
+    tag: str | None = None  # the tag of the start request that made it (its input's ``tag``)
+    replay_of: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -96,8 +98,9 @@ def read_database(dsn: str, schema: str) -> Snapshot:
         steps: dict[str, dict[str, dict[str, Any]]] = {}
         for execution_id, step_id, state in conn.execute("SELECT execution_id, step_id, state FROM steps"):
             steps.setdefault(execution_id, {})[step_id] = state
-        executions = {row[0]: ExecutionRow(row[0], row[1], row[2], steps.get(row[0], {}), row[3])
-                      for row in conn.execute("SELECT id, status, runbook_id, owner FROM executions")}
+        executions = {row[0]: ExecutionRow(row[0], row[1], row[2], steps.get(row[0], {}), *row[3:])
+                      for row in conn.execute("SELECT id, status, runbook_id, owner, header->'input'->>'tag', "
+                                              "header->>'replayOf' FROM executions")}
         instances, names = _owners(conn)
         audit = [AuditRow(*row) for row in conn.execute(
             "SELECT execution_id, actor, action, step_id, reason FROM audit ORDER BY seq")]

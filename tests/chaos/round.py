@@ -23,7 +23,7 @@ from tests.chaos.final import FINISHED, CommandRead, Read, Snapshot, read_databa
 from tests.chaos.history import History
 from tests.chaos.plan import FAULT_KINDS, SLOTS, FaultKind, Plan, Size, draw
 from tests.chaos.service import counting_service
-from tests.chaos.workload import RUNBOOKS, USER, Client, run_flow
+from tests.chaos.workload import RUNBOOKS, USER, Client, cancel_strays, run_flow
 from tests.cluster_nodes import nodes
 from tests.tcp_proxy import tcp_proxy
 
@@ -78,6 +78,7 @@ async def run_round(seed: int, size: Size, dsn: str, schema: str, directory: pat
         lap("workload")
         for line in applied:
             say(f"  {line}")
+        await cancel_strays(client, await trio.to_thread.run_sync(read_database, dsn, schema))
         await _settle(dsn, schema)
         lap("settled")
         final = await trio.to_thread.run_sync(read_database, dsn, schema)

@@ -160,3 +160,18 @@ def test_a_queued_command_counts_as_applied_only_if_its_outcome_was_a_success() 
     assert rules(found) == ["controls"] and "202 {'commandId': 'c1', 'status': 'queued'}" in str(found[0])
     final.executions["g1"].steps["approve"]["approvals"].clear()  # refused, and not applied: fine
     assert check(history, final) == []
+
+
+def test_a_start_told_once_that_made_two_executions_is_reported_and_a_lost_keyless_start_is_a_stray() -> None:
+    from tests.chaos.workload import strays
+    history, final = healthy()
+    history.requests.append(Request("start", "p0", None, "t9", 2.0, 6.0, None, error="ReadTimeout"))
+    final.executions["s1"] = ExecutionRow("s1", "running", "events", tag="t9")
+    assert [e.id for e in strays(history, final)] == ["s1"]  # the harness cancels it before the checker looks
+    final.executions["s1"] = ExecutionRow("s1", "cancelled", "events", tag="t9")
+    assert check(history, final) == []
+    final.executions["x1"] = ExecutionRow("x1", "completed", "events", EVENTS_DONE, tag="t0")
+    final.executions["x2"] = ExecutionRow("x2", "completed", "events", tag="t0")
+    assert rules(check(history, final)) == ["starts"]
+    final.executions["x2"] = ExecutionRow("x2", "completed", "events", tag="t0", replay_of="x1")
+    assert check(history, final) == []

@@ -4,8 +4,15 @@ plan names, as an operator would, and every request is recorded with what it was
 A request without a definite answer (no answer, or a 5xx) is sent again (a start with its
 Idempotency-Key, if it has one; an event with the same payload), to the next slot of the flow.
 Each request carries a unique tag: a control's reason, an approval's comment, an event's payload
-``uid``. Once its actions are sent, a flow drives its execution to its end like an operator who
-lost track of an uncertain pause: it resumes a paused execution and approves a waiting approval.
+``uid``, a start's input ``tag``. Once its actions are sent, a flow drives its execution to its end
+like an operator who lost track of an uncertain pause: it resumes a paused execution and approves a
+waiting approval.
+
+A start sent again without an Idempotency-Key may have made an execution the first time too:
+nothing tells the engine the two are one (that is what the key is for). Each such attempt has a
+tag and a correlation key of its own, so a stray waits on a key nobody publishes to instead of
+taking the flow's events; once the flows are done, ``cancel_strays`` cancels the strays, as an
+operator tidying up would.
 """
 
 from __future__ import annotations
@@ -18,8 +25,8 @@ import httpx
 import trio
 
 from tests.chaos.cluster import Cluster
-from tests.chaos.final import FINISHED
-from tests.chaos.history import Request, RequestKind
+from tests.chaos.final import FINISHED, ExecutionRow, Snapshot
+from tests.chaos.history import History, Request, RequestKind
 from tests.chaos.plan import Flow
 
 USER = {"X-User-Id": "ops"}
@@ -58,6 +65,7 @@ class Client:
     http: httpx.AsyncClient
     seed: int
     sent: int = 0
+    inputs: dict[str, dict[str, Any]] = attrs.Factory(dict)  # execution -> the input it was started with
 
     def url(self, slot: int) -> tuple[str, str] | None:
         node = self.cluster.slots[slot].node
@@ -132,7 +140,7 @@ class Client:
 
 async def run_flow(client: Client, flow: Flow, origin: float, settle_s: float) -> None:
     await trio.sleep_until(origin + flow.at_s)
-    execution = await _start(client, flow, _runbook(flow), _input(client, flow))
+    execution = await _start(client, flow, _runbook(flow))
     if execution is None:
         return
     await FLOWS[flow.kind](client, flow, execution)
@@ -143,22 +151,31 @@ def _runbook(flow: Flow) -> str:
     return flow.kind
 
 
-def _input(client: Client, flow: Flow) -> dict[str, Any]:
-    return {"key": f"k{client.seed}-{flow.index}", "n": flow.index}
+def _input(flow: Flow, tag: str, correlation: str) -> dict[str, Any]:
+    return {"key": correlation, "n": flow.index, "tag": tag}
 
 
-async def _start(client: Client, flow: Flow, runbook: str, data: dict[str, Any]) -> str | None:
+async def _start(client: Client, flow: Flow, runbook: str) -> str | None:
     key = f"idem-{client.seed}-{flow.index}" if flow.idempotent else None
-    body = {"runbookId": runbook, "input": data}
-    answer = await client.until_definite(flow, 0, lambda slot: client.send(
-        "start", slot, "/api/v1/executions", body, key=key, tag=client.tag(flow, "start"), params={"force": "true"}))
+    first = client.tag(flow, "start")
+    keyed = _input(flow, first, f"k{client.seed}-{flow.index}")  # with a key: the same body every time
+
+    def body(tag: str) -> dict[str, Any]:
+        return {"runbookId": runbook, "input": keyed if key else _input(flow, tag, tag)}
+
+    def attempt(slot: int) -> Any:
+        tag = first if key else client.tag(flow, "start")
+        return client.send("start", slot, "/api/v1/executions", body(tag), key=key, tag=tag,
+                           params={"force": "true"})
+    answer = await client.until_definite(flow, 0, attempt)
     if not answer.ok:
         return None
     execution = str(answer.body["id"])
     answer.execution = execution
+    client.inputs[execution] = dict(answer.body["input"])
     if key:  # the same start again elsewhere, as a client that lost the answer would
-        again = await client.send("start", flow.slot(1), "/api/v1/executions", body, key=key,
-                                  tag=client.tag(flow, "start"), params={"force": "true"})
+        again = await client.send("start", flow.slot(1), "/api/v1/executions", body(first), key=key,
+                                  tag=first, params={"force": "true"})
         again.execution = execution
     return execution
 
@@ -195,7 +212,7 @@ async def _approve(client: Client, flow: Flow, execution: str) -> Request:
 async def _events(client: Client, flow: Flow, execution: str) -> None:
     if flow.wait_first:
         await client.poll(flow, execution, _step("a", "waiting"), 20)
-    key = _input(client, flow)["key"]
+    key = client.inputs[execution]["key"]
 
     async def publish(n: int, name: str) -> None:
         uid = f"s{client.seed}-f{flow.index}-event-{name}"
@@ -251,6 +268,29 @@ async def _drive_to_end(client: Client, flow: Flow, execution: str, within_s: fl
                 approve = found["steps"].get("approve", {})
                 if flow.kind == "gate" and approve.get("status") == "awaiting_approval" and not approve.get("approvals"):
                     await _approve(client, flow, execution)
+            await trio.sleep(0.3)
+
+
+def strays(history: History, final: Snapshot) -> list[ExecutionRow]:
+    """Unfinished executions no client was told of, made by a start without an Idempotency-Key
+    whose answer was lost."""
+    told = {str(r.body.get("id")) for r in history.requests
+            if r.kind in ("start", "replay") and r.ok and isinstance(r.body, dict)}
+    lost = {r.tag for r in history.of("start") if not r.idempotency_key and not r.ok}
+    return [e for e in final.executions.values()
+            if not e.finished and e.id not in told and e.tag in lost and e.replay_of is None]
+
+
+async def cancel_strays(client: Client, final: Snapshot) -> None:
+    for n, execution in enumerate(strays(client.cluster.history, final)):
+        async def make(slot: int, execution: str = execution.id) -> Request:
+            tag = f"s{client.seed}-stray-cancel-{client.sent}"
+            return await client.send("cancel", slot, f"/api/v1/executions/{execution}/cancel", {"reason": tag},
+                                     execution=execution, tag=tag)
+        for tries in range(TRIES):
+            request = await make((n + tries) % len(client.cluster.slots))
+            if request.status is not None and request.status < 500:
+                break
             await trio.sleep(0.3)
 
 
