@@ -209,3 +209,20 @@ async def test_an_execution_failed_after_crashes_leaves_no_wait_behind(schema: s
         assert rows(schema, "SELECT count(*) FROM waits") == [(0,)]
         result = await a.publish_event("go", "k1", {"n": 1})
         assert (result.delivered, result.retained) == (0, True)  # not counted for an execution that ended
+
+
+async def test_a_child_whose_parent_ended_before_its_cancel_was_committed_is_cancelled_by_its_owner(
+        schema: str) -> None:
+    from tests.test_run_runbook import drop_first_child_cancel, started_child
+    child = {"id": "child", "steps": [{"id": "hold", "type": "human-approval", "config": {"approvers": ["nobody"]}}]}
+    parent = {"id": "parent", "steps": [{"id": "sub", "type": "run-runbook", "config": {"runbookId": "child"}}]}
+    async with node(schema, "a") as a:
+        await a.register_runbook(child)
+        await a.register_runbook(parent)
+        execution = await a.start("parent")
+        child_id = await started_child(a, execution.id)
+        await until(a, child_id, lambda e: e.status == "awaiting_approval")
+        drop_first_child_cancel(a)  # (the process stopped between the parent's commit and the child's)
+        await a.cancel(execution.id, reason="not today")
+        ended = await until(a, child_id, lambda e: e.status.finished)  # within a third of the lease
+        assert ended.status == "cancelled" and ended.error.message == f"parent execution {execution.id} ended"

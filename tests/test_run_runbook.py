@@ -6,6 +6,7 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -200,3 +201,34 @@ async def test_the_child_ended_while_its_parent_was_down(tmp_path: pathlib.Path)
     async with open_runtime(url, executors={"echo": recorder.echo}) as rt:
         final = await rt.wait(ex.id)
         assert final.steps["sub"].status == "succeeded" and len(await children_of(rt, ex.id)) == 1
+
+
+def drop_first_child_cancel(rt: Runtime) -> None:
+    """The parent's cancel of its child is lost, as when the process stops between the parent's
+    commit and the child's (the cancel is handed over after the commit)."""
+    kept = rt.children._host
+
+    async def lose_once(execution_id: str, reason: str, actor: str) -> None:
+        rt.children._host = kept
+
+    rt.children._host = attrs.evolve(kept, cancel=lose_once)
+
+
+async def test_a_child_whose_parent_was_cancelled_before_its_cancel_was_committed_is_cancelled_at_restart(
+        tmp_path: pathlib.Path) -> None:
+    url = f"sqlite:///{tmp_path / 'rb.db'}"
+    recorder = Recorder()
+    async with open_runtime(url, executors={"echo": recorder.echo}) as rt:
+        await rt.register_runbook({"id": "child", "steps": [
+            {"id": "hold", "type": "human-approval", "config": {"approvers": ["boss"]}}]})
+        await rt.register_runbook(parent())
+        ex = await rt.start("parent")
+        child_id = await started_child(rt, ex.id)
+        await until(rt, child_id, lambda e: e.status == "awaiting_approval")
+        drop_first_child_cancel(rt)
+        assert (await rt.cancel(ex.id, reason="not today")).status == "cancelled"
+        assert (await rt.fetch(child_id)).status == "awaiting_approval"
+    async with open_runtime(url, executors={"echo": recorder.echo}) as rt:
+        child = await until(rt, child_id, lambda e: e.status.finished)
+        assert child.status == "cancelled"
+        assert child.error is not None and child.error.message == f"parent execution {ex.id} ended"

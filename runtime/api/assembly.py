@@ -117,7 +117,8 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
                     if runtime.cluster is not None:
                         services.start_soon(runtime.cluster.heartbeat, name="heartbeat")
                         services.start_soon(Leftovers(runtime.cluster, runtime.read, runtime.commit,
-                                                      runtime.directory).run, name="commands of finished executions")
+                                                      runtime.directory, runtime.children).run,
+                                            name="commands of finished executions")
                     try:
                         yield runtime
                     except BaseException as exc:
@@ -269,8 +270,16 @@ async def _recover(runtime: Runtime, nursery: trio.Nursery) -> None:
             directory.start(execution_id, await read(store.get_execution, execution_id), taken_over=True)
         await runtime.cluster.take_over()
     else:
-        for execution in await read(store.load_unfinished):
+        unfinished = await read(store.load_unfinished)
+        for execution in unfinished:
             directory.start(execution.id, execution)
+        running = {execution.id for execution in unfinished}
+        for execution in unfinished:  # a child whose parent ended before its cancel was committed
+            parent_id = execution.parent_execution_id
+            if parent_id is not None and parent_id not in running:
+                parent = await read(store.get_execution, parent_id)
+                if parent is None or parent.status.finished:
+                    runtime.children.abandoned(execution.id, parent_id)
         runtime.router.load_retained(await read(store.retained_events, runtime.clock.now()))
         nursery.start_soon(runtime.once.resume, name="pending receipts")
 

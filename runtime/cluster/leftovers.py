@@ -9,6 +9,9 @@ would have given (``Conflict``: the execution has ended), recorded as its outcom
 caller waiting on it, or reading it later, gets it); an event it carried is offered again,
 as if just published (to another waiting step, or retained). Each resolution is one commit
 guarded by the execution's epoch, so one process resolves a command, once.
+
+The same round cancels the children this process runs whose parent has ended (the parent's
+cancel of them was lost when the process that committed the parent's end stopped first).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import trio
 
 from runtime.cluster.node import Cluster
 from runtime.core.messages import Command, DeliverEvent, command_of
+from runtime.io.children import Children
 from runtime.model.errors import Conflict, Fenced
 from runtime.model.records import Change, ChangeResult
 from runtime.shell import commands
@@ -34,19 +38,28 @@ Read = Callable[..., Awaitable[Any]]
 
 class Leftovers:
     def __init__(self, cluster: Cluster, read: Read, commit: Callable[[Change], Awaitable[ChangeResult]],
-                 directory: Directory) -> None:
+                 directory: Directory, children: Children) -> None:
         self._cluster = cluster
         self._read = read
         self._commit = commit
         self._directory = directory
+        self._children = children
 
     async def run(self) -> None:
         while True:
             await trio.sleep(self._cluster.ttl_s / 3)
             try:
                 await self.resolve()
+                await self.abandoned_children()
             except Exception as exc:  # the database is away: the next round tries again
                 logger.warning("resolving the commands of finished executions failed: %s", exc)
+
+    async def abandoned_children(self) -> None:
+        """Cancel the children this process runs whose parent has ended."""
+        if self._cluster.acting():
+            for child_id, parent_id, _ in await self._read(self._cluster.store.abandoned_children,
+                                                           self._cluster.owner):
+                self._children.abandoned(child_id, parent_id)
 
     async def resolve(self) -> int:
         """Resolve every command of a finished execution this process may; how many."""

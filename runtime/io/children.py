@@ -11,6 +11,11 @@ A child the store does not admit (``FanoutLimit``: too many under its root or in
 tenant) fails its parent's step ``fanout_limit``; one that cannot start for another reason
 (an unknown runbook, its root or parent ended meanwhile) ``child_failed``.
 
+A parent's cancel of its child is handed over after the parent's commit: a process that stops
+in between (a crash, a lost lease) leaves the child running under an ended parent. Such a
+child is cancelled when it is found (``abandoned``): at recovery, and, with several processes,
+every third of the lease by its owner.
+
 ``finished`` is the one place where the end of a child becomes a message to its parent
 (``ChildFinished``): the runtime calls it for every committed finished state of an
 execution that has a parent. Nothing polls. ``ChildrenHost`` is all it reaches of the
@@ -48,6 +53,7 @@ class Children:
     def __init__(self, host: ChildrenHost, nursery: trio.Nursery) -> None:
         self._host = host
         self._nursery = nursery
+        self._cancelling: set[str] = set()  # children whose cancel is in flight
 
     def start(self, parent_id: str, effect: StartChild) -> None:
         self._nursery.start_soon(self._start, parent_id, effect, name=f"child {effect.child_id} of {parent_id}")
@@ -73,7 +79,17 @@ class Children:
         self._host.tell(parent_id, ChildFinished(effect.step_id, effect.child_id, NOT_STARTED, error=error))
 
     def cancel(self, parent_id: str, effect: CancelChild) -> None:
+        if effect.child_id in self._cancelling:
+            return
+        self._cancelling.add(effect.child_id)
         self._nursery.start_soon(self._cancel, parent_id, effect, name=f"cancel child {effect.child_id}")
+
+    def abandoned(self, child_id: str, parent_id: str) -> None:
+        """A child found unfinished under a parent that has ended: the parent's cancel, handed
+        over after its commit, was lost (the process stopped before the child's cancel was
+        committed). It is cancelled now, as the parent would have."""
+        logger.warning("execution %s is a child of %s, which has ended: cancelling it", child_id, parent_id)
+        self.cancel(parent_id, CancelChild(child_id, f"parent execution {parent_id} ended"))
 
     async def _cancel(self, parent_id: str, effect: CancelChild) -> None:
         try:
@@ -82,6 +98,8 @@ class Children:
             pass  # it has ended already, or never started
         except CommandQueued:  # its owner (another process) did not answer in time: whoever runs it next applies it
             logger.info("the cancel of child %s of %s is queued for its owner", effect.child_id, parent_id)
+        finally:
+            self._cancelling.discard(effect.child_id)
 
     def finished(self, child: Execution) -> None:
         """Tell the parent of ``child`` (a finished execution) that it ended."""

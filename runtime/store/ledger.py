@@ -128,6 +128,10 @@ class ClusterLedger(Protocol):
         """(id, epoch, owner, status) of finished executions with commands not applied, owned
         by ``instance_id`` or by a process that is gone (nobody else resolves them)."""
 
+    def abandoned_children(self, instance_id: str, limit: int = 100) -> list[tuple[str, str, str]]:
+        """(child id, parent id, parent status) of unfinished children owned by ``instance_id``
+        whose parent has ended."""
+
     def sweep_commands(self, older_than_s: float) -> None:
         """Delete the commands applied more than ``older_than_s`` ago (and forget dead
         incarnations that own nothing)."""

@@ -233,6 +233,13 @@ WHERE c.applied_at IS NULL AND e.status NOT IN {UNFINISHED}
   AND (e.owner = %(id)s OR e.owner IS NULL OR i.owner IS NULL OR i.expires_at < now() OR i.replaced)
 LIMIT %(limit)s"""
 
+# Children this incarnation runs whose parent has ended: the parent's cancel of them was handed
+# over after its commit and never applied (the process stopped in between).
+ABANDONED_CHILDREN = f"""
+SELECT c.id, p.id, p.status FROM executions c JOIN executions p ON p.id = c.header->>'parentExecutionId'
+WHERE c.root_id IS NOT NULL AND c.status IN {UNFINISHED} AND p.status NOT IN {UNFINISHED} AND c.owner = %(id)s
+LIMIT %(limit)s"""
+
 SWEEP_COMMANDS = "DELETE FROM commands WHERE applied_at < now() - %s * interval '1 second'"
 
 NOTIFY = "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload"

@@ -114,6 +114,10 @@ class PostgresLedger:
         return [(row[0], int(row[1]), row[2], row[3])
                 for row in self.rows(cluster.LEFTOVERS, {"id": instance_id, "limit": limit})]
 
+    def abandoned_children(self, instance_id: str, limit: int = 100) -> list[tuple[str, str, str]]:
+        return [(row[0], row[1], row[2])
+                for row in self.rows(cluster.ABANDONED_CHILDREN, {"id": instance_id, "limit": limit})]
+
     def sweep_commands(self, older_than_s: float) -> None:
         self.rows(cluster.SWEEP_COMMANDS, (older_than_s,))
         self.rows(cluster.SWEEP_INCARNATIONS)

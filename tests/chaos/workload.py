@@ -32,7 +32,8 @@ from tests.chaos.plan import Flow
 USER = {"X-User-Id": "ops"}
 BOSS = {"X-User-Id": "boss"}
 EVENT_TYPE = "chaos.go"
-TRIES = 6
+TRIES = 6  # at least this many sends of a request without a definite answer...
+PATIENCE_S = 20.0  # ...and until this long has passed (every process may be down for a while)
 REQUEST_TIMEOUT_S = 4.0
 POLL_S = 0.1
 
@@ -96,15 +97,9 @@ class Client:
         return request
 
     async def until_definite(self, flow: Flow, first: int, make: Callable[[int], Any]) -> Request:
-        """Send ``make(slot)`` to the flow's slots from ``first`` on until one answers definitely."""
-        request: Request | None = None
-        for n in range(TRIES):
-            request = await make(flow.slot(first + n))
-            if request.status is not None and request.status < 500:
-                return request
-            await trio.sleep(0.3)
-        assert request is not None
-        return request
+        """Send ``make(slot)`` to the flow's slots from ``first`` on until one answers definitely
+        (``TRIES`` times at least, for ``PATIENCE_S`` at most)."""
+        return await _until_definite(lambda n: make(flow.slot(first + n)))
 
     async def read(self, slot: int, execution: str) -> dict[str, Any] | None:
         return await self.get(slot, f"/api/v1/executions/{execution}")
@@ -287,11 +282,18 @@ async def cancel_strays(client: Client, final: Snapshot) -> None:
             tag = f"s{client.seed}-stray-cancel-{client.sent}"
             return await client.send("cancel", slot, f"/api/v1/executions/{execution}/cancel", {"reason": tag},
                                      execution=execution, tag=tag)
-        for tries in range(TRIES):
-            request = await make((n + tries) % len(client.cluster.slots))
-            if request.status is not None and request.status < 500:
-                break
-            await trio.sleep(0.3)
+        await _until_definite(lambda tries, n=n: make((n + tries) % len(client.cluster.slots)))
+
+
+async def _until_definite(send: Callable[[int], Any]) -> Request:
+    give_up = trio.current_time() + PATIENCE_S
+    n = 0
+    while True:
+        request: Request = await send(n)
+        n += 1
+        if (request.status is not None and request.status < 500) or (n >= TRIES and trio.current_time() > give_up):
+            return request
+        await trio.sleep(0.3)
 
 
 FLOWS = {"gate": _gate, "events": _events, "parent": _parent, "flaky": _flaky, "slow": _slow}
