@@ -133,7 +133,8 @@ def test_cli_key_export_and_verify(tmp_path: Path, capsys: pytest.CaptureFixture
     assert run_cli("audit", "verify", str(out), "--public-key", str(tmp_path / "audit.pub"), capsys=capsys)[:2] == (
         0, f"ok {count} entries\n")
 
-    with sqlite3.connect(db) as conn:  # someone with the file changes who did something
+    with sqlite3.connect(db) as conn:  # someone with the file drops the trigger and changes who did something
+        conn.execute("DROP TRIGGER audit_no_update")
         conn.execute("UPDATE audit SET actor = 'mallory' WHERE tenant = 't1' AND chain_seq = 2")
     again = tmp_path / "again"
     assert run_cli("audit", "export", "--tenant", "t1", "--store", f"sqlite:///{db}", str(again), capsys=capsys)[0] == 0

@@ -1,5 +1,5 @@
-"""The audit ledger in SQL, for both dialects: its tables, the chained insert of a batch's
-entries, erasure of a payload, and the reads of an export.
+"""The audit ledger in SQL, for both dialects: its tables and append-only triggers, the
+chained insert of a batch's entries, erasure of a payload, and the reads of an export.
 
 Entries stay in ``audit`` (``seq`` there is the table's own order); the ledger adds the
 tenant, its ``chain_seq`` and the hashes. Entries written before the ledger existed keep
@@ -87,6 +87,23 @@ PG_APPEND_ONLY = (
     "DROP TRIGGER IF EXISTS audit_no_truncate ON audit",
     """CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
        FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only()""",
+)
+#: SQLite: the audit table is append-only. UPDATE and DELETE are refused, but for the one
+#: update an erasure makes (``ERASE``): ``data`` set to JSON null and ``erased`` set, every
+#: other column as it was. SQLite has no session setting to tell the engine's connection
+#: from another, so that update is let through whoever makes it (it erases, never rewrites).
+_COLUMNS = ("seq", "execution_id", "at", "actor", "action", "step_id", "legal_basis", "reason",
+            "tenant", "chain_seq", "prev_hash", "hash", "data_sha256")
+SQLITE_APPEND_ONLY = (
+    f"""CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+    WHEN NOT (NEW.erased AND NEW.data = 'null' AND {" AND ".join(f"NEW.{c} IS OLD.{c}" for c in _COLUMNS)})
+    BEGIN
+        SELECT RAISE(ABORT, 'the audit table is append-only: UPDATE refused (erase a payload with the store''s erasure)');
+    END""",
+    """CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    BEGIN
+        SELECT RAISE(ABORT, 'the audit table is append-only: DELETE refused');
+    END""",
 )
 ALLOW_ERASURE = "SELECT set_config('runbooks.audit_erasure', 'on', true)"
 END_ERASURE = "SELECT set_config('runbooks.audit_erasure', 'off', true)"

@@ -28,7 +28,7 @@ from runtime.model.errors import StoreInUse, StoreUnavailable
 from runtime.model.records import Change, ChangeResult
 from runtime.model.wire import format_time, parse_time
 from runtime.store import quotas, slots
-from runtime.store.audit_sql import ledger_migration
+from runtime.store.audit_sql import SQLITE_APPEND_ONLY, ledger_migration
 from runtime.store.decision_links import DECISION_LINKS_TABLE
 from runtime.store.diagnose import unwritable_because
 from runtime.store.dialect import Dialect
@@ -158,6 +158,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ledger_migration("TEXT", add_column_if_not_exists=False),  # 8: the audit ledger (chain, heads, checkpoints)
     slots.TABLES,  # 9: the queues of concurrency keys (``concurrency: {key, limit}``)
     (quotas.TABLE,),  # 10: the start-rate buckets of tenant quotas
+    SQLITE_APPEND_ONLY,  # 11: the audit table refuses UPDATE and DELETE, but for an erasure
 )
 
 _HEADERS = "SELECT seq, id, header, version FROM executions"
