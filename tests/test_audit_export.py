@@ -182,6 +182,24 @@ def test_an_erased_payload_keeps_the_ledger_verifiable(store: str, tmp_path: Pat
     assert payloads[0] == {"seq": 1, "erased": True}
 
 
+async def test_texts_with_unicode_line_separators_keep_the_ledger_verifiable(tmp_path: Path) -> None:
+    """JSON leaves U+2028, U+2029 and U+0085 unescaped; a bundle's lines end at "\\n" only."""
+    async with open_runtime("memory") as rt:
+        rt.register_executor("echo", lambda ctx: ctx.config)
+        await rt.register_runbook(TWO_STEPS, tenant_id="t1")
+        reason = "pasted:\u2028line two\u2029para\x85next"
+        await rt.wait((await rt.start("two", context={"tenantId": "t1", "reason": reason})).id)
+        verdict = await rt.verify_audit("t1")
+        assert verdict.ok, verdict.line()
+        files = dict(await rt.export_audit("t1"))
+    for name, data in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    entries = files["entries.jsonl"].decode().split("\n")[:-1]
+    assert reason in json.loads(entries[0])["reason"]
+    assert verify_bundle(tmp_path).line() == f"ok {len(entries)} entries"
+
+
 def test_the_verifier_runs_without_the_engine(tmp_path: Path) -> None:
     """Copied beside the canonicaliser, the verifier needs only the standard library and cryptography."""
     import shutil
