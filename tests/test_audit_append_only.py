@@ -1,7 +1,7 @@
 """The SQLite audit table is append-only: its triggers refuse UPDATE and DELETE made on the
-file directly (as with ``sqlite3``), and let through only what an erasure does (the payload
-nulled, nothing else changed); the engine's erasure still works, and a database made before
-the triggers gets them on upgrade, its entries kept."""
+file directly (as with ``sqlite3``), an erasure made by hand included, and let through only
+the engine's erasure (the payload nulled, nothing else changed, in the transaction that
+audits it); a database made before the triggers gets them on upgrade, its entries kept."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ REFUSED = (
     "UPDATE audit SET data = 'null', erased = TRUE, reason = 'hidden' WHERE chain_seq = 4",  # more than an erasure
     "UPDATE audit SET erased = TRUE WHERE chain_seq = 4",  # marked erased, payload kept
     "UPDATE audit SET data = 'null' WHERE chain_seq = 4",  # payload gone, not marked erased
+    "UPDATE audit SET data = 'null', erased = TRUE WHERE chain_seq = 4",  # an erasure, but not the engine's
     "DELETE FROM audit WHERE chain_seq = 3",
     "DELETE FROM audit",
 )
@@ -59,19 +60,24 @@ def assert_refused(path: Path) -> None:
     assert rows(path) == before
 
 
-async def erase_and_verify(path: Path, seq: int) -> None:
-    async with open_runtime(f"sqlite:///{path}") as rt:
-        erased = await rt.erase_audit_data("t1", seq, actor="dpo", reason="GDPR art. 17")
-        assert erased.erased and erased.data is None
-        verdict = await rt.verify_audit("t1")
-        assert verdict.ok, verdict.line()
+def erase_and_verify(path: Path, seq: int) -> None:
+    async def erase() -> None:
+        async with open_runtime(f"sqlite:///{path}") as rt:
+            erased = await rt.erase_audit_data("t1", seq, actor="dpo", reason="GDPR art. 17")
+            assert erased.erased and erased.data is None
+            verdict = await rt.verify_audit("t1")
+            assert verdict.ok, verdict.line()
+
+    trio.run(erase)
+    with sqlite3.connect(path) as conn:  # what let the erasure through lasted as long as its statement
+        assert conn.execute("SELECT COUNT(*) FROM audit_erasing").fetchall() == [(0,)]
 
 
 def test_sqlite_refuses_update_and_delete_of_audit_entries_but_not_an_erasure(tmp_path: Path) -> None:
     path = tmp_path / "a.db"
     trio.run(run_twice, path)
     assert_refused(path)
-    trio.run(erase_and_verify, path, 1)
+    erase_and_verify(path, 1)
     assert_refused(path)  # an erased entry is as protected as any other
     # the triggers stop the application and casual edits; whoever can write the file can drop them
     with sqlite3.connect(path) as conn:
@@ -120,4 +126,4 @@ def test_an_upgrade_adds_the_triggers_and_keeps_the_entries(before: str, tmp_pat
     assert_refused(path)
     with sqlite3.connect(path) as conn:
         [(seq,)] = conn.execute("SELECT MAX(chain_seq) FROM audit WHERE tenant = 't1'").fetchall()
-    trio.run(erase_and_verify, path, seq)
+    erase_and_verify(path, seq)

@@ -32,7 +32,7 @@ from runtime.security.audit_verify import (
 )
 from runtime.store import PostgresStore, SqliteStore
 from runtime.store.audit_chain import AuditPolicy
-from runtime.store.audit_sql import SQLITE_APPEND_ONLY
+from runtime.store.audit_sql import SQLITE_TRIGGERS
 from runtime.store.base import Store
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -65,7 +65,7 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
                 conn.execute("DROP TRIGGER audit_no_update")
                 conn.execute("DROP TRIGGER audit_no_delete")
                 rows = conn.execute(query, params).fetchall()
-                for statement in SQLITE_APPEND_ONLY:
+                for statement in SQLITE_TRIGGERS:
                     conn.execute(statement)
                 return rows
 
