@@ -14,7 +14,7 @@ import time
 
 from benchmarks.common import ROOT
 
-ALL = ("overhead", "steps", "starts", "parked", "events", "cancel", "api", "cluster")
+ALL = ("overhead", "steps", "starts", "parked", "events", "cancel", "api", "cluster", "ledger")
 
 
 def main(argv: list[str]) -> int:

@@ -5,7 +5,8 @@ Two shapes of 10 steps: ``chain`` (each step depends on the one before) and ``fa
 caller starts one, waits for its end and starts the next. The figure is every step of
 every execution divided by the wall time from the first start to the last finish (so
 starts and completions are included). Durable stores acknowledge each step only once its
-outcome is committed (group commit).
+outcome is committed (group commit). ``cpu_us_per_step`` is the process's CPU time (every
+thread: the SQLite store writes in threads) over the same span, divided by the steps.
 
     python -m benchmarks.steps [--quick] [--store memory|sqlite|postgres]
 """
@@ -46,20 +47,22 @@ async def measure(report: Report, store: str, shape: str, executions: int) -> No
         rt.observers.clear()
         finished = Finished(rt, executions)
         batches = rt.persistence.stats.batches
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         async def one(i: int) -> None:
             await rt.wait((await rt.start(shape, {"i": i})).id)
 
         await in_parallel(executions, CONCURRENT, one)
         await finished.done.wait()
         elapsed = elapsed_since(started)
+        cpu = time.process_time() - cpu
         if finished.statuses != {"completed": executions}:
             raise RuntimeError(f"not every execution completed: {finished.statuses}")
         steps = executions * STEPS
         batches = rt.persistence.stats.batches - batches
         report.add(f"steps.{shape}", steps / elapsed, "steps/s",
                    {"executions": executions, "concurrent": CONCURRENT, "steps_per_execution": STEPS, "seconds": round(elapsed, 3),
-                    "commit_batches": batches, "persistence_mailbox_peak": mailbox_peak(rt)},
+                    "commit_batches": batches, "persistence_mailbox_peak": mailbox_peak(rt),
+                    "cpu_us_per_step": round(cpu / steps * 1e6, 1)},
                    store, TARGETS[store])
 
 

@@ -1,6 +1,7 @@
 """The ``runbooks`` command: ``serve``, the local ``run FILE`` and ``validate FILE...``, the
 runbook tests ``test PATH...`` and ``plan FILE`` (``gateway.cli_test``, ``gateway.cli_plan``),
-the audit ledger's ``audit export|verify|key`` (``gateway.cli_audit``), and the client commands of a running server (``gateway.cli_client``).
+the audit ledger's ``audit export|verify|key|erase`` (``gateway.cli_audit``; ``erase`` is a
+client of a running server), and the client commands of a running server (``gateway.cli_client``).
 
 Exit status: 0 done, 1 refused or failed, 2 usage (argparse's own, or a bad option value:
 one line on stderr), 141 when whoever reads the output has gone (``runbooks list | head -1``),

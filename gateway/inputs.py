@@ -171,6 +171,29 @@ def control_request(body: Any, *, reason_required: bool = False) -> ControlReque
 
 
 @attrs.frozen
+class ErasureRequest:
+    seq: int
+    reason: str
+
+
+_SEQ = re.compile(r"[0-9]{1,19}")
+
+
+def erasure_request(seq: str, body: Any) -> ErasureRequest:
+    """``POST /api/v1/audit/{seq}/erase``: the seq in the path and a required ``reason``; every
+    problem of the two is listed (422)."""
+    problems = Problems()
+    number = int(seq) if _SEQ.fullmatch(seq) else None
+    if number is None or not 1 <= number <= MAX_SEQ:
+        problems.invalid("seq", f"must be an integer from 1 to {MAX_SEQ} (the entry's seq), got {seq[:50]!r}")
+    fields = Fields(body if body is not None else {}, problems, ("reason",))
+    reason = fields.text("reason", required=True)
+    problems.raise_if_any()
+    assert number is not None and reason is not None
+    return ErasureRequest(number, reason)
+
+
+@attrs.frozen
 class ApprovalRequest:
     decision: str
     comment: str | None

@@ -15,6 +15,7 @@ from gateway.bodies import YAML_TYPES
 from gateway.problems import PROBLEM_JSON
 from gateway.routes import JSON, Param, Route
 from gateway.schemas import SCHEMAS, ref
+from runtime.model.wire import camel
 
 VERSION = "0.1.0"
 _DEV_HEADERS = (
@@ -69,7 +70,9 @@ def _operation(route: Route, development_mode: bool) -> dict[str, Any]:
         "operationId": route.operation_id,
         "summary": route.summary,
         "tags": [route.tag],
-        "parameters": [_path_param(name) for name in route.path_params] + [_param(p) for p in route.params],
+        "parameters": [_path_param(name) for name in route.path_params
+                       if not any(p.location == "path" and p.name == camel(name) for p in route.params)]
+                      + [_param(p) for p in route.params],
         "responses": _responses(route),
     }
     if route.role is not None:
@@ -92,8 +95,6 @@ def _operation(route: Route, development_mode: bool) -> dict[str, Any]:
 
 
 def _path_param(name: str) -> dict[str, Any]:
-    from runtime.model.wire import camel
-
     return {"name": camel(name), "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
 
 

@@ -56,7 +56,7 @@ _RULE_VARIABLE = re.compile(r"<(?:[a-z]+:)?([A-Za-z_][A-Za-z0-9_]*)>")
 @attrs.frozen
 class Param:
     name: str
-    location: str  # "query" or "header"
+    location: str  # "query", "header", or "path" (a path parameter whose schema is not the default string)
     schema: dict[str, Any]
     description: str
     required: bool = False
@@ -126,6 +126,8 @@ AUDIT_FROM = Param("from", "query", {"type": "string", "maxLength": MAX_BOUND_LE
                    "The first entry: a seq, or an ISO 8601 time.")
 AUDIT_TO = Param("to", "query", {"type": "string", "maxLength": MAX_BOUND_LENGTH},
                  "The last entry: a seq, or an ISO 8601 time.")
+AUDIT_SEQ = Param("seq", "path", {"type": "integer", "minimum": 1, "maximum": MAX_SEQ},
+                  "The entry's seq in the tenant's ledger.", required=True)
 CURSOR = Param("cursor", "query", {"type": "string", "pattern": f"^({EXECUTION_CURSOR.pattern})?$"},
                "The nextCursor of the previous page (empty: the first page).")
 RUNBOOKS_CURSOR = Param("cursor", "query", {"type": "string", "pattern": f"^({RUNBOOK_CURSOR.pattern})?$"},
@@ -242,6 +244,11 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/audit/verify", audit.verify_audit, "verifyAudit",
           "Check the tenant's whole audit ledger as the offline verifier would", "records",
           {200: Answer("The verdict: ok, or the first bad seq and why.", "AuditVerdict")}),
+    Route("POST", "/api/v1/audit/<seq>/erase", audit.erase_audit_data, "eraseAuditData",
+          "Erase the payload of the tenant's audit entry seq (a person's data): the entry, its payload's hash "
+          "and the chain stay, and the erasure is audited (audit.payload_erased)", "records",
+          {200: Answer("The entry as it is now: erased, its data null.", "AuditEntry")},
+          params=(AUDIT_SEQ,), body="ErasureRequest", problems=(409, 422), role=ADMIN),
     Route("GET", "/api/v1/executions/<execution_id>/explain", ex.explain_execution, "explainExecution",
           "Why the execution and each step are as they are: sentences and the decision records", "records",
           {200: Answer("The execution's explanation (stepId null), then each step's.", "ExplanationList")},

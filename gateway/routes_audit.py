@@ -1,13 +1,16 @@
 """The caller's tenant's audit ledger: ``GET /api/v1/audit/export?from=&to=`` (admin) streams
 the bundle ``runbooks audit verify`` checks, as a tar; ``GET /api/v1/audit/verify`` checks the
-whole ledger as that verifier would (the console's "verified" mark)."""
+whole ledger as that verifier would (the console's "verified" mark); ``POST
+/api/v1/audit/{seq}/erase`` (admin) erases the payload of one entry, a person's data, and
+audits the erasure, leaving the entry and the chain as they were."""
 
 from __future__ import annotations
 
 from quart import Response, request
 
+from gateway import bodies, inputs
 from gateway.auth import current_identity
-from gateway.shapes import json_response
+from gateway.shapes import audit_json, json_response
 from gateway.state import state
 from runtime.api.audit_export import parse_range, tar_bytes
 
@@ -29,3 +32,11 @@ async def verify_audit() -> Response:
     return json_response({"ok": verdict.ok, "entries": verdict.entries, "seq": verdict.seq,
                           "reason": verdict.reason, "detail": verdict.detail or None,
                           "notes": list(verdict.notes)})
+
+
+async def erase_audit_data(seq: str) -> Response:
+    erasure = inputs.erasure_request(seq, await bodies.json_body(required=False))
+    identity = current_identity()
+    erased = await state().runtime.erase_audit_data(identity.tenant, erasure.seq, actor=identity.user,
+                                                    reason=erasure.reason)
+    return json_response(audit_json(erased))

@@ -248,6 +248,10 @@ SCHEMAS: dict[str, Schema] = {
     "ControlRequest": obj({"reason": {"type": "string", "maxLength": 10000, "pattern": TEXT_PATTERN}}, closed=True),
     "CancelRequest": obj({"reason": {"type": "string", "minLength": 1, "maxLength": 10000,
                                      "pattern": NON_BLANK_TEXT_PATTERN}}, ("reason",), closed=True),
+    "ErasureRequest": obj({"reason": {"type": "string", "minLength": 1, "maxLength": 10000,
+                                      "pattern": NON_BLANK_TEXT_PATTERN,
+                                      "description": "Why the payload is erased (kept in the ledger)."}},
+                          ("reason",), closed=True),
     "ApprovalRequest": obj({"decision": {"type": "string", "enum": list(DECISIONS)},
                             "comment": {"type": ["string", "null"], "maxLength": 10000, "pattern": TEXT_PATTERN},
                             "digest": {**_DIGEST, "description": "The digest the approver was shown; "

@@ -133,7 +133,8 @@ def test_cli_key_export_and_verify(tmp_path: Path, capsys: pytest.CaptureFixture
     assert run_cli("audit", "verify", str(out), "--public-key", str(tmp_path / "audit.pub"), capsys=capsys)[:2] == (
         0, f"ok {count} entries\n")
 
-    with sqlite3.connect(db) as conn:  # someone with the file changes who did something
+    with sqlite3.connect(db) as conn:  # someone with the file drops the trigger and changes who did something
+        conn.execute("DROP TRIGGER audit_no_update")
         conn.execute("UPDATE audit SET actor = 'mallory' WHERE tenant = 't1' AND chain_seq = 2")
     again = tmp_path / "again"
     assert run_cli("audit", "export", "--tenant", "t1", "--store", f"sqlite:///{db}", str(again), capsys=capsys)[0] == 0
@@ -179,6 +180,24 @@ def test_an_erased_payload_keeps_the_ledger_verifiable(store: str, tmp_path: Pat
     assert entries[-1]["action"] == "audit.payload_erased" and entries[-1]["actor"] == "dpo"
     payloads = [json.loads(line) for line in found["files"]["payloads.jsonl"].splitlines()]
     assert payloads[0] == {"seq": 1, "erased": True}
+
+
+async def test_texts_with_unicode_line_separators_keep_the_ledger_verifiable(tmp_path: Path) -> None:
+    """JSON leaves U+2028, U+2029 and U+0085 unescaped; a bundle's lines end at "\\n" only."""
+    async with open_runtime("memory") as rt:
+        rt.register_executor("echo", lambda ctx: ctx.config)
+        await rt.register_runbook(TWO_STEPS, tenant_id="t1")
+        reason = "pasted:\u2028line two\u2029para\x85next"
+        await rt.wait((await rt.start("two", context={"tenantId": "t1", "reason": reason})).id)
+        verdict = await rt.verify_audit("t1")
+        assert verdict.ok, verdict.line()
+        files = dict(await rt.export_audit("t1"))
+    for name, data in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    entries = files["entries.jsonl"].decode().split("\n")[:-1]
+    assert reason in json.loads(entries[0])["reason"]
+    assert verify_bundle(tmp_path).line() == f"ok {len(entries)} entries"
 
 
 def test_the_verifier_runs_without_the_engine(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """The audit ledger: each tenant's entries chained by hash, checkpoints, the export bundle, and
 a verifier that names the first entry someone changed directly in the database (SQLite and
-PostgreSQL), with the PostgreSQL table refusing UPDATE and DELETE itself."""
+PostgreSQL, past the triggers that refuse UPDATE and DELETE), with the PostgreSQL table refusing
+UPDATE and DELETE itself (SQLite's: ``tests/test_audit_append_only.py``)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from runtime.security.audit_verify import (
 )
 from runtime.store import PostgresStore, SqliteStore
 from runtime.store.audit_chain import AuditPolicy
+from runtime.store.audit_sql import SQLITE_TRIGGERS
 from runtime.store.base import Store
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -58,7 +60,14 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
 
         def run_sqlite(query: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
             with sqlite3.connect(path) as conn:
-                return conn.execute(query, params).fetchall()
+                # whoever can write the file can drop the triggers (and put them back after):
+                # the chain, not the triggers, must catch it
+                conn.execute("DROP TRIGGER audit_no_update")
+                conn.execute("DROP TRIGGER audit_no_delete")
+                rows = conn.execute(query, params).fetchall()
+                for statement in SQLITE_TRIGGERS:
+                    conn.execute(statement)
+                return rows
 
         yield Db(lambda: SqliteStore(path), run_sqlite, "sqlite")
         return

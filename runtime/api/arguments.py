@@ -22,7 +22,7 @@ from runtime.model.jsonsafe import first_problem
 from runtime.model.limits import MAX_SEQ, MAX_VERSION, is_int
 
 __all__ = [
-    "check_approval", "check_control", "check_delegation", "check_event", "check_ids", "check_listing", "check_logs", "check_lookup",
+    "check_approval", "check_control", "check_delegation", "check_erasure", "check_event", "check_ids", "check_listing", "check_logs", "check_lookup",
     "check_runbook_lookup", "check_start", "check_tenant", "text_problem",
 ]
 
@@ -168,6 +168,18 @@ def check_approval(execution_id: Any, step_id: Any, approver: Any, decision: Any
     _roles(problems, roles)
     if digest is not None and not (isinstance(digest, str) and DIGEST.fullmatch(digest)):
         problems.items.append(Problem("digest", "must be a SHA-256 digest: 64 lowercase hex digits"))
+    problems.raise_if_any()
+
+
+def check_erasure(tenant_id: Any, seq: Any, actor: Any, reason: Any) -> None:
+    """erase_audit_data: which entry (a seq of the tenant's chain), who, and why."""
+    problems = _Problems()
+    problems.text("tenant_id", tenant_id, optional=False, max_length=MAX_NAME)
+    if seq is None:
+        problems.items.append(Problem("seq", "required"))
+    problems.integer("seq", seq, 1, MAX_SEQ)
+    problems.text("actor", actor, optional=False, max_length=MAX_NAME)
+    problems.text("reason", reason)
     problems.raise_if_any()
 
 

@@ -20,7 +20,7 @@ from runtime.api.links import DecisionLinks
 from runtime.api.reading import CommandStatus, ExecutionReads, Page
 from runtime.documents.validate import validate_document
 from runtime.model import AuditEntry, Runbook
-from runtime.model.errors import NotFound, Problem, StoreUnavailable, ValidationError
+from runtime.model.errors import Conflict, NotFound, Problem, StoreUnavailable, ValidationError
 from runtime.model.records import Change
 from runtime.model.types import StartResult
 from runtime.model.wire import load_document
@@ -143,16 +143,23 @@ class Runtime(ExecutionControl, ExecutionReads, DecisionLinks):
         files = await self.export_audit(tenant_id)
         return verify_files(dict(files))
 
-    async def erase_audit_data(self, tenant_id: str, seq: int, *, actor: str, reason: str | None = None) -> None:
+    async def erase_audit_data(self, tenant_id: str, seq: int, *, actor: str,
+                               reason: str | None = None) -> AuditEntry:
         """Erase the payload of the tenant's audit entry ``seq`` (a person's data); the entry,
-        its payload's hash and the chain stay, and the erasure is itself an audit entry."""
-        arguments.check_tenant(tenant_id)
+        its payload's hash and the chain stay, and the erasure is itself an audit entry
+        (``audit.payload_erased``). Returns the entry as it is now. A payload is erased once:
+        ``Conflict`` the second time."""
+        arguments.check_erasure(tenant_id, seq, actor, reason)
         found = await self.read(self.store.audit_slice, tenant_id, seq, seq)
         if not found.entries:
             raise NotFound(f"tenant '{tenant_id}' has no audit entry {seq}")
+        if found.entries[0].erased:
+            raise Conflict(f"the payload of audit entry {seq} was erased already")
         entry = AuditEntry(f"audit:{tenant_id}", self.now(), actor, "audit.payload_erased", reason=reason,
                            data={"seq": seq, "dataSha256": found.entries[0].data_sha256}, tenant_id=tenant_id)
         await self.commit(Change(erase=((tenant_id, seq),), audit=(entry,)))
+        [erased] = (await self.read(self.store.audit_slice, tenant_id, seq, seq)).entries
+        return erased
 
     def audit_public_key(self) -> str | None:
         """The PEM public key that checks the ledger's checkpoints (None: they are unsigned)."""

@@ -34,9 +34,10 @@ _SHORT_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n
 def canonical(value: Any) -> bytes:
     """The RFC 8785 canonical form of ``value`` (UTF-8)."""
     if _plain(value):  # nothing the standard library writes otherwise: its C encoder, much faster
-        text = _encode_plain(value)
-        if not _SURROGATE.search(text):
-            return text.encode("utf-8")
+        try:  # (strict UTF-8 refuses a lone surrogate: cheaper than looking for one first)
+            return _encode_plain(value).encode("utf-8")
+        except UnicodeEncodeError:
+            pass
     return "".join(_parts(value)).encode("utf-8")
 
 

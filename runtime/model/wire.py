@@ -15,8 +15,9 @@ import enum
 import functools
 import hashlib
 import json
+import json.encoder
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar, get_origin
 
@@ -115,9 +116,35 @@ def dumps_data(value: Any) -> str:
     if value is None:
         return "null"
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        return _compact(value)
     except TypeError:
         return dumps(value)
+
+
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _compact_encoder() -> Callable[[Any], str]:
+    """``json.dumps(value, separators=(",", ":"), ensure_ascii=False)`` without making an
+    encoder at every call (a record's data is written at every step): CPython's C encoder,
+    made once, if this Python's has the shape it had in 3.11; else ``json.dumps``. It keeps
+    no state between calls (no circular-reference check), so threads may share it."""
+    def plain(value: Any) -> str:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+    try:
+        encoder = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+            None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, True)
+        sample = {"b": [1, None, True, 1.5], "a": "\u00e9\n"}
+        if "".join(encoder(sample, 0)) != plain(sample):
+            return plain
+    except (AttributeError, TypeError):
+        return plain
+    return lambda value: "".join(encoder(value, 0))
+
+
+_compact = _compact_encoder()
 
 
 def canonical_json(value: Any) -> str:

@@ -289,7 +289,9 @@ def _read_lines(files: Mapping[str, bytes], name: str, *, missing_ok: bool = Fal
             return []
         raise BundleError(f"{name} is missing")
     try:
-        lines = [json.loads(line) for line in files[name].decode("utf-8").splitlines() if line.strip()]
+        # split at "\n" only: str.splitlines also splits at U+2028, U+2029 and U+0085, which
+        # JSON text holds unescaped (a reason or a comment may carry one)
+        lines = [json.loads(line) for line in files[name].decode("utf-8").split("\n") if line.strip()]
     except ValueError as exc:
         raise BundleError(f"{name}: {exc}") from None
     if not all(isinstance(line, dict) for line in lines):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import json.encoder
-import re
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
@@ -33,7 +32,6 @@ from runtime.security.audit_signing import CheckpointSigner
 from runtime.security.audit_verify import GENESIS, payload_sha256
 
 _NULL_SHA256 = payload_sha256(None)
-_SURROGATE = re.compile("[\ud800-\udfff]")
 _string = json.encoder.encode_basestring  # (JSON string escaping as RFC 8785's, without lone surrogates)
 T = TypeVar("T")
 #: where an entry that names no tenant is chained
@@ -132,9 +130,10 @@ def _canonical_entry(entry: AuditEntry, tenant: str, seq: int, prev: str, data_s
             f'"legalBasis":{"null" if basis is None else _string(basis)},"prevHash":"{prev}",'
             f'"reason":{"null" if reason is None else _string(reason)},"seq":{seq:d},'
             f'"stepId":{"null" if step is None else _string(step)},"tenantId":{_string(tenant)}}}')
-    if _SURROGATE.search(text):
+    try:
+        return text.encode("utf-8")  # (strict UTF-8 refuses exactly the surrogates: cheaper than looking for them)
+    except UnicodeEncodeError:
         return canonical(_hashed(entry, tenant, seq, prev, data_sha))
-    return text.encode("utf-8")
 
 
 def _hashed(entry: AuditEntry, tenant: str | None, seq: int | None, prev: str | None,

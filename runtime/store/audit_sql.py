@@ -1,5 +1,5 @@
-"""The audit ledger in SQL, for both dialects: its tables, the chained insert of a batch's
-entries, erasure of a payload, and the reads of an export.
+"""The audit ledger in SQL, for both dialects: its tables and append-only triggers, the
+chained insert of a batch's entries, erasure of a payload, and the reads of an export.
 
 Entries stay in ``audit`` (``seq`` there is the table's own order); the ledger adds the
 tenant, its ``chain_seq`` and the hashes. Entries written before the ledger existed keep
@@ -88,6 +88,31 @@ PG_APPEND_ONLY = (
     """CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
        FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only()""",
 )
+#: SQLite: the audit table is append-only. UPDATE and DELETE are refused, but for the one
+#: update an erasure makes (``ERASE``, in the transaction that also audits it): ``data`` set
+#: to JSON null and ``erased`` set, every other column as it was, of an entry the transaction
+#: named in ``audit_erasing`` (``SQLITE_ALLOW_ERASURE`` before, ``SQLITE_END_ERASURE`` after:
+#: SQLite has no session setting, so a table empty outside that statement stands in for it).
+_COLUMNS = ("seq", "execution_id", "at", "actor", "action", "step_id", "legal_basis", "reason",
+            "tenant", "chain_seq", "prev_hash", "hash", "data_sha256")
+SQLITE_TRIGGERS = (
+    f"""CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+    WHEN NOT (NEW.erased AND NEW.data = 'null' AND {" AND ".join(f"NEW.{c} IS OLD.{c}" for c in _COLUMNS)}
+              AND EXISTS (SELECT 1 FROM audit_erasing AS e WHERE e.tenant = OLD.tenant AND e.seq = OLD.chain_seq))
+    BEGIN
+        SELECT RAISE(ABORT, 'the audit table is append-only: UPDATE refused (erase a payload with the store''s erasure)');
+    END""",
+    """CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    BEGIN
+        SELECT RAISE(ABORT, 'the audit table is append-only: DELETE refused');
+    END""",
+)
+SQLITE_APPEND_ONLY = (
+    "CREATE TABLE audit_erasing (tenant TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (tenant, seq))",
+    *SQLITE_TRIGGERS,
+)
+SQLITE_ALLOW_ERASURE = "INSERT OR IGNORE INTO audit_erasing (tenant, seq) VALUES (?, ?)"
+SQLITE_END_ERASURE = "DELETE FROM audit_erasing"
 ALLOW_ERASURE = "SELECT set_config('runbooks.audit_erasure', 'on', true)"
 END_ERASURE = "SELECT set_config('runbooks.audit_erasure', 'off', true)"
 

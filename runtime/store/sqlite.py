@@ -27,8 +27,8 @@ from runtime.model import Execution
 from runtime.model.errors import StoreInUse, StoreUnavailable
 from runtime.model.records import Change, ChangeResult
 from runtime.model.wire import format_time, parse_time
-from runtime.store import quotas, slots
-from runtime.store.audit_sql import ledger_migration
+from runtime.store import audit_sql, quotas, slots
+from runtime.store.audit_sql import SQLITE_APPEND_ONLY, ledger_migration
 from runtime.store.decision_links import DECISION_LINKS_TABLE
 from runtime.store.diagnose import unwritable_because
 from runtime.store.dialect import Dialect
@@ -158,6 +158,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ledger_migration("TEXT", add_column_if_not_exists=False),  # 8: the audit ledger (chain, heads, checkpoints)
     slots.TABLES,  # 9: the queues of concurrency keys (``concurrency: {key, limit}``)
     (quotas.TABLE,),  # 10: the start-rate buckets of tenant quotas
+    SQLITE_APPEND_ONLY,  # 11: the audit table refuses UPDATE and DELETE, but for the engine's erasures
 )
 
 _HEADERS = "SELECT seq, id, header, version FROM executions"
@@ -182,6 +183,17 @@ _UNAVAILABLE = frozenset(
     }
 )
 
+
+
+class SqliteWriter(SqlWriter):
+    """``SqlWriter`` on SQLite: an erasure passes the audit table's append-only triggers."""
+
+    def _erase(self, erase: Sequence[tuple[str, int]]) -> None:
+        """Erase payloads past the append-only trigger: the entries are named in
+        ``audit_erasing`` for this statement only."""
+        self._db.executemany(audit_sql.SQLITE_ALLOW_ERASURE, list(erase))
+        super()._erase(erase)
+        self._db.execute(audit_sql.SQLITE_END_ERASURE)
 
 
 class SqliteStore(SqlStore):
@@ -241,7 +253,7 @@ class SqliteStore(SqlStore):
         if not changes:
             return []
         with self._writing() as conn:
-            return apply_batch(changes, SqlWriter(conn, self.dialect, self.audit_policy))
+            return apply_batch(changes, SqliteWriter(conn, self.dialect, self.audit_policy))
 
     def _write_one(self, query: str, params: Sequence[Any]) -> None:
         with self._writing() as conn:
