@@ -3,10 +3,11 @@
 Every transition of an execution (its messages applied, the change committed, the effects
 performed) runs in a turn. At most ``capacity`` turns run at once in a process; an actor that
 finds none free waits in its tenant's line, and a turn that ends is handed to the first actor
-of the next tenant in the ring, so one tenant with ten thousand runnable executions has one
-place in the ring like a tenant with one: the other tenant's execution waits for at most one
-turn of each tenant ahead of it, not for the backlog. The commits of a tenant in flight are
-bounded the same way, so its batches do not crowd the persistence actor's mailbox either.
+of the waiting tenant that holds the fewest turns (in ring order among equals), so one tenant
+with ten thousand runnable executions has one place in the ring like a tenant with one: a
+quiet tenant's execution, holding no turn, takes the very next turn that ends, not one after
+the flood's backlog. The commits of a tenant in flight are bounded the same way, so its
+batches do not crowd the persistence actor's mailbox either.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class FairGate:
         self._free = capacity
         self._lines: dict[str, deque[trio.Event]] = {}  # tenant -> actors waiting, in arrival order
         self._ring: deque[str] = deque()  # tenants with actors waiting, in the order their turn comes
+        self._held: dict[str, int] = {}  # tenant -> turns it holds
 
     @property
     def waiting(self) -> int:
@@ -36,12 +38,13 @@ class FairGate:
         """Hold one turn while the block runs (waiting in the tenant's line for it)."""
         if self._free and not self._ring:
             self._free -= 1
+            self._count(tenant_id, 1)
         else:
             await self._wait(tenant_id)
         try:
             yield
         finally:
-            self._hand_on()
+            self._release(tenant_id)
 
     async def _wait(self, tenant_id: str) -> None:
         handed = trio.Event()
@@ -54,10 +57,21 @@ class FairGate:
             await handed.wait()
         except BaseException:
             if handed.is_set():  # handed a turn as it was cancelled: the next one takes it
-                self._hand_on()
+                self._release(tenant_id)
             else:
                 self._leave(tenant_id, handed)
             raise
+
+    def _count(self, tenant_id: str, more: int) -> None:
+        held = self._held.get(tenant_id, 0) + more
+        if held:
+            self._held[tenant_id] = held
+        else:
+            del self._held[tenant_id]
+
+    def _release(self, tenant_id: str) -> None:
+        self._count(tenant_id, -1)
+        self._hand_on()
 
     def _leave(self, tenant_id: str, handed: trio.Event) -> None:
         line = self._lines[tenant_id]
@@ -67,16 +81,19 @@ class FairGate:
             self._ring.remove(tenant_id)
 
     def _hand_on(self) -> None:
-        """The turn goes to the first actor of the next tenant in the ring (which then goes to
-        the back of the ring if more of its actors wait), else it is free."""
+        """The turn goes to the first actor of the waiting tenant holding the fewest turns, the
+        first in the ring among equals (which then goes to the back of the ring if more of its
+        actors wait), else it is free."""
         if not self._ring:
             self._free += 1
             return
-        tenant_id = self._ring.popleft()
+        tenant_id = min(self._ring, key=lambda tenant: self._held.get(tenant, 0))
+        self._ring.remove(tenant_id)
         line = self._lines[tenant_id]
         handed = line.popleft()
         if line:
             self._ring.append(tenant_id)
         else:
             del self._lines[tenant_id]
+        self._count(tenant_id, 1)  # (counted as it is handed: the next hand-on sees it held)
         handed.set()

@@ -26,6 +26,7 @@ class Settings:
     call_service_base_url: str | None = None
     finished_cache_size: int = 10_000
     persistence_max_batch: int = 1024
+    persistence_fair_batch: int = 8  # while several tenants commit: the most changes of one tenant in a batch
     lease_ttl_ms: int = 15_000
     instance_id: str | None = None  # several processes on one database; default: host:pid:random
     forward_wait_ms: int = 5000
