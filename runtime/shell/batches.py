@@ -73,9 +73,14 @@ class Batches(Generic[M]):
             return []
         if self.tenant_of(self._held[0]) is None:
             return [self._held.popleft()]
-        limit = self.fair_batch if self.shared(now) else self.max_batch
+        if not self.shared(now):  # one tenant: in arrival order, up to a barrier
+            taken: list[M] = []
+            while self._held and len(taken) < self.max_batch and self.tenant_of(self._held[0]) is not None:
+                taken.append(self._held.popleft())
+            self._note(taken, now)
+            return taken
         counts: dict[Hashable, int] = {}
-        taken: list[M] = []
+        taken = []
         kept: deque[M] = deque()
         barrier = False
         while self._held:
@@ -86,13 +91,17 @@ class Batches(Generic[M]):
                 kept.append(message)
                 continue
             count = counts.get(tenant, 0)
-            if count >= limit or len(taken) >= self.max_batch:
+            if count >= self.fair_batch or len(taken) >= self.max_batch:
                 kept.append(message)
                 continue
             counts[tenant] = count + 1
             taken.append(message)
         self._held = kept
-        for tenant in counts:
+        self._note(taken, now)
+        return taken
+
+    def _note(self, taken: list[M], now: float) -> None:
+        for message in taken:
+            tenant = self.tenant_of(message)
             if tenant != SYSTEM:
                 self._seen[tenant] = now
-        return taken
