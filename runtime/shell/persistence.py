@@ -256,6 +256,8 @@ def _tenant_of(message: PersistenceMessage) -> Hashable | None:
     if isinstance(message, Flush):
         return None
     change = message.change
+    if change.tenant_id is not None:
+        return change.tenant_id
     for record in (change.new_execution, change.execution, change.publish, change.receipt,
                    change.waits[0] if change.waits else None):
         if record is not None:
