@@ -48,7 +48,7 @@ class Settings:
     max_active_descendants_per_tenant: int = 10_000  # a tenant's unfinished child executions
     # per tenant ("*": every other), as ``Quota`` or as written ({maxActive, startsPerSecond}): quotas.py
     quotas: Mapping[str, Quota] = attrs.field(factory=dict, converter=parse_quotas)
-    fair_turns: int = 64  # transitions running at once in a process, taken round-robin across tenants
+    fair_turns: int = 64  # transitions running at once in a process, handed to the waiting tenant holding the fewest
     queue_poll_ms: int = 1000  # how often queued executions given a slot are looked for (restarts, lost news)
 
     @property
