@@ -110,6 +110,32 @@ def test_a_gate_needs_a_turn() -> None:
 
 
 async def test_a_turn_that_ends_goes_to_the_waiting_tenant_holding_the_fewest() -> None:
+    gate = FairGate(4)
+    order: list[str] = []
+    release = {name: trio.Event() for name in ("a0", "a1", "b0", "b1", "b2")}
+
+    async def work(tenant: str, name: str) -> None:
+        async with gate.turn(tenant):
+            order.append(name)
+            if name in release:
+                await release[name].wait()
+
+    async with trio.open_nursery() as nursery:
+        for name in ("a0", "a1", "b0", "b1", "a2", "b2"):  # two turns each, then a2 in line before b2
+            nursery.start_soon(work, name[0], name)
+            await trio.testing.wait_all_tasks_blocked()
+        assert order == ["a0", "a1", "b0", "b1"] and gate.waiting == 2
+        release["b0"].set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert order[4:] == ["b2"]  # a2 came first, but b held fewer turns then
+        release["a0"].set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert order[4:] == ["b2", "a2"]
+        for event in release.values():
+            event.set()
+
+
+async def test_a_tenant_below_its_share_borrows_a_turn_at_once_and_the_next_turn_to_end_repays_it() -> None:
     gate = FairGate(2)
     order: list[str] = []
     release = {name: trio.Event() for name in ("a0", "a1", "b0")}
@@ -121,19 +147,19 @@ async def test_a_turn_that_ends_goes_to_the_waiting_tenant_holding_the_fewest() 
                 await release[name].wait()
 
     async with trio.open_nursery() as nursery:
-        for name in ("a0", "a1"):  # a holds every turn
+        for name in ("a0", "a1", "a2"):  # a holds both turns, a2 waits in line
             nursery.start_soon(work, "a", name)
             await trio.testing.wait_all_tasks_blocked()
-        nursery.start_soon(work, "a", "a2")  # in line first
+        nursery.start_soon(work, "b", "b0")
         await trio.testing.wait_all_tasks_blocked()
-        nursery.start_soon(work, "b", "b0")  # holding none
+        assert order == ["a0", "a1", "b0"] and gate.waiting == 1  # b ran at once, beyond the capacity
+        release["b0"].set()
         await trio.testing.wait_all_tasks_blocked()
+        assert order == ["a0", "a1", "b0"]  # its end repaid the borrowed turn: a2 still waits
         release["a0"].set()
         await trio.testing.wait_all_tasks_blocked()
-        assert order == ["a0", "a1", "b0"]  # a2 came first, but a still held a turn and b none
+        assert order == ["a0", "a1", "b0", "a2"]
         release["a1"].set()
-        release["b0"].set()
-    assert order == ["a0", "a1", "b0", "a2"]
 
 
 class RecordingStore(MemoryStore):

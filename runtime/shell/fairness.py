@@ -4,10 +4,15 @@ Every transition of an execution (its messages applied, the change committed, th
 performed) runs in a turn. At most ``capacity`` turns run at once in a process; an actor that
 finds none free waits in its tenant's line, and a turn that ends is handed to the first actor
 of the waiting tenant that holds the fewest turns (in ring order among equals), so one tenant
-with ten thousand runnable executions has one place in the ring like a tenant with one: a
-quiet tenant's execution, holding no turn, takes the very next turn that ends, not one after
-the flood's backlog. The commits of a tenant in flight are bounded the same way, so its
-batches do not crowd the persistence actor's mailbox either.
+with ten thousand runnable executions has one place in the ring like a tenant with one.
+
+A tenant holding fewer turns than an equal share of the capacity (among the tenants holding
+turns), with none of its actors in line, is not made to wait at all: it borrows a turn beyond
+the capacity, and the next turn that ends repays it instead of being handed on. So a quiet
+tenant's execution starts its transition at once while a flood holds every turn, and the
+turns out stay within twice the capacity, back to it as turns end. The commits of a tenant
+in flight are bounded the same way, so its batches do not crowd the persistence actor's
+mailbox either (which shares its batches by tenant too: ``runtime.shell.batches``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class FairGate:
         self._lines: dict[str, deque[trio.Event]] = {}  # tenant -> actors waiting, in arrival order
         self._ring: deque[str] = deque()  # tenants with actors waiting, in the order their turn comes
         self._held: dict[str, int] = {}  # tenant -> turns it holds
+        self._borrowed = 0  # turns beyond capacity taken by tenants below their share, repaid by turns that end
 
     @property
     def waiting(self) -> int:
@@ -39,12 +45,23 @@ class FairGate:
         if self._free and not self._ring:
             self._free -= 1
             self._count(tenant_id, 1)
+        elif self._below_share(tenant_id) and self._borrowed < self.capacity:
+            self._borrowed += 1  # a tenant below its share is not made to wait behind others' turns
+            self._count(tenant_id, 1)
         else:
             await self._wait(tenant_id)
         try:
             yield
         finally:
             self._release(tenant_id)
+
+    def _below_share(self, tenant_id: str) -> bool:
+        """Whether the tenant, with none of its actors in line, holds fewer turns than an equal
+        share of the capacity among the tenants holding turns."""
+        if tenant_id in self._lines:
+            return False
+        tenants = len(self._held) + (tenant_id not in self._held)
+        return self._held.get(tenant_id, 0) < self.capacity // tenants
 
     async def _wait(self, tenant_id: str) -> None:
         handed = trio.Event()
@@ -84,6 +101,9 @@ class FairGate:
         """The turn goes to the first actor of the waiting tenant holding the fewest turns, the
         first in the ring among equals (which then goes to the back of the ring if more of its
         actors wait), else it is free."""
+        if self._borrowed:  # the turn repays one borrowed: the turns out go back to capacity
+            self._borrowed -= 1
+            return
         if not self._ring:
             self._free += 1
             return
