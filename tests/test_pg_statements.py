@@ -7,8 +7,7 @@ import time
 
 import psycopg
 
-from runtime.store.pg_writer import PostgresWriter
-from runtime.store.postgres import POSTGRES
+from runtime.store.pg_writer import Statements
 
 UPSERT = """INSERT INTO heads VALUES ('a', 0) ON CONFLICT (k) DO UPDATE SET k = excluded.k
 RETURNING v"""
@@ -21,12 +20,12 @@ def test_a_read_after_many_writes_in_the_pipeline_gets_its_own_rows(postgres_dsn
         conn.commit()
         with conn.pipeline(), conn.cursor() as cursor:
             cursor.execute("BEGIN")
-            writer = PostgresWriter(cursor, POSTGRES, "runbooks", "nonce")
+            statements = Statements(cursor)  # what a batch's writer runs its statements on
             # the writes' answers fill the server's output and reach the client late, while
             # the next statement goes out: psycopg gave them to a cursor's next execute (the
             # read below saw "INSERT 0 1", the batch failed, and every change of it was then
             # committed alone)
-            writer._db.executemany("INSERT INTO rows VALUES (%s)", [(n,) for n in range(1000)])
+            statements.executemany("INSERT INTO rows VALUES (%s)", [(n,) for n in range(1000)])
             time.sleep(0.2)
-            assert writer._db.execute(UPSERT).fetchone() == (0,)
+            assert statements.execute(UPSERT).fetchone() == (0,)
             cursor.execute("COMMIT")
