@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -9,8 +10,12 @@ import trio
 import trio.lowlevel
 import trio.testing
 
+from actors import Address, Reply, open_mailbox
 from runtime import Settings, open_runtime
+from runtime.model.records import Change, ChangeResult, Wait
 from runtime.shell.fairness import FairGate
+from runtime.shell.persistence import Commit, PersistenceActor, PersistenceMessage
+from runtime.store.memory import MemoryStore
 
 CHAIN = {"id": "chain", "steps": [{"id": f"s{i}", "type": "note"} for i in range(12)]}
 FLOOD = 100
@@ -102,3 +107,103 @@ async def _enter(gate: FairGate, tenant: str, order: list[str], scope: trio.Canc
 def test_a_gate_needs_a_turn() -> None:
     with pytest.raises(ValueError):
         FairGate(0)
+
+
+async def test_a_turn_that_ends_goes_to_the_waiting_tenant_holding_the_fewest() -> None:
+    gate = FairGate(4)
+    order: list[str] = []
+    release = {name: trio.Event() for name in ("a0", "a1", "b0", "b1", "b2")}
+
+    async def work(tenant: str, name: str) -> None:
+        async with gate.turn(tenant):
+            order.append(name)
+            if name in release:
+                await release[name].wait()
+
+    async with trio.open_nursery() as nursery:
+        for name in ("a0", "a1", "b0", "b1", "a2", "b2"):  # two turns each, then a2 in line before b2
+            nursery.start_soon(work, name[0], name)
+            await trio.testing.wait_all_tasks_blocked()
+        assert order == ["a0", "a1", "b0", "b1"] and gate.waiting == 2
+        release["b0"].set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert order[4:] == ["b2"]  # a2 came first, but b held fewer turns then
+        release["a0"].set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert order[4:] == ["b2", "a2"]
+        for event in release.values():
+            event.set()
+
+
+async def test_a_tenant_below_its_share_borrows_a_turn_at_once_and_the_next_turn_to_end_repays_it() -> None:
+    gate = FairGate(2)
+    order: list[str] = []
+    release = {name: trio.Event() for name in ("a0", "a1", "b0")}
+
+    async def work(tenant: str, name: str) -> None:
+        async with gate.turn(tenant):
+            order.append(name)
+            if name in release:
+                await release[name].wait()
+
+    async with trio.open_nursery() as nursery:
+        for name in ("a0", "a1", "a2"):  # a holds both turns, a2 waits in line
+            nursery.start_soon(work, "a", name)
+            await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(work, "b", "b0")
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == ["a0", "a1", "b0"] and gate.waiting == 1  # b ran at once, beyond the capacity
+        release["b0"].set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == ["a0", "a1", "b0"]  # its end repaid the borrowed turn: a2 still waits
+        release["a0"].set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == ["a0", "a1", "b0", "a2"]
+        release["a1"].set()
+
+
+class RecordingStore(MemoryStore):
+    """Commits nothing; records each batch as the tenants of its changes, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[str]] = []
+        self.order: list[str] = []  # the executions of the changes, in the order committed
+
+    def commit(self, changes: Sequence[Change]) -> list[ChangeResult]:
+        self.batches.append([change.waits[0].tenant_id for change in changes])
+        self.order += [change.waits[0].execution_id for change in changes]
+        return [ChangeResult() for _ in changes]
+
+
+def _send(address: Address[PersistenceMessage], tenant: str, n: int) -> Reply[ChangeResult]:
+    reply: Reply[ChangeResult] = Reply()
+    wait = Wait(f"{tenant}{n}", "s", tenant, "deploy", str(n), None)
+    address.send_nowait(Commit(Change(waits=(wait,)), reply))
+    return reply
+
+
+async def test_a_quiet_tenants_change_commits_in_the_next_batch_not_behind_a_floods_backlog(
+        autojump_clock: trio.testing.MockClock) -> None:
+    store = RecordingStore()
+    actor = PersistenceActor(store, fair_batch=8)
+    address, mailbox = open_mailbox("persistence", 256)
+    async with trio.open_nursery() as nursery:
+        flood = [_send(address, "a", n) for n in range(40)]
+        quiet = _send(address, "b", 0)
+        nursery.start_soon(actor.run, mailbox)
+        await trio.testing.wait_all_tasks_blocked()
+        # b's change rode in the first batch, with 8 of a's: not in one batch of all 41 (each
+        # batch a long commit cycle under a flood); a's changes kept the order they were sent in
+        assert store.batches == [["a"] * 8 + ["b"], ["a"] * 8, ["a"] * 8, ["a"] * 8, ["a"] * 8]
+        assert quiet.done and all(reply.done for reply in flood)
+        assert store.order == (
+            [f"a{n}" for n in range(8)] + ["b0"] + [f"a{n}" for n in range(8, 40)])
+
+        await trio.sleep(2)  # b has not committed for a while: a's batches are whole again
+        del store.batches[:]
+        more = [_send(address, "a", n) for n in range(40, 80)]
+        await trio.testing.wait_all_tasks_blocked()
+        assert store.batches == [["a"] * 40]
+        assert all(reply.done for reply in more)
+        nursery.cancel_scope.cancel()

@@ -96,6 +96,7 @@ async def open_runtime(store: str | Store = "memory", *, settings: Settings | No
     try:
         async with _client(http, settings.call_service_allowed_hosts) as client, trio.open_nursery() as services:
             persistence = PersistenceActor(the_store, max_batch=settings.persistence_max_batch,
+                                           fair_batch=settings.persistence_fair_batch,
                                            observer=batch_observer)
             address: Address[PersistenceMessage]
             address, mailbox = open_mailbox("persistence", 4096)

@@ -184,6 +184,7 @@ class Change:
     lifecycle_done: tuple[str, int] | None = None  # (origin, seq): outbox rows up to seq are published
     erase: tuple[tuple[str, int], ...] = ()  # (tenant, seq) of audit entries whose payload is erased
     checkpoint_idle: datetime | None = None  # checkpoint every audit chain whose last checkpoint is due by then
+    tenant_id: str | None = None  # whose change (an execution's transition): batches are shared fairly by tenant
 
     @property
     def empty(self) -> bool:

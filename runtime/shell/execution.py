@@ -116,8 +116,12 @@ class ExecutionActor:
         change, after = self._perform(effects, now)
         change, refused = self._with_outcomes(change, after)
         if change is not None:
+            tenant_id = self._state.execution.tenant_id  # (the persistence actor shares batches by tenant)
             if self.host.owner is not None:
-                change = attrs.evolve(change, fence=(self.id, self._state.execution.epoch, self.host.owner))
+                change = attrs.evolve(change, fence=(self.id, self._state.execution.epoch, self.host.owner),
+                                      tenant_id=tenant_id)
+            else:
+                change = attrs.evolve(change, tenant_id=tenant_id)
             if refused:  # handed back in the commit that refuses it: to another waiter, or retained
                 change = attrs.evolve(change, publish=refused.pop(0), retain_cap=REOFFER_CAP)
             result = await self.host.commit(change)

@@ -1,7 +1,8 @@
 """The PersistenceActor: the only writer. It group-commits Changes and only then answers.
 
-It takes every Change waiting in its mailbox (up to ``max_batch``), commits them in ONE
-transaction (in a worker thread for the SQL stores, one thread lane at a time), and then
+It takes the Changes waiting in its mailbox (up to ``max_batch``; while several tenants
+commit, at most ``fair_batch`` of any one tenant: ``runtime.shell.batches``), commits them in
+ONE transaction (in a worker thread for the SQL stores, one thread lane at a time), and then
 answers each sender with its ChangeResult. A failed commit is retried with backoff while
 the senders keep waiting; nothing is acknowledged before it is durable and nothing is
 dropped: the bounded mailbox makes executions wait when the database is slow.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 import attrs
 import trio
@@ -19,6 +20,7 @@ import trio
 from actors import Mailbox, Reply
 from runtime.model.errors import Fenced, StoreUnavailable
 from runtime.model.records import Change, ChangeResult
+from runtime.shell.batches import FAIR_BATCH, SYSTEM, Batches
 from runtime.store.base import Store
 
 logger = logging.getLogger("runbooks.persistence")
@@ -56,10 +58,11 @@ Admitted = Callable[[list[tuple[str, str]]], None]  # (execution, step or "") a 
 
 
 class PersistenceActor:
-    def __init__(self, store: Store, *, max_batch: int = MAX_BATCH, observer: BatchObserver | None = None,
-                 admitted: Admitted | None = None) -> None:
+    def __init__(self, store: Store, *, max_batch: int = MAX_BATCH, fair_batch: int = FAIR_BATCH,
+                 observer: BatchObserver | None = None, admitted: Admitted | None = None) -> None:
         self.store = store
         self.max_batch = max_batch
+        self._waiting: Batches[PersistenceMessage] = Batches(_tenant_of, max_batch=max_batch, fair_batch=fair_batch)
         self.stats = PersistenceStats()
         self.observer = observer
         self.admitted = admitted  # (set by the runtime once it can reach executions)
@@ -98,7 +101,7 @@ class PersistenceActor:
     def idle(self) -> bool:
         """Nothing is being committed and nothing waits to be."""
         stats = self.mailbox_statistics()
-        return not self._batch and (stats is None or stats.current_buffer_used == 0)
+        return not self._batch and not self._waiting and (stats is None or stats.current_buffer_used == 0)
 
     def mailbox_statistics(self) -> trio.MemoryChannelStatistics | None:
         return self._mailbox.statistics() if self._mailbox is not None else None
@@ -111,20 +114,25 @@ class PersistenceActor:
             await self._serve(mailbox)
         finally:
             self.give_up(self._given_up or "the runtime is closed")
-            _refuse(self._batch, self._given_up or "the runtime is closed")
+            _refuse(self._batch + self._waiting.drain(), self._given_up or "the runtime is closed")
             mailbox.close()
 
     async def _serve(self, mailbox: Mailbox[PersistenceMessage]) -> None:
+        waiting = self._waiting
         while True:
-            try:
-                batch = [await mailbox.receive()]
-            except trio.EndOfChannel:
-                return
-            while len(batch) < self.max_batch:
+            if waiting:  # left over from the last batch (another tenant's turn came first)
+                await trio.lowlevel.checkpoint()
+            else:
                 try:
-                    batch.append(mailbox.receive_nowait())
+                    waiting.hold(await mailbox.receive())
+                except trio.EndOfChannel:
+                    return
+            while len(waiting) < self.max_batch:  # (beyond, senders wait: the mailbox is bounded)
+                try:
+                    waiting.hold(mailbox.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
+            batch = waiting.take(trio.current_time())
             if self._given_up is not None:
                 _refuse(batch, self._given_up)
                 continue
@@ -145,6 +153,9 @@ class PersistenceActor:
         refused = _unanswered(self._batch) if first else 0  # the batch is refused once it has unwound
         if self._batch_scope is not None:
             self._batch_scope.cancel()  # the run loop refuses the batch once it has unwound
+        left = self._waiting.drain()
+        refused += _unanswered(left)
+        _refuse(left, reason)
         while self._mailbox is not None:
             try:
                 message = self._mailbox.receive_nowait()
@@ -238,6 +249,20 @@ class PersistenceActor:
         # is abandoned rather than waited for: a commit may hang on a dead connection.
         return await trio.to_thread.run_sync(self.store.commit, changes, limiter=self._lane,
                                              abandon_on_cancel=True)
+
+
+def _tenant_of(message: PersistenceMessage) -> Hashable | None:
+    """The tenant whose turn in a batch a message takes (None: a flush, a barrier)."""
+    if isinstance(message, Flush):
+        return None
+    change = message.change
+    if change.tenant_id is not None:
+        return change.tenant_id
+    for record in (change.new_execution, change.execution, change.publish, change.receipt,
+                   change.waits[0] if change.waits else None):
+        if record is not None:
+            return record.tenant_id
+    return SYSTEM
 
 
 def _unanswered(messages: list[PersistenceMessage]) -> int:

@@ -26,6 +26,7 @@ class Settings:
     call_service_base_url: str | None = None
     finished_cache_size: int = 10_000
     persistence_max_batch: int = 1024
+    persistence_fair_batch: int = 8  # while several tenants commit: the most changes of one tenant in a batch
     lease_ttl_ms: int = 15_000
     instance_id: str | None = None  # several processes on one database; default: host:pid:random
     forward_wait_ms: int = 5000
@@ -47,7 +48,7 @@ class Settings:
     max_active_descendants_per_tenant: int = 10_000  # a tenant's unfinished child executions
     # per tenant ("*": every other), as ``Quota`` or as written ({maxActive, startsPerSecond}): quotas.py
     quotas: Mapping[str, Quota] = attrs.field(factory=dict, converter=parse_quotas)
-    fair_turns: int = 64  # transitions running at once in a process, taken round-robin across tenants
+    fair_turns: int = 64  # transitions running at once in a process, handed to the waiting tenant holding the fewest
     queue_poll_ms: int = 1000  # how often queued executions given a slot are looked for (restarts, lost news)
 
     @property

@@ -43,6 +43,24 @@ from runtime.store.sql_writer import (
 Cursor = psycopg.Cursor[tuple[Any, ...]]
 
 
+class Statements:
+    """The batch's statements, in its pipeline: each ``execute`` on a cursor of its own, so the
+    rows a writer reads are its statement's. psycopg gives the answers of an earlier
+    ``executemany`` on a cursor, when they arrive late in a pipeline, to that cursor's next
+    ``execute`` as if they were its own: a read right after could see ``INSERT 0 1`` instead of
+    its rows and fail the whole batch (then each change was committed alone: a stall)."""
+
+    def __init__(self, cursor: Cursor) -> None:
+        self._cursor = cursor
+
+    def execute(self, query: str, params: Any = None, /) -> Cursor:
+        return self._cursor.connection.cursor().execute(query, params)
+
+    def executemany(self, query: str, params: Any, /) -> object:
+        self._cursor.executemany(query, params)
+        return None
+
+
 class PostgresWriter(SqlWriter):
     """The writes of one batch, inside its transaction, on the batch's cursor."""
 
@@ -52,8 +70,8 @@ class PostgresWriter(SqlWriter):
 
     def __init__(self, cursor: Cursor, dialect: Dialect, channel: str, nonce: str,
                  audit_policy: AuditPolicy | None = None) -> None:
-        super().__init__(cursor, dialect, audit_policy)
-        self._cursor = cursor
+        super().__init__(Statements(cursor), dialect, audit_policy)
+        self._cursor = cursor  # (statements whose answers nobody reads)
         self._channel = channel
         self._nonce = nonce
         self._notices: list[str] = []  # NOTIFY payloads, sent as the batch commits
@@ -142,7 +160,7 @@ class PostgresWriter(SqlWriter):
         for wait in change.waits:
             self._lock(wait.tenant_id, wait.type, wait.key)
             retained = [event_from(row, self._dialect.time) for row in
-                        cursor.execute(cluster.RETAINED_FOR, (wait.tenant_id, wait.type, wait.key)).fetchall()]
+                        self._db.execute(cluster.RETAINED_FOR, (wait.tenant_id, wait.type, wait.key)).fetchall()]
             taken = next((event for event in retained if event_passes(wait.filter, event.payload, event.type)), None)
             if taken is None:
                 self._taken.discard((wait.execution_id, wait.step_id))  # waiting again: a later publish finds it
@@ -153,7 +171,7 @@ class PostgresWriter(SqlWriter):
             self._command(wait.execution_id, DeliverEvent(wait.step_id, taken), handed=False)
         if change.publish is None:
             return ChangeResult()
-        return self._deliver(change, self._waiters(change.publish, cursor).fetchall())
+        return self._deliver(change, self._waiters(change.publish, cursor.connection.cursor()).fetchall())
 
     def publishes(self, changes: Sequence[Change]) -> list[ChangeResult]:
         """Each publish's lock and waiter lookup are sent first, all in one round trip; then
@@ -192,7 +210,7 @@ class PostgresWriter(SqlWriter):
             self._command(execution_id, DeliverEvent(step_id, event), handed=True)
         if self._queued or not cap:
             return ChangeResult(delivered=len(self._queued), commands=tuple(self._queued), refused_by_filter=refused)
-        held = cursor.execute(cluster.RETAINED_COUNT, (event.tenant_id,)).fetchone()
+        held = self._db.execute(cluster.RETAINED_COUNT, (event.tenant_id,)).fetchone()
         retry = None if held is None or held[1] is None else max(held[1], 0.0)
         if held is not None and held[0] >= cap:
             raise retained_events_full(event.tenant_id, cap, retry)
