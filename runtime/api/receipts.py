@@ -89,21 +89,29 @@ class OncePublisher:
             if ident not in self._in_flight:
                 self._in_flight[ident] = trio.Event()
                 mine.add(index)
+        def release(index: int) -> None:
+            if index in mine:
+                mine.discard(index)
+                receipt = taken[index][1]
+                self._in_flight.pop((receipt.source_id, receipt.delivery_id)).set()
+
         try:
             known = await self._known([receipt for index, (_, receipt) in enumerate(taken) if index in mine])
 
             async def one(index: int, event: Event, receipt: Receipt) -> PublishResult:
                 if index not in mine:  # the same message in hand here: after it, decided by its commit
                     return await self._publish_after(event, receipt, rules)
-                if (receipt.source_id, receipt.delivery_id) in known:
-                    return PublishResult(0, False, event.id, duplicate=True)
-                return await self._publish_new(event, receipt, rules)
+                try:
+                    if (receipt.source_id, receipt.delivery_id) in known:
+                        return PublishResult(0, False, event.id, duplicate=True)
+                    return await self._publish_new(event, receipt, rules)
+                finally:
+                    release(index)
 
             return await _each([(index, *pair) for index, pair in enumerate(taken)], one)
         finally:
-            for index in mine:
-                receipt = taken[index][1]
-                self._in_flight.pop((receipt.source_id, receipt.delivery_id)).set()
+            for index in list(mine):  # (the read failed: none was published)
+                release(index)
 
     def _taken(self, event_type: str, key: str, payload: object, tenant_id: str,
                delivery: Delivery) -> tuple[Event, Receipt]:
