@@ -389,9 +389,10 @@ class SqlWriter:
             db.execute(sql(DELETE_EXPIRED), (stamp(pending.expired_at),))
         if pending.events:
             db.executemany(sql(UPSERT_EVENT), [event_row(event, stamp) for event in pending.events.values()])
-        held = [r.delivery_id for r in pending.taken if not self.add_receipt(r)]
-        if held:  # (the whole transaction rolls back)
-            raise Conflict(f"messages {', '.join(held)} were taken before: nothing of this change is written")
+        if pending.taken:
+            held = [r.delivery_id for r in pending.taken if not self.add_receipt(r)]
+            if held:  # (the whole transaction rolls back)
+                raise Conflict(f"messages {', '.join(held)} were taken before: nothing of this change is written")
         if pending.settled:
             db.executemany(sql(receipts.SETTLE), list(pending.settled))
         if pending.receipts_expired_at is not None:
