@@ -13,7 +13,7 @@ from pathlib import Path
 import trio
 
 from runtime import Runtime, open_runtime
-from runtime.model.records import Change, ChangeResult
+from runtime.model.records import Change, ChangeResult, Delivery
 from runtime.sources.buses import Message
 from runtime.sources.config import parse_sources
 from runtime.sources.consumer import consume
@@ -153,3 +153,19 @@ async def test_a_batch_whose_commits_fail_is_given_back_and_never_acknowledged()
             assert sorted(bus.acked) == ["m1", "m2"]
         with trio.fail_after(5):
             assert (await rt.wait(execution_id)).status.value == "completed"
+
+
+async def test_a_message_the_lookup_missed_is_still_taken_once(tmp_path: Path) -> None:
+    """The receipt rides in the commit of the step taking the event: were the lookup wrong, the
+    store refuses that commit whole and the step keeps waiting."""
+    async with open_runtime(f"sqlite:///{tmp_path / 'm.db'}") as rt:
+        await rt.register_runbook(WAIT)
+        first = await waiting(rt, "k1")
+        delivery = Delivery("bus", "m1")
+        assert not (await rt.publish_event("go", "k1", {}, delivery=delivery)).duplicate
+        assert (await rt.wait(first)).status.value == "completed"
+        second = await waiting(rt, "k1")
+        rt.store.receipts_known = lambda source_id, ids: set()  # type: ignore[method-assign]
+        assert (await rt.publish_event("go", "k1", {}, delivery=delivery)).duplicate
+        await trio.sleep(0.1)
+        assert (await rt.fetch(second)).steps["ev"].status.value == "waiting"
