@@ -46,6 +46,7 @@ from runtime.shell.settings import Settings
 from runtime.store.base import Store
 
 logger = logging.getLogger("runbooks.sources")
+AT_ONCE = 64  # the messages of one batch being published at once (each waits for its commit)
 Item = tuple[str, str, object, str, Delivery]  # (event type, correlation key, payload, tenant, delivery)
 SWEEP_EVERY_S = 3600.0  # settled receipts past their keep time are deleted this often
 
@@ -204,19 +205,22 @@ class OncePublisher:
 
 async def _each(items: Sequence[tuple[Any, ...]], publish: Callable[..., Awaitable[PublishResult]],
                 ) -> list[PublishResult | Exception]:
-    """``publish(*item)`` for every item at once; each one's result or error, in order."""
+    """``publish(*item)`` for every item, ``AT_ONCE`` at a time, in order (a message's repeat
+    starts after it); each one's result or error."""
     results: list[PublishResult | Exception] = [RuntimeError("not published")] * len(items)
+    positions = iter(range(len(items)))
 
-    async def one(index: int) -> None:
-        try:
-            results[index] = await publish(*items[index])
-        except Exception as exc:  # (this item's: the others go on)
-            results[index] = exc
+    async def worker() -> None:
+        for index in positions:
+            try:
+                results[index] = await publish(*items[index])
+            except Exception as exc:  # (this item's: the others go on)
+                results[index] = exc
 
     if len(items) == 1:
-        await one(0)
+        await worker()
         return results
     async with trio.open_nursery() as nursery:
-        for index in range(len(items)):
-            nursery.start_soon(one, index)
+        for _ in range(min(len(items), AT_ONCE)):
+            nursery.start_soon(worker)
     return results

@@ -112,11 +112,9 @@ class ExecutionActor:
     async def _turn(self, messages: Iterable[Message | Queued]) -> None:
         assert self._state is not None
         now = self.host.clock.now()
-        fresh = self._fresh(messages)
-        self._state, effects = apply_all(self._state, fresh, now)
+        self._state, effects = apply_all(self._state, self._fresh(messages), now)
         change, after = self._perform(effects, now)
         change, refused = self._with_outcomes(change, after)
-        change = _with_taken(change, fresh, after)
         if change is not None:
             if self.host.owner is not None:
                 change = attrs.evolve(change, fence=(self.id, self._state.execution.epoch, self.host.owner))
@@ -273,20 +271,6 @@ class ExecutionActor:
                 await runner(run)
         finally:
             self._scopes.pop(run.attempt_id, None)
-
-
-def _with_taken(change: Change | None, messages: list[Message], after: list[fx.Effect]) -> Change | None:
-    """The receipts of the source messages whose events this turn's steps took, committed
-    with the state that took them (a receipt the store holds already fails the commit)."""
-    receipts = {id(m.reply): m.receipt for m in messages
-                if isinstance(m, DeliverEvent) and m.receipt is not None and m.reply is not None}
-    if not receipts:
-        return change
-    taken = tuple(receipts[id(effect.reply)] for effect in after
-                  if isinstance(effect, fx.Answer) and effect.value is True and id(effect.reply) in receipts)
-    if not taken:
-        return change
-    return Change(taken=taken) if change is None else attrs.evolve(change, taken=change.taken + taken)
 
 
 def _drain(mailbox: Mailbox[ActorMessage], messages: list[ActorMessage]) -> list[ActorMessage]:
