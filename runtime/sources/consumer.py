@@ -56,12 +56,13 @@ async def consume(source: Source, bus: Bus, intake: Intake, status: MutableMappi
 
 async def _consume(source: Source, bus: Bus, intake: Intake, status: MutableMapping[str, str],
                    healthy: Callable[[], str | None]) -> None:
-    """Keep up to ``maxInFlight`` messages in flight: fetch what there is room for, publish
-    each as it comes, ack those done in groups (one round trip for many)."""
+    """Keep up to ``maxInFlight`` messages in flight: fetch what there is room for (at most
+    half of them at once), publish each fetched batch together, ack those done in groups
+    (one round trip for many)."""
     room = trio.Semaphore(source.max_in_flight)
     most = max(1, source.max_in_flight // 2)  # a fetch at most: the next batch is fetched while one is published
     done: list[tuple[Message, str]] = []
-    bell = [trio.Event()]  # rung when a message is done
+    bell = [trio.Event()]  # rung when a batch is done
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_settle, bus, done, bell)
         while True:
