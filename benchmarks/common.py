@@ -93,8 +93,12 @@ def _show(value: float) -> str:
 # ------------------------------------------------------------------ command line and running
 
 def arguments(description: str, argv: Sequence[str] | None, *, stores: Sequence[str] = STORES,
-              full: bool = False) -> argparse.Namespace:
+              full: bool = False, more: Callable[[argparse.ArgumentParser], object] | None = None,
+              ) -> argparse.Namespace:
+    """``more``: adds a benchmark's own options to the parser."""
     parser = argparse.ArgumentParser(description=description)
+    if more is not None:
+        more(parser)
     parser.add_argument("--quick", action="store_true", help="small counts, under 30 s")
     if full:
         parser.add_argument("--full", action="store_true", help="the largest counts too (long)")

@@ -41,7 +41,7 @@ from runtime.model import (
     StepStatus,
     TriggerState,
 )
-from runtime.model.errors import StoreInUse, StoreUnavailable, ValidationError
+from runtime.model.errors import Conflict, StoreInUse, StoreUnavailable, ValidationError
 from runtime.model.records import Change, ChangeResult, Lifecycle, Receipt, SlotClaim
 from runtime.store import MemoryStore, PostgresStore, SqliteStore, Store, open_store_from_url
 from runtime.store.schema import NOT_DEDUPED_SQL, UNFINISHED_SQL
@@ -775,6 +775,16 @@ def test_a_held_receipt_refuses_its_whole_change_in_one_batch_and_the_next(store
     assert [r.duplicate for r in store.commit([again])] == [True]
     assert [e.id for e in store.retained_events(at(1))] == ["ev-1"]
     assert store.receipt_known("src", "d1") and not store.receipt_known("src", "d2")
+
+
+def test_a_change_taking_a_message_held_already_is_refused_whole_and_the_others_are_found(store: Store) -> None:
+    retained = Event("ev-1", "t1", "go", "k", {"n": 1}, at(0), at(600))
+    store.commit([Change(receipt=_receipt("d1")), Change(taken=(_receipt("d2"),))])
+    assert store.receipts_known("src", ["d1", "d2", "d3"]) == {"d1", "d2"}
+    with pytest.raises(Conflict, match="d2"):
+        store.commit([Change(taken=(_receipt("d3"), _receipt("d2")), retain_events=(retained,))])
+    assert store.retained_events(at(1)) == [] and store.receipts_known("src", ["d3"]) == set()
+    assert store.pending_receipts() == []  # (taken with its change: nothing left to hand on)
 
 
 def test_a_pending_receipt_is_found_until_settled_and_swept_only_once_settled(store: Store) -> None:

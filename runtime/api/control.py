@@ -8,12 +8,13 @@ is the execution as committed once the request was applied.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
 from runtime.api import arguments
 from runtime.api.parts import Parts
+from runtime.api.receipts import Item
 from runtime.api.starting import check_hop
 from runtime.core.draft import SYSTEM
 from runtime.core.machine import forked
@@ -28,7 +29,7 @@ from runtime.core.messages import (
     SkipStep,
 )
 from runtime.model import AuditEntry, Execution
-from runtime.model.errors import NotFound, Problem, ValidationError, too_large
+from runtime.model.errors import NotFound, Problem, RunbookError, ValidationError, too_large
 from runtime.model.jsonsafe import first_problem, json_size
 from runtime.model.records import Change, Delivery
 from runtime.model.types import StartResult
@@ -197,12 +198,34 @@ class ExecutionControl(Parts):
         as for ``start_execution``; the executions event rules start carry it. ``delivery``:
         the source and id of the message the event comes from; a message published before
         (within ``delivery.keep_ms``) publishes nothing and answers ``duplicate=True``."""
+        self._check_event(event_type, correlation_key, payload, tenant_id, hop, delivery)
+        rules = partial(self.scheduler.on_event, hop=hop)
+        if delivery is not None:
+            return await self.once.publish(event_type, str(correlation_key), payload, tenant_id, delivery, rules)
+        return await self.routing.publish(tenant_id, event_type, str(correlation_key), payload, rules=rules)
+
+    async def publish_deliveries(self, items: Sequence[Item]) -> list[PublishResult | Exception]:
+        """``publish_event`` of many source messages at once (a bus's fetched batch: one read
+        finds the repeats), each ``(event type, correlation key, payload, tenant, delivery)``;
+        each item's result, or the error it met (``ValidationError``...), in order."""
+        checked: list[Item] = []
+        problems: dict[int, Exception] = {}
+        for index, (event_type, key, payload, tenant_id, delivery) in enumerate(items):
+            try:
+                self._check_event(event_type, key, payload, tenant_id, 0, delivery)
+            except RunbookError as exc:
+                problems[index] = exc
+                continue
+            checked.append((event_type, str(key), payload, tenant_id, delivery))
+        published = iter(await self.once.publish_many(checked, partial(self.scheduler.on_event, hop=0))
+                         if checked else [])
+        return [problems[index] if index in problems else next(published) for index in range(len(items))]
+
+    def _check_event(self, event_type: str, correlation_key: Any, payload: Any, tenant_id: str, hop: int,
+                     delivery: Delivery | None) -> None:
         arguments.check_event(event_type, correlation_key, payload, tenant_id)
         check_hop(hop, self.settings.max_hops)
         if (size := json_size(payload)) > self.settings.max_event_bytes:
             raise too_large("payload", "event payload", size, self.settings.max_event_bytes, "MAX_EVENT_BYTES")
-        rules = partial(self.scheduler.on_event, hop=hop)
         if delivery is not None:
             arguments.check_ids(source_id=delivery.source_id, delivery_id=delivery.delivery_id)
-            return await self.once.publish(event_type, str(correlation_key), payload, tenant_id, delivery, rules)
-        return await self.routing.publish(tenant_id, event_type, str(correlation_key), payload, rules=rules)

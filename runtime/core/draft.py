@@ -26,7 +26,7 @@ from runtime.model import (
     StepState,
     StepStatus,
 )
-from runtime.model.records import Change, SlotClaim
+from runtime.model.records import Change, Receipt, SlotClaim
 
 SYSTEM = "system"
 
@@ -40,7 +40,7 @@ def error_json(error: StepError | None) -> dict[str, Any] | None:
 
 class Draft:
     __slots__ = ("_header", "_own", "_scope", "audits", "changed", "consumed", "evidence", "ex", "logs", "now",
-                 "outputs_changed", "slot")
+                 "outputs_changed", "slot", "taken")
 
     def __init__(self, execution: Execution, now: datetime) -> None:
         self.ex = execution
@@ -54,6 +54,7 @@ class Draft:
         self.audits: list[AuditEntry] = []
         self.evidence: list[Evidence] = []
         self.consumed: list[str] = []
+        self.taken: list[Receipt] = []  # receipts of the source messages whose events steps took
         self.slot: SlotClaim | None = None  # the execution queues for its key again (a step retry)
 
     def scope(self, step_id: str | None = None) -> dict[str, Any]:
@@ -109,10 +110,13 @@ class Draft:
     def consume_event(self, event_id: str) -> None:
         self.consumed.append(event_id)
 
+    def take_receipt(self, receipt: Receipt) -> None:
+        self.taken.append(receipt)
+
     # ------------------------------------------------------------------ the end
     def change(self, positions: Mapping[str, int]) -> Change | None:
         """Everything to commit (None: nothing changed, nothing was recorded)."""
-        if self.logs or self.audits or self.evidence or self.consumed:
+        if self.logs or self.audits or self.evidence or self.consumed or self.taken:
             self._mine()  # records without a state change still make a new version
         if not self._own:
             return None
@@ -123,4 +127,5 @@ class Draft:
             steps=tuple((ex.id, sid, positions[sid], ex.steps[sid]) for sid in self.changed),
             logs=tuple(self.logs), audit=tuple(self.audits), evidence=tuple(self.evidence),
             consume_events=tuple(self.consumed), version=(ex.id, ex.version), slot=self.slot,
+            taken=tuple(self.taken),
         )

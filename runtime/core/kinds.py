@@ -45,6 +45,7 @@ from runtime.model import (
     StepState,
     StepStatus,
 )
+from runtime.model.records import Receipt
 
 
 class TaskOps(Protocol):
@@ -117,6 +118,9 @@ class StepOps(Protocol):
     def add_records(self, logs: Sequence[LogEntry] = (), evidence: Sequence[Evidence] = ()) -> None: ...
 
     def consume_event(self, event_id: str) -> None: ...
+
+    def take_receipt(self, receipt: Receipt) -> None:
+        """Commit the receipt of a source's message with this transition (its event was taken)."""
 
     def emit(self, effect: Effect) -> None:
         """An effect for the shell (a child to start, a notification, an answer, a note), at

@@ -20,6 +20,7 @@ from typing import Any, Final, TypeAlias
 import attrs
 
 from runtime.model import Event, Evidence, LogEntry, StepError
+from runtime.model.records import Receipt
 from runtime.model.wire import LOCAL, from_tagged, tagged
 
 # -- to the execution as a whole
@@ -185,11 +186,13 @@ class DelegateApproval:
 @attrs.frozen
 class DeliverEvent:
     """An event for a waiting step; answered with whether the step took it (``reply`` None:
-    a retained event handed over while the step subscribed)."""
+    a retained event handed over while the step subscribed). ``receipt`` (one process): the
+    receipt of the source's message the event comes from, committed with the step taking it."""
 
     step_id: str
     event: Event
     reply: Any = attrs.field(default=None, metadata=LOCAL)  # stays in this process
+    receipt: Receipt | None = attrs.field(default=None, metadata=LOCAL)
 
 
 @attrs.frozen

@@ -94,6 +94,8 @@ class EventKind(KindDefaults):
         if message.reply is None:  # a retained event, handed over as the step subscribed
             ops.consume_event(event.id)
         else:
+            if message.receipt is not None:  # a source's message: its receipt commits with the step taking it
+                ops.take_receipt(message.receipt)
             ops.emit(fx.Answer(message.reply, True))
 
     def timeout(self, ops: StepOps, step: Step) -> None:

@@ -178,6 +178,10 @@ class Change:
     # event sources: a message's receipt is written first; if the store holds it already,
     # nothing else of this Change is written and the result says ``duplicate``
     receipt: Receipt | None = None
+    # one-process stores: receipts of messages whose events the steps of this change took (the
+    # publisher found none of them held before); a receipt the store holds already fails the
+    # whole change, so a repeat can never be taken twice
+    taken: tuple[Receipt, ...] = ()
     settle: tuple[tuple[str, str], ...] = ()  # (source id, delivery id) whose pending delivery is done
     expire_receipts_at: datetime | None = None  # delete every settled receipt expired at this time
     lifecycle: tuple[Lifecycle, ...] = ()  # the outbox: lifecycle events of this change
@@ -192,7 +196,7 @@ class Change:
             self.new_execution or self.runbook or self.execution or self.steps or self.logs
             or self.audit or self.evidence or self.retain_events or self.consume_events or self.version
             or self.waits or self.unwaits or self.publish or self.outcomes or self.expire_events_at
-            or self.receipt or self.settle or self.expire_receipts_at or self.lifecycle
+            or self.receipt or self.taken or self.settle or self.expire_receipts_at or self.lifecycle
             or self.lifecycle_done or self.erase or self.checkpoint_idle
         )
 
@@ -238,4 +242,5 @@ def merged(first: Change, second: Change) -> Change:
         outcomes=first.outcomes + second.outcomes,
         lifecycle=first.lifecycle + second.lifecycle,
         slot=second.slot or first.slot,
+        taken=first.taken + second.taken,
     )

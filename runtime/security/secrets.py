@@ -138,8 +138,12 @@ class Secrets:
             logger.warning("%s", message)
 
     def value(self, tenant_id: str, name: str) -> str:
-        """The value of ``name`` for ``tenant_id``; ``TemplateError`` (code template) if unknown."""
-        self.refresh()
+        """The value of ``name`` for ``tenant_id``; ``TemplateError`` (code template) if unknown.
+        (The file is read again if it changed; the value found is learned by the redactor, and
+        the rest of the environment is not scanned: a webhook's secrets are looked up on every
+        request.)"""
+        if self.path is not None:
+            self._reload_if_changed(self.path)
         found = self._file.tenants.get(tenant_id, {}).get(name)
         if found is None:
             found = self._file.shared.get(name)

@@ -26,7 +26,7 @@ from runtime.core.messages import DeliverEvent
 from runtime.model import Event
 from runtime.model.errors import RunbookError
 from runtime.model.jsonsafe import json_size
-from runtime.model.records import Change
+from runtime.model.records import Change, Receipt
 from runtime.shell.retained import Filter, RetainedEvents, passes
 
 _Key = tuple[str, str, str]
@@ -93,9 +93,10 @@ class EventRouter:
         waiters = self._waiters.get((event.tenant_id, event.type, event.correlation_key), {})
         return [target for target, condition in waiters.items() if passes(condition, event)]
 
-    async def hand(self, execution_id: str, step_id: str, event: Event) -> bool:
-        """Deliver to one step; whether it took the event (committed before this returns)."""
-        return await self._deliver(execution_id, step_id, event)
+    async def hand(self, execution_id: str, step_id: str, event: Event, receipt: Receipt | None = None) -> bool:
+        """Deliver to one step; whether it took the event (committed before this returns, with
+        ``receipt`` if given)."""
+        return await self._deliver(execution_id, step_id, event, receipt)
 
     def check_room(self, tenant_id: str) -> None:
         """Raise ``LimitExceeded`` if the tenant holds as many retained events as it may."""
@@ -121,8 +122,8 @@ class EventRouter:
         await self._commit(Change(retain_events=(event,)))
         return PublishResult(0, True, event.id, refused_by_filter=refused)
 
-    async def _deliver(self, execution_id: str, step_id: str, event: Event) -> bool:
+    async def _deliver(self, execution_id: str, step_id: str, event: Event, receipt: Receipt | None = None) -> bool:
         try:
-            return await self._ask(execution_id, lambda reply: DeliverEvent(step_id, event, reply))
+            return await self._ask(execution_id, lambda reply: DeliverEvent(step_id, event, reply, receipt))
         except (ActorGone, RunbookError):
             return False

@@ -1,11 +1,12 @@
 """One bus source's loop: fetch what there is room for, publish each message's event, then ack.
 
 At most ``maxInFlight`` messages of a source are between fetch and ack at once (a fetch
-asks for as many as there is room for; finished messages are acknowledged together, in one
-round trip, while the others go on). Each message's event is published once
-(``Intake.publish``: its receipt commits with the event) and only then acknowledged; a
-message published before (a redelivery after a crash) is acknowledged without a second
-event. A message that maps to no event is refused (audited) and acknowledged: the same
+asks for as many as there is room for, at most half of them, so that the next batch is
+fetched while one is published; finished messages are acknowledged together, in one round
+trip, while the others go on). The events of a fetched batch are published together
+(``Intake.publish_many``: one read finds the repeats, each receipt commits with its event)
+and each message is acknowledged only after its commit; a message published before (a
+redelivery after a crash) is acknowledged without a second event. A message that maps to no event is refused (audited) and acknowledged: the same
 bytes would fail again. Any other failure gives the message back for a later delivery.
 
 When the store's commits fail, the loop fetches nothing (``status`` says so, and so does
@@ -20,9 +21,10 @@ from collections.abc import Callable, MutableMapping
 import trio
 
 from runtime.model.errors import LimitExceeded, RunbookError
+from runtime.shell.events import PublishResult
 from runtime.sources.buses import Bus, Message
 from runtime.sources.config import Source
-from runtime.sources.intake import Intake
+from runtime.sources.intake import Incoming, Intake
 from runtime.sources.mapping import Unmappable, parse_body
 
 logger = logging.getLogger("runbooks.sources")
@@ -54,25 +56,27 @@ async def consume(source: Source, bus: Bus, intake: Intake, status: MutableMappi
 
 async def _consume(source: Source, bus: Bus, intake: Intake, status: MutableMapping[str, str],
                    healthy: Callable[[], str | None]) -> None:
-    """Keep up to ``maxInFlight`` messages in flight: fetch what there is room for, publish
-    each as it comes, ack those done in groups (one round trip for many)."""
+    """Keep up to ``maxInFlight`` messages in flight: fetch what there is room for (at most
+    half of them at once), publish each fetched batch together, ack those done in groups
+    (one round trip for many)."""
     room = trio.Semaphore(source.max_in_flight)
+    most = max(1, source.max_in_flight // 2)  # a fetch at most: the next batch is fetched while one is published
     done: list[tuple[Message, str]] = []
-    bell = [trio.Event()]  # rung when a message is done
+    bell = [trio.Event()]  # rung when a batch is done
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_settle, bus, done, bell)
         while True:
             await _store_ready(source, status, healthy)
             await room.acquire()  # at least one free place before fetching
             free = 1
-            while free < source.max_in_flight and room.value:
+            while free < most and room.value:
                 room.acquire_nowait()
                 free += 1
             batch = await bus.fetch(free)
             for _ in range(free - len(batch)):
                 room.release()
-            for message in batch:
-                nursery.start_soon(_one, source, message, intake, done, room, bell)
+            if batch:  # (published together: one read finds the repeats among them)
+                nursery.start_soon(_batch, source, batch, intake, done, room, bell)
 
 
 async def _settle(bus: Bus, done: list[tuple[Message, str]], bell: list[trio.Event]) -> None:
@@ -103,29 +107,46 @@ async def _store_ready(source: Source, status: MutableMapping[str, str], healthy
     status[source.id] = "running"
 
 
-async def _one(source: Source, message: Message, intake: Intake, done: list[tuple[Message, str]],
-               room: trio.Semaphore, bell: list[trio.Event]) -> None:
-    outcome = RETRY
+async def _batch(source: Source, messages: list[Message], intake: Intake, done: list[tuple[Message, str]],
+                 room: trio.Semaphore, bell: list[trio.Event]) -> None:
+    outcomes = [RETRY] * len(messages)
     try:
-        outcome = await _publish(source, message, intake)
+        outcomes = await _publish(source, messages, intake)
     finally:
-        done.append((message, outcome))
+        done.extend(zip(messages, outcomes, strict=True))
         bell[0].set()
-        room.release()
+        for _ in messages:
+            room.release()
 
 
-async def _publish(source: Source, message: Message, intake: Intake) -> str:
-    intake.arrived(source)
-    try:
-        body = parse_body(message.body, message.headers.get("content-type", "application/json"))
-        await intake.publish(source, body, message.headers, message.meta, delivery_id=message.delivery_id)
-    except Unmappable as exc:
-        intake.refuse(source, "unmappable", str(exc), {"messageId": message.delivery_id})
-    except LimitExceeded as exc:
-        logger.warning("source %s: message %s waits: %s", source.id, message.delivery_id, exc)
+async def _publish(source: Source, messages: list[Message], intake: Intake) -> list[str]:
+    """Each message's outcome: ACK (published, a repeat, or refused: it would fail again) or
+    RETRY (it comes again later)."""
+    outcomes: list[str | None] = []
+    incoming: list[Incoming] = []
+    for message in messages:
+        intake.arrived(source)
+        try:
+            body = parse_body(message.body, message.headers.get("content-type", "application/json"))
+        except Unmappable as exc:
+            intake.refuse(source, "unmappable", str(exc), {"messageId": message.delivery_id})
+            outcomes.append(ACK)
+            continue
+        incoming.append((body, message.headers, message.meta, message.delivery_id))
+        outcomes.append(None)
+    results = iter(await intake.publish_many(source, incoming) if incoming else [])
+    return [outcome if outcome is not None else _outcome(source, message, next(results), intake)
+            for message, outcome in zip(messages, outcomes, strict=True)]
+
+
+def _outcome(source: Source, message: Message, result: PublishResult | Exception, intake: Intake) -> str:
+    if isinstance(result, Unmappable):
+        intake.refuse(source, "unmappable", str(result), {"messageId": message.delivery_id})
+    elif isinstance(result, LimitExceeded):
+        logger.warning("source %s: message %s waits: %s", source.id, message.delivery_id, result)
         return RETRY
-    except Exception as exc:  # the store, a bug: the message comes back later
+    elif isinstance(result, Exception):  # the store, a bug: the message comes back later
         logger.warning("source %s: message %s not published, it will come again: %s", source.id,
-                       message.delivery_id, exc)
+                       message.delivery_id, result)
         return RETRY
     return ACK

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
 import trio
 
+from runtime.api.receipts import Item
 from runtime.api.runtime import Runtime
 from runtime.model.errors import RunbookError, ValidationError
 from runtime.model.records import Delivery
@@ -30,6 +31,8 @@ logger = logging.getLogger("runbooks.sources")
 AUDIT_BURST = 20
 AUDIT_PER_S = 1.0
 Observer = Callable[[str, str, str], None]  # (source id, outcome, reason)
+Incoming = tuple[Any, Mapping[str, str], Mapping[str, Any] | None, str | None]  # (body, headers, message, id)
+_PUBLISHING = Exception("being published")  # (a place held in the results)
 
 
 @attrs.define
@@ -73,19 +76,40 @@ class Intake:
     async def publish(self, source: Source, body: Any, headers: Mapping[str, str],
                       message: Mapping[str, Any] | None = None, delivery_id: str | None = None) -> PublishResult:
         """The event of one message, published once (``Unmappable`` if it makes none)."""
-        mapped = map_event(source, body, headers, message)
-        ident = mapped.delivery_id or delivery_id or f"none:{uuid.uuid4().hex}"  # no id: no repeat is known
-        try:
-            result = await self.runtime.publish_event(mapped.type, mapped.key, mapped.payload, tenant_id=source.tenant,
-                                                      delivery=Delivery(source.id, ident, source.keep_ms))
-        except ValidationError as exc:
-            raise Unmappable("; ".join(f"{p.path}: {p.message}" for p in exc.problems)) from None
-        if result.duplicate:
-            self.count(source.id).duplicate += 1
-            self.tell(source, "duplicate")
-        else:
-            self.tell(source, "published")
+        [result] = await self.publish_many(source, [(body, headers, message, delivery_id)])
+        if isinstance(result, BaseException):
+            raise result
         return result
+
+    async def publish_many(self, source: Source, messages: Sequence[Incoming]) -> list[PublishResult | Exception]:
+        """The events of many messages of one source (a bus's fetched batch), each published
+        once; each one's result, or its error (``Unmappable``: it makes no event)."""
+        items: list[Item] = []
+        results: list[PublishResult | Exception] = []
+        for body, headers, message, delivery_id in messages:
+            try:
+                mapped = map_event(source, body, headers, message)
+            except Unmappable as exc:
+                results.append(exc)
+                continue
+            ident = mapped.delivery_id or delivery_id or f"none:{uuid.uuid4().hex}"  # no id: no repeat is known
+            items.append((mapped.type, mapped.key, mapped.payload, source.tenant,
+                          Delivery(source.id, ident, source.keep_ms)))
+            results.append(_PUBLISHING)
+        published = iter(await self.runtime.publish_deliveries(items) if items else [])
+        for index, result in enumerate(results):
+            if result is not _PUBLISHING:
+                continue
+            outcome = next(published)
+            if isinstance(outcome, ValidationError):
+                outcome = Unmappable("; ".join(f"{p.path}: {p.message}" for p in outcome.problems))
+            elif isinstance(outcome, PublishResult) and outcome.duplicate:
+                self.count(source.id).duplicate += 1
+                self.tell(source, "duplicate")
+            elif isinstance(outcome, PublishResult):
+                self.tell(source, "published")
+            results[index] = outcome
+        return results
 
     def refuse(self, source: Source, kind: str, reason: str, data: Mapping[str, Any] | None = None) -> None:
         """Count, tell and (within the audit budget) audit a refused message."""

@@ -113,6 +113,9 @@ class Store(Protocol):
     def receipt_known(self, source_id: str, delivery_id: str) -> bool:
         """Whether a message of this source with this delivery id was taken (and not yet swept)."""
 
+    def receipts_known(self, source_id: str, delivery_ids: Sequence[str]) -> set[str]:
+        """The ones of ``delivery_ids`` whose message of this source was taken (one read)."""
+
     def pending_receipts(self) -> list[Receipt]:
         """Receipts whose event was not yet handed to every step it was for (one-process stores)."""
 

@@ -22,6 +22,7 @@ from runtime.model import (
     StepStatus,
     TriggerState,
 )
+from runtime.model.errors import Conflict
 from runtime.model.records import (
     ENDED,
     QUOTA_ACTIVE,
@@ -148,6 +149,11 @@ class MemoryStore(_TriggerStates, LinkUses):
 
     def _apply(self, change: Change) -> ChangeResult:
         version, unchanged = None, False
+        if change.taken:
+            held = [r.delivery_id for r in change.taken if (r.source_id, r.delivery_id) in self._receipts]
+            if held:
+                raise Conflict(f"messages {', '.join(held)} were taken before: nothing of this change is written")
+            self._receipts.update({(r.source_id, r.delivery_id): r for r in change.taken})
         if change.receipt is not None:
             key = (change.receipt.source_id, change.receipt.delivery_id)
             if key in self._receipts:
@@ -381,6 +387,9 @@ class MemoryStore(_TriggerStates, LinkUses):
 
     def receipt_known(self, source_id: str, delivery_id: str) -> bool:
         return (source_id, delivery_id) in self._receipts
+
+    def receipts_known(self, source_id: str, delivery_ids: Sequence[str]) -> set[str]:
+        return {delivery_id for delivery_id in delivery_ids if (source_id, delivery_id) in self._receipts}
 
     def pending_receipts(self) -> list[Receipt]:
         return [r for r in self._receipts.values() if r.pending is not None]

@@ -92,6 +92,13 @@ class ReceiptQueries(abc.ABC):
     def receipt_known(self, source_id: str, delivery_id: str) -> bool:
         return bool(self._query(KNOWN, (source_id, delivery_id)))
 
+    def receipts_known(self, source_id: str, delivery_ids: Sequence[str]) -> set[str]:
+        if not delivery_ids:
+            return set()
+        marks = ", ".join("?" for _ in delivery_ids)
+        query = f"SELECT delivery_id FROM receipts WHERE source_id = ? AND delivery_id IN ({marks})"
+        return {str(row[0]) for row in self._query(query, (source_id, *delivery_ids))}
+
     def pending_receipts(self) -> list[Receipt]:
         return [receipt_from(row, self.dialect) for row in self._query(PENDING)]
 

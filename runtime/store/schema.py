@@ -108,6 +108,7 @@ class Pending:
     outcomes: list[tuple[str, Any]] = attrs.Factory(list)  # (command id, outcome)
     start_keys: set[tuple[object, ...]] = attrs.Factory(set)  # unique keys the headers touch
     settled: dict[tuple[str, str], None] = attrs.Factory(dict)  # receipts whose pending delivery is done
+    taken: list[Any] = attrs.Factory(list)  # receipts of messages taken with these changes (``Receipt``)
     receipts_expired_at: datetime | None = None  # settled receipts expired at this time are deleted
     lifecycle: list[Any] = attrs.Factory(list)  # outbox entries (``Lifecycle``), in commit order
     lifecycle_done: dict[str, int] = attrs.Factory(dict)  # origin -> outbox rows up to this seq are published
@@ -140,6 +141,7 @@ class Pending:
         if change.expire_events_at is not None:
             self.expired_at = max(change.expire_events_at, self.expired_at or change.expire_events_at)
         self.settled.update(dict.fromkeys(change.settle))
+        self.taken.extend(change.taken)
         self.lifecycle.extend(change.lifecycle)
         if change.lifecycle_done is not None:
             origin, seq = change.lifecycle_done
@@ -152,7 +154,7 @@ class Pending:
         return not (self.headers or self.steps or self.logs or self.audit or self.evidence or self.erase
                     or self.checkpoint_idle
                     or self.events or self.consumed or self.versions or self.outcomes or self.expired_at
-                    or self.settled or self.receipts_expired_at or self.lifecycle or self.lifecycle_done)
+                    or self.settled or self.taken or self.receipts_expired_at or self.lifecycle or self.lifecycle_done)
 
     def header_rows(self, stamp: Stamp) -> list[Row]:
         """The headers to write, each with the newest version of its execution."""

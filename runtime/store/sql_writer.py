@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
 
 from runtime.model import AuditEntry, Execution, Runbook
-from runtime.model.errors import StoreUnavailable
+from runtime.model.errors import Conflict, StoreUnavailable
 from runtime.model.records import (
     ENDED,
     QUOTA_ACTIVE,
@@ -389,6 +389,10 @@ class SqlWriter:
             db.execute(sql(DELETE_EXPIRED), (stamp(pending.expired_at),))
         if pending.events:
             db.executemany(sql(UPSERT_EVENT), [event_row(event, stamp) for event in pending.events.values()])
+        if pending.taken:
+            held = [r.delivery_id for r in pending.taken if not self.add_receipt(r)]
+            if held:  # (the whole transaction rolls back)
+                raise Conflict(f"messages {', '.join(held)} were taken before: nothing of this change is written")
         if pending.settled:
             db.executemany(sql(receipts.SETTLE), list(pending.settled))
         if pending.receipts_expired_at is not None:
