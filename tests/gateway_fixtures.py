@@ -14,6 +14,8 @@ Step types registered on the runtime:
 
 from __future__ import annotations
 
+import pathlib
+import random
 import socket
 import subprocess
 import time
@@ -161,10 +163,29 @@ async def running_gateway(env: Mapping[str, str] | None = None, *, store: str = 
 
 
 def free_port() -> int:
+    """A port free now, for a server started next, drawn below the kernel's ephemeral range: a
+    port the kernel handed out (port 0) can be taken again as the source port of an outgoing
+    connection before the server binds it (a chaos round with many connections hit that)."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(10_000, low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        found: int = sock.getsockname()[1]
+        return found
+
+
+def _ephemeral_low() -> int:
+    try:
+        return max(int(pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]), 10_001)
+    except (OSError, ValueError, IndexError):
+        return 32_768
 
 
 def wait_until_ready(url: str, process: subprocess.Popen[Any], *, within_s: float = 30,
