@@ -226,3 +226,14 @@ async def test_a_child_whose_parent_ended_before_its_cancel_was_committed_is_can
         await a.cancel(execution.id, reason="not today")
         ended = await until(a, child_id, lambda e: e.status.finished)  # within a third of the lease
         assert ended.status == "cancelled" and ended.error.message == f"parent execution {execution.id} ended"
+
+
+async def test_a_command_whose_announcement_was_lost_is_delivered_by_its_owner_within_a_bound(schema: str) -> None:
+    async with node(schema, "a") as a:
+        await a.register_runbook(APPROVAL)
+        execution = await a.start("gate")
+        await until(a, execution.id, lambda e: e.status == "awaiting_approval")
+        command_id = queue(schema, execution.id, Pause("ops", "held up"))  # written, its announcement lost
+        paused = await until(a, execution.id, lambda e: e.status == "paused", within_s=10)
+        assert paused.status == "paused"
+        assert (await a.command_status(execution.id, command_id)).status == "applied"

@@ -11,7 +11,10 @@ as if just published (to another waiting step, or retained). Each resolution is 
 guarded by the execution's epoch, so one process resolves a command, once.
 
 The same round cancels the children this process runs whose parent has ended (the parent's
-cancel of them was lost when the process that committed the parent's end stopped first).
+cancel of them was lost when the process that committed the parent's end stopped first), and
+delivers again the commands that have waited longer than the TTL for an owner that is this
+process (the announcement, or the hand-over to an actor, was lost): a ``202 queued`` is
+applied within a bound whatever went missing on its way.
 """
 
 from __future__ import annotations
@@ -51,8 +54,16 @@ class Leftovers:
             try:
                 await self.resolve()
                 await self.abandoned_children()
+                await self.overdue_commands()
             except Exception as exc:  # the database is away: the next round tries again
                 logger.warning("resolving the commands of finished executions failed: %s", exc)
+
+    async def overdue_commands(self) -> None:
+        """Deliver again the commands that waited past the TTL for this process."""
+        if self._cluster.acting():
+            for execution_id in await self._read(self._cluster.store.overdue_commands, self._cluster.owner,
+                                                 self._cluster.ttl_s):
+                await self._cluster.redeliver(execution_id)
 
     async def abandoned_children(self) -> None:
         """Cancel the children this process runs whose parent has ended."""

@@ -302,6 +302,24 @@ class Cluster:
             if self._fresh(command_id) and self._directory.knows(execution_id) and self.acting():
                 self._directory.post(execution_id, self._received(command_id, kind, body))
 
+    async def redeliver(self, execution_id: str) -> None:
+        """A command of an execution this process owns has waited past its bound: whatever was
+        lost on its way here (an announcement, a hand-over to an actor that was leaving), it
+        is delivered again (an actor applies a command once, whatever it is handed)."""
+        pending = await self._read(self.store.pending_commands, execution_id)
+        if not pending or not self.acting():
+            return
+        known = self._directory.knows(execution_id)
+        logger.warning("execution %s: %d command(s) waited past their bound for this process, which owns it "
+                       "(%s); delivering again", execution_id, len(pending),
+                       "it runs here" if known else "it was not running here")
+        for command_id, _, _ in pending:
+            self._delivered.discard(command_id)
+        if known:
+            await self.deliver(execution_id)
+        else:  # (an actor taken over reads its queued commands first)
+            self._directory.start(execution_id, taken_over=True)
+
     def _fresh(self, command_id: str) -> bool:
         """Neither handed to an actor nor applied here already (read again by a delivery that
         overlapped the one that applied it: its row was read before that commit)."""

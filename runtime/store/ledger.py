@@ -132,6 +132,10 @@ class ClusterLedger(Protocol):
         """(child id, parent id, parent status) of unfinished children owned by ``instance_id``
         whose parent has ended."""
 
+    def overdue_commands(self, instance_id: str, age_s: float, limit: int = 100) -> list[str]:
+        """The unfinished executions owned by ``instance_id`` with a command not applied
+        ``age_s`` after it was queued."""
+
     def sweep_commands(self, older_than_s: float) -> None:
         """Delete the commands applied more than ``older_than_s`` ago (and forget dead
         incarnations that own nothing)."""

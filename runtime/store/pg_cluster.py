@@ -240,6 +240,14 @@ SELECT c.id, p.id, p.status FROM executions c JOIN executions p ON p.id = c.head
 WHERE c.root_id IS NOT NULL AND c.status IN {UNFINISHED} AND p.status NOT IN {UNFINISHED} AND c.owner = %(id)s
 LIMIT %(limit)s"""
 
+# Commands waiting longer than a bound for an owner that is this incarnation: a delivery was
+# lost on its way (an announcement, a hand-over to an actor that was leaving).
+OVERDUE_COMMANDS = f"""
+SELECT DISTINCT c.execution_id FROM commands c JOIN executions e ON e.id = c.execution_id
+WHERE c.applied_at IS NULL AND c.created_at < now() - %(age)s * interval '1 second'
+  AND e.owner = %(id)s AND e.status IN {UNFINISHED}
+LIMIT %(limit)s"""
+
 SWEEP_COMMANDS = "DELETE FROM commands WHERE applied_at < now() - %s * interval '1 second'"
 
 NOTIFY = "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload"

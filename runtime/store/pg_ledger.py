@@ -118,6 +118,10 @@ class PostgresLedger:
         return [(row[0], row[1], row[2])
                 for row in self.rows(cluster.ABANDONED_CHILDREN, {"id": instance_id, "limit": limit})]
 
+    def overdue_commands(self, instance_id: str, age_s: float, limit: int = 100) -> list[str]:
+        return [row[0] for row in self.rows(cluster.OVERDUE_COMMANDS, {"id": instance_id, "age": age_s,
+                                                                       "limit": limit})]
+
     def sweep_commands(self, older_than_s: float) -> None:
         self.rows(cluster.SWEEP_COMMANDS, (older_than_s,))
         self.rows(cluster.SWEEP_INCARNATIONS)

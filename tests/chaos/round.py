@@ -89,8 +89,11 @@ async def run_round(seed: int, size: Size, dsn: str, schema: str, directory: pat
         history.exits = cluster.unexpected_exits()
         logs = cluster.log_paths()
     violations = check(history, final, Bounds())
+    redelivered = sum(log.read_text(errors="replace").count("waited past their bound") for log in logs
+                      if log.exists())
     say(f"seed {seed}: {_told(history)}; {len(final.executions)} executions, {len(final.calls)} calls; "
-        f"{' '.join(timings)}")
+        f"{' '.join(timings)}" + (f"; commands delivered again by their owner's sweep: {redelivered}"
+                                  if redelivered else ""))
     say(f"seed {seed}: {report(violations)}")
     return Outcome(plan, violations, history, final, logs)
 
