@@ -165,16 +165,22 @@ async def test_a_secret_cannot_be_passed_to_a_child(rt: Runtime) -> None:
         await rt.register_runbook(parent(input={"token": "${secret.X}"}))
 
 
+async def parent_with_held_child(rt: Runtime) -> tuple[Any, str]:
+    """A parent whose child waits for boss's approval: (the parent, the child's id)."""
+    await rt.register_runbook({"id": "child", "steps": [
+        {"id": "hold", "type": "human-approval", "config": {"approvers": ["boss"]}}]})
+    await rt.register_runbook(parent())
+    ex = await rt.start("parent")
+    child_id = await started_child(rt, ex.id)
+    await until(rt, child_id, lambda e: e.status == "awaiting_approval")
+    return ex, child_id
+
+
 async def test_a_restart_of_the_parent_does_not_start_a_second_child(tmp_path: pathlib.Path) -> None:
     url = f"sqlite:///{tmp_path / 'rb.db'}"
     recorder = Recorder()
-    hold = {"id": "child", "steps": [{"id": "hold", "type": "human-approval", "config": {"approvers": ["boss"]}}]}
     async with open_runtime(url, settings=Settings(default_max_retries=0), executors={"echo": recorder.echo}) as rt:
-        await rt.register_runbook(hold)
-        await rt.register_runbook(parent())
-        ex = await rt.start("parent")
-        child_id = await started_child(rt, ex.id)
-        await until(rt, child_id, lambda e: e.status == "awaiting_approval")
+        ex, child_id = await parent_with_held_child(rt)
     async with open_runtime(url, settings=Settings(default_max_retries=0), executors={"echo": recorder.echo}) as rt:
         await rt.submit_approval(child_id, "hold", approver="boss", decision="approve")
         final = await rt.wait(ex.id)
@@ -188,12 +194,7 @@ async def test_the_child_ended_while_its_parent_was_down(tmp_path: pathlib.Path)
     url = f"sqlite:///{tmp_path / 'rb.db'}"
     recorder = Recorder()
     async with open_runtime(url, executors={"echo": recorder.echo}) as rt:
-        await rt.register_runbook({"id": "child", "steps": [
-            {"id": "hold", "type": "human-approval", "config": {"approvers": ["boss"]}}]})
-        await rt.register_runbook(parent())
-        ex = await rt.start("parent")
-        child_id = await started_child(rt, ex.id)
-        await until(rt, child_id, lambda e: e.status == "awaiting_approval")
+        ex, child_id = await parent_with_held_child(rt)
         rt.children.finished = lambda child: None  # type: ignore[method-assign]  # the message is lost
         await rt.submit_approval(child_id, "hold", approver="boss", decision="approve")
         await rt.wait(child_id)
@@ -219,12 +220,7 @@ async def test_a_child_whose_parent_was_cancelled_before_its_cancel_was_committe
     url = f"sqlite:///{tmp_path / 'rb.db'}"
     recorder = Recorder()
     async with open_runtime(url, executors={"echo": recorder.echo}) as rt:
-        await rt.register_runbook({"id": "child", "steps": [
-            {"id": "hold", "type": "human-approval", "config": {"approvers": ["boss"]}}]})
-        await rt.register_runbook(parent())
-        ex = await rt.start("parent")
-        child_id = await started_child(rt, ex.id)
-        await until(rt, child_id, lambda e: e.status == "awaiting_approval")
+        ex, child_id = await parent_with_held_child(rt)
         drop_first_child_cancel(rt)
         assert (await rt.cancel(ex.id, reason="not today")).status == "cancelled"
         assert (await rt.fetch(child_id)).status == "awaiting_approval"
