@@ -110,12 +110,7 @@ async def test_cancelling_the_parent_cancels_the_child_and_pause_does_not_pause_
 
 
 async def test_a_child_that_ends_while_the_parent_is_paused_is_kept(rt: Runtime) -> None:
-    await rt.register_runbook({"id": "child", "steps": [
-        {"id": "hold", "type": "human-approval", "config": {"approvers": ["boss"]}}]})
-    await rt.register_runbook(parent())
-    ex = await rt.start("parent")
-    child_id = await started_child(rt, ex.id)
-    await until(rt, child_id, lambda e: e.status == "awaiting_approval")
+    ex, child_id = await parent_with_held_child(rt)
     await rt.pause(ex.id, "look")
     await rt.submit_approval(child_id, "hold", approver="boss", decision="approve")
     kept = await until(rt, ex.id, lambda e: e.steps["sub"].status == "succeeded")

@@ -36,7 +36,7 @@ class ListBus:
         self.settled = trio.Event()
 
     async def open(self) -> None:
-        pass
+        """Nothing to connect to: the batches are in memory."""
 
     async def fetch(self, most: int) -> list[Message]:
         if not self.batches:
@@ -57,7 +57,7 @@ class ListBus:
             self.settled.set()
 
     async def close(self) -> None:
-        pass
+        """Nothing to close."""
 
     expected = 0
 
