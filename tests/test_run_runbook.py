@@ -119,12 +119,7 @@ async def test_a_child_that_ends_while_the_parent_is_paused_is_kept(rt: Runtime)
 
 
 async def test_a_cancelled_child_fails_the_step(rt: Runtime) -> None:
-    await rt.register_runbook({"id": "child", "steps": [
-        {"id": "hold", "type": "human-approval", "config": {"approvers": ["boss"]}}]})
-    await rt.register_runbook(parent())
-    ex = await rt.start("parent")
-    child_id = await started_child(rt, ex.id)
-    await until(rt, child_id, lambda e: e.status == "awaiting_approval")
+    ex, child_id = await parent_with_held_child(rt)
     await rt.cancel(child_id, "wrong child")
     final = await rt.wait(ex.id)
     assert final.steps["sub"].error.code == "child_failed"
