@@ -10,6 +10,12 @@ import trio
 from runtime import Runtime, open_runtime
 from tests.gateway_fixtures import running_gateway
 
+
+async def echo(ctx: Any) -> Any:
+    """A custom step that answers nothing."""
+    return {}
+
+
 HOUR = 3600
 
 ALICE = {"X-User-Id": "alice", "X-Tenant-Id": "t1"}
@@ -81,7 +87,7 @@ async def test_the_probe_b_disabling_a_shared_trigger_leaves_as_rule_and_neither
 async def test_a_shared_schedule_runs_in_default_and_in_each_tenant_that_switched_it_on(
         autojump_clock: Any) -> None:
     async with open_runtime("memory") as rt:
-        rt.register_executor("echo", lambda ctx: {})
+        rt.register_executor("echo", echo)
         await rt.register_runbook(shared_runbook())
         listed = {t: {i.trigger_id: i for i in await rt.list_triggers(tenant_id=t)} for t in ("default", "a")}
         await rt.enable_trigger("shared", "hourly", tenant_id="a", actor="ann")

@@ -16,6 +16,12 @@ from runtime import open_runtime
 from runtime.store import SqliteStore, sqlite
 from runtime.store.audit_sql import SQLITE_APPEND_ONLY
 
+
+async def echo(ctx: Any) -> Any:
+    """A custom step that answers its config."""
+    return ctx.config
+
+
 TWO_STEPS = {"id": "two", "steps": [{"id": "a", "type": "echo", "config": {"n": 1}},
                                     {"id": "b", "type": "echo", "config": {"n": 2}, "dependsOn": ["a"]}]}
 REFUSED = (
@@ -34,10 +40,10 @@ REFUSED = (
 
 async def run_twice(path: Path) -> None:
     async with open_runtime(f"sqlite:///{path}") as rt:
-        rt.register_executor("echo", lambda ctx: ctx.config)
+        rt.register_executor("echo", echo)
         await rt.register_runbook(TWO_STEPS, tenant_id="t1")
         for _ in range(2):
-            await rt.wait((await rt.start("two", context={"tenantId": "t1"}, force=True)).id)
+            assert (await rt.wait((await rt.start("two", context={"tenantId": "t1"}, force=True)).id)).status == "completed"
 
 
 def rows(path: Path) -> list[tuple[Any, ...]]:

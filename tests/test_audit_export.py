@@ -21,6 +21,12 @@ from runtime import Settings, open_runtime
 from runtime.security.audit_verify import verify_bundle
 from tests.gateway_fixtures import running_gateway
 
+
+async def echo(ctx: Any) -> Any:
+    """A custom step that answers its config."""
+    return ctx.config
+
+
 T1 = {"X-Tenant-Id": "t1", "X-User-Id": "ann"}
 T2 = {"X-Tenant-Id": "t2", "X-User-Id": "bob"}
 TWO_STEPS = {"id": "two", "steps": [{"id": "a", "type": "echo", "config": {"n": 1}},
@@ -116,10 +122,10 @@ def test_cli_key_export_and_verify(tmp_path: Path, capsys: pytest.CaptureFixture
     async def work() -> None:
         settings = Settings(audit_checkpoint_every=4, audit_signing_key=str(key))
         async with open_runtime(f"sqlite:///{db}", settings=settings) as rt:
-            rt.register_executor("echo", lambda ctx: ctx.config)
+            rt.register_executor("echo", echo)
             await rt.register_runbook(TWO_STEPS, tenant_id="t1")
             for _ in range(2):
-                await rt.wait((await rt.start("two", context={"tenantId": "t1"})).id)
+                assert (await rt.wait((await rt.start("two", context={"tenantId": "t1"})).id)).status == "completed"
 
     trio.run(work)
     out = tmp_path / "bundle"
@@ -161,7 +167,7 @@ def test_an_erased_payload_keeps_the_ledger_verifiable(store: str, tmp_path: Pat
 
     async def work() -> None:
         async with open_runtime(url) as rt:
-            rt.register_executor("echo", lambda ctx: ctx.config)
+            rt.register_executor("echo", echo)
             await rt.register_runbook(TWO_STEPS, tenant_id="t1")
             ex = await rt.start("two", context={"tenantId": "t1", "userId": "jane.doe@example.com",
                                                 "reason": "customer request"})
@@ -185,10 +191,10 @@ def test_an_erased_payload_keeps_the_ledger_verifiable(store: str, tmp_path: Pat
 async def test_texts_with_unicode_line_separators_keep_the_ledger_verifiable(tmp_path: Path) -> None:
     """JSON leaves U+2028, U+2029 and U+0085 unescaped; a bundle's lines end at "\\n" only."""
     async with open_runtime("memory") as rt:
-        rt.register_executor("echo", lambda ctx: ctx.config)
+        rt.register_executor("echo", echo)
         await rt.register_runbook(TWO_STEPS, tenant_id="t1")
         reason = "pasted:\u2028line two\u2029para\x85next"
-        await rt.wait((await rt.start("two", context={"tenantId": "t1", "reason": reason})).id)
+        assert (await rt.wait((await rt.start("two", context={"tenantId": "t1", "reason": reason})).id)).status == "completed"
         verdict = await rt.verify_audit("t1")
         assert verdict.ok, verdict.line()
         files = dict(await rt.export_audit("t1"))
@@ -226,9 +232,9 @@ def test_the_verifier_runs_without_the_engine(tmp_path: Path) -> None:
 async def test_a_quiet_tenant_gets_a_checkpoint_of_its_last_entries(autojump_clock: Any) -> None:
     settings = Settings(audit_checkpoint_every=1000, audit_checkpoint_ms=60_000)
     async with open_runtime("memory", settings=settings) as rt:
-        rt.register_executor("echo", lambda ctx: ctx.config)
+        rt.register_executor("echo", echo)
         await rt.register_runbook(TWO_STEPS, tenant_id="t1")
-        await rt.wait((await rt.start("two", context={"tenantId": "t1"})).id)
+        assert (await rt.wait((await rt.start("two", context={"tenantId": "t1"})).id)).status == "completed"
         files = dict(await rt.export_audit("t1"))
         assert files["checkpoints.jsonl"] == b""  # not yet: too few entries, too little time
         await trio.sleep(130)  # (virtual) two sweeps: the first one after the chain went quiet covers it

@@ -143,6 +143,28 @@ async def test_input_schema_and_legal_basis_refuse_a_start(rt: Runtime) -> None:
     assert await rt.start("strict", {"host": "h"}, {"legalBasis": "incident"})
 
 
+async def test_a_plain_callable_executor_fails_its_step_at_once_saying_it_is_not_async(
+        rt: Runtime, autojump_clock: Any) -> None:
+    """A ``lambda`` or plain ``def`` that returns a value (not an awaitable) fails the step
+    once, with a message that says what to register, instead of being retried for an error
+    no retry can cure; a lambda that returns a coroutine works."""
+    async def fetch(ctx: Any) -> Any:
+        return {"n": ctx.config["n"]}
+
+    rt.register_executor("plain", lambda ctx: {"n": 1})
+    rt.register_executor("wrapped", lambda ctx: fetch(ctx))
+    retry = {"maxRetries": 3, "initialDelayMs": 1000, "jitter": False}
+    await rt.register_runbook({"id": "plain", "steps": [{"id": "p", "type": "plain", "retryPolicy": retry}]})
+    await rt.register_runbook({"id": "wrapped", "steps": [{"id": "w", "type": "wrapped", "config": {"n": 2}}]})
+    failed = await rt.wait((await rt.start("plain", {})).id)
+    step = failed.steps["p"]
+    assert (failed.status, step.attempts, step.error.code, step.error.retryable) == (
+        "failed", 1, "executor_not_async", False)
+    assert "returned dict, not an awaitable" in step.error.message
+    done = await rt.wait((await rt.start("wrapped", {})).id)
+    assert (done.status, done.steps["w"].output) == ("completed", {"n": 2})
+
+
 async def test_executor_log_and_evidence_are_committed_with_the_outcome(rt: Runtime, autojump_clock: Any) -> None:
     class Scanner:
         async def execute(self, ctx: Any) -> Any:

@@ -16,6 +16,11 @@ from runtime.store.memory import MemoryStore
 from tests.conftest import chain
 
 
+async def echo(ctx: Any) -> Any:
+    """A custom step that answers nothing."""
+    return {}
+
+
 class FlakyStore(MemoryStore):
     """A memory store whose commits fail while ``down`` is set, or raise ``refuse`` for marked changes."""
 
@@ -55,7 +60,7 @@ async def test_a_store_that_fails_n_times_delays_but_loses_nothing(autojump_cloc
 async def test_ready_reports_a_failing_store(autojump_clock: Any) -> None:
     store = FlakyStore()
     async with open_runtime(store) as rt, trio.open_nursery() as nursery:
-        rt.register_executor("echo", lambda ctx: ctx)
+        rt.register_executor("echo", echo)
         store.down = 10**6
         nursery.start_soon(rt.register_runbook, chain("a"))
         await trio.sleep(1)
@@ -88,7 +93,7 @@ async def test_changes_waiting_together_commit_as_one_batch() -> None:
 async def test_a_refused_change_fails_only_its_sender() -> None:
     store = FlakyStore()
     async with open_runtime(store) as rt, trio.open_nursery() as nursery:
-        rt.register_executor("echo", lambda ctx: ctx)
+        rt.register_executor("echo", echo)
         results: dict[str, Any] = {}
 
         async def register(name: str) -> None:

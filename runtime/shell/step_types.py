@@ -27,6 +27,7 @@ from runtime.kinds import (
     task,
     wait_for_event,
 )
+from runtime.model.errors import StepFailed
 
 
 def _builtin(required_separation: bool) -> dict[str, StepType]:
@@ -77,12 +78,26 @@ class StepTypes(Mapping[str, StepType]):
 
 
 def as_executor(name: str, executor: Any) -> Executor:
-    """An ``async def f(ctx)`` or an object with ``async def execute(self, ctx)``."""
+    """An ``async def f(ctx)`` or an object with ``async def execute(self, ctx)``. Any other
+    callable is taken as one that returns an awaitable (``lambda ctx: fetch(ctx)``); if it
+    returns something else (a plain function's result), the step fails at once, saying so,
+    rather than being retried for an error that no retry can cure."""
     if inspect.iscoroutinefunction(executor):
         return executor  # type: ignore[no-any-return]
     method = getattr(executor, "execute", None)
     if method is not None and inspect.iscoroutinefunction(method):
         return method  # type: ignore[no-any-return]
     if callable(executor):
-        return executor  # type: ignore[no-any-return]
+        return _awaiting(name, executor)
     raise TypeError(f"executor for '{name}' must be an async function or have an async execute(ctx) method")
+
+
+def _awaiting(name: str, executor: Any) -> Executor:
+    async def run(ctx: Any) -> Any:
+        result = executor(ctx)
+        if not inspect.isawaitable(result):
+            raise StepFailed(f"the executor of step type '{name}' returned {type(result).__name__}, not an "
+                             "awaitable: register an async function (async def f(ctx)) or an object with an "
+                             "async execute(ctx) method", code="executor_not_async")
+        return await result
+    return run
