@@ -384,10 +384,10 @@ def _show_execution(answer: dict[str, Any] | Queued, args: argparse.Namespace, o
 def _logs(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
     path, after = f"/api/v1/executions/{args.id}/logs", None
 
-    def print_new() -> None:
+    def print_new(get: Callable[[str, dict[str, Any]], Any] = client.get) -> None:
         nonlocal after
         while True:
-            page = client.get(path, {"stepId": args.step, "level": args.level, "after": after})
+            page = get(path, {"stepId": args.step, "level": args.level, "after": after})
             for entry in page["items"]:
                 print(json.dumps(entry, ensure_ascii=False) if args.json else _log_line(entry), file=out, flush=True)
                 after = entry["seq"]
@@ -397,7 +397,7 @@ def _logs(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
     print_new()
     if args.follow:
         for state in client.stream(args.id):
-            print_new()
+            print_new(client.get_while_following)
             if state["status"] in FINISHED:
                 break
     return 0

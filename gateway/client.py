@@ -8,7 +8,8 @@ or ``Queued`` when the process that runs it did not answer in time (``202``). ``
 yields the ``execution`` events of ``GET /api/v1/executions/{id}/stream`` as the API's
 JSON; when a stream ends or breaks before the execution did (the server restarts, the
 connection drops) it connects again with ``Last-Event-ID``, up to ``RECONNECTS`` times in a
-row without a new event, telling ``notice`` each time.
+row without a new event, telling ``notice`` each time; ``get_while_following`` is a GET that
+waits for the server the same way.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import httpx
 FINISHED = ("completed", "failed", "cancelled", "timed_out")
 RECONNECTS = 12
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 3.0)  # then 3 s each: about half a minute in all
+RETRIED = (0, 502, 503, 504)  # nobody answered, or a proxy found no server: tried again while following
 
 
 class ApiError(Exception):
@@ -116,15 +118,32 @@ class ApiClient:
                         return
                 reason = "the stream ended"
             except ApiError as exc:
-                if exc.status not in (0, 502, 503, 504):
+                if exc.status not in RETRIED:
                     raise
                 reason = exc.detail
             failures += 1
             if failures > RECONNECTS:
                 raise ApiError(0, f"gave up following execution {execution_id} after {RECONNECTS} attempts to "
                                   f"reconnect: {reason}")
-            self._notice(f"{reason}; reconnecting to {self.server} ({failures}/{RECONNECTS})...")
-            time.sleep(BACKOFF_S[min(failures, len(BACKOFF_S)) - 1])
+            self._wait_to_reconnect(reason, failures)
+
+    def get_while_following(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        """A GET made beside a ``stream``, tried again as the stream is when nobody answers (the
+        server restarting): a state the stream gave just before the server went away must not
+        end the follower."""
+        failures = 0
+        while True:
+            try:
+                return self.get(path, params)
+            except ApiError as exc:
+                failures += 1
+                if exc.status not in RETRIED or failures > RECONNECTS:
+                    raise
+                self._wait_to_reconnect(exc.detail, failures)
+
+    def _wait_to_reconnect(self, reason: str, failures: int) -> None:
+        self._notice(f"{reason}; reconnecting to {self.server} ({failures}/{RECONNECTS})...")
+        time.sleep(BACKOFF_S[min(failures, len(BACKOFF_S)) - 1])
 
     def _one_stream(self, execution_id: str, last_id: str | None) -> Iterator[tuple[str | None, dict[str, Any]]]:
         path = f"/api/v1/executions/{execution_id}/stream"

@@ -24,7 +24,7 @@ import trio
 
 from gateway.cli import _parser, main
 from gateway.cli_client import run_client_command
-from gateway.client import ApiClient, Identity
+from gateway.client import ApiClient, ApiError, Identity
 from runtime import open_runtime
 from tests.cluster_nodes import nodes
 from tests.gateway_fixtures import free_port, wait_until_ready
@@ -279,6 +279,33 @@ def test_identity_and_server_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert unreachable("list") == 1
     assert errors[0].startswith("runbooks list: cannot reach http://127.0.0.1:9")
+
+
+def test_a_read_beside_a_stream_waits_for_a_restarting_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``logs --follow`` reads the new entries each time the stream gives a state; the server
+    can go away just after (a restart): that read waits for it as the stream does, and a
+    refusal that is an answer (404) is not retried."""
+    sleeps: list[float] = []
+    monkeypatch.setattr("gateway.client.time.sleep", sleeps.append)
+    calls = iter([httpx.ConnectError("Connection refused"), httpx.ConnectError("Connection refused"),
+                  httpx.Response(200, json={"items": [], "nextCursor": None}),
+                  httpx.Response(404, json={"detail": "execution x not found"})])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        answer = next(calls)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    notices: list[str] = []
+    with ApiClient("127.0.0.1:9", Identity(user="ops"), transport=httpx.MockTransport(handler),
+                   notice=notices.append) as client:
+        assert client.get_while_following("/api/v1/executions/x/logs") == {"items": [], "nextCursor": None}
+        with pytest.raises(ApiError, match="not found"):
+            client.get_while_following("/api/v1/executions/x/logs")
+    assert sleeps == [0.2, 0.5]
+    assert [n.split(";")[1] for n in notices] == [" reconnecting to http://127.0.0.1:9 (1/12)...",
+                                                  " reconnecting to http://127.0.0.1:9 (2/12)..."]
 
 
 def test_watch_follows_in_a_thread_too(server: str, capsys: pytest.CaptureFixture[str]) -> None:

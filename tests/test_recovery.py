@@ -194,7 +194,8 @@ async def test_an_execution_needing_a_type_not_registered_yet_waits_for_it(place
         with trio.fail_after(10):
             final = await rt.wait(execution.id)
         assert final.status == "completed" and final.steps["after"].output == {"probed": "after"}
-        assert answers[0].steps["approve"].status == "succeeded"
+    # (the nursery waited for the approval's caller: its answer may come after the execution ended)
+    assert answers[0].steps["approve"].status == "succeeded"
 
 
 async def test_executors_given_to_open_runtime_are_there_before_recovery(place: Place) -> None:
