@@ -65,8 +65,8 @@ def make_lease(renewer: ScriptedRenewer, events: list[str]) -> Lease:
     return lease
 
 
-@pytest.mark.trio(clock=trio.testing.MockClock(autojump_threshold=0))
-async def test_a_rejoin_that_fails_after_a_lapse_is_tried_again_and_the_process_stays_up(inline_threads: None) -> None:
+async def test_a_rejoin_that_fails_after_a_lapse_is_tried_again_and_the_process_stays_up(
+        inline_threads: None, autojump_clock: trio.testing.MockClock) -> None:
     # A lapse (the process stalled past its TTL), then the database connection breaks during
     # the rejoin: the process must not end; the next beat finds the lapse again and rejoins.
     renewer = ScriptedRenewer(renewals=["lapsed", "lapsed"],
@@ -82,8 +82,8 @@ async def test_a_rejoin_that_fails_after_a_lapse_is_tried_again_and_the_process_
     assert renewer.closed
 
 
-@pytest.mark.trio(clock=trio.testing.MockClock(autojump_threshold=0))
-async def test_a_renewal_that_keeps_failing_fences_the_process_before_the_ttl(inline_threads: None) -> None:
+async def test_a_renewal_that_keeps_failing_fences_the_process_before_the_ttl(
+        inline_threads: None, autojump_clock: trio.testing.MockClock) -> None:
     renewer = ScriptedRenewer(renewals=[psycopg.OperationalError("server closed the connection")] * 100,
                               rejoins=[])
     events: list[str] = []
