@@ -40,6 +40,7 @@ from benchmarks.common import (
     postgres_available,
     run,
 )
+from benchmarks.unchained import unchain_if_asked
 from runtime import Runtime, Settings, open_runtime
 from runtime.store import PostgresStore
 
@@ -118,8 +119,8 @@ async def line_of(process: subprocess.Popen[str], stream: Any, prefix: str = "")
 # ------------------------------------------------------------------ figures
 
 
-async def measure_steps(report: Report, executions: int) -> None:
-    for processes in (1, 2, 3):
+async def measure_steps(report: Report, executions: int, counts: Sequence[int] = (1, 2, 3)) -> None:
+    for processes in counts:
         schema = new_schema()
         async with node(schema, "setup") as rt:
             await rt.register_runbook(chain_runbook("chain", STEPS))
@@ -220,6 +221,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--node"]:
         schema, instance, job, count = argv[1:5]
+        unchain_if_asked()
         trio.run(child, schema, instance, job, int(count))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

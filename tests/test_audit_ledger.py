@@ -339,3 +339,37 @@ def test_the_verifier_names_tampering_done_to_the_bundle_itself(tamper: str, exp
     (out / "entries.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     result = verify_bundle(out)
     assert (result.seq, result.reason) == expected, result.line()
+
+
+def test_entries_with_any_text_chain_as_the_verifier_computes(db: Db, tmp_path: Path) -> None:
+    """Quotes, backslashes, control characters, line separators and characters beyond the
+    BMP, in every text member: PostgreSQL chains in the database, and its hashes are the
+    ones the verifier computes from the exported entries."""
+    odd = 'a"b\\c\n\t\x01\u2028 ü 𝄞 <&>'
+    entries = [AuditEntry(f"ex-{odd}", T0 + timedelta(seconds=i), f"actor {odd}", f"act{odd}", odd if i else None,
+                          odd if i % 2 else None, f"why {odd}" if i else None, {"k": odd}, tenant_id=TENANT)
+               for i in range(4)]
+    write(db, [Change(audit=tuple(entries))])
+    result = verdict(db, tmp_path)
+    assert result.line() == "ok 4 entries", result.line()
+
+
+@pytest.mark.postgres
+def test_a_checkpoint_whose_write_was_lost_is_taken_at_the_next_entry(
+        postgres_dsn: str, schema: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """PostgreSQL writes a batch's due checkpoints just after the batch commits (their key is
+    never in the database). When that write fails, the batch stays committed, a warning says
+    so, and the tenant's next entry is checkpointed instead."""
+    from runtime.store import audit_sql
+
+    db = Db(lambda: PostgresStore(postgres_dsn, pool_max=1, schema=schema, pool_min=0), lambda q, p: [], "postgres")
+    monkeypatch.setattr(audit_sql, "MOVE_CHECKPOINT", "UPDATE no_such_table SET x = 1")
+    write(db, [Change(audit=tuple(entry(i) for i in range(6)))])  # due at 5: lost
+    assert "audit checkpoints at acme#5 not written" in caplog.text
+    monkeypatch.undo()
+    write(db, [Change(audit=(entry(6),))])
+    out = export(db, tmp_path / "bundle")
+    checkpoints = [json.loads(line) for line in (out / "checkpoints.jsonl").read_text().splitlines()]
+    assert [c["seq"] for c in checkpoints] == [7]
+    assert verify_bundle(out).line() == "ok 7 entries"

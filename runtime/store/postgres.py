@@ -15,6 +15,7 @@ Several processes may share the database: ``ledger`` (``pg_ledger.py``) is their
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -30,13 +31,13 @@ from psycopg_pool import ConnectionPool
 from runtime.model import Execution
 from runtime.model.errors import StoreUnavailable
 from runtime.model.records import Change, ChangeResult
+from runtime.store import audit_sql, quotas, slots
 from runtime.store import pg_cluster as cluster
-from runtime.store import quotas, slots
 from runtime.store.audit_sql import PG_APPEND_ONLY, ledger_migration
 from runtime.store.decision_links import DECISION_LINKS_TABLE
 from runtime.store.dialect import Dialect
 from runtime.store.pg_ledger import PostgresLedger
-from runtime.store.pg_writer import PostgresWriter
+from runtime.store.pg_writer import DueCheckpoints, PostgresWriter
 from runtime.store.receipts import OUTBOX_INDEX, OUTBOX_TABLE, RECEIPTS_INDEX, RECEIPTS_TABLE
 from runtime.store.schema import (
     INDEXES,
@@ -177,7 +178,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (*ledger_migration("timestamptz"), *PG_APPEND_ONLY),
     slots.TABLES,  # 14: the queues of concurrency keys (``concurrency: {key, limit}``)
     (quotas.TABLE,),  # 15: the start-rate buckets of tenant quotas
+    (audit_sql.PG_APPEND_FUNCTION,),  # 16: the audit chain computed where its head is locked
 )
+
+logger = logging.getLogger("runbooks.audit")
 
 _MARK_BATCH = "INSERT INTO batches (id) VALUES (%s)"
 _BATCH_COMMITTED = "SELECT 1 FROM batches WHERE id = %s"
@@ -308,18 +312,41 @@ class PostgresStore(SqlStore):
             with conn.pipeline(), conn.cursor() as cursor:
                 cursor.execute("BEGIN")
                 cursor.execute(_MARK_BATCH, (attempt.marker,))  # first: a retry waits here for a COMMIT in progress
-                writer = PostgresWriter(cursor, self.dialect, self.ledger.channel, self.ledger.nonce,
-                                        self.audit_policy)
-                results = apply_batch(attempt.changes, writer)
-                writer.check_fences()
                 self._batches += 1
                 if self._batches % SWEEP_EVERY == 0:
                     cursor.execute(_SWEEP_BATCHES)
-                attempt.results = results
+                writer = PostgresWriter(cursor, self.dialect, self.ledger.channel, self.ledger.nonce,
+                                        self.audit_policy)
+                # (the writes, then the fences checked, then the audit chain: its heads are
+                # locked by the last statements before COMMIT)
+                attempt.results = apply_batch(attempt.changes, writer)
                 cursor.execute("COMMIT")
         except BaseException:
             _roll_back(conn)
             raise
+        self._write_checkpoints(conn, writer)
+
+    def _write_checkpoints(self, conn: Connection, writer: PostgresWriter) -> None:
+        """The checkpoints due among a committed batch's entries, in a transaction of their
+        own. Lost (the connection broke), the batch stays committed and its results are
+        answered: the next entries of the tenant, or the idle sweep, are checkpointed instead."""
+        stamp = self.dialect.stamp
+        due: list[DueCheckpoints] = []
+        try:
+            due = writer.checkpoints_due()
+            if not due:
+                return
+            with conn.transaction(), conn.cursor() as cursor:
+                for tenant, checkpoints, seq, at in due:
+                    cursor.executemany(self.dialect.sql(audit_sql.INSERT_CHECKPOINT),
+                                       [(tenant, c.seq, c.hash, stamp(c.at), c.key_id, c.signature)
+                                        for c in checkpoints])
+                    cursor.execute(self.dialect.sql(audit_sql.MOVE_CHECKPOINT),
+                                   (seq, stamp(at) if at is not None else None, tenant, seq))
+        except Exception as exc:  # (the batch is committed whatever happens here)
+            _roll_back(conn)
+            logger.warning("audit checkpoints at %s not written (%s): the next ones cover the chain",
+                           ", ".join(f"{d.tenant}#{d.seq}" for d in due) or "this batch", exc)
 
     def _batch_committed(self, marker: str) -> bool:
         with self._writer().cursor() as cursor:

@@ -355,11 +355,14 @@ class SqlWriter:
         """Chain the batch's audit entries and write them: the last writes of the transaction,
         so each tenant's head is locked for as short a time as can be."""
         if self._audit:
-            audit_sql.write_chained(self._db, self._dialect, self._audit, self._audit_policy)
+            self._write_chained(self._audit)
             self._audit = []
         if self._checkpoint_idle is not None:
             audit_sql.checkpoint_idle(self._db, self._dialect, self._checkpoint_idle, self._audit_policy)
             self._checkpoint_idle = None
+
+    def _write_chained(self, entries: Sequence[AuditEntry]) -> None:
+        audit_sql.write_chained(self._db, self._dialect, entries, self._audit_policy)
 
     def _erase(self, erase: Sequence[tuple[str, int]]) -> None:
         self._db.executemany(self._sql(audit_sql.ERASE), audit_sql.erase_rows(erase))

@@ -1,0 +1,97 @@
+"""What the audit chain costs: steps/s and starts/s with the chain, against the same tree
+writing the same audit entries unchained, as before the ledger (``benchmarks/unchained.py``).
+
+- ``chain_cost.steps``: 10-step chains, 50 at once (``benchmarks.steps``), on SQLite and
+  PostgreSQL, one process.
+- ``chain_cost.starts``: starts of a one-step runbook, 64 callers (``benchmarks.starts``).
+- ``chain_cost.cluster``: steps/s with 2 processes on one PostgreSQL database, one tenant
+  (``benchmarks.cluster``): every commit of the tenant takes its chain's head in turn.
+
+Each figure is measured in a child process of its own (``--one KIND STORE MODE``), the two
+modes alternating round by round; the figure is the median of the rounds, and ``cost`` how
+much slower the chained median is (negative: faster, within the noise).
+
+    python -m benchmarks.chain_cost [--quick] [--rounds N] [--store sqlite|postgres] [--only steps|starts|cluster]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from benchmarks import cluster, starts, steps
+from benchmarks.common import ROOT, Report, arguments, run, usable_stores
+from benchmarks.unchained import UNCHAINED, unchain_if_asked
+
+KINDS = ("steps", "starts", "cluster")
+MODES = ("chained", "unchained")
+UNITS = {"steps": "steps/s", "starts": "starts/s", "cluster": "steps/s"}
+
+
+async def one(kind: str, store: str, quick: bool) -> float:
+    """One figure, in this process (chained, unless ``UNCHAINED`` is set)."""
+    report = Report(f"{kind} {store}")
+    if kind == "steps":
+        await steps.measure(report, store, "chain", 200 if quick else 1000)
+    elif kind == "starts":
+        await starts.measure(report, store, 1000 if quick else 5000)
+    else:
+        await cluster.measure_steps(report, 300 if quick else 1500, (2,))
+    return report.figures[-1].value
+
+
+def measure_in_child(kind: str, store: str, mode: str, quick: bool) -> float:
+    env = dict(os.environ)
+    env.pop(UNCHAINED, None)
+    if mode == "unchained":
+        env[UNCHAINED] = "1"
+    command = [sys.executable, "-m", "benchmarks.chain_cost", "--one", kind, store, "quick" if quick else "full"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} ({mode}) failed: {done.stderr[-2000:]}")
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+async def main(report: Report, args: argparse.Namespace) -> None:
+    rounds = 1 if args.quick else args.rounds
+    for store in usable_stores(report, args.stores):
+        for kind in args.only or KINDS:
+            if kind == "cluster" and store != "postgres":
+                continue
+            figures: dict[str, list[float]] = {mode: [] for mode in MODES}
+            for index in range(rounds):
+                for mode in MODES if index % 2 == 0 else MODES[::-1]:
+                    figures[mode].append(measure_in_child(kind, store, mode, args.quick))
+            medians = {mode: statistics.median(values) for mode, values in figures.items()}
+            for mode in MODES:
+                report.add(f"chain_cost.{kind}.{mode}", medians[mode], UNITS[kind],
+                           {"rounds": rounds, "each": figures[mode]}, store)
+            report.add(f"chain_cost.{kind}.cost", 100 * (1 - medians["chained"] / medians["unchained"]), "% slower",
+                       {"rounds": rounds}, store, "< 5")
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--one"]:
+        import trio
+
+        kind, store, size = argv[1:4]
+        unchain_if_asked()
+        print(trio.run(one, kind, store, size == "quick"), flush=True)
+        return 0
+
+    def more(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--rounds", type=int, default=3, help="rounds per mode (alternating)")
+        parser.add_argument("--only", action="append", choices=KINDS, help="only this figure (repeatable)")
+
+    args = arguments(__doc__.splitlines()[0], argv, stores=("sqlite", "postgres"), more=more)
+    run(main, "chain_cost", args, quick_s=300.0, full_s=3600.0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
