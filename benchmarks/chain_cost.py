@@ -9,7 +9,8 @@ writing the same audit entries unchained, as before the ledger (``benchmarks/unc
 
 Each figure is measured in a child process of its own (``--one KIND STORE MODE``), the two
 modes alternating round by round; the figure is the median of the rounds, and ``cost`` how
-much slower the chained median is (negative: faster, within the noise).
+much worse the chained median is (negative: better, within the noise). For steps, the CPU
+time of the process per step is compared too: less noisy than the rate on a busy machine.
 
     python -m benchmarks.chain_cost [--quick] [--rounds N] [--store sqlite|postgres] [--only steps|starts|cluster]
 """
@@ -17,6 +18,7 @@ much slower the chained median is (negative: faster, within the noise).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -32,8 +34,9 @@ MODES = ("chained", "unchained")
 UNITS = {"steps": "steps/s", "starts": "starts/s", "cluster": "steps/s"}
 
 
-async def one(kind: str, store: str, quick: bool) -> float:
-    """One figure, in this process (chained, unless ``UNCHAINED`` is set)."""
+async def one(kind: str, store: str, quick: bool) -> str:
+    """One figure, in this process (chained, unless ``UNCHAINED`` is set), as a JSON line:
+    ``value``, and for steps the process's CPU per step."""
     report = Report(f"{kind} {store}")
     if kind == "steps":
         await steps.measure(report, store, "chain", 200 if quick else 1000)
@@ -41,10 +44,11 @@ async def one(kind: str, store: str, quick: bool) -> float:
         await starts.measure(report, store, 1000 if quick else 5000)
     else:
         await cluster.measure_steps(report, 300 if quick else 1500, (2,))
-    return report.figures[-1].value
+    figure = report.figures[-1]
+    return json.dumps({"value": figure.value, "cpu_us": figure.parameters.get("cpu_us_per_step")})
 
 
-def measure_in_child(kind: str, store: str, mode: str, quick: bool) -> float:
+def measure_in_child(kind: str, store: str, mode: str, quick: bool) -> dict[str, float | None]:
     env = dict(os.environ)
     env.pop(UNCHAINED, None)
     if mode == "unchained":
@@ -53,7 +57,8 @@ def measure_in_child(kind: str, store: str, mode: str, quick: bool) -> float:
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} ({mode}) failed: {done.stderr[-2000:]}")
-    return float(done.stdout.strip().splitlines()[-1])
+    found: dict[str, float | None] = json.loads(done.stdout.strip().splitlines()[-1])
+    return found
 
 
 async def main(report: Report, args: argparse.Namespace) -> None:
@@ -62,16 +67,27 @@ async def main(report: Report, args: argparse.Namespace) -> None:
         for kind in args.only or KINDS:
             if kind == "cluster" and store != "postgres":
                 continue
-            figures: dict[str, list[float]] = {mode: [] for mode in MODES}
+            figures: dict[str, list[dict[str, float | None]]] = {mode: [] for mode in MODES}
             for index in range(rounds):
                 for mode in MODES if index % 2 == 0 else MODES[::-1]:
                     figures[mode].append(measure_in_child(kind, store, mode, args.quick))
-            medians = {mode: statistics.median(values) for mode, values in figures.items()}
-            for mode in MODES:
-                report.add(f"chain_cost.{kind}.{mode}", medians[mode], UNITS[kind],
-                           {"rounds": rounds, "each": figures[mode]}, store)
-            report.add(f"chain_cost.{kind}.cost", 100 * (1 - medians["chained"] / medians["unchained"]), "% slower",
-                       {"rounds": rounds}, store, "< 5")
+            add_figures(report, kind, store, figures, "value", UNITS[kind], 1)
+            if kind == "steps":
+                add_figures(report, f"{kind}.cpu", store, figures, "cpu_us", "us CPU/step", -1)
+
+
+def add_figures(report: Report, name: str, store: str, figures: dict[str, list[dict[str, float | None]]], key: str,
+                unit: str, sign: int) -> None:
+    """Each mode's median, and the cost: how much worse chained is (``sign`` 1: a rate, where
+    less is worse; -1: a cost, where more is worse)."""
+    rounds = len(figures["chained"])
+    medians = {}
+    for mode in MODES:
+        values = [float(figure[key] or 0) for figure in figures[mode]]
+        medians[mode] = statistics.median(values)
+        report.add(f"chain_cost.{name}.{mode}", medians[mode], unit, {"rounds": rounds, "each": values}, store)
+    worse = sign * (1 - medians["chained"] / medians["unchained"]) * 100
+    report.add(f"chain_cost.{name}.cost", worse, "% worse", {"rounds": rounds}, store, "< 5")
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

@@ -22,7 +22,7 @@ from typing import Any
 
 from benchmarks.common import Report, arguments, run
 from runtime.model import AuditEntry
-from runtime.model.wire import dumps_data, format_time
+from runtime.model.wire import dumps_data
 from runtime.store.audit_chain import AuditPolicy, Head, chain, chained_entry
 
 SHAPES: tuple[tuple[str, Any], ...] = (
@@ -41,9 +41,10 @@ def entries(count: int) -> list[AuditEntry]:
             for i in range(count)]
 
 
-def row(entry: AuditEntry, tenant: str, seq: int, prev: str, hash_: str, data_sha: str) -> tuple[Any, ...]:
+def row(entry: AuditEntry, tenant: str, seq: int, prev: str, hash_: str, data_sha: str,
+        at_text: str) -> tuple[Any, ...]:
     """As ``runtime/store/audit_sql.write_chained`` makes it (SQLite's time stamps)."""
-    return (entry.execution_id, format_time(entry.at), entry.actor, entry.action, entry.step_id, entry.legal_basis,
+    return (entry.execution_id, at_text, entry.actor, entry.action, entry.step_id, entry.legal_basis,
             entry.reason, dumps_data(entry.data), tenant, seq, prev, hash_, data_sha)
 
 

@@ -51,6 +51,8 @@ def _is_set(cls: Any) -> bool:
 
 @functools.lru_cache(maxsize=1024)  # the records of one turn share one time: formatted once
 def format_time(value: datetime) -> str:
+    if value.tzinfo is UTC:  # (most times: no conversion to make)
+        return value.isoformat(timespec="microseconds")[:-6] + "Z"
     text = value.astimezone(UTC).isoformat(timespec="microseconds")
     return text.replace("+00:00", "Z")
 

@@ -10,8 +10,7 @@ the policy has a signer (its key is the process's; the database never holds it).
 
 The SQL stores keep the head in ``audit_heads``, one row per tenant, read and locked in the
 transaction that writes the entries (PostgreSQL: the row lock of ``INSERT ... ON CONFLICT DO
-UPDATE``, in the database's own ``audit_append``, which chains the ``canonical_parts`` it is
-sent; SQLite has one writer), so two processes never give out the same ``seq``.
+UPDATE``; SQLite has one writer), so two processes never give out the same ``seq``.
 """
 
 from __future__ import annotations
@@ -63,47 +62,40 @@ def tenant_of(entry: AuditEntry) -> str:
     return entry.tenant_id or DEFAULT_TENANT
 
 
-def chained_entry(entry: AuditEntry, tenant: str, seq: int, prev: str, hash_: str, data_sha: str) -> AuditEntry:
+def chained_entry(entry: AuditEntry, tenant: str, seq: int, prev: str, hash_: str, data_sha: str,
+                  at_text: str = "") -> AuditEntry:
     return AuditEntry(entry.execution_id, entry.at, entry.actor, entry.action, entry.step_id, entry.legal_basis,
                       entry.reason, entry.data, tenant, seq, prev, hash_, data_sha, entry.erased)
 
 
 def chain(tenant: str, head: Head, entries: Sequence[AuditEntry], policy: AuditPolicy,
-          make: Callable[[AuditEntry, str, int, str, str, str], T] = chained_entry,  # type: ignore[assignment]
+          make: Callable[[AuditEntry, str, int, str, str, str, str], T] = chained_entry,  # type: ignore[assignment]
           ) -> tuple[list[T], Head, list[AuditCheckpoint]]:
     """The entries chained after ``head`` (each with its seq and hashes, as ``make`` makes it
-    from the entry, tenant, seq, prevHash, hash and dataSha256: a chained ``AuditEntry``, or a
-    store's row), the new head, and the checkpoints to write with them (``due_checkpoints``)."""
+    from the entry, tenant, seq, prevHash, hash, dataSha256 and the entry's time as the chain
+    writes it: a chained ``AuditEntry``, or a store's row), the new head, and the checkpoints to write with them: at the entry that is
+    the ``checkpoint_every``-th since the last checkpoint, or the first written
+    ``checkpoint_ms`` or more after it."""
     chained: list[T] = []
-    hashes: list[str] = []
-    seq, prev = head.seq, head.hash
-    for entry in entries:
-        seq += 1
-        data_sha = data_sha256(entry.data)
-        hash_ = hashlib.sha256(bytes.fromhex(prev) + _canonical_entry(entry, tenant, seq, prev, data_sha)).hexdigest()
-        chained.append(make(entry, tenant, seq, prev, hash_, data_sha))
-        hashes.append(hash_)
-        prev = hash_
-    checkpoints, checkpoint_seq, checkpoint_at = due_checkpoints(tenant, head, [e.at for e in entries], hashes, policy)
-    return chained, Head(seq, prev, checkpoint_seq, checkpoint_at), checkpoints
-
-
-def due_checkpoints(tenant: str, head: Head, ats: Sequence[datetime], hashes: Sequence[str], policy: AuditPolicy,
-                    ) -> tuple[list[AuditCheckpoint], int, datetime | None]:
-    """The checkpoints among the entries chained after ``head`` (their times and hashes, in
-    order): at the entry that is the ``checkpoint_every``-th since the last checkpoint, or the
-    first written ``checkpoint_ms`` or more after it; and the head's checkpoint fields after them."""
     checkpoints: list[AuditCheckpoint] = []
+    seq, prev = head.seq, head.hash
     checkpoint_seq, checkpoint_at = head.checkpoint_seq, head.checkpoint_at
-    if checkpoint_at is None and ats:  # a new chain: its time counts from its first entry
-        checkpoint_at = ats[0]
+    if checkpoint_at is None and entries:  # a new chain: its time counts from its first entry
+        checkpoint_at = entries[0].at
     every, interval = policy.checkpoint_every, timedelta(milliseconds=policy.checkpoint_ms)
     due = checkpoint_at + interval if checkpoint_at is not None else None
-    for seq, at, hash_ in zip(range(head.seq + 1, head.seq + 1 + len(ats)), ats, hashes, strict=True):
-        if seq - checkpoint_seq >= every or (due is not None and at >= due):
-            checkpoints.append(make_checkpoint(tenant, seq, hash_, at, policy.signer))
-            checkpoint_seq, checkpoint_at, due = seq, at, at + interval
-    return checkpoints, checkpoint_seq, checkpoint_at
+    for entry in entries:
+        seq += 1
+        data_sha = _data_sha256(entry.data)
+        at_text = format_time(entry.at)  # (once: a SQLite row holds the same text)
+        hash_ = hashlib.sha256(bytes.fromhex(prev) + _canonical_entry(entry, tenant, seq, prev, data_sha, at_text)
+                               ).hexdigest()
+        chained.append(make(entry, tenant, seq, prev, hash_, data_sha, at_text))
+        prev = hash_
+        if seq - checkpoint_seq >= every or (due is not None and entry.at >= due):
+            checkpoints.append(make_checkpoint(tenant, seq, prev, entry.at, policy.signer))
+            checkpoint_seq, checkpoint_at, due = seq, entry.at, entry.at + interval
+    return chained, Head(seq, prev, checkpoint_seq, checkpoint_at), checkpoints
 
 
 def make_checkpoint(tenant: str, seq: int, hash_: str, at: datetime,
@@ -114,7 +106,7 @@ def make_checkpoint(tenant: str, seq: int, hash_: str, at: datetime,
     return AuditCheckpoint(tenant, seq, hash_, at, signer.key_id, signature)
 
 
-def data_sha256(data: Any) -> str:
+def _data_sha256(data: Any) -> str:
     """The payload's hash, as it will read back from the store (plain JSON)."""
     if data is None:
         return _NULL_SHA256
@@ -132,28 +124,19 @@ def ledger_json(entry: AuditEntry) -> dict[str, Any]:
     return body
 
 
-def _canonical_entry(entry: AuditEntry, tenant: str, seq: int, prev: str, data_sha: str) -> bytes:
+def _canonical_entry(entry: AuditEntry, tenant: str, seq: int, prev: str, data_sha: str, at_text: str) -> bytes:
     """``canonical(_hashed(...))``, written directly: the members are known and sorted, so only
     the strings need escaping (the same text; the general way when one holds a lone surrogate)."""
-    before_prev, before_seq, after_seq = canonical_parts(entry, tenant, data_sha)
-    try:  # (strict UTF-8 refuses exactly the surrogates: cheaper than looking for them)
-        return f"{before_prev}{prev}{before_seq}{seq:d}{after_seq}".encode()
+    step, basis, reason = entry.step_id, entry.legal_basis, entry.reason
+    text = (f'{{"action":{_string(entry.action)},"actor":{_string(entry.actor)},"at":"{at_text}",'
+            f'"dataSha256":"{data_sha}","executionId":{_string(entry.execution_id)},'
+            f'"legalBasis":{"null" if basis is None else _string(basis)},"prevHash":"{prev}",'
+            f'"reason":{"null" if reason is None else _string(reason)},"seq":{seq:d},'
+            f'"stepId":{"null" if step is None else _string(step)},"tenantId":{_string(tenant)}}}')
+    try:
+        return text.encode("utf-8")  # (strict UTF-8 refuses exactly the surrogates: cheaper than looking for them)
     except UnicodeEncodeError:
         return canonical(_hashed(entry, tenant, seq, prev, data_sha))
-
-
-def canonical_parts(entry: AuditEntry, tenant: str, data_sha: str) -> tuple[str, str, str]:
-    """An entry's canonical text but for its ``prevHash`` and ``seq``, in the three parts
-    around them: the text is ``before_prev + prev + before_seq + str(seq) + after_seq``. (A
-    store that chains in the database sends these, and the database puts the head in.)"""
-    step, basis, reason = entry.step_id, entry.legal_basis, entry.reason
-    before_prev = (f'{{"action":{_string(entry.action)},"actor":{_string(entry.actor)},'
-                   f'"at":"{format_time(entry.at)}","dataSha256":"{data_sha}",'
-                   f'"executionId":{_string(entry.execution_id)},'
-                   f'"legalBasis":{"null" if basis is None else _string(basis)},"prevHash":"')
-    before_seq = f'","reason":{"null" if reason is None else _string(reason)},"seq":'
-    after_seq = f',"stepId":{"null" if step is None else _string(step)},"tenantId":{_string(tenant)}}}'
-    return before_prev, before_seq, after_seq
 
 
 def _hashed(entry: AuditEntry, tenant: str | None, seq: int | None, prev: str | None,

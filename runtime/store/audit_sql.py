@@ -6,34 +6,22 @@ tenant, its ``chain_seq`` and the hashes. Entries written before the ledger exis
 ``chain_seq`` NULL: the chain of each tenant starts (``prevHash`` 64 zeros) with its first
 entry written after the upgrade, and an export holds chained entries only.
 
-``write_chained`` runs at the end of a batch's transaction (SQLite): per tenant (in sorted
-order, so two transactions lock heads in the same order) it takes the head, chains the
-entries, inserts them, moves the head and writes a checkpoint when one is due. PostgreSQL
-chains in the database instead (``audit_append``, ``PG_APPEND_FUNCTION``), so that the
-head's row lock, which every process writing the tenant waits for, is held for no round
-trip: the client sends each entry's canonical text around its ``prevHash`` and ``seq``, and
-signs the checkpoints due once the batch has committed.
+``write_chained`` runs at the end of a batch's transaction: per tenant (in sorted order, so
+two transactions lock heads in the same order) it takes the head under its row lock, chains
+the entries, inserts them, moves the head and writes a checkpoint when one is due.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from runtime.model import AuditEntry
 from runtime.model.records import AuditCheckpoint, AuditSlice
-from runtime.model.wire import dumps_data
+from runtime.model.wire import dumps_data, format_time
 from runtime.security.audit_verify import GENESIS
-from runtime.store.audit_chain import (
-    AuditPolicy,
-    Head,
-    canonical_parts,
-    chain,
-    data_sha256,
-    make_checkpoint,
-    tenant_of,
-)
+from runtime.store.audit_chain import AuditPolicy, Head, chain, make_checkpoint, tenant_of
 from runtime.store.dialect import Dialect
 from runtime.store.schema import Row, loads
 
@@ -128,52 +116,7 @@ SQLITE_END_ERASURE = "DELETE FROM audit_erasing"
 ALLOW_ERASURE = "SELECT set_config('runbooks.audit_erasure', 'on', true)"
 END_ERASURE = "SELECT set_config('runbooks.audit_erasure', 'off', true)"
 
-#: PostgreSQL: a batch's entries of one tenant chained in the database, in the statement that
-#: takes the head's row lock. The client sends each entry's canonical text in the parts around
-#: its ``prevHash`` and ``seq`` (``canonical_parts``); the function locks the head, chains,
-#: inserts, moves the head and answers the head it started from and the hashes. Nothing waits
-#: on the client while the lock is held: the batch's ``COMMIT`` follows in the same pipeline.
-#: (Checkpoints are the client's: their key is never in the database; see ``PostgresWriter``.)
-PG_APPEND_FUNCTION = f"""
-CREATE OR REPLACE FUNCTION audit_append(
-    p_tenant text, p_before_prev text[], p_before_seq text[], p_after_seq text[],
-    p_execution_id text[], p_at timestamptz[], p_actor text[], p_action text[], p_step_id text[],
-    p_legal_basis text[], p_reason text[], p_data text[], p_data_sha256 text[],
-    OUT o_seq bigint, OUT o_hash text, OUT o_checkpoint_seq bigint, OUT o_checkpoint_at timestamptz,
-    OUT o_hashes text[])
-LANGUAGE plpgsql AS $$
-DECLARE
-    n integer := cardinality(p_before_prev);
-    prev text;
-BEGIN
-    INSERT INTO audit_heads AS h (tenant, seq, hash, checkpoint_seq, checkpoint_at)
-    VALUES (p_tenant, 0, '{GENESIS}', 0, NULL)
-    ON CONFLICT (tenant) DO UPDATE SET tenant = excluded.tenant
-    RETURNING h.seq, h.hash, h.checkpoint_seq, h.checkpoint_at INTO o_seq, o_hash, o_checkpoint_seq, o_checkpoint_at;
-    prev := o_hash;
-    o_hashes := array_fill(NULL::text, ARRAY[n]);
-    FOR i IN 1 .. n LOOP
-        prev := encode(sha256(decode(prev, 'hex') || convert_to(
-            p_before_prev[i] || prev || p_before_seq[i] || (o_seq + i)::text || p_after_seq[i], 'UTF8')), 'hex');
-        o_hashes[i] := prev;
-    END LOOP;
-    INSERT INTO audit (execution_id, at, actor, action, step_id, legal_basis, reason, data,
-                       tenant, chain_seq, prev_hash, hash, data_sha256)
-    SELECT p_execution_id[g.i], p_at[g.i], p_actor[g.i], p_action[g.i], p_step_id[g.i], p_legal_basis[g.i],
-           p_reason[g.i], p_data[g.i]::json, p_tenant, o_seq + g.i,
-           CASE WHEN g.i = 1 THEN o_hash ELSE o_hashes[g.i - 1] END, o_hashes[g.i], p_data_sha256[g.i]
-    FROM generate_series(1, n) AS g(i) ORDER BY g.i;
-    UPDATE audit_heads AS h SET seq = o_seq + n, hash = prev, checkpoint_at = COALESCE(h.checkpoint_at, p_at[1])
-    WHERE h.tenant = p_tenant;
-END $$"""
-PG_APPEND = """SELECT o_seq, o_hash, o_checkpoint_seq, o_checkpoint_at, o_hashes FROM audit_append(
-    %s, %s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::text[],
-    %s::text[], %s::text[], %s::text[], %s::text[])"""
-#: a checkpoint written after its entries committed moves the head's checkpoint fields (unless
-#: another process's checkpoint went further meanwhile)
-MOVE_CHECKPOINT = """
-UPDATE audit_heads SET checkpoint_seq = ?, checkpoint_at = ? WHERE tenant = ? AND checkpoint_seq < ?"""
-
+CHAIN_INDEX = "audit_chain"  # (the unique index on (tenant, chain_seq) the ledger's migration makes)
 LOCK_HEAD = f"""
 INSERT INTO audit_heads (tenant, seq, hash, checkpoint_seq, checkpoint_at) VALUES (?, 0, '{GENESIS}', 0, NULL)
 ON CONFLICT (tenant) DO UPDATE SET tenant = excluded.tenant
@@ -202,43 +145,83 @@ SEQ_UNTIL = "SELECT MAX(chain_seq) FROM audit WHERE tenant = ? AND at <= ?"
 LAST = 2**62  # "no upper bound" as a seq
 
 
-def write_chained(db: Any, dialect: Dialect, entries: Sequence[AuditEntry], policy: AuditPolicy) -> None:
-    """Chain and insert a batch's entries (``db``: the batch's connection or cursor)."""
-    sql, stamp = dialect.sql, dialect.stamp
-    for tenant, mine in by_tenant(entries).items():
-        seq, hash_, checkpoint_seq, checkpoint_at = db.execute(sql(LOCK_HEAD), (tenant,)).fetchone()
-        head = Head(int(seq), str(hash_), int(checkpoint_seq),
-                    dialect.time(checkpoint_at) if checkpoint_at is not None else None)
-        def row(entry: AuditEntry, tenant: str, seq: int, prev: str, hash_: str, data_sha: str) -> Row:
-            return (entry.execution_id, stamp(entry.at), entry.actor, entry.action, entry.step_id, entry.legal_basis,
-                    entry.reason, dumps_data(entry.data), tenant, seq, prev, hash_, data_sha)
+#: what a batch did to each tenant's chain: the head it read under the head's lock (None:
+#: it used a head it knew, see ``KnownHeads``) and the head it left
+Moved = dict[str, tuple[Head | None, Head]]
 
-        rows, new_head, checkpoints = chain(tenant, head, mine, policy, row)
-        db.executemany(sql(INSERT_CHAINED), rows)
+
+def write_chained(db: Any, dialect: Dialect, entries: Sequence[AuditEntry], policy: AuditPolicy,
+                  known: Mapping[str, Head] | None = None) -> Moved:
+    """Chain and insert a batch's entries (``db``: the batch's connection or cursor). A tenant
+    whose head is in ``known`` is chained after it without reading it first; if another
+    process moved that head meanwhile, the insert of its next ``seq`` breaks the unique index
+    ``audit_chain`` and the whole batch is refused (the caller writes it again, reading)."""
+    sql, stamp = dialect.sql, dialect.stamp
+    text_times = stamp is format_time  # (SQLite: a time is stored as the text the chain hashes)
+    known = known or {}
+    by_tenant: dict[str, list[AuditEntry]] = {}
+    for entry in entries:
+        by_tenant.setdefault(tenant_of(entry), []).append(entry)
+    moved: Moved = {}
+    for tenant in sorted(by_tenant):
+        read = None
+        head = known.get(tenant)
+        if head is None:
+            seq, hash_, checkpoint_seq, checkpoint_at = db.execute(sql(LOCK_HEAD), (tenant,)).fetchone()
+            head = read = Head(int(seq), str(hash_), int(checkpoint_seq),
+                               dialect.time(checkpoint_at) if checkpoint_at is not None else None)
+        def row(entry: AuditEntry, tenant: str, seq: int, prev: str, hash_: str, data_sha: str, at_text: str) -> Row:
+            return (entry.execution_id, at_text if text_times else stamp(entry.at), entry.actor, entry.action,
+                    entry.step_id, entry.legal_basis, entry.reason, dumps_data(entry.data), tenant, seq, prev, hash_,
+                    data_sha)
+
+        rows, new_head, checkpoints = chain(tenant, head, by_tenant[tenant], policy, row)
         checkpoint_at = stamp(new_head.checkpoint_at) if new_head.checkpoint_at is not None else None
+        # (the head first: a known head is locked here, before the rows that follow it)
         db.execute(sql(MOVE_HEAD), (new_head.seq, new_head.hash, new_head.checkpoint_seq, checkpoint_at, tenant))
+        db.executemany(sql(INSERT_CHAINED), rows)
         if checkpoints:
             db.executemany(sql(INSERT_CHECKPOINT), [(tenant, c.seq, c.hash, stamp(c.at), c.key_id, c.signature)
                                                     for c in checkpoints])
+        moved[tenant] = (read, new_head)
+    return moved
 
 
-def append_params(tenant: str, entries: Sequence[AuditEntry], stamp: Callable[[datetime], Any]) -> tuple[Any, ...]:
-    """``PG_APPEND``'s parameters: ``tenant``'s entries of a batch, column by column."""
-    shas = [data_sha256(entry.data) for entry in entries]
-    parts = [canonical_parts(entry, tenant, sha) for entry, sha in zip(entries, shas, strict=True)]
-    return (tenant, [p[0] for p in parts], [p[1] for p in parts], [p[2] for p in parts],
-            [e.execution_id for e in entries], [stamp(e.at) for e in entries], [e.actor for e in entries],
-            [e.action for e in entries], [e.step_id for e in entries], [e.legal_basis for e in entries],
-            [e.reason for e in entries], [dumps_data(e.data) for e in entries], shas)
+class KnownHeads:
+    """The chain heads this process's batches left, per tenant, and which of them are still
+    the database's as far as it can tell: a head is trusted once a batch, reading it under its
+    lock, found it where this process had left it (nobody else wrote the tenant in between).
 
+    A trusted head is chained after without being read: on PostgreSQL that read is a round
+    trip in the middle of the batch, made while holding the head's lock. If another process
+    wrote the tenant meanwhile, the batch is refused by the unique index (``refused``): every
+    head is distrusted and the batch is written again, reading them."""
 
-def by_tenant(entries: Sequence[AuditEntry]) -> dict[str, list[AuditEntry]]:
-    """A batch's entries per tenant, the tenants sorted (two transactions lock heads in the
-    same order)."""
-    found: dict[str, list[AuditEntry]] = {}
-    for entry in entries:
-        found.setdefault(tenant_of(entry), []).append(entry)
-    return {tenant: found[tenant] for tenant in sorted(found)}
+    LIMIT = 10_000  # tenants remembered (past it, they are forgotten and read again)
+
+    def __init__(self) -> None:
+        self._heads: dict[str, Head] = {}
+        self._trusted: set[str] = set()
+
+    def trusted(self) -> dict[str, Head]:
+        return {tenant: self._heads[tenant] for tenant in self._trusted}
+
+    def committed(self, moved: Moved) -> None:
+        """A batch that moved these heads committed."""
+        if len(self._heads) > self.LIMIT:
+            self.forget()
+        for tenant, (read, new) in moved.items():
+            if read is not None:
+                if self._heads.get(tenant) == read:
+                    self._trusted.add(tenant)
+                else:
+                    self._trusted.discard(tenant)
+            self._heads[tenant] = new
+
+    def forget(self) -> None:
+        """Read every head again (a batch was refused, or its outcome is unknown)."""
+        self._heads.clear()
+        self._trusted.clear()
 
 
 def checkpoint_idle(db: Any, dialect: Dialect, at: datetime, policy: AuditPolicy) -> None:

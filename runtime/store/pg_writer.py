@@ -16,21 +16,20 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import psycopg
 
 from runtime.core.messages import Command, DeliverEvent, command_row
 from runtime.language.conditions import event_passes
-from runtime.model import AuditEntry, Event, Runbook
+from runtime.model import Event, Runbook
 from runtime.model.errors import Fenced, retained_bytes_full, retained_events_full
 from runtime.model.jsonsafe import json_size
-from runtime.model.records import AuditCheckpoint, Change, ChangeResult, QueuedCommand
+from runtime.model.records import Change, ChangeResult, QueuedCommand
 from runtime.model.wire import dumps
 from runtime.store import audit_sql, slots
 from runtime.store import pg_cluster as cluster
-from runtime.store.audit_chain import AuditPolicy, Head, due_checkpoints
+from runtime.store.audit_chain import AuditPolicy
 from runtime.store.dialect import Dialect
 from runtime.store.schema import Pending, Row, event_from, event_row
 from runtime.store.sql_writer import (
@@ -42,15 +41,6 @@ from runtime.store.sql_writer import (
 )
 
 Cursor = psycopg.Cursor[tuple[Any, ...]]
-
-
-class DueCheckpoints(NamedTuple):
-    """A tenant's checkpoints due after a commit, and its head's checkpoint fields after them."""
-
-    tenant: str
-    checkpoints: list[AuditCheckpoint]
-    seq: int
-    at: datetime | None
 
 
 class Statements:
@@ -79,8 +69,8 @@ class PostgresWriter(SqlWriter):
     LOCK_SLOT_KEY: ClassVar[str] = f"{slots.LOCK_KEY} FOR UPDATE"  # one process counts a key's slots at a time
 
     def __init__(self, cursor: Cursor, dialect: Dialect, channel: str, nonce: str,
-                 audit_policy: AuditPolicy | None = None) -> None:
-        super().__init__(Statements(cursor), dialect, audit_policy)
+                 audit_policy: AuditPolicy | None = None, known_heads: audit_sql.KnownHeads | None = None) -> None:
+        super().__init__(Statements(cursor), dialect, audit_policy, known_heads)
         self._cursor = cursor  # (statements whose answers nobody reads)
         self._channel = channel
         self._nonce = nonce
@@ -88,7 +78,6 @@ class PostgresWriter(SqlWriter):
         self._queued: list[QueuedCommand] = []  # the commands of the current publish
         self._taken: set[tuple[str, str]] = set()  # (execution, step) whose wait a publish of this batch took
         self._fences: list[tuple[list[str], Cursor]] = []
-        self._appended: list[tuple[str, list[datetime], Cursor]] = []  # (tenant, its entries' times, audit_append)
 
     def _start_row(self, change: Change) -> Row:
         return (*super()._start_row(change), change.owner, 1 if change.owner else 0)
@@ -134,40 +123,6 @@ class PostgresWriter(SqlWriter):
         cursor = self._cursor.connection.cursor()
         cursor.execute(cluster.FENCE, columns)
         self._fences.append((ids, cursor))
-
-    # -- the audit ledger
-    def seal(self) -> None:
-        """The fences' answers are read first (their round trip ends before any head is
-        locked); then each tenant's entries are chained in the database (``audit_append``),
-        and the ``COMMIT`` that follows in the pipeline ends the lock: no round trip and no
-        work of this process while a head is locked, which every process writing that
-        tenant waits for."""
-        self.check_fences()
-        super().seal()
-
-    def _write_chained(self, entries: Sequence[AuditEntry]) -> None:
-        stamp = self._dialect.stamp
-        for tenant, mine in audit_sql.by_tenant(entries).items():
-            appended = self._cursor.connection.cursor().execute(audit_sql.PG_APPEND,
-                                                                 audit_sql.append_params(tenant, mine, stamp))
-            self._appended.append((tenant, [entry.at for entry in mine], appended))
-
-    def checkpoints_due(self) -> list[DueCheckpoints]:
-        """After the batch committed: the checkpoints due among its entries (signed here:
-        the key is never in the database), per tenant, with the head's checkpoint fields
-        after them. They are written by a short transaction of their own (``PostgresStore``);
-        if that is lost, the next entries or the idle sweep take a checkpoint instead."""
-        due: list[DueCheckpoints] = []
-        for tenant, ats, appended in self._appended:
-            row = appended.fetchone()
-            assert row is not None
-            seq, hash_, checkpoint_seq, checkpoint_at, hashes = row
-            head = Head(int(seq), str(hash_), int(checkpoint_seq), checkpoint_at)
-            checkpoints, moved_seq, moved_at = due_checkpoints(tenant, head, ats, hashes, self._audit_policy)
-            if checkpoints:
-                due.append(DueCheckpoints(tenant, checkpoints, moved_seq, moved_at))
-        self._appended = []
-        return due
 
     def _erase(self, erase: Sequence[tuple[str, int]]) -> None:
         """Erase payloads past the append-only trigger, for this statement only."""

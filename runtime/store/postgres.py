@@ -15,7 +15,6 @@ Several processes may share the database: ``ledger`` (``pg_ledger.py``) is their
 
 from __future__ import annotations
 
-import logging
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -37,7 +36,7 @@ from runtime.store.audit_sql import PG_APPEND_ONLY, ledger_migration
 from runtime.store.decision_links import DECISION_LINKS_TABLE
 from runtime.store.dialect import Dialect
 from runtime.store.pg_ledger import PostgresLedger
-from runtime.store.pg_writer import DueCheckpoints, PostgresWriter
+from runtime.store.pg_writer import PostgresWriter
 from runtime.store.receipts import OUTBOX_INDEX, OUTBOX_TABLE, RECEIPTS_INDEX, RECEIPTS_TABLE
 from runtime.store.schema import (
     INDEXES,
@@ -178,10 +177,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (*ledger_migration("timestamptz"), *PG_APPEND_ONLY),
     slots.TABLES,  # 14: the queues of concurrency keys (``concurrency: {key, limit}``)
     (quotas.TABLE,),  # 15: the start-rate buckets of tenant quotas
-    (audit_sql.PG_APPEND_FUNCTION,),  # 16: the audit chain computed where its head is locked
 )
-
-logger = logging.getLogger("runbooks.audit")
 
 _MARK_BATCH = "INSERT INTO batches (id) VALUES (%s)"
 _BATCH_COMMITTED = "SELECT 1 FROM batches WHERE id = %s"
@@ -221,6 +217,7 @@ class PostgresStore(SqlStore):
         self._write_lock = threading.Lock()
         self._in_doubt: _Attempt | None = None  # a batch whose COMMIT may or may not have landed
         self._batches = 0
+        self._known_heads = audit_sql.KnownHeads()  # the chain heads this process's batches left
         # (the nonce tags the announcements of commands this process hands over itself)
         self.ledger = PostgresLedger(self._rows, self._transaction, self._listener_connection, self._connect,
                                      self.get_execution,
@@ -302,7 +299,20 @@ class PostgresStore(SqlStore):
             return attempt.results
 
     def _write_batch(self, attempt: _Attempt) -> None:
+        """Write the batch; once more, reading every chain head, if it chained after a head
+        this process trusted and another process had moved meanwhile (``KnownHeads``)."""
+        try:
+            self._write_batch_once(attempt)
+        except psycopg.errors.UniqueViolation as exc:
+            if exc.diag.constraint_name != audit_sql.CHAIN_INDEX or not attempt.trusted_heads:
+                raise
+            attempt.results = None
+            self._write_batch_once(attempt)
+
+    def _write_batch_once(self, attempt: _Attempt) -> None:
         conn = self._writer()
+        known = self._known_heads
+        attempt.trusted_heads = bool(known.trusted())
         # One pipeline: BEGIN, every write and the COMMIT go out together and are answered
         # together, when the pipeline ends: one round trip (a read that needs its answer
         # earlier, such as a start's insert or an owner's fence, syncs early). BEGIN and COMMIT
@@ -312,41 +322,20 @@ class PostgresStore(SqlStore):
             with conn.pipeline(), conn.cursor() as cursor:
                 cursor.execute("BEGIN")
                 cursor.execute(_MARK_BATCH, (attempt.marker,))  # first: a retry waits here for a COMMIT in progress
+                writer = PostgresWriter(cursor, self.dialect, self.ledger.channel, self.ledger.nonce,
+                                        self.audit_policy, known)
+                results = apply_batch(attempt.changes, writer)
+                writer.check_fences()
                 self._batches += 1
                 if self._batches % SWEEP_EVERY == 0:
                     cursor.execute(_SWEEP_BATCHES)
-                writer = PostgresWriter(cursor, self.dialect, self.ledger.channel, self.ledger.nonce,
-                                        self.audit_policy)
-                # (the writes, then the fences checked, then the audit chain: its heads are
-                # locked by the last statements before COMMIT)
-                attempt.results = apply_batch(attempt.changes, writer)
+                attempt.results = results
                 cursor.execute("COMMIT")
         except BaseException:
+            known.forget()  # (refused, or unknown whether it landed: the heads are read again)
             _roll_back(conn)
             raise
-        self._write_checkpoints(conn, writer)
-
-    def _write_checkpoints(self, conn: Connection, writer: PostgresWriter) -> None:
-        """The checkpoints due among a committed batch's entries, in a transaction of their
-        own. Lost (the connection broke), the batch stays committed and its results are
-        answered: the next entries of the tenant, or the idle sweep, are checkpointed instead."""
-        stamp = self.dialect.stamp
-        due: list[DueCheckpoints] = []
-        try:
-            due = writer.checkpoints_due()
-            if not due:
-                return
-            with conn.transaction(), conn.cursor() as cursor:
-                for tenant, checkpoints, seq, at in due:
-                    cursor.executemany(self.dialect.sql(audit_sql.INSERT_CHECKPOINT),
-                                       [(tenant, c.seq, c.hash, stamp(c.at), c.key_id, c.signature)
-                                        for c in checkpoints])
-                    cursor.execute(self.dialect.sql(audit_sql.MOVE_CHECKPOINT),
-                                   (seq, stamp(at) if at is not None else None, tenant, seq))
-        except Exception as exc:  # (the batch is committed whatever happens here)
-            _roll_back(conn)
-            logger.warning("audit checkpoints at %s not written (%s): the next ones cover the chain",
-                           ", ".join(f"{d.tenant}#{d.seq}" for d in due) or "this batch", exc)
+        known.committed(writer.moved)
 
     def _batch_committed(self, marker: str) -> bool:
         with self._writer().cursor() as cursor:
@@ -441,6 +430,7 @@ class _Attempt:
     changes: Sequence[Change]
     marker: str
     results: list[ChangeResult] | None = None
+    trusted_heads: bool = False  # whether it chained after heads it did not read (``KnownHeads``)
 
 
 def _roll_back(conn: Connection) -> None:

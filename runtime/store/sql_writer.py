@@ -178,13 +178,16 @@ class SqlWriter:
     RUNNING: ClassVar[str] = RUNNING  # (PostgreSQL's holds a share lock on the row it finds)
     LOCK_SLOT_KEY: ClassVar[str] = slots.LOCK_KEY  # (PostgreSQL's locks the key's row until the commit)
 
-    def __init__(self, db: Database, dialect: Dialect, audit_policy: AuditPolicy | None = None) -> None:
+    def __init__(self, db: Database, dialect: Dialect, audit_policy: AuditPolicy | None = None,
+                 known_heads: audit_sql.KnownHeads | None = None) -> None:
         self._db = db
         self._dialect = dialect
         self._sql = dialect.sql
         self._audit_policy = audit_policy or AuditPolicy()
         self._audit: list[AuditEntry] = []  # chained and written by ``seal``, at the batch's end
         self._checkpoint_idle: datetime | None = None  # and then the idle chains' checkpoints
+        self._known_heads = known_heads  # chain heads used without reading them (None: read each)
+        self.moved: audit_sql.Moved = {}  # what ``seal`` did to each tenant's chain
 
     # -- starts
     def insert_executions(self, starts: Sequence[Change]) -> list[str | None]:
@@ -355,14 +358,12 @@ class SqlWriter:
         """Chain the batch's audit entries and write them: the last writes of the transaction,
         so each tenant's head is locked for as short a time as can be."""
         if self._audit:
-            self._write_chained(self._audit)
+            known = self._known_heads.trusted() if self._known_heads is not None else None
+            self.moved.update(audit_sql.write_chained(self._db, self._dialect, self._audit, self._audit_policy, known))
             self._audit = []
         if self._checkpoint_idle is not None:
             audit_sql.checkpoint_idle(self._db, self._dialect, self._checkpoint_idle, self._audit_policy)
             self._checkpoint_idle = None
-
-    def _write_chained(self, entries: Sequence[AuditEntry]) -> None:
-        audit_sql.write_chained(self._db, self._dialect, entries, self._audit_policy)
 
     def _erase(self, erase: Sequence[tuple[str, int]]) -> None:
         self._db.executemany(self._sql(audit_sql.ERASE), audit_sql.erase_rows(erase))
