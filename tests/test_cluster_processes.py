@@ -82,15 +82,19 @@ async def test_any_request_works_on_any_of_three_processes(schema: str, tmp_path
         gate = await start(client, a, "gate")
         await until(client, b, gate, lambda e: e["status"] == "awaiting_approval")
         frames: list[dict[str, Any]] = []
+        following = trio.Event()
 
         async def follow_on_b() -> None:  # the stream of an execution owned by a, served by b
             async with client.stream("GET", f"{b.url}/api/v1/executions/{gate}/stream", headers=USER) as stream:
                 async for line in stream.aiter_lines():
                     if line.startswith("data: "):
                         frames.append(json.loads(line[6:]))
+                        following.set()
 
         async with trio.open_nursery() as streams:
             streams.start_soon(follow_on_b)
+            with trio.fail_after(10):
+                await following.wait()  # (its first frame is the state it found: then the pause)
             paused = await client.post(f"{b.url}/api/v1/executions/{gate}/pause", json={"reason": "hold"}, headers=USER)
             assert paused.status_code == 200 and paused.json()["status"] == "paused"
             again = await client.post(f"{c.url}/api/v1/executions/{gate}/pause", json={}, headers=USER)

@@ -109,17 +109,26 @@ def test_a_gate_needs_a_turn() -> None:
         FairGate(0)
 
 
+class Turns:
+    """Work that takes a turn of ``gate`` for its tenant, records its name when it gets it, and
+    holds the turn until its ``release`` event is set (work not named there ends at once)."""
+
+    def __init__(self, gate: FairGate, held: Sequence[str]) -> None:
+        self.gate = gate
+        self.order: list[str] = []
+        self.release = {name: trio.Event() for name in held}
+
+    async def work(self, tenant: str, name: str) -> None:
+        async with self.gate.turn(tenant):
+            self.order.append(name)
+            if name in self.release:
+                await self.release[name].wait()
+
+
 async def test_a_turn_that_ends_goes_to_the_waiting_tenant_holding_the_fewest() -> None:
     gate = FairGate(4)
-    order: list[str] = []
-    release = {name: trio.Event() for name in ("a0", "a1", "b0", "b1", "b2")}
-
-    async def work(tenant: str, name: str) -> None:
-        async with gate.turn(tenant):
-            order.append(name)
-            if name in release:
-                await release[name].wait()
-
+    turns = Turns(gate, ("a0", "a1", "b0", "b1", "b2"))
+    order, release, work = turns.order, turns.release, turns.work
     async with trio.open_nursery() as nursery:
         for name in ("a0", "a1", "b0", "b1", "a2", "b2"):  # two turns each, then a2 in line before b2
             nursery.start_soon(work, name[0], name)
@@ -137,15 +146,8 @@ async def test_a_turn_that_ends_goes_to_the_waiting_tenant_holding_the_fewest() 
 
 async def test_a_tenant_below_its_share_borrows_a_turn_at_once_and_the_next_turn_to_end_repays_it() -> None:
     gate = FairGate(2)
-    order: list[str] = []
-    release = {name: trio.Event() for name in ("a0", "a1", "b0")}
-
-    async def work(tenant: str, name: str) -> None:
-        async with gate.turn(tenant):
-            order.append(name)
-            if name in release:
-                await release[name].wait()
-
+    turns = Turns(gate, ("a0", "a1", "b0"))
+    order, release, work = turns.order, turns.release, turns.work
     async with trio.open_nursery() as nursery:
         for name in ("a0", "a1", "a2"):  # a holds both turns, a2 waits in line
             nursery.start_soon(work, "a", name)
