@@ -6,13 +6,15 @@ writing the same audit entries unchained, as before the ledger (``benchmarks/unc
 - ``chain_cost.starts``: starts of a one-step runbook, 64 callers (``benchmarks.starts``).
 - ``chain_cost.cluster``: steps/s with 2 processes on one PostgreSQL database, one tenant
   (``benchmarks.cluster``): every commit of the tenant takes its chain's head in turn.
+  ``chain_cost.cluster-tenants``: the same with each process starting in a tenant of its
+  own (their chains are apart).
 
 Each figure is measured in a child process of its own (``--one KIND STORE MODE``), the two
 modes alternating round by round; the figure is the median of the rounds, and ``cost`` how
 much worse the chained median is (negative: better, within the noise). For steps, the CPU
 time of the process per step is compared too: less noisy than the rate on a busy machine.
 
-    python -m benchmarks.chain_cost [--quick] [--rounds N] [--store sqlite|postgres] [--only steps|starts|cluster]
+    python -m benchmarks.chain_cost [--quick] [--rounds N] [--store sqlite|postgres] [--only steps|starts|cluster|cluster-tenants]
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from benchmarks import cluster, starts, steps
 from benchmarks.common import ROOT, Report, arguments, run, usable_stores
 from benchmarks.unchained import UNCHAINED, unchain_if_asked
 
-KINDS = ("steps", "starts", "cluster")
+KINDS = ("steps", "starts", "cluster", "cluster-tenants")
 MODES = ("chained", "unchained")
-UNITS = {"steps": "steps/s", "starts": "starts/s", "cluster": "steps/s"}
+UNITS = {"steps": "steps/s", "starts": "starts/s", "cluster": "steps/s", "cluster-tenants": "steps/s"}
 
 
 async def one(kind: str, store: str, quick: bool) -> str:
@@ -42,8 +44,10 @@ async def one(kind: str, store: str, quick: bool) -> str:
         await steps.measure(report, store, "chain", 200 if quick else 1000)
     elif kind == "starts":
         await starts.measure(report, store, 1000 if quick else 5000)
-    else:
+    elif kind == "cluster":
         await cluster.measure_steps(report, 300 if quick else 1500, (2,))
+    else:
+        await cluster.measure_steps(report, 300 if quick else 1500, (2,), "chains-own-tenant")
     figure = report.figures[-1]
     return json.dumps({"value": figure.value, "cpu_us": figure.parameters.get("cpu_us_per_step")})
 
@@ -65,7 +69,7 @@ async def main(report: Report, args: argparse.Namespace) -> None:
     rounds = 1 if args.quick else args.rounds
     for store in usable_stores(report, args.stores):
         for kind in args.only or KINDS:
-            if kind == "cluster" and store != "postgres":
+            if kind.startswith("cluster") and store != "postgres":
                 continue
             figures: dict[str, list[dict[str, float | None]]] = {mode: [] for mode in MODES}
             for index in range(rounds):

@@ -75,6 +75,8 @@ async def child(schema: str, instance: str, job: str, count: int) -> None:
     async with node(schema, instance) as rt:
         if job == "chains":
             await chains(rt, count)
+        elif job == "chains-own-tenant":
+            await chains(rt, count, tenant=instance)
         elif job == "gates":
             ids = [(await rt.start("gate", {"n": i})).id for i in range(count)]
             print(json.dumps(ids), flush=True)
@@ -87,9 +89,11 @@ async def child(schema: str, instance: str, job: str, count: int) -> None:
             await trio.sleep_forever()  # a node that only takes over
 
 
-async def chains(rt: Runtime, count: int) -> None:
+async def chains(rt: Runtime, count: int, tenant: str | None = None) -> None:
+    context = {"tenantId": tenant} if tenant is not None else None
+
     async def one(i: int) -> None:
-        await rt.wait((await rt.start("chain", {"i": i, "p": os.getpid()})).id)
+        await rt.wait((await rt.start("chain", {"i": i, "p": os.getpid()}, context)).id)
 
     done = iter(range(count))
     started = time.perf_counter()
@@ -119,12 +123,15 @@ async def line_of(process: subprocess.Popen[str], stream: Any, prefix: str = "")
 # ------------------------------------------------------------------ figures
 
 
-async def measure_steps(report: Report, executions: int, counts: Sequence[int] = (1, 2, 3)) -> None:
+async def measure_steps(report: Report, executions: int, counts: Sequence[int] = (1, 2, 3),
+                        job: str = "chains") -> None:
+    """``job``: ``chains`` (every process starts in one tenant), or ``chains-own-tenant``
+    (each process in a tenant of its own)."""
     for processes in counts:
         schema = new_schema()
         async with node(schema, "setup") as rt:
             await rt.register_runbook(chain_runbook("chain", STEPS))
-        children = [spawn(schema, f"p{n}", "chains", executions // processes) for n in range(processes)]
+        children = [spawn(schema, f"p{n}", job, executions // processes) for n in range(processes)]
         try:
             results = [json.loads(await line_of(child, child.stdout)) for child in children]
         finally:

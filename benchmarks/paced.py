@@ -1,6 +1,7 @@
 """Paced POSTs from a process of their own, so that the sender's work is not the server's:
-``count`` requests at ``rate`` a second whatever the answers' pace, each one's latency (time
-to the answer) printed as one JSON list. ``hook``: GitHub-signed webhooks to
+``count`` requests at ``rate`` a second whatever the answers' pace (a rate of 0: as fast as
+the answers come, 64 at once), each one's latency (time to the answer) printed as one JSON
+list. ``hook``: GitHub-signed webhooks to
 ``/api/v1/hooks/gh``; ``event``: ``POST /api/v1/events``. Request ``i`` names key
 ``k<offset + i>`` (delivery ``d-<offset + i>``).
 
@@ -45,6 +46,17 @@ async def paced(url: str, kind: str, count: int, rate: float, offset: int) -> li
             latencies.append(time.perf_counter() - started)
             assert answer.status_code == 202, answer.text
 
+        if rate <= 0:  # as fast as the answers come, 64 at once
+            pending = iter(range(count))
+
+            async def sender() -> None:
+                for i in pending:
+                    await one(i)
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(64):
+                    nursery.start_soon(sender)
+            return latencies
         start = trio.current_time()
         async with trio.open_nursery() as nursery:
             for i in range(count):

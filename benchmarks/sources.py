@@ -5,8 +5,10 @@ the bridge to asyncio that the NATS client needs. PostgreSQL by default.
   own key; N messages are put on the bus first; the clock runs from the moment the source
   has connected (and starts fetching) until every execution has finished (each message published once: its
   receipt committed with its event, then acknowledged). Target: at least what
-  ``Runtime.publish_event`` reaches on the same store (``sources.publish``, measured here
-  the same way, 64 callers). ``cpu_ms``: this process's CPU time per event.
+  ``POST /api/v1/events`` reaches on the same store (``sources.rest_publish``: the same
+  parked executions, 64 requests at once from a process of their own, until every one has
+  finished). ``sources.publish`` is ``Runtime.publish_event`` the same way (64 callers, no
+  HTTP): the higher bar of an embedded program. ``cpu_ms``: this process's CPU time per event.
 - ``sources.webhook_p99``: GitHub-signed webhooks at 200 requests/s over real HTTP
   (hypercorn on 127.0.0.1), each releasing a waiting step; the 99th percentile of the time
   to the answer (which comes after the commit). The requests come from a process of their
@@ -29,7 +31,8 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -108,7 +111,7 @@ async def measure_redis(report: Report, store: str, count: int) -> None:
                                              "group": "bench", "maxInFlight": 256, "event": EVENT})
         await redis.delete([stream])
         report.add("sources.redis", count / seconds, "events/s",
-                   {"messages": count, "maxInFlight": 256, "cpu_ms": round(cpu_ms, 3)}, store, ">= sources.publish")
+                   {"messages": count, "maxInFlight": 256, "cpu_ms": round(cpu_ms, 3)}, store, ">= sources.rest_publish")
 
 
 async def measure_jetstream(report: Report, store: str, count: int) -> None:
@@ -127,7 +130,7 @@ async def measure_jetstream(report: Report, store: str, count: int) -> None:
                 "id": "n", "kind": "nats-jetstream", "url": NATS_URL, "stream": name, "subject": f"{name.lower()}.>",
                 "durable": "bench", "maxInFlight": 256, "event": EVENT})
         report.add("sources.jetstream", count / seconds, "events/s",
-                   {"messages": count, "maxInFlight": 256, "cpu_ms": round(cpu_ms, 3)}, store, ">= sources.publish")
+                   {"messages": count, "maxInFlight": 256, "cpu_ms": round(cpu_ms, 3)}, store, ">= sources.rest_publish")
     finally:
         await shared_loop().call(js.delete_stream(name))
         await shared_loop().call(nc.close())
@@ -149,17 +152,12 @@ async def measure_webhook(report: Report, store: str, seconds: float, rates: Seq
     async with bench_runtime(store, settings) as rt, open_sources(rt, None, config=parse_sources(config)) as sources:
         await rt.register_runbook(RUNBOOK)
         await park(rt, 0, total)
-        app = create_app(rt, Config(storage_backend="memory"), sources=sources)
-        hyper = HyperConfig()
-        hyper.bind, hyper.accesslog = ["127.0.0.1:0"], None
-        async with trio.open_nursery() as nursery:
-            stop = trio.Event()
-            binds = await nursery.start(partial(serve, app, hyper, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+        async with served(create_app(rt, Config(storage_backend="memory"), sources=sources)) as url:
             offset, under_100ms = 0, 0.0
             for kind, rate in runs:
                 count = int(rate * seconds)
                 cpu = time.process_time()
-                latencies = await _paced(binds[0], kind, count, rate, offset)
+                latencies = await _paced(url, kind, count, rate, offset)
                 cpu_ms = (time.process_time() - cpu) / count * 1000
                 offset += count
                 p99 = percentile(latencies, 99) * 1000
@@ -172,9 +170,36 @@ async def measure_webhook(report: Report, store: str, seconds: float, rates: Seq
                 else:
                     report.note(f"{store} webhooks at {rate:.0f}/s: p50 {percentile(latencies, 50) * 1000:.1f} ms, "
                                 f"p99 {p99:.1f} ms, server CPU {cpu_ms:.2f} ms a request")
-            stop.set()
         report.add("sources.webhook_rate_p99_under_100ms", under_100ms, "requests/s",
                    {"rates": list(rates), "seconds_each": seconds}, store)
+
+
+@asynccontextmanager
+async def served(app: Any) -> AsyncIterator[str]:
+    """``app`` served by hypercorn on a free port of 127.0.0.1: its URL."""
+    hyper = HyperConfig()
+    hyper.bind, hyper.accesslog = ["127.0.0.1:0"], None
+    async with trio.open_nursery() as nursery:
+        stop = trio.Event()
+        binds = await nursery.start(partial(serve, app, hyper, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+        yield str(binds[0])
+        stop.set()
+
+
+async def measure_rest_publish(report: Report, store: str, count: int) -> None:
+    """``POST /api/v1/events`` as fast as the answers come (64 at once, from a process of
+    their own) to ``count`` parked executions, until every one has finished."""
+    async with bench_runtime(store) as rt:
+        await rt.register_runbook(RUNBOOK)
+        await park(rt, 0, count)
+        async with served(create_app(rt, Config(storage_backend="memory"))) as url:
+            finished = Finished(rt, count)
+            started, cpu = time.perf_counter(), time.process_time()
+            await _paced(url, "event", count, 0.0, 0)
+            await finished.done.wait()
+            cpu_ms = round((time.process_time() - cpu) / count * 1000, 3)
+            report.add("sources.rest_publish", count / elapsed_since(started), "events/s",
+                       {"events": count, "concurrent": 64, "server_cpu_ms": cpu_ms}, store)
 
 
 async def _paced(url: str, kind: str, count: int, rate: float, offset: int) -> list[float]:
@@ -202,6 +227,7 @@ async def main(report: Report, args: argparse.Namespace) -> None:
     await measure_bridge(report, 2000 if args.quick else 20_000)
     for store in usable_stores(report, args.stores):
         await measure_publish(report, store, count)
+        await measure_rest_publish(report, store, count)
         await measure_redis(report, store, count)
         await measure_jetstream(report, store, count)
         await measure_webhook(report, store, 2.0 if args.quick else 10.0, args.rates)
