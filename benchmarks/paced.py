@@ -1,11 +1,11 @@
 """Paced POSTs from a process of their own, so that the sender's work is not the server's:
 ``count`` requests at ``rate`` a second whatever the answers' pace (a rate of 0: as fast as
-the answers come, 64 at once), each one's latency (time to the answer) printed as one JSON
+the answers come, CONCURRENT at once: 64 unless given), each one's latency (time to the answer) printed as one JSON
 list. ``hook``: GitHub-signed webhooks to
 ``/api/v1/hooks/gh``; ``event``: ``POST /api/v1/events``. Request ``i`` names key
 ``k<offset + i>`` (delivery ``d-<offset + i>``).
 
-    python -m benchmarks.paced URL hook|event COUNT RATE OFFSET
+    python -m benchmarks.paced URL hook|event COUNT RATE OFFSET [CONCURRENT]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def event(i: int) -> tuple[str, bytes, dict[str, str]]:
     return "/api/v1/events", body, {"Content-Type": "application/json"}
 
 
-async def paced(url: str, kind: str, count: int, rate: float, offset: int) -> list[float]:
+async def paced(url: str, kind: str, count: int, rate: float, offset: int, concurrent: int = 64) -> list[float]:
     request = hook if kind == "hook" else event
     latencies: list[float] = []
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=64)) as client:
@@ -46,7 +46,7 @@ async def paced(url: str, kind: str, count: int, rate: float, offset: int) -> li
             latencies.append(time.perf_counter() - started)
             assert answer.status_code == 202, answer.text
 
-        if rate <= 0:  # as fast as the answers come, 64 at once
+        if rate <= 0:  # as fast as the answers come, ``concurrent`` at once
             pending = iter(range(count))
 
             async def sender() -> None:
@@ -54,7 +54,7 @@ async def paced(url: str, kind: str, count: int, rate: float, offset: int) -> li
                     await one(i)
 
             async with trio.open_nursery() as nursery:
-                for _ in range(64):
+                for _ in range(concurrent):
                     nursery.start_soon(sender)
             return latencies
         start = trio.current_time()
@@ -66,8 +66,8 @@ async def paced(url: str, kind: str, count: int, rate: float, offset: int) -> li
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    url, kind, count, rate, offset = argv if argv is not None else sys.argv[1:]
-    print(json.dumps(trio.run(paced, url, kind, int(count), float(rate), int(offset))))
+    url, kind, count, rate, offset, *concurrent = argv if argv is not None else sys.argv[1:]
+    print(json.dumps(trio.run(paced, url, kind, int(count), float(rate), int(offset), *map(int, concurrent))))
     return 0
 
 
