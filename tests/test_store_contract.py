@@ -558,12 +558,35 @@ def test_audit_and_evidence_keep_their_order(store: Store) -> None:
     assert [entry.seq for entry in store.audit("ex")] == [1, 3, 4]  # one chain for the tenant: "other" is 2
     assert store.evidence("ex") == evidence
     assert [as_written(entry) for entry in store.audit("other")] == [other]
+    assert store.evidence("other") == []
 
 
 def as_written(entry: AuditEntry) -> AuditEntry:
     """An entry without what the store adds when it chains it."""
     return attrs.evolve(entry, tenant_id=None, seq=None, prev_hash=None, hash=None, data_sha256=None)
-    assert store.evidence("other") == []
+
+
+def test_a_payload_is_erased_once_and_a_second_erasure_writes_nothing(store: Store) -> None:
+    """Two erasures of one entry, checked at the same moment (two processes, or two changes
+    of one batch): the second is refused whole, so one ``audit.payload_erased`` entry
+    records the erasure."""
+    store.commit([start(make_execution("ex"))])
+    store.commit([Change(audit=tuple(AuditEntry("ex", at(i), "u", "execution.paused", data={"who": "jane"},
+                                                tenant_id="t1") for i in range(2)))])
+    first, second = (entry.seq for entry in store.audit("ex"))
+    assert first is not None and second is not None
+
+    def erasure(seq: int) -> Change:
+        note = AuditEntry("audit:t1", T0, "dpo", "audit.payload_erased", data={"seq": seq}, tenant_id="t1")
+        return Change(erase=(("t1", seq),), audit=(note,))
+
+    store.commit([erasure(first)])
+    with pytest.raises(Conflict, match=f"audit entry {first} was erased already"):
+        store.commit([erasure(first)])
+    with pytest.raises(Conflict, match=f"audit entry {second} was erased already"):
+        store.commit([erasure(second), erasure(second)])  # (the batch is refused: nothing of it written)
+    assert [entry.data for entry in store.audit("audit:t1")] == [{"seq": first}]
+    assert [entry.erased for entry in store.audit("ex")] == [True, False]
 
 
 def test_retained_events_retain_consume_expire(store: Store) -> None:

@@ -20,7 +20,13 @@ from runtime.api.links import DecisionLinks
 from runtime.api.reading import CommandStatus, ExecutionReads, Page
 from runtime.documents.validate import validate_document
 from runtime.model import AuditEntry, Runbook
-from runtime.model.errors import Conflict, NotFound, Problem, StoreUnavailable, ValidationError
+from runtime.model.errors import (
+    NotFound,
+    Problem,
+    StoreUnavailable,
+    ValidationError,
+    erased_already,
+)
 from runtime.model.records import Change
 from runtime.model.types import StartResult
 from runtime.model.wire import load_document
@@ -154,7 +160,7 @@ class Runtime(ExecutionControl, ExecutionReads, DecisionLinks):
         if not found.entries:
             raise NotFound(f"tenant '{tenant_id}' has no audit entry {seq}")
         if found.entries[0].erased:
-            raise Conflict(f"the payload of audit entry {seq} was erased already")
+            raise erased_already(seq)
         entry = AuditEntry(f"audit:{tenant_id}", self.now(), actor, "audit.payload_erased", reason=reason,
                            data={"seq": seq, "dataSha256": found.entries[0].data_sha256}, tenant_id=tenant_id)
         await self.commit(Change(erase=((tenant_id, seq),), audit=(entry,)))

@@ -243,3 +243,8 @@ class LoopDetected(RunbookError):
                          f"above MAX_HOPS ({max_hops}): a loop; nothing was started or published")
         self.hop = hop
         self.max_hops = max_hops
+
+
+def erased_already(seq: int) -> Conflict:
+    """An erasure of a payload erased before (by this process or another)."""
+    return Conflict(f"the payload of audit entry {seq} was erased already")

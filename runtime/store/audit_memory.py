@@ -50,6 +50,10 @@ class MemoryAudit:
                     make_checkpoint(tenant, head.seq, head.hash, at, policy.signer))
                 self._heads[tenant] = head._replace(checkpoint_seq=head.seq, checkpoint_at=at)
 
+    def is_erased(self, tenant: str, seq: int) -> bool:
+        entries = self._chains.get(tenant, [])
+        return 0 < seq <= len(entries) and entries[seq - 1].erased
+
     def erase(self, tenant: str, seq: int) -> None:
         entries = self._chains.get(tenant, [])
         if 0 < seq <= len(entries):

@@ -129,7 +129,9 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?json, ?, ?, ?, ?, ?)"""
 INSERT_CHECKPOINT = """
 INSERT INTO audit_checkpoints (tenant, seq, hash, at, key_id, signature) VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT (tenant, seq) DO NOTHING"""
-ERASE = "UPDATE audit SET data = ?json, erased = TRUE WHERE tenant = ? AND chain_seq = ?"
+#: (an entry erased already is not matched: the erasure is refused, even when another process
+#: erased it a moment after this one's check)
+ERASE = "UPDATE audit SET data = ?json, erased = TRUE WHERE tenant = ? AND chain_seq = ? AND NOT erased RETURNING 1"
 
 ENTRY_COLUMNS = ("execution_id, at, actor, action, step_id, legal_basis, reason, data, "
                  "tenant, chain_seq, prev_hash, hash, data_sha256, erased")

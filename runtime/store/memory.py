@@ -22,7 +22,7 @@ from runtime.model import (
     StepStatus,
     TriggerState,
 )
-from runtime.model.errors import Conflict
+from runtime.model.errors import Conflict, erased_already
 from runtime.model.records import (
     ENDED,
     QUOTA_ACTIVE,
@@ -136,6 +136,10 @@ class MemoryStore(_TriggerStates, LinkUses):
 
     # -- writes
     def commit(self, changes: Sequence[Change]) -> list[ChangeResult]:
+        erasing = [key for change in changes for key in change.erase]  # (checked first: nothing is half written)
+        for tenant, seq in erasing:
+            if self._audit.is_erased(tenant, seq) or erasing.count((tenant, seq)) > 1:
+                raise erased_already(seq)
         return [self._slots.apply(change, self._apply(change)) for change in changes]
 
     def admitted(self) -> list[tuple[str, str]]:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
 
 from runtime.model import AuditEntry, Execution, Runbook
-from runtime.model.errors import Conflict, StoreUnavailable
+from runtime.model.errors import Conflict, StoreUnavailable, erased_already
 from runtime.model.records import (
     ENDED,
     QUOTA_ACTIVE,
@@ -366,7 +366,10 @@ class SqlWriter:
             self._checkpoint_idle = None
 
     def _erase(self, erase: Sequence[tuple[str, int]]) -> None:
-        self._db.executemany(self._sql(audit_sql.ERASE), audit_sql.erase_rows(erase))
+        """Erase payloads, each once: a payload erased already refuses the whole change."""
+        for row in audit_sql.erase_rows(erase):
+            if not self._db.execute(self._sql(audit_sql.ERASE), row).fetchall():
+                raise erased_already(row[2])
 
     # -- the rest, one executemany per table
     def flush(self, pending: Pending) -> None:
