@@ -7,8 +7,10 @@ tenant, its ``chain_seq`` and the hashes. Entries written before the ledger exis
 entry written after the upgrade, and an export holds chained entries only.
 
 ``write_chained`` runs at the end of a batch's transaction: per tenant (in sorted order, so
-two transactions lock heads in the same order) it takes the head under its row lock, chains
-the entries, inserts them, moves the head and writes a checkpoint when one is due.
+two transactions lock heads in the same order) it takes the head under its row lock (or,
+on PostgreSQL, the head this process left, when no other process wrote the tenant since:
+``KnownHeads``), chains the entries, inserts them, moves the head and writes a checkpoint
+when one is due.
 """
 
 from __future__ import annotations
@@ -196,8 +198,9 @@ class KnownHeads:
 
     A trusted head is chained after without being read: on PostgreSQL that read is a round
     trip in the middle of the batch, made while holding the head's lock. If another process
-    wrote the tenant meanwhile, the batch is refused by the unique index (``refused``): every
-    head is distrusted and the batch is written again, reading them."""
+    wrote the tenant meanwhile, the unique index ``audit_chain`` refuses the batch: every head
+    is forgotten (``forget``) and the batch is written again, reading them. A batch that fails
+    for any reason, or checkpoints idle chains (which moves their heads too), forgets them."""
 
     LIMIT = 10_000  # tenants remembered (past it, they are forgotten and read again)
 

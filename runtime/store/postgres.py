@@ -335,7 +335,10 @@ class PostgresStore(SqlStore):
             known.forget()  # (refused, or unknown whether it landed: the heads are read again)
             _roll_back(conn)
             raise
-        known.committed(writer.moved)
+        if writer.checkpointed_idle:
+            known.forget()  # (the idle chains' heads moved too)
+        else:
+            known.committed(writer.moved)
 
     def _batch_committed(self, marker: str) -> bool:
         with self._writer().cursor() as cursor:

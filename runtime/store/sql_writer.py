@@ -188,6 +188,7 @@ class SqlWriter:
         self._checkpoint_idle: datetime | None = None  # and then the idle chains' checkpoints
         self._known_heads = known_heads  # chain heads used without reading them (None: read each)
         self.moved: audit_sql.Moved = {}  # what ``seal`` did to each tenant's chain
+        self.checkpointed_idle = False  # whether ``seal`` also checkpointed idle chains
 
     # -- starts
     def insert_executions(self, starts: Sequence[Change]) -> list[str | None]:
@@ -364,6 +365,7 @@ class SqlWriter:
         if self._checkpoint_idle is not None:
             audit_sql.checkpoint_idle(self._db, self._dialect, self._checkpoint_idle, self._audit_policy)
             self._checkpoint_idle = None
+            self.checkpointed_idle = True
 
     def _erase(self, erase: Sequence[tuple[str, int]]) -> None:
         """Erase payloads, each once: a payload erased already refuses the whole change."""
