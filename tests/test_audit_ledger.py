@@ -31,7 +31,7 @@ from runtime.security.audit_verify import (
     verify_bundle,
 )
 from runtime.store import PostgresStore, SqliteStore
-from runtime.store.audit_chain import AuditPolicy
+from runtime.store.audit_chain import AuditPolicy, Head, chain, ledger_json
 from runtime.store.audit_sql import SQLITE_TRIGGERS
 from runtime.store.base import Store
 
@@ -386,3 +386,18 @@ def test_entries_with_any_text_chain_as_the_verifier_computes(db: Db, tmp_path: 
     write(db, [Change(audit=tuple(entries))])
     result = verdict(db, tmp_path)
     assert result.line() == "ok 4 entries", result.line()
+
+
+@pytest.mark.parametrize("actor", ["plain", "quote\" and \\ and é", "lone \ud800 surrogate"])
+def test_the_fast_canonical_text_is_the_verifiers(actor: str) -> None:
+    """The stores write an entry's canonical text directly, in parts made before the head is
+    known; it hashes as the verifier's general canonical JSON does (a lone surrogate, which
+    strict UTF-8 refuses, takes the general way)."""
+    entries = [AuditEntry("ex", T0 + timedelta(seconds=i), actor, "act", "s", None, actor, {"a": [i]},
+                          tenant_id=TENANT) for i in range(3)]
+    chained, head, _ = chain(TENANT, Head(), entries, AuditPolicy())
+    prev = "0" * 64
+    for entry in chained:
+        assert entry.prev_hash == prev and entry.hash == entry_hash(prev, ledger_json(entry))
+        prev = entry.hash
+    assert head.seq == 3 and head.hash == prev

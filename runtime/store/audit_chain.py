@@ -62,39 +62,76 @@ def tenant_of(entry: AuditEntry) -> str:
     return entry.tenant_id or DEFAULT_TENANT
 
 
-def chained_entry(entry: AuditEntry, tenant: str, seq: int, prev: str, hash_: str, data_sha: str,
-                  at_text: str = "") -> AuditEntry:
+class Prepared(NamedTuple):
+    """What an entry's link in the chain needs besides the head, made before the head is
+    read (a store holds the head's lock from that read to its commit): the payload's hash,
+    the time as text, the entry's canonical text in the three parts around its ``prevHash``
+    and ``seq`` (None when it holds a lone surrogate: then it is made at the link), and what
+    the store's row needs of the entry alone (``extra``)."""
+
+    entry: AuditEntry
+    data_sha: str
+    at_text: str
+    parts: tuple[bytes, bytes, bytes] | None
+    extra: Any = None
+
+
+def prepare(tenant: str, entries: Sequence[AuditEntry],
+            extra: Callable[[AuditEntry, str], Any] | None = None) -> list[Prepared]:
+    """``entries`` of ``tenant`` made ready to be chained (``extra``: from the entry and its
+    time's text, what a store's row needs of it)."""
+    prepared = []
+    for entry in entries:
+        at_text = format_time(entry.at)  # (once: a SQLite row holds the same text)
+        data_sha = _data_sha256(entry.data)
+        parts = _canonical_parts(entry, tenant, data_sha, at_text)
+        prepared.append(Prepared(entry, data_sha, at_text, parts, extra(entry, at_text) if extra else None))
+    return prepared
+
+
+def chained_entry(p: Prepared, tenant: str, seq: int, prev: str, hash_: str) -> AuditEntry:
+    entry = p.entry
     return AuditEntry(entry.execution_id, entry.at, entry.actor, entry.action, entry.step_id, entry.legal_basis,
-                      entry.reason, entry.data, tenant, seq, prev, hash_, data_sha, entry.erased)
+                      entry.reason, entry.data, tenant, seq, prev, hash_, p.data_sha, entry.erased)
 
 
 def chain(tenant: str, head: Head, entries: Sequence[AuditEntry], policy: AuditPolicy,
-          make: Callable[[AuditEntry, str, int, str, str, str, str], T] = chained_entry,  # type: ignore[assignment]
+          make: Callable[[Prepared, str, int, str, str], T] = chained_entry,  # type: ignore[assignment]
           ) -> tuple[list[T], Head, list[AuditCheckpoint]]:
+    """``link`` of the entries, prepared here."""
+    return link(tenant, head, prepare(tenant, entries), policy, make)
+
+
+def link(tenant: str, head: Head, prepared: Sequence[Prepared], policy: AuditPolicy,
+         make: Callable[[Prepared, str, int, str, str], T]) -> tuple[list[T], Head, list[AuditCheckpoint]]:
     """The entries chained after ``head`` (each with its seq and hashes, as ``make`` makes it
-    from the entry, tenant, seq, prevHash, hash, dataSha256 and the entry's time as the chain
-    writes it: a chained ``AuditEntry``, or a store's row), the new head, and the checkpoints to write with them: at the entry that is
+    from the prepared entry, tenant, seq, prevHash and hash: a chained ``AuditEntry``, or a
+    store's row), the new head, and the checkpoints to write with them: at the entry that is
     the ``checkpoint_every``-th since the last checkpoint, or the first written
-    ``checkpoint_ms`` or more after it."""
+    ``checkpoint_ms`` or more after it. Only the hashing is left here."""
     chained: list[T] = []
     checkpoints: list[AuditCheckpoint] = []
     seq, prev = head.seq, head.hash
     checkpoint_seq, checkpoint_at = head.checkpoint_seq, head.checkpoint_at
-    if checkpoint_at is None and entries:  # a new chain: its time counts from its first entry
-        checkpoint_at = entries[0].at
+    if checkpoint_at is None and prepared:  # a new chain: its time counts from its first entry
+        checkpoint_at = prepared[0].entry.at
     every, interval = policy.checkpoint_every, timedelta(milliseconds=policy.checkpoint_ms)
     due = checkpoint_at + interval if checkpoint_at is not None else None
-    for entry in entries:
+    sha256, fromhex = hashlib.sha256, bytes.fromhex
+    for p in prepared:
         seq += 1
-        data_sha = _data_sha256(entry.data)
-        at_text = format_time(entry.at)  # (once: a SQLite row holds the same text)
-        hash_ = hashlib.sha256(bytes.fromhex(prev) + _canonical_entry(entry, tenant, seq, prev, data_sha, at_text)
-                               ).hexdigest()
-        chained.append(make(entry, tenant, seq, prev, hash_, data_sha, at_text))
+        if p.parts is not None:
+            before_prev, before_seq, after_seq = p.parts
+            text = b"%s%s%s%d%s" % (before_prev, prev.encode(), before_seq, seq, after_seq)
+        else:
+            text = canonical(_hashed(p.entry, tenant, seq, prev, p.data_sha))
+        hash_ = sha256(fromhex(prev) + text).hexdigest()
+        chained.append(make(p, tenant, seq, prev, hash_))
         prev = hash_
-        if seq - checkpoint_seq >= every or (due is not None and entry.at >= due):
-            checkpoints.append(make_checkpoint(tenant, seq, prev, entry.at, policy.signer))
-            checkpoint_seq, checkpoint_at, due = seq, entry.at, entry.at + interval
+        at = p.entry.at
+        if seq - checkpoint_seq >= every or (due is not None and at >= due):
+            checkpoints.append(make_checkpoint(tenant, seq, prev, at, policy.signer))
+            checkpoint_seq, checkpoint_at, due = seq, at, at + interval
     return chained, Head(seq, prev, checkpoint_seq, checkpoint_at), checkpoints
 
 
@@ -124,19 +161,22 @@ def ledger_json(entry: AuditEntry) -> dict[str, Any]:
     return body
 
 
-def _canonical_entry(entry: AuditEntry, tenant: str, seq: int, prev: str, data_sha: str, at_text: str) -> bytes:
-    """``canonical(_hashed(...))``, written directly: the members are known and sorted, so only
-    the strings need escaping (the same text; the general way when one holds a lone surrogate)."""
+def _canonical_parts(entry: AuditEntry, tenant: str, data_sha: str, at_text: str
+                     ) -> tuple[bytes, bytes, bytes] | None:
+    """``canonical(_hashed(...))``, written directly, in the parts around ``prevHash`` and
+    ``seq``, as UTF-8: the members are known and sorted, so only the strings need escaping
+    (the same text). None when a string holds a lone surrogate (the general way makes that
+    text)."""
     step, basis, reason = entry.step_id, entry.legal_basis, entry.reason
-    text = (f'{{"action":{_string(entry.action)},"actor":{_string(entry.actor)},"at":"{at_text}",'
-            f'"dataSha256":"{data_sha}","executionId":{_string(entry.execution_id)},'
-            f'"legalBasis":{"null" if basis is None else _string(basis)},"prevHash":"{prev}",'
-            f'"reason":{"null" if reason is None else _string(reason)},"seq":{seq:d},'
-            f'"stepId":{"null" if step is None else _string(step)},"tenantId":{_string(tenant)}}}')
-    try:
-        return text.encode("utf-8")  # (strict UTF-8 refuses exactly the surrogates: cheaper than looking for them)
+    before_prev = (f'{{"action":{_string(entry.action)},"actor":{_string(entry.actor)},"at":"{at_text}",'
+                   f'"dataSha256":"{data_sha}","executionId":{_string(entry.execution_id)},'
+                   f'"legalBasis":{"null" if basis is None else _string(basis)},"prevHash":"')
+    before_seq = f'","reason":{"null" if reason is None else _string(reason)},"seq":'
+    after_seq = f',"stepId":{"null" if step is None else _string(step)},"tenantId":{_string(tenant)}}}'
+    try:  # (strict UTF-8 refuses exactly the surrogates: cheaper than looking for them)
+        return before_prev.encode(), before_seq.encode(), after_seq.encode()
     except UnicodeEncodeError:
-        return canonical(_hashed(entry, tenant, seq, prev, data_sha))
+        return None
 
 
 def _hashed(entry: AuditEntry, tenant: str | None, seq: int | None, prev: str | None,

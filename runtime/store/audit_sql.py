@@ -23,7 +23,15 @@ from runtime.model import AuditEntry
 from runtime.model.records import AuditCheckpoint, AuditSlice
 from runtime.model.wire import dumps_data, format_time
 from runtime.security.audit_verify import GENESIS
-from runtime.store.audit_chain import AuditPolicy, Head, chain, make_checkpoint, tenant_of
+from runtime.store.audit_chain import (
+    AuditPolicy,
+    Head,
+    Prepared,
+    link,
+    make_checkpoint,
+    prepare,
+    tenant_of,
+)
 from runtime.store.dialect import Dialect
 from runtime.store.schema import Row, loads
 
@@ -166,20 +174,25 @@ def write_chained(db: Any, dialect: Dialect, entries: Sequence[AuditEntry], poli
     by_tenant: dict[str, list[AuditEntry]] = {}
     for entry in entries:
         by_tenant.setdefault(tenant_of(entry), []).append(entry)
+
+    def base(entry: AuditEntry, at_text: str) -> Row:
+        return (entry.execution_id, at_text if text_times else stamp(entry.at), entry.actor, entry.action,
+                entry.step_id, entry.legal_basis, entry.reason, dumps_data(entry.data))
+
+    def row(p: Prepared, tenant: str, seq: int, prev: str, hash_: str) -> Row:
+        return (*p.extra, tenant, seq, prev, hash_, p.data_sha)
+
+    # every entry made ready before the first head is read (and, on PostgreSQL, locked)
+    ready = {tenant: prepare(tenant, by_tenant[tenant], base) for tenant in sorted(by_tenant)}
     moved: Moved = {}
-    for tenant in sorted(by_tenant):
+    for tenant, prepared in ready.items():
         read = None
         head = known.get(tenant)
         if head is None:
             seq, hash_, checkpoint_seq, checkpoint_at = db.execute(sql(LOCK_HEAD), (tenant,)).fetchone()
             head = read = Head(int(seq), str(hash_), int(checkpoint_seq),
                                dialect.time(checkpoint_at) if checkpoint_at is not None else None)
-        def row(entry: AuditEntry, tenant: str, seq: int, prev: str, hash_: str, data_sha: str, at_text: str) -> Row:
-            return (entry.execution_id, at_text if text_times else stamp(entry.at), entry.actor, entry.action,
-                    entry.step_id, entry.legal_basis, entry.reason, dumps_data(entry.data), tenant, seq, prev, hash_,
-                    data_sha)
-
-        rows, new_head, checkpoints = chain(tenant, head, by_tenant[tenant], policy, row)
+        rows, new_head, checkpoints = link(tenant, head, prepared, policy, row)
         checkpoint_at = stamp(new_head.checkpoint_at) if new_head.checkpoint_at is not None else None
         # (the head first: a known head is locked here, before the rows that follow it)
         db.execute(sql(MOVE_HEAD), (new_head.seq, new_head.hash, new_head.checkpoint_seq, checkpoint_at, tenant))
