@@ -808,6 +808,12 @@ def test_a_change_taking_a_message_held_already_is_refused_whole_and_the_others_
         store.commit([Change(taken=(_receipt("d3"), _receipt("d2")), retain_events=(retained,))])
     assert store.retained_events(at(1)) == [] and store.receipts_known("src", ["d3"]) == set()
     assert store.pending_receipts() == []  # (taken with its change: nothing left to hand on)
+    # a batch with such a change is refused whole: the changes before it are not written either
+    # (the persistence actor then commits each change alone, so none may be written twice)
+    other = attrs.evolve(retained, id="ev-other")
+    with pytest.raises(Conflict, match="d2"):
+        store.commit([Change(retain_events=(other,)), Change(taken=(_receipt("d4"), _receipt("d2")))])
+    assert store.retained_events(at(1)) == [] and store.receipts_known("src", ["d4"]) == set()
 
 
 def test_a_pending_receipt_is_found_until_settled_and_swept_only_once_settled(store: Store) -> None:

@@ -136,11 +136,28 @@ class MemoryStore(_TriggerStates, LinkUses):
 
     # -- writes
     def commit(self, changes: Sequence[Change]) -> list[ChangeResult]:
-        erasing = [key for change in changes for key in change.erase]  # (checked first: nothing is half written)
-        for tenant, seq in erasing:
-            if self._audit.is_erased(tenant, seq) or erasing.count((tenant, seq)) > 1:
-                raise erased_already(seq)
+        self._check_whole(changes)
         return [self._slots.apply(change, self._apply(change)) for change in changes]
+
+    def _check_whole(self, changes: Sequence[Change]) -> None:
+        """Refuse the batch before any of it is written, as a SQL store's rollback would: a
+        message taken that an earlier change (or commit) holds, a payload erased twice.
+        (The persistence actor then commits each change alone: none may be written twice.)"""
+        held: set[tuple[str, str]] = set()
+        erasing: set[tuple[str, int]] = set()
+        for change in changes:
+            for receipt in change.taken:
+                key = (receipt.source_id, receipt.delivery_id)
+                if key in self._receipts or key in held:
+                    raise Conflict(f"messages {receipt.delivery_id} were taken before: nothing of this change is "
+                                   "written")
+                held.add(key)
+            if change.receipt is not None:
+                held.add((change.receipt.source_id, change.receipt.delivery_id))
+            for tenant, seq in change.erase:
+                if self._audit.is_erased(tenant, seq) or (tenant, seq) in erasing:
+                    raise erased_already(seq)
+                erasing.add((tenant, seq))
 
     def admitted(self) -> list[tuple[str, str]]:
         found: list[tuple[str, str]] = []
