@@ -11,8 +11,9 @@ A child the store does not admit (``FanoutLimit``: too many under its root or in
 tenant) fails its parent's step ``fanout_limit``; one that cannot start for another reason
 (an unknown runbook, its root or parent ended meanwhile) ``child_failed``.
 
-A parent's cancel of its child is handed over after the parent's commit: a process that stops
-in between (a crash, a lost lease) leaves the child running under an ended parent. Such a
+A parent's cancel of its child is handed over after the parent's commit, and tried again
+while the store cannot be reached (it used to end the process). A process that stops in
+between (a crash, a lost lease) leaves the child running under an ended parent. Such a
 child is cancelled when it is found (``abandoned``): at recovery, and, with several processes,
 every third of the lease by its owner.
 
@@ -36,10 +37,19 @@ from runtime.core.effects import CancelChild, StartChild
 from runtime.core.messages import ChildFinished
 from runtime.kinds.run_runbook import NOT_STARTED
 from runtime.model import Execution, Lineage, StepError
-from runtime.model.errors import CommandQueued, Conflict, FanoutLimit, NotFound, RunbookError
+from runtime.model.errors import (
+    CommandQueued,
+    Conflict,
+    FanoutLimit,
+    Fenced,
+    NotFound,
+    RunbookError,
+    StoreUnavailable,
+)
 from runtime.model.types import StartResult
 
 logger = logging.getLogger("runbooks.runtime")
+CANCEL_RETRY_S, CANCEL_RETRY_MAX_S = 0.1, 5.0  # a child's cancel while the store is away: backoff
 
 
 @attrs.frozen
@@ -92,12 +102,28 @@ class Children:
         self.cancel(parent_id, CancelChild(child_id, f"parent execution {parent_id} ended"))
 
     async def _cancel(self, parent_id: str, effect: CancelChild) -> None:
+        """Cancel the child, trying again while the store cannot be reached (a cancel is
+        applied once: a second one finds the child ended). A process that no longer owns
+        what it writes leaves the child to the owners' sweep of abandoned children."""
+        delay = CANCEL_RETRY_S
         try:
-            await self._host.cancel(effect.child_id, effect.reason, f"execution:{parent_id}")
-        except (Conflict, NotFound):
-            pass  # it has ended already, or never started
-        except CommandQueued:  # its owner (another process) did not answer in time: whoever runs it next applies it
-            logger.info("the cancel of child %s of %s is queued for its owner", effect.child_id, parent_id)
+            while True:
+                try:
+                    await self._host.cancel(effect.child_id, effect.reason, f"execution:{parent_id}")
+                except (Conflict, NotFound):
+                    pass  # it has ended already, or never started
+                except CommandQueued:  # its owner (another process) did not answer in time: whoever runs it next applies it
+                    logger.info("the cancel of child %s of %s is queued for its owner", effect.child_id, parent_id)
+                except Fenced as exc:
+                    logger.warning("the cancel of child %s of %s is left to its owner: %s", effect.child_id,
+                                   parent_id, exc)
+                except StoreUnavailable as exc:
+                    logger.warning("the cancel of child %s of %s failed, trying again in %.1f s: %s",
+                                   effect.child_id, parent_id, delay, exc)
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, CANCEL_RETRY_MAX_S)
+                    continue
+                return
         finally:
             self._cancelling.discard(effect.child_id)
 
