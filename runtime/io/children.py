@@ -9,7 +9,8 @@ the child it already has (and, if that child has already ended, hears of its end
 
 A child the store does not admit (``FanoutLimit``: too many under its root or in its
 tenant) fails its parent's step ``fanout_limit``; one that cannot start for another reason
-(an unknown runbook, its root or parent ended meanwhile) ``child_failed``.
+(an unknown runbook, its root or parent ended meanwhile) ``child_failed``. A start the
+store could not take (it is away) is tried again: it is idempotent.
 
 A parent's cancel of its child is handed over after the parent's commit, and tried again
 while the store cannot be reached (it used to end the process). A process that stops in
@@ -49,7 +50,7 @@ from runtime.model.errors import (
 from runtime.model.types import StartResult
 
 logger = logging.getLogger("runbooks.runtime")
-CANCEL_RETRY_S, CANCEL_RETRY_MAX_S = 0.1, 5.0  # a child's cancel while the store is away: backoff
+RETRY_S, RETRY_MAX_S = 0.1, 5.0  # a child's start or cancel while the store is away: backoff
 
 
 @attrs.frozen
@@ -71,19 +72,27 @@ class Children:
     async def _start(self, parent_id: str, effect: StartChild) -> None:
         key = f"child:{parent_id}:{effect.step_id}:{effect.attempt}"
         lineage = Lineage(parent_id, effect.step_id, effect.depth, effect.root_id)
-        try:
-            result = await self._host.start(
-                effect.runbook_id, effect.input, effect.context, version=effect.version, idempotency_key=key,
-                force=True, actor=f"execution:{parent_id}", parent=lineage, execution_id=effect.child_id)
-        except FanoutLimit as exc:
-            self._not_started(parent_id, effect, StepError("fanout_limit", str(exc)))
-            return
-        except RunbookError as exc:
-            error = StepError("child_failed", f"the child runbook '{effect.runbook_id}' could not start: {exc}")
-            self._not_started(parent_id, effect, error)
-            return
+        delay = RETRY_S
+        while True:  # (while the store is away: the start is idempotent, by its key)
+            try:
+                result = await self._host.start(
+                    effect.runbook_id, effect.input, effect.context, version=effect.version, idempotency_key=key,
+                    force=True, actor=f"execution:{parent_id}", parent=lineage, execution_id=effect.child_id)
+                break
+            except StoreUnavailable as exc:
+                delay = await _again(f"the start of child {effect.child_id} of {parent_id}", delay, exc)
+            except RunbookError as exc:
+                self._start_refused(parent_id, effect, exc)
+                return
         if result.execution.status.finished:  # it ended before this parent heard of it
             self.finished(result.execution)
+
+    def _start_refused(self, parent_id: str, effect: StartChild, exc: RunbookError) -> None:
+        if isinstance(exc, FanoutLimit):
+            self._not_started(parent_id, effect, StepError("fanout_limit", str(exc)))
+            return
+        error = StepError("child_failed", f"the child runbook '{effect.runbook_id}' could not start: {exc}")
+        self._not_started(parent_id, effect, error)
 
     def _not_started(self, parent_id: str, effect: StartChild, error: StepError) -> None:
         self._host.tell(parent_id, ChildFinished(effect.step_id, effect.child_id, NOT_STARTED, error=error))
@@ -105,7 +114,7 @@ class Children:
         """Cancel the child, trying again while the store cannot be reached (a cancel is
         applied once: a second one finds the child ended). A process that no longer owns
         what it writes leaves the child to the owners' sweep of abandoned children."""
-        delay = CANCEL_RETRY_S
+        delay = RETRY_S
         try:
             while True:
                 try:
@@ -118,10 +127,7 @@ class Children:
                     logger.warning("the cancel of child %s of %s is left to its owner: %s", effect.child_id,
                                    parent_id, exc)
                 except StoreUnavailable as exc:
-                    logger.warning("the cancel of child %s of %s failed, trying again in %.1f s: %s",
-                                   effect.child_id, parent_id, delay, exc)
-                    await trio.sleep(delay)
-                    delay = min(delay * 2, CANCEL_RETRY_MAX_S)
+                    delay = await _again(f"the cancel of child {effect.child_id} of {parent_id}", delay, exc)
                     continue
                 return
         finally:
@@ -133,3 +139,10 @@ class Children:
         if parent_id is None or step_id is None:
             return
         self._host.tell(parent_id, ChildFinished(step_id, child.id, child.status.value, child.output, child.error))
+
+
+async def _again(what: str, delay: float, exc: Exception) -> float:
+    """Wait ``delay`` before ``what`` is tried again (the store is away): the next delay."""
+    logger.warning("%s failed, trying again in %.1f s: %s", what, delay, exc)
+    await trio.sleep(delay)
+    return min(delay * 2, RETRY_MAX_S)

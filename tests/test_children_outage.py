@@ -1,6 +1,7 @@
-"""A parent's cancel of its child (``runtime/io/children.py``) when the store cannot be
-reached: it is tried again until it lands, and it never ends the process (a chaos round saw
-a process exit on a cut database connection during that cancel)."""
+"""A parent's start and cancel of its child (``runtime/io/children.py``) when the store
+cannot be reached: each is tried again until it lands, and neither ends the process (a chaos
+round saw a process exit on a cut database connection during a cancel), nor fails the
+parent's step for an outage."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import pytest
 import trio
 import trio.testing
 
-from runtime.core.effects import CancelChild
+from runtime.core.effects import CancelChild, StartChild
+from runtime.core.messages import ChildFinished
 from runtime.io import children as children_module
 from runtime.io.children import Children, ChildrenHost
-from runtime.model.errors import Conflict, Fenced, StoreUnavailable
+from runtime.model.errors import Conflict, Fenced, NotFound, StoreUnavailable
 
 
 class ScriptedCancels:
@@ -51,7 +53,7 @@ async def test_a_cancel_while_the_store_is_away_is_tried_again_with_backoff_unti
     times = [at for _, at in host.calls]
     assert [execution for execution, _ in host.calls] == ["child"] * 4
     assert [round(b - a, 3) for a, b in itertools.pairwise(times)] == [
-        children_module.CANCEL_RETRY_S, 2 * children_module.CANCEL_RETRY_S, 4 * children_module.CANCEL_RETRY_S]
+        children_module.RETRY_S, 2 * children_module.RETRY_S, 4 * children_module.RETRY_S]
 
 
 @pytest.mark.parametrize("answer", [Conflict("it has ended"), Fenced(["child"])])
@@ -59,3 +61,26 @@ async def test_a_cancel_that_cannot_apply_here_is_not_tried_again(answer: Except
                                                                  autojump_clock: trio.testing.MockClock) -> None:
     host = await cancelled([answer])
     assert len(host.calls) == 1
+
+
+async def test_a_start_while_the_store_is_away_is_tried_again_and_the_parent_hears_nothing_of_it(
+        autojump_clock: trio.testing.MockClock) -> None:
+    away = StoreUnavailable("postgres store: read failed: server closed the connection unexpectedly")
+    answers: list[Any] = [away, away, NotFound("runbook 'gone' not found")]
+    keys: list[str] = []
+    told: list[ChildFinished] = []
+
+    async def start(*args: Any, idempotency_key: str, **kwargs: Any) -> Any:
+        keys.append(idempotency_key)
+        item = answers.pop(0)
+        raise item
+
+    async def no_cancel(*args: Any) -> Any:
+        raise AssertionError("nothing is cancelled here")
+
+    async with trio.open_nursery() as nursery:
+        children = Children(ChildrenHost(start, no_cancel, lambda parent, message: told.append(message)), nursery)
+        children.start("parent", StartChild("run", 1, "child", "gone", None, {}, {}, 1, "parent"))
+    assert keys == ["child:parent:run:1"] * 3  # the same start each time: it is idempotent
+    [finished] = told  # only the refusal that is an answer reaches the parent
+    assert finished.error is not None and finished.error.code == "child_failed" and "not found" in finished.error.message
