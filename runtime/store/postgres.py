@@ -15,6 +15,7 @@ Several processes may share the database: ``ledger`` (``pg_ledger.py``) is their
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -179,6 +180,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (quotas.TABLE,),  # 15: the start-rate buckets of tenant quotas
 )
 
+logger = logging.getLogger("runbooks.audit")
+
 _MARK_BATCH = "INSERT INTO batches (id) VALUES (%s)"
 _BATCH_COMMITTED = "SELECT 1 FROM batches WHERE id = %s"
 _SWEEP_BATCHES = "DELETE FROM batches WHERE committed_at < now() - interval '1 day'"
@@ -306,6 +309,8 @@ class PostgresStore(SqlStore):
         except psycopg.errors.UniqueViolation as exc:
             if exc.diag.constraint_name != audit_sql.CHAIN_INDEX or not attempt.trusted_heads:
                 raise
+            logger.info("batch %s chained after an audit head another process had moved: written again, "
+                        "reading the heads", attempt.marker)
             attempt.results = None
             self._write_batch_once(attempt)
 
